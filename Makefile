@@ -1,0 +1,52 @@
+# shardwallet: every entry point. `make help` lists them.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+PORT ?= 8000
+export PORT
+
+.DEFAULT_GOAL := help
+
+.PHONY: help run test lint format stack-up stack-down stack-status clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: requirements.txt
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
+		echo "python3 -m venv failed; installing python3-venv"; \
+		apt-get update -qq && apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); }
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	@touch $@
+
+venv: $(VENV)/.installed ## create the virtualenv and install pinned requirements
+
+run: $(VENV)/.installed ## start PostgreSQL shards, Redis and the API on http://127.0.0.1:$(PORT) (Ctrl-C stops all)
+	$(PY) manage.py serve --port $(PORT)
+
+test: $(VENV)/.installed ## run the test suite against its own throw-away stack
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed ## ruff lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(VENV)/.installed ## ruff format and autofix
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+stack-up: $(VENV)/.installed ## start the local stack of `make run` without the API
+	$(PY) manage.py devstack up
+
+stack-down: $(VENV)/.installed ## stop the local stack of `make run`
+	$(PY) manage.py devstack down
+
+stack-status: $(VENV)/.installed ## show the local stack of `make run`
+	$(PY) manage.py devstack status
+
+clean: ## stop both stacks and delete var/ (all local data)
+	-$(PY) manage.py devstack down --purge
+	-DJANGO_SETTINGS_MODULE=wallet_project.settings_test $(PY) manage.py devstack down --purge
+	rm -rf var

@@ -1,0 +1,76 @@
+"""Small pieces shared by the API views: strict integers, idempotency keys, cursors."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+from rest_framework import serializers
+from rest_framework.request import Request
+
+from apps.common.errors import IdempotencyKeyInvalid, IdempotencyKeyMissing, InvalidRequest
+
+MAX_MINOR_AMOUNT = 2**63 - 1  # PostgreSQL BIGINT
+
+
+class StrictIntegerField(serializers.IntegerField):
+    """An integer given as a JSON integer: no strings, floats or booleans, so no rounding."""
+
+    default_error_messages = {"not_integer": "Must be a JSON integer in minor units (e.g. 5000 for 50.00)."}
+
+    def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("not_integer")
+        return super().to_internal_value(data)
+
+
+class AmountField(StrictIntegerField):
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("min_value", 1)
+        kwargs.setdefault("max_value", MAX_MINOR_AMOUNT)
+        super().__init__(**kwargs)
+
+
+def idempotency_key(request: Request) -> str:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        raise IdempotencyKeyMissing(param="Idempotency-Key")
+    if not 1 <= len(key) <= 255 or not all(32 <= ord(ch) < 127 for ch in key):
+        raise IdempotencyKeyInvalid(param="Idempotency-Key")
+    return key
+
+
+def page_limit(request: Request, default: int = 20, maximum: int = 100) -> int:
+    raw = request.query_params.get("limit")
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise InvalidRequest(f"limit must be an integer from 1 to {maximum}.", param="limit")
+    return int(raw)
+
+
+def encode_cursor(value: Any) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+
+def decode_cursor(request: Request) -> Any:
+    raw = request.query_params.get("cursor")
+    if raw is None:
+        return None
+    try:
+        return json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+    except (binascii.Error, ValueError):
+        raise InvalidRequest("cursor is not one this API returned.", param="cursor") from None
+
+
+def page(items: list[Any], limit: int, cursor_of: Any, render: Any) -> dict[str, Any]:
+    """Render a page fetched with limit + 1 rows: the extra row only says there is more."""
+    has_more = len(items) > limit
+    items = items[:limit]
+    return {
+        "data": [render(item) for item in items],
+        "has_more": has_more,
+        "next_cursor": encode_cursor(cursor_of(items[-1])) if has_more else None,
+    }

@@ -1,0 +1,113 @@
+"""One error shape for the whole API: {"error": {"code", "message", "param"}} with stable codes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import Http404, HttpRequest, JsonResponse
+from rest_framework import exceptions as drf
+from rest_framework.response import Response
+
+
+class DomainError(Exception):
+    """A business rule said no. Subclasses carry a stable machine code and an HTTP status."""
+
+    code = "error"
+    status = 400
+    default_message = "The request could not be processed."
+
+    def __init__(self, message: str | None = None, *, param: str | None = None) -> None:
+        super().__init__(message or self.default_message)
+        self.message = message or self.default_message
+        self.param = param
+
+
+class InvalidRequest(DomainError):
+    code = "invalid_request"
+    status = 400
+
+
+class IdempotencyKeyMissing(DomainError):
+    code = "idempotency_key_missing"
+    status = 400
+    default_message = "This request needs an Idempotency-Key header (1 to 255 printable ASCII characters)."
+
+
+class IdempotencyKeyInvalid(DomainError):
+    code = "idempotency_key_invalid"
+    status = 400
+    default_message = "The Idempotency-Key header must be 1 to 255 printable ASCII characters."
+
+
+class IdempotencyKeyReused(DomainError):
+    code = "idempotency_key_reused"
+    status = 422
+    default_message = "This Idempotency-Key was already used with a different request."
+
+
+def error_body(code: str, message: str, param: str | None = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "param": param}}
+
+
+# Field-level validation codes that deserve their own stable error code.
+_FIELD_ERROR_CODES = {"amount_minor": "invalid_amount", "currency": "unsupported_currency"}
+
+
+def _first_field_error(detail: Any, prefix: str = "") -> tuple[str | None, Any]:
+    if isinstance(detail, dict):
+        for field, sub in detail.items():
+            name = field if field != "non_field_errors" else None
+            param = f"{prefix}.{name}" if prefix and name else (name or prefix or None)
+            return _first_field_error(sub, param or "") if isinstance(sub, dict) else (param, sub)
+    return (prefix or None, detail)
+
+
+def _validation_response(exc: drf.ValidationError) -> Response:
+    param, detail = _first_field_error(exc.detail)
+    first = detail[0] if isinstance(detail, list) and detail else detail
+    drf_code = getattr(first, "code", "invalid")
+    field = param.rsplit(".", 1)[-1] if param else None
+    if drf_code == "required":
+        code = "parameter_missing"
+    elif field in _FIELD_ERROR_CODES:
+        code = _FIELD_ERROR_CODES[field]
+    else:
+        code = "parameter_invalid"
+    return Response(error_body(code, str(first), param), status=400)
+
+
+_DRF_CODES: list[tuple[type[drf.APIException], str]] = [
+    (drf.ParseError, "invalid_json"),
+    (drf.NotAuthenticated, "authentication_required"),
+    (drf.AuthenticationFailed, "authentication_failed"),
+    (drf.PermissionDenied, "permission_denied"),
+    (drf.NotFound, "not_found"),
+    (drf.MethodNotAllowed, "method_not_allowed"),
+    (drf.NotAcceptable, "not_acceptable"),
+    (drf.UnsupportedMediaType, "unsupported_media_type"),
+    (drf.Throttled, "rate_limited"),
+]
+
+
+def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, DomainError):
+        return Response(error_body(exc.code, exc.message, exc.param), status=exc.status)
+    if isinstance(exc, drf.ValidationError):
+        return _validation_response(exc)
+    if isinstance(exc, Http404):
+        return Response(error_body("not_found", "Not found."), status=404)
+    if isinstance(exc, drf.APIException):
+        code = next((c for cls, c in _DRF_CODES if isinstance(exc, cls)), "invalid_request")
+        response = Response(error_body(code, str(exc.detail)), status=exc.status_code)
+        if isinstance(exc, drf.NotAuthenticated | drf.AuthenticationFailed):
+            response["WWW-Authenticate"] = 'Bearer realm="api"'
+        return response
+    return None
+
+
+def json_not_found(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    return JsonResponse(error_body("not_found", f"No endpoint at {request.path}."), status=404)
+
+
+def json_server_error(request: HttpRequest) -> JsonResponse:
+    return JsonResponse(error_body("internal_error", "Internal error; the request may be retried."), status=500)

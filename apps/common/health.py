@@ -1,0 +1,45 @@
+"""GET /health: each shard, the control database and Redis, each with its latency."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.db import connections
+from django.http import HttpRequest, JsonResponse
+
+
+def _probe(check: Any) -> dict[str, Any]:
+    started = time.perf_counter()
+    try:
+        check()
+    except Exception as exc:  # any failure means "down"; the message tells why
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}".strip()[:300]}
+    return {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+
+
+def _database_check(alias: str) -> Any:
+    def check() -> None:
+        connection = connections[alias]
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+        except Exception:
+            connection.close()  # do not keep a broken persistent connection
+            raise
+
+    return check
+
+
+def _redis_check() -> None:
+    redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1).ping()
+
+
+def health(request: HttpRequest) -> JsonResponse:
+    components = {alias: _probe(_database_check(alias)) for alias in settings.DATABASES}
+    components["redis"] = _probe(_redis_check)
+    ok = all(c["ok"] for c in components.values())
+    body = {"status": "ok" if ok else "degraded", "components": components}
+    return JsonResponse(body, status=200 if ok else 503)

@@ -1,0 +1,131 @@
+"""Thin views: validate input, call one service or selector, render the result."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from apps.common.api import decode_cursor, idempotency_key, page, page_limit
+from apps.common.errors import InvalidRequest
+from apps.ledger import selectors, services
+from apps.ledger.api.serializers import BalanceOut, EntryOut, MovementIn, WalletCreateIn, WalletOut, entry_out
+from apps.ledger.errors import WalletNotFound
+from apps.ledger.models import Wallet
+from apps.sharding.ids import InvalidId, bucket_of, parse_id
+from apps.sharding.routing import shard_map
+
+IDEMPOTENCY_HEADER = OpenApiParameter(
+    "Idempotency-Key", location=OpenApiParameter.HEADER, required=True, description="Unique per request; 1-255 chars."
+)
+PAGE_PARAMS = [
+    OpenApiParameter("limit", int, description="1-100, default 20."),
+    OpenApiParameter("cursor", str, description="next_cursor of the previous page."),
+]
+
+
+def parse_wallet_id(raw: str) -> uuid.UUID:
+    """A wallet id from the URL; anything we could not have issued is simply not found."""
+    try:
+        wallet_id = parse_id(raw)
+    except InvalidId:
+        raise WalletNotFound(param="wallet_id") from None
+    if bucket_of(wallet_id) >= shard_map().bucket_count:
+        raise WalletNotFound(param="wallet_id")
+    return wallet_id
+
+
+def owned_wallet(request: Request, raw_id: str) -> Wallet:
+    return selectors.wallet_get(wallet_id=parse_wallet_id(raw_id), owner_id=request.user.id)
+
+
+class WalletCollectionView(APIView):
+    @extend_schema(request=WalletCreateIn, responses={201: WalletOut}, summary="Create a wallet")
+    def post(self, request: Request) -> Response:
+        data = WalletCreateIn(data=request.data)
+        data.is_valid(raise_exception=True)
+        wallet = services.wallet_create(owner_id=request.user.id, currency=data.validated_data["currency"])
+        return Response(WalletOut(wallet).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(parameters=PAGE_PARAMS, responses={200: WalletOut(many=True)}, summary="List your wallets")
+    def get(self, request: Request) -> Response:
+        limit = page_limit(request)
+        cursor = decode_cursor(request)
+        try:
+            before_id = uuid.UUID(cursor) if cursor is not None else None
+        except (TypeError, ValueError):
+            raise InvalidRequest("cursor is not one this API returned.", param="cursor") from None
+        wallets = selectors.wallet_list(owner_id=request.user.id, before_id=before_id, limit=limit + 1)
+        return Response(page(wallets, limit, lambda w: str(w.id), lambda w: WalletOut(w).data))
+
+
+class WalletDetailView(APIView):
+    @extend_schema(responses={200: WalletOut}, summary="Get a wallet")
+    def get(self, request: Request, wallet_id: str) -> Response:
+        return Response(WalletOut(owned_wallet(request, wallet_id)).data)
+
+
+class WalletBalanceView(APIView):
+    @extend_schema(responses={200: BalanceOut}, summary="Balance, read from the wallet's shard")
+    def get(self, request: Request, wallet_id: str) -> Response:
+        wallet = owned_wallet(request, wallet_id)
+        body = {
+            "wallet_id": wallet.id,
+            "currency": wallet.currency,
+            "posted": wallet.balance_minor,
+            "pending_out": 0,
+            "available": wallet.balance_minor,
+        }
+        return Response(BalanceOut(body).data)
+
+
+class _MovementView(APIView):
+    service: Any = None
+
+    def post(self, request: Request, wallet_id: str) -> Response:
+        wallet = owned_wallet(request, wallet_id)
+        key = idempotency_key(request)
+        data = MovementIn(data=request.data)
+        data.is_valid(raise_exception=True)
+        entry = type(self).service(wallet_id=wallet.id, amount_minor=data.validated_data["amount_minor"], reference=key)
+        response = Response(entry_out(entry), status=status.HTTP_201_CREATED)
+        if entry.replayed:
+            response["Idempotent-Replayed"] = "true"
+        return response
+
+
+class DepositView(_MovementView):
+    service = staticmethod(services.wallet_fund)
+
+    @extend_schema(
+        request=MovementIn, responses={201: EntryOut}, parameters=[IDEMPOTENCY_HEADER], summary="Fund a wallet"
+    )
+    def post(self, request: Request, wallet_id: str) -> Response:
+        return super().post(request, wallet_id)
+
+
+class WithdrawalView(_MovementView):
+    service = staticmethod(services.wallet_withdraw)
+
+    @extend_schema(
+        request=MovementIn, responses={201: EntryOut}, parameters=[IDEMPOTENCY_HEADER], summary="Withdraw from a wallet"
+    )
+    def post(self, request: Request, wallet_id: str) -> Response:
+        return super().post(request, wallet_id)
+
+
+class EntryListView(APIView):
+    @extend_schema(parameters=PAGE_PARAMS, responses={200: EntryOut(many=True)}, summary="Ledger history, newest first")
+    def get(self, request: Request, wallet_id: str) -> Response:
+        wallet = owned_wallet(request, wallet_id)
+        limit = page_limit(request)
+        cursor = decode_cursor(request)
+        if cursor is not None and (isinstance(cursor, bool) or not isinstance(cursor, int)):
+            raise InvalidRequest("cursor is not one this API returned.", param="cursor")
+        entries = selectors.entry_list(wallet_id=wallet.id, before_seq=cursor, limit=limit + 1)
+        return Response(page(entries, limit, lambda e: e.seq, entry_out))

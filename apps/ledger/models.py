@@ -1,0 +1,77 @@
+"""The ledger on each shard: wallets and their applied entries.
+
+`LedgerEntry` is both the wallet's history and its idempotency table (the seed's
+approach 2): UNIQUE(wallet, reference, kind) means a deposit, withdrawal, debit,
+credit or refund for one reference applies at most once, whatever is retried.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+from django.db.models import Q
+
+
+class WalletStatus(models.TextChoices):
+    ACTIVE = "active"
+    FROZEN = "frozen"
+
+
+class EntryKind(models.TextChoices):
+    DEPOSIT = "deposit"  # money enters the system
+    WITHDRAWAL = "withdrawal"  # money leaves the system
+    DEBIT = "debit"  # a transfer takes money from its payer
+    CREDIT = "credit"  # a transfer gives money to its payee
+    REFUND = "refund"  # a failed transfer gives its debit back to the payer
+
+
+INFLOWS = [EntryKind.DEPOSIT, EntryKind.CREDIT, EntryKind.REFUND]
+OUTFLOWS = [EntryKind.WITHDRAWAL, EntryKind.DEBIT]
+
+
+class Wallet(models.Model):
+    id = models.UUIDField(primary_key=True, editable=False)
+    owner_id = models.BigIntegerField(help_text="The API client owning the wallet (on the control database).")
+    currency = models.CharField(max_length=3)
+    balance_minor = models.BigIntegerField(default=0)
+    status = models.CharField(max_length=8, choices=WalletStatus.choices, default=WalletStatus.ACTIVE)
+    last_entry_seq = models.BigIntegerField(default=0, help_text="Sequence number of the newest entry.")
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "ledger_wallet"
+        constraints = [
+            models.CheckConstraint(condition=Q(balance_minor__gte=0), name="wallet_balance_non_negative"),
+        ]
+        indexes = [models.Index(fields=["owner_id", "-id"], name="wallet_owner_newest")]
+
+    def __str__(self) -> str:
+        return f"wallet {self.id}"
+
+
+class LedgerEntry(models.Model):
+    id = models.UUIDField(primary_key=True, editable=False)
+    # Co-sharded with its wallet, so a real foreign key is fine.
+    wallet = models.ForeignKey(Wallet, on_delete=models.PROTECT, related_name="entries")
+    seq = models.BigIntegerField(help_text="1, 2, 3... per wallet, in the order entries were applied.")
+    reference = models.CharField(max_length=255, help_text="Deposit/withdrawal idempotency key or transfer id.")
+    kind = models.CharField(max_length=12, choices=EntryKind.choices)
+    amount_minor = models.BigIntegerField(help_text="Signed: positive adds to the balance.")
+    balance_after_minor = models.BigIntegerField()
+    created_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "ledger_entry"
+        constraints = [
+            models.UniqueConstraint(fields=["wallet", "reference", "kind"], name="entry_applied_once"),
+            models.UniqueConstraint(fields=["wallet", "seq"], name="entry_seq_per_wallet"),
+            models.CheckConstraint(
+                condition=(Q(kind__in=INFLOWS) & Q(amount_minor__gt=0))
+                | (Q(kind__in=OUTFLOWS) & Q(amount_minor__lt=0)),
+                name="entry_sign_matches_kind",
+            ),
+            models.CheckConstraint(condition=Q(balance_after_minor__gte=0), name="entry_balance_after_non_negative"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.amount_minor} on {self.wallet_id}"

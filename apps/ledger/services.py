@@ -1,0 +1,195 @@
+"""Every write to the ledger. Each service is one transaction on the wallet's shard.
+
+Balance changes are guarded in SQL (a conditional UPDATE) and recorded with a
+unique (wallet, reference, kind) entry in the same transaction, so a repeat with
+the same reference returns the first result and changes nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db import IntegrityError, connections, transaction
+from django.utils import timezone
+
+from apps.common.errors import IdempotencyKeyReused
+from apps.ledger.errors import CurrencyMismatch, InsufficientFunds, WalletFrozen, WalletNotFound
+from apps.ledger.models import EntryKind, Wallet, WalletStatus
+from apps.sharding.ids import bucket_of, new_id
+from apps.sharding.routing import alias_for_id, random_bucket, shard_map
+
+
+@dataclass(frozen=True)
+class AppliedEntry:
+    """The effect of one money movement on one wallet, as first applied."""
+
+    id: uuid.UUID
+    wallet_id: uuid.UUID
+    seq: int
+    reference: str
+    kind: str
+    amount_minor: int
+    balance_after_minor: int
+    created_at: datetime
+    replayed: bool = False
+
+
+_ENTRY_COLUMNS = "id, wallet_id, seq, reference, kind, amount_minor, balance_after_minor, created_at"
+
+# One round trip: move the balance if the guard holds, then record the entry.
+# The UNIQUE(wallet, reference, kind) index is what makes a concurrent repeat fail.
+_APPLY_SQL = f"""
+WITH moved AS (
+    UPDATE ledger_wallet
+       SET balance_minor = balance_minor + %(delta)s,
+           last_entry_seq = last_entry_seq + 1,
+           updated_at = %(now)s
+     WHERE id = %(wallet_id)s
+       AND balance_minor + %(delta)s >= 0
+       AND (%(allow_frozen)s OR status = 'active')
+       AND (%(currency)s::text IS NULL OR currency = %(currency)s::text)
+       AND NOT EXISTS (
+           SELECT 1 FROM ledger_entry
+            WHERE wallet_id = %(wallet_id)s AND reference = %(reference)s AND kind = %(kind)s)
+ RETURNING id, balance_minor, last_entry_seq
+)
+INSERT INTO ledger_entry ({_ENTRY_COLUMNS})
+SELECT %(entry_id)s, id, last_entry_seq, %(reference)s, %(kind)s, %(delta)s, balance_minor, %(now)s FROM moved
+RETURNING {_ENTRY_COLUMNS}
+"""  # noqa: S608 - a constant column list; every value is bound
+
+_EXISTING_SQL = f"SELECT {_ENTRY_COLUMNS} FROM ledger_entry WHERE wallet_id = %s AND reference = %s AND kind = %s"  # noqa: S608
+
+
+def _entry(row: tuple, *, replayed: bool) -> AppliedEntry:
+    return AppliedEntry(*row, replayed=replayed)
+
+
+def _existing_entry(alias: str, wallet_id: uuid.UUID, reference: str, kind: str) -> AppliedEntry | None:
+    with connections[alias].cursor() as cursor:
+        cursor.execute(_EXISTING_SQL, [wallet_id, reference, kind])
+        row = cursor.fetchone()
+    return _entry(row, replayed=True) if row else None
+
+
+def _replay(existing: AppliedEntry, delta: int) -> AppliedEntry:
+    if existing.amount_minor != delta:
+        raise IdempotencyKeyReused(
+            f"Reference {existing.reference!r} was already used for a {existing.kind} of "
+            f"{abs(existing.amount_minor)}, not {abs(delta)}.",
+            param="Idempotency-Key",
+        )
+    return existing
+
+
+def _why_not_applied(alias: str, wallet_id: uuid.UUID, delta: int, currency: str | None) -> Exception:
+    wallet = Wallet.objects.using(alias).filter(id=wallet_id).first()
+    if wallet is None:
+        return WalletNotFound(param="wallet_id")
+    if currency is not None and wallet.currency != currency:
+        return CurrencyMismatch(f"The wallet holds {wallet.currency}, not {currency}.", param="currency")
+    if wallet.status != WalletStatus.ACTIVE:
+        return WalletFrozen()
+    return InsufficientFunds(
+        f"The wallet holds {wallet.balance_minor}, which is less than {-delta}.", param="amount_minor"
+    )
+
+
+def apply_entry(
+    *,
+    wallet_id: uuid.UUID,
+    reference: str,
+    kind: EntryKind,
+    delta: int,
+    currency: str | None = None,
+    allow_frozen: bool = False,
+) -> AppliedEntry:
+    """Apply one signed movement to a wallet exactly once per (reference, kind).
+
+    Raises WalletNotFound, CurrencyMismatch, WalletFrozen or InsufficientFunds when
+    the guard refuses (nothing changed), IdempotencyKeyReused when the reference
+    was already applied with another amount.
+    """
+    alias = alias_for_id(wallet_id)
+    now = timezone.now()
+    params = {
+        "delta": delta,
+        "now": now,
+        "wallet_id": wallet_id,
+        "allow_frozen": allow_frozen,
+        "currency": currency,
+        "reference": reference,
+        "kind": str(kind),
+        "entry_id": new_id(bucket_of(wallet_id)),
+    }
+    try:
+        with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
+            cursor.execute(_APPLY_SQL, params)
+            row = cursor.fetchone()
+    except IntegrityError:
+        # A concurrent repeat committed the same (wallet, reference, kind) first.
+        row = None
+    if row is not None:
+        return _entry(row, replayed=False)
+    existing = _existing_entry(alias, wallet_id, reference, str(kind))
+    if existing is not None:
+        return _replay(existing, delta)
+    raise _why_not_applied(alias, wallet_id, delta, currency)
+
+
+def wallet_create(*, owner_id: int, currency: str, bucket: int | None = None) -> Wallet:
+    """Create an empty wallet in a random bucket (or the one given), on that bucket's shard."""
+    bucket = random_bucket() if bucket is None else bucket
+    alias = shard_map().alias_for_bucket(bucket)
+    now = timezone.now()
+    wallet = Wallet(id=new_id(bucket), owner_id=owner_id, currency=currency, created_at=now, updated_at=now)
+    with transaction.atomic(using=alias):
+        wallet.save(using=alias, force_insert=True)
+    return wallet
+
+
+def wallet_fund(*, wallet_id: uuid.UUID, amount_minor: int, reference: str) -> AppliedEntry:
+    """Money enters the system: a deposit, applied once per reference (the idempotency key)."""
+    return apply_entry(wallet_id=wallet_id, reference=reference, kind=EntryKind.DEPOSIT, delta=amount_minor)
+
+
+def wallet_withdraw(*, wallet_id: uuid.UUID, amount_minor: int, reference: str) -> AppliedEntry:
+    """Money leaves the system: a withdrawal, applied once per reference, never below zero."""
+    return apply_entry(wallet_id=wallet_id, reference=reference, kind=EntryKind.WITHDRAWAL, delta=-amount_minor)
+
+
+def wallet_debit(*, wallet_id: uuid.UUID, transfer_id: uuid.UUID, amount_minor: int, currency: str) -> AppliedEntry:
+    """Saga step: take a transfer's amount from its payer (active, same currency, enough funds)."""
+    return apply_entry(
+        wallet_id=wallet_id, reference=str(transfer_id), kind=EntryKind.DEBIT, delta=-amount_minor, currency=currency
+    )
+
+
+def wallet_credit(*, wallet_id: uuid.UUID, transfer_id: uuid.UUID, amount_minor: int, currency: str) -> AppliedEntry:
+    """Saga step: give a transfer's amount to its payee (active, same currency)."""
+    return apply_entry(
+        wallet_id=wallet_id, reference=str(transfer_id), kind=EntryKind.CREDIT, delta=amount_minor, currency=currency
+    )
+
+
+def wallet_refund(*, wallet_id: uuid.UUID, transfer_id: uuid.UUID, amount_minor: int) -> AppliedEntry:
+    """Saga compensation: give a failed transfer's debit back to its payer, even if since frozen."""
+    return apply_entry(
+        wallet_id=wallet_id,
+        reference=str(transfer_id),
+        kind=EntryKind.REFUND,
+        delta=amount_minor,
+        allow_frozen=True,
+    )
+
+
+def wallet_set_status(*, wallet_id: uuid.UUID, status: WalletStatus) -> Wallet:
+    """Freeze or unfreeze a wallet (one guarded update on its shard)."""
+    alias = alias_for_id(wallet_id)
+    with transaction.atomic(using=alias):
+        updated = Wallet.objects.using(alias).filter(id=wallet_id).update(status=status, updated_at=timezone.now())
+        if not updated:
+            raise WalletNotFound(param="wallet_id")
+    return Wallet.objects.using(alias).get(id=wallet_id)

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class ShardingConfig(AppConfig):
+    name = "apps.sharding"
+    label = "sharding"

@@ -1,0 +1,261 @@
+"""The local stack: one PostgreSQL server per shard (plus the control database) and a Redis.
+
+Everything lives under the stack directory (git-ignored `var/<profile>/`), on the ports
+named in the shard map, so `make run` and the test suite never touch each other's data
+nor the machine's own servers. `up` is idempotent; `down` stops only servers whose data
+lives in the stack directory (and a Redis only if this stack started it).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import psycopg
+import redis
+
+from apps.sharding.shardmap import DatabaseServer, ShardMap
+
+log = logging.getLogger(__name__)
+
+POSTGRES_CONF = """
+# written by shardwallet devstack
+listen_addresses = '{host}'
+port = {port}
+unix_socket_directories = ''
+max_connections = 300
+wal_level = logical
+max_replication_slots = 16
+max_wal_senders = 16
+shared_buffers = 128MB
+fsync = on
+synchronous_commit = on
+log_min_messages = warning
+"""
+
+
+class DevstackError(RuntimeError):
+    """The local stack cannot be brought up; the message says what to do."""
+
+
+def _running_as_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _apt_install(package: str) -> None:
+    if not _running_as_root() or shutil.which("apt-get") is None:
+        raise DevstackError(f"{package} is not installed; install it (e.g. apt-get install {package})")
+    log.info("installing %s with apt-get", package)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=False, env=env)  # noqa: S607
+    subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True, env=env)  # noqa: S607
+
+
+def postgres_bindir() -> Path:
+    """Directory of initdb/pg_ctl, installing Debian's PostgreSQL when none is present."""
+    for _attempt in range(2):
+        candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
+        initdb = shutil.which("initdb")
+        if initdb:
+            candidates.insert(0, str(Path(os.path.realpath(initdb)).parent))
+        for candidate in candidates:
+            if (Path(candidate) / "pg_ctl").exists() and (Path(candidate) / "initdb").exists():
+                return Path(candidate)
+        _apt_install("postgresql")
+    raise DevstackError("PostgreSQL server binaries (initdb, pg_ctl) not found")
+
+
+def port_is_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class PostgresCluster:
+    """One PostgreSQL server process whose data directory belongs to the stack."""
+
+    server: DatabaseServer
+    data_dir: Path
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir.parent / f"{self.data_dir.name}.log"
+
+    def _as_postgres(self, args: list[str]) -> list[str]:
+        # PostgreSQL refuses to run as root: run its tools as the postgres user.
+        if _running_as_root():
+            return ["runuser", "-u", "postgres", "--", *args]
+        return args
+
+    def _pg(self, tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        cmd = self._as_postgres([str(postgres_bindir() / tool), *args])
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if check and result.returncode != 0:
+            raise DevstackError(
+                f"{tool} failed for {self.server.alias}: {result.stderr.strip() or result.stdout.strip()}"
+                f" (log: {self.log_file})"
+            )
+        return result
+
+    def is_initialised(self) -> bool:
+        return (self.data_dir / "PG_VERSION").exists()
+
+    def is_running(self) -> bool:
+        if not self.is_initialised():
+            return False
+        return self._pg("pg_ctl", "status", "-D", str(self.data_dir), check=False).returncode == 0
+
+    def initialise(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if _running_as_root():
+            shutil.chown(self.data_dir, "postgres", "postgres")
+            self.data_dir.chmod(0o700)
+        self._pg("initdb", "-D", str(self.data_dir), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        with (self.data_dir / "postgresql.conf").open("a") as conf:
+            conf.write(POSTGRES_CONF.format(host=self.server.host, port=self.server.port))
+        with (self.data_dir / "pg_hba.conf").open("a") as hba:
+            # The change-data-capture reader streams the WAL over a replication connection.
+            hba.write("host replication all 127.0.0.1/32 trust\n")
+
+    def start(self) -> None:
+        if port_is_open(self.server.host, self.server.port):
+            raise DevstackError(
+                f"port {self.server.port} for {self.server.alias} is taken by another process; "
+                f"free it or change the port in the shard map"
+            )
+        self.log_file.touch()
+        if _running_as_root():
+            shutil.chown(self.log_file, "postgres", "postgres")
+        self._pg("pg_ctl", "start", "-D", str(self.data_dir), "-l", str(self.log_file), "-w", "-t", "60")
+
+    def stop(self) -> None:
+        self._pg("pg_ctl", "stop", "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "60")
+
+    def ensure_database(self) -> None:
+        conninfo = f"host={self.server.host} port={self.server.port} user={self.server.user} dbname=postgres"
+        with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [self.server.name]).fetchone()
+            if not exists:
+                conn.execute(f'CREATE DATABASE "{self.server.name}"')
+
+
+class Devstack:
+    def __init__(self, shard_map: ShardMap, stack_dir: Path, redis_url: str) -> None:
+        self.shard_map = shard_map
+        self.stack_dir = stack_dir
+        self.redis_url = redis_url
+
+    @property
+    def state_file(self) -> Path:
+        return self.stack_dir / "state.json"
+
+    def clusters(self) -> list[PostgresCluster]:
+        servers = [self.shard_map.control, *(self.shard_map.shards[a] for a in self.shard_map.aliases)]
+        return [PostgresCluster(s, self.stack_dir / "pg" / s.alias) for s in servers if s.is_local]
+
+    def _redis_endpoint(self) -> tuple[str, int]:
+        url = urlparse(self.redis_url)
+        return url.hostname or "127.0.0.1", url.port or 6379
+
+    @property
+    def redis_pidfile(self) -> Path:
+        return self.stack_dir / "redis" / "redis.pid"
+
+    def redis_answers(self) -> bool:
+        try:
+            return bool(redis.Redis.from_url(self.redis_url, socket_connect_timeout=0.5).ping())
+        except redis.RedisError:
+            return False
+
+    def _start_redis(self) -> None:
+        host, port = self._redis_endpoint()
+        if host not in {"127.0.0.1", "localhost"}:
+            raise DevstackError(f"Redis at {self.redis_url} does not answer and is not local")
+        if shutil.which("redis-server") is None:
+            _apt_install("redis-server")
+        if port_is_open(host, port):
+            raise DevstackError(f"port {port} is taken by something that is not Redis")
+        redis_dir = self.redis_pidfile.parent
+        redis_dir.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [  # noqa: S607
+                "redis-server", "--port", str(port), "--bind", host, "--daemonize", "yes",
+                "--pidfile", str(self.redis_pidfile), "--dir", str(redis_dir),
+                "--logfile", str(redis_dir / "redis.log"), "--save", "", "--appendonly", "no",
+            ],
+            check=True,
+        )  # fmt: skip
+        for _ in range(50):
+            if self.redis_answers():
+                return
+            time.sleep(0.1)
+        raise DevstackError(f"redis-server did not answer on port {port}; see {redis_dir / 'redis.log'}")
+
+    def up(self) -> list[str]:
+        """Create and start whatever is not running; return a line per component."""
+        self.stack_dir.mkdir(parents=True, exist_ok=True)
+        report = []
+        for cluster in self.clusters():
+            if cluster.is_running():
+                report.append(f"{cluster.server.alias}: running on port {cluster.server.port} (reused)")
+            else:
+                if not cluster.is_initialised():
+                    cluster.initialise()
+                cluster.start()
+                report.append(f"{cluster.server.alias}: started on port {cluster.server.port}")
+            cluster.ensure_database()
+        if self.redis_answers():
+            report.append(f"redis: answering at {self.redis_url} (reused)")
+        else:
+            self._start_redis()
+            report.append(f"redis: started at {self.redis_url}")
+        return report
+
+    def _redis_pid(self) -> int | None:
+        try:
+            return int(self.redis_pidfile.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def down(self, purge: bool = False) -> list[str]:
+        report = []
+        for cluster in self.clusters():
+            if cluster.is_running():
+                cluster.stop()
+                report.append(f"{cluster.server.alias}: stopped")
+        pid = self._redis_pid()
+        if pid is not None:
+            try:
+                os.kill(pid, 15)
+                report.append("redis: stopped")
+            except ProcessLookupError:
+                pass
+            self.redis_pidfile.unlink(missing_ok=True)
+        if purge and self.stack_dir.exists():
+            shutil.rmtree(self.stack_dir)
+            report.append(f"removed {self.stack_dir}")
+        return report
+
+    def status(self) -> dict[str, str]:
+        status = {}
+        for cluster in self.clusters():
+            state = "running" if cluster.is_running() else "stopped"
+            status[cluster.server.alias] = f"{state} (port {cluster.server.port}, {cluster.data_dir})"
+        owner = "started by this stack" if self._redis_pid() else "external"
+        status["redis"] = f"{'answering' if self.redis_answers() else 'down'} ({self.redis_url}, {owner})"
+        return status
+
+    def write_state(self) -> None:
+        self.state_file.write_text(json.dumps(self.status(), indent=2))

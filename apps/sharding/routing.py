@@ -1,0 +1,49 @@
+"""Where a sharded row lives: computed from its id through the shard map in settings."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+from django.conf import settings
+
+from apps.sharding.ids import bucket_of
+from apps.sharding.shardmap import ShardMap
+
+_scoped_shard: ContextVar[str | None] = ContextVar("scoped_shard", default=None)
+
+
+def shard_map() -> ShardMap:
+    return settings.SHARD_MAP
+
+
+def shard_aliases() -> list[str]:
+    return shard_map().aliases
+
+
+def alias_for_id(row_id: uuid.UUID) -> str:
+    """The shard alias holding the row with this id (and every row keyed by it)."""
+    return shard_map().alias_for_bucket(bucket_of(row_id))
+
+
+def random_bucket() -> int:
+    return secrets.randbelow(shard_map().bucket_count)
+
+
+def scoped_shard() -> str | None:
+    return _scoped_shard.get()
+
+
+@contextmanager
+def use_shard(alias: str) -> Iterator[str]:
+    """Route unqualified queries on sharded models to `alias` inside the block."""
+    if alias not in shard_map().shards:
+        raise KeyError(f"unknown shard alias {alias!r}")
+    token = _scoped_shard.set(alias)
+    try:
+        yield alias
+    finally:
+        _scoped_shard.reset(token)

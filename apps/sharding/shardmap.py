@@ -1,0 +1,175 @@
+"""The shard map: physical PostgreSQL shards and the logical buckets mapped onto them.
+
+`shards.yaml` is read once at start-up and validated strictly, because a wrong map
+silently sends money rows to the wrong database.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+MAX_BUCKETS = 4096  # ids carry the bucket in 12 bits (see apps.sharding.ids)
+ALIAS_PATTERN = re.compile(r"^shard_\d{2,}$")
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+class ShardMapError(ValueError):
+    """shards.yaml is missing, malformed or inconsistent."""
+
+
+@dataclass(frozen=True)
+class DatabaseServer:
+    """Where one PostgreSQL database lives."""
+
+    alias: str
+    host: str
+    port: int
+    name: str
+    user: str = "postgres"
+    password: str = ""
+
+    @property
+    def is_local(self) -> bool:
+        """True when the local stack may create and start this server itself."""
+        return self.host in LOOPBACK_HOSTS
+
+    def django_settings(self) -> dict[str, Any]:
+        return {
+            "ENGINE": "django.db.backends.postgresql",
+            "HOST": self.host,
+            "PORT": str(self.port),
+            "NAME": self.name,
+            "USER": self.user,
+            "PASSWORD": self.password,
+            # Persistent connections: a new connection costs more than a transfer.
+            "CONN_MAX_AGE": None,
+            "CONN_HEALTH_CHECKS": True,
+            "OPTIONS": {"connect_timeout": 3},
+            "TEST": {"NAME": self.name},
+        }
+
+
+@dataclass(frozen=True)
+class BucketRange:
+    first: int
+    last: int
+    alias: str
+
+
+@dataclass(frozen=True)
+class ShardMap:
+    control: DatabaseServer
+    shards: dict[str, DatabaseServer]
+    bucket_count: int
+    ranges: tuple[BucketRange, ...]
+    _alias_by_bucket: tuple[str, ...] = field(repr=False, default=())
+
+    @property
+    def aliases(self) -> list[str]:
+        return sorted(self.shards)
+
+    def alias_for_bucket(self, bucket: int) -> str:
+        if not 0 <= bucket < self.bucket_count:
+            raise ShardMapError(f"bucket {bucket} is outside 0..{self.bucket_count - 1}")
+        return self._alias_by_bucket[bucket]
+
+    def buckets_of(self, alias: str) -> list[int]:
+        return [b for b, a in enumerate(self._alias_by_bucket) if a == alias]
+
+
+def _server(alias: str, raw: Any, where: str) -> DatabaseServer:
+    if not isinstance(raw, dict):
+        raise ShardMapError(f"{where}: expected a mapping with host, port and name")
+    unknown = set(raw) - {"alias", "host", "port", "name", "user", "password"}
+    if unknown:
+        raise ShardMapError(f"{where}: unknown keys {sorted(unknown)}")
+    missing = [k for k in ("host", "port", "name") if k not in raw]
+    if missing:
+        raise ShardMapError(f"{where}: missing {missing}")
+    try:
+        port = int(raw["port"])
+    except (TypeError, ValueError):
+        raise ShardMapError(f"{where}: port must be an integer, got {raw['port']!r}") from None
+    return DatabaseServer(
+        alias=alias,
+        host=str(raw["host"]),
+        port=port,
+        name=str(raw["name"]),
+        user=str(raw.get("user", "postgres")),
+        password=str(raw.get("password", "")),
+    )
+
+
+def parse_shard_map(data: Any, source: str = "shards.yaml") -> ShardMap:
+    """Validate the parsed YAML and build the map; every error names what is wrong."""
+    if not isinstance(data, dict):
+        raise ShardMapError(f"{source}: expected a mapping at top level")
+    bucket_count = data.get("buckets")
+    if not isinstance(bucket_count, int) or not 1 <= bucket_count <= MAX_BUCKETS:
+        raise ShardMapError(f"{source}: 'buckets' must be an integer in 1..{MAX_BUCKETS}")
+    control = _server("default", data.get("control"), f"{source}: control")
+
+    raw_shards = data.get("shards")
+    if not isinstance(raw_shards, list) or not raw_shards:
+        raise ShardMapError(f"{source}: 'shards' must be a non-empty list")
+    shards: dict[str, DatabaseServer] = {}
+    for i, raw in enumerate(raw_shards):
+        alias = raw.get("alias") if isinstance(raw, dict) else None
+        if not isinstance(alias, str) or not ALIAS_PATTERN.match(alias):
+            raise ShardMapError(f"{source}: shards[{i}].alias must look like shard_00, got {alias!r}")
+        if alias in shards:
+            raise ShardMapError(f"{source}: shard alias {alias} is listed twice")
+        shards[alias] = _server(alias, raw, f"{source}: shards[{i}] ({alias})")
+    endpoints = [(s.host, s.port, s.name) for s in [control, *shards.values()]]
+    if len(set(endpoints)) != len(endpoints):
+        raise ShardMapError(f"{source}: two databases share the same host, port and name")
+
+    raw_ranges = data.get("bucket_ranges")
+    if not isinstance(raw_ranges, list) or not raw_ranges:
+        raise ShardMapError(f"{source}: 'bucket_ranges' must be a non-empty list")
+    ranges: list[BucketRange] = []
+    for i, raw in enumerate(raw_ranges):
+        where = f"{source}: bucket_ranges[{i}]"
+        if not isinstance(raw, dict) or set(raw) != {"first", "last", "shard"}:
+            raise ShardMapError(f"{where}: expected exactly first, last and shard")
+        first, last, alias = raw["first"], raw["last"], raw["shard"]
+        if not isinstance(first, int) or not isinstance(last, int) or first > last:
+            raise ShardMapError(f"{where}: first and last must be integers with first <= last")
+        if first < 0 or last >= bucket_count:
+            raise ShardMapError(f"{where}: {first}..{last} is outside 0..{bucket_count - 1}")
+        if alias not in shards:
+            raise ShardMapError(f"{where}: unknown shard alias {alias!r}")
+        ranges.append(BucketRange(first, last, alias))
+
+    ranges.sort(key=lambda r: r.first)
+    expected = 0
+    for r in ranges:
+        if r.first < expected:
+            raise ShardMapError(f"{source}: bucket ranges overlap at bucket {r.first}")
+        if r.first > expected:
+            raise ShardMapError(f"{source}: buckets {expected}..{r.first - 1} are not mapped to any shard")
+        expected = r.last + 1
+    if expected != bucket_count:
+        raise ShardMapError(f"{source}: buckets {expected}..{bucket_count - 1} are not mapped to any shard")
+    unused = set(shards) - {r.alias for r in ranges}
+    if unused:
+        raise ShardMapError(f"{source}: shards {sorted(unused)} have no buckets")
+
+    by_bucket = tuple(r.alias for r in ranges for _ in range(r.first, r.last + 1))
+    return ShardMap(control, shards, bucket_count, tuple(ranges), by_bucket)
+
+
+def load_shard_map(path: str | Path) -> ShardMap:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ShardMapError(f"shard map {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ShardMapError(f"{path}: not valid YAML: {exc}") from None
+    return parse_shard_map(data, str(path))

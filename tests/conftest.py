@@ -1,0 +1,45 @@
+"""The test session brings up its own throw-away stack (tests/shards.test.yaml, var/test)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.core.management import call_command
+from django.db import connections
+
+from apps.sharding.devstack import Devstack
+from tests.factories import api_for, make_client
+
+
+@pytest.fixture(scope="session")
+def devstack() -> Iterator[Devstack]:
+    stack = Devstack(settings.SHARD_MAP, settings.DEVSTACK_DIR, settings.REDIS_URL)
+    was_running = all(c.is_running() for c in stack.clusters()) and stack.redis_answers()
+    stack.up()
+    yield stack
+    connections.close_all()
+    # Throw-away: a stack this session started is stopped and deleted; one that was
+    # already up (a developer iterating) is left as it was.
+    if not was_running and os.environ.get("SHARDWALLET_KEEP_TEST_STACK") != "1":
+        stack.down(purge=True)
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(devstack: Devstack, django_db_blocker: Any) -> None:
+    # The stack's databases are already the throw-away test databases: migrate them in place.
+    with django_db_blocker.unblock():
+        call_command("migrate_shards", verbosity=0)
+
+
+@pytest.fixture
+def client_and_key() -> tuple[Any, str]:
+    return make_client("acme")
+
+
+@pytest.fixture
+def api(client_and_key: tuple[Any, str]) -> Any:
+    return api_for(client_and_key[1])

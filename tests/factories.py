@@ -1,0 +1,54 @@
+"""Set up state through the services, as the API would."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import psycopg
+from django.conf import settings
+from rest_framework.test import APIClient
+
+from apps.accounts.models import ApiClient
+from apps.accounts.services import api_client_create
+from apps.ledger.models import Wallet
+from apps.ledger.services import wallet_create, wallet_fund
+from apps.sharding.routing import shard_map
+
+ALL_DATABASES = "__all__"
+
+
+def make_client(name: str = "acme") -> tuple[ApiClient, str]:
+    return api_client_create(name=name)
+
+
+def api_for(key: str) -> APIClient:
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
+    return api
+
+
+def bucket_on(alias: str) -> int:
+    return shard_map().buckets_of(alias)[0]
+
+
+def make_wallet(owner: ApiClient, *, currency: str = "USD", funded: int = 0, shard: str | None = None) -> Wallet:
+    wallet = wallet_create(owner_id=owner.id, currency=currency, bucket=bucket_on(shard) if shard is not None else None)
+    if funded:
+        wallet_fund(wallet_id=wallet.id, amount_minor=funded, reference=f"seed-{uuid.uuid4()}")
+        wallet.refresh_from_db(using=wallet._state.db)
+    return wallet
+
+
+def raw_query(alias: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+    """Query a shard over a fresh psycopg connection: no router, no Django in between."""
+    db = settings.DATABASES[alias]
+    conninfo = f"host={db['HOST']} port={db['PORT']} dbname={db['NAME']} user={db['USER']}"
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def balance_and_entry_count(wallet_id: uuid.UUID, alias: str) -> tuple[int, int]:
+    [(balance,)] = raw_query(alias, "SELECT balance_minor FROM ledger_wallet WHERE id = %s", [wallet_id])
+    [(count,)] = raw_query(alias, "SELECT count(*) FROM ledger_entry WHERE wallet_id = %s", [wallet_id])
+    return balance, count

@@ -1,0 +1,100 @@
+from typing import Any
+
+import pytest
+
+from apps.sharding.shardmap import ShardMapError, load_shard_map, parse_shard_map
+
+
+def valid_map(**overrides: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "buckets": 8,
+        "control": {"host": "127.0.0.1", "port": 5000, "name": "control"},
+        "shards": [
+            {"alias": "shard_00", "host": "127.0.0.1", "port": 5001, "name": "w"},
+            {"alias": "shard_01", "host": "127.0.0.1", "port": 5002, "name": "w"},
+        ],
+        "bucket_ranges": [
+            {"first": 0, "last": 3, "shard": "shard_00"},
+            {"first": 4, "last": 7, "shard": "shard_01"},
+        ],
+    }
+    data.update(overrides)
+    return data
+
+
+def test_valid_map_sends_each_bucket_to_its_range() -> None:
+    shard_map = parse_shard_map(valid_map())
+    assert [shard_map.alias_for_bucket(b) for b in range(8)] == ["shard_00"] * 4 + ["shard_01"] * 4
+    assert shard_map.aliases == ["shard_00", "shard_01"]
+    assert shard_map.buckets_of("shard_01") == [4, 5, 6, 7]
+
+
+def test_bucket_outside_the_map_is_refused() -> None:
+    with pytest.raises(ShardMapError, match="outside"):
+        parse_shard_map(valid_map()).alias_for_bucket(8)
+
+
+@pytest.mark.parametrize(
+    ("ranges", "message"),
+    [
+        ([{"first": 0, "last": 4, "shard": "shard_00"}, {"first": 4, "last": 7, "shard": "shard_01"}], "overlap"),
+        ([{"first": 0, "last": 2, "shard": "shard_00"}, {"first": 4, "last": 7, "shard": "shard_01"}], "3..3"),
+        ([{"first": 0, "last": 3, "shard": "shard_00"}, {"first": 4, "last": 6, "shard": "shard_01"}], "7..7"),
+        ([{"first": 0, "last": 3, "shard": "shard_00"}, {"first": 4, "last": 7, "shard": "shard_09"}], "unknown"),
+        ([{"first": 0, "last": 7, "shard": "shard_00"}], "have no buckets"),
+        ([{"first": 5, "last": 2, "shard": "shard_00"}], "first <= last"),
+        ([{"first": 0, "last": 9, "shard": "shard_00"}], "outside"),
+    ],
+)
+def test_inconsistent_bucket_ranges_are_refused_with_a_readable_error(ranges: list[Any], message: str) -> None:
+    with pytest.raises(ShardMapError, match=message):
+        parse_shard_map(valid_map(bucket_ranges=ranges))
+
+
+def test_duplicate_alias_is_refused() -> None:
+    shards = [
+        {"alias": "shard_00", "host": "127.0.0.1", "port": 5001, "name": "w"},
+        {"alias": "shard_00", "host": "127.0.0.1", "port": 5002, "name": "w"},
+    ]
+    with pytest.raises(ShardMapError, match="listed twice"):
+        parse_shard_map(valid_map(shards=shards))
+
+
+def test_two_shards_on_one_database_are_refused() -> None:
+    shards = [
+        {"alias": "shard_00", "host": "127.0.0.1", "port": 5001, "name": "w"},
+        {"alias": "shard_01", "host": "127.0.0.1", "port": 5001, "name": "w"},
+    ]
+    with pytest.raises(ShardMapError, match="same host"):
+        parse_shard_map(valid_map(shards=shards))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"buckets": 0}, "buckets"),
+        ({"buckets": 5000}, "buckets"),
+        ({"control": None}, "control"),
+        ({"shards": []}, "non-empty"),
+        ({"shards": [{"alias": "db1", "host": "h", "port": 1, "name": "n"}]}, "shard_00"),
+        ({"shards": [{"alias": "shard_00", "host": "h", "name": "n"}]}, "missing"),
+        ({"shards": [{"alias": "shard_00", "host": "h", "port": "x", "name": "n"}]}, "port"),
+    ],
+)
+def test_malformed_servers_are_refused(override: dict[str, Any], message: str) -> None:
+    with pytest.raises(ShardMapError, match=message):
+        parse_shard_map(valid_map(**override))
+
+
+def test_missing_and_unparsable_files_are_reported(tmp_path: Any) -> None:
+    with pytest.raises(ShardMapError, match="does not exist"):
+        load_shard_map(tmp_path / "nope.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("buckets: [1, 2\n")
+    with pytest.raises(ShardMapError, match="not valid YAML"):
+        load_shard_map(broken)
+
+
+def test_the_shipped_shard_maps_are_valid() -> None:
+    assert load_shard_map("shards.yaml").aliases == ["shard_00", "shard_01", "shard_02", "shard_03"]
+    assert len(load_shard_map("tests/shards.test.yaml").aliases) >= 2

@@ -1,0 +1,111 @@
+"""Settings for shardwallet. DATABASES is built from the shard map (shards.yaml)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from apps.sharding.shardmap import load_shard_map
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def _env_path(name: str, default: str) -> Path:
+    path = Path(os.environ.get(name, default))
+    return path if path.is_absolute() else BASE_DIR / path
+
+
+SECRET_KEY = os.environ.get("SHARDWALLET_SECRET_KEY", "dev-only-insecure-secret-key-change-me-in-production")
+DEBUG = os.environ.get("SHARDWALLET_DEBUG", "0") == "1"
+ALLOWED_HOSTS = os.environ.get("SHARDWALLET_ALLOWED_HOSTS", "127.0.0.1,localhost,testserver").split(",")
+
+# Local stack (manage.py devstack): where its servers keep their data.
+SHARDS_FILE = _env_path("SHARDWALLET_SHARDS_FILE", "shards.yaml")
+DEVSTACK_DIR = _env_path("SHARDWALLET_DEVSTACK_DIR", "var/dev")
+REDIS_URL = os.environ.get("SHARDWALLET_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+SHARD_MAP = load_shard_map(SHARDS_FILE)
+DATABASES = {"default": SHARD_MAP.control.django_settings()}
+DATABASES.update({alias: server.django_settings() for alias, server in SHARD_MAP.shards.items()})
+DATABASE_ROUTERS = ["apps.sharding.router.ShardRouter"]
+SHARDED_APPS = {"ledger"}
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "apps.common",
+    "apps.sharding",
+    "apps.accounts",
+    "apps.ledger",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "wallet_project.urls"
+WSGI_APPLICATION = "wallet_project.wsgi.application"
+APPEND_SLASH = False
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+AUTH_PASSWORD_VALIDATORS: list[dict[str, str]] = []
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = DEVSTACK_DIR / "static"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["apps.accounts.authentication.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["apps.accounts.authentication.IsApiClient"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "apps.common.errors.api_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": None,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "shardwallet API",
+    "DESCRIPTION": "Wallets, deposits, withdrawals and ledger history on sharded PostgreSQL.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_AUTHENTICATION": [],
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("SHARDWALLET_LOG_LEVEL", "INFO")},
+}

@@ -1,0 +1,11 @@
+"""Settings for the test suite: its own throw-away stack on other ports than `make run`."""
+
+import os
+
+os.environ.setdefault("SHARDWALLET_SHARDS_FILE", "tests/shards.test.yaml")
+os.environ.setdefault("SHARDWALLET_DEVSTACK_DIR", "var/test")
+os.environ.setdefault("SHARDWALLET_REDIS_URL", "redis://127.0.0.1:56379/0")
+
+from wallet_project.settings import *  # noqa: F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
