@@ -9,3 +9,6 @@ os.environ.setdefault("SHARDWALLET_REDIS_URL", "redis://127.0.0.1:56379/0")
 from wallet_project.settings import *  # noqa: F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+# Tests serve admin assets straight from the apps (no collectstatic run).
+STATIC_ROOT = None
+WHITENOISE_USE_FINDERS = True

@@ -40,7 +40,8 @@ class Command(BaseCommand):
 
     def _serve(self, port: int, workers: int) -> None:
         call_command("migrate_shards", verbosity=0)
-        call_command("collectstatic", interactive=False, verbosity=0)
+        if settings.STATIC_ROOT:
+            call_command("collectstatic", interactive=False, verbosity=0)
         key = demo_api_key()
         username, password = admin_credentials()
         env = {**os.environ, "DJANGO_SETTINGS_MODULE": os.environ["DJANGO_SETTINGS_MODULE"]}

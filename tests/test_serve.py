@@ -1,0 +1,68 @@
+"""`manage.py serve` (what `make run` calls) brings the service up and stops it on Ctrl-C."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from tests.factories import ALL_DATABASES
+
+pytestmark = pytest.mark.django_db(transaction=True, databases=ALL_DATABASES)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http(method: str, url: str, key: str | None = None, body: dict | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(url, method=method, data=json.dumps(body).encode() if body else None)  # noqa: S310
+    request.add_header("Content-Type", "application/json")
+    if key:
+        request.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_serve_answers_http_with_the_printed_demo_key_and_stops_on_sigint() -> None:
+    port = free_port()
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "wallet_project.settings_test"}
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "serve", "--port", str(port), "--keep-stack", "--workers", "1"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                status, body = http("GET", f"{base}/health")
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read()
+                time.sleep(0.3)
+        assert status == 200
+        assert body["status"] == "ok"
+        key = (Path(settings.DEVSTACK_DIR) / "demo_api_key").read_text().strip()
+        status, wallet = http("POST", f"{base}/v1/wallets", key, {"currency": "USD"})
+        assert status == 201
+        status, _ = http("GET", f"{base}/v1/wallets/{wallet['id']}/balance", key)
+        assert status == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, output
+    assert key in output, "serve prints the demo key"
+    assert "admin" in output
