@@ -52,3 +52,19 @@ def balance_and_entry_count(wallet_id: uuid.UUID, alias: str) -> tuple[int, int]
     [(balance,)] = raw_query(alias, "SELECT balance_minor FROM ledger_wallet WHERE id = %s", [wallet_id])
     [(count,)] = raw_query(alias, "SELECT count(*) FROM ledger_entry WHERE wallet_id = %s", [wallet_id])
     return balance, count
+
+
+def free_port() -> int:
+    """A free TCP port below Linux's ephemeral range, so no client connection can hold it as its source port."""
+    import random
+    import socket
+
+    for _ in range(100):
+        port = random.randint(20000, 32000)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port found")

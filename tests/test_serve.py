@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,15 +12,9 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from tests.factories import ALL_DATABASES
+from tests.factories import ALL_DATABASES, free_port
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=ALL_DATABASES)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def http(method: str, url: str, key: str | None = None, body: dict | None = None) -> tuple[int, dict]:

@@ -11,12 +11,7 @@ from django.conf import settings
 
 from apps.sharding.devstack import Devstack, DevstackError
 from apps.sharding.shardmap import parse_shard_map
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.factories import free_port
 
 
 def one_shard_map(control_port: int, shard_port: int):

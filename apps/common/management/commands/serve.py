@@ -30,6 +30,8 @@ class Command(BaseCommand):
             for line in stack.up():
                 self.stdout.write(line)
         except DevstackError as exc:
+            if not keep_stack:
+                stack.down()  # do not leave half a stack running
             raise CommandError(str(exc)) from exc
         try:
             self._serve(port, workers)
