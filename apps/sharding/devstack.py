@@ -27,8 +27,8 @@ from apps.sharding.shardmap import DatabaseServer, ShardMap
 
 log = logging.getLogger(__name__)
 
-POSTGRES_CONF = """
-# written by shardwallet devstack
+# Rewritten at every start (so a port changed in the shard map takes effect).
+POSTGRES_CONF = """# written by shardwallet devstack at each start; edit the shard map instead
 listen_addresses = '{host}'
 port = {port}
 unix_socket_directories = ''
@@ -124,7 +124,7 @@ class PostgresCluster:
             self.data_dir.chmod(0o700)
         self._pg("initdb", "-D", str(self.data_dir), "-U", "postgres", "--auth=trust", "-E", "UTF8")
         with (self.data_dir / "postgresql.conf").open("a") as conf:
-            conf.write(POSTGRES_CONF.format(host=self.server.host, port=self.server.port))
+            conf.write("\ninclude = 'shardwallet.conf'\n")
         with (self.data_dir / "pg_hba.conf").open("a") as hba:
             # The change-data-capture reader streams the WAL over a replication connection.
             hba.write("host replication all 127.0.0.1/32 trust\n")
@@ -136,8 +136,11 @@ class PostgresCluster:
                 f"free it or change the port in the shard map"
             )
         self.log_file.touch()
+        own_conf = self.data_dir / "shardwallet.conf"
+        own_conf.write_text(POSTGRES_CONF.format(host=self.server.host, port=self.server.port))
         if _running_as_root():
             shutil.chown(self.log_file, "postgres", "postgres")
+            shutil.chown(own_conf, "postgres", "postgres")
         self._pg("pg_ctl", "start", "-D", str(self.data_dir), "-l", str(self.log_file), "-w", "-t", "60")
 
     def stop(self) -> None:
