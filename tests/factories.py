@@ -45,7 +45,8 @@ def raw_query(alias: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]
     db = settings.DATABASES[alias]
     conninfo = f"host={db['HOST']} port={db['PORT']} dbname={db['NAME']} user={db['USER']}"
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        return conn.execute(sql, params).fetchall()
+        cursor = conn.execute(sql, params)
+        return cursor.fetchall() if cursor.description else []
 
 
 def balance_and_entry_count(wallet_id: uuid.UUID, alias: str) -> tuple[int, int]:
@@ -68,3 +69,44 @@ def free_port() -> int:
                 continue
             return port
     raise RuntimeError("no free port found")
+
+
+def transfer_request(
+    owner: ApiClient, payer: Wallet, payee_id: uuid.UUID, amount: int, *, currency: str = "USD", key: str = ""
+) -> Any:
+    from apps.transfers.services import TransferRequest
+
+    return TransferRequest(
+        client_id=owner.id,
+        payer_id=payer.id,
+        payee_id=payee_id,
+        amount_minor=amount,
+        currency=currency,
+        idempotency_key=key or f"key-{uuid.uuid4()}",
+    )
+
+
+def create_transfer(owner: ApiClient, payer: Wallet, payee_id: uuid.UUID, amount: int, **kwargs: Any) -> Any:
+    """Create a transfer through the service (first step included); returns the Transfer."""
+    from apps.transfers.api.views import render_transfer
+    from apps.transfers.services import transfer_create
+
+    return transfer_create(transfer_request(owner, payer, payee_id, amount, **kwargs), render=render_transfer).transfer
+
+
+def wallet_balance(wallet_id: uuid.UUID) -> int:
+    from apps.sharding.routing import alias_for_id
+
+    [(balance,)] = raw_query(
+        alias_for_id(wallet_id), "SELECT balance_minor FROM ledger_wallet WHERE id = %s", [wallet_id]
+    )
+    return balance
+
+
+def entry_kinds(wallet_id: uuid.UUID) -> list[str]:
+    from apps.sharding.routing import alias_for_id
+
+    rows = raw_query(
+        alias_for_id(wallet_id), "SELECT kind FROM ledger_entry WHERE wallet_id = %s ORDER BY seq", [wallet_id]
+    )
+    return [kind for (kind,) in rows]

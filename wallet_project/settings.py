@@ -28,7 +28,7 @@ SHARD_MAP = load_shard_map(SHARDS_FILE)
 DATABASES = {"default": SHARD_MAP.control.django_settings()}
 DATABASES.update({alias: server.django_settings() for alias, server in SHARD_MAP.shards.items()})
 DATABASE_ROUTERS = ["apps.sharding.router.ShardRouter"]
-SHARDED_APPS = {"ledger"}
+SHARDED_APPS = {"ledger", "transfers"}
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -43,6 +43,7 @@ INSTALLED_APPS = [
     "apps.sharding",
     "apps.accounts",
     "apps.ledger",
+    "apps.transfers",
 ]
 
 MIDDLEWARE = [
@@ -108,4 +109,37 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": os.environ.get("SHARDWALLET_LOG_LEVEL", "INFO")},
+}
+
+# Transfers and the saga.
+TRANSFER_MAX_WAIT_SECONDS = 30
+SAGA_MAX_RETRIES = int(os.environ.get("SHARDWALLET_SAGA_MAX_RETRIES", "12"))
+SAGA_RETRY_BASE_SECONDS = float(os.environ.get("SHARDWALLET_SAGA_RETRY_BASE_SECONDS", "0.5"))
+SAGA_RETRY_MAX_SECONDS = float(os.environ.get("SHARDWALLET_SAGA_RETRY_MAX_SECONDS", "30"))
+# The sweeper re-drives in-flight transfers untouched for this long (longer than a retry's backoff).
+SAGA_STALLED_AFTER_SECONDS = float(os.environ.get("SHARDWALLET_SAGA_STALLED_AFTER_SECONDS", "60"))
+SAGA_SWEEP_INTERVAL_SECONDS = float(os.environ.get("SHARDWALLET_SAGA_SWEEP_INTERVAL_SECONDS", "15"))
+IDEMPOTENCY_KEY_TTL_HOURS = 24
+
+# Celery over Redis. Messages are triggers, never the truth: the database is.
+CELERY_BROKER_URL = REDIS_URL
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 300}
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_SERIALIZER = "json"
+CELERY_WORKER_PREFETCH_MULTIPLIER = 4
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Publishing must not hang an API request when Redis is down: the sweeper catches up.
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+CELERY_BEAT_SCHEDULE = {
+    "sweep-stalled-transfers": {
+        "task": "apps.transfers.tasks.sweep_stalled_transfers",
+        "schedule": SAGA_SWEEP_INTERVAL_SECONDS,
+    },
+    "purge-idempotency-records": {
+        "task": "apps.transfers.tasks.purge_idempotency_records",
+        "schedule": 3600.0,
+    },
 }

@@ -29,14 +29,6 @@ class WalletOut(serializers.ModelSerializer):
         fields = ["id", "currency", "status", "balance_minor", "created_at", "updated_at"]
 
 
-class BalanceOut(serializers.Serializer):
-    wallet_id = serializers.UUIDField()
-    currency = serializers.CharField()
-    posted = serializers.IntegerField(help_text="The ledger balance in minor units.")
-    pending_out = serializers.IntegerField(help_text="Debited by transfers still in flight.")
-    available = serializers.IntegerField(help_text="What the wallet can pay now.")
-
-
 class EntryOut(serializers.Serializer):
     id = serializers.UUIDField()
     wallet_id = serializers.UUIDField()

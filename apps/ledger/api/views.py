@@ -14,7 +14,7 @@ from rest_framework.views import APIView
 from apps.common.api import decode_cursor, idempotency_key, page, page_limit
 from apps.common.errors import InvalidRequest
 from apps.ledger import selectors, services
-from apps.ledger.api.serializers import BalanceOut, EntryOut, MovementIn, WalletCreateIn, WalletOut, entry_out
+from apps.ledger.api.serializers import EntryOut, MovementIn, WalletCreateIn, WalletOut, entry_out
 from apps.ledger.errors import WalletNotFound
 from apps.ledger.models import Wallet
 from apps.sharding.ids import InvalidId, bucket_of, parse_id
@@ -68,20 +68,6 @@ class WalletDetailView(APIView):
     @extend_schema(responses={200: WalletOut}, summary="Get a wallet")
     def get(self, request: Request, wallet_id: str) -> Response:
         return Response(WalletOut(owned_wallet(request, wallet_id)).data)
-
-
-class WalletBalanceView(APIView):
-    @extend_schema(responses={200: BalanceOut}, summary="Balance, read from the wallet's shard")
-    def get(self, request: Request, wallet_id: str) -> Response:
-        wallet = owned_wallet(request, wallet_id)
-        body = {
-            "wallet_id": wallet.id,
-            "currency": wallet.currency,
-            "posted": wallet.balance_minor,
-            "pending_out": 0,
-            "available": wallet.balance_minor,
-        }
-        return Response(BalanceOut(body).data)
 
 
 class _MovementView(APIView):

@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from rest_framework import serializers
+
+from apps.common.api import AmountField
+from apps.ledger.currencies import is_supported_currency
+from apps.sharding.ids import InvalidId, bucket_of, parse_id
+from apps.sharding.routing import shard_map
+from apps.transfers.models import Transfer, TransferEvent
+
+
+class WalletIdField(serializers.CharField):
+    default_error_messages = {"invalid_id": "Not a wallet id."}
+
+    def to_internal_value(self, data: Any) -> uuid.UUID:
+        if not isinstance(data, str):
+            self.fail("invalid_id")
+        try:
+            wallet_id = parse_id(data)
+        except InvalidId:
+            self.fail("invalid_id")
+        if bucket_of(wallet_id) >= shard_map().bucket_count:
+            self.fail("invalid_id")
+        return wallet_id
+
+
+class TransferCreateIn(serializers.Serializer):
+    """{"from": wallet id, "to": wallet id, "amount_minor": int, "currency": "USD"}"""
+
+    amount_minor = AmountField()
+    currency = serializers.CharField()
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        # "from" is a Python keyword, so these two are added here rather than as attributes.
+        fields = super().get_fields()
+        fields["from"] = WalletIdField(help_text="The paying wallet: one of yours.")
+        fields["to"] = WalletIdField(help_text="The receiving wallet: any active wallet of the same currency.")
+        return fields
+
+    def validate_currency(self, value: str) -> str:
+        if not is_supported_currency(value):
+            raise serializers.ValidationError(f"{value!r} is not an ISO 4217 currency code.")
+        return value
+
+
+class TransferEventOut(serializers.Serializer):
+    status = serializers.CharField(source="to_status")
+    reason = serializers.CharField(allow_null=True)
+    at = serializers.DateTimeField(source="created_at")
+
+
+class TransferOut(serializers.Serializer):
+    id = serializers.UUIDField()
+    amount_minor = serializers.IntegerField()
+    currency = serializers.CharField()
+    status = serializers.CharField()
+    failure_reason = serializers.CharField(allow_null=True)
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        fields = super().get_fields()
+        fields["from"] = serializers.UUIDField(source="payer_id")
+        fields["to"] = serializers.UUIDField(source="payee_id")
+        return fields
+
+
+def transfer_out(transfer: Transfer, events: list[TransferEvent] | None = None) -> dict[str, Any]:
+    body = dict(TransferOut(transfer).data)
+    if events is not None:
+        body["status_history"] = TransferEventOut(events, many=True).data
+    return body
+
+
+class BalanceOut(serializers.Serializer):
+    wallet_id = serializers.UUIDField()
+    currency = serializers.CharField()
+    posted = serializers.IntegerField(help_text="Balance counting settled movements only.")
+    pending_out = serializers.IntegerField(help_text="Debited by transfers not yet completed or refunded.")
+    available = serializers.IntegerField(help_text="What the wallet can pay now: posted - pending_out.")

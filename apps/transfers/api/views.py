@@ -1,0 +1,141 @@
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from django.conf import settings
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from apps.common.api import decode_cursor, idempotency_key, page, page_limit
+from apps.common.errors import InvalidRequest
+from apps.ledger.api.views import IDEMPOTENCY_HEADER, PAGE_PARAMS, owned_wallet
+from apps.ledger.errors import WalletNotFound
+from apps.sharding.ids import InvalidId, parse_id
+from apps.transfers import selectors, services
+from apps.transfers.api.serializers import BalanceOut, TransferCreateIn, TransferOut, transfer_out
+from apps.transfers.errors import SameWallet, TransferNotFound
+from apps.transfers.models import Transfer
+
+WAIT_PARAM = OpenApiParameter(
+    "wait", float, description="Seconds (max 30) to wait for a terminal status before answering."
+)
+
+
+def render_transfer(transfer: Transfer) -> tuple[int, dict[str, Any]]:
+    """201 once terminal (completed or failed), 202 while still in flight."""
+    body = transfer_out(transfer, selectors.transfer_events(transfer_id=transfer.id))
+    return (status.HTTP_201_CREATED if transfer.is_terminal else status.HTTP_202_ACCEPTED), body
+
+
+def wait_seconds(request: Request) -> float:
+    raw = request.query_params.get("wait")
+    if raw is None:
+        return 0.0
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= settings.TRANSFER_MAX_WAIT_SECONDS:
+        raise InvalidRequest("wait must be a number of seconds from 0 to 30.", param="wait")
+    return seconds
+
+
+def wait_until_terminal(transfer: Transfer, seconds: float) -> Transfer:
+    deadline = time.monotonic() + seconds
+    pause = 0.005
+    while not transfer.is_terminal and time.monotonic() < deadline:
+        time.sleep(min(pause, max(deadline - time.monotonic(), 0)))
+        pause = min(pause * 1.5, 0.1)
+        transfer = selectors.transfer_get(transfer_id=transfer.id)
+    return transfer
+
+
+class TransferCollectionView(APIView):
+    @extend_schema(
+        request=TransferCreateIn,
+        responses={201: TransferOut, 202: TransferOut},
+        parameters=[IDEMPOTENCY_HEADER, WAIT_PARAM],
+        summary="Create a transfer",
+    )
+    def post(self, request: Request) -> Response:
+        key = idempotency_key(request)
+        wait = wait_seconds(request)
+        data = TransferCreateIn(data=request.data)
+        data.is_valid(raise_exception=True)
+        payer_id, payee_id = data.validated_data["from"], data.validated_data["to"]
+        if payer_id == payee_id:
+            raise SameWallet(param="to")
+        transfer_request = services.TransferRequest(
+            client_id=request.user.id,
+            payer_id=payer_id,
+            payee_id=payee_id,
+            amount_minor=data.validated_data["amount_minor"],
+            currency=data.validated_data["currency"],
+            idempotency_key=key,
+        )
+        try:
+            created = services.transfer_create(transfer_request, render=render_transfer, defer_response=wait > 0)
+        except WalletNotFound as exc:
+            exc.param = "from"
+            raise
+        record = created.record
+        if record.response_status is None:
+            transfer = wait_until_terminal(created.transfer, wait)
+            services.transfer_store_response(record, *render_transfer(transfer))
+        response = Response(record.response_body, status=record.response_status)
+        if created.replayed:
+            response["Idempotent-Replayed"] = "true"
+        return response
+
+
+def parse_transfer_id(raw: str) -> uuid.UUID:
+    try:
+        return parse_id(raw)
+    except InvalidId:
+        raise TransferNotFound(param="transfer_id") from None
+
+
+class TransferDetailView(APIView):
+    @extend_schema(responses={200: TransferOut}, summary="Get a transfer with its status history")
+    def get(self, request: Request, transfer_id: str) -> Response:
+        try:
+            transfer = selectors.transfer_get(transfer_id=parse_transfer_id(transfer_id), client_id=request.user.id)
+        except ValueError:  # bucket outside the shard map
+            raise TransferNotFound(param="transfer_id") from None
+        return Response(transfer_out(transfer, selectors.transfer_events(transfer_id=transfer.id)))
+
+
+class WalletTransferListView(APIView):
+    @extend_schema(
+        parameters=PAGE_PARAMS, responses={200: TransferOut(many=True)}, summary="Transfers paid by a wallet"
+    )
+    def get(self, request: Request, wallet_id: str) -> Response:
+        wallet = owned_wallet(request, wallet_id)
+        limit = page_limit(request)
+        cursor = decode_cursor(request)
+        try:
+            before_id = uuid.UUID(cursor) if cursor is not None else None
+        except (TypeError, ValueError):
+            raise InvalidRequest("cursor is not one this API returned.", param="cursor") from None
+        transfers = selectors.transfer_list(payer_id=wallet.id, before_id=before_id, limit=limit + 1)
+        return Response(page(transfers, limit, lambda t: str(t.id), transfer_out))
+
+
+class WalletBalanceView(APIView):
+    @extend_schema(responses={200: BalanceOut}, summary="Balance, read from the wallet's shard")
+    def get(self, request: Request, wallet_id: str) -> Response:
+        wallet = owned_wallet(request, wallet_id)
+        pending_out = selectors.pending_out_minor(wallet_id=wallet.id)
+        body = {
+            "wallet_id": wallet.id,
+            "currency": wallet.currency,
+            "posted": wallet.balance_minor + pending_out,
+            "pending_out": pending_out,
+            "available": wallet.balance_minor,
+        }
+        return Response(BalanceOut(body).data)

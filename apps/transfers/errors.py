@@ -1,0 +1,23 @@
+from apps.common.errors import DomainError
+
+
+class TransferNotFound(DomainError):
+    code = "transfer_not_found"
+    status = 404
+    default_message = "No such transfer."
+
+
+class SameWallet(DomainError):
+    code = "same_wallet"
+    status = 400
+    default_message = "A transfer needs two different wallets."
+
+
+class IdempotencyRequestInProgress(DomainError):
+    code = "idempotency_request_in_progress"
+    status = 409
+    default_message = "A request with this Idempotency-Key is still being processed; retry shortly."
+
+
+class StaleTransition(RuntimeError):
+    """The transfer was no longer in the expected status: another step got there first."""

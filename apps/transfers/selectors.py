@@ -1,0 +1,60 @@
+"""Reads of transfers, from the payer's shard (where a transfer lives)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+from django.db.models import Sum
+from django.utils import timezone
+
+from apps.sharding.routing import alias_for_id
+from apps.transfers.errors import TransferNotFound
+from apps.transfers.models import Transfer, TransferEvent, TransferStatus
+
+
+def transfer_get(*, transfer_id: uuid.UUID, client_id: int | None = None) -> Transfer:
+    transfers = Transfer.objects.using(alias_for_id(transfer_id)).filter(id=transfer_id)
+    if client_id is not None:
+        transfers = transfers.filter(client_id=client_id)
+    transfer = transfers.first()
+    if transfer is None:
+        raise TransferNotFound(param="transfer_id")
+    return transfer
+
+
+def transfer_events(*, transfer_id: uuid.UUID) -> list[TransferEvent]:
+    return list(TransferEvent.objects.using(alias_for_id(transfer_id)).filter(transfer_id=transfer_id).order_by("id"))
+
+
+def transfer_list(*, payer_id: uuid.UUID, before_id: uuid.UUID | None, limit: int) -> list[Transfer]:
+    """Transfers paid by a wallet, newest first (ids are time-ordered)."""
+    transfers = Transfer.objects.using(alias_for_id(payer_id)).filter(payer_id=payer_id)
+    if before_id is not None:
+        transfers = transfers.filter(id__lt=before_id)
+    return list(transfers.order_by("-id")[:limit])
+
+
+def pending_out_minor(*, wallet_id: uuid.UUID) -> int:
+    """Debited from the wallet by transfers not yet completed or refunded."""
+    total = (
+        Transfer.objects.using(alias_for_id(wallet_id))
+        .filter(payer_id=wallet_id, status__in=[TransferStatus.DEBITED, TransferStatus.REFUNDING])
+        .aggregate(total=Sum("amount_minor"))["total"]
+    )
+    return total or 0
+
+
+def stalled_transfer_ids(*, alias: str, older_than: timedelta, limit: int) -> list[uuid.UUID]:
+    """In-flight, not parked, untouched for `older_than`: candidates for the sweeper."""
+    cutoff = timezone.now() - older_than
+    return list(
+        Transfer.objects.using(alias)
+        .filter(
+            status__in=[TransferStatus.PENDING, TransferStatus.DEBITED, TransferStatus.REFUNDING],
+            parked_at__isnull=True,
+            updated_at__lt=cutoff,
+        )
+        .order_by("updated_at")
+        .values_list("id", flat=True)[:limit]
+    )

@@ -1,0 +1,192 @@
+"""Writes for transfers: creation with idempotency, parking, re-driving, purging."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from apps.common.errors import IdempotencyKeyReused
+from apps.ledger.errors import CurrencyMismatch
+from apps.ledger.selectors import wallet_get
+from apps.sharding.ids import bucket_of, new_id
+from apps.sharding.routing import alias_for_id, shard_aliases
+from apps.transfers.errors import IdempotencyRequestInProgress
+from apps.transfers.models import IN_FLIGHT_STATUSES, IdempotencyRecord, Transfer, TransferStatus
+from apps.transfers.saga import record_event, run_payer_step
+
+log = logging.getLogger(__name__)
+
+# Renders the response stored for replays: (HTTP status, body).
+Render = Callable[[Transfer], tuple[int, dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class TransferRequest:
+    client_id: int
+    payer_id: uuid.UUID
+    payee_id: uuid.UUID
+    amount_minor: int
+    currency: str
+    idempotency_key: str
+
+    @property
+    def fingerprint(self) -> str:
+        body = {
+            "from": str(self.payer_id),
+            "to": str(self.payee_id),
+            "amount_minor": self.amount_minor,
+            "currency": self.currency,
+        }
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class TransferCreated:
+    transfer: Transfer
+    record: IdempotencyRecord
+    replayed: bool
+
+
+def enqueue_advance(transfer_id: uuid.UUID) -> None:
+    """Trigger the saga. Best effort: if the broker is down, the sweeper re-drives the transfer."""
+    from apps.transfers.tasks import advance_transfer
+
+    try:
+        advance_transfer.apply_async(args=[str(transfer_id)])
+    except Exception:
+        log.exception("could not enqueue transfer", extra={"transfer_id": str(transfer_id)})
+
+
+def _replay(request: TransferRequest, alias: str) -> TransferCreated | None:
+    record = (
+        IdempotencyRecord.objects.using(alias)
+        .filter(client_id=request.client_id, payer_id=request.payer_id, key=request.idempotency_key)
+        .select_related("transfer")
+        .first()
+    )
+    if record is None:
+        return None
+    if record.fingerprint != request.fingerprint:
+        raise IdempotencyKeyReused(param="Idempotency-Key")
+    if record.response_status is None:
+        abandoned_before = timezone.now() - timedelta(seconds=settings.TRANSFER_MAX_WAIT_SECONDS * 2)
+        if record.created_at > abandoned_before:
+            raise IdempotencyRequestInProgress(param="Idempotency-Key")
+    return TransferCreated(transfer=record.transfer, record=record, replayed=True)
+
+
+def transfer_create(request: TransferRequest, *, render: Render, defer_response: bool = False) -> TransferCreated:
+    """Create a transfer on the payer's shard and run its first step in the same transaction.
+
+    The idempotency record is written in that transaction too: a repeat (even a concurrent
+    one, which waits on the unique index) finds it and replays the stored response. With
+    `defer_response` the response is stored later (`transfer_store_response`); until then
+    a repeat gets 409 idempotency_request_in_progress.
+    """
+    payer = wallet_get(wallet_id=request.payer_id, owner_id=request.client_id)
+    if payer.currency != request.currency:
+        raise CurrencyMismatch(f"The paying wallet holds {payer.currency}, not {request.currency}.", param="currency")
+    alias = alias_for_id(request.payer_id)
+    now = timezone.now()
+    transfer = Transfer(
+        id=new_id(bucket_of(request.payer_id)),
+        client_id=request.client_id,
+        payer_id=request.payer_id,
+        payee_id=request.payee_id,
+        amount_minor=request.amount_minor,
+        currency=request.currency,
+        status=TransferStatus.PENDING,
+        request_fingerprint=request.fingerprint,
+        created_at=now,
+        updated_at=now,
+    )
+    try:
+        with transaction.atomic(using=alias):
+            record = IdempotencyRecord(
+                client_id=request.client_id,
+                payer_id=request.payer_id,
+                key=request.idempotency_key,
+                fingerprint=request.fingerprint,
+                transfer_id=transfer.id,
+                created_at=now,
+            )
+            # The key first: a duplicate fails here, before any money moves.
+            record.save(using=alias, force_insert=True)
+            transfer.save(using=alias, force_insert=True)
+            record_event(transfer, now=now)
+            run_payer_step(transfer)
+            if not defer_response:
+                record.response_status, record.response_body = render(transfer)
+                record.save(using=alias, update_fields=["response_status", "response_body"])
+            if transfer.status == TransferStatus.DEBITED:
+                transaction.on_commit(lambda: enqueue_advance(transfer.id), using=alias)
+    except IntegrityError:
+        replay = _replay(request, alias)
+        if replay is None:
+            raise  # not a duplicate key: a real constraint violation
+        return replay
+    record.transfer = transfer
+    return TransferCreated(transfer=transfer, record=record, replayed=False)
+
+
+def transfer_store_response(record: IdempotencyRecord, status: int, body: dict[str, Any]) -> None:
+    """Store the response of a deferred (waiting) request, once."""
+    alias = alias_for_id(record.payer_id)
+    IdempotencyRecord.objects.using(alias).filter(id=record.id, response_status__isnull=True).update(
+        response_status=status, response_body=body
+    )
+    record.response_status, record.response_body = status, body
+
+
+def transfer_record_attempt(transfer_id: uuid.UUID, error: str) -> None:
+    """Note a failed attempt; bumping updated_at keeps the sweeper off while retries are pending."""
+    alias = alias_for_id(transfer_id)
+    Transfer.objects.using(alias).filter(id=transfer_id, status__in=IN_FLIGHT_STATUSES).update(
+        attempts=F("attempts") + 1, last_error=error[:2000], updated_at=timezone.now()
+    )
+
+
+def transfer_park(transfer_id: uuid.UUID, error: str) -> bool:
+    """Dead-letter a transfer whose steps keep failing: the sweeper leaves it to an operator."""
+    alias = alias_for_id(transfer_id)
+    parked = (
+        Transfer.objects.using(alias)
+        .filter(id=transfer_id, status__in=IN_FLIGHT_STATUSES, parked_at__isnull=True)
+        .update(parked_at=timezone.now(), last_error=error[:2000], updated_at=timezone.now())
+    )
+    return parked == 1
+
+
+def transfer_redrive(transfer_id: uuid.UUID) -> bool:
+    """Un-park a transfer and trigger its saga again (an operator action)."""
+    alias = alias_for_id(transfer_id)
+    with transaction.atomic(using=alias):
+        updated = (
+            Transfer.objects.using(alias)
+            .filter(id=transfer_id, status__in=IN_FLIGHT_STATUSES)
+            .update(parked_at=None, attempts=0, updated_at=timezone.now())
+        )
+        if updated:
+            transaction.on_commit(lambda: enqueue_advance(transfer_id), using=alias)
+    return updated == 1
+
+
+def idempotency_records_purge(*, older_than: timedelta) -> int:
+    """Delete idempotency records past their retention, on every shard."""
+    cutoff = timezone.now() - older_than
+    deleted = 0
+    for alias in shard_aliases():
+        count, _ = IdempotencyRecord.objects.using(alias).filter(created_at__lt=cutoff).delete()
+        deleted += count
+    return deleted

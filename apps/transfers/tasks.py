@@ -1,0 +1,72 @@
+"""Celery tasks: thin triggers around the saga. Ids in, state re-read from the database."""
+
+from __future__ import annotations
+
+import logging
+import random
+import uuid
+from datetime import timedelta
+
+from celery import shared_task
+from celery.app.task import Task
+from django.conf import settings
+from django.db import DatabaseError, InterfaceError, OperationalError
+
+from apps.sharding.routing import shard_aliases
+from apps.transfers import saga, selectors, services
+
+log = logging.getLogger(__name__)
+
+# Shard down, connection lost, serialization failure, deadlock: worth retrying.
+TRANSIENT_ERRORS = (OperationalError, InterfaceError)
+
+
+def retry_delay(attempt: int) -> float:
+    """Exponential backoff with full jitter, capped."""
+    ceiling = min(settings.SAGA_RETRY_MAX_SECONDS, settings.SAGA_RETRY_BASE_SECONDS * 2**attempt)
+    return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not security
+
+
+@shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
+def advance_transfer(self: Task, transfer_id: str) -> str | None:
+    """Run a transfer's remaining saga steps; retry transient errors, park when they persist."""
+    tid = uuid.UUID(transfer_id)
+    try:
+        return saga.transfer_advance(tid).status
+    except TRANSIENT_ERRORS as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        attempt = self.request.retries
+        try:
+            if attempt >= settings.SAGA_MAX_RETRIES:
+                services.transfer_park(tid, error)
+                log.error("transfer parked", extra={"transfer_id": transfer_id, "error": error})
+                return None
+            services.transfer_record_attempt(tid, error)
+        except DatabaseError:
+            pass  # the payer's shard is down too: the sweeper will find the transfer later
+        log.warning("transfer step failed, retrying", extra={"transfer_id": transfer_id, "attempt": attempt})
+        raise self.retry(exc=exc, countdown=retry_delay(attempt)) from exc
+
+
+@shared_task
+def sweep_stalled_transfers(limit_per_shard: int = 1000) -> int:
+    """Re-drive in-flight transfers that nobody touched for a while (lost or dropped messages)."""
+    older_than = timedelta(seconds=settings.SAGA_STALLED_AFTER_SECONDS)
+    count = 0
+    for alias in shard_aliases():
+        try:
+            ids = selectors.stalled_transfer_ids(alias=alias, older_than=older_than, limit=limit_per_shard)
+        except DatabaseError:
+            log.warning("sweeper cannot read shard", extra={"shard": alias})
+            continue
+        for transfer_id in ids:
+            advance_transfer.apply_async(args=[str(transfer_id)])
+        count += len(ids)
+    if count:
+        log.info("sweeper re-drove transfers", extra={"count": count})
+    return count
+
+
+@shared_task
+def purge_idempotency_records() -> int:
+    return services.idempotency_records_purge(older_than=timedelta(hours=settings.IDEMPOTENCY_KEY_TTL_HOURS))

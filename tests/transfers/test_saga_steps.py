@@ -1,0 +1,217 @@
+"""The saga's steps called directly (no worker): outcomes, idempotency, compensation."""
+
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from apps.ledger.models import WalletStatus
+from apps.ledger.services import wallet_set_status
+from apps.sharding.ids import new_id
+from apps.sharding.routing import alias_for_id
+from apps.transfers import saga
+from apps.transfers.checks import check_ledger
+from apps.transfers.errors import StaleTransition
+from apps.transfers.models import IdempotencyRecord, PayeeCredit, Transfer, TransferStatus
+from apps.transfers.selectors import pending_out_minor, stalled_transfer_ids, transfer_events
+from apps.transfers.services import idempotency_records_purge, transfer_park, transfer_redrive
+from tests.factories import (
+    ALL_DATABASES,
+    bucket_on,
+    create_transfer,
+    entry_kinds,
+    make_client,
+    make_wallet,
+    raw_query,
+    wallet_balance,
+)
+
+pytestmark = pytest.mark.django_db(transaction=True, databases=ALL_DATABASES)
+
+
+@pytest.fixture
+def owner():
+    return make_client()[0]
+
+
+def statuses(transfer_id: uuid.UUID) -> list[str]:
+    return [e.to_status for e in transfer_events(transfer_id=transfer_id)]
+
+
+def assert_ledger_ok() -> None:
+    report = check_ledger()
+    assert report.violations == []
+
+
+def test_same_shard_transfer_completes_in_one_transaction(owner) -> None:
+    payer = make_wallet(owner, funded=1000, shard="shard_00")
+    payee = make_wallet(owner, shard="shard_00")
+    transfer = create_transfer(owner, payer, payee.id, 300)
+    assert transfer.status == TransferStatus.COMPLETED
+    assert statuses(transfer.id) == ["pending", "debited", "completed"]
+    assert (wallet_balance(payer.id), wallet_balance(payee.id)) == (700, 300)
+    assert alias_for_id(transfer.id) == "shard_00"
+    assert_ledger_ok()
+
+
+def test_cross_shard_transfer_is_debited_at_once_then_completed_by_the_saga(owner) -> None:
+    payer = make_wallet(owner, funded=1000, shard="shard_00")
+    payee = make_wallet(owner, shard="shard_01")
+    transfer = create_transfer(owner, payer, payee.id, 300)
+    assert transfer.status == TransferStatus.DEBITED
+    assert alias_for_id(transfer.id) == alias_for_id(payer.id)
+    assert (wallet_balance(payer.id), wallet_balance(payee.id)) == (700, 0)
+    assert pending_out_minor(wallet_id=payer.id) == 300
+    assert_ledger_ok()  # 300 in flight is accounted for
+
+    done = saga.transfer_advance(transfer.id)
+    assert done.status == TransferStatus.COMPLETED
+    assert statuses(transfer.id) == ["pending", "debited", "completed"]
+    assert (wallet_balance(payer.id), wallet_balance(payee.id)) == (700, 300)
+    assert pending_out_minor(wallet_id=payer.id) == 0
+    assert_ledger_ok()
+
+
+def test_insufficient_funds_fails_without_moving_money(owner) -> None:
+    payer = make_wallet(owner, funded=100, shard="shard_00")
+    payee = make_wallet(owner, shard="shard_01")
+    transfer = create_transfer(owner, payer, payee.id, 101)
+    assert (transfer.status, transfer.failure_reason) == ("failed", "insufficient_funds")
+    assert statuses(transfer.id) == ["pending", "failed"]
+    assert entry_kinds(payer.id) == ["deposit"]
+    assert (wallet_balance(payer.id), wallet_balance(payee.id)) == (100, 0)
+    assert_ledger_ok()
+
+
+def test_frozen_payer_fails_with_payer_frozen(owner) -> None:
+    payer = make_wallet(owner, funded=100)
+    payee = make_wallet(owner)
+    wallet_set_status(wallet_id=payer.id, status=WalletStatus.FROZEN)
+    transfer = create_transfer(owner, payer, payee.id, 10)
+    assert (transfer.status, transfer.failure_reason) == ("failed", "payer_frozen")
+    assert wallet_balance(payer.id) == 100
+
+
+@pytest.mark.parametrize("payee_shard", ["shard_00", "shard_01"])
+@pytest.mark.parametrize("problem", ["frozen", "missing", "other_currency"])
+def test_payee_that_cannot_receive_ends_failed_with_payer_whole(owner, payee_shard, problem) -> None:
+    payer = make_wallet(owner, funded=500, shard="shard_00")
+    if problem == "missing":
+        payee_id = new_id(bucket_on(payee_shard))
+    else:
+        payee = make_wallet(owner, shard=payee_shard, currency="EUR" if problem == "other_currency" else "USD")
+        payee_id = payee.id
+        if problem == "frozen":
+            wallet_set_status(wallet_id=payee.id, status=WalletStatus.FROZEN)
+    transfer = saga.transfer_advance(create_transfer(owner, payer, payee_id, 200).id)
+    reason = {"frozen": "payee_frozen", "missing": "payee_not_found", "other_currency": "payee_currency_mismatch"}
+    assert (transfer.status, transfer.failure_reason) == ("failed", reason[problem])
+    assert wallet_balance(payer.id) == 500
+    if payee_shard == "shard_00":  # same shard: refused before any money moved
+        assert statuses(transfer.id) == ["pending", "failed"]
+        assert entry_kinds(payer.id) == ["deposit"]
+    else:  # cross shard: debited, then compensated
+        assert statuses(transfer.id) == ["pending", "debited", "refunding", "failed"]
+        assert entry_kinds(payer.id) == ["deposit", "debit", "refund"]
+        credit = PayeeCredit.objects.using(alias_for_id(payee_id)).get(transfer_id=transfer.id)
+        assert (credit.outcome, credit.reason) == ("rejected", reason[problem])
+    if problem != "missing":
+        assert wallet_balance(payee_id) == 0
+    assert_ledger_ok()
+
+
+def test_every_step_run_twice_has_no_double_effect(owner) -> None:
+    payer = make_wallet(owner, funded=1000, shard="shard_00")
+    payee = make_wallet(owner, shard="shard_01")
+    transfer = create_transfer(owner, payer, payee.id, 250)
+    for _ in range(2):
+        saga.payer_step(transfer.id)
+    first = saga.payee_step(transfer)
+    second = saga.payee_step(transfer)
+    assert first == second
+    for _ in range(2):
+        saga.finish_step(transfer.id, first)
+    for _ in range(2):
+        assert saga.transfer_advance(transfer.id).status == TransferStatus.COMPLETED
+    assert (wallet_balance(payer.id), wallet_balance(payee.id)) == (750, 250)
+    assert entry_kinds(payer.id) == ["deposit", "debit"]
+    assert entry_kinds(payee.id) == ["credit"]
+    assert statuses(transfer.id) == ["pending", "debited", "completed"]
+    assert_ledger_ok()
+
+
+def test_refund_step_run_twice_refunds_once(owner) -> None:
+    payer = make_wallet(owner, funded=1000, shard="shard_00")
+    payee = make_wallet(owner, shard="shard_01")
+    wallet_set_status(wallet_id=payee.id, status=WalletStatus.FROZEN)
+    transfer = create_transfer(owner, payer, payee.id, 250)
+    rejection = saga.payee_step(transfer)
+    # Unfreezing afterwards does not turn the recorded rejection into a credit.
+    wallet_set_status(wallet_id=payee.id, status=WalletStatus.ACTIVE)
+    assert saga.payee_step(transfer).outcome == "rejected"
+    for _ in range(2):
+        saga.finish_step(transfer.id, rejection)
+    assert entry_kinds(payer.id) == ["deposit", "debit", "refund"]
+    assert entry_kinds(payee.id) == []
+    assert wallet_balance(payer.id) == 1000
+    assert_ledger_ok()
+
+
+def test_a_transition_from_a_stale_status_is_refused(owner) -> None:
+    payer = make_wallet(owner, funded=1000, shard="shard_00")
+    payee = make_wallet(owner, shard="shard_01")
+    transfer = create_transfer(owner, payer, payee.id, 10)
+    stale = Transfer.objects.using("shard_00").get(id=transfer.id)
+    stale.status = TransferStatus.PENDING
+    with pytest.raises(StaleTransition):
+        saga.transition(stale, TransferStatus.FAILED, reason="insufficient_funds")
+    assert Transfer.objects.using("shard_00").get(id=transfer.id).status == TransferStatus.DEBITED
+
+
+def test_sweeper_finds_stalled_transfers_but_not_parked_or_terminal_ones(owner) -> None:
+    payer = make_wallet(owner, funded=1000, shard="shard_00")
+    payee = make_wallet(owner, shard="shard_01")
+    stalled = create_transfer(owner, payer, payee.id, 10)
+    parked = create_transfer(owner, payer, payee.id, 10)
+    done = saga.transfer_advance(create_transfer(owner, payer, payee.id, 10).id)
+    assert done.is_terminal
+    assert transfer_park(parked.id, "OperationalError: shard down")
+    raw_query("shard_00", "UPDATE transfers_transfer SET updated_at = now() - interval '1 hour'")
+    assert stalled_transfer_ids(alias="shard_00", older_than=timedelta(minutes=1), limit=10) == [stalled.id]
+    assert stalled_transfer_ids(alias="shard_00", older_than=timedelta(hours=2), limit=10) == []
+    assert transfer_redrive(parked.id)
+    row = Transfer.objects.using("shard_00").get(id=parked.id)
+    assert row.parked_at is None
+    assert not transfer_redrive(done.id), "terminal transfers cannot be re-driven"
+
+
+def test_purge_removes_idempotency_records_older_than_retention_only(owner) -> None:
+    payer = make_wallet(owner, funded=1000, shard="shard_00")
+    payee = make_wallet(owner, shard="shard_00")
+    old = create_transfer(owner, payer, payee.id, 10)
+    new = create_transfer(owner, payer, payee.id, 10)
+    IdempotencyRecord.objects.using("shard_00").filter(transfer_id=old.id).update(
+        created_at=timezone.now() - timedelta(hours=25)
+    )
+    assert idempotency_records_purge(older_than=timedelta(hours=24)) == 1
+    remaining = set(IdempotencyRecord.objects.using("shard_00").values_list("transfer_id", flat=True))
+    assert remaining == {new.id}
+    assert Transfer.objects.using("shard_00").filter(id=old.id).exists(), "the transfer itself is kept"
+
+
+def test_check_ledger_reports_tampering(owner) -> None:
+    payer = make_wallet(owner, funded=1000, shard="shard_00")
+    payee = make_wallet(owner, shard="shard_01")
+    transfer = saga.transfer_advance(create_transfer(owner, payer, payee.id, 100).id)
+    assert_ledger_ok()
+    # Money created out of thin air: a balance that no entry explains.
+    raw_query("shard_01", "UPDATE ledger_wallet SET balance_minor = balance_minor + 5 WHERE id = %s", [payee.id])
+    violations = check_ledger().violations
+    assert any("sum of entries" in v for v in violations)
+    assert any("USD: balances" in v for v in violations)
+    raw_query("shard_01", "UPDATE ledger_wallet SET balance_minor = balance_minor - 5 WHERE id = %s", [payee.id])
+    # A completed transfer that also got refunded.
+    raw_query("shard_00", "UPDATE transfers_transfer SET status = 'failed', failure_reason = 'payee_frozen'")
+    violations = check_ledger().violations
+    assert any(str(transfer.id) in v and "credit" in v for v in violations)
