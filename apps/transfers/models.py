@@ -107,7 +107,7 @@ class IdempotencyRecord(models.Model):
     fingerprint = models.CharField(max_length=64)
     transfer = models.ForeignKey(Transfer, on_delete=models.PROTECT, related_name="+")
     response_status = models.SmallIntegerField(null=True, help_text="Null while the first request is in flight.")
-    response_body = models.JSONField(null=True)
+    response_body = models.TextField(null=True, help_text="The exact JSON sent, so a replay is byte-identical.")
     created_at = models.DateTimeField()
 
     class Meta:

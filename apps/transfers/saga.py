@@ -70,6 +70,7 @@ def transition(
         if cursor.rowcount != 1:
             raise StaleTransition(f"transfer {transfer.id} is no longer {transfer.status}")
     transfer.status = to
+    transfer.updated_at = params["now"]
     if reason:
         transfer.failure_reason = reason
 

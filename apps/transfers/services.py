@@ -9,7 +9,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -27,8 +26,8 @@ from apps.transfers.saga import record_event, run_payer_step
 
 log = logging.getLogger(__name__)
 
-# Renders the response stored for replays: (HTTP status, body).
-Render = Callable[[Transfer], tuple[int, dict[str, Any]]]
+# Renders the response stored for replays: (HTTP status, JSON text).
+Render = Callable[[Transfer], tuple[int, str]]
 
 
 @dataclass(frozen=True)
@@ -140,7 +139,7 @@ def transfer_create(request: TransferRequest, *, render: Render, defer_response:
     return TransferCreated(transfer=transfer, record=record, replayed=False)
 
 
-def transfer_store_response(record: IdempotencyRecord, status: int, body: dict[str, Any]) -> None:
+def transfer_store_response(record: IdempotencyRecord, status: int, body: str) -> None:
     """Store the response of a deferred (waiting) request, once."""
     alias = alias_for_id(record.payer_id)
     IdempotencyRecord.objects.using(alias).filter(id=record.id, response_status__isnull=True).update(

@@ -14,6 +14,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError
 
 from apps.sharding.routing import shard_aliases
 from apps.transfers import saga, selectors, services
+from apps.transfers.models import Transfer
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,9 @@ def advance_transfer(self: Task, transfer_id: str) -> str | None:
     tid = uuid.UUID(transfer_id)
     try:
         return saga.transfer_advance(tid).status
+    except Transfer.DoesNotExist:
+        log.warning("no such transfer", extra={"transfer_id": transfer_id})
+        return None
     except TRANSIENT_ERRORS as exc:
         error = f"{type(exc).__name__}: {exc}"
         attempt = self.request.retries

@@ -215,3 +215,23 @@ def test_check_ledger_reports_tampering(owner) -> None:
     raw_query("shard_00", "UPDATE transfers_transfer SET status = 'failed', failure_reason = 'payee_frozen'")
     violations = check_ledger().violations
     assert any(str(transfer.id) in v and "credit" in v for v in violations)
+
+
+def test_check_ledger_command_exits_non_zero_with_a_report_on_violation(owner) -> None:
+    from io import StringIO
+
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    payer = make_wallet(owner, funded=1000, shard="shard_00")
+    payee = make_wallet(owner, shard="shard_01")
+    create_transfer(owner, payer, payee.id, 100)  # left in flight on purpose
+    out = StringIO()
+    call_command("check_ledger", stdout=out)
+    assert "ledger OK" in out.getvalue()
+    assert "in flight 100" in out.getvalue()
+    raw_query("shard_00", "UPDATE ledger_wallet SET balance_minor = 1 WHERE id = %s", [payer.id])
+    err = StringIO()
+    with pytest.raises(CommandError, match="violation"):
+        call_command("check_ledger", stdout=StringIO(), stderr=err)
+    assert str(payer.id) in err.getvalue()

@@ -2,11 +2,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
 
 from django.conf import settings
+from django.http import HttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -26,10 +27,11 @@ WAIT_PARAM = OpenApiParameter(
 )
 
 
-def render_transfer(transfer: Transfer) -> tuple[int, dict[str, Any]]:
-    """201 once terminal (completed or failed), 202 while still in flight."""
+def render_transfer(transfer: Transfer) -> tuple[int, str]:
+    """201 once terminal (completed or failed), 202 while still in flight; the JSON as sent."""
     body = transfer_out(transfer, selectors.transfer_events(transfer_id=transfer.id))
-    return (status.HTTP_201_CREATED if transfer.is_terminal else status.HTTP_202_ACCEPTED), body
+    code = status.HTTP_201_CREATED if transfer.is_terminal else status.HTTP_202_ACCEPTED
+    return code, JSONRenderer().render(body).decode()
 
 
 def wait_seconds(request: Request) -> float:
@@ -62,7 +64,7 @@ class TransferCollectionView(APIView):
         parameters=[IDEMPOTENCY_HEADER, WAIT_PARAM],
         summary="Create a transfer",
     )
-    def post(self, request: Request) -> Response:
+    def post(self, request: Request) -> HttpResponse:
         key = idempotency_key(request)
         wait = wait_seconds(request)
         data = TransferCreateIn(data=request.data)
@@ -87,7 +89,8 @@ class TransferCollectionView(APIView):
         if record.response_status is None:
             transfer = wait_until_terminal(created.transfer, wait)
             services.transfer_store_response(record, *render_transfer(transfer))
-        response = Response(record.response_body, status=record.response_status)
+        # The stored text itself, so every replay is byte-identical to the first response.
+        response = HttpResponse(record.response_body, status=record.response_status, content_type="application/json")
         if created.replayed:
             response["Idempotent-Replayed"] = "true"
         return response

@@ -47,17 +47,27 @@ class Command(BaseCommand):
         key = demo_api_key()
         username, password = admin_credentials()
         env = {**os.environ, "DJANGO_SETTINGS_MODULE": os.environ["DJANGO_SETTINGS_MODULE"]}
+        beat_schedule = str(settings.DEVSTACK_DIR / "celerybeat-schedule")
+        celery = [sys.executable, "-m", "celery", "-A", "wallet_project"]
         processes = {
+            # gthread: a request waiting for a transfer (?wait=) holds a thread, not a whole worker.
             "api": subprocess.Popen(
                 [sys.executable, "-m", "gunicorn", "wallet_project.wsgi", "--bind", f"127.0.0.1:{port}",
-                 "--workers", str(workers), "--access-logfile", "-", "--graceful-timeout", "5"],
+                 "--workers", str(workers), "--worker-class", "gthread", "--threads", "8",
+                 "--access-logfile", "-", "--graceful-timeout", "5"],
                 env=env,
             ),
+            "saga worker": subprocess.Popen(
+                [*celery, "worker", "-l", "info", "-c", str(workers), "--without-gossip", "--without-mingle"],
+                env=env,
+            ),
+            "beat": subprocess.Popen([*celery, "beat", "-l", "info", "-s", beat_schedule], env=env),
         }  # fmt: skip
         base = f"http://127.0.0.1:{port}"
         self.stdout.write(
             f"\nshardwallet is running\n"
             f"  API:        {base}/v1/   (docs {base}/v1/docs/, health {base}/health)\n"
+            f"  saga:       {workers} Celery worker process(es) and beat (sweeper) over {settings.REDIS_URL}\n"
             f"  demo key:   {key}\n"
             f"  admin:      {base}/admin/   user {username}  password {password}\n"
             f"  try:        curl -H 'Authorization: Bearer {key}' {base}/v1/wallets\n"

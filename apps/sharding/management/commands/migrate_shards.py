@@ -14,5 +14,6 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         verbosity = options.get("verbosity", 1)
         for alias in ["default", *shard_aliases()]:
-            self.stdout.write(f"migrating {alias}")
+            if verbosity:
+                self.stdout.write(f"migrating {alias}")
             call_command("migrate", database=alias, interactive=False, verbosity=max(verbosity - 1, 0))

@@ -1,0 +1,121 @@
+"""Fault injection with real processes: a worker killed mid-saga, a shard stopped, Redis flushed."""
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.db import connections
+
+from apps.sharding.devstack import Devstack, PostgresCluster
+from apps.transfers.checks import check_ledger
+from apps.transfers.models import PayeeCredit, Transfer
+from apps.transfers.services import transfer_redrive
+from tests.factories import ALL_DATABASES, create_transfer, entry_kinds, make_client, make_wallet
+from tests.factories import wallet_balance as balance
+from tests.workers import Worker, flush_redis, wait_terminal
+
+pytestmark = [pytest.mark.django_db(transaction=True, databases=ALL_DATABASES), pytest.mark.slow]
+
+
+@pytest.fixture
+def workers() -> Iterator[list[Worker]]:
+    """Workers a test starts; all stopped afterwards, and the queue emptied before and after."""
+    flush_redis()
+    started: list[Worker] = []
+    yield started
+    for worker in started:
+        worker.stop()
+    flush_redis()
+
+
+@pytest.fixture
+def payee_shard(devstack: Devstack) -> Iterator[PostgresCluster]:
+    cluster = next(c for c in devstack.clusters() if c.server.alias == "shard_01")
+    yield cluster
+    if not cluster.is_running():
+        cluster.start()
+    connections["shard_01"].close()
+
+
+def cross_shard_pair(amount: int = 1000):
+    owner, _ = make_client()
+    return owner, make_wallet(owner, funded=amount, shard="shard_00"), make_wallet(owner, shard="shard_01")
+
+
+def transfer_row(transfer_id: uuid.UUID) -> Transfer:
+    return Transfer.objects.using("shard_00").get(id=transfer_id)
+
+
+def test_worker_killed_after_the_credit_commits_is_resumed_by_a_new_worker(workers) -> None:
+    owner, payer, payee = cross_shard_pair()
+    transfer = create_transfer(owner, payer, payee.id, 400)  # debited; its task waits in Redis
+    marker = Path(settings.DEVSTACK_DIR) / f"crash-{uuid.uuid4().hex}"
+    marker.touch()
+    doomed = Worker(env={"SHARDWALLET_CRASH_AT": f"after_credit:{marker}"}, wait_ready=False)
+    workers.append(doomed)
+    doomed.wait_exit(timeout=60)  # SIGKILL of its whole process group, right after the credit committed
+    assert not marker.exists()
+    assert PayeeCredit.objects.using("shard_01").get(transfer_id=transfer.id).outcome == "credited"
+    assert transfer_row(transfer.id).status == "debited"
+    assert balance(payee.id) == 400
+
+    # The killed task's message is unacknowledged in Redis; the sweeper re-drives from the database.
+    workers.append(Worker(beat=True))
+    assert wait_terminal([transfer.id], timeout=60)[transfer.id].status == "completed"
+    assert entry_kinds(payee.id) == ["credit"]
+    assert (balance(payer.id), balance(payee.id)) == (600, 400)
+    assert check_ledger().violations == []
+
+
+def test_credit_retries_while_the_payee_shard_is_down_and_completes_when_it_is_back(workers, payee_shard) -> None:
+    owner, payer, payee = cross_shard_pair()
+    payee_shard.stop()
+    transfer = create_transfer(owner, payer, payee.id, 250)
+    workers.append(Worker())
+    deadline = time.monotonic() + 30
+    while transfer_row(transfer.id).attempts < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    row = transfer_row(transfer.id)
+    assert row.attempts >= 2, "the credit step was retried"
+    assert row.status == "debited"
+    assert "OperationalError" in row.last_error
+    payee_shard.start()
+    connections["shard_01"].close()
+    assert wait_terminal([transfer.id], timeout=60)[transfer.id].status == "completed"
+    assert (balance(payer.id), balance(payee.id)) == (750, 250)
+    assert check_ledger().violations == []
+
+
+def test_lost_messages_are_re_driven_by_the_sweeper(workers) -> None:
+    owner, payer, payee = cross_shard_pair(amount=10_000)
+    transfers = [create_transfer(owner, payer, payee.id, 100 + i) for i in range(10)]
+    flush_redis()  # every queued saga message is gone
+    workers.append(Worker(beat=True))
+    finished = wait_terminal([t.id for t in transfers], timeout=60)
+    assert {t.status for t in finished.values()} == {"completed"}
+    assert balance(payee.id) == sum(100 + i for i in range(10))
+    assert check_ledger().violations == []
+
+
+def test_a_step_that_keeps_failing_is_parked_and_an_operator_can_re_drive_it(workers, payee_shard) -> None:
+    owner, payer, payee = cross_shard_pair()
+    payee_shard.stop()
+    transfer = create_transfer(owner, payer, payee.id, 300)
+    workers.append(Worker(beat=True, env={"SHARDWALLET_SAGA_MAX_RETRIES": "2"}))
+    deadline = time.monotonic() + 30
+    while transfer_row(transfer.id).parked_at is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    row = transfer_row(transfer.id)
+    assert row.parked_at is not None
+    assert row.status == "debited"
+    payee_shard.start()
+    connections["shard_01"].close()
+    time.sleep(4)  # well past the sweeper's threshold: parked transfers are left to operators
+    assert transfer_row(transfer.id).status == "debited"
+    assert transfer_redrive(transfer.id)
+    assert wait_terminal([transfer.id], timeout=60)[transfer.id].status == "completed"
+    assert balance(payee.id) == 300
+    assert check_ledger().violations == []
