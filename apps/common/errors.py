@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db import InterfaceError, OperationalError, close_old_connections
 from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
@@ -90,6 +91,12 @@ _DRF_CODES: list[tuple[type[drf.APIException], str]] = [
 
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, OperationalError | InterfaceError):
+        # A shard (or the control database) is down or the connection dropped. Nothing was
+        # committed or the commit is durable; either way a retry with the same key is safe.
+        close_old_connections()
+        body = error_body("service_unavailable", "A database is unavailable; retry with the same Idempotency-Key.")
+        return Response(body, status=503, headers={"Retry-After": "1"})
     if isinstance(exc, DomainError):
         return Response(error_body(exc.code, exc.message, exc.param), status=exc.status)
     if isinstance(exc, drf.ValidationError):

@@ -99,3 +99,17 @@ def test_random_buckets_spread_over_all_shards() -> None:
     assert {alias_for_id(i) for i in ids} == set(shard_aliases())
     assert all(isinstance(i, uuid.UUID) for i in ids)
     assert set(connections.databases) == {"default", *shard_aliases()}
+
+
+def test_shard_of_command_prints_bucket_and_shard() -> None:
+    from io import StringIO
+
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    wallet_id = new_id(bucket_on("shard_01"))
+    out = StringIO()
+    call_command("shard_of", str(wallet_id), stdout=out)
+    assert out.getvalue().split() == [str(wallet_id), "bucket", str(bucket_on("shard_01")), "shard_01"]
+    with pytest.raises(CommandError):
+        call_command("shard_of", "nope", stdout=StringIO())

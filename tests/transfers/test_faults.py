@@ -119,3 +119,24 @@ def test_a_step_that_keeps_failing_is_parked_and_an_operator_can_re_drive_it(wor
     assert wait_terminal([transfer.id], timeout=60)[transfer.id].status == "completed"
     assert balance(payee.id) == 300
     assert check_ledger().violations == []
+
+
+def test_api_answers_503_while_the_payers_shard_is_down_and_a_retry_then_succeeds(devstack) -> None:
+    from tests.factories import api_for
+
+    owner, key = make_client()
+    payer = make_wallet(owner, funded=1000, shard="shard_01")
+    payee = make_wallet(owner, shard="shard_00")
+    cluster = next(c for c in devstack.clusters() if c.server.alias == "shard_01")
+    body = {"from": str(payer.id), "to": str(payee.id), "amount_minor": 100, "currency": "USD"}
+    cluster.stop()
+    try:
+        down = api_for(key).post("/v1/transfers", body, format="json", HTTP_IDEMPOTENCY_KEY="k-503")
+    finally:
+        cluster.start()
+    assert down.status_code == 503
+    assert down.json()["error"]["code"] == "service_unavailable"
+    connections["shard_01"].close()
+    retry = api_for(key).post("/v1/transfers", body, format="json", HTTP_IDEMPOTENCY_KEY="k-503")
+    assert retry.status_code == 202
+    assert balance(payer.id) == 900
