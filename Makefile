@@ -8,7 +8,7 @@ export PORT
 
 .DEFAULT_GOAL := help
 
-.PHONY: help run test lint format stack-up stack-down stack-status clean
+.PHONY: help run test lint format stack-up stack-down stack-status clean bench venv
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -50,3 +50,6 @@ clean: ## stop both stacks and delete var/ (all local data)
 	-$(PY) manage.py devstack down --purge
 	-DJANGO_SETTINGS_MODULE=wallet_project.settings_test $(PY) manage.py devstack down --purge
 	rm -rf var
+
+bench: $(VENV)/.installed ## end-to-end transfers vs the raw-SQL ceiling on a throw-away stack (BENCH_ARGS=...)
+	$(PY) -m bench $(BENCH_ARGS)

@@ -1,8 +1,32 @@
 from __future__ import annotations
 
+import time
+
 from apps.accounts.models import ApiClient
 from apps.accounts.services import digest_key
 
+# Keys are checked on every request; a short per-process cache saves a round trip to the
+# control database each time. A revoked key stops working within this many seconds.
+KEY_CACHE_SECONDS = 30.0
+_MAX_CACHED_KEYS = 10_000
+_cache: dict[str, tuple[float, ApiClient]] = {}
+
 
 def api_client_get_by_key(key: str) -> ApiClient | None:
-    return ApiClient.objects.using("default").filter(key_digest=digest_key(key), is_active=True).first()
+    digest = digest_key(key)
+    now = time.monotonic()
+    cached = _cache.get(digest)
+    if cached is not None and cached[0] > now:
+        return cached[1]
+    client = ApiClient.objects.using("default").filter(key_digest=digest, is_active=True).first()
+    if client is None:
+        _cache.pop(digest, None)
+        return None
+    if len(_cache) >= _MAX_CACHED_KEYS:
+        _cache.clear()
+    _cache[digest] = (now + KEY_CACHE_SECONDS, client)
+    return client
+
+
+def forget_cached_keys() -> None:
+    _cache.clear()

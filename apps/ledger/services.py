@@ -105,18 +105,22 @@ def apply_entry(
     delta: int,
     currency: str | None = None,
     allow_frozen: bool = False,
+    now: datetime | None = None,
 ) -> AppliedEntry:
     """Apply one signed movement to a wallet exactly once per (reference, kind).
 
     Raises WalletNotFound, CurrencyMismatch, WalletFrozen or InsufficientFunds when
     the guard refuses (nothing changed), IdempotencyKeyReused when the reference
     was already applied with another amount.
+
+    Outside a transaction the single statement commits on its own (one round trip).
+    Inside the caller's transaction it takes part in it, without a savepoint: there a
+    duplicate (IntegrityError) is the caller's to handle, since the transaction is lost.
     """
     alias = alias_for_id(wallet_id)
-    now = timezone.now()
     params = {
         "delta": delta,
-        "now": now,
+        "now": now or timezone.now(),
         "wallet_id": wallet_id,
         "allow_frozen": allow_frozen,
         "currency": currency,
@@ -124,13 +128,15 @@ def apply_entry(
         "kind": str(kind),
         "entry_id": new_id(bucket_of(wallet_id)),
     }
+    nested = connections[alias].in_atomic_block
     try:
-        with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
+        with connections[alias].cursor() as cursor:
             cursor.execute(_APPLY_SQL, params)
             row = cursor.fetchone()
     except IntegrityError:
-        # A concurrent repeat committed the same (wallet, reference, kind) first.
-        row = None
+        if nested:
+            raise
+        row = None  # a concurrent repeat committed the same (wallet, reference, kind) first
     if row is not None:
         return _entry(row, replayed=False)
     existing = _existing_entry(alias, wallet_id, reference, str(kind))
@@ -160,17 +166,31 @@ def wallet_withdraw(*, wallet_id: uuid.UUID, amount_minor: int, reference: str) 
     return apply_entry(wallet_id=wallet_id, reference=reference, kind=EntryKind.WITHDRAWAL, delta=-amount_minor)
 
 
-def wallet_debit(*, wallet_id: uuid.UUID, transfer_id: uuid.UUID, amount_minor: int, currency: str) -> AppliedEntry:
+def wallet_debit(
+    *, wallet_id: uuid.UUID, transfer_id: uuid.UUID, amount_minor: int, currency: str, now: datetime | None = None
+) -> AppliedEntry:
     """Saga step: take a transfer's amount from its payer (active, same currency, enough funds)."""
     return apply_entry(
-        wallet_id=wallet_id, reference=str(transfer_id), kind=EntryKind.DEBIT, delta=-amount_minor, currency=currency
+        wallet_id=wallet_id,
+        reference=str(transfer_id),
+        kind=EntryKind.DEBIT,
+        delta=-amount_minor,
+        currency=currency,
+        now=now,
     )
 
 
-def wallet_credit(*, wallet_id: uuid.UUID, transfer_id: uuid.UUID, amount_minor: int, currency: str) -> AppliedEntry:
+def wallet_credit(
+    *, wallet_id: uuid.UUID, transfer_id: uuid.UUID, amount_minor: int, currency: str, now: datetime | None = None
+) -> AppliedEntry:
     """Saga step: give a transfer's amount to its payee (active, same currency)."""
     return apply_entry(
-        wallet_id=wallet_id, reference=str(transfer_id), kind=EntryKind.CREDIT, delta=amount_minor, currency=currency
+        wallet_id=wallet_id,
+        reference=str(transfer_id),
+        kind=EntryKind.CREDIT,
+        delta=amount_minor,
+        currency=currency,
+        now=now,
     )
 
 

@@ -1,31 +1,42 @@
 """The transfer saga: idempotent steps, each one transaction on one shard.
 
-    pending --payer_step--> debited --payee_step (payee shard)--> credited | rejected
-    debited --finish_step--> completed                (payee credited)
-    debited --finish_step--> refunding --> failed     (payee rejected: payer refunded)
-    pending --payer_step--> failed                    (payer cannot pay)
+    (API) payer step, on the payer's shard, in the creating transaction:
+        debit the payer                     -> debited    (or failed: insufficient_funds, payer_frozen...)
+        same shard: also credit the payee   -> completed  (or failed, nothing moved)
+    payee step, on the payee's shard: credit the payee and record PayeeCredit "credited",
+        or record PayeeCredit "rejected" (payee frozen / missing / other currency)
+    finish step, on the payer's shard: credited -> completed; rejected -> refunding -> refund -> failed
 
-Same-shard transfers: payer_step debits, credits and completes in one transaction.
-Every step first locks the transfer row and checks its status, and every transition is
-`UPDATE ... WHERE status = <expected>`, so a late or repeated step is a no-op. The
-database is the truth: `transfer_advance` re-reads the state and runs whatever is next,
-so a crash anywhere resumes from the last committed step.
+Every transition is `UPDATE ... WHERE status = <expected>` recorded with an event, ledger
+entries are unique per (wallet, transfer, kind) and PayeeCredit's primary key is the transfer
+id, so a late or repeated step is a no-op. The database is the truth: `transfer_advance`
+re-reads the state and runs whatever is next, so a crash anywhere resumes from the last
+committed step. `drain_debited` runs the payee and finish steps for many transfers of one
+shard at once: one transaction per payee shard and one completion statement.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
+from collections import defaultdict
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from django.db import IntegrityError, connections, transaction
+from django.db import DatabaseError, IntegrityError, connections, transaction
 from django.utils import timezone
 
 from apps.ledger.errors import CurrencyMismatch, InsufficientFunds, WalletFrozen, WalletNotFound
+from apps.ledger.models import WalletStatus
 from apps.ledger.services import wallet_credit, wallet_debit, wallet_refund
+from apps.sharding.ids import bucket_of, new_id
 from apps.sharding.routing import alias_for_id
 from apps.transfers.errors import StaleTransition
 from apps.transfers.faults import crash_point
 from apps.transfers.models import CreditOutcome, FailureReason, PayeeCredit, Transfer, TransferStatus
+
+log = logging.getLogger(__name__)
 
 # What a wallet can refuse; anything else (connection lost, shard down) is transient.
 REFUSALS = (InsufficientFunds, WalletFrozen, WalletNotFound, CurrencyMismatch)
@@ -42,6 +53,15 @@ _PAYEE_REASONS = {
     CurrencyMismatch: FailureReason.PAYEE_CURRENCY_MISMATCH,
 }
 
+
+@dataclass(frozen=True)
+class Event:
+    from_status: str | None
+    to_status: str
+    reason: str | None
+    at: datetime
+
+
 _TRANSITION_SQL = """
 WITH moved AS (
     UPDATE transfers_transfer
@@ -51,6 +71,50 @@ WITH moved AS (
 )
 INSERT INTO transfers_event (transfer_id, from_status, to_status, reason, created_at)
 SELECT id, %(from)s, %(to)s, %(reason)s, %(now)s FROM moved
+"""
+
+_INSERT_SQL = """
+WITH created AS (
+    INSERT INTO transfers_transfer (id, client_id, payer_id, payee_id, amount_minor, currency, status,
+        failure_reason, request_fingerprint, attempts, last_error, parked_at, created_at, updated_at)
+    VALUES (%(id)s, %(client_id)s, %(payer_id)s, %(payee_id)s, %(amount)s, %(currency)s, %(status)s,
+        %(reason)s, %(fingerprint)s, 0, '', NULL, %(created)s, %(updated)s)
+    RETURNING id
+)
+INSERT INTO transfers_event (transfer_id, from_status, to_status, reason, created_at)
+SELECT created.id, e.from_status, e.to_status, e.reason, e.at
+  FROM created, jsonb_to_recordset(%(events)s::jsonb) AS e(ord int, from_status text, to_status text, reason text,
+       at timestamptz)
+ ORDER BY e.ord
+"""
+
+# The payee step in one statement: credit (guarded) + ledger entry + PayeeCredit "credited".
+# No row back means: already decided, or the payee refuses (then the slow path records why).
+_CREDIT_SQL = """
+WITH moved AS (
+    UPDATE ledger_wallet
+       SET balance_minor = balance_minor + %(amount)s, last_entry_seq = last_entry_seq + 1, updated_at = %(now)s
+     WHERE id = %(payee)s AND status = 'active' AND currency = %(currency)s
+       AND NOT EXISTS (SELECT 1 FROM transfers_payee_credit WHERE transfer_id = %(tid)s)
+ RETURNING id, balance_minor, last_entry_seq
+), entry AS (
+    INSERT INTO ledger_entry (id, wallet_id, seq, reference, kind, amount_minor, balance_after_minor, created_at)
+    SELECT %(entry_id)s, id, last_entry_seq, %(reference)s, 'credit', %(amount)s, balance_minor, %(now)s FROM moved
+    RETURNING wallet_id
+)
+INSERT INTO transfers_payee_credit (transfer_id, payee_id, amount_minor, outcome, reason, created_at)
+SELECT %(tid)s, wallet_id, %(amount)s, 'credited', NULL, %(now)s FROM entry
+RETURNING transfer_id
+"""
+
+_COMPLETE_SQL = """
+WITH done AS (
+    UPDATE transfers_transfer SET status = 'completed', updated_at = %(now)s
+     WHERE id = ANY(%(ids)s) AND status = 'debited'
+ RETURNING id
+)
+INSERT INTO transfers_event (transfer_id, from_status, to_status, reason, created_at)
+SELECT id, 'debited', 'completed', NULL, %(now)s FROM done
 """
 
 
@@ -75,70 +139,128 @@ def transition(
         transfer.failure_reason = reason
 
 
-def record_event(transfer: Transfer, *, now: datetime) -> None:
-    """The creation event (no previous status)."""
+def insert_transfer(transfer: Transfer, events: list[Event]) -> None:
+    """Insert a new transfer in the status its first step reached, with every event on the way."""
+    import json
+
+    params = {
+        "id": transfer.id,
+        "client_id": transfer.client_id,
+        "payer_id": transfer.payer_id,
+        "payee_id": transfer.payee_id,
+        "amount": transfer.amount_minor,
+        "currency": transfer.currency,
+        "status": transfer.status,
+        "reason": transfer.failure_reason,
+        "fingerprint": transfer.request_fingerprint,
+        "created": transfer.created_at,
+        "updated": transfer.updated_at,
+        "events": json.dumps(
+            [
+                {"ord": i, "from_status": e.from_status, "to_status": e.to_status, "reason": e.reason,
+                 "at": e.at.isoformat()}
+                for i, e in enumerate(events)
+            ]
+        ),
+    }  # fmt: skip
     with connections[alias_for_id(transfer.id)].cursor() as cursor:
+        cursor.execute(_INSERT_SQL, params)
+
+
+def _lock_wallets_in_order(alias: str, wallet_ids: list[uuid.UUID]) -> dict[uuid.UUID, tuple[str, str]]:
+    """Lock wallet rows by ascending id (a fixed order: no deadlock between two transfers)."""
+    with connections[alias].cursor() as cursor:
         cursor.execute(
-            "INSERT INTO transfers_event (transfer_id, from_status, to_status, reason, created_at)"
-            " VALUES (%s, NULL, %s, NULL, %s)",
-            [transfer.id, transfer.status, now],
+            "SELECT id, status, currency FROM ledger_wallet WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+            [sorted(wallet_ids)],
         )
+        return {row[0]: (row[1], row[2]) for row in cursor.fetchall()}
 
 
-def _lock(transfer_id: uuid.UUID) -> Transfer:
-    return Transfer.objects.using(alias_for_id(transfer_id)).select_for_update().get(id=transfer_id)
+def _payee_refusal(transfer: Transfer, payee: tuple[str, str] | None) -> FailureReason | None:
+    if payee is None:
+        return FailureReason.PAYEE_NOT_FOUND
+    status, currency = payee
+    if currency != transfer.currency:
+        return FailureReason.PAYEE_CURRENCY_MISMATCH
+    if status != WalletStatus.ACTIVE:
+        return FailureReason.PAYEE_FROZEN
+    return None
 
 
-def _debit(transfer: Transfer) -> None:
+def run_payer_step(transfer: Transfer, now: datetime) -> list[Event]:
+    """Debit the payer (and, on one shard, credit the payee) for a `pending` transfer.
+
+    Runs inside the caller's transaction on the transfer's shard. Sets the transfer's new
+    status in memory and returns the events from `pending` on; the caller persists them.
+    """
+    alias = alias_for_id(transfer.id)
+    events: list[Event] = []
+
+    def move(to: TransferStatus, reason: str | None = None) -> None:
+        events.append(Event(transfer.status, to, reason, now))
+        transfer.status, transfer.updated_at = to, now
+        if reason:
+            transfer.failure_reason = reason
+
+    same_shard = alias_for_id(transfer.payee_id) == alias
+    if same_shard:
+        locked = _lock_wallets_in_order(alias, [transfer.payer_id, transfer.payee_id])
+        refusal = _payee_refusal(transfer, locked.get(transfer.payee_id))
+        if refusal is not None:  # the payee's row is locked: this answer cannot change before commit
+            move(TransferStatus.FAILED, refusal)
+            return events
     try:
         wallet_debit(
             wallet_id=transfer.payer_id,
             transfer_id=transfer.id,
             amount_minor=transfer.amount_minor,
             currency=transfer.currency,
+            now=now,
         )
     except REFUSALS as exc:
-        raise _Refused(_PAYER_REASONS[type(exc)]) from exc
-
-
-def _credit(transfer: Transfer) -> None:
-    try:
+        move(TransferStatus.FAILED, _PAYER_REASONS[type(exc)])
+        return events
+    move(TransferStatus.DEBITED)
+    if same_shard:
+        # Checked above under lock, so this cannot be refused; if it were, the whole
+        # transaction would roll back rather than leave a debit without its credit.
         wallet_credit(
             wallet_id=transfer.payee_id,
             transfer_id=transfer.id,
             amount_minor=transfer.amount_minor,
             currency=transfer.currency,
+            now=now,
         )
-    except REFUSALS as exc:
-        raise _Refused(_PAYEE_REASONS[type(exc)]) from exc
+        move(TransferStatus.COMPLETED)
+    return events
 
 
-def run_payer_step(transfer: Transfer) -> None:
-    """pending -> debited (cross-shard), completed (same shard) or failed. Call inside a
-    transaction on the transfer's shard, with the row locked or freshly inserted."""
-    if transfer.status != TransferStatus.PENDING:
-        return
-    alias = alias_for_id(transfer.id)
-    same_shard = alias_for_id(transfer.payee_id) == alias
-    try:
-        with transaction.atomic(using=alias):  # savepoint: the debit and credit stand or fall together
-            _debit(transfer)
-            if same_shard:
-                _credit(transfer)
-    except _Refused as refused:
-        transition(transfer, TransferStatus.FAILED, reason=refused.reason)
-        return
-    transition(transfer, TransferStatus.DEBITED)
-    if same_shard:
-        transition(transfer, TransferStatus.COMPLETED)
+def _lock(transfer_id: uuid.UUID) -> Transfer:
+    return Transfer.objects.using(alias_for_id(transfer_id)).select_for_update().get(id=transfer_id)
 
 
 def payer_step(transfer_id: uuid.UUID) -> Transfer:
-    """Saga step 1 on the payer's shard (see run_payer_step)."""
+    """The payer step for a transfer stored as `pending`, applied with guarded transitions."""
     with transaction.atomic(using=alias_for_id(transfer_id)):
         transfer = _lock(transfer_id)
-        run_payer_step(transfer)
+        if transfer.status == TransferStatus.PENDING:
+            stored = Transfer.objects.using(alias_for_id(transfer_id)).get(id=transfer_id)
+            for event in run_payer_step(transfer, timezone.now()):
+                transition(stored, TransferStatus(event.to_status), reason=event.reason, now=event.at)
     return transfer
+
+
+def _credit_params(transfer: Transfer, now: datetime) -> dict[str, Any]:
+    return {
+        "amount": transfer.amount_minor,
+        "now": now,
+        "payee": transfer.payee_id,
+        "currency": transfer.currency,
+        "tid": transfer.id,
+        "entry_id": new_id(bucket_of(transfer.payee_id)),
+        "reference": str(transfer.id),
+    }
 
 
 def payee_step(transfer: Transfer) -> PayeeCredit:
@@ -148,16 +270,36 @@ def payee_step(transfer: Transfer) -> PayeeCredit:
     the credit, so a transfer is credited or rejected, never both, however often this runs.
     """
     alias = alias_for_id(transfer.payee_id)
+    now = timezone.now()
+    try:
+        with connections[alias].cursor() as cursor:  # one statement: it commits on its own
+            cursor.execute(_CREDIT_SQL, _credit_params(transfer, now))
+            if cursor.fetchone() is not None:
+                return PayeeCredit(
+                    transfer_id=transfer.id,
+                    payee_id=transfer.payee_id,
+                    amount_minor=transfer.amount_minor,
+                    outcome=CreditOutcome.CREDITED,
+                    created_at=now,
+                )
+    except IntegrityError:
+        pass  # a concurrent run committed first: its outcome stands
     existing = PayeeCredit.objects.using(alias).filter(transfer_id=transfer.id).first()
     if existing is not None:
         return existing
-    outcome, reason = CreditOutcome.CREDITED, None
+    # Not credited and no outcome yet: the payee refuses. Record why, once.
     try:
         with transaction.atomic(using=alias):
             try:
-                _credit(transfer)
-            except _Refused as refused:
-                outcome, reason = CreditOutcome.REJECTED, refused.reason
+                wallet_credit(
+                    wallet_id=transfer.payee_id,
+                    transfer_id=transfer.id,
+                    amount_minor=transfer.amount_minor,
+                    currency=transfer.currency,
+                )
+                outcome, reason = CreditOutcome.CREDITED, None  # the payee became able meanwhile
+            except REFUSALS as exc:
+                outcome, reason = CreditOutcome.REJECTED, _PAYEE_REASONS[type(exc)]
             PayeeCredit(
                 transfer_id=transfer.id,
                 payee_id=transfer.payee_id,
@@ -167,7 +309,7 @@ def payee_step(transfer: Transfer) -> PayeeCredit:
                 created_at=timezone.now(),
             ).save(using=alias, force_insert=True)
     except IntegrityError:
-        pass  # a concurrent run of this step committed first: its outcome stands
+        pass
     return PayeeCredit.objects.using(alias).get(transfer_id=transfer.id)
 
 
@@ -205,3 +347,69 @@ def transfer_advance(transfer_id: uuid.UUID) -> Transfer:
         else:  # refunding: the rejection is already recorded on the payee's shard
             transfer = finish_step(transfer_id, None)
     return transfer
+
+
+@dataclass
+class DrainResult:
+    claimed: int
+    completed: int
+    left_over: list[uuid.UUID]  # to run one by one: refused, contended, or transient errors
+    transient: list[uuid.UUID]  # of those, the ones whose payee shard failed
+
+
+def _credit_group(payee_alias: str, transfers: list[Transfer], now: datetime) -> set[uuid.UUID]:
+    """Credit many payees on one shard in one transaction (statements pipelined); ids credited."""
+    ordered = sorted(transfers, key=lambda t: t.payee_id)  # wallet rows locked in id order
+    connection = connections[payee_alias]
+    credited: set[uuid.UUID] = set()
+    with transaction.atomic(using=payee_alias):
+        connection.ensure_connection()
+        with connection.connection.cursor() as cursor:
+            cursor.executemany(_CREDIT_SQL, [_credit_params(t, now) for t in ordered], returning=True)
+            while True:
+                row = cursor.fetchone()
+                if row is not None:
+                    credited.add(row[0])
+                if not cursor.nextset():
+                    break
+    crash_point("after_credit")
+    return credited
+
+
+def drain_debited(alias: str, *, limit: int = 500) -> DrainResult:
+    """Run the payee and finish steps for up to `limit` debited transfers paid from `alias`.
+
+    The transfers are claimed with FOR UPDATE SKIP LOCKED (two drains never take the same
+    ones) in a transaction on the payer's shard that stays open while each payee shard's
+    credits commit (one transaction per payee shard), then completes the credited ones in
+    one statement. A crash in between leaves them `debited` with their PayeeCredit
+    committed: the next run finds the outcome and completes them. Transfers that were
+    refused, raced or hit an error are returned to be run one by one.
+    """
+    now = timezone.now()
+    transient: list[uuid.UUID] = []
+    with transaction.atomic(using=alias):
+        claimed = list(
+            Transfer.objects.using(alias)
+            .select_for_update(skip_locked=True)
+            .filter(status=TransferStatus.DEBITED, parked_at__isnull=True, attempts=0)
+            .order_by("updated_at")[:limit]
+        )
+        by_payee_shard: dict[str, list[Transfer]] = defaultdict(list)
+        for transfer in claimed:
+            by_payee_shard[alias_for_id(transfer.payee_id)].append(transfer)
+        credited: set[uuid.UUID] = set()
+        for payee_alias, group in by_payee_shard.items():
+            try:
+                credited |= _credit_group(payee_alias, group, now)
+            except IntegrityError:
+                pass  # a concurrent step decided one of them: run this group one by one
+            except DatabaseError:
+                log.warning("payee shard failed during a drain", extra={"shard": payee_alias})
+                connections[payee_alias].close()
+                transient += [t.id for t in group]
+        if credited:
+            with connections[alias].cursor() as cursor:
+                cursor.execute(_COMPLETE_SQL, {"ids": list(credited), "now": now})
+    left_over = [t.id for t in claimed if t.id not in credited]
+    return DrainResult(len(claimed), len(credited), left_over, transient)

@@ -11,6 +11,7 @@ from django.utils import timezone
 from apps.sharding.routing import alias_for_id
 from apps.transfers.errors import TransferNotFound
 from apps.transfers.models import Transfer, TransferEvent, TransferStatus
+from apps.transfers.saga import Event
 
 
 def transfer_get(*, transfer_id: uuid.UUID, client_id: int | None = None) -> Transfer:
@@ -25,6 +26,10 @@ def transfer_get(*, transfer_id: uuid.UUID, client_id: int | None = None) -> Tra
 
 def transfer_events(*, transfer_id: uuid.UUID) -> list[TransferEvent]:
     return list(TransferEvent.objects.using(alias_for_id(transfer_id)).filter(transfer_id=transfer_id).order_by("id"))
+
+
+def transfer_history(*, transfer_id: uuid.UUID) -> list[Event]:
+    return [Event(e.from_status, e.to_status, e.reason, e.created_at) for e in transfer_events(transfer_id=transfer_id)]
 
 
 def transfer_list(*, payer_id: uuid.UUID, before_id: uuid.UUID | None, limit: int) -> list[Transfer]:

@@ -22,12 +22,13 @@ from apps.sharding.ids import bucket_of, new_id
 from apps.sharding.routing import alias_for_id, shard_aliases
 from apps.transfers.errors import IdempotencyRequestInProgress
 from apps.transfers.models import IN_FLIGHT_STATUSES, IdempotencyRecord, Transfer, TransferStatus
-from apps.transfers.saga import record_event, run_payer_step
+from apps.transfers.saga import Event, insert_transfer, run_payer_step
 
 log = logging.getLogger(__name__)
 
-# Renders the response stored for replays: (HTTP status, JSON text).
-Render = Callable[[Transfer], tuple[int, str]]
+# Renders the response stored for replays from the transfer and its status history:
+# (HTTP status, JSON text).
+Render = Callable[[Transfer, "list[Event]"], tuple[int, str]]
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,13 @@ class TransferCreated:
     transfer: Transfer
     record: IdempotencyRecord
     replayed: bool
+
+
+def request_drain(alias: str) -> None:
+    """Ask a worker to run the saga for the debited transfers of `alias` (best effort)."""
+    from apps.transfers.tasks import request_drain as trigger
+
+    trigger(alias)
 
 
 def enqueue_advance(transfer_id: uuid.UUID) -> None:
@@ -88,17 +96,34 @@ def _replay(request: TransferRequest, alias: str) -> TransferCreated | None:
 def transfer_create(request: TransferRequest, *, render: Render, defer_response: bool = False) -> TransferCreated:
     """Create a transfer on the payer's shard and run its first step in the same transaction.
 
-    The idempotency record is written in that transaction too: a repeat (even a concurrent
-    one, which waits on the unique index) finds it and replays the stored response. With
-    `defer_response` the response is stored later (`transfer_store_response`); until then
-    a repeat gets 409 idempotency_request_in_progress.
+    The transaction debits the payer (and, on one shard, credits the payee), inserts the
+    transfer in the status that reached with its events, and inserts the idempotency record
+    with the response: a repeat (even a concurrent one, which waits on the record's unique
+    index and then rolls back) replays that response. With `defer_response` the response is
+    stored later (`transfer_store_response`); until then a repeat gets 409.
     """
     payer = wallet_get(wallet_id=request.payer_id, owner_id=request.client_id)
     if payer.currency != request.currency:
         raise CurrencyMismatch(f"The paying wallet holds {payer.currency}, not {request.currency}.", param="currency")
     alias = alias_for_id(request.payer_id)
+    transfer = new_transfer(request)
+    try:
+        with transaction.atomic(using=alias):
+            record = run_first_step(request, transfer, render=render, defer_response=defer_response)
+    except IntegrityError:
+        replay = _replay(request, alias)
+        if replay is None:
+            raise  # not a duplicate key: a real constraint violation
+        return replay
+    if transfer.status == TransferStatus.DEBITED:
+        request_drain(alias)
+    record.transfer = transfer
+    return TransferCreated(transfer=transfer, record=record, replayed=False)
+
+
+def new_transfer(request: TransferRequest) -> Transfer:
     now = timezone.now()
-    transfer = Transfer(
+    return Transfer(
         id=new_id(bucket_of(request.payer_id)),
         client_id=request.client_id,
         payer_id=request.payer_id,
@@ -110,33 +135,29 @@ def transfer_create(request: TransferRequest, *, render: Render, defer_response:
         created_at=now,
         updated_at=now,
     )
-    try:
-        with transaction.atomic(using=alias):
-            record = IdempotencyRecord(
-                client_id=request.client_id,
-                payer_id=request.payer_id,
-                key=request.idempotency_key,
-                fingerprint=request.fingerprint,
-                transfer_id=transfer.id,
-                created_at=now,
-            )
-            # The key first: a duplicate fails here, before any money moves.
-            record.save(using=alias, force_insert=True)
-            transfer.save(using=alias, force_insert=True)
-            record_event(transfer, now=now)
-            run_payer_step(transfer)
-            if not defer_response:
-                record.response_status, record.response_body = render(transfer)
-                record.save(using=alias, update_fields=["response_status", "response_body"])
-            if transfer.status == TransferStatus.DEBITED:
-                transaction.on_commit(lambda: enqueue_advance(transfer.id), using=alias)
-    except IntegrityError:
-        replay = _replay(request, alias)
-        if replay is None:
-            raise  # not a duplicate key: a real constraint violation
-        return replay
-    record.transfer = transfer
-    return TransferCreated(transfer=transfer, record=record, replayed=False)
+
+
+def run_first_step(
+    request: TransferRequest, transfer: Transfer, *, render: Render, defer_response: bool
+) -> IdempotencyRecord:
+    """Inside a transaction on the payer's shard: payer step, transfer row, idempotency record."""
+    alias = alias_for_id(transfer.id)
+    now = transfer.created_at
+    events = [Event(None, TransferStatus.PENDING, None, now), *run_payer_step(transfer, now)]
+    insert_transfer(transfer, events)
+    record = IdempotencyRecord(
+        client_id=request.client_id,
+        payer_id=request.payer_id,
+        key=request.idempotency_key,
+        fingerprint=request.fingerprint,
+        transfer_id=transfer.id,
+        created_at=now,
+    )
+    if not defer_response:
+        record.response_status, record.response_body = render(transfer, events)
+    # Last, so that a duplicate key aborts the whole transaction, debit included.
+    record.save(using=alias, force_insert=True)
+    return record
 
 
 def transfer_store_response(record: IdempotencyRecord, status: int, body: str) -> None:

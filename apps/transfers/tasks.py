@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import uuid
 from datetime import timedelta
 
+import redis
 from celery import shared_task
 from celery.app.task import Task
 from django.conf import settings
@@ -50,6 +52,71 @@ def advance_transfer(self: Task, transfer_id: str) -> str | None:
             pass  # the payer's shard is down too: the sweeper will find the transfer later
         log.warning("transfer step failed, retrying", extra={"transfer_id": transfer_id, "attempt": attempt})
         raise self.retry(exc=exc, countdown=retry_delay(attempt)) from exc
+
+
+DRAIN_BATCH = 500
+
+
+def _flags() -> redis.Redis:
+    global _flag_client
+    if _flag_client is None:
+        _flag_client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=0.5, socket_connect_timeout=0.5)
+    return _flag_client
+
+
+_flag_client: redis.Redis | None = None
+
+
+def _drain_flag(alias: str) -> str:
+    return f"shardwallet:drain:{alias}"
+
+
+def request_drain(alias: str) -> None:
+    """Enqueue one drain of `alias` unless one is already queued (a flag with a short expiry).
+
+    Many API requests then cost one Celery message. Best effort: if Redis is down, the
+    sweeper finds the transfers later.
+    """
+    try:
+        if _flags().set(_drain_flag(alias), "1", nx=True, ex=5):
+            drain_transfers.apply_async(args=[alias])
+    except Exception:
+        log.exception("could not request a drain", extra={"shard": alias})
+
+
+@shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
+def drain_transfers(self: Task, alias: str) -> int:
+    """Run the saga for the debited transfers of one payer shard, many per transaction."""
+    with contextlib.suppress(redis.RedisError):
+        _flags().delete(_drain_flag(alias))  # from here on, a new transfer asks for a new drain
+    done = 0
+    try:
+        while True:
+            result = saga.drain_debited(alias, limit=DRAIN_BATCH)
+            done += result.completed
+            for transfer_id in result.left_over:
+                if transfer_id in result.transient:
+                    _hand_over(transfer_id, "payee shard unavailable during a drain")
+                else:
+                    _advance_now(transfer_id)
+            if result.claimed < DRAIN_BATCH:
+                return done
+    except TRANSIENT_ERRORS as exc:
+        raise self.retry(exc=exc, countdown=retry_delay(self.request.retries)) from exc
+
+
+def _advance_now(transfer_id: uuid.UUID) -> None:
+    try:
+        saga.transfer_advance(transfer_id)
+    except TRANSIENT_ERRORS as exc:
+        _hand_over(transfer_id, f"{type(exc).__name__}: {exc}")
+
+
+def _hand_over(transfer_id: uuid.UUID, error: str) -> None:
+    """Leave the transfer to its own task, with retries, backoff and parking."""
+    with contextlib.suppress(DatabaseError):
+        services.transfer_record_attempt(transfer_id, error)  # attempts > 0: drains skip it
+    advance_transfer.apply_async(args=[str(transfer_id)], countdown=retry_delay(0))
 
 
 @shared_task

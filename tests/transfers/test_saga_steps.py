@@ -235,3 +235,50 @@ def test_check_ledger_command_exits_non_zero_with_a_report_on_violation(owner) -
     with pytest.raises(CommandError, match="violation"):
         call_command("check_ledger", stdout=StringIO(), stderr=err)
     assert str(payer.id) in err.getvalue()
+
+
+def test_drain_completes_many_debited_transfers_in_a_batch_and_leaves_refusals(owner) -> None:
+    payer = make_wallet(owner, funded=10_000, shard="shard_00")
+    payees = [make_wallet(owner, shard="shard_01") for _ in range(3)]
+    frozen = make_wallet(owner, shard="shard_01")
+    wallet_set_status(wallet_id=frozen.id, status=WalletStatus.FROZEN)
+    ok = [create_transfer(owner, payer, payees[i % 3].id, 100 + i) for i in range(9)]
+    refused = create_transfer(owner, payer, frozen.id, 50)
+    result = saga.drain_debited("shard_00")
+    assert (result.claimed, result.completed) == (10, 9)
+    assert result.left_over == [refused.id]
+    assert result.transient == []
+    assert {Transfer.objects.using("shard_00").get(id=t.id).status for t in ok} == {"completed"}
+    assert statuses(ok[0].id) == ["pending", "debited", "completed"]
+    assert sum(wallet_balance(p.id) for p in payees) == sum(100 + i for i in range(9))
+    # The refused one is left to the one-by-one path, which refunds it.
+    assert saga.transfer_advance(refused.id).failure_reason == "payee_frozen"
+    # A second drain finds nothing to do and moves no money.
+    again = saga.drain_debited("shard_00")
+    assert (again.claimed, again.completed) == (0, 0)
+    assert wallet_balance(payer.id) == 10_000 - sum(100 + i for i in range(9))
+    assert_ledger_ok()
+
+
+def test_drain_after_a_crash_between_credit_and_completion_completes_without_crediting_twice(owner) -> None:
+    payer = make_wallet(owner, funded=1000, shard="shard_00")
+    payee = make_wallet(owner, shard="shard_01")
+    transfer = create_transfer(owner, payer, payee.id, 100)
+    saga.payee_step(transfer)  # the credit committed, then the process died before completing
+    result = saga.drain_debited("shard_00")
+    assert (result.claimed, result.completed, result.left_over) == (1, 0, [transfer.id])
+    assert saga.transfer_advance(transfer.id).status == "completed"
+    assert entry_kinds(payee.id) == ["credit"]
+    assert wallet_balance(payee.id) == 100
+    assert_ledger_ok()
+
+
+def test_drain_skips_transfers_already_handed_to_their_own_retries(owner) -> None:
+    from apps.transfers.services import transfer_record_attempt
+
+    payer = make_wallet(owner, funded=1000, shard="shard_00")
+    payee = make_wallet(owner, shard="shard_01")
+    transfer = create_transfer(owner, payer, payee.id, 100)
+    transfer_record_attempt(transfer.id, "OperationalError: payee shard down")
+    assert saga.drain_debited("shard_00").claimed == 0
+    assert wallet_balance(payee.id) == 0

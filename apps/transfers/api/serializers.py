@@ -9,7 +9,8 @@ from apps.common.api import AmountField
 from apps.ledger.currencies import is_supported_currency
 from apps.sharding.ids import InvalidId, bucket_of, parse_id
 from apps.sharding.routing import shard_map
-from apps.transfers.models import Transfer, TransferEvent
+from apps.transfers.models import Transfer
+from apps.transfers.saga import Event
 
 
 class WalletIdField(serializers.CharField):
@@ -49,7 +50,7 @@ class TransferCreateIn(serializers.Serializer):
 class TransferEventOut(serializers.Serializer):
     status = serializers.CharField(source="to_status")
     reason = serializers.CharField(allow_null=True)
-    at = serializers.DateTimeField(source="created_at")
+    at = serializers.DateTimeField()
 
 
 class TransferOut(serializers.Serializer):
@@ -68,7 +69,7 @@ class TransferOut(serializers.Serializer):
         return fields
 
 
-def transfer_out(transfer: Transfer, events: list[TransferEvent] | None = None) -> dict[str, Any]:
+def transfer_out(transfer: Transfer, events: list[Event] | None = None) -> dict[str, Any]:
     body = dict(TransferOut(transfer).data)
     if events is not None:
         body["status_history"] = TransferEventOut(events, many=True).data
@@ -81,3 +82,29 @@ class BalanceOut(serializers.Serializer):
     posted = serializers.IntegerField(help_text="Balance counting settled movements only.")
     pending_out = serializers.IntegerField(help_text="Debited by transfers not yet completed or refunded.")
     available = serializers.IntegerField(help_text="What the wallet can pay now: posted - pending_out.")
+
+
+class TransferBatchItemIn(TransferCreateIn):
+    idempotency_key = serializers.CharField(max_length=255, help_text="This item's own Idempotency-Key.")
+
+
+class TransferBatchIn(serializers.Serializer):
+    transfers = TransferBatchItemIn(many=True, help_text="1 to 1,000 transfers.")
+
+
+class ItemErrorOut(serializers.Serializer):
+    code = serializers.CharField()
+    message = serializers.CharField()
+    param = serializers.CharField(allow_null=True)
+
+
+class TransferBatchResultOut(serializers.Serializer):
+    index = serializers.IntegerField(help_text="Position of the item in the request.")
+    outcome = serializers.ChoiceField(["accepted", "replayed", "rejected"])
+    status = serializers.IntegerField(help_text="The HTTP status the single endpoint would have answered.")
+    transfer = TransferOut(allow_null=True)
+    error = ItemErrorOut(allow_null=True)
+
+
+class TransferBatchOut(serializers.Serializer):
+    results = TransferBatchResultOut(many=True)

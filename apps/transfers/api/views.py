@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
@@ -18,18 +19,29 @@ from apps.ledger.api.views import IDEMPOTENCY_HEADER, PAGE_PARAMS, owned_wallet
 from apps.ledger.errors import WalletNotFound
 from apps.sharding.ids import InvalidId, parse_id
 from apps.transfers import selectors, services
-from apps.transfers.api.serializers import BalanceOut, TransferCreateIn, TransferOut, transfer_out
+from apps.transfers.api.serializers import (
+    BalanceOut,
+    TransferBatchIn,
+    TransferBatchOut,
+    TransferCreateIn,
+    TransferOut,
+    transfer_out,
+)
+from apps.transfers.batch import MAX_BATCH, transfer_create_batch
 from apps.transfers.errors import SameWallet, TransferNotFound
 from apps.transfers.models import Transfer
+from apps.transfers.saga import Event
 
 WAIT_PARAM = OpenApiParameter(
     "wait", float, description="Seconds (max 30) to wait for a terminal status before answering."
 )
 
 
-def render_transfer(transfer: Transfer) -> tuple[int, str]:
+def render_transfer(transfer: Transfer, history: list[Event] | None = None) -> tuple[int, str]:
     """201 once terminal (completed or failed), 202 while still in flight; the JSON as sent."""
-    body = transfer_out(transfer, selectors.transfer_events(transfer_id=transfer.id))
+    if history is None:
+        history = selectors.transfer_history(transfer_id=transfer.id)
+    body = transfer_out(transfer, history)
     code = status.HTTP_201_CREATED if transfer.is_terminal else status.HTTP_202_ACCEPTED
     return code, JSONRenderer().render(body).decode()
 
@@ -96,6 +108,26 @@ class TransferCollectionView(APIView):
         return response
 
 
+class TransferBatchView(APIView):
+    @extend_schema(
+        request=TransferBatchIn,
+        responses={200: TransferBatchOut},
+        summary="Create up to 1,000 transfers, each with its own idempotency key and result",
+    )
+    def post(self, request: Request) -> HttpResponse:
+        body = request.data
+        items = body.get("transfers") if isinstance(body, dict) else None
+        if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
+            raise InvalidRequest(f"Send {{'transfers': [...]}} with 1 to {MAX_BATCH} items.", param="transfers")
+        results = transfer_create_batch(client_id=request.user.id, items=items, render=render_transfer)
+        # Assembled as text: each transfer is embedded exactly as its stored (replayable) response.
+        parts = []
+        for r in results:
+            head = json.dumps({"index": r.index, "outcome": r.outcome, "status": r.status, "error": r.error})
+            parts.append(f'{head[:-1]}, "transfer": {r.transfer_json or "null"}}}')
+        return HttpResponse('{"results": [' + ", ".join(parts) + "]}", content_type="application/json")
+
+
 def parse_transfer_id(raw: str) -> uuid.UUID:
     try:
         return parse_id(raw)
@@ -110,7 +142,7 @@ class TransferDetailView(APIView):
             transfer = selectors.transfer_get(transfer_id=parse_transfer_id(transfer_id), client_id=request.user.id)
         except ValueError:  # bucket outside the shard map
             raise TransferNotFound(param="transfer_id") from None
-        return Response(transfer_out(transfer, selectors.transfer_events(transfer_id=transfer.id)))
+        return Response(transfer_out(transfer, selectors.transfer_history(transfer_id=transfer.id)))
 
 
 class WalletTransferListView(APIView):

@@ -1,0 +1,197 @@
+"""Batch submission: up to 1,000 transfers in one request, each with its own key and result.
+
+Each item gets the guarantees of `POST /v1/transfers` (its own Idempotency key, replay,
+422 on reuse) and one bad item never sinks the others. Items are grouped by the payer's
+shard and each group commits in one transaction: one commit for many transfers is what
+makes batches fast. A group that loses a race (a concurrent request with one of its keys,
+or a deadlock) is rolled back and redone from the records then committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import IntegrityError, OperationalError, connections, transaction
+
+from apps.common.api import MAX_MINOR_AMOUNT
+from apps.ledger.currencies import is_supported_currency
+from apps.sharding.ids import InvalidId, bucket_of, parse_id
+from apps.sharding.routing import alias_for_id, shard_map
+from apps.transfers.models import IdempotencyRecord, TransferStatus
+from apps.transfers.services import Render, TransferRequest, new_transfer, request_drain, run_first_step
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 1000
+_GROUP_ATTEMPTS = 3
+
+
+@dataclass
+class ItemResult:
+    index: int
+    outcome: str  # accepted | replayed | rejected
+    status: int
+    transfer_json: str | None = None  # the transfer exactly as the single endpoint would send it
+    error: dict[str, Any] | None = None
+
+    @classmethod
+    def rejected(cls, index: int, status: int, code: str, message: str, param: str | None) -> ItemResult:
+        return cls(index, "rejected", status, error={"code": code, "message": message, "param": param})
+
+
+def _wallet_id(raw: object) -> uuid.UUID | None:
+    if not isinstance(raw, str):
+        return None
+    try:
+        wallet_id = parse_id(raw)
+    except InvalidId:
+        return None
+    return wallet_id if bucket_of(wallet_id) < shard_map().bucket_count else None
+
+
+def parse_item(client_id: int, index: int, raw: object) -> TransferRequest | ItemResult:
+    """Validate one item as the single endpoint validates its body and header."""
+
+    def bad(code: str, message: str, param: str | None) -> ItemResult:
+        return ItemResult.rejected(index, 400, code, message, param)
+
+    if not isinstance(raw, dict):
+        return bad("parameter_invalid", "Each transfer must be a JSON object.", None)
+    for field in ("idempotency_key", "from", "to", "amount_minor", "currency"):
+        if field not in raw:
+            code = "idempotency_key_missing" if field == "idempotency_key" else "parameter_missing"
+            return bad(code, "This field is required.", field)
+    key = raw["idempotency_key"]
+    if not isinstance(key, str) or not 1 <= len(key) <= 255 or not all(32 <= ord(c) < 127 for c in key):
+        return bad("idempotency_key_invalid", "1 to 255 printable ASCII characters.", "idempotency_key")
+    payer_id, payee_id = _wallet_id(raw["from"]), _wallet_id(raw["to"])
+    if payer_id is None:
+        return bad("parameter_invalid", "Not a wallet id.", "from")
+    if payee_id is None:
+        return bad("parameter_invalid", "Not a wallet id.", "to")
+    amount = raw["amount_minor"]
+    if isinstance(amount, bool) or not isinstance(amount, int) or not 1 <= amount <= MAX_MINOR_AMOUNT:
+        return bad("invalid_amount", "Must be a JSON integer from 1 to 2^63-1 (minor units).", "amount_minor")
+    currency = raw["currency"]
+    if not isinstance(currency, str) or not is_supported_currency(currency):
+        return bad("unsupported_currency", "Not an ISO 4217 currency code.", "currency")
+    if payer_id == payee_id:
+        return bad("same_wallet", "A transfer needs two different wallets.", "to")
+    return TransferRequest(client_id, payer_id, payee_id, amount, currency, key)
+
+
+def _replay_or_reject(index: int, request: TransferRequest, record: dict[str, Any]) -> ItemResult:
+    if record["fingerprint"] != request.fingerprint:
+        return ItemResult.rejected(
+            index, 422, "idempotency_key_reused", "This key was used with a different transfer.", "idempotency_key"
+        )
+    if record["response_status"] is None:
+        return ItemResult.rejected(
+            index, 409, "idempotency_request_in_progress", "The first request with this key is running.",
+            "idempotency_key",
+        )  # fmt: skip
+    return ItemResult(index, "replayed", record["response_status"], transfer_json=record["response_body"])
+
+
+def _existing_records(alias: str, client_id: int, requests: list[TransferRequest]) -> dict[tuple, dict]:
+    wanted = {(r.payer_id, r.idempotency_key) for r in requests}
+    rows = IdempotencyRecord.objects.using(alias).filter(
+        client_id=client_id,
+        payer_id__in={r.payer_id for r in requests},
+        key__in={r.idempotency_key for r in requests},
+    )
+    return {
+        (row["payer_id"], row["key"]): row
+        for row in rows.values("payer_id", "key", "fingerprint", "response_status", "response_body")
+        if (row["payer_id"], row["key"]) in wanted
+    }
+
+
+def _payers(alias: str, client_id: int, payer_ids: set[uuid.UUID]) -> dict[uuid.UUID, str]:
+    """Currency of each paying wallet that belongs to the client."""
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            "SELECT id, currency FROM ledger_wallet WHERE id = ANY(%s) AND owner_id = %s", [list(payer_ids), client_id]
+        )
+        return dict(cursor.fetchall())
+
+
+def _run_group(alias: str, client_id: int, items: list[tuple[int, TransferRequest]], render: Render) -> list:
+    results: list[ItemResult] = []
+    payers = _payers(alias, client_id, {r.payer_id for _, r in items})
+    valid: list[tuple[int, TransferRequest]] = []
+    for index, request in items:
+        currency = payers.get(request.payer_id)
+        if currency is None:
+            results.append(ItemResult.rejected(index, 404, "wallet_not_found", "No such wallet.", "from"))
+        elif currency != request.currency:
+            message = f"The paying wallet holds {currency}, not {request.currency}."
+            results.append(ItemResult.rejected(index, 422, "currency_mismatch", message, "currency"))
+        else:
+            valid.append((index, request))
+    for attempt in range(_GROUP_ATTEMPTS):
+        records = _existing_records(alias, client_id, [r for _, r in valid])
+        done: list[ItemResult] = []
+        debited = False
+        fresh = [(i, r) for i, r in valid if (r.payer_id, r.idempotency_key) not in records]
+        # By payer: each wallet's items keep their order, and rows are locked in a steadier order.
+        fresh.sort(key=lambda item: item[1].payer_id)
+        try:
+            with transaction.atomic(using=alias):
+                for index, request in fresh:
+                    transfer = new_transfer(request)
+                    record = run_first_step(request, transfer, render=render, defer_response=False)
+                    debited |= transfer.status == TransferStatus.DEBITED
+                    done.append(ItemResult(index, "accepted", record.response_status, record.response_body))
+        except (IntegrityError, OperationalError) as exc:
+            if attempt == _GROUP_ATTEMPTS - 1:
+                raise
+            log.info("batch group raced; redoing it", extra={"shard": alias, "error": type(exc).__name__})
+            continue
+        for index, request in valid:
+            record = records.get((request.payer_id, request.idempotency_key))
+            if record is not None:
+                done.append(_replay_or_reject(index, request, record))
+        if debited:
+            request_drain(alias)
+        return results + done
+    raise AssertionError("unreachable")
+
+
+def transfer_create_batch(*, client_id: int, items: list[object], render: Render) -> list[ItemResult]:
+    """Create many transfers; returns one result per item, in the order given."""
+    results: dict[int, ItemResult] = {}
+    first_of_key: dict[tuple, tuple[int, TransferRequest]] = {}
+    repeats: list[tuple[int, TransferRequest, int]] = []
+    groups: dict[str, list[tuple[int, TransferRequest]]] = defaultdict(list)
+    for index, raw in enumerate(items):
+        parsed = parse_item(client_id, index, raw)
+        if isinstance(parsed, ItemResult):
+            results[index] = parsed
+            continue
+        scope = (parsed.payer_id, parsed.idempotency_key)
+        if scope in first_of_key:  # the same key twice in one batch: the later one is a repeat
+            repeats.append((index, parsed, first_of_key[scope][0]))
+            continue
+        first_of_key[scope] = (index, parsed)
+        groups[alias_for_id(parsed.payer_id)].append((index, parsed))
+    for alias, group in groups.items():
+        for result in _run_group(alias, client_id, group, render):
+            results[result.index] = result
+    for index, request, first_index in repeats:
+        first = results[first_index]
+        first_request = first_of_key[(request.payer_id, request.idempotency_key)][1]
+        if first.outcome == "rejected":
+            results[index] = ItemResult(index, "rejected", first.status, error=first.error)
+        elif first_request.fingerprint != request.fingerprint:
+            results[index] = ItemResult.rejected(
+                index, 422, "idempotency_key_reused", "This key was used with a different transfer.",
+                "idempotency_key",
+            )  # fmt: skip
+        else:
+            results[index] = ItemResult(index, "replayed", first.status, transfer_json=first.transfer_json)
+    return [results[i] for i in range(len(items))]

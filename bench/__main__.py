@@ -1,0 +1,252 @@
+"""`make bench`: end-to-end transfers through the real stack against the raw-SQL ceiling, in one run.
+
+python -m bench [--shards 2] [--wallets 1000] [--seconds 20] [--concurrency 32]
+                [--batch-size 200] [--batch-concurrency 4] [--hot-share 0.0] [--skip-open-loop]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from typing import Any
+
+import psutil
+
+from bench import stack
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--shards", type=int, default=2)
+    parser.add_argument("--wallets", type=int, default=1000, help="wallets spread over all shards")
+    parser.add_argument("--seconds", type=float, default=20, help="duration of each load phase")
+    parser.add_argument("--concurrency", type=int, default=32, help="closed-loop clients, single requests")
+    parser.add_argument("--batch-size", type=int, default=200, help="transfers per batch request")
+    parser.add_argument("--batch-concurrency", type=int, default=4, help="closed-loop clients, batch requests")
+    parser.add_argument("--hot-share", type=float, default=0.0, help="share of transfers paying one hot wallet")
+    parser.add_argument("--api-workers", type=int, default=2)
+    parser.add_argument("--api-threads", type=int, default=8)
+    parser.add_argument("--saga-workers", type=int, default=2)
+    parser.add_argument("--ceiling-seconds", type=int, default=8)
+    parser.add_argument("--ceiling-clients", default="4,8,16", help="total pgbench clients to try")
+    parser.add_argument("--skip-open-loop", action="store_true", help="skip the latency phase at half rate")
+    parser.add_argument("--phases", default="single,batch", help="closed-loop phases to run: single,batch")
+    return parser.parse_args(argv)
+
+
+def process_kind(proc: psutil.Process) -> str | None:
+    try:
+        name = proc.name()
+        cmdline = " ".join(proc.cmdline())
+    except psutil.Error:
+        return None
+    if name.startswith("postgres") or "postgres:" in cmdline:
+        return "postgres"
+    if "redis-server" in name:
+        return "redis"
+    if "gunicorn" in cmdline:
+        return "api"
+    if "celery" in cmdline:
+        return "saga"
+    if proc.pid == os.getpid():
+        return "loadgen"
+    return None
+
+
+def cpu_snapshot() -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for proc in psutil.process_iter():
+        kind = process_kind(proc)
+        if kind is None:
+            continue
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue
+        totals[kind] = totals.get(kind, 0.0) + times.user + times.system
+    return totals
+
+
+def in_flight(since: float) -> int:
+    from django.db import connections
+
+    from apps.sharding.routing import shard_aliases
+
+    total = 0
+    for alias in shard_aliases():
+        with connections[alias].cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM transfers_transfer WHERE created_at >= to_timestamp(%s)"
+                " AND status IN ('pending', 'debited', 'refunding')",
+                [since],
+            )
+            total += cursor.fetchone()[0]
+    return total
+
+
+def terminal_states(since: float) -> dict[str, tuple[str, str | None, float, int]]:
+    from django.db import connections
+
+    from apps.sharding.routing import shard_aliases
+
+    states: dict[str, tuple[str, str | None, float, int]] = {}
+    for alias in shard_aliases():
+        with connections[alias].cursor() as cursor:
+            cursor.execute(
+                "SELECT id::text, status, failure_reason, extract(epoch FROM updated_at), attempts"
+                " FROM transfers_transfer WHERE created_at >= to_timestamp(%s)",
+                [since],
+            )
+            for tid, status, reason, finished, attempts in cursor.fetchall():
+                states[tid] = (status, reason, float(finished), attempts)
+    return states
+
+
+def wait_until_terminal(since: float, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while (left := in_flight(since)) and time.monotonic() < deadline:
+        print(f"  waiting for {left} transfer(s) in flight", flush=True)
+        time.sleep(1)
+    if left:
+        raise SystemExit(f"{left} transfer(s) still in flight after {timeout}s")
+
+
+def setup_wallets(count: int) -> tuple[str, list[str]]:
+    from apps.accounts.services import api_client_create
+    from apps.ledger.services import wallet_create, wallet_fund
+
+    client, key = api_client_create(name="bench")
+    ids = []
+    for i in range(count):
+        wallet = wallet_create(owner_id=client.id, currency="USD")
+        wallet_fund(wallet_id=wallet.id, amount_minor=10**12, reference=f"bench-seed-{i}")
+        ids.append(str(wallet.id))
+    return key, ids
+
+
+async def run_phase(args: argparse.Namespace, key: str, wallets: list[str], name: str, **kw: Any) -> Any:
+    from bench.load import Client, Workload, closed_loop, open_loop
+
+    workload = Workload(wallets, hot_share=args.hot_share)
+    connections = max(args.concurrency, args.batch_concurrency) + 8
+    async with Client(f"http://127.0.0.1:{stack.API_PORT}", key, connections) as client:
+        if "rate" in kw:
+            return await open_loop(client, workload, name=name, seconds=args.seconds, rate=kw["rate"])
+        return await closed_loop(client, workload, name=name, seconds=args.seconds, **kw)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    stack.configure_environment(args.shards)
+    stack.reset_bench_dir()
+    import django
+
+    django.setup()
+    from django.conf import settings
+    from django.core.management import call_command
+    from django.db import connections
+
+    from apps.sharding.devstack import Devstack
+    from apps.transfers.checks import check_ledger
+    from bench import ceiling, report
+
+    started = time.time()
+    devstack = Devstack(settings.SHARD_MAP, settings.DEVSTACK_DIR, settings.REDIS_URL)
+    print(f"bench stack: {args.shards} shard(s), ports {stack.BASE_PORT}+, Redis {stack.REDIS_URL}", flush=True)
+    for line in devstack.up():
+        print(" ", line)
+    services = stack.Services(
+        api_workers=args.api_workers, api_threads=args.api_threads, saga_workers=args.saga_workers
+    )
+    try:
+        call_command("migrate_shards", verbosity=0)
+        print(f"creating and funding {args.wallets} wallets", flush=True)
+        key, wallets = setup_wallets(args.wallets)
+        connections.close_all()
+        services.start()
+
+        servers = [settings.SHARD_MAP.shards[a] for a in settings.SHARD_MAP.aliases]
+        clients = [int(c) for c in args.ceiling_clients.split(",")]
+        print(f"raw-SQL ceiling: pgbench on every shard, clients {clients}, {args.ceiling_seconds}s each", flush=True)
+        ceil = ceiling.measure(
+            servers,
+            wallets_per_shard=max(args.wallets // args.shards, 10),
+            seconds=args.ceiling_seconds,
+            client_counts=clients,
+            workdir=stack.BENCH_DIR,
+        )
+        print(f"  ceiling {ceil.transfers_per_second:.0f} transfers/s ({ceil.by_clients})", flush=True)
+
+        results = []
+        phases = [p.strip() for p in args.phases.split(",") if p.strip()]
+        plans: list[tuple[str, dict[str, Any]]] = []
+        if "single" in phases:
+            plans.append(("single", {"concurrency": args.concurrency}))
+        if "batch" in phases:
+            plans.append(("batch", {"concurrency": args.batch_concurrency, "batch_size": args.batch_size}))
+        for name, kw in plans:
+            results.append(run_measured_phase(args, key, wallets, name, kw, report))
+        single = next((r for r in results if r.name == "single"), None)
+        if single is not None and not args.skip_open_loop:
+            rate = max(single.completed_per_second / 2, 1)
+            results.append(run_measured_phase(args, key, wallets, "single@half", {"rate": rate}, report))
+
+        print("conservation check (check_ledger)", flush=True)
+        ledger = check_ledger()
+        if not ledger.ok:
+            for violation in ledger.violations[:20]:
+                print("  VIOLATION:", violation)
+            return 1
+        print(f"  ledger OK: {ledger.wallets} wallets, {ledger.transfers} transfers", flush=True)
+
+        document = {
+            "command": "python -m bench " + " ".join(argv),
+            "machine": {"cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1)},
+            "options": vars(args),
+            "ceiling": {
+                "transfers_per_second": ceil.transfers_per_second,
+                "clients": ceil.clients,
+                "by_clients": ceil.by_clients,
+            },
+            "ledger_ok": True,
+            "duration_seconds": time.time() - started,
+        }
+        json_path, png_path = report.write_outputs(stack.BENCH_DIR, document, results)
+        print()
+        print(report.table(results, ceil.transfers_per_second))
+        print()
+        print(report.cpu_table(results))
+        print()
+        for r in results:
+            if r.failed_by_reason or r.rejected:
+                print(f"{r.name}: failed {r.failed_by_reason} rejected {r.rejected}")
+        for r in results:
+            print(f"RATIO {r.name}: {r.completed_per_second / ceil.transfers_per_second:.2f}")
+        print(f"\nwrote {json_path} and {png_path} ({time.time() - started:.0f}s)")
+        return 0
+    finally:
+        services.stop()
+        connections.close_all()
+        devstack.down(purge=True)
+
+
+def run_measured_phase(args: argparse.Namespace, key: str, wallets: list[str], name: str, kw: dict, report: Any) -> Any:
+    before = cpu_snapshot()
+    load = asyncio.run(run_phase(args, key, wallets, name, **kw))
+    wait_until_terminal(load.started)
+    after = cpu_snapshot()
+    result = report.summarize(load, terminal_states(load.started))
+    result.cpu_seconds = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    print(
+        f"  {name}: {result.accepted} accepted, {result.completed_per_second:.0f} completed/s, "
+        f"p99 to terminal {result.terminal_latency_ms['p99']:.0f} ms",
+        flush=True,
+    )
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

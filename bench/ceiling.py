@@ -1,0 +1,140 @@
+"""The raw-SQL ceiling: the SQL a cross-shard transfer needs, run by pgbench on the same servers.
+
+Per transfer: a debit transaction (guarded balance update + ledger entry + transfer row + its
+events), a credit transaction (guarded balance update + ledger entry + payee outcome) and a
+completion transaction (guarded status update + event): three commits, as in the saga. The
+tables are copies of the real ones (same columns, indexes and constraints) in a `bench`
+schema, so the run leaves the ledger untouched. Same servers, same durability settings.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from apps.sharding.devstack import postgres_bindir
+from apps.sharding.shardmap import DatabaseServer
+
+TABLES = ["ledger_wallet", "ledger_entry", "transfers_transfer", "transfers_event", "transfers_payee_credit"]
+
+SCRIPT = """
+\\set a random(1, :wallets)
+\\set b 1 + (:a + random(0, :wallets - 2)) % :wallets
+SELECT gen_random_uuid() AS tid, gen_random_uuid() AS e1, gen_random_uuid() AS e2 \\gset
+BEGIN;
+WITH moved AS (
+  UPDATE ledger_wallet SET balance_minor = balance_minor - 1, last_entry_seq = last_entry_seq + 1, updated_at = now()
+   WHERE id = (SELECT id FROM bench_ids WHERE n = :a) AND balance_minor >= 1 AND status = 'active'
+     AND NOT EXISTS (SELECT 1 FROM ledger_entry WHERE wallet_id = (SELECT id FROM bench_ids WHERE n = :a)
+                     AND reference = CAST(:tid AS text) AND kind = 'debit')
+  RETURNING id, balance_minor, last_entry_seq)
+INSERT INTO ledger_entry (id, wallet_id, seq, reference, kind, amount_minor, balance_after_minor, created_at)
+SELECT CAST(:e1 AS uuid), id, last_entry_seq, CAST(:tid AS text), 'debit', -1, balance_minor, now() FROM moved;
+WITH t AS (
+  INSERT INTO transfers_transfer (id, client_id, payer_id, payee_id, amount_minor, currency, status,
+     request_fingerprint, attempts, last_error, created_at, updated_at)
+  VALUES (CAST(:tid AS uuid), 1, (SELECT id FROM bench_ids WHERE n = :a), (SELECT id FROM bench_ids WHERE n = :b), 1, 'USD',
+     'debited', 'x', 0, '', now(), now()) RETURNING id)
+INSERT INTO transfers_event (transfer_id, from_status, to_status, created_at)
+SELECT id, s.f, s.t, now() FROM t, (VALUES (NULL, 'pending'), ('pending', 'debited')) AS s(f, t);
+COMMIT;
+BEGIN;
+WITH moved AS (
+  UPDATE ledger_wallet SET balance_minor = balance_minor + 1, last_entry_seq = last_entry_seq + 1, updated_at = now()
+   WHERE id = (SELECT id FROM bench_ids WHERE n = :b) AND status = 'active'
+     AND NOT EXISTS (SELECT 1 FROM transfers_payee_credit WHERE transfer_id = CAST(:tid AS uuid))
+  RETURNING id, balance_minor, last_entry_seq),
+entry AS (
+  INSERT INTO ledger_entry (id, wallet_id, seq, reference, kind, amount_minor, balance_after_minor, created_at)
+  SELECT CAST(:e2 AS uuid), id, last_entry_seq, CAST(:tid AS text), 'credit', 1, balance_minor, now() FROM moved RETURNING wallet_id)
+INSERT INTO transfers_payee_credit (transfer_id, payee_id, amount_minor, outcome, created_at)
+SELECT CAST(:tid AS uuid), wallet_id, 1, 'credited', now() FROM entry;
+COMMIT;
+BEGIN;
+WITH done AS (
+  UPDATE transfers_transfer SET status = 'completed', updated_at = now() WHERE id = CAST(:tid AS uuid) AND status = 'debited'
+  RETURNING id)
+INSERT INTO transfers_event (transfer_id, from_status, to_status, created_at)
+SELECT id, 'debited', 'completed', now() FROM done;
+COMMIT;
+"""
+
+
+@dataclass
+class CeilingResult:
+    transfers_per_second: float
+    clients: int
+    by_clients: dict[int, float]
+
+
+def _conninfo(server: DatabaseServer) -> str:
+    return f"host={server.host} port={server.port} dbname={server.name} user={server.user}"
+
+
+def prepare(servers: list[DatabaseServer], wallets_per_shard: int) -> None:
+    """Create the bench schema with copies of the real tables and funded wallets."""
+    for server in servers:
+        with psycopg.connect(_conninfo(server), autocommit=True) as conn:
+            conn.execute("DROP SCHEMA IF EXISTS bench CASCADE")
+            conn.execute("CREATE SCHEMA bench")
+            for table in TABLES:
+                conn.execute(f"CREATE TABLE bench.{table} (LIKE public.{table} INCLUDING ALL)")
+            conn.execute(
+                "INSERT INTO bench.ledger_wallet (id, owner_id, currency, balance_minor, status, last_entry_seq,"
+                " created_at, updated_at) SELECT gen_random_uuid(), 1, 'USD', 1000000000000, 'active', 0, now(), now()"
+                " FROM generate_series(1, %s)",
+                [wallets_per_shard],
+            )
+            conn.execute(
+                "CREATE TABLE bench.bench_ids AS SELECT row_number() OVER (ORDER BY id) AS n, id FROM bench.ledger_wallet"
+            )
+            conn.execute("ALTER TABLE bench.bench_ids ADD PRIMARY KEY (n)")
+            conn.execute("VACUUM ANALYZE")
+
+
+def drop(servers: list[DatabaseServer]) -> None:
+    for server in servers:
+        with psycopg.connect(_conninfo(server), autocommit=True) as conn:
+            conn.execute("DROP SCHEMA IF EXISTS bench CASCADE")
+
+
+def _run(servers: list[DatabaseServer], clients: int, seconds: int, wallets: int, script: Path) -> float:
+    pgbench = shutil.which("pgbench") or str(postgres_bindir() / "pgbench")
+    per_shard = max(1, clients // len(servers))
+    procs = []
+    for server in servers:
+        args = [
+            pgbench, "-n", "-h", server.host, "-p", str(server.port), "-U", server.user,
+            "-c", str(per_shard), "-j", str(min(per_shard, 2)), "-T", str(seconds), "-M", "prepared",
+            "-D", f"wallets={wallets}", "-f", str(script), server.name,
+        ]  # fmt: skip
+        env = {"PGOPTIONS": "-c search_path=bench", "PATH": "/usr/bin:/bin"}
+        procs.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))  # noqa: S603
+    total = 0.0
+    for proc in procs:
+        out, err = proc.communicate(timeout=seconds + 60)
+        match = re.search(r"tps = ([\d.]+)", out)
+        if proc.returncode != 0 or not match:
+            raise RuntimeError(f"pgbench failed: {err or out}")
+        total += float(match.group(1))
+    return total
+
+
+def measure(
+    servers: list[DatabaseServer], *, wallets_per_shard: int, seconds: int, client_counts: list[int], workdir: Path
+) -> CeilingResult:
+    """Run the transfer script on every shard at once for each client count; the best total wins."""
+    script = workdir / "ceiling.sql"
+    script.write_text(SCRIPT)
+    prepare(servers, wallets_per_shard)
+    try:
+        by_clients = {c: _run(servers, c, seconds, wallets_per_shard, script) for c in client_counts}
+    finally:
+        drop(servers)
+    best = max(by_clients, key=lambda c: by_clients[c])
+    return CeilingResult(transfers_per_second=by_clients[best], clients=best, by_clients=by_clients)

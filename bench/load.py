@@ -1,0 +1,148 @@
+"""Load through the real HTTP API: closed loop (fixed concurrency) or open loop (fixed rate)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import aiohttp
+from tqdm import tqdm
+
+
+@dataclass
+class Sent:
+    """One transfer the API accepted (or refused), with client-side timings."""
+
+    transfer_id: str | None
+    submitted: float  # wall clock, to compare with the database's terminal time
+    http_seconds: float
+    http_status: int
+    error_code: str | None = None
+
+
+@dataclass
+class PhaseLoad:
+    name: str
+    started: float
+    ended: float = 0.0
+    requests: int = 0
+    sent: list[Sent] = field(default_factory=list)
+
+    @property
+    def accepted(self) -> list[Sent]:
+        return [s for s in self.sent if s.transfer_id is not None]
+
+
+@dataclass
+class Workload:
+    """Which wallets pay which: random pairs, with a share of transfers to one hot payee."""
+
+    wallet_ids: list[str]
+    hot_share: float
+    amount: int = 1
+    rng: random.Random = field(default_factory=lambda: random.Random(7))
+
+    def body(self) -> dict[str, object]:
+        payer = self.rng.choice(self.wallet_ids)
+        payee = self.wallet_ids[0] if self.rng.random() < self.hot_share else self.rng.choice(self.wallet_ids)
+        while payee == payer:
+            payer = self.rng.choice(self.wallet_ids)
+        return {"from": payer, "to": payee, "amount_minor": self.amount, "currency": "USD"}
+
+
+class Client:
+    def __init__(self, base_url: str, api_key: str, connections: int) -> None:
+        self.base_url = base_url
+        self.headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
+        self.connections = connections
+
+    async def __aenter__(self) -> Client:
+        connector = aiohttp.TCPConnector(limit=self.connections, keepalive_timeout=60)
+        self.session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.session.close()
+
+    async def single(self, workload: Workload, phase: PhaseLoad) -> None:
+        body = workload.body()
+        headers = {**self.headers, "Idempotency-Key": str(uuid.uuid4())}
+        submitted, started = time.time(), time.perf_counter()
+        async with self.session.post(f"{self.base_url}/v1/transfers", json=body, headers=headers) as response:
+            payload = await response.json()
+        elapsed = time.perf_counter() - started
+        phase.requests += 1
+        if response.status in (201, 202):
+            phase.sent.append(Sent(payload["id"], submitted, elapsed, response.status))
+        else:
+            phase.sent.append(Sent(None, submitted, elapsed, response.status, payload.get("error", {}).get("code")))
+
+    async def batch(self, workload: Workload, phase: PhaseLoad, size: int) -> None:
+        items = [{**workload.body(), "idempotency_key": str(uuid.uuid4())} for _ in range(size)]
+        submitted, started = time.time(), time.perf_counter()
+        async with self.session.post(
+            f"{self.base_url}/v1/transfers/batch", json={"transfers": items}, headers=self.headers
+        ) as response:
+            payload = await response.json()
+        elapsed = time.perf_counter() - started
+        phase.requests += 1
+        if response.status != 200:
+            code = payload.get("error", {}).get("code")
+            phase.sent.extend(Sent(None, submitted, elapsed, response.status, code) for _ in items)
+            return
+        for result in payload["results"]:
+            if result["outcome"] in ("accepted", "replayed"):
+                phase.sent.append(Sent(result["transfer"]["id"], submitted, elapsed, result["status"]))
+            else:
+                phase.sent.append(Sent(None, submitted, elapsed, result["status"], result["error"]["code"]))
+
+
+async def closed_loop(
+    client: Client, workload: Workload, *, name: str, seconds: float, concurrency: int, batch_size: int = 0
+) -> PhaseLoad:
+    """`concurrency` clients, each sending its next request as soon as the previous one answered."""
+    phase = PhaseLoad(name=name, started=time.time())
+    deadline = time.perf_counter() + seconds
+    progress = tqdm(total=int(seconds), desc=name, unit="s", leave=False)
+
+    async def user() -> None:
+        while time.perf_counter() < deadline:
+            if batch_size:
+                await client.batch(workload, phase, batch_size)
+            else:
+                await client.single(workload, phase)
+
+    async def ticker() -> None:
+        while time.perf_counter() < deadline:
+            await asyncio.sleep(1)
+            progress.update(1)
+
+    await asyncio.gather(ticker(), *(user() for _ in range(concurrency)))
+    progress.close()
+    phase.ended = time.time()
+    return phase
+
+
+async def open_loop(client: Client, workload: Workload, *, name: str, seconds: float, rate: float) -> PhaseLoad:
+    """Requests started at a fixed rate whatever the answers (at most 512 in flight)."""
+    phase = PhaseLoad(name=name, started=time.time())
+    in_flight = asyncio.Semaphore(512)
+    start = time.perf_counter()
+    total = int(seconds * rate)
+    tasks = []
+
+    async def one() -> None:
+        async with in_flight:
+            await client.single(workload, phase)
+
+    for i in tqdm(range(total), desc=name, unit="req", leave=False):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one()))
+    await asyncio.gather(*tasks)
+    phase.ended = time.time()
+    return phase

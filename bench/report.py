@@ -1,0 +1,130 @@
+"""Figures from a phase: throughput, latency percentiles, failures; a table, JSON and a PNG."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from bench.load import PhaseLoad
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"p50": 0.0, "p95": 0.0, "p99": 0.0, "max": 0.0}
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    return {"p50": at(0.50), "p95": at(0.95), "p99": at(0.99), "max": ordered[-1]}
+
+
+@dataclass
+class PhaseResult:
+    name: str
+    requests: int
+    accepted: int
+    rejected: dict[str, int]
+    completed: int
+    failed_by_reason: dict[str, int]
+    accepted_per_second: float
+    completed_per_second: float
+    http_latency_ms: dict[str, float]
+    terminal_latency_ms: dict[str, float]
+    retries: int
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
+    completions_per_second_series: list[int] = field(default_factory=list)
+
+
+def summarize(load: PhaseLoad, terminal: dict[str, tuple[str, str | None, float, int]]) -> PhaseResult:
+    """`terminal`: transfer id -> (status, reason, terminal wall time, attempts), read from the shards."""
+    accepted = load.accepted
+    submit_window = max(load.ended - load.started, 1e-9)
+    statuses = Counter(terminal[s.transfer_id][0] for s in accepted if s.transfer_id in terminal)
+    reasons = Counter(terminal[s.transfer_id][1] for s in accepted if terminal.get(s.transfer_id, ("",))[0] == "failed")
+    finished_at = [terminal[s.transfer_id][2] for s in accepted if s.transfer_id in terminal]
+    completed_window = max((max(finished_at) if finished_at else load.ended) - load.started, 1e-9)
+    terminal_latencies = [
+        max(0.0, terminal[s.transfer_id][2] - s.submitted) * 1000 for s in accepted if s.transfer_id in terminal
+    ]
+    series = Counter(int(t - load.started) for t in finished_at)
+    return PhaseResult(
+        name=load.name,
+        requests=load.requests,
+        accepted=len(accepted),
+        rejected=dict(Counter(s.error_code or str(s.http_status) for s in load.sent if s.transfer_id is None)),
+        completed=statuses.get("completed", 0),
+        failed_by_reason=dict(reasons),
+        accepted_per_second=len(accepted) / submit_window,
+        completed_per_second=statuses.get("completed", 0) / completed_window,
+        http_latency_ms=percentiles([s.http_seconds * 1000 for s in load.sent]),
+        terminal_latency_ms=percentiles(terminal_latencies),
+        retries=sum(terminal[s.transfer_id][3] for s in accepted if s.transfer_id in terminal),
+        completions_per_second_series=[series.get(i, 0) for i in range(max(series, default=-1) + 1)],
+    )
+
+
+def table(results: list[PhaseResult], ceiling: float) -> str:
+    lines = [
+        f"{'phase':<14}{'accepted/s':>11}{'completed/s':>12}{'ratio':>7}{'http p50':>9}{'p99':>7}"
+        f"{'term p50':>9}{'p95':>7}{'p99':>7}{'max':>7}{'failed':>8}{'retries':>8}",
+    ]
+    for r in results:
+        t, h = r.terminal_latency_ms, r.http_latency_ms
+        lines.append(
+            f"{r.name:<14}{r.accepted_per_second:>11.0f}{r.completed_per_second:>12.0f}"
+            f"{r.completed_per_second / ceiling:>7.2f}{h['p50']:>9.1f}{h['p99']:>7.1f}"
+            f"{t['p50']:>9.1f}{t['p95']:>7.1f}{t['p99']:>7.1f}{t['max']:>7.0f}"
+            f"{sum(r.failed_by_reason.values()):>8}{r.retries:>8}"
+        )
+    lines.append("(latencies in ms; ratio = completed/s / raw-SQL ceiling)")
+    return "\n".join(lines)
+
+
+def cpu_table(results: list[PhaseResult]) -> str:
+    kinds = sorted({k for r in results for k in r.cpu_seconds})
+    lines = [f"{'CPU seconds':<14}" + "".join(f"{k:>10}" for k in kinds)]
+    for r in results:
+        lines.append(f"{r.name:<14}" + "".join(f"{r.cpu_seconds.get(k, 0):>10.1f}" for k in kinds))
+    return "\n".join(lines)
+
+
+def write_outputs(directory: Path, document: dict[str, Any], results: list[PhaseResult]) -> tuple[Path, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")  # noqa: DTZ005 - a local file name
+    json_path = directory / f"bench-{stamp}.json"
+    document = {**document, "phases": [asdict(r) for r in results]}
+    json_path.write_text(json.dumps(document, indent=2))
+    png_path = directory / f"bench-{stamp}.png"
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
+    for r in results:
+        left.plot(range(len(r.completions_per_second_series)), r.completions_per_second_series, label=r.name)
+    left.axhline(document["ceiling"]["transfers_per_second"], linestyle="--", color="grey", label="raw-SQL ceiling")
+    left.set_xlabel("seconds since phase start")
+    left.set_ylabel("transfers completed per second")
+    left.set_title("Throughput over time")
+    left.legend()
+    for r in results:
+        values = r.terminal_latency_ms
+        right.bar(r.name, values["p99"], alpha=0.4, label=f"{r.name} p99")
+        right.bar(r.name, values["p50"], alpha=0.9, label=f"{r.name} p50")
+    right.set_ylabel("submit-to-terminal latency (ms)")
+    right.set_title("Latency: p50 (dark) and p99 (light)")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return json_path, png_path
+
+
+def mean(values: list[float]) -> float:
+    return statistics.fmean(values) if values else 0.0
