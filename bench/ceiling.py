@@ -114,7 +114,7 @@ def _run(servers: list[DatabaseServer], clients: int, seconds: int, wallets: int
             "-D", f"wallets={wallets}", "-f", str(script), server.name,
         ]  # fmt: skip
         env = {"PGOPTIONS": "-c search_path=bench", "PATH": "/usr/bin:/bin"}
-        procs.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))  # noqa: S603
+        procs.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
     total = 0.0
     for proc in procs:
         out, err = proc.communicate(timeout=seconds + 60)

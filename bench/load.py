@@ -43,7 +43,7 @@ class Workload:
     wallet_ids: list[str]
     hot_share: float
     amount: int = 1
-    rng: random.Random = field(default_factory=lambda: random.Random(7))
+    rng: random.Random = field(default_factory=lambda: random.Random(7))  # noqa: S311 - load, not secrets
 
     def body(self) -> dict[str, object]:
         payer = self.rng.choice(self.wallet_ids)

@@ -41,7 +41,7 @@ def wallets():
 
 
 def test_each_item_gets_its_own_result_and_a_bad_one_sinks_nothing(wallets) -> None:
-    owner, api, payer, far, near = wallets
+    _, api, payer, far, near = wallets
     stranger = make_wallet(make_client("stranger")[0], funded=500)
     results = send(api, [
         item(payer, far, 100),                      # cross shard: in flight
@@ -121,7 +121,7 @@ def test_a_malformed_batch_is_400_and_changes_nothing(wallets, body) -> None:
 
 
 def test_concurrent_copies_of_one_batch_make_each_transfer_once(wallets) -> None:
-    owner, api, payer, far, near = wallets
+    _, api, payer, far, near = wallets
     key = api._credentials["HTTP_AUTHORIZATION"].split()[1]
     items = [item(payer, far if i % 2 else near, 10 + i) for i in range(20)]
     responses = run_concurrently(
