@@ -15,14 +15,16 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import IntegrityError, OperationalError, connections, transaction
+from django.db import IntegrityError, OperationalError, transaction
+from django.utils import timezone
 
 from apps.common.api import MAX_MINOR_AMOUNT
 from apps.ledger.currencies import is_supported_currency
 from apps.sharding.ids import InvalidId, bucket_of, parse_id
 from apps.sharding.routing import alias_for_id, shard_map
+from apps.transfers.batch_writer import GroupPlan, lock_wallets, plan_item, write_plan
 from apps.transfers.models import IdempotencyRecord, TransferStatus
-from apps.transfers.services import Render, TransferRequest, new_transfer, request_drain, run_first_step
+from apps.transfers.services import Render, TransferRequest, new_transfer, request_drain
 
 log = logging.getLogger(__name__)
 
@@ -111,55 +113,60 @@ def _existing_records(alias: str, client_id: int, requests: list[TransferRequest
     }
 
 
-def _payers(alias: str, client_id: int, payer_ids: set[uuid.UUID]) -> dict[uuid.UUID, str]:
-    """Currency of each paying wallet that belongs to the client."""
-    with connections[alias].cursor() as cursor:
-        cursor.execute(
-            "SELECT id, currency FROM ledger_wallet WHERE id = ANY(%s) AND owner_id = %s", [list(payer_ids), client_id]
-        )
-        return dict(cursor.fetchall())
-
-
 def _run_group(alias: str, client_id: int, items: list[tuple[int, TransferRequest]], render: Render) -> list:
-    results: list[ItemResult] = []
-    payers = _payers(alias, client_id, {r.payer_id for _, r in items})
-    valid: list[tuple[int, TransferRequest]] = []
-    for index, request in items:
-        currency = payers.get(request.payer_id)
-        if currency is None:
-            results.append(ItemResult.rejected(index, 404, "wallet_not_found", "No such wallet.", "from"))
-        elif currency != request.currency:
-            message = f"The paying wallet holds {currency}, not {request.currency}."
-            results.append(ItemResult.rejected(index, 422, "currency_mismatch", message, "currency"))
-        else:
-            valid.append((index, request))
+    """All items paid from one shard: one transaction, wallets locked once, set-based writes."""
     for attempt in range(_GROUP_ATTEMPTS):
-        records = _existing_records(alias, client_id, [r for _, r in valid])
-        done: list[ItemResult] = []
+        results: list[ItemResult] = []
+        records = _existing_records(alias, client_id, [r for _, r in items])
+        fresh = [(i, r) for i, r in items if (r.payer_id, r.idempotency_key) not in records]
         debited = False
-        fresh = [(i, r) for i, r in valid if (r.payer_id, r.idempotency_key) not in records]
-        # By payer: each wallet's items keep their order, and rows are locked in a steadier order.
-        fresh.sort(key=lambda item: item[1].payer_id)
         try:
             with transaction.atomic(using=alias):
-                for index, request in fresh:
-                    transfer = new_transfer(request)
-                    record = run_first_step(request, transfer, render=render, defer_response=False)
-                    debited |= transfer.status == TransferStatus.DEBITED
-                    done.append(ItemResult(index, "accepted", record.response_status, record.response_body))
+                results, debited = _first_steps(alias, client_id, fresh, render)
         except (IntegrityError, OperationalError) as exc:
+            # A concurrent request committed one of these keys first, or a lock timed out:
+            # nothing of this group was written; redo it against the records now committed.
             if attempt == _GROUP_ATTEMPTS - 1:
                 raise
             log.info("batch group raced; redoing it", extra={"shard": alias, "error": type(exc).__name__})
             continue
-        for index, request in valid:
+        for index, request in items:
             record = records.get((request.payer_id, request.idempotency_key))
             if record is not None:
-                done.append(_replay_or_reject(index, request, record))
+                results.append(_replay_or_reject(index, request, record))
         if debited:
             request_drain(alias)
-        return results + done
+        return results
     raise AssertionError("unreachable")
+
+
+def _first_steps(
+    alias: str, client_id: int, fresh: list[tuple[int, TransferRequest]], render: Render
+) -> tuple[list[ItemResult], bool]:
+    now = timezone.now()
+    touched = {r.payer_id for _, r in fresh} | {r.payee_id for _, r in fresh if alias_for_id(r.payee_id) == alias}
+    wallets = lock_wallets(alias, touched)
+    plan = GroupPlan()
+    results: list[ItemResult] = []
+    records: list[tuple] = []
+    for index, request in fresh:
+        payer = wallets.get(request.payer_id)
+        if payer is None or payer.owner_id != client_id:
+            results.append(ItemResult.rejected(index, 404, "wallet_not_found", "No such wallet.", "from"))
+            continue
+        if payer.currency != request.currency:
+            message = f"The paying wallet holds {payer.currency}, not {request.currency}."
+            results.append(ItemResult.rejected(index, 422, "currency_mismatch", message, "currency"))
+            continue
+        transfer = new_transfer(request, now=now)
+        plan_item(transfer, wallets, plan, now)
+        status, body = render(transfer, plan.planned[-1].events)
+        records.append((client_id, request.payer_id, request.idempotency_key, request.fingerprint, transfer.id,
+                        status, body, now))  # fmt: skip
+        results.append(ItemResult(index, "accepted", status, body))
+    if plan.planned:
+        write_plan(alias, plan, wallets, records, now)
+    return results, any(p.transfer.status == TransferStatus.DEBITED for p in plan.planned)
 
 
 def transfer_create_batch(*, client_id: int, items: list[object], render: Render) -> list[ItemResult]:

@@ -364,7 +364,7 @@ def _credit_group(payee_alias: str, transfers: list[Transfer], now: datetime) ->
     credited: set[uuid.UUID] = set()
     with transaction.atomic(using=payee_alias):
         connection.ensure_connection()
-        with connection.connection.cursor() as cursor:
+        with connection.wrap_database_errors, connection.connection.cursor() as cursor:
             cursor.executemany(_CREDIT_SQL, [_credit_params(t, now) for t in ordered], returning=True)
             while True:
                 row = cursor.fetchone()

@@ -8,7 +8,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -121,8 +121,8 @@ def transfer_create(request: TransferRequest, *, render: Render, defer_response:
     return TransferCreated(transfer=transfer, record=record, replayed=False)
 
 
-def new_transfer(request: TransferRequest) -> Transfer:
-    now = timezone.now()
+def new_transfer(request: TransferRequest, now: datetime | None = None) -> Transfer:
+    now = now or timezone.now()
     return Transfer(
         id=new_id(bucket_of(request.payer_id)),
         client_id=request.client_id,

@@ -144,3 +144,22 @@ def test_unknown_payee_in_a_batch_fails_later_with_a_refund(wallets) -> None:
     done = saga.transfer_advance(uuid.UUID(result["transfer"]["id"]))
     assert (done.status, done.failure_reason) == ("failed", "payee_not_found")
     assert balance(payer.id) == 1000
+
+
+def test_items_of_one_payer_apply_in_order_until_the_money_runs_out(wallets) -> None:
+    from apps.transfers import saga
+    from apps.transfers.checks import check_ledger
+
+    _, api, payer, far, near = wallets
+    results = send(api, [item(payer, near, 400), item(payer, far, 400), item(payer, near, 400), item(payer, far, 200)])
+    statuses = [(r["transfer"]["status"], r["transfer"]["failure_reason"]) for r in results]
+    assert statuses == [("completed", None), ("debited", None), ("failed", "insufficient_funds"), ("debited", None)]
+    rows = raw_query(
+        "shard_00",
+        "SELECT seq, amount_minor, balance_after_minor FROM ledger_entry WHERE wallet_id = %s ORDER BY seq",
+        [payer.id],
+    )
+    assert rows == [(1, 1000, 1000), (2, -400, 600), (3, -400, 200), (4, -200, 0)]
+    assert saga.drain_debited("shard_00").completed == 2
+    assert (balance(payer.id), balance(near.id), balance(far.id)) == (0, 400, 600)
+    assert check_ledger().violations == []
