@@ -33,8 +33,15 @@ def _database_check(alias: str) -> Any:
     return check
 
 
+_redis_client: redis.Redis | None = None
+
+
 def _redis_check() -> None:
-    redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1).ping()
+    # One client per process: a new one per probe would connect (and handshake) every time.
+    global _redis_client
+    if _redis_client is None:
+        _redis_client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
+    _redis_client.ping()
 
 
 def health(request: HttpRequest) -> JsonResponse:

@@ -10,7 +10,6 @@ or a deadlock) is rolled back and redone from the records then committed.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -18,13 +17,11 @@ from typing import Any
 from django.db import IntegrityError, OperationalError, transaction
 from django.utils import timezone
 
-from apps.common.api import MAX_MINOR_AMOUNT
-from apps.ledger.currencies import is_supported_currency
-from apps.sharding.ids import InvalidId, bucket_of, parse_id
-from apps.sharding.routing import alias_for_id, shard_map
+from apps.sharding.routing import alias_for_id
 from apps.transfers.batch_writer import GroupPlan, lock_wallets, plan_item, write_plan
 from apps.transfers.models import IdempotencyRecord, TransferStatus
 from apps.transfers.services import Render, TransferRequest, new_transfer, request_drain
+from apps.transfers.validation import Invalid, parse_transfer_body, valid_idempotency_key
 
 log = logging.getLogger(__name__)
 
@@ -45,45 +42,20 @@ class ItemResult:
         return cls(index, "rejected", status, error={"code": code, "message": message, "param": param})
 
 
-def _wallet_id(raw: object) -> uuid.UUID | None:
-    if not isinstance(raw, str):
-        return None
-    try:
-        wallet_id = parse_id(raw)
-    except InvalidId:
-        return None
-    return wallet_id if bucket_of(wallet_id) < shard_map().bucket_count else None
-
-
 def parse_item(client_id: int, index: int, raw: object) -> TransferRequest | ItemResult:
     """Validate one item as the single endpoint validates its body and header."""
-
-    def bad(code: str, message: str, param: str | None) -> ItemResult:
-        return ItemResult.rejected(index, 400, code, message, param)
-
     if not isinstance(raw, dict):
-        return bad("parameter_invalid", "Each transfer must be a JSON object.", None)
-    for field in ("idempotency_key", "from", "to", "amount_minor", "currency"):
-        if field not in raw:
-            code = "idempotency_key_missing" if field == "idempotency_key" else "parameter_missing"
-            return bad(code, "This field is required.", field)
+        return ItemResult.rejected(index, 400, "parameter_invalid", "Each transfer must be a JSON object.", None)
+    if "idempotency_key" not in raw:
+        return ItemResult.rejected(index, 400, "idempotency_key_missing", "This field is required.", "idempotency_key")
     key = raw["idempotency_key"]
-    if not isinstance(key, str) or not 1 <= len(key) <= 255 or not all(32 <= ord(c) < 127 for c in key):
-        return bad("idempotency_key_invalid", "1 to 255 printable ASCII characters.", "idempotency_key")
-    payer_id, payee_id = _wallet_id(raw["from"]), _wallet_id(raw["to"])
-    if payer_id is None:
-        return bad("parameter_invalid", "Not a wallet id.", "from")
-    if payee_id is None:
-        return bad("parameter_invalid", "Not a wallet id.", "to")
-    amount = raw["amount_minor"]
-    if isinstance(amount, bool) or not isinstance(amount, int) or not 1 <= amount <= MAX_MINOR_AMOUNT:
-        return bad("invalid_amount", "Must be a JSON integer from 1 to 2^63-1 (minor units).", "amount_minor")
-    currency = raw["currency"]
-    if not isinstance(currency, str) or not is_supported_currency(currency):
-        return bad("unsupported_currency", "Not an ISO 4217 currency code.", "currency")
-    if payer_id == payee_id:
-        return bad("same_wallet", "A transfer needs two different wallets.", "to")
-    return TransferRequest(client_id, payer_id, payee_id, amount, currency, key)
+    if not valid_idempotency_key(key):
+        message = "1 to 255 printable ASCII characters."
+        return ItemResult.rejected(index, 400, "idempotency_key_invalid", message, "idempotency_key")
+    parsed = parse_transfer_body(client_id, raw, key)
+    if isinstance(parsed, Invalid):
+        return ItemResult.rejected(index, parsed.status, parsed.code, parsed.message, parsed.param)
+    return parsed
 
 
 def _replay_or_reject(index: int, request: TransferRequest, record: dict[str, Any]) -> ItemResult:

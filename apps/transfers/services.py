@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connections, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from apps.common.errors import IdempotencyKeyReused
 from apps.ledger.errors import CurrencyMismatch
-from apps.ledger.selectors import wallet_get
+from apps.ledger.selectors import wallet_currency
 from apps.sharding.ids import bucket_of, new_id
 from apps.sharding.routing import alias_for_id, shard_aliases
 from apps.transfers.errors import IdempotencyRequestInProgress
@@ -102,9 +102,9 @@ def transfer_create(request: TransferRequest, *, render: Render, defer_response:
     index and then rolls back) replays that response. With `defer_response` the response is
     stored later (`transfer_store_response`); until then a repeat gets 409.
     """
-    payer = wallet_get(wallet_id=request.payer_id, owner_id=request.client_id)
-    if payer.currency != request.currency:
-        raise CurrencyMismatch(f"The paying wallet holds {payer.currency}, not {request.currency}.", param="currency")
+    currency = wallet_currency(wallet_id=request.payer_id, owner_id=request.client_id)
+    if currency != request.currency:
+        raise CurrencyMismatch(f"The paying wallet holds {currency}, not {request.currency}.", param="currency")
     alias = alias_for_id(request.payer_id)
     transfer = new_transfer(request)
     try:
@@ -156,8 +156,21 @@ def run_first_step(
     if not defer_response:
         record.response_status, record.response_body = render(transfer, events)
     # Last, so that a duplicate key aborts the whole transaction, debit included.
-    record.save(using=alias, force_insert=True)
+    with connections[alias].cursor() as cursor:
+        cursor.execute(_INSERT_RECORD_SQL, [
+            record.client_id, record.payer_id, record.key, record.fingerprint, record.transfer_id,
+            record.response_status, record.response_body, record.created_at,
+        ])  # fmt: skip
+        record.id = cursor.fetchone()[0]
+    record._state.db, record._state.adding = alias, False  # saved, on this shard
     return record
+
+
+_INSERT_RECORD_SQL = """
+INSERT INTO transfers_idempotency (client_id, payer_id, key, fingerprint, transfer_id, response_status,
+    response_body, created_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id
+"""
 
 
 def transfer_store_response(record: IdempotencyRecord, status: int, body: str) -> None:

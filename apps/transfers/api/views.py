@@ -8,13 +8,12 @@ from django.conf import settings
 from django.http import HttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
-from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.common.api import decode_cursor, idempotency_key, page, page_limit
-from apps.common.errors import InvalidRequest
+from apps.common.errors import DomainError, InvalidRequest
 from apps.ledger.api.views import IDEMPOTENCY_HEADER, PAGE_PARAMS, owned_wallet
 from apps.ledger.errors import WalletNotFound
 from apps.sharding.ids import InvalidId, parse_id
@@ -28,13 +27,20 @@ from apps.transfers.api.serializers import (
     transfer_out,
 )
 from apps.transfers.batch import MAX_BATCH, transfer_create_batch
-from apps.transfers.errors import SameWallet, TransferNotFound
+from apps.transfers.errors import TransferNotFound
 from apps.transfers.models import Transfer
 from apps.transfers.saga import Event
+from apps.transfers.validation import Invalid, parse_transfer_body
 
 WAIT_PARAM = OpenApiParameter(
     "wait", float, description="Seconds (max 30) to wait for a terminal status before answering."
 )
+
+
+class InvalidTransfer(DomainError):
+    def __init__(self, invalid: Invalid) -> None:
+        super().__init__(invalid.message, param=invalid.param)
+        self.code, self.status = invalid.code, invalid.status
 
 
 def render_transfer(transfer: Transfer, history: list[Event] | None = None) -> tuple[int, str]:
@@ -43,7 +49,7 @@ def render_transfer(transfer: Transfer, history: list[Event] | None = None) -> t
         history = selectors.transfer_history(transfer_id=transfer.id)
     body = transfer_out(transfer, history)
     code = status.HTTP_201_CREATED if transfer.is_terminal else status.HTTP_202_ACCEPTED
-    return code, JSONRenderer().render(body).decode()
+    return code, json.dumps(body, separators=(",", ":"), ensure_ascii=False)
 
 
 def wait_seconds(request: Request) -> float:
@@ -79,19 +85,9 @@ class TransferCollectionView(APIView):
     def post(self, request: Request) -> HttpResponse:
         key = idempotency_key(request)
         wait = wait_seconds(request)
-        data = TransferCreateIn(data=request.data)
-        data.is_valid(raise_exception=True)
-        payer_id, payee_id = data.validated_data["from"], data.validated_data["to"]
-        if payer_id == payee_id:
-            raise SameWallet(param="to")
-        transfer_request = services.TransferRequest(
-            client_id=request.user.id,
-            payer_id=payer_id,
-            payee_id=payee_id,
-            amount_minor=data.validated_data["amount_minor"],
-            currency=data.validated_data["currency"],
-            idempotency_key=key,
-        )
+        transfer_request = parse_transfer_body(request.user.id, request.data, key)
+        if isinstance(transfer_request, Invalid):
+            raise InvalidTransfer(transfer_request)
         try:
             created = services.transfer_create(transfer_request, render=render_transfer, defer_response=wait > 0)
         except WalletNotFound as exc:
