@@ -1,4 +1,4 @@
-"""GET /health: each shard, the control database and Redis, each with its latency."""
+"""GET /health: each shard, the control database and Redis, each with its latency; `down` names the failing ones."""
 
 from __future__ import annotations
 
@@ -40,6 +40,6 @@ def _redis_check() -> None:
 def health(request: HttpRequest) -> JsonResponse:
     components = {alias: _probe(_database_check(alias)) for alias in settings.DATABASES}
     components["redis"] = _probe(_redis_check)
-    ok = all(c["ok"] for c in components.values())
-    body = {"status": "ok" if ok else "degraded", "components": components}
-    return JsonResponse(body, status=200 if ok else 503)
+    down = [name for name, component in components.items() if not component["ok"]]
+    body = {"status": "degraded" if down else "ok", "down": down, "components": components}
+    return JsonResponse(body, status=503 if down else 200)

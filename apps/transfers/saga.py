@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from apps.ledger.errors import CurrencyMismatch, InsufficientFunds, WalletFrozen, WalletNotFound
 from apps.ledger.services import wallet_credit, wallet_debit, wallet_refund
+from apps.observability.metrics import count_transition, timed_saga_step
 from apps.sharding.routing import alias_for_id
 from apps.transfers.errors import StaleTransition
 from apps.transfers.faults import crash_point
@@ -73,6 +74,9 @@ def transition(
     transfer.updated_at = params["now"]
     if reason:
         transfer.failure_reason = reason
+    # Counted once committed: a rolled-back transition never happened.
+    counted_reason = transfer.failure_reason if to == TransferStatus.FAILED else None
+    transaction.on_commit(lambda: count_transition(to, counted_reason), using=alias)
 
 
 def record_event(transfer: Transfer, *, now: datetime) -> None:
@@ -133,6 +137,7 @@ def run_payer_step(transfer: Transfer) -> None:
         transition(transfer, TransferStatus.COMPLETED)
 
 
+@timed_saga_step("payer")
 def payer_step(transfer_id: uuid.UUID) -> Transfer:
     """Saga step 1 on the payer's shard (see run_payer_step)."""
     with transaction.atomic(using=alias_for_id(transfer_id)):
@@ -141,6 +146,7 @@ def payer_step(transfer_id: uuid.UUID) -> Transfer:
     return transfer
 
 
+@timed_saga_step("payee")
 def payee_step(transfer: Transfer) -> PayeeCredit:
     """Saga step 2 on the payee's shard: credit the payee, or record why not. Final once committed.
 
@@ -171,6 +177,7 @@ def payee_step(transfer: Transfer) -> PayeeCredit:
     return PayeeCredit.objects.using(alias).get(transfer_id=transfer.id)
 
 
+@timed_saga_step("finish")
 def finish_step(transfer_id: uuid.UUID, credit: PayeeCredit | None) -> Transfer:
     """Saga step 3 on the payer's shard: complete, or refund the payer and fail."""
     alias = alias_for_id(transfer_id)
