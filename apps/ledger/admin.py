@@ -17,7 +17,7 @@ from apps.sharding.admin import CurrencyFilter, ShardedModelAdmin, ShardFilter
 
 @admin.register(Wallet)
 class WalletAdmin(OperatorActionsMixin, ShardedModelAdmin):
-    list_display = ["id", "client", "currency", "balance_minor", "status", "shard", "created_at"]
+    list_display = ["id", "client", "currency", "balance", "status", "shard", "created_at"]
     list_filter = ["status", CurrencyFilter, ShardFilter, "created_at"]
     client_field = "owner_id"
     fields = [
@@ -46,6 +46,10 @@ class WalletAdmin(OperatorActionsMixin, ShardedModelAdmin):
             explanation="The wallet becomes active again: it can pay and receive.",
         ),
     )
+
+    @admin.display(description="balance (minor units)")
+    def balance(self, wallet: Wallet) -> int:
+        return wallet.balance_minor
 
     @admin.display(description="see also")
     def links(self, wallet: Wallet) -> SafeString:

@@ -17,3 +17,4 @@ class OperatorsConfig(AppConfig):
         admin.site.site_header = "shardwallet operations"
         admin.site.site_title = "shardwallet admin"
         admin.site.index_template = "admin/operators/index.html"
+        admin.site.site_url = "/v1/docs/"  # "view site": the API's docs (there is no other site)

@@ -24,6 +24,24 @@ class StuckTransfer:
     def parked(self) -> bool:
         return self.transfer.parked_at is not None
 
+    @property
+    def age_text(self) -> str:
+        return duration_text(self.age)
+
+    @property
+    def idle_text(self) -> str:
+        return duration_text(self.idle)
+
+
+def duration_text(duration: timedelta) -> str:
+    """3 s, 4 min 10 s, 2 h 5 min, 3 d 4 h: precise enough to triage, short enough for a table."""
+    seconds = int(duration.total_seconds())
+    for unit, size, smaller, smaller_size in (("d", 86400, "h", 3600), ("h", 3600, "min", 60), ("min", 60, "s", 1)):
+        if seconds >= size:
+            rest = (seconds % size) // smaller_size
+            return f"{seconds // size} {unit}" + (f" {rest} {smaller}" if rest else "")
+    return f"{seconds} s"
+
 
 @dataclass
 class StuckTransfers:

@@ -83,3 +83,12 @@ def test_the_page_needs_a_staff_login_and_the_view_permission() -> None:
 
     nobody = User.objects.db_manager("default").create_user("nobody", password="x", is_staff=True)
     assert logged_in(nobody).get("/admin/operations/").status_code == 403
+
+
+def test_durations_read_like_a_person_would_say_them() -> None:
+    from apps.operators.selectors import duration_text
+
+    assert duration_text(timedelta(seconds=7.9)) == "7 s"
+    assert duration_text(timedelta(minutes=4, seconds=10)) == "4 min 10 s"
+    assert duration_text(timedelta(hours=2)) == "2 h"
+    assert duration_text(timedelta(days=3, hours=4, minutes=5)) == "3 d 4 h"
