@@ -20,7 +20,7 @@ from django.conf import settings
 from apps.ledger.models import Wallet
 from apps.operators.models import OperatorAction
 from tests.factories import ALL_DATABASES, free_port, make_client, make_wallet
-from tests.operators.helpers import PASSWORD, make_staff, parked_transfer
+from tests.operators.helpers import PASSWORD, make_staff, metric_samples, parked_transfer, total
 from tests.workers import flush_redis
 
 pytestmark = [pytest.mark.django_db(transaction=True, databases=ALL_DATABASES), pytest.mark.slow]
@@ -143,3 +143,9 @@ def test_an_operator_finds_a_wallet_by_id_and_freezes_it_in_a_real_browser(scene
     assert str(scene["parked"].id) in seen["stalled"]
     assert "parked" in seen["stalled"]
     assert seen["cdc"] == "CDC not configured."
+
+    # The server's gunicorn workers counted those page views in the multiprocess metrics directory.
+    with urllib.request.urlopen(f"{served}/metrics", timeout=10) as response:  # noqa: S310
+        samples = metric_samples(response.read().decode())
+    assert total(samples, "shardwallet_http_request_seconds_count", route="admin/operations/", status="200") >= 1
+    assert total(samples, "shardwallet_transfers_parked", shard="shard_00") == 1
