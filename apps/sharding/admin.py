@@ -17,13 +17,14 @@ from __future__ import annotations
 import heapq
 import itertools
 import uuid
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.admin.options import ShowFacets
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
+from django.db import InterfaceError, OperationalError, connections
 from django.db.models import Model, Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 
@@ -32,30 +33,44 @@ from apps.sharding.ids import InvalidId, parse_id
 from apps.sharding.routing import alias_for_id, shard_aliases, use_shard
 from apps.sharding.shardmap import ShardMapError
 
+_T = TypeVar("_T")
+
 
 class ShardedQuerySequence:
     """An unevaluated queryset run on several shards, merged newest first by primary key.
 
     Sliceable and countable, which is all Django's Paginator needs. A slice [a:b] reads at
-    most b rows from each shard; a count is one COUNT per shard.
+    most b rows from each shard; a count is one COUNT per shard. A shard that cannot be
+    reached counts as empty and is named in `unreachable` (shared by clones), so an operator
+    still sees the other shards when one is down, and is told what is missing.
     """
 
     ordered = True  # the Paginator warns about unordered input otherwise
 
-    def __init__(self, queryset: QuerySet, aliases: Sequence[str]) -> None:
+    def __init__(self, queryset: QuerySet, aliases: Sequence[str], unreachable: set[str] | None = None) -> None:
         self.queryset = queryset.order_by("-pk")
         self.aliases = list(aliases)
+        self.unreachable = unreachable if unreachable is not None else set()
         self._count: int | None = None
+
+    def _on_shard(self, alias: str, read: Callable[[QuerySet], _T], empty: _T) -> _T:
+        if alias in self.unreachable:
+            return empty
+        try:
+            return read(self.queryset.using(alias))
+        except (OperationalError, InterfaceError):
+            connections[alias].close()  # do not keep a broken persistent connection
+            self.unreachable.add(alias)
+            return empty
 
     def count(self) -> int:
         if self._count is None:
-            self._count = sum(self.queryset.using(alias).count() for alias in self.aliases)
+            self._count = sum(self._on_shard(alias, lambda qs: qs.count(), 0) for alias in self.aliases)
         return self._count
 
     def _merged(self, limit: int | None) -> Iterator[Model]:
         per_shard = [
-            self.queryset.using(alias) if limit is None else self.queryset.using(alias)[:limit]
-            for alias in self.aliases
+            self._on_shard(alias, lambda qs: list(qs if limit is None else qs[:limit]), []) for alias in self.aliases
         ]
         return heapq.merge(*per_shard, key=lambda row: row.pk, reverse=True)
 
@@ -79,10 +94,10 @@ class ShardedQuerySequence:
 
     def _clone(self) -> ShardedQuerySequence:
         # ChangeList clones its queryset when one page shows everything.
-        return ShardedQuerySequence(self.queryset, self.aliases)
+        return ShardedQuerySequence(self.queryset, self.aliases, self.unreachable)
 
     def filter(self, *args: Any, **kwargs: Any) -> ShardedQuerySequence:
-        return ShardedQuerySequence(self.queryset.filter(*args, **kwargs), self.aliases)
+        return ShardedQuerySequence(self.queryset.filter(*args, **kwargs), self.aliases, self.unreachable)
 
 
 class ShardFilter(admin.SimpleListFilter):
@@ -107,7 +122,10 @@ class ShardedValuesFilter(admin.SimpleListFilter):
         values: set[str] = set()
         base = model_admin.model._default_manager.order_by()
         for alias in shard_aliases():
-            values.update(base.using(alias).values_list(self.field_name, flat=True).distinct())
+            try:
+                values.update(base.using(alias).values_list(self.field_name, flat=True).distinct())
+            except (OperationalError, InterfaceError):
+                connections[alias].close()  # the changelist says which shard is missing
         return [(value, value) for value in sorted(values)]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
@@ -127,6 +145,15 @@ class ShardedChangeList(ChangeList):
 
     shard_aliases_in_scope: list[str]
 
+    def __init__(self, request: HttpRequest, *args: Any, **kwargs: Any) -> None:
+        self.unreachable: set[str] = set()
+        super().__init__(request, *args, **kwargs)
+        if self.unreachable:
+            messages.warning(
+                request,
+                f"Unreachable, so missing from this list: {', '.join(sorted(self.unreachable))}.",
+            )
+
     def get_ordering(self, request: HttpRequest, queryset: QuerySet) -> list[str]:
         return ["-pk"]
 
@@ -137,13 +164,13 @@ class ShardedChangeList(ChangeList):
         if chosen:
             aliases = [alias for alias in aliases if alias == chosen]
         self.shard_aliases_in_scope = aliases
-        return ShardedQuerySequence(queryset, aliases)
+        return ShardedQuerySequence(queryset, aliases, self.unreachable)
 
     def get_results(self, request: HttpRequest) -> None:
         # The parent counts the unfiltered rows with root_queryset.count(): make that a
         # count over every shard for the duration of the call.
         root = self.root_queryset
-        self.root_queryset = ShardedQuerySequence(root, shard_aliases())
+        self.root_queryset = ShardedQuerySequence(root, shard_aliases(), self.unreachable)
         try:
             super().get_results(request)
         finally:

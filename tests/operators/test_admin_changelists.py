@@ -152,3 +152,27 @@ def test_admin_login_is_required() -> None:
     response = Client().get("/admin/ledger/wallet/")
     assert response.status_code == 302
     assert "/admin/login/" in response["Location"]
+
+
+@pytest.mark.slow
+def test_with_a_shard_down_the_lists_show_the_others_and_say_what_is_missing(viewer, devstack) -> None:
+    owner, _ = make_client()
+    on_00 = make_wallet(owner, funded=100, shard="shard_00")
+    make_wallet(owner, shard="shard_01")
+    cluster = next(c for c in devstack.clusters() if c.server.alias == "shard_01")
+    cluster.stop()
+    try:
+        response = viewer.get("/admin/ledger/wallet/")
+        operations = viewer.get("/admin/operations/")
+    finally:
+        cluster.start()
+        connections["shard_01"].close()
+    assert listed_ids(response) == [str(on_00.id)]
+    assert "Unreachable, so missing from this list: shard_01." in response.content.decode()
+    assert operations.status_code == 200
+    shards = {info.alias: info for info in operations.context["shards"]}
+    assert shards["shard_01"].rows is None
+    assert "OperationalError" in shards["shard_01"].error
+    assert shards["shard_00"].rows["wallets"] == 1
+    assert "shard_01" in operations.context["unreachable"]
+    assert len(listed_ids(viewer.get("/admin/ledger/wallet/"))) == 2  # back
