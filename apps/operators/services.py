@@ -56,9 +56,10 @@ def _run(
     except DatabaseError as exc:
         record.outcome = ActionOutcome.FAILED
         record.detail = f"{record.shard} could not be changed ({type(exc).__name__}: {exc})".strip()[:2000]
-    record.finished_at = timezone.now()
-    with transaction.atomic(using="default"):
-        record.save(using="default", update_fields=["outcome", "detail", "finished_at"])
+    except Exception as exc:
+        _finish(record, ActionOutcome.FAILED, f"Unexpected error: {type(exc).__name__}: {exc}"[:2000])
+        raise
+    _finish(record, record.outcome, record.detail)
     log.info(
         "operator action",
         extra={
@@ -71,6 +72,12 @@ def _run(
         },
     )
     return record
+
+
+def _finish(record: OperatorAction, outcome: ActionOutcome, detail: str) -> None:
+    record.outcome, record.detail, record.finished_at = outcome, detail, timezone.now()
+    with transaction.atomic(using="default"):
+        record.save(using="default", update_fields=["outcome", "detail", "finished_at"])
 
 
 def _set_wallet_status(wallet_id: uuid.UUID, status: WalletStatus) -> str:
