@@ -10,6 +10,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import reverse
+from django.utils.http import urlencode
 
 from apps.observability.cdc import cdc_lag_seconds
 from apps.operators.selectors import shard_overview, stuck_transfer_list
@@ -31,15 +32,15 @@ def operations(request: HttpRequest) -> HttpResponse:
     stuck = stuck_transfer_list(older_than=timedelta(seconds=seconds))
     can_redrive = request.user.has_perm("operators.redrive_transfer")
     can_compensate = request.user.has_perm("operators.compensate_transfer")
-    here = request.get_full_path()
+    back_here = urlencode({"next": request.get_full_path()})
     rows = [
         {
             "row": row,
             "url": reverse("admin:transfers_transfer_change", args=[row.transfer.id]),
-            "redrive_url": f"{reverse('admin:transfers_transfer_redrive', args=[row.transfer.id])}?next={here}"
+            "redrive_url": f"{reverse('admin:transfers_transfer_redrive', args=[row.transfer.id])}?{back_here}"
             if can_redrive
             else "",
-            "compensate_url": f"{reverse('admin:transfers_transfer_compensate', args=[row.transfer.id])}?next={here}"
+            "compensate_url": f"{reverse('admin:transfers_transfer_compensate', args=[row.transfer.id])}?{back_here}"
             if can_compensate
             else "",
         }

@@ -38,7 +38,8 @@ def test_lists_parked_and_stalled_transfers_with_age_attempts_and_last_error() -
     assert "connection refused (test)" in html  # the parked one's last error
     assert html.count(">Re-drive</a>") == 2
     assert html.count(">Force-compensate</a>") == 2
-    assert f"/admin/transfers/transfer/{parked.id}/compensate/?next=/admin/operations/" in html
+    back = "next=%2Fadmin%2Foperations%2F%3Folder_than%3D60"
+    assert f"/admin/transfers/transfer/{parked.id}/compensate/?{back}" in html
 
 
 def test_shows_the_shard_map_with_buckets_and_rows_and_says_cdc_is_not_configured() -> None:
