@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,6 +27,10 @@ def devstack() -> Iterator[Devstack]:
     # already up (a developer iterating) is left as it was.
     if not was_running and os.environ.get("SHARDWALLET_KEEP_TEST_STACK") != "1":
         stack.down(purge=True)
+    # This session's multiprocess metrics files (settings_test made the directory for it).
+    metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+    if os.path.basename(metrics_dir) == f"metrics-{os.getpid()}":
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

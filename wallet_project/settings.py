@@ -27,6 +27,9 @@ REDIS_URL = os.environ.get("SHARDWALLET_REDIS_URL", "redis://127.0.0.1:6379/0")
 SHARD_MAP = load_shard_map(SHARDS_FILE)
 DATABASES = {"default": SHARD_MAP.control.django_settings()}
 DATABASES.update({alias: server.django_settings() for alias, server in SHARD_MAP.shards.items()})
+for _database in DATABASES.values():
+    # Django's PostgreSQL backend, counting connection and query errors per alias for /metrics.
+    _database["ENGINE"] = "apps.observability.backend"
 DATABASE_ROUTERS = ["apps.sharding.router.ShardRouter"]
 SHARDED_APPS = {"ledger", "transfers"}
 
@@ -44,9 +47,12 @@ INSTALLED_APPS = [
     "apps.accounts",
     "apps.ledger",
     "apps.transfers",
+    "apps.observability",
+    "apps.operators",  # last: its post_migrate hook sets up the staff groups once every app's permissions exist
 ]
 
 MIDDLEWARE = [
+    "apps.observability.middleware.RequestMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -104,12 +110,24 @@ SPECTACULAR_SETTINGS = {
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
 }
 
+# JSON lines by default (every `extra` field, e.g. transfer_id, becomes a key); "text" for humans.
+LOG_FORMAT = os.environ.get("SHARDWALLET_LOG_FORMAT", "json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "formatters": {
+        "json": {"()": "apps.observability.jsonlog.JsonFormatter"},
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": os.environ.get("SHARDWALLET_LOG_LEVEL", "INFO")},
 }
+
+# Metrics: serve points its gunicorn and Celery processes here (PROMETHEUS_MULTIPROC_DIR), emptied at each start.
+METRICS_DIR = DEVSTACK_DIR / "metrics"
+# Operators: change-data-capture lag per shard, "module.function" returning {alias: seconds};
+# None until the audit app provides it (the admin then says "CDC not configured").
+CDC_LAG_PROVIDER = os.environ.get("SHARDWALLET_CDC_LAG_PROVIDER") or None
 
 # Transfers and the saga.
 TRANSFER_MAX_WAIT_SECONDS = 30

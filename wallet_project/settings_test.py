@@ -11,7 +11,33 @@ os.environ.setdefault("SHARDWALLET_SAGA_RETRY_MAX_SECONDS", "1")
 os.environ.setdefault("SHARDWALLET_SAGA_STALLED_AFTER_SECONDS", "2")
 os.environ.setdefault("SHARDWALLET_SAGA_SWEEP_INTERVAL_SECONDS", "1")
 
-from wallet_project.settings import *  # noqa: F403
+
+def _metrics_dir() -> str:
+    """This process's own multiprocess metrics directory, shared with the workers and servers
+    it starts (they inherit the environment); set before prometheus_client is first imported.
+    Directories left by processes that have exited are removed on the way."""
+    import shutil
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    stack = Path(os.environ["SHARDWALLET_DEVSTACK_DIR"])
+    stack = stack if stack.is_absolute() else root / stack
+    for old in stack.glob("metrics-*"):
+        try:
+            os.kill(int(old.name.removeprefix("metrics-")), 0)
+        except ProcessLookupError:
+            shutil.rmtree(old, ignore_errors=True)
+        except (ValueError, PermissionError):
+            pass
+    path = stack / f"metrics-{os.getpid()}"
+    path.mkdir(parents=True, exist_ok=True)
+    return str(path)
+
+
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir()
+
+from wallet_project.settings import *  # noqa: E402, F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # Tests serve admin assets straight from the apps (no collectstatic run).

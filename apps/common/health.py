@@ -1,4 +1,4 @@
-"""GET /health: each shard, the control database and Redis, each with its latency."""
+"""GET /health: each shard, the control database and Redis, each with its latency; `down` names the failing ones."""
 
 from __future__ import annotations
 
@@ -33,20 +33,21 @@ def _database_check(alias: str) -> Any:
     return check
 
 
-_redis_client: redis.Redis | None = None
+_redis_clients: dict[str, redis.Redis] = {}
 
 
 def _redis_check() -> None:
-    # One client per process: a new one per probe would connect (and handshake) every time.
-    global _redis_client
-    if _redis_client is None:
-        _redis_client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
-    _redis_client.ping()
+    # One client per process (and URL): a new one per probe would connect and handshake each time.
+    client = _redis_clients.get(settings.REDIS_URL)
+    if client is None:
+        client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
+        _redis_clients[settings.REDIS_URL] = client
+    client.ping()
 
 
 def health(request: HttpRequest) -> JsonResponse:
     components = {alias: _probe(_database_check(alias)) for alias in settings.DATABASES}
     components["redis"] = _probe(_redis_check)
-    ok = all(c["ok"] for c in components.values())
-    body = {"status": "ok" if ok else "degraded", "components": components}
-    return JsonResponse(body, status=200 if ok else 503)
+    down = [name for name, component in components.items() if not component["ok"]]
+    body = {"status": "degraded" if down else "ok", "down": down, "components": components}
+    return JsonResponse(body, status=503 if down else 200)

@@ -21,7 +21,7 @@ from apps.ledger.models import WalletStatus
 from apps.sharding.ids import bucket_of, new_id
 from apps.sharding.routing import alias_for_id
 from apps.transfers.models import FailureReason, Transfer, TransferStatus
-from apps.transfers.saga import Event
+from apps.transfers.saga import Event, count_events_on_commit
 
 
 @dataclass
@@ -159,3 +159,4 @@ def write_plan(
         cursor.execute(_INSERT_TRANSFERS, _columns(transfers))
         cursor.execute(_INSERT_EVENTS, _columns(events))
         cursor.execute(_INSERT_RECORDS, _columns(records))
+    count_events_on_commit(alias, [p.events for p in plan.planned])

@@ -21,3 +21,15 @@ class IdempotencyRequestInProgress(DomainError):
 
 class StaleTransition(RuntimeError):
     """The transfer was no longer in the expected status: another step got there first."""
+
+
+class TransferNotInFlight(DomainError):
+    code = "transfer_not_in_flight"
+    status = 409
+    default_message = "The transfer is already completed or failed."
+
+
+class ShardUnavailable(DomainError):
+    code = "shard_unavailable"
+    status = 503
+    default_message = "A shard is unreachable; nothing was changed. Retry when it is back."

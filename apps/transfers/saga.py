@@ -30,6 +30,7 @@ from django.utils import timezone
 from apps.ledger.errors import CurrencyMismatch, InsufficientFunds, WalletFrozen, WalletNotFound
 from apps.ledger.models import WalletStatus
 from apps.ledger.services import wallet_credit, wallet_debit, wallet_refund
+from apps.observability.metrics import DRAINED_TRANSFERS, count_transition, time_saga_step, timed_saga_step
 from apps.sharding.ids import bucket_of, new_id
 from apps.sharding.routing import alias_for_id
 from apps.transfers.errors import StaleTransition
@@ -137,6 +138,9 @@ def transition(
     transfer.updated_at = params["now"]
     if reason:
         transfer.failure_reason = reason
+    # Counted once committed: a rolled-back transition never happened.
+    counted_reason = transfer.failure_reason if to == TransferStatus.FAILED else None
+    transaction.on_commit(lambda: count_transition(to, counted_reason), using=alias)
 
 
 def insert_transfer(transfer: Transfer, events: list[Event]) -> None:
@@ -163,8 +167,20 @@ def insert_transfer(transfer: Transfer, events: list[Event]) -> None:
             ]
         ),
     }  # fmt: skip
-    with connections[alias_for_id(transfer.id)].cursor() as cursor:
+    alias = alias_for_id(transfer.id)
+    with connections[alias].cursor() as cursor:
         cursor.execute(_INSERT_SQL, params)
+    count_events_on_commit(alias, [events])
+
+
+def count_events_on_commit(alias: str, histories: list[list[Event]]) -> None:
+    """Count every transition (all events after "pending") once the transaction commits."""
+    counts: dict[tuple[str, str | None], int] = defaultdict(int)
+    for events in histories:
+        for event in events[1:]:
+            counts[(event.to_status, event.reason if event.to_status == TransferStatus.FAILED else None)] += 1
+    if counts:
+        transaction.on_commit(lambda: [count_transition(s, r, n) for (s, r), n in counts.items()], using=alias)
 
 
 def _lock_wallets_in_order(alias: str, wallet_ids: list[uuid.UUID]) -> dict[uuid.UUID, tuple[str, str]]:
@@ -240,6 +256,7 @@ def _lock(transfer_id: uuid.UUID) -> Transfer:
     return Transfer.objects.using(alias_for_id(transfer_id)).select_for_update().get(id=transfer_id)
 
 
+@timed_saga_step("payer")
 def payer_step(transfer_id: uuid.UUID) -> Transfer:
     """The payer step for a transfer stored as `pending`, applied with guarded transitions."""
     with transaction.atomic(using=alias_for_id(transfer_id)):
@@ -263,6 +280,7 @@ def _credit_params(transfer: Transfer, now: datetime) -> dict[str, Any]:
     }
 
 
+@timed_saga_step("payee")
 def payee_step(transfer: Transfer) -> PayeeCredit:
     """Saga step 2 on the payee's shard: credit the payee, or record why not. Final once committed.
 
@@ -313,6 +331,7 @@ def payee_step(transfer: Transfer) -> PayeeCredit:
     return PayeeCredit.objects.using(alias).get(transfer_id=transfer.id)
 
 
+@timed_saga_step("finish")
 def finish_step(transfer_id: uuid.UUID, credit: PayeeCredit | None) -> Transfer:
     """Saga step 3 on the payer's shard: complete, or refund the payer and fail."""
     alias = alias_for_id(transfer_id)
@@ -401,7 +420,8 @@ def drain_debited(alias: str, *, limit: int = 500) -> DrainResult:
         credited: set[uuid.UUID] = set()
         for payee_alias, group in by_payee_shard.items():
             try:
-                credited |= _credit_group(payee_alias, group, now)
+                with time_saga_step("drain_credit"):
+                    credited |= _credit_group(payee_alias, group, now)
             except IntegrityError:
                 pass  # a concurrent step decided one of them: run this group one by one
             except DatabaseError:
@@ -411,5 +431,9 @@ def drain_debited(alias: str, *, limit: int = 500) -> DrainResult:
         if credited:
             with connections[alias].cursor() as cursor:
                 cursor.execute(_COMPLETE_SQL, {"ids": list(credited), "now": now})
+                completed = cursor.rowcount
+            transaction.on_commit(lambda: count_transition(TransferStatus.COMPLETED, None, completed), using=alias)
     left_over = [t.id for t in claimed if t.id not in credited]
+    DRAINED_TRANSFERS.labels(outcome="completed").inc(len(credited))
+    DRAINED_TRANSFERS.labels(outcome="left_over").inc(len(left_over))
     return DrainResult(len(claimed), len(credited), left_over, transient)

@@ -1,4 +1,4 @@
-"""Writes for transfers: creation with idempotency, parking, re-driving, purging."""
+"""Writes for transfers: creation with idempotency, parking, re-driving, operator compensation, purging."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, connections, transaction
+from django.db import IntegrityError, InterfaceError, OperationalError, connections, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -20,9 +20,17 @@ from apps.ledger.errors import CurrencyMismatch
 from apps.ledger.selectors import wallet_currency
 from apps.sharding.ids import bucket_of, new_id
 from apps.sharding.routing import alias_for_id, shard_aliases
-from apps.transfers.errors import IdempotencyRequestInProgress
-from apps.transfers.models import IN_FLIGHT_STATUSES, IdempotencyRecord, Transfer, TransferStatus
-from apps.transfers.saga import Event, insert_transfer, run_payer_step
+from apps.transfers.errors import IdempotencyRequestInProgress, ShardUnavailable, TransferNotFound, TransferNotInFlight
+from apps.transfers.models import (
+    IN_FLIGHT_STATUSES,
+    CreditOutcome,
+    FailureReason,
+    IdempotencyRecord,
+    PayeeCredit,
+    Transfer,
+    TransferStatus,
+)
+from apps.transfers.saga import Event, finish_step, insert_transfer, run_payer_step, transition
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +221,98 @@ def transfer_redrive(transfer_id: uuid.UUID) -> bool:
         if updated:
             transaction.on_commit(lambda: enqueue_advance(transfer_id), using=alias)
     return updated == 1
+
+
+@dataclass(frozen=True)
+class Compensation:
+    """What an operator's force-compensation did. `outcome` is one of:
+    `failed` (still pending: nothing had been debited), `refunded` (the payer got the debit
+    back; the transfer failed) or `completed` (the payee had in fact been credited)."""
+
+    transfer: Transfer
+    outcome: str
+
+
+def _fail_if_pending(transfer_id: uuid.UUID) -> tuple[Transfer, bool]:
+    """pending -> failed under the row lock. Returns the transfer as it now stands and whether it was failed here."""
+    alias = alias_for_id(transfer_id)
+    with transaction.atomic(using=alias):
+        transfer = Transfer.objects.using(alias).select_for_update().filter(id=transfer_id).first()
+        if transfer is None:
+            raise TransferNotFound(param="transfer_id")
+        if transfer.status != TransferStatus.PENDING:
+            return transfer, False
+        # Nothing was debited yet, and the payer step cannot start while we hold the lock.
+        transition(transfer, TransferStatus.FAILED, reason=FailureReason.OPERATOR_COMPENSATED)
+    return transfer, True
+
+
+def _payee_outcome_or_reject(transfer: Transfer) -> PayeeCredit:
+    """On the payee's shard: the recorded outcome, or a committed rejection if there was none.
+
+    The PayeeCredit primary key (the transfer id) admits one outcome: if the saga's credit
+    step commits "credited" first, our insert fails and its outcome stands.
+    """
+    alias = alias_for_id(transfer.payee_id)
+    existing = PayeeCredit.objects.using(alias).filter(transfer_id=transfer.id).first()
+    if existing is not None:
+        return existing
+    try:
+        with transaction.atomic(using=alias):
+            PayeeCredit(
+                transfer_id=transfer.id,
+                payee_id=transfer.payee_id,
+                amount_minor=transfer.amount_minor,
+                outcome=CreditOutcome.REJECTED,
+                reason=FailureReason.OPERATOR_COMPENSATED,
+                created_at=timezone.now(),
+            ).save(using=alias, force_insert=True)
+    except IntegrityError:
+        pass  # another writer won: re-read its outcome
+    return PayeeCredit.objects.using(alias).get(transfer_id=transfer.id)
+
+
+def transfer_force_compensate(transfer_id: uuid.UUID) -> Compensation:
+    """End an in-flight transfer that cannot complete, following the saga's protocol (an operator action).
+
+    - pending: nothing was debited; fail it (`operator_compensated`), no refund.
+    - debited: on the payee's shard, commit a `rejected` PayeeCredit unless an outcome exists.
+      If the payee was in fact `credited`, the transfer is completed instead, never refunded;
+      if `rejected`, `finish_step` refunds the payer and fails it with the rejection's reason.
+    - refunding: the rejection is already committed; finish the refund.
+    Safe to run twice and concurrently with the saga. Raises TransferNotInFlight when it is
+    already terminal, ShardUnavailable (nothing changed) when a shard it needs is down.
+    """
+    try:
+        transfer, failed_here = _fail_if_pending(transfer_id)
+    except (OperationalError, InterfaceError) as exc:
+        raise ShardUnavailable(
+            f"The transfer's shard {alias_for_id(transfer_id)} is unreachable; nothing was changed."
+        ) from exc
+    if failed_here:
+        log.info("pending transfer failed by an operator", extra={"transfer_id": str(transfer_id)})
+        return Compensation(transfer=transfer, outcome="failed")
+    if transfer.is_terminal:
+        raise TransferNotInFlight(f"The transfer is already {transfer.status}; nothing to compensate.")
+    credit = None
+    if transfer.status == TransferStatus.DEBITED:
+        try:
+            credit = _payee_outcome_or_reject(transfer)
+        except (OperationalError, InterfaceError) as exc:
+            raise ShardUnavailable(
+                f"The payee's shard {alias_for_id(transfer.payee_id)} is unreachable; nothing was changed."
+                " Retry when it is back."
+            ) from exc
+    try:
+        transfer = finish_step(transfer_id, credit)
+    except (OperationalError, InterfaceError) as exc:
+        raise ShardUnavailable(
+            f"The transfer's shard {alias_for_id(transfer_id)} is unreachable. The payee's outcome is recorded"
+            f" ({credit.outcome if credit else 'rejected'}), so re-running this action, or the saga, finishes it."
+        ) from exc
+    outcome = "completed" if transfer.status == TransferStatus.COMPLETED else "refunded"
+    log.info("transfer force-compensated", extra={"transfer_id": str(transfer_id), "outcome": outcome})
+    return Compensation(transfer=transfer, outcome=outcome)
 
 
 def idempotency_records_purge(*, older_than: timedelta) -> int:

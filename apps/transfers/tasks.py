@@ -14,6 +14,7 @@ from celery.app.task import Task
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError
 
+from apps.observability.metrics import SAGA_PARKED, SAGA_RETRIES, SWEEPER_REDRIVEN
 from apps.sharding.routing import shard_aliases
 from apps.transfers import saga, selectors, services
 from apps.transfers.models import Transfer
@@ -44,13 +45,15 @@ def advance_transfer(self: Task, transfer_id: str) -> str | None:
         attempt = self.request.retries
         try:
             if attempt >= settings.SAGA_MAX_RETRIES:
-                services.transfer_park(tid, error)
+                if services.transfer_park(tid, error):
+                    SAGA_PARKED.inc()
                 log.error("transfer parked", extra={"transfer_id": transfer_id, "error": error})
                 return None
             services.transfer_record_attempt(tid, error)
         except DatabaseError:
             pass  # the payer's shard is down too: the sweeper will find the transfer later
         log.warning("transfer step failed, retrying", extra={"transfer_id": transfer_id, "attempt": attempt})
+        SAGA_RETRIES.labels(error=type(exc).__name__).inc()
         raise self.retry(exc=exc, countdown=retry_delay(attempt)) from exc
 
 
@@ -133,6 +136,7 @@ def sweep_stalled_transfers(limit_per_shard: int = 1000) -> int:
         for transfer_id in ids:
             advance_transfer.apply_async(args=[str(transfer_id)])
         count += len(ids)
+    SWEEPER_REDRIVEN.inc(count)
     if count:
         log.info("sweeper re-drove transfers", extra={"count": count})
     return count

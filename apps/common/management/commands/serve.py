@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -42,11 +43,21 @@ class Command(BaseCommand):
 
     def _serve(self, port: int, workers: int) -> None:
         call_command("migrate_shards", verbosity=0)
+        call_command("ensure_roles", verbosity=0)
         if settings.STATIC_ROOT:
             call_command("collectstatic", interactive=False, verbosity=0)
         key = demo_api_key()
         username, password = admin_credentials()
-        env = {**os.environ, "DJANGO_SETTINGS_MODULE": os.environ["DJANGO_SETTINGS_MODULE"]}
+        # gunicorn and Celery run several processes: each writes its metrics here and /metrics sums them.
+        # Emptied at each start, so counters describe this run only.
+        metrics_dir = settings.METRICS_DIR
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": os.environ["DJANGO_SETTINGS_MODULE"],
+            "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        }
         beat_schedule = str(settings.DEVSTACK_DIR / "celerybeat-schedule")
         celery = [sys.executable, "-m", "celery", "-A", "wallet_project"]
         processes = {
@@ -66,10 +77,11 @@ class Command(BaseCommand):
         base = f"http://127.0.0.1:{port}"
         self.stdout.write(
             f"\nshardwallet is running\n"
-            f"  API:        {base}/v1/   (docs {base}/v1/docs/, health {base}/health)\n"
+            f"  API:        {base}/v1/   (docs {base}/v1/docs/, health {base}/health, metrics {base}/metrics)\n"
             f"  saga:       {workers} Celery worker process(es) and beat (sweeper) over {settings.REDIS_URL}\n"
             f"  demo key:   {key}\n"
             f"  admin:      {base}/admin/   user {username}  password {password}\n"
+            f"  operations: {base}/admin/operations/   (stalled & parked transfers, shard map)\n"
             f"  try:        curl -H 'Authorization: Bearer {key}' {base}/v1/wallets\n"
             f"Ctrl-C stops everything.\n"
         )
@@ -96,3 +108,4 @@ class Command(BaseCommand):
                     proc.wait(timeout=15)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+            shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -1,0 +1,155 @@
+"""Operator actions. Each one writes its audit record on `default`, then runs one service
+that changes one shard in its own transaction, then completes the record with the outcome.
+
+The record and the shard write cannot share a transaction (two databases), so the record
+comes first: an action is never done without a trace, and one whose process died half-way
+shows as `pending`.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import DatabaseError, transaction
+from django.utils import timezone
+
+from apps.common.errors import DomainError
+from apps.ledger.errors import WalletNotFound
+from apps.ledger.models import Wallet, WalletStatus
+from apps.ledger.services import wallet_set_status
+from apps.operators.errors import ReasonRequired
+from apps.operators.models import ActionKind, ActionOutcome, OperatorAction
+from apps.sharding.routing import alias_for_id
+from apps.transfers.errors import ShardUnavailable, TransferNotInFlight
+from apps.transfers.services import transfer_force_compensate, transfer_redrive
+
+log = logging.getLogger(__name__)
+
+
+def _run(
+    *, actor: AbstractBaseUser, action: ActionKind, target_id: uuid.UUID, reason: str, perform: Callable[[], str]
+) -> OperatorAction:
+    """Record the action, run `perform` (which returns what it did, in words), record the outcome."""
+    reason = reason.strip()
+    if not reason:
+        raise ReasonRequired(param="reason")
+    with transaction.atomic(using="default"):
+        record = OperatorAction.objects.using("default").create(
+            actor=actor,
+            actor_username=actor.get_username(),
+            action=action,
+            target_id=target_id,
+            shard=alias_for_id(target_id),
+            reason=reason,
+            created_at=timezone.now(),
+        )
+    try:
+        record.detail = perform()
+        record.outcome = ActionOutcome.SUCCEEDED
+    except DomainError as exc:
+        unreachable = isinstance(exc, ShardUnavailable)
+        record.outcome = ActionOutcome.FAILED if unreachable else ActionOutcome.REFUSED
+        record.detail = exc.message
+    except DatabaseError as exc:
+        record.outcome = ActionOutcome.FAILED
+        record.detail = f"{record.shard} could not be changed ({type(exc).__name__}: {exc})".strip()[:2000]
+    except Exception as exc:
+        _finish(record, ActionOutcome.FAILED, f"Unexpected error: {type(exc).__name__}: {exc}"[:2000])
+        raise
+    _finish(record, record.outcome, record.detail)
+    log.info(
+        "operator action",
+        extra={
+            "action": str(action),
+            "target_id": str(target_id),
+            "shard": record.shard,
+            "actor": record.actor_username,
+            "outcome": str(record.outcome),
+            **({"wallet_id": str(target_id)} if action.endswith("wallet") else {"transfer_id": str(target_id)}),
+        },
+    )
+    return record
+
+
+def _finish(record: OperatorAction, outcome: ActionOutcome, detail: str) -> None:
+    record.outcome, record.detail, record.finished_at = outcome, detail, timezone.now()
+    with transaction.atomic(using="default"):
+        record.save(using="default", update_fields=["outcome", "detail", "finished_at"])
+
+
+def _set_wallet_status(wallet_id: uuid.UUID, status: WalletStatus) -> str:
+    alias = alias_for_id(wallet_id)
+    with transaction.atomic(using=alias):
+        # Locked, so the status we report as the previous one is the one we changed.
+        wallet = Wallet.objects.using(alias).select_for_update().filter(id=wallet_id).first()
+        if wallet is None:
+            raise WalletNotFound()
+        if wallet.status == status:
+            return f"The wallet was already {status}; nothing changed."
+        wallet_set_status(wallet_id=wallet_id, status=status)
+    return f"The wallet is now {status} (was {wallet.status})."
+
+
+def operator_freeze_wallet(*, actor: AbstractBaseUser, wallet_id: uuid.UUID, reason: str) -> OperatorAction:
+    """Freeze a wallet: it can neither pay nor receive (transfers to it fail `payee_frozen`, payer refunded)."""
+    return _run(
+        actor=actor,
+        action=ActionKind.FREEZE_WALLET,
+        target_id=wallet_id,
+        reason=reason,
+        perform=lambda: _set_wallet_status(wallet_id, WalletStatus.FROZEN),
+    )
+
+
+def operator_unfreeze_wallet(*, actor: AbstractBaseUser, wallet_id: uuid.UUID, reason: str) -> OperatorAction:
+    """Make a frozen wallet active again."""
+    return _run(
+        actor=actor,
+        action=ActionKind.UNFREEZE_WALLET,
+        target_id=wallet_id,
+        reason=reason,
+        perform=lambda: _set_wallet_status(wallet_id, WalletStatus.ACTIVE),
+    )
+
+
+def _redrive(transfer_id: uuid.UUID) -> str:
+    if not transfer_redrive(transfer_id):
+        raise TransferNotInFlight("The transfer is not in flight (or does not exist); nothing to re-drive.")
+    return "Un-parked, attempts reset, saga triggered."
+
+
+def operator_redrive_transfer(*, actor: AbstractBaseUser, transfer_id: uuid.UUID, reason: str) -> OperatorAction:
+    """Un-park a stalled or parked transfer and trigger its saga again."""
+    return _run(
+        actor=actor,
+        action=ActionKind.REDRIVE_TRANSFER,
+        target_id=transfer_id,
+        reason=reason,
+        perform=lambda: _redrive(transfer_id),
+    )
+
+
+_COMPENSATION_WORDS = {
+    "failed": "It was still pending, nothing had been debited: failed (operator_compensated), no refund needed.",
+    "refunded": "The payer was refunded; the transfer failed ({reason}).",
+    "completed": "The payee had in fact been credited: the transfer was completed, not refunded.",
+}
+
+
+def _compensate(transfer_id: uuid.UUID) -> str:
+    result = transfer_force_compensate(transfer_id)
+    return _COMPENSATION_WORDS[result.outcome].format(reason=result.transfer.failure_reason)
+
+
+def operator_compensate_transfer(*, actor: AbstractBaseUser, transfer_id: uuid.UUID, reason: str) -> OperatorAction:
+    """Force-compensate a transfer that cannot complete (see transfers.services.transfer_force_compensate)."""
+    return _run(
+        actor=actor,
+        action=ActionKind.COMPENSATE_TRANSFER,
+        target_id=transfer_id,
+        reason=reason,
+        perform=lambda: _compensate(transfer_id),
+    )

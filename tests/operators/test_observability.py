@@ -1,0 +1,174 @@
+"""/metrics (merged across processes, plus gauges read from the shards), JSON logs, /health."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from django.conf import settings
+from django.db import DatabaseError, connections
+from django.test import Client
+
+from apps.observability.jsonlog import JsonFormatter
+from apps.sharding.devstack import Devstack, PostgresCluster
+from apps.transfers.models import Transfer
+from tests.factories import ALL_DATABASES, api_for, free_port, make_client
+from tests.operators.helpers import cross_shard_pair, metric_samples, parked_transfer, total
+from tests.workers import Worker, flush_redis, wait_terminal
+
+pytestmark = pytest.mark.django_db(transaction=True, databases=ALL_DATABASES)
+
+
+def scrape() -> dict:
+    response = Client().get("/metrics")
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/plain")
+    return metric_samples(response.content.decode())
+
+
+@pytest.fixture
+def workers(devstack) -> Iterator[list[Worker]]:
+    flush_redis()
+    started: list[Worker] = []
+    yield started
+    for worker in started:
+        worker.stop()
+
+
+def test_metrics_move_when_transfers_run_in_worker_processes(workers) -> None:
+    workers.append(Worker())
+    owner, key = make_client()
+    payer, payee = cross_shard_pair(owner, funded=10_000)
+    before = scrape()
+    ids = []
+    for i in range(3):
+        body = {"from": str(payer.id), "to": str(payee.id), "amount_minor": 100, "currency": "USD"}
+        response = api_for(key).post("/v1/transfers", body, format="json", HTTP_IDEMPOTENCY_KEY=f"m-{i}")
+        ids.append(uuid.UUID(response.json()["id"]))
+    wait_terminal(ids, timeout=30)
+    time.sleep(0.3)  # the worker observes a step's histogram right after its commit
+    after = scrape()
+
+    def moved(name: str, **labels: str) -> float:
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    # Counted in the worker processes, summed through the multiprocess directory: the
+    # shard drain credited and completed them in one or more batches.
+    assert moved("shardwallet_drained_transfers_total", outcome="completed") == 3
+    assert moved("shardwallet_saga_step_seconds_count", step="drain_credit", outcome="ok") >= 1
+    assert moved("shardwallet_transfer_transitions_total", status="completed") == 3
+    # Counted in this process (the API ran in-process): debited at creation.
+    assert moved("shardwallet_transfer_transitions_total", status="debited") == 3
+    assert moved("shardwallet_http_request_seconds_count", route="v1/transfers", status="202") == 3
+    # Read from the shards at scrape time.
+    assert total(after, "shardwallet_transfers", shard="shard_00", status="completed") == 3
+    assert total(after, "shardwallet_shard_up", shard="shard_01") == 1
+    # The CDC placeholder until the audit app reports lag.
+    assert total(after, "shardwallet_cdc_configured") == 0
+    text = Client().get("/metrics").content.decode()
+    assert "# TYPE shardwallet_cdc_lag_seconds gauge" in text
+    assert "# TYPE shardwallet_saga_step_seconds histogram" in text
+
+
+def test_failed_transfers_are_counted_by_reason_and_parked_ones_gauged() -> None:
+    owner, key = make_client()
+    payer, payee = cross_shard_pair(owner, funded=100)
+    body = {"from": str(payer.id), "to": str(payee.id), "amount_minor": 500, "currency": "USD"}
+    before = scrape()
+    api_for(key).post("/v1/transfers", body, format="json", HTTP_IDEMPOTENCY_KEY="too-much")
+    parked_transfer(owner, payer, payee.id, 50)
+    after = scrape()
+    reason = {"status": "failed", "reason": "insufficient_funds"}
+    assert (
+        total(after, "shardwallet_transfer_transitions_total", **reason)
+        - total(before, "shardwallet_transfer_transitions_total", **reason)
+        == 1
+    )
+    assert total(after, "shardwallet_transfers", shard="shard_00", **reason) == 1
+    assert total(after, "shardwallet_transfers_parked", shard="shard_00") == 1
+    assert total(after, "shardwallet_transfers_parked", shard="shard_01") == 0
+
+
+def test_database_errors_are_counted_per_shard() -> None:
+    before = total(scrape(), "shardwallet_db_errors_total", database="shard_01")
+    with pytest.raises(DatabaseError), connections["shard_01"].cursor() as cursor:
+        cursor.execute("SELECT * FROM no_such_table")
+    after = scrape()
+    assert total(after, "shardwallet_db_errors_total", database="shard_01") - before == 1
+    assert total(after, "shardwallet_db_errors_total", database="shard_01", error="ProgrammingError") >= 1
+
+
+@pytest.fixture
+def payee_shard(devstack: Devstack) -> Iterator[PostgresCluster]:
+    cluster = next(c for c in devstack.clusters() if c.server.alias == "shard_01")
+    yield cluster
+    if not cluster.is_running():
+        cluster.start()
+    connections["shard_01"].close()
+
+
+@pytest.mark.slow
+def test_retries_parking_and_a_down_shard_show_in_metrics_and_health(workers, payee_shard) -> None:
+    owner, _ = make_client()
+    payer, payee = cross_shard_pair(owner, funded=1000)
+    before = scrape()
+    payee_shard.stop()
+    try:
+        from tests.factories import create_transfer
+
+        transfer = create_transfer(owner, payer, payee.id, 100)
+        workers.append(Worker(env={"SHARDWALLET_SAGA_MAX_RETRIES": "2"}))
+        deadline = time.monotonic() + 30
+        while Transfer.objects.using("shard_00").get(id=transfer.id).parked_at is None:
+            assert time.monotonic() < deadline, "the transfer was never parked"
+            time.sleep(0.2)
+        time.sleep(0.3)
+        during = scrape()
+        health = Client().get("/health")
+    finally:
+        payee_shard.start()
+        connections["shard_01"].close()
+    assert total(during, "shardwallet_saga_retries_total") - total(before, "shardwallet_saga_retries_total") == 2
+    assert total(during, "shardwallet_saga_parked_total") - total(before, "shardwallet_saga_parked_total") == 1
+    assert total(during, "shardwallet_db_errors_total", database="shard_01", error="OperationalError") >= 3
+    assert total(during, "shardwallet_shard_up", shard="shard_01") == 0
+    assert total(during, "shardwallet_transfers_parked", shard="shard_00") == 1
+    assert health.status_code == 503
+    assert health.json()["down"] == ["shard_01"]
+    assert health.json()["components"]["shard_00"]["ok"] is True
+    # The worker's log lines are JSON objects with the transfer's id as a field.
+    logged = [json.loads(line) for line in workers[0].log_text().splitlines() if line.startswith("{")]
+    retries = [line for line in logged if line["message"] == "transfer step failed, retrying"]
+    assert retries
+    assert {line["transfer_id"] for line in retries} == {str(transfer.id)}
+
+
+def test_health_names_the_component_that_is_down(settings) -> None:
+    assert Client().get("/health").json()["down"] == []
+    settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    response = Client().get("/health")
+    assert response.status_code == 503
+    assert response.json()["down"] == ["redis"]
+
+
+def test_logs_are_json_lines_carrying_transfer_and_wallet_ids() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("tests.jsonlog")
+    logger.addHandler(handler)
+    try:
+        logger.warning("transfer step failed", extra={"transfer_id": "t-1", "wallet_id": "w-1", "attempt": 2})
+    finally:
+        logger.removeHandler(handler)
+    line = json.loads(stream.getvalue())
+    assert line["message"] == "transfer step failed"
+    assert (line["level"], line["logger"]) == ("WARNING", "tests.jsonlog")
+    assert (line["transfer_id"], line["wallet_id"], line["attempt"]) == ("t-1", "w-1", 2)
+    assert line["time"]
+    assert settings.LOGGING["handlers"]["console"]["formatter"] == "json"
