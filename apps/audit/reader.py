@@ -221,7 +221,12 @@ class ShardReader(threading.Thread):
                     self._flush(cur, batch)
                     batch, batch_changes = [], 0
                 if now - last_status > 0.5:
-                    self.board.update(self.shard, server_wal_lsn=max(cur.wal_end, self._confirmed(cur)))
+                    wal_end = max(cur.wal_end, self._confirmed())
+                    if open_tx is None and not batch:
+                        # All received is written: psycopg2 confirms up to the server's WAL end itself.
+                        self.board.update(self.shard, server_wal_lsn=wal_end, confirmed_lsn=wal_end)
+                    else:
+                        self.board.update(self.shard, server_wal_lsn=wal_end)
                     last_status = now
                 timeout = self.batch_max_seconds if batch else 0.5
                 select.select([cur], [], [], timeout)
@@ -254,7 +259,7 @@ class ShardReader(threading.Thread):
         if batch:
             self._flush(cur, batch)  # a clean stop leaves nothing to re-send
 
-    def _confirmed(self, cur: Any) -> int:
+    def _confirmed(self) -> int:
         return self.board.shards[self.shard].confirmed_lsn
 
     def _flush(self, cur: Any, batch: list[Transaction]) -> None:

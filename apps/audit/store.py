@@ -50,3 +50,21 @@ def reader_client(port: int | None = None) -> Any:
             host="127.0.0.1", port=port or settings.AUDIT_HTTP_PORT, interface="http", connect_timeout=3
         )
     return clickhouse_connect.get_client(dsn=settings.CLICKHOUSE_URL)
+
+
+class AuditStoreUnavailable(RuntimeError):
+    """The audit store does not answer; the message says what to start."""
+
+
+def connect_reader(port: int | None = None) -> Any:
+    """`reader_client`, turning a refused connection into advice."""
+    try:
+        return reader_client(port)
+    except Exception as exc:
+        if embedded():
+            where = f"127.0.0.1:{port or settings.AUDIT_HTTP_PORT}"
+            raise AuditStoreUnavailable(
+                f"the embedded audit store is served by the CDC process at {where}, which does not answer "
+                f"({type(exc).__name__}); start it with `manage.py run_cdc` (`make run` does)"
+            ) from exc
+        raise AuditStoreUnavailable(f"ClickHouse at {server_address()} does not answer: {exc}") from exc

@@ -143,7 +143,9 @@ ENGINE = ReplacingMergeTree(completed_at)
 ORDER BY (shard, slot_name);
 
 -- Balance per wallet, beside the sum and count of its entries (they must agree).
--- Sums are Int128: a total of many Int64 balances must not wrap.
+-- Sums are Int128: a total of many Int64 balances must not wrap. No SETTINGS clauses:
+-- auditors query with readonly=1, which forbids changing any setting. A wallet without
+-- entries joins as zeros (join_use_nulls is off).
 CREATE VIEW IF NOT EXISTS audit.wallet_balances AS
 SELECT
     w.wallet_id AS wallet_id,
@@ -163,8 +165,7 @@ LEFT JOIN
     FROM audit.ledger_entries FINAL
     WHERE is_deleted = 0
     GROUP BY wallet_id
-) AS e ON e.wallet_id = w.wallet_id
-SETTINGS join_use_nulls = 1;
+) AS e ON e.wallet_id = w.wallet_id;
 
 -- Per currency: balances, the movements that explain them, and the money in flight
 -- (debited, neither credited nor refunded). Conservation:
@@ -196,5 +197,4 @@ LEFT JOIN
     WHERE is_deleted = 0
     GROUP BY wallet_id
 ) AS e ON e.wallet_id = w.wallet_id
-GROUP BY w.currency
-SETTINGS join_use_nulls = 1;
+GROUP BY w.currency;
