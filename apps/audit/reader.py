@@ -25,6 +25,7 @@ from apps.audit.pgoutput import Begin, Commit, Decoder, RowChange, Truncate, str
 from apps.audit.sink import AuditSink, Change, Transaction
 from apps.audit.status import StatusBoard
 from apps.sharding.shardmap import DatabaseServer
+from apps.transfers.faults import crash_point
 
 log = logging.getLogger(__name__)
 
@@ -264,6 +265,7 @@ class ShardReader(threading.Thread):
 
     def _flush(self, cur: Any, batch: list[Transaction]) -> None:
         written = self.sink.write(batch)  # raises on failure: nothing is confirmed, the slot re-sends
+        crash_point("cdc_after_sink_write")  # tests: written but never confirmed
         end = batch[-1].end_lsn
         cur.send_feedback(write_lsn=end, flush_lsn=end, force=True)
         self.board.update(

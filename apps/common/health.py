@@ -1,4 +1,10 @@
-"""GET /health: each shard, the control database and Redis, each with its latency."""
+"""GET /health: each shard, the control database and Redis, each with its latency.
+
+Where a CDC process is expected (`AUDIT_CDC_EXPECTED`, set by `serve`), an `audit_cdc`
+component shows it, with its lag per shard and its own `ok`. It does not count towards
+`status` nor the HTTP status: the API serves without it, and a load balancer must not
+take API servers out because the audit stream is behind.
+"""
 
 from __future__ import annotations
 
@@ -41,5 +47,9 @@ def health(request: HttpRequest) -> JsonResponse:
     components = {alias: _probe(_database_check(alias)) for alias in settings.DATABASES}
     components["redis"] = _probe(_redis_check)
     ok = all(c["ok"] for c in components.values())
+    if settings.AUDIT_CDC_EXPECTED:
+        from apps.audit.status import health_component
+
+        components["audit_cdc"] = health_component()
     body = {"status": "ok" if ok else "degraded", "components": components}
     return JsonResponse(body, status=200 if ok else 503)

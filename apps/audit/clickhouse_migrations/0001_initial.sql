@@ -1,7 +1,9 @@
 -- The audit store: a raw change log of every replicated row change, typed tables per
 -- kind of row, and views auditors query. Every table is a ReplacingMergeTree, so a
 -- transaction the CDC reader writes twice (a crash before its position was confirmed)
--- collapses: read with FINAL, or through the views, which do.
+-- collapses: read with FINAL, or through the views, which do. Inserts fsync their parts:
+-- the reader confirms a position to PostgreSQL once the insert returned, so the data
+-- must survive a machine crash, not only a process crash.
 CREATE DATABASE IF NOT EXISTS audit;
 
 -- Every row change, as streamed: keyed on (shard, commit_lsn, seq), the change's
@@ -20,7 +22,8 @@ CREATE TABLE IF NOT EXISTS audit.changes
     received_at DateTime64(6, 'UTC') DEFAULT now64(6)
 )
 ENGINE = ReplacingMergeTree
-ORDER BY (shard, commit_lsn, seq);
+ORDER BY (shard, commit_lsn, seq)
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
 
 -- ledger_entry: one row per entry (entries are never updated). version orders the
 -- changes of one row: (commit_lsn << 32) | seq.
@@ -42,7 +45,8 @@ CREATE TABLE IF NOT EXISTS audit.ledger_entries
     is_deleted UInt8
 )
 ENGINE = ReplacingMergeTree(version)
-ORDER BY (wallet_id, entry_seq, entry_id);
+ORDER BY (wallet_id, entry_seq, entry_id)
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
 
 -- ledger_wallet: the latest state of each wallet.
 CREATE TABLE IF NOT EXISTS audit.wallets
@@ -63,7 +67,8 @@ CREATE TABLE IF NOT EXISTS audit.wallets
     is_deleted UInt8
 )
 ENGINE = ReplacingMergeTree(version)
-ORDER BY wallet_id;
+ORDER BY wallet_id
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
 
 -- transfers_transfer: the latest state of each transfer.
 CREATE TABLE IF NOT EXISTS audit.transfers
@@ -88,7 +93,8 @@ CREATE TABLE IF NOT EXISTS audit.transfers
     is_deleted UInt8
 )
 ENGINE = ReplacingMergeTree(version)
-ORDER BY transfer_id;
+ORDER BY transfer_id
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
 
 -- transfers_event: one row per status transition.
 CREATE TABLE IF NOT EXISTS audit.transfer_transitions
@@ -107,7 +113,8 @@ CREATE TABLE IF NOT EXISTS audit.transfer_transitions
     is_deleted UInt8
 )
 ENGINE = ReplacingMergeTree(version)
-ORDER BY (transfer_id, event_id);
+ORDER BY (transfer_id, event_id)
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
 
 -- transfers_payee_credit: the payee shard's final outcome of each cross-shard credit.
 CREATE TABLE IF NOT EXISTS audit.payee_credits
@@ -126,7 +133,8 @@ CREATE TABLE IF NOT EXISTS audit.payee_credits
     is_deleted UInt8
 )
 ENGINE = ReplacingMergeTree(version)
-ORDER BY transfer_id;
+ORDER BY transfer_id
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
 
 -- The CDC reader's bookkeeping: whether this store holds a slot's complete initial
 -- snapshot (a row with completed = 0 is written before the copy starts).
@@ -140,7 +148,8 @@ CREATE TABLE IF NOT EXISTS audit.cdc_snapshots
     completed_at DateTime64(6, 'UTC')
 )
 ENGINE = ReplacingMergeTree(completed_at)
-ORDER BY (shard, slot_name);
+ORDER BY (shard, slot_name)
+SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
 
 -- Balance per wallet, beside the sum and count of its entries (they must agree).
 -- Sums are Int128: a total of many Int64 balances must not wrap. No SETTINGS clauses:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import os
 import signal
+import sys
 from typing import Any
 
 from django.conf import settings
@@ -35,3 +37,8 @@ class Command(BaseCommand):
         self.stdout.flush()
         process.run()
         self.stdout.write("cdc: stopped")
+        self.stdout.flush()
+        sys.stderr.flush()
+        # Everything is written (fsynced), confirmed and the status file final. Skip the
+        # interpreter's teardown: chDB's engine shutdown at exit can stall for long.
+        os._exit(0)
