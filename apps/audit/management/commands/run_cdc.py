@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import faulthandler
 import os
 import signal
 import sys
@@ -27,6 +28,8 @@ class Command(BaseCommand):
 
         def stop(signum: int, frame: Any) -> None:
             process.stop.set()
+            # A clean stop takes a second or two; should it hang, say where, and go.
+            faulthandler.dump_traceback_later(20, exit=True)
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
