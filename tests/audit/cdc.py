@@ -119,7 +119,6 @@ class CdcProcess:
             try:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                shutil.copy(self.log, f"/tmp/cdc-hang-{self.slot}.log")  # noqa: S108  TEMP diagnosis
                 self.kill()
 
     def log_text(self) -> str:
