@@ -9,14 +9,15 @@ and before confirming its position) leaves the deduplicated (FINAL) view unchang
 
 from __future__ import annotations
 
-import json
 import threading
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
+
+import orjson
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -45,19 +46,22 @@ class Transaction:
 
 
 def _json_default(value: Any) -> Any:
-    if isinstance(value, uuid.UUID | Decimal):
-        return str(value)  # a Decimal as a string: no reader can turn it into a float by accident
-    if isinstance(value, datetime | date):
-        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)  # a string: no reader can turn it into a float by accident
     if isinstance(value, bytes):
         return value.hex()
     raise TypeError(f"cannot put {type(value).__name__} in an audit row")
 
 
+# orjson writes UUIDs and datetimes itself (RFC 3339) and integers exactly; it is several
+# times faster than the standard library, which matters: this is the sink's hot path.
+_JSON_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
+
+
 def row_json(row: dict[str, Any] | None) -> str | None:
     if row is None:
         return None
-    return json.dumps(row, default=_json_default, separators=(",", ":"), sort_keys=True)
+    return orjson.dumps(row, default=_json_default, option=_JSON_OPTIONS).decode()
 
 
 def _ts(value: Any) -> datetime:
