@@ -8,7 +8,7 @@ export PORT
 
 .DEFAULT_GOAL := help
 
-.PHONY: help run test lint format stack-up stack-down stack-status clean bench venv
+.PHONY: help run test lint format stack-up stack-down stack-status clean bench venv audit-sql audit-query reconcile cdc-status bench-cdc
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -45,6 +45,21 @@ stack-down: $(VENV)/.installed ## stop the local stack of `make run`
 
 stack-status: $(VENV)/.installed ## show the local stack of `make run`
 	$(PY) manage.py devstack status
+
+audit-sql: $(VENV)/.installed ## run auditor SQL on the audit store: make audit-sql Q="SELECT * FROM audit.currency_totals"
+	@$(PY) manage.py audit_sql "$(Q)"
+
+audit-query: $(VENV)/.installed ## a named audit query: make audit-query N=wallet_history P="wallet=<id>" (no N: list them)
+	@$(PY) manage.py audit_query $(N) $(foreach p,$(P),--param $(p)) $(if $(N),,--list)
+
+reconcile: $(VENV)/.installed ## compare the audit store with the shards (exit 1 on any difference)
+	$(PY) manage.py reconcile
+
+cdc-status: $(VENV)/.installed ## the CDC process's lag per shard
+	$(PY) manage.py cdc_status
+
+bench-cdc: $(VENV)/.installed ## CDC reader throughput (changes/s) on a scratch database of the test stack
+	DJANGO_SETTINGS_MODULE=wallet_project.settings_test $(PY) manage.py bench_cdc $(BENCH_ARGS)
 
 clean: ## stop both stacks and delete var/ (all local data)
 	-$(PY) manage.py devstack down --purge

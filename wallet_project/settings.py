@@ -47,6 +47,7 @@ INSTALLED_APPS = [
     "apps.accounts",
     "apps.ledger",
     "apps.transfers",
+    "apps.audit",
     "apps.observability",
     "apps.operators",  # last: its post_migrate hook sets up the staff groups once every app's permissions exist
 ]
@@ -138,6 +139,23 @@ SAGA_RETRY_MAX_SECONDS = float(os.environ.get("SHARDWALLET_SAGA_RETRY_MAX_SECOND
 SAGA_STALLED_AFTER_SECONDS = float(os.environ.get("SHARDWALLET_SAGA_STALLED_AFTER_SECONDS", "60"))
 SAGA_SWEEP_INTERVAL_SECONDS = float(os.environ.get("SHARDWALLET_SAGA_SWEEP_INTERVAL_SECONDS", "15"))
 IDEMPOTENCY_KEY_TTL_HOURS = 24
+
+# Audit: change data capture from every shard into ClickHouse (apps/audit).
+# Embedded chDB under AUDIT_DIR, owned by `manage.py run_cdc`, which also serves auditors'
+# read-only SQL on 127.0.0.1:AUDIT_HTTP_PORT; or a ClickHouse server when CLICKHOUSE_URL is
+# set (e.g. http://user:password@host:8123).
+AUDIT_DIR = _env_path("SHARDWALLET_AUDIT_DIR", str(DEVSTACK_DIR / "audit"))
+CLICKHOUSE_URL = os.environ.get("CLICKHOUSE_URL", "")
+AUDIT_HTTP_PORT = int(os.environ.get("SHARDWALLET_AUDIT_HTTP_PORT", "25123"))
+AUDIT_SLOT_NAME = os.environ.get("SHARDWALLET_AUDIT_SLOT", "shardwallet_audit")
+AUDIT_PUBLICATION = os.environ.get("SHARDWALLET_AUDIT_PUBLICATION", "shardwallet_audit")
+# The shard tables captured (transfers_idempotency is left out: replayable responses, not money).
+AUDIT_TABLES = ["ledger_wallet", "ledger_entry", "transfers_transfer", "transfers_event", "transfers_payee_credit"]
+AUDIT_BATCH_MAX_CHANGES = int(os.environ.get("SHARDWALLET_AUDIT_BATCH_MAX_CHANGES", "20000"))
+AUDIT_BATCH_MAX_SECONDS = float(os.environ.get("SHARDWALLET_AUDIT_BATCH_MAX_SECONDS", "0.2"))
+# /health shows the CDC process (and its lag) only where one is expected: `serve` sets this.
+AUDIT_CDC_EXPECTED = os.environ.get("SHARDWALLET_AUDIT_CDC_EXPECTED", "0") == "1"
+AUDIT_MAX_LAG_SECONDS = float(os.environ.get("SHARDWALLET_AUDIT_MAX_LAG_SECONDS", "30"))
 
 # Celery over Redis. Messages are triggers, never the truth: the database is.
 CELERY_BROKER_URL = REDIS_URL

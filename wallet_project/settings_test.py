@@ -5,6 +5,7 @@ import os
 os.environ.setdefault("SHARDWALLET_SHARDS_FILE", "tests/shards.test.yaml")
 os.environ.setdefault("SHARDWALLET_DEVSTACK_DIR", "var/test")
 os.environ.setdefault("SHARDWALLET_REDIS_URL", "redis://127.0.0.1:26379/0")
+os.environ.setdefault("SHARDWALLET_AUDIT_HTTP_PORT", "26123")
 # Fast retries and sweeps so fault tests finish in seconds (worker processes read these too).
 os.environ.setdefault("SHARDWALLET_SAGA_RETRY_BASE_SECONDS", "0.2")
 os.environ.setdefault("SHARDWALLET_SAGA_RETRY_MAX_SECONDS", "1")

@@ -12,6 +12,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from apps.audit import store as audit_store
 from apps.common.bootstrap import admin_credentials, demo_api_key
 from apps.sharding.devstack import Devstack, DevstackError
 
@@ -24,8 +25,9 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
         parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
         parser.add_argument("--keep-stack", action="store_true", help="leave PostgreSQL and Redis running on exit")
+        parser.add_argument("--no-cdc", action="store_true", help="do not start the audit CDC process (run_cdc)")
 
-    def handle(self, *args: Any, port: int, workers: int, keep_stack: bool, **options: Any) -> None:
+    def handle(self, *args: Any, port: int, workers: int, keep_stack: bool, no_cdc: bool, **options: Any) -> None:
         stack = Devstack(settings.SHARD_MAP, settings.DEVSTACK_DIR, settings.REDIS_URL)
         try:
             for line in stack.up():
@@ -35,13 +37,13 @@ class Command(BaseCommand):
                 stack.down()  # do not leave half a stack running
             raise CommandError(str(exc)) from exc
         try:
-            self._serve(port, workers)
+            self._serve(port, workers, cdc=not no_cdc)
         finally:
             if not keep_stack:
                 for line in stack.down():
                     self.stdout.write(line)
 
-    def _serve(self, port: int, workers: int) -> None:
+    def _serve(self, port: int, workers: int, *, cdc: bool) -> None:
         call_command("migrate_shards", verbosity=0)
         call_command("ensure_roles", verbosity=0)
         if settings.STATIC_ROOT:
@@ -58,6 +60,8 @@ class Command(BaseCommand):
             "DJANGO_SETTINGS_MODULE": os.environ["DJANGO_SETTINGS_MODULE"],
             "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
         }
+        if cdc:
+            env["SHARDWALLET_AUDIT_CDC_EXPECTED"] = "1"  # /health then reports the CDC's lag
         beat_schedule = str(settings.DEVSTACK_DIR / "celerybeat-schedule")
         celery = [sys.executable, "-m", "celery", "-A", "wallet_project"]
         processes = {
@@ -74,11 +78,21 @@ class Command(BaseCommand):
             ),
             "beat": subprocess.Popen([*celery, "beat", "-l", "info", "-s", beat_schedule], env=env),
         }  # fmt: skip
+        if cdc:
+            # Change data capture into the audit store; it also serves auditors' SQL.
+            processes["cdc"] = subprocess.Popen(
+                [sys.executable, str(settings.BASE_DIR / "manage.py"), "run_cdc"], env=env
+            )
         base = f"http://127.0.0.1:{port}"
+        audit = ""
+        if cdc:
+            sql_url = f"http://127.0.0.1:{settings.AUDIT_HTTP_PORT}" if audit_store.embedded() else "CLICKHOUSE_URL"
+            audit = f"  audit:      CDC into ClickHouse; auditors' SQL at {sql_url} (make audit-sql Q=...)\n"
         self.stdout.write(
             f"\nshardwallet is running\n"
             f"  API:        {base}/v1/   (docs {base}/v1/docs/, health {base}/health, metrics {base}/metrics)\n"
             f"  saga:       {workers} Celery worker process(es) and beat (sweeper) over {settings.REDIS_URL}\n"
+            f"{audit}"
             f"  demo key:   {key}\n"
             f"  admin:      {base}/admin/   user {username}  password {password}\n"
             f"  operations: {base}/admin/operations/   (stalled & parked transfers, shard map)\n"

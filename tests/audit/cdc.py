@@ -1,0 +1,141 @@
+"""The CDC process (`manage.py run_cdc`) as a real subprocess, with its own store, slot and port."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import clickhouse_connect
+import psycopg
+from django.conf import settings
+
+from apps.audit.reader import conninfo, drop_slot
+
+
+def free_audit_port() -> int:
+    """A free port just above the configured AUDIT_HTTP_PORT (env-chosen per developer)."""
+    for port in range(settings.AUDIT_HTTP_PORT + 1, settings.AUDIT_HTTP_PORT + 200):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port for the audit endpoint")
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)
+
+
+class CdcProcess:
+    """`run_cdc` in its own process group; `kill` is a SIGKILL, `restart` keeps store and slot."""
+
+    def __init__(self) -> None:
+        tag = uuid.uuid4().hex[:10]
+        self.dir = Path(settings.DEVSTACK_DIR) / "audit-tests" / tag
+        self.slot = f"audit_test_{tag}"
+        self.publication = f"audit_test_{tag}"
+        self.port = free_audit_port()
+        self.log = self.dir / "cdc.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.dir.mkdir(parents=True)
+
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        return {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "wallet_project.settings_test",
+            "SHARDWALLET_AUDIT_DIR": str(self.dir),
+            "SHARDWALLET_AUDIT_SLOT": self.slot,
+            "SHARDWALLET_AUDIT_PUBLICATION": self.publication,
+            "SHARDWALLET_AUDIT_HTTP_PORT": str(self.port),
+            "SHARDWALLET_AUDIT_BATCH_MAX_SECONDS": "0.05",
+            **(extra or {}),
+        }
+
+    def start(self, *args: str, env: dict[str, str] | None = None, wait: bool = True) -> CdcProcess:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, str(settings.BASE_DIR / "manage.py"), "run_cdc", *args],
+                env=self.env(env),
+                start_new_session=True,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        if wait:
+            self.wait_connected()
+        return self
+
+    def status(self) -> dict[str, Any] | None:
+        try:
+            status = json.loads((self.dir / "cdc_status.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        if self.process is None or status["pid"] != self.process.pid:
+            return None  # a previous process's file
+        return status
+
+    def wait_connected(self, shards: list[str] | None = None, timeout: float = 60) -> None:
+        shards = shards or settings.SHARD_MAP.aliases
+
+        def connected() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"run_cdc exited with {self.process.returncode}: {self.log_text()}")
+            status = self.status()
+            return bool(status) and all(status["shards"][a]["connected"] for a in shards)
+
+        wait_until(connected, timeout, "the CDC process to connect to every shard")
+
+    def wait_exit(self, timeout: float = 30) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log_text(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
+
+    def client(self) -> Any:
+        return clickhouse_connect.get_client(host="127.0.0.1", port=self.port, interface="http")
+
+    def cleanup(self) -> None:
+        """Stop the process; drop its slots and publications so no shard keeps WAL for them."""
+        self.stop()
+        for alias in settings.SHARD_MAP.aliases:
+            server = settings.SHARD_MAP.shards[alias]
+            try:
+                drop_slot(server, self.slot)
+                with psycopg.connect(conninfo(server), autocommit=True) as conn:
+                    conn.execute(f'DROP PUBLICATION IF EXISTS "{self.publication}"')
+            except psycopg.OperationalError:
+                pass  # a shard a test left stopped: the throw-away stack goes with it
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -1,0 +1,371 @@
+"""Change data capture end to end: real PostgreSQL shards, a real `run_cdc` process, real chDB."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from io import StringIO
+from typing import Any
+
+import pytest
+from clickhouse_connect.driver.exceptions import DatabaseError
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import connections
+
+from apps.audit.reconcile import reconcile
+from apps.ledger.models import WalletStatus
+from apps.ledger.services import wallet_fund, wallet_set_status, wallet_withdraw
+from apps.sharding.devstack import Devstack, PostgresCluster
+from apps.transfers.saga import transfer_advance
+from tests.audit.cdc import CdcProcess, wait_until
+from tests.audit.helpers import caught_up, count, shard_entries, store_entries, store_transitions
+from tests.factories import ALL_DATABASES, create_transfer, make_client, make_wallet, raw_query
+
+pytestmark = [pytest.mark.django_db(transaction=True, databases=ALL_DATABASES), pytest.mark.slow]
+
+
+def transfer(owner: Any, payer: Any, payee_id: uuid.UUID, amount: int) -> Any:
+    """Create a transfer and run its saga to the end in this process (no Celery needed)."""
+    return transfer_advance(create_transfer(owner, payer, payee_id, amount).id)
+
+
+def money_movements(owner: Any) -> dict[str, Any]:
+    """Deposits, a withdrawal and every kind of transfer outcome, over both shards."""
+    a = make_wallet(owner, funded=10_000, shard="shard_00")
+    b = make_wallet(owner, funded=300, shard="shard_01")
+    c = make_wallet(owner, shard="shard_00")
+    frozen = make_wallet(owner, shard="shard_01")
+    wallet_set_status(wallet_id=frozen.id, status=WalletStatus.FROZEN)
+    return {
+        "wallets": (a, b, c, frozen),
+        "cross_shard": transfer(owner, a, b.id, 1_000),
+        "same_shard": transfer(owner, a, c.id, 500),
+        "insufficient": transfer(owner, c, a.id, 1_000_000),
+        "refunded": transfer(owner, a, frozen.id, 700),
+        "withdrawal": wallet_withdraw(wallet_id=a.id, amount_minor=100, reference=f"w-{uuid.uuid4()}"),
+    }
+
+
+def run(command: str, *args: str) -> str:
+    out = StringIO()
+    call_command(command, *args, stdout=out)
+    return out.getvalue()
+
+
+def test_the_store_holds_exactly_the_shards_entries_and_every_transition(cdc: CdcProcess) -> None:
+    owner, _ = make_client()
+    earlier = make_wallet(owner, funded=5_000, shard="shard_01")  # before the CDC: the initial snapshot copies it
+    cdc.start()
+    client = cdc.client()
+    moves = money_movements(owner)
+    assert {moves[k].status for k in ("cross_shard", "same_shard")} == {"completed"}
+    assert (moves["insufficient"].status, moves["refunded"].status) == ("failed", "failed")
+
+    wait_until(lambda: caught_up(client), 20, "the audit store to hold every entry and transition")
+    ours = {str(w.id) for w in (earlier, *moves["wallets"])}
+    assert len([e for e in store_entries(client) if str(e[2]) in ours]) == 10
+
+    timeline = sorted(
+        (row[2], row[3], row[4], row[5]) for row in store_transitions(client) if row[1] == moves["refunded"].id
+    )
+    assert [t[1:] for t in timeline] == [
+        (None, "pending", None),
+        ("pending", "debited", None),
+        ("debited", "refunding", "payee_frozen"),
+        ("refunding", "failed", None),
+    ]
+    assert (
+        count(
+            client,
+            "SELECT count() FROM audit.changes FINAL WHERE op = 'snapshot' AND table_name = 'ledger_wallet'"
+            " AND JSONExtractString(new_row, 'id') = {id:String}",
+            {"id": str(earlier.id)},
+        )
+        == 1
+    )
+
+    report = reconcile(client, wait=5)
+    assert report.ok, report.differences
+    assert "reconcile: OK" in run("reconcile", "--port", str(cdc.port), "--wait", "0")
+
+    # The named queries answer as documented.
+    payer = moves["wallets"][0]
+    history = run("audit_query", "wallet_history", "--param", f"wallet={payer.id}", "--port", str(cdc.port))
+    assert history.strip().endswith("(6 rows)")
+    assert all(line.rstrip().endswith("| 1") for line in history.splitlines()[2:-1]), history
+    timeline_out = run("audit_query", "transfer_timeline", "--param", f"transfer={moves['refunded'].id}",
+                       "--port", str(cdc.port))  # fmt: skip
+    assert "payee_frozen" in timeline_out
+    assert timeline_out.strip().endswith("(4 rows)")
+    [(total,)] = client.query("SELECT sum(balance_minor) FROM audit.wallets FINAL WHERE is_deleted = 0").result_rows
+    assert total == sum(
+        r[0] for a in ("shard_00", "shard_01") for r in raw_query(a, "SELECT balance_minor FROM ledger_wallet")
+    )
+    conservation = run("audit_query", "conservation", "--port", str(cdc.port)).splitlines()
+    usd = [c.strip() for c in conservation[2].split("|")]
+    header = [c.strip() for c in conservation[0].split("|")]
+    row = dict(zip(header, usd, strict=True))
+    assert (row["currency"], row["balances_minor"], row["conserved"], row["agrees"]) == ("USD", str(total), "1", "1")
+    assert (
+        run("audit_query", "stuck_transfers", "--param", "older_than_seconds=0", "--port", str(cdc.port))
+        .strip()
+        .endswith("(0 rows)")
+    )
+    assert "USD" in run("audit_query", "daily_volume", "--port", str(cdc.port))
+    assert str(total) in run(
+        "audit_sql", "SELECT sum(balance_minor) FROM audit.wallet_balances", "--port", str(cdc.port)
+    )
+
+    status = cdc.status()
+    assert status is not None
+    assert {s["lag_seconds"] for s in status["shards"].values()} == {0.0}
+    assert all(s["changes_written"] > 0 for s in status["shards"].values())
+
+
+def test_a_sigkilled_reader_resumes_without_a_gap_or_a_duplicate(cdc: CdcProcess) -> None:
+    owner, _ = make_client()
+    payers = [make_wallet(owner, funded=1_000_000, shard=s) for s in ("shard_00", "shard_01")]
+    payees = [make_wallet(owner, shard=s) for s in ("shard_00", "shard_01")]
+    cdc.start()
+    first_pid = cdc.process.pid if cdc.process else None
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def stream() -> None:
+        try:
+            for i in range(60):
+                transfer(owner, payers[i % 2], payees[(i // 2) % 2].id, 100 + i)
+        except BaseException as exc:  # surfaced by the test below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+            done.set()
+
+    writer = threading.Thread(target=stream)
+    writer.start()
+    wait_until(lambda: (s := cdc.status()) and sum(x["changes_written"] for x in s["shards"].values()) > 20, 30,
+               "some changes written")  # fmt: skip
+    cdc.kill()  # SIGKILL, mid-stream
+    cdc.start()
+    writer.join(timeout=120)
+    assert done.is_set()
+    assert not errors, errors
+    client = cdc.client()
+    wait_until(lambda: caught_up(client), 30, "the restarted reader to catch up")
+    assert cdc.process is not None
+    assert cdc.process.pid != first_pid
+
+    entries = client.query(
+        "SELECT entry_id, wallet_id FROM audit.ledger_entries FINAL WHERE is_deleted = 0"
+    ).result_rows
+    assert len(entries) == len(set(entries)) == len(shard_entries())
+    ours = {w.id for w in (*payers, *payees)}
+    assert len([e for e in entries if e[1] in ours]) == 2 + 2 * 60  # two deposits, a debit and a credit per transfer
+    changes = client.query("SELECT shard, commit_lsn, seq FROM audit.changes FINAL").result_rows
+    assert len(changes) == len(set(changes))
+    report = reconcile(client, wait=5)
+    assert report.ok, report.differences
+
+
+def test_a_batch_written_but_not_confirmed_is_sent_again_and_collapses(cdc: CdcProcess) -> None:
+    owner, _ = make_client()
+    wallet = make_wallet(owner, shard="shard_00")
+    marker = cdc.dir / "crash-after-write"
+    marker.touch()
+    cdc.start(env={"SHARDWALLET_CRASH_AT": f"cdc_after_sink_write:{marker}"})
+    wallet_fund(wallet_id=wallet.id, amount_minor=4_200, reference="replayed")
+    assert cdc.wait_exit(timeout=30) != 0  # killed itself right after the insert, before confirming
+    assert not marker.exists()
+
+    cdc.start()
+    client = cdc.client()
+    wait_until(lambda: caught_up(client), 20, "the replayed transaction")
+    status = cdc.status()
+    assert status is not None
+    assert status["shards"]["shard_00"]["changes_written"] >= 2, "the unconfirmed transaction came again"
+    entry = {"id": str(wallet.id)}
+    assert count(client, "SELECT count() FROM audit.ledger_entries FINAL WHERE wallet_id = {id:UUID}", entry) == 1
+    written = count(
+        client,
+        "SELECT count() FROM audit.changes WHERE table_name = 'ledger_entry'"
+        " AND JSONExtractString(new_row, 'wallet_id') = {id:String}",
+        entry,
+    )
+    deduplicated = count(
+        client,
+        "SELECT count() FROM audit.changes FINAL WHERE table_name = 'ledger_entry'"
+        " AND JSONExtractString(new_row, 'wallet_id') = {id:String}",
+        entry,
+    )
+    assert deduplicated == 1
+    assert written >= 1  # 2 until ClickHouse merges the parts; FINAL never shows the copy
+    assert reconcile(client, wait=5).ok
+
+
+@pytest.fixture
+def shard_01(devstack: Devstack) -> Iterator[PostgresCluster]:
+    cluster = next(c for c in devstack.clusters() if c.server.alias == "shard_01")
+    yield cluster
+    if not cluster.is_running():
+        cluster.start()
+    connections["shard_01"].close()
+
+
+def test_the_reader_reconnects_after_a_shard_restart_and_catches_up(cdc: CdcProcess, shard_01: PostgresCluster) -> None:
+    owner, _ = make_client()
+    w0 = make_wallet(owner, funded=100, shard="shard_00")
+    w1 = make_wallet(owner, funded=100, shard="shard_01")
+    cdc.start()
+    client = cdc.client()
+    wait_until(lambda: caught_up(client), 20, "the first catch-up")
+
+    shard_01.stop()
+    wait_until(lambda: (s := cdc.status()) and not s["shards"]["shard_01"]["connected"], 20, "shard_01 disconnected")
+    wallet_fund(wallet_id=w0.id, amount_minor=11, reference="while-shard-01-is-down")  # shard_00 keeps streaming
+    wait_until(lambda: count(client, "SELECT count() FROM audit.ledger_entries FINAL WHERE wallet_id = {id:UUID}",
+                             {"id": str(w0.id)}) == 2, 20, "shard_00's entry")  # fmt: skip
+
+    shard_01.start()
+    connections["shard_01"].close()
+    wallet_fund(wallet_id=w1.id, amount_minor=22, reference="after-the-restart")
+    cdc.wait_connected(timeout=60)
+    wait_until(lambda: caught_up(client), 30, "shard_01 to catch up")
+    status = cdc.status()
+    assert status is not None
+    assert status["shards"]["shard_01"]["reconnects"] >= 1
+    assert reconcile(client, wait=5).ok
+
+
+def test_updates_and_deletes_carry_the_old_row_and_money_stays_exact(cdc: CdcProcess) -> None:
+    owner, _ = make_client()
+    big = 2**62 + 12_345
+    wallet = make_wallet(owner, shard="shard_00")
+    doomed = make_wallet(owner, shard="shard_01")
+    cdc.start()
+    client = cdc.client()
+    wallet_fund(wallet_id=wallet.id, amount_minor=big, reference="big")
+    wallet_withdraw(wallet_id=wallet.id, amount_minor=1, reference="one")
+    raw_query("shard_01", "DELETE FROM ledger_wallet WHERE id = %s", [doomed.id])  # no entries: deletable
+
+    def wallet_changes(wallet_id: uuid.UUID) -> list[tuple[Any, ...]]:
+        return client.query(
+            "SELECT op, old_row, new_row FROM audit.changes FINAL WHERE table_name = 'ledger_wallet'"
+            " AND op != 'snapshot' AND JSONExtractString(coalesce(new_row, old_row), 'id') = {id:String}"
+            " ORDER BY commit_lsn, seq",
+            parameters={"id": str(wallet_id)},
+        ).result_rows
+
+    wait_until(lambda: len(wallet_changes(wallet.id)) == 2 and len(wallet_changes(doomed.id)) == 1, 20, "changes")
+    (op1, old1, new1), (op2, old2, new2) = wallet_changes(wallet.id)
+    assert (op1, op2) == ("update", "update")
+    assert json.loads(old1)["balance_minor"] == 0
+    assert json.loads(new1)["balance_minor"] == big
+    assert json.loads(old2)["balance_minor"] == big
+    assert json.loads(new2)["balance_minor"] == big - 1
+    assert json.loads(old2)["currency"] == "USD"  # the whole old row, not just the key
+    [(op, old, new)] = wallet_changes(doomed.id)
+    assert (op, new) == ("delete", None)
+    assert json.loads(old)["id"] == str(doomed.id)
+    assert json.loads(old)["status"] == "active"
+
+    [(balance, entries_sum, from_json)] = client.query(
+        "SELECT b.balance_minor, b.entries_sum_minor, JSONExtractInt(c.old_row, 'balance_minor')"
+        " FROM audit.wallet_balances AS b, (SELECT old_row FROM audit.changes FINAL WHERE table_name = 'ledger_wallet'"
+        " AND JSONExtractString(old_row, 'id') = {id:String} ORDER BY commit_lsn DESC LIMIT 1) AS c"
+        " WHERE b.wallet_id = {id:UUID}",
+        parameters={"id": str(wallet.id)},
+    ).result_rows
+    assert (balance, entries_sum, from_json) == (big - 1, big - 1, big)
+    assert type(balance) is int
+    assert count(client, "SELECT count() FROM audit.wallet_balances WHERE wallet_id = {id:UUID}",
+                 {"id": str(doomed.id)}) == 0  # fmt: skip
+    assert count(client, "SELECT is_deleted FROM audit.wallets FINAL WHERE wallet_id = {id:UUID}",
+                 {"id": str(doomed.id)}) == 1  # fmt: skip
+    assert reconcile(client, wait=5).ok
+
+
+def _http(port: int, method: str, query: str = "", body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
+    url = f"http://127.0.0.1:{port}/" + (f"?{urllib.parse.urlencode({'query': query})}" if query else "")
+    request = urllib.request.Request(url, data=body, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def test_the_auditor_endpoint_answers_clickhouse_connect_and_refuses_writes(cdc: CdcProcess) -> None:
+    owner, _ = make_client()
+    make_wallet(owner, funded=250, shard="shard_00")
+    cdc.start()
+    client = cdc.client()
+    wait_until(lambda: caught_up(client), 20, "catch-up")
+    assert client.query("SELECT sum(balance_minor) AS total FROM audit.wallet_balances").result_rows == [(250,)]
+    changes_before = count(client, "SELECT count() FROM audit.changes")
+
+    row = ["x", 1, 1, 1, datetime.now(tz=UTC), "ledger_entry", "insert", None, "{}"]
+    columns = ["shard", "commit_lsn", "seq", "xid", "commit_time", "table_name", "op", "old_row", "new_row"]
+    with pytest.raises(DatabaseError, match="164"):
+        client.insert("audit.changes", [row], column_names=columns)
+    for statement in (
+        "INSERT INTO audit.changes (shard, commit_lsn, seq) VALUES ('x', 1, 1)",
+        "DROP TABLE audit.ledger_entries",
+        "ALTER TABLE audit.wallets DELETE WHERE 1",
+        "SELECT * FROM file('/etc/passwd', 'LineAsString')",
+        "SET readonly = 0",
+    ):
+        with pytest.raises(DatabaseError, match="READONLY"):
+            client.command(statement)
+    assert count(client, "SELECT count() FROM audit.changes") == changes_before
+    assert count(client, "SELECT count() FROM audit.changes WHERE shard = 'x'") == 0
+    assert count(client, "SELECT count() FROM audit.ledger_entries") >= 1
+
+    # What curl sends: a GET with ?query=, a POST body, in any FORMAT ClickHouse knows.
+    assert _http(cdc.port, "GET", "SELECT 1 + 1")[::2] == (200, b"2\n")
+    status, _, body = _http(
+        cdc.port, "POST", body=b"SELECT sum(balance_minor) AS t FROM audit.wallets FINAL FORMAT JSONEachRow"
+    )
+    assert (status, json.loads(body)) == (200, {"t": 250})
+    status, headers, body = _http(cdc.port, "POST", body=b"DROP TABLE audit.changes")
+    assert (status, headers["X-ClickHouse-Exception-Code"]) == (403, "164")
+    assert _http(cdc.port, "GET", "SELEKT 1")[0] == 400
+    assert _http(cdc.port, "GET")[::2] == (200, b"Ok.\n")
+
+
+def test_reconcile_reports_a_real_difference(cdc: CdcProcess) -> None:
+    owner, _ = make_client()
+    w0 = make_wallet(owner, funded=1_000, shard="shard_00")
+    w1 = make_wallet(owner, funded=1_000, shard="shard_01")
+    cdc.start()
+    client = cdc.client()
+    wait_until(lambda: caught_up(client), 20, "catch-up")
+    assert reconcile(client, wait=0).ok
+
+    # Follow shard_00 only: a deposit on shard_01 never reaches the store.
+    cdc.stop()
+    cdc.start("--shard", "shard_00", wait=False)
+    cdc.wait_connected(["shard_00"])
+    client = cdc.client()
+    store_before = store_entries(client)
+    wallet_fund(wallet_id=w1.id, amount_minor=250, reference="unseen")
+
+    report = reconcile(client, wait=0.5)
+    assert not report.ok
+    assert f"wallet {w1.id}: balance_minor is 1250 on the shard, 1000 in the audit store" in report.differences
+    assert f"wallet {w1.id}: entry count is 2 on the shard, 1 in the audit store" in report.differences
+    assert "shard_01: 2 entries on the shard, 1 in the audit store" in report.differences
+    assert "USD balances: 2250 on the shards, 2000 in the audit store" in report.differences
+    assert not any(str(w0.id) in line for line in report.differences)
+    out = StringIO()
+    with pytest.raises(CommandError, match="difference"):
+        call_command("reconcile", "--port", str(cdc.port), "--wait", "0", stdout=out)
+    assert f"wallet {w1.id}: balance_minor is 1250" in out.getvalue()
+    # Reconciling changed nothing on either side.
+    assert store_entries(client) == store_before
+    assert raw_query("shard_01", "SELECT balance_minor FROM ledger_wallet WHERE id = %s", [w1.id]) == [(1250,)]

@@ -1,0 +1,114 @@
+"""The pgoutput decoder on hand-built protocol messages: exact values, old rows, TOAST."""
+
+import struct
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+
+from apps.audit.pgoutput import (
+    UNCHANGED_TOAST,
+    Begin,
+    Commit,
+    Decoder,
+    PgOutputError,
+    RowChange,
+    Truncate,
+    lsn_to_str,
+    str_to_lsn,
+)
+
+COLUMNS = [("id", 2950, 1), ("balance_minor", 20, 0), ("rate", 1700, 0), ("at", 1184, 0), ("note", 25, 0)]
+
+
+def relation(relid: int = 16400) -> bytes:
+    body = b"R" + struct.pack("!I", relid) + b"public\0ledger_wallet\0" + b"f" + struct.pack("!h", len(COLUMNS))
+    for name, oid, flags in COLUMNS:
+        body += struct.pack("!b", flags) + name.encode() + b"\0" + struct.pack("!Ii", oid, -1)
+    return body
+
+
+def tuple_data(*values: str | bytes | None) -> bytes:
+    out = struct.pack("!h", len(values))
+    for value in values:
+        if value is None:
+            out += b"n"
+        elif value == b"u":
+            out += b"u"
+        else:
+            raw = value.encode() if isinstance(value, str) else value
+            out += b"t" + struct.pack("!i", len(raw)) + raw
+    return out
+
+
+WALLET = "01a20adf-dd1b-7000-b8e6-d166dff64b4c"
+BIG = str(2**62 + 12_345)
+
+
+def test_values_become_exact_python_values() -> None:
+    decoder = Decoder()
+    decoder.decode(relation())
+    row = tuple_data(WALLET, BIG, "12345678901234567890.000000001", "2026-11-24 01:02:03.123456+01", None)
+    change = decoder.decode(b"I" + struct.pack("!I", 16400) + b"N" + row)
+    assert isinstance(change, RowChange)
+    assert change.op == "insert"
+    assert change.old is None
+    assert change.new == {
+        "id": uuid.UUID(WALLET),
+        "balance_minor": 2**62 + 12_345,
+        "rate": Decimal("12345678901234567890.000000001"),
+        "at": datetime(2026, 11, 24, 0, 2, 3, 123456, tzinfo=UTC),
+        "note": None,
+    }
+    assert type(change.new["balance_minor"]) is int
+
+
+def test_an_update_carries_the_old_row_and_fills_unchanged_toast_from_it() -> None:
+    decoder = Decoder()
+    decoder.decode(relation())
+    old = tuple_data(WALLET, "100", "1.5", "2026-11-24 00:00:00+00", "a long note")
+    new = tuple_data(WALLET, "40", "1.5", "2026-11-24 00:00:01+00", b"u")
+    change = decoder.decode(b"U" + struct.pack("!I", 16400) + b"O" + old + b"N" + new)
+    assert isinstance(change, RowChange)
+    assert change.old is not None
+    assert change.new is not None
+    assert (change.old["balance_minor"], change.new["balance_minor"]) == (100, 40)
+    assert change.new["note"] == "a long note"
+    assert not change.old_is_key_only
+
+
+def test_a_delete_under_the_default_identity_carries_the_key_only() -> None:
+    decoder = Decoder()
+    decoder.decode(relation())
+    change = decoder.decode(b"D" + struct.pack("!I", 16400) + b"K" + tuple_data(WALLET, None, None, None, None))
+    assert isinstance(change, RowChange)
+    assert change.op == "delete"
+    assert change.new is None
+    assert change.old_is_key_only
+    assert change.old is not None
+    assert change.old["id"] == uuid.UUID(WALLET)
+
+
+def test_begin_commit_and_truncate() -> None:
+    decoder = Decoder()
+    decoder.decode(relation())
+    begin = decoder.decode(b"B" + struct.pack("!QqI", 0x16B374D848, 1_000_000, 777))
+    assert begin == Begin(0x16B374D848, datetime(2000, 1, 1, 0, 0, 1, tzinfo=UTC), 777)
+    commit = decoder.decode(b"C" + struct.pack("!bQQq", 0, 0x16B374D848, 0x16B374D878, 2_000_000))
+    assert commit == Commit(0x16B374D848, 0x16B374D878, datetime(2000, 1, 1, 0, 0, 2, tzinfo=UTC))
+    truncate = decoder.decode(b"T" + struct.pack("!ibI", 1, 2, 16400))
+    assert isinstance(truncate, Truncate)
+    assert [r.name for r in truncate.relations] == ["ledger_wallet"]
+    assert truncate.restart_identity
+
+
+def test_a_change_before_its_relation_is_an_error() -> None:
+    with pytest.raises(PgOutputError, match="before its Relation"):
+        Decoder().decode(b"I" + struct.pack("!I", 99) + b"N" + tuple_data("1"))
+    assert UNCHANGED_TOAST is not None
+
+
+def test_lsn_text_round_trip() -> None:
+    assert lsn_to_str(0x16B374D848) == "16/B374D848"
+    assert str_to_lsn("16/B374D848") == 0x16B374D848
