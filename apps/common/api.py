@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 from rest_framework import serializers
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.request import Request
 
 from apps.common.errors import IdempotencyKeyInvalid, IdempotencyKeyMissing, InvalidRequest
@@ -74,3 +75,15 @@ def page(items: list[Any], limit: int, cursor_of: Any, render: Any) -> dict[str,
         "has_more": has_more,
         "next_cursor": encode_cursor(cursor_of(items[-1])) if has_more else None,
     }
+
+
+class JSONOnlyNegotiation(DefaultContentNegotiation):
+    """Our API views render JSON only: skip parsing the Accept header for them (a hot path).
+
+    Views with several renderers (the OpenAPI schema and docs) negotiate as usual.
+    """
+
+    def select_renderer(self, request: Request, renderers: list[Any], format_suffix: str | None = None) -> Any:
+        if len(renderers) == 1:
+            return renderers[0], renderers[0].media_type
+        return super().select_renderer(request, renderers, format_suffix)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import heapq
 import uuid
 
-from django.db import connections
-
+from apps.common.db import fast_cursor
 from apps.ledger.errors import WalletNotFound
 from apps.ledger.models import LedgerEntry, Wallet
 from apps.sharding.routing import alias_for_id, shard_aliases
@@ -25,7 +24,7 @@ def wallet_get(*, wallet_id: uuid.UUID, owner_id: int | None = None) -> Wallet:
 
 def wallet_currency(*, wallet_id: uuid.UUID, owner_id: int) -> str:
     """The currency of a client's wallet, in one indexed read (a hot path: every transfer)."""
-    with connections[alias_for_id(wallet_id)].cursor() as cursor:
+    with fast_cursor(alias_for_id(wallet_id)) as cursor:
         cursor.execute("SELECT currency FROM ledger_wallet WHERE id = %s AND owner_id = %s", [wallet_id, owner_id])
         row = cursor.fetchone()
     if row is None:

@@ -14,6 +14,7 @@ from datetime import datetime
 from django.db import IntegrityError, connections, transaction
 from django.utils import timezone
 
+from apps.common.db import fast_cursor
 from apps.common.errors import IdempotencyKeyReused
 from apps.ledger.errors import CurrencyMismatch, InsufficientFunds, WalletFrozen, WalletNotFound
 from apps.ledger.models import EntryKind, Wallet, WalletStatus
@@ -130,7 +131,7 @@ def apply_entry(
     }
     nested = connections[alias].in_atomic_block
     try:
-        with connections[alias].cursor() as cursor:
+        with fast_cursor(alias) as cursor:
             cursor.execute(_APPLY_SQL, params)
             row = cursor.fetchone()
     except IntegrityError:

@@ -27,6 +27,7 @@ from typing import Any
 from django.db import DatabaseError, IntegrityError, connections, transaction
 from django.utils import timezone
 
+from apps.common.db import fast_cursor
 from apps.ledger.errors import CurrencyMismatch, InsufficientFunds, WalletFrozen, WalletNotFound
 from apps.ledger.models import WalletStatus
 from apps.ledger.services import wallet_credit, wallet_debit, wallet_refund
@@ -130,7 +131,7 @@ def transition(
     """Move `transfer` from its current status to `to`, recording the event; StaleTransition if it moved."""
     alias = alias_for_id(transfer.id)
     params = {"to": to, "reason": reason, "now": now or timezone.now(), "id": transfer.id, "from": transfer.status}
-    with connections[alias].cursor() as cursor:
+    with fast_cursor(alias) as cursor:
         cursor.execute(_TRANSITION_SQL, params)
         if cursor.rowcount != 1:
             raise StaleTransition(f"transfer {transfer.id} is no longer {transfer.status}")
@@ -168,7 +169,7 @@ def insert_transfer(transfer: Transfer, events: list[Event]) -> None:
         ),
     }  # fmt: skip
     alias = alias_for_id(transfer.id)
-    with connections[alias].cursor() as cursor:
+    with fast_cursor(alias) as cursor:
         cursor.execute(_INSERT_SQL, params)
     count_events_on_commit(alias, [events])
 
@@ -185,7 +186,7 @@ def count_events_on_commit(alias: str, histories: list[list[Event]]) -> None:
 
 def _lock_wallets_in_order(alias: str, wallet_ids: list[uuid.UUID]) -> dict[uuid.UUID, tuple[str, str]]:
     """Lock wallet rows by ascending id (a fixed order: no deadlock between two transfers)."""
-    with connections[alias].cursor() as cursor:
+    with fast_cursor(alias) as cursor:
         cursor.execute(
             "SELECT id, status, currency FROM ledger_wallet WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
             [sorted(wallet_ids)],
@@ -290,7 +291,7 @@ def payee_step(transfer: Transfer) -> PayeeCredit:
     alias = alias_for_id(transfer.payee_id)
     now = timezone.now()
     try:
-        with connections[alias].cursor() as cursor:  # one statement: it commits on its own
+        with fast_cursor(alias) as cursor:  # one statement: it commits on its own
             cursor.execute(_CREDIT_SQL, _credit_params(transfer, now))
             if cursor.fetchone() is not None:
                 return PayeeCredit(

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, InterfaceError, OperationalError, connections, transaction
+from django.db import IntegrityError, InterfaceError, OperationalError, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from apps.common.db import fast_cursor
 from apps.common.errors import IdempotencyKeyReused
 from apps.ledger.errors import CurrencyMismatch
 from apps.ledger.selectors import wallet_currency
@@ -164,7 +165,7 @@ def run_first_step(
     if not defer_response:
         record.response_status, record.response_body = render(transfer, events)
     # Last, so that a duplicate key aborts the whole transaction, debit included.
-    with connections[alias].cursor() as cursor:
+    with fast_cursor(alias) as cursor:
         cursor.execute(_INSERT_RECORD_SQL, [
             record.client_id, record.payer_id, record.key, record.fingerprint, record.transfer_id,
             record.response_status, record.response_body, record.created_at,
