@@ -34,6 +34,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--ceiling-clients", default="4,8,16", help="total pgbench clients to try")
     parser.add_argument("--skip-open-loop", action="store_true", help="skip the latency phase at half rate")
     parser.add_argument("--phases", default="single,batch", help="closed-loop phases to run: single,batch")
+    parser.add_argument("--no-cdc", action="store_true", help="do not run the audit CDC reader during the load")
     return parser.parse_args(argv)
 
 
@@ -47,6 +48,8 @@ def process_kind(proc: psutil.Process) -> str | None:
         return "postgres"
     if "redis-server" in name:
         return "redis"
+    if "run_cdc" in cmdline:
+        return "cdc"
     if "gunicorn" in cmdline:
         return "api"
     if "celery" in cmdline:
@@ -114,6 +117,30 @@ def wait_until_terminal(since: float, timeout: float = 180) -> None:
         raise SystemExit(f"{left} transfer(s) still in flight after {timeout}s")
 
 
+def cdc_catch_up(timeout: float = 120) -> dict[str, Any]:
+    """The CDC reader's lag right after the load, and how long it took to reach zero."""
+    from apps.audit.status import read_status
+
+    def lags() -> dict[str, tuple[int, float]]:
+        status = read_status() or {"shards": {}}
+        return {a: (s["lag_bytes"], s["lag_seconds"]) for a, s in status["shards"].items()}
+
+    at_end, started = lags(), time.monotonic()
+    caught_up = None
+    while time.monotonic() - started < timeout:
+        status = read_status()
+        if status and all(s["connected"] and s["lag_bytes"] == 0 for s in status["shards"].values()):
+            caught_up = round(time.monotonic() - started, 1)
+            break
+        time.sleep(0.5)
+    status = read_status() or {"shards": {}}
+    return {
+        "lag_at_end": at_end,
+        "caught_up_after_seconds": caught_up,
+        "changes_written": sum(s.get("changes_written", 0) for s in status["shards"].values()),
+    }
+
+
 def setup_wallets(count: int) -> tuple[str, list[str]]:
     from apps.accounts.services import api_client_create
     from apps.ledger.services import wallet_create, wallet_fund
@@ -159,7 +186,7 @@ def main(argv: list[str]) -> int:
     for line in devstack.up():
         print(" ", line)
     services = stack.Services(
-        api_workers=args.api_workers, api_threads=args.api_threads, saga_workers=args.saga_workers
+        api_workers=args.api_workers, api_threads=args.api_threads, saga_workers=args.saga_workers, cdc=not args.no_cdc
     )
     try:
         call_command("migrate_shards", verbosity=0)
@@ -201,6 +228,7 @@ def main(argv: list[str]) -> int:
                 print("  VIOLATION:", violation)
             return 1
         print(f"  ledger OK: {ledger.wallets} wallets, {ledger.transfers} transfers", flush=True)
+        cdc = None if args.no_cdc else cdc_catch_up()
 
         document = {
             "command": "python -m bench " + " ".join(argv),
@@ -212,6 +240,7 @@ def main(argv: list[str]) -> int:
                 "by_clients": ceil.by_clients,
             },
             "ledger_ok": True,
+            "cdc": cdc,
             "duration_seconds": time.time() - started,
         }
         json_path, png_path = report.write_outputs(stack.BENCH_DIR, document, results)
@@ -225,6 +254,11 @@ def main(argv: list[str]) -> int:
                 print(f"{r.name}: failed {r.failed_by_reason} rejected {r.rejected}")
         for r in results:
             print(f"RATIO {r.name}: {r.completed_per_second / ceil.transfers_per_second:.2f}")
+        if cdc is not None:
+            print(
+                f"CDC: lag at the end of the load {cdc['lag_at_end']} (bytes, seconds per shard); "
+                f"caught up {cdc['caught_up_after_seconds']} s later; {cdc['changes_written']} changes written"
+            )
         print(f"\nwrote {json_path} and {png_path} ({time.time() - started:.0f}s)")
         return 0
     finally:

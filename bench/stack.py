@@ -17,6 +17,7 @@ BENCH_DIR = ROOT / "var" / "bench"
 BASE_PORT = 29400
 REDIS_URL = "redis://127.0.0.1:29379/0"
 API_PORT = 29080
+AUDIT_HTTP_PORT = 29123
 
 
 def write_shard_map(shards: int, buckets: int = 1024) -> Path:
@@ -51,6 +52,7 @@ def configure_environment(shards: int) -> dict[str, str]:
         "SHARDWALLET_DEVSTACK_DIR": str(BENCH_DIR / "stack"),
         "SHARDWALLET_REDIS_URL": REDIS_URL,
         "SHARDWALLET_LOG_LEVEL": "WARNING",
+        "SHARDWALLET_AUDIT_HTTP_PORT": str(AUDIT_HTTP_PORT),
     }
     os.environ.update(env)
     return env
@@ -59,8 +61,9 @@ def configure_environment(shards: int) -> dict[str, str]:
 class Services:
     """gunicorn, Celery worker(s) and beat as child processes; logs under var/bench/."""
 
-    def __init__(self, *, api_workers: int, api_threads: int, saga_workers: int) -> None:
+    def __init__(self, *, api_workers: int, api_threads: int, saga_workers: int, cdc: bool) -> None:
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.cdc = cdc
         self.api_workers = api_workers
         self.api_threads = api_threads
         self.saga_workers = saga_workers
@@ -84,6 +87,8 @@ class Services:
         )  # fmt: skip
         schedule = BENCH_DIR / "celerybeat-schedule"
         self._spawn("beat", [*celery, "beat", "-l", "warning", "-s", str(schedule)])
+        if self.cdc:  # the audit stream, as `make run` has it
+            self._spawn("cdc", [sys.executable, str(ROOT / "manage.py"), "run_cdc"])
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
