@@ -114,10 +114,10 @@ def write_outputs(directory: Path, document: dict[str, Any], results: list[Phase
     left.set_ylabel("transfers completed per second")
     left.set_title("Throughput over time")
     left.legend()
-    for r in results:
+    for i, r in enumerate(results):
         values = r.terminal_latency_ms
-        right.bar(r.name, values["p99"], alpha=0.4, label=f"{r.name} p99")
-        right.bar(r.name, values["p50"], alpha=0.9, label=f"{r.name} p50")
+        right.bar(r.name, values["p99"], color=f"C{i}", alpha=0.35)
+        right.bar(r.name, values["p50"], color=f"C{i}", alpha=0.95)
     right.set_ylabel("submit-to-terminal latency (ms)")
     right.set_title("Latency: p50 (dark) and p99 (light)")
     fig.tight_layout()
