@@ -119,9 +119,13 @@ class TransferBatchView(APIView):
         # Assembled as text: each transfer is embedded exactly as its stored (replayable) response.
         parts = []
         for r in results:
-            head = json.dumps({"index": r.index, "outcome": r.outcome, "status": r.status, "error": r.error})
-            parts.append(f'{head[:-1]}, "transfer": {r.transfer_json or "null"}}}')
-        return HttpResponse('{"results": [' + ", ".join(parts) + "]}", content_type="application/json")
+            head = json.dumps(
+                {"index": r.index, "outcome": r.outcome, "status": r.status, "error": r.error},
+                separators=(",", ":"),
+                ensure_ascii=False,
+            )
+            parts.append(f'{head[:-1]},"transfer":{r.transfer_json or "null"}}}')
+        return HttpResponse('{"results":[' + ",".join(parts) + "]}", content_type="application/json")
 
 
 def parse_transfer_id(raw: str) -> uuid.UUID:
