@@ -12,7 +12,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.db import connections
 
-from apps.sharding.devstack import Devstack
+from apps.sharding.devstack import Devstack, PostgresCluster
 from tests.factories import api_for, make_client
 
 
@@ -31,6 +31,16 @@ def devstack() -> Iterator[Devstack]:
     metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
     if os.path.basename(metrics_dir) == f"metrics-{os.getpid()}":
         shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def payee_shard(devstack: Devstack) -> Iterator[PostgresCluster]:
+    """shard_01's server (the payee's shard in the fault tests), restarted after the test if stopped."""
+    cluster = next(c for c in devstack.clusters() if c.server.alias == "shard_01")
+    yield cluster
+    if not cluster.is_running():
+        cluster.start()
+    connections["shard_01"].close()
 
 
 @pytest.fixture(scope="session")

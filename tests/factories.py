@@ -55,13 +55,14 @@ def balance_and_entry_count(wallet_id: uuid.UUID, alias: str) -> tuple[int, int]
     return balance, count
 
 
-def free_port() -> int:
-    """A free TCP port below Linux's ephemeral range, so no client connection can hold it as its source port."""
+def free_port(low: int = 20000, high: int = 32000) -> int:
+    """A free TCP port in [low, high); the default range is below Linux's ephemeral range, so no
+    client connection can hold it as its source port."""
     import random
     import socket
 
     for _ in range(100):
-        port = random.randint(20000, 32000)
+        port = random.randrange(low, high)
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))

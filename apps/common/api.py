@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import uuid
 from typing import Any
 
 from rest_framework import serializers
@@ -63,6 +64,15 @@ def decode_cursor(request: Request) -> Any:
     try:
         return json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
     except (binascii.Error, ValueError):
+        raise InvalidRequest("cursor is not one this API returned.", param="cursor") from None
+
+
+def decode_uuid_cursor(request: Request) -> uuid.UUID | None:
+    """The cursor of an id-ordered list (ids are time-ordered UUIDs), or None for the first page."""
+    cursor = decode_cursor(request)
+    try:
+        return uuid.UUID(cursor) if cursor is not None else None
+    except (TypeError, ValueError, AttributeError):
         raise InvalidRequest("cursor is not one this API returned.", param="cursor") from None
 
 

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,18 +19,12 @@ import psycopg
 from django.conf import settings
 
 from apps.audit.reader import conninfo, drop_slot
+from tests.factories import free_port
 
 
 def free_audit_port() -> int:
     """A free port just above the configured AUDIT_HTTP_PORT (env-chosen per developer)."""
-    for port in range(settings.AUDIT_HTTP_PORT + 1, settings.AUDIT_HTTP_PORT + 200):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port for the audit endpoint")
+    return free_port(settings.AUDIT_HTTP_PORT + 1, settings.AUDIT_HTTP_PORT + 200)
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:

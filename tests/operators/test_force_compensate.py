@@ -7,7 +7,6 @@ the payee's shard, so a payee credit and a payer refund never both happen.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import pytest
 from django.db import connections
@@ -15,7 +14,6 @@ from django.utils import timezone
 
 from apps.ledger.models import WalletStatus
 from apps.ledger.services import wallet_set_status
-from apps.sharding.devstack import Devstack, PostgresCluster
 from apps.sharding.ids import bucket_of, new_id
 from apps.transfers import saga
 from apps.transfers.checks import check_ledger
@@ -187,15 +185,6 @@ def test_racing_the_saga_never_both_credits_and_refunds() -> None:
     assert credited + refunded == 6
     assert balance(payer.id) + balance(payee.id) == 10_000
     assert check_ledger().violations == []
-
-
-@pytest.fixture
-def payee_shard(devstack: Devstack) -> Iterator[PostgresCluster]:
-    cluster = next(c for c in devstack.clusters() if c.server.alias == "shard_01")
-    yield cluster
-    if not cluster.is_running():
-        cluster.start()
-    connections["shard_01"].close()
 
 
 @pytest.mark.slow

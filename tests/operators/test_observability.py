@@ -15,7 +15,6 @@ from django.db import DatabaseError, connections
 from django.test import Client
 
 from apps.observability.jsonlog import JsonFormatter
-from apps.sharding.devstack import Devstack, PostgresCluster
 from apps.transfers.models import Transfer
 from tests.factories import ALL_DATABASES, api_for, free_port, make_client
 from tests.operators.helpers import cross_shard_pair, metric_samples, parked_transfer, total
@@ -101,15 +100,6 @@ def test_database_errors_are_counted_per_shard() -> None:
     after = scrape()
     assert total(after, "shardwallet_db_errors_total", database="shard_01") - before == 1
     assert total(after, "shardwallet_db_errors_total", database="shard_01", error="ProgrammingError") >= 1
-
-
-@pytest.fixture
-def payee_shard(devstack: Devstack) -> Iterator[PostgresCluster]:
-    cluster = next(c for c in devstack.clusters() if c.server.alias == "shard_01")
-    yield cluster
-    if not cluster.is_running():
-        cluster.start()
-    connections["shard_01"].close()
 
 
 @pytest.mark.slow

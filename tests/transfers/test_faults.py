@@ -9,7 +9,6 @@ import pytest
 from django.conf import settings
 from django.db import connections
 
-from apps.sharding.devstack import Devstack, PostgresCluster
 from apps.transfers.checks import check_ledger
 from apps.transfers.models import PayeeCredit, Transfer
 from apps.transfers.services import transfer_redrive
@@ -29,15 +28,6 @@ def workers() -> Iterator[list[Worker]]:
     for worker in started:
         worker.stop()
     flush_redis()
-
-
-@pytest.fixture
-def payee_shard(devstack: Devstack) -> Iterator[PostgresCluster]:
-    cluster = next(c for c in devstack.clusters() if c.server.alias == "shard_01")
-    yield cluster
-    if not cluster.is_running():
-        cluster.start()
-    connections["shard_01"].close()
 
 
 def cross_shard_pair(amount: int = 1000):

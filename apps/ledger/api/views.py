@@ -11,7 +11,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.common.api import decode_cursor, idempotency_key, page, page_limit
+from apps.common.api import decode_cursor, decode_uuid_cursor, idempotency_key, page, page_limit
 from apps.common.errors import InvalidRequest
 from apps.ledger import selectors, services
 from apps.ledger.api.serializers import EntryOut, MovementIn, WalletCreateIn, WalletOut, entry_out
@@ -55,11 +55,7 @@ class WalletCollectionView(APIView):
     @extend_schema(parameters=PAGE_PARAMS, responses={200: WalletOut(many=True)}, summary="List your wallets")
     def get(self, request: Request) -> Response:
         limit = page_limit(request)
-        cursor = decode_cursor(request)
-        try:
-            before_id = uuid.UUID(cursor) if cursor is not None else None
-        except (TypeError, ValueError):
-            raise InvalidRequest("cursor is not one this API returned.", param="cursor") from None
+        before_id = decode_uuid_cursor(request)
         wallets = selectors.wallet_list(owner_id=request.user.id, before_id=before_id, limit=limit + 1)
         return Response(page(wallets, limit, lambda w: str(w.id), lambda w: WalletOut(w).data))
 

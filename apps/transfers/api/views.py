@@ -12,7 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.common.api import decode_cursor, idempotency_key, page, page_limit
+from apps.common.api import decode_uuid_cursor, idempotency_key, page, page_limit
 from apps.common.errors import DomainError, InvalidRequest
 from apps.ledger.api.views import IDEMPOTENCY_HEADER, PAGE_PARAMS, owned_wallet
 from apps.ledger.errors import WalletNotFound
@@ -152,11 +152,7 @@ class WalletTransferListView(APIView):
     def get(self, request: Request, wallet_id: str) -> Response:
         wallet = owned_wallet(request, wallet_id)
         limit = page_limit(request)
-        cursor = decode_cursor(request)
-        try:
-            before_id = uuid.UUID(cursor) if cursor is not None else None
-        except (TypeError, ValueError):
-            raise InvalidRequest("cursor is not one this API returned.", param="cursor") from None
+        before_id = decode_uuid_cursor(request)
         transfers = selectors.transfer_list(payer_id=wallet.id, before_id=before_id, limit=limit + 1)
         return Response(page(transfers, limit, lambda t: str(t.id), transfer_out))
 
