@@ -156,6 +156,8 @@ AUDIT_BATCH_MAX_CHANGES = int(os.environ.get("SHARDWALLET_AUDIT_BATCH_MAX_CHANGE
 AUDIT_BATCH_MAX_SECONDS = float(os.environ.get("SHARDWALLET_AUDIT_BATCH_MAX_SECONDS", "0.2"))
 # /health shows the CDC process (and its lag) only where one is expected: `serve` sets this.
 AUDIT_CDC_EXPECTED = os.environ.get("SHARDWALLET_AUDIT_CDC_EXPECTED", "0") == "1"
+# The CDC process lowers its CPU priority by this much (0: not at all).
+AUDIT_CDC_NICE = int(os.environ.get("SHARDWALLET_AUDIT_CDC_NICE", "10"))
 AUDIT_MAX_LAG_SECONDS = float(os.environ.get("SHARDWALLET_AUDIT_MAX_LAG_SECONDS", "30"))
 
 # Celery over Redis. Messages are triggers, never the truth: the database is.

@@ -24,6 +24,10 @@ class Command(BaseCommand):
         parser.add_argument("--shard", action="append", dest="shards", help="follow only this shard (repeatable)")
 
     def handle(self, *args: Any, http_port: int, shards: list[str] | None, **options: Any) -> None:
+        # Off the OLTP path: where the reader shares cores with the service (make run, the
+        # bench), money movement goes first and the audit stream catches up when it can.
+        if settings.AUDIT_CDC_NICE:
+            os.nice(settings.AUDIT_CDC_NICE)
         process = CdcProcess(http_port=http_port, shards=shards)
 
         def stop(signum: int, frame: Any) -> None:
