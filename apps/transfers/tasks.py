@@ -81,10 +81,18 @@ def request_drain(alias: str) -> None:
     sweeper finds the transfers later.
     """
     try:
-        if _flags().set(_drain_flag(alias), "1", nx=True, ex=5):
-            drain_transfers.apply_async(args=[alias])
-    except Exception:
+        if not _flags().set(_drain_flag(alias), "1", nx=True, ex=5):
+            return  # a drain is already queued; it will see this transfer
+    except redis.RedisError:
         log.exception("could not request a drain", extra={"shard": alias})
+        return
+    try:
+        drain_transfers.apply_async(args=[alias])
+    except Exception:
+        # No drain is queued after all: drop the flag so that the next transfer asks again.
+        log.exception("could not enqueue a drain", extra={"shard": alias})
+        with contextlib.suppress(redis.RedisError):
+            _flags().delete(_drain_flag(alias))
 
 
 @shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
