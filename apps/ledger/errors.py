@@ -19,6 +19,12 @@ class InsufficientFunds(DomainError):
     default_message = "The wallet's balance is lower than the amount."
 
 
+class BalanceLimitExceeded(DomainError):
+    code = "balance_limit_exceeded"
+    status = 422
+    default_message = "The wallet's balance would exceed the largest amount it can hold (2^63-1 minor units)."
+
+
 class CurrencyMismatch(DomainError):
     code = "currency_mismatch"
     status = 422

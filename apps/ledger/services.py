@@ -16,10 +16,18 @@ from django.utils import timezone
 
 from apps.common.db import fast_cursor
 from apps.common.errors import IdempotencyKeyReused
-from apps.ledger.errors import CurrencyMismatch, InsufficientFunds, WalletFrozen, WalletNotFound
+from apps.ledger.errors import (
+    BalanceLimitExceeded,
+    CurrencyMismatch,
+    InsufficientFunds,
+    WalletFrozen,
+    WalletNotFound,
+)
 from apps.ledger.models import EntryKind, Wallet, WalletStatus
 from apps.sharding.ids import bucket_of, new_id
 from apps.sharding.routing import alias_for_id, random_bucket, shard_map
+
+MAX_BALANCE_MINOR = 2**63 - 1  # BIGINT
 
 
 @dataclass(frozen=True)
@@ -48,7 +56,8 @@ WITH moved AS (
            last_entry_seq = last_entry_seq + 1,
            updated_at = %(now)s
      WHERE id = %(wallet_id)s
-       AND balance_minor + %(delta)s >= 0
+       -- in numeric, so that a balance near the BIGINT limit is refused, not an overflow error
+       AND balance_minor::numeric + %(delta)s BETWEEN 0 AND 9223372036854775807
        AND (%(allow_frozen)s OR status = 'active')
        AND (%(currency)s::text IS NULL OR currency = %(currency)s::text)
        AND NOT EXISTS (
@@ -93,6 +102,8 @@ def _why_not_applied(alias: str, wallet_id: uuid.UUID, delta: int, currency: str
         return CurrencyMismatch(f"The wallet holds {wallet.currency}, not {currency}.", param="currency")
     if wallet.status != WalletStatus.ACTIVE:
         return WalletFrozen()
+    if wallet.balance_minor + delta > MAX_BALANCE_MINOR:
+        return BalanceLimitExceeded(param="amount_minor")
     return InsufficientFunds(
         f"The wallet holds {wallet.balance_minor}, which is less than {-delta}.", param="amount_minor"
     )

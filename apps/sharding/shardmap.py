@@ -51,7 +51,17 @@ class DatabaseServer:
             # gets 503 (safe to retry) and the connection is replaced.
             "CONN_MAX_AGE": None,
             "CONN_HEALTH_CHECKS": False,
-            "OPTIONS": {"connect_timeout": 3},
+            # Keepalives: a shard that vanishes (rather than refusing connections) is noticed in
+            # seconds, not after TCP's 15 minutes. lock_timeout: a statement stuck behind a lock
+            # fails (transient: retried, or 503 to the client) instead of holding its own locks.
+            "OPTIONS": {
+                "connect_timeout": 3,
+                "keepalives": 1,
+                "keepalives_idle": 10,
+                "keepalives_interval": 5,
+                "keepalives_count": 3,
+                "options": "-c lock_timeout=5s",
+            },
             "TEST": {"NAME": self.name},
         }
 

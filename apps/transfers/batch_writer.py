@@ -18,6 +18,7 @@ from datetime import datetime
 from django.db import connections
 
 from apps.ledger.models import WalletStatus
+from apps.ledger.services import MAX_BALANCE_MINOR
 from apps.sharding.ids import bucket_of, new_id
 from apps.sharding.routing import alias_for_id
 from apps.transfers.models import FailureReason, Transfer, TransferStatus
@@ -84,6 +85,8 @@ def plan_item(transfer: Transfer, wallets: dict[uuid.UUID, LockedWallet], plan: 
         move(TransferStatus.FAILED, FailureReason.PAYEE_CURRENCY_MISMATCH)
     elif same_shard and payee.status != WalletStatus.ACTIVE:
         move(TransferStatus.FAILED, FailureReason.PAYEE_FROZEN)
+    elif same_shard and payee.balance + transfer.amount_minor > MAX_BALANCE_MINOR:
+        move(TransferStatus.FAILED, FailureReason.PAYEE_BALANCE_LIMIT)
     elif payer.status != WalletStatus.ACTIVE:
         move(TransferStatus.FAILED, FailureReason.PAYER_FROZEN)
     elif payer.balance < transfer.amount_minor:

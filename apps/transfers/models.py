@@ -32,6 +32,7 @@ class FailureReason(models.TextChoices):
     PAYEE_FROZEN = "payee_frozen"
     PAYEE_NOT_FOUND = "payee_not_found"
     PAYEE_CURRENCY_MISMATCH = "payee_currency_mismatch"
+    PAYEE_BALANCE_LIMIT = "payee_balance_limit"
     OPERATOR_COMPENSATED = "operator_compensated"
 
 

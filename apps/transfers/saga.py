@@ -28,9 +28,15 @@ from django.db import DatabaseError, IntegrityError, connections, transaction
 from django.utils import timezone
 
 from apps.common.db import fast_cursor
-from apps.ledger.errors import CurrencyMismatch, InsufficientFunds, WalletFrozen, WalletNotFound
+from apps.ledger.errors import (
+    BalanceLimitExceeded,
+    CurrencyMismatch,
+    InsufficientFunds,
+    WalletFrozen,
+    WalletNotFound,
+)
 from apps.ledger.models import WalletStatus
-from apps.ledger.services import wallet_credit, wallet_debit, wallet_refund
+from apps.ledger.services import MAX_BALANCE_MINOR, wallet_credit, wallet_debit, wallet_refund
 from apps.observability.metrics import DRAINED_TRANSFERS, count_transition, time_saga_step, timed_saga_step
 from apps.sharding.ids import bucket_of, new_id
 from apps.sharding.routing import alias_for_id
@@ -41,7 +47,7 @@ from apps.transfers.models import CreditOutcome, FailureReason, PayeeCredit, Tra
 log = logging.getLogger(__name__)
 
 # What a wallet can refuse; anything else (connection lost, shard down) is transient.
-REFUSALS = (InsufficientFunds, WalletFrozen, WalletNotFound, CurrencyMismatch)
+REFUSALS = (InsufficientFunds, WalletFrozen, WalletNotFound, CurrencyMismatch, BalanceLimitExceeded)
 
 _PAYER_REASONS = {
     InsufficientFunds: FailureReason.INSUFFICIENT_FUNDS,
@@ -53,6 +59,7 @@ _PAYEE_REASONS = {
     WalletFrozen: FailureReason.PAYEE_FROZEN,
     WalletNotFound: FailureReason.PAYEE_NOT_FOUND,
     CurrencyMismatch: FailureReason.PAYEE_CURRENCY_MISMATCH,
+    BalanceLimitExceeded: FailureReason.PAYEE_BALANCE_LIMIT,
 }
 
 
@@ -97,6 +104,7 @@ WITH moved AS (
     UPDATE ledger_wallet
        SET balance_minor = balance_minor + %(amount)s, last_entry_seq = last_entry_seq + 1, updated_at = %(now)s
      WHERE id = %(payee)s AND status = 'active' AND currency = %(currency)s
+       AND balance_minor::numeric + %(amount)s <= 9223372036854775807
        AND NOT EXISTS (SELECT 1 FROM transfers_payee_credit WHERE transfer_id = %(tid)s)
  RETURNING id, balance_minor, last_entry_seq
 ), entry AS (
@@ -184,24 +192,26 @@ def count_events_on_commit(alias: str, histories: list[list[Event]]) -> None:
         transaction.on_commit(lambda: [count_transition(s, r, n) for (s, r), n in counts.items()], using=alias)
 
 
-def _lock_wallets_in_order(alias: str, wallet_ids: list[uuid.UUID]) -> dict[uuid.UUID, tuple[str, str]]:
+def _lock_wallets_in_order(alias: str, wallet_ids: list[uuid.UUID]) -> dict[uuid.UUID, tuple[str, str, int]]:
     """Lock wallet rows by ascending id (a fixed order: no deadlock between two transfers)."""
     with fast_cursor(alias) as cursor:
         cursor.execute(
-            "SELECT id, status, currency FROM ledger_wallet WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+            "SELECT id, status, currency, balance_minor FROM ledger_wallet WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
             [sorted(wallet_ids)],
         )
-        return {row[0]: (row[1], row[2]) for row in cursor.fetchall()}
+        return {row[0]: (row[1], row[2], row[3]) for row in cursor.fetchall()}
 
 
-def _payee_refusal(transfer: Transfer, payee: tuple[str, str] | None) -> FailureReason | None:
+def _payee_refusal(transfer: Transfer, payee: tuple[str, str, int] | None) -> FailureReason | None:
     if payee is None:
         return FailureReason.PAYEE_NOT_FOUND
-    status, currency = payee
+    status, currency, balance = payee
     if currency != transfer.currency:
         return FailureReason.PAYEE_CURRENCY_MISMATCH
     if status != WalletStatus.ACTIVE:
         return FailureReason.PAYEE_FROZEN
+    if balance + transfer.amount_minor > MAX_BALANCE_MINOR:
+        return FailureReason.PAYEE_BALANCE_LIMIT
     return None
 
 
@@ -318,6 +328,9 @@ def payee_step(transfer: Transfer) -> PayeeCredit:
                 )
                 outcome, reason = CreditOutcome.CREDITED, None  # the payee became able meanwhile
             except REFUSALS as exc:
+                if type(exc) not in _PAYEE_REASONS:
+                    # Not a payee's refusal (e.g. a status read mid-change): try again later.
+                    raise
                 outcome, reason = CreditOutcome.REJECTED, _PAYEE_REASONS[type(exc)]
             PayeeCredit(
                 transfer_id=transfer.id,

@@ -183,12 +183,21 @@ VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id
 
 
 def transfer_store_response(record: IdempotencyRecord, status: int, body: str) -> None:
-    """Store the response of a deferred (waiting) request, once."""
+    """Store the response of a deferred (waiting) request, once; `record` then holds what is stored.
+
+    If another request stored one first (it took this one for abandoned), that response wins
+    and is the one to send, so that every answer for the key is the same.
+    """
     alias = alias_for_id(record.payer_id)
-    IdempotencyRecord.objects.using(alias).filter(id=record.id, response_status__isnull=True).update(
-        response_status=status, response_body=body
+    stored = (
+        IdempotencyRecord.objects.using(alias)
+        .filter(id=record.id, response_status__isnull=True)
+        .update(response_status=status, response_body=body)
     )
-    record.response_status, record.response_body = status, body
+    if stored:
+        record.response_status, record.response_body = status, body
+    else:
+        record.refresh_from_db(using=alias, fields=["response_status", "response_body"])
 
 
 def transfer_record_attempt(transfer_id: uuid.UUID, error: str) -> None:

@@ -40,7 +40,9 @@ def advance_transfer(self: Task, transfer_id: str) -> str | None:
     except Transfer.DoesNotExist:
         log.warning("no such transfer", extra={"transfer_id": transfer_id})
         return None
-    except TRANSIENT_ERRORS as exc:
+    except Exception as exc:
+        # Transient errors (a shard down, a lost connection, a deadlock) and unexpected ones
+        # alike: retry with backoff, then park where an operator sees it. Never spin, never drop.
         error = f"{type(exc).__name__}: {exc}"
         attempt = self.request.retries
         try:

@@ -163,3 +163,15 @@ def test_items_of_one_payer_apply_in_order_until_the_money_runs_out(wallets) -> 
     assert saga.drain_debited("shard_00").completed == 2
     assert (balance(payer.id), balance(near.id), balance(far.id)) == (0, 400, 600)
     assert check_ledger().violations == []
+
+
+def test_a_same_shard_batch_credit_past_the_bigint_limit_fails_that_item_only(wallets) -> None:
+    owner, api, payer, _, near = wallets
+    full = make_wallet(owner, funded=2**63 - 1 - 50, shard="shard_00")
+    results = send(api, [item(payer, full, 51), item(payer, near, 10)])
+    assert (results[0]["transfer"]["status"], results[0]["transfer"]["failure_reason"]) == (
+        "failed", "payee_balance_limit"
+    )  # fmt: skip
+    assert results[1]["transfer"]["status"] == "completed"
+    assert balance(payer.id) == 990
+    assert balance(full.id) == 2**63 - 1 - 50

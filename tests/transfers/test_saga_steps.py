@@ -282,3 +282,32 @@ def test_drain_skips_transfers_already_handed_to_their_own_retries(owner) -> Non
     transfer_record_attempt(transfer.id, "OperationalError: payee shard down")
     assert saga.drain_debited("shard_00").claimed == 0
     assert wallet_balance(payee.id) == 0
+
+
+MAX = 2**63 - 1
+
+
+def test_a_credit_that_would_pass_the_bigint_limit_is_refused_and_the_payer_refunded(owner) -> None:
+    payer = make_wallet(owner, funded=1000, shard="shard_00")
+    far = make_wallet(owner, shard="shard_01", funded=MAX - 10)
+    near = make_wallet(owner, shard="shard_00", funded=MAX - 10)
+    cross = saga.transfer_advance(create_transfer(owner, payer, far.id, 11).id)
+    assert (cross.status, cross.failure_reason) == ("failed", "payee_balance_limit")
+    same = create_transfer(owner, payer, near.id, 11)
+    assert (same.status, same.failure_reason) == ("failed", "payee_balance_limit")
+    assert (wallet_balance(payer.id), wallet_balance(far.id), wallet_balance(near.id)) == (1000, MAX - 10, MAX - 10)
+    # Up to the limit itself is fine.
+    assert saga.transfer_advance(create_transfer(owner, payer, far.id, 10).id).status == "completed"
+    assert wallet_balance(far.id) == MAX
+    assert_ledger_ok()
+
+
+def test_a_deposit_past_the_bigint_limit_is_refused_and_changes_nothing(owner) -> None:
+    from apps.ledger.errors import BalanceLimitExceeded
+    from apps.ledger.services import wallet_fund
+
+    wallet = make_wallet(owner, funded=MAX - 1)
+    with pytest.raises(BalanceLimitExceeded):
+        wallet_fund(wallet_id=wallet.id, amount_minor=2, reference="over")
+    assert wallet_balance(wallet.id) == MAX - 1
+    assert entry_kinds(wallet.id) == ["deposit"]
