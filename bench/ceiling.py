@@ -84,6 +84,12 @@ def prepare(servers: list[DatabaseServer], wallets_per_shard: int) -> None:
             conn.execute("CREATE SCHEMA bench")
             for table in TABLES:
                 conn.execute(f"CREATE TABLE bench.{table} (LIKE public.{table} INCLUDING ALL)")
+                # LIKE does not copy storage parameters (fillfactor, autovacuum): copy them too.
+                [(options,)] = conn.execute(
+                    "SELECT reloptions FROM pg_class WHERE oid = %s::regclass", [f"public.{table}"]
+                ).fetchall()
+                if options:
+                    conn.execute(f"ALTER TABLE bench.{table} SET ({', '.join(options)})")
             conn.execute(
                 "INSERT INTO bench.ledger_wallet (id, owner_id, currency, balance_minor, status, last_entry_seq,"
                 " created_at, updated_at) SELECT gen_random_uuid(), 1, 'USD', 1000000000000, 'active', 0, now(), now()"

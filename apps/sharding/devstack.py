@@ -40,6 +40,7 @@ shared_buffers = 128MB
 fsync = on
 synchronous_commit = on
 log_min_messages = warning
+autovacuum_naptime = 5s
 """
 
 
