@@ -7,12 +7,6 @@ class TransferNotFound(DomainError):
     default_message = "No such transfer."
 
 
-class SameWallet(DomainError):
-    code = "same_wallet"
-    status = 400
-    default_message = "A transfer needs two different wallets."
-
-
 class IdempotencyRequestInProgress(DomainError):
     code = "idempotency_request_in_progress"
     status = 409

@@ -128,11 +128,6 @@ SELECT id, 'debited', 'completed', NULL, %(now)s FROM done
 """
 
 
-class _Refused(Exception):
-    def __init__(self, reason: FailureReason) -> None:
-        self.reason = reason
-
-
 def transition(
     transfer: Transfer, to: TransferStatus, *, reason: str | None = None, now: datetime | None = None
 ) -> None:

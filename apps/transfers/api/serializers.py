@@ -1,51 +1,31 @@
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 from typing import Any
 
 from rest_framework import serializers
 
 from apps.common.api import AmountField
-from apps.ledger.currencies import is_supported_currency
-from apps.sharding.ids import InvalidId, bucket_of, parse_id
-from apps.sharding.routing import shard_map
 from apps.transfers.models import Transfer
 from apps.transfers.saga import Event
 
 
-class WalletIdField(serializers.CharField):
-    default_error_messages = {"invalid_id": "Not a wallet id."}
-
-    def to_internal_value(self, data: Any) -> uuid.UUID:
-        if not isinstance(data, str):
-            self.fail("invalid_id")
-        try:
-            wallet_id = parse_id(data)
-        except InvalidId:
-            self.fail("invalid_id")
-        if bucket_of(wallet_id) >= shard_map().bucket_count:
-            self.fail("invalid_id")
-        return wallet_id
-
-
 class TransferCreateIn(serializers.Serializer):
-    """{"from": wallet id, "to": wallet id, "amount_minor": int, "currency": "USD"}"""
+    """{"from": wallet id, "to": wallet id, "amount_minor": int, "currency": "USD"}
+
+    Describes the body in the OpenAPI schema only: the endpoints validate it with
+    `apps.transfers.validation.parse_transfer_body`, shared by the single and batch endpoints.
+    """
 
     amount_minor = AmountField()
-    currency = serializers.CharField()
+    currency = serializers.CharField(help_text="ISO 4217 code: the paying wallet's currency.")
 
     def get_fields(self) -> dict[str, serializers.Field]:
         # "from" is a Python keyword, so these two are added here rather than as attributes.
         fields = super().get_fields()
-        fields["from"] = WalletIdField(help_text="The paying wallet: one of yours.")
-        fields["to"] = WalletIdField(help_text="The receiving wallet: any active wallet of the same currency.")
+        fields["from"] = serializers.UUIDField(help_text="The paying wallet: one of yours.")
+        fields["to"] = serializers.UUIDField(help_text="The receiving wallet: any active wallet of the same currency.")
         return fields
-
-    def validate_currency(self, value: str) -> str:
-        if not is_supported_currency(value):
-            raise serializers.ValidationError(f"{value!r} is not an ISO 4217 currency code.")
-        return value
 
 
 class TransferEventOut(serializers.Serializer):
@@ -55,6 +35,8 @@ class TransferEventOut(serializers.Serializer):
 
 
 class TransferOut(serializers.Serializer):
+    """The transfer in the OpenAPI schema; responses are built by `transfer_out` (a hot path)."""
+
     id = serializers.UUIDField()
     amount_minor = serializers.IntegerField()
     currency = serializers.CharField()
@@ -67,6 +49,7 @@ class TransferOut(serializers.Serializer):
         fields = super().get_fields()
         fields["from"] = serializers.UUIDField(source="payer_id")
         fields["to"] = serializers.UUIDField(source="payee_id")
+        fields["status_history"] = TransferEventOut(many=True, help_text="Every transition, oldest first.")
         return fields
 
 
