@@ -14,6 +14,7 @@ from apps.accounts.services import api_client_create
 from apps.ledger.models import Wallet
 from apps.ledger.services import wallet_create, wallet_fund
 from apps.sharding.routing import shard_map
+from tests.contract.schema import CheckedAPIClient
 
 ALL_DATABASES = "__all__"
 
@@ -22,9 +23,11 @@ def make_client(name: str = "acme") -> tuple[ApiClient, str]:
     return api_client_create(name=name)
 
 
-def api_for(key: str) -> APIClient:
-    api = APIClient()
-    api.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
+def api_for(key: str | None) -> APIClient:
+    """A test client of the API with this key (or none); each response is held to the OpenAPI schema."""
+    api = CheckedAPIClient()
+    if key is not None:
+        api.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
     return api
 
 

@@ -110,6 +110,15 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "SERVE_AUTHENTICATION": [],
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "apps.common.openapi.postprocess"],
+    "ENUM_NAME_OVERRIDES": {
+        "WalletStatusEnum": "apps.ledger.models.WalletStatus",
+        "EntryKindEnum": "apps.ledger.models.EntryKind",
+        "TransferStatusEnum": "apps.transfers.models.TransferStatus",
+        "FailureReasonEnum": "apps.transfers.models.FailureReason",
+        "BatchItemStatusEnum": "apps.transfers.api.serializers.BATCH_ITEM_STATUSES",
+        "BatchItemErrorCodeEnum": "apps.transfers.api.serializers.BATCH_ITEM_ERROR_CODES",
+    },
 }
 
 # JSON lines by default (every `extra` field, e.g. transfer_id, becomes a key); "text" for humans.

@@ -183,9 +183,7 @@ def test_foreign_and_unknown_wallets_are_404_for_every_endpoint(api) -> None:
     ],
 )
 def test_requests_without_a_valid_key_are_401(header, code) -> None:
-    from rest_framework.test import APIClient
-
-    api = APIClient()
+    api = api_for(None)
     if header:
         api.credentials(HTTP_AUTHORIZATION=header)
     response = api.post("/v1/wallets", {"currency": "USD"}, format="json")

@@ -4,14 +4,15 @@ from typing import Any
 
 from rest_framework import serializers
 
-from apps.common.api import AmountField
+from apps.common.api import MAX_MINOR_AMOUNT, AmountField
+from apps.common.openapi import CurrencyField, IdField
 from apps.ledger.currencies import is_supported_currency
-from apps.ledger.models import LedgerEntry, Wallet
+from apps.ledger.models import EntryKind, LedgerEntry, Wallet
 from apps.ledger.services import AppliedEntry
 
 
 class WalletCreateIn(serializers.Serializer):
-    currency = serializers.CharField(help_text="ISO 4217 code, e.g. USD.")
+    currency = CurrencyField(help_text="ISO 4217 code, e.g. USD.")
 
     def validate_currency(self, value: str) -> str:
         if not is_supported_currency(value):
@@ -24,19 +25,24 @@ class MovementIn(serializers.Serializer):
 
 
 class WalletOut(serializers.ModelSerializer):
+    id = IdField(read_only=True)
+    currency = CurrencyField(read_only=True)
+    balance_minor = serializers.IntegerField(read_only=True, min_value=0, max_value=MAX_MINOR_AMOUNT)
+
     class Meta:
         model = Wallet
         fields = ["id", "currency", "status", "balance_minor", "created_at", "updated_at"]
+        read_only_fields = fields
 
 
 class EntryOut(serializers.Serializer):
-    id = serializers.UUIDField()
-    wallet_id = serializers.UUIDField()
-    seq = serializers.IntegerField()
-    kind = serializers.CharField()
-    reference = serializers.CharField()
-    amount_minor = serializers.IntegerField()
-    balance_after_minor = serializers.IntegerField()
+    id = IdField()
+    wallet_id = IdField()
+    seq = serializers.IntegerField(min_value=1, help_text="1, 2, 3... per wallet, in the order entries were applied.")
+    kind = serializers.ChoiceField(EntryKind.choices)
+    reference = serializers.CharField(help_text="The deposit's or withdrawal's Idempotency-Key, or the transfer id.")
+    amount_minor = serializers.IntegerField(help_text="Signed: positive adds to the balance.")
+    balance_after_minor = serializers.IntegerField(min_value=0)
     created_at = serializers.DateTimeField()
 
 

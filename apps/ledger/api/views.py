@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -13,20 +13,35 @@ from rest_framework.views import APIView
 
 from apps.common.api import decode_cursor, decode_uuid_cursor, idempotency_key, page, page_limit
 from apps.common.errors import InvalidRequest
+from apps.common.openapi import (
+    IDEMPOTENCY_KEY_HEADER,
+    INVALID_PAGE,
+    JSON_BODY_ERRORS,
+    NOT_FOUND,
+    PAGE_PARAMETERS,
+    PARAMETER_MISSING,
+    UNSUPPORTED_CURRENCY,
+    error_responses,
+    replayed_header,
+    response_links,
+)
 from apps.ledger import selectors, services
+from apps.ledger.api.schema import (
+    BALANCE_LIMIT_EXCEEDED,
+    ENTRY_LINKS,
+    INSUFFICIENT_FUNDS,
+    MOVEMENT_ERRORS,
+    WALLET_ID,
+    WALLET_LINKS,
+    WALLET_NOT_FOUND,
+    EntryPage,
+    WalletPage,
+)
 from apps.ledger.api.serializers import EntryOut, MovementIn, WalletCreateIn, WalletOut, entry_out
 from apps.ledger.errors import WalletNotFound
 from apps.ledger.models import Wallet
 from apps.sharding.ids import InvalidId, bucket_of, parse_id
 from apps.sharding.routing import shard_map
-
-IDEMPOTENCY_HEADER = OpenApiParameter(
-    "Idempotency-Key", location=OpenApiParameter.HEADER, required=True, description="Unique per request; 1-255 chars."
-)
-PAGE_PARAMS = [
-    OpenApiParameter("limit", int, description="1-100, default 20."),
-    OpenApiParameter("cursor", str, description="next_cursor of the previous page."),
-]
 
 
 def parse_wallet_id(raw: str) -> uuid.UUID:
@@ -45,14 +60,25 @@ def owned_wallet(request: Request, raw_id: str) -> Wallet:
 
 
 class WalletCollectionView(APIView):
-    @extend_schema(request=WalletCreateIn, responses={201: WalletOut}, summary="Create a wallet")
+    @extend_schema(
+        operation_id="wallets_create",
+        summary="Create a wallet",
+        request=WalletCreateIn,
+        responses={201: WalletOut, **error_responses(PARAMETER_MISSING, UNSUPPORTED_CURRENCY, *JSON_BODY_ERRORS)},
+        extensions=response_links(WALLET_LINKS, 201),
+    )
     def post(self, request: Request) -> Response:
         data = WalletCreateIn(data=request.data)
         data.is_valid(raise_exception=True)
         wallet = services.wallet_create(owner_id=request.user.id, currency=data.validated_data["currency"])
         return Response(WalletOut(wallet).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(parameters=PAGE_PARAMS, responses={200: WalletOut(many=True)}, summary="List your wallets")
+    @extend_schema(
+        operation_id="wallets_list",
+        summary="List your wallets",
+        parameters=PAGE_PARAMETERS,
+        responses={200: WalletPage, **error_responses(INVALID_PAGE)},
+    )
     def get(self, request: Request) -> Response:
         limit = page_limit(request)
         before_id = decode_uuid_cursor(request)
@@ -61,7 +87,12 @@ class WalletCollectionView(APIView):
 
 
 class WalletDetailView(APIView):
-    @extend_schema(responses={200: WalletOut}, summary="Get a wallet")
+    @extend_schema(
+        operation_id="wallets_retrieve",
+        summary="Get a wallet",
+        parameters=[WALLET_ID],
+        responses={200: WalletOut, **error_responses(WALLET_NOT_FOUND, NOT_FOUND)},
+    )
     def get(self, request: Request, wallet_id: str) -> Response:
         return Response(WalletOut(owned_wallet(request, wallet_id)).data)
 
@@ -85,7 +116,12 @@ class DepositView(_MovementView):
     service = staticmethod(services.wallet_fund)
 
     @extend_schema(
-        request=MovementIn, responses={201: EntryOut}, parameters=[IDEMPOTENCY_HEADER], summary="Fund a wallet"
+        operation_id="wallets_deposits_create",
+        summary="Fund a wallet",
+        request=MovementIn,
+        parameters=[WALLET_ID, IDEMPOTENCY_KEY_HEADER, replayed_header(201, 409, 422)],
+        responses={201: EntryOut, **error_responses(*MOVEMENT_ERRORS, BALANCE_LIMIT_EXCEEDED)},
+        extensions=response_links(ENTRY_LINKS, 201),
     )
     def post(self, request: Request, wallet_id: str) -> Response:
         return super().post(request, wallet_id)
@@ -95,14 +131,24 @@ class WithdrawalView(_MovementView):
     service = staticmethod(services.wallet_withdraw)
 
     @extend_schema(
-        request=MovementIn, responses={201: EntryOut}, parameters=[IDEMPOTENCY_HEADER], summary="Withdraw from a wallet"
+        operation_id="wallets_withdrawals_create",
+        summary="Withdraw from a wallet (never below zero)",
+        request=MovementIn,
+        parameters=[WALLET_ID, IDEMPOTENCY_KEY_HEADER, replayed_header(201, 409, 422)],
+        responses={201: EntryOut, **error_responses(*MOVEMENT_ERRORS, INSUFFICIENT_FUNDS)},
+        extensions=response_links(ENTRY_LINKS, 201),
     )
     def post(self, request: Request, wallet_id: str) -> Response:
         return super().post(request, wallet_id)
 
 
 class EntryListView(APIView):
-    @extend_schema(parameters=PAGE_PARAMS, responses={200: EntryOut(many=True)}, summary="Ledger history, newest first")
+    @extend_schema(
+        operation_id="wallets_entries_list",
+        summary="Ledger history, newest first",
+        parameters=[WALLET_ID, *PAGE_PARAMETERS],
+        responses={200: EntryPage, **error_responses(INVALID_PAGE, WALLET_NOT_FOUND, NOT_FOUND)},
+    )
     def get(self, request: Request, wallet_id: str) -> Response:
         wallet = owned_wallet(request, wallet_id)
         limit = page_limit(request)

@@ -6,8 +6,25 @@ from typing import Any
 from rest_framework import serializers
 
 from apps.common.api import AmountField
-from apps.transfers.models import Transfer
+from apps.common.openapi import BODY_KEY_PATTERN, CurrencyField, IdField
+from apps.transfers.models import FailureReason, Transfer, TransferStatus
 from apps.transfers.saga import Event
+
+# What a batch item's `status` and `error.code` can be (the single endpoint's answers).
+BATCH_ITEM_STATUSES = [(201, "201"), (202, "202"), (400, "400"), (404, "404"), (409, "409"), (422, "422")]
+BATCH_ITEM_ERROR_CODES = [
+    "parameter_invalid",
+    "parameter_missing",
+    "invalid_amount",
+    "unsupported_currency",
+    "same_wallet",
+    "idempotency_key_missing",
+    "idempotency_key_invalid",
+    "wallet_not_found",
+    "idempotency_request_in_progress",
+    "idempotency_key_reused",
+    "currency_mismatch",
+]
 
 
 class TransferCreateIn(serializers.Serializer):
@@ -17,38 +34,47 @@ class TransferCreateIn(serializers.Serializer):
     `apps.transfers.validation.parse_transfer_body`, shared by the single and batch endpoints.
     """
 
-    amount_minor = AmountField()
-    currency = serializers.CharField(help_text="ISO 4217 code: the paying wallet's currency.")
+    amount_minor = AmountField(help_text="Positive integer in minor units (cents for USD).")
+    currency = CurrencyField(help_text="ISO 4217 code: the paying wallet's currency.")
 
     def get_fields(self) -> dict[str, serializers.Field]:
         # "from" is a Python keyword, so these two are added here rather than as attributes.
         fields = super().get_fields()
-        fields["from"] = serializers.UUIDField(help_text="The paying wallet: one of yours.")
-        fields["to"] = serializers.UUIDField(help_text="The receiving wallet: any active wallet of the same currency.")
+        fields["from"] = IdField(help_text="The paying wallet: one of yours.")
+        fields["to"] = IdField(help_text="The receiving wallet: any active wallet of the same currency.")
         return fields
 
 
 class TransferEventOut(serializers.Serializer):
-    status = serializers.CharField(source="to_status")
-    reason = serializers.CharField(allow_null=True)
+    status = serializers.ChoiceField(TransferStatus.choices, source="to_status")
+    reason = serializers.ChoiceField(FailureReason.choices, allow_null=True, help_text="Why it failed, if it did.")
     at = serializers.DateTimeField()
 
 
-class TransferOut(serializers.Serializer):
-    """The transfer in the OpenAPI schema; responses are built by `transfer_out` (a hot path)."""
+class TransferSummaryOut(serializers.Serializer):
+    """A transfer as lists show it (no status history). In the OpenAPI schema only: responses
+    are built by `transfer_out` (a hot path)."""
 
-    id = serializers.UUIDField()
-    amount_minor = serializers.IntegerField()
-    currency = serializers.CharField()
-    status = serializers.CharField()
-    failure_reason = serializers.CharField(allow_null=True)
+    id = IdField()
+    amount_minor = AmountField()
+    currency = CurrencyField()
+    status = serializers.ChoiceField(TransferStatus.choices)
+    failure_reason = serializers.ChoiceField(FailureReason.choices, allow_null=True, help_text="Set once failed.")
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
 
     def get_fields(self) -> dict[str, serializers.Field]:
         fields = super().get_fields()
-        fields["from"] = serializers.UUIDField(source="payer_id")
-        fields["to"] = serializers.UUIDField(source="payee_id")
+        fields["from"] = IdField(source="payer_id", help_text="The paying wallet.")
+        fields["to"] = IdField(source="payee_id", help_text="The receiving wallet.")
+        return fields
+
+
+class TransferOut(TransferSummaryOut):
+    """A transfer with its status history (in the OpenAPI schema only, as `TransferSummaryOut`)."""
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        fields = super().get_fields()
         fields["status_history"] = TransferEventOut(many=True, help_text="Every transition, oldest first.")
         return fields
 
@@ -79,32 +105,41 @@ def transfer_out(transfer: Transfer, events: list[Event] | None = None) -> dict[
 
 class BalanceOut(serializers.Serializer):
     wallet_id = serializers.UUIDField()
-    currency = serializers.CharField()
+    currency = CurrencyField()
     posted = serializers.IntegerField(help_text="Balance counting settled movements only.")
     pending_out = serializers.IntegerField(help_text="Debited by transfers not yet completed or refunded.")
     available = serializers.IntegerField(help_text="What the wallet can pay now: posted - pending_out.")
 
 
 class TransferBatchItemIn(TransferCreateIn):
-    idempotency_key = serializers.CharField(max_length=255, help_text="This item's own Idempotency-Key.")
+    idempotency_key = serializers.RegexField(
+        BODY_KEY_PATTERN, max_length=255, help_text="This item's own Idempotency-Key (1-255 printable ASCII)."
+    )
 
 
 class TransferBatchIn(serializers.Serializer):
-    transfers = TransferBatchItemIn(many=True, help_text="1 to 1,000 transfers.")
+    transfers = serializers.ListField(child=TransferBatchItemIn(), min_length=1, max_length=1000)
 
 
 class ItemErrorOut(serializers.Serializer):
-    code = serializers.CharField()
+    """The error the single endpoint would have answered for this item."""
+
+    code = serializers.ChoiceField(BATCH_ITEM_ERROR_CODES)
     message = serializers.CharField()
     param = serializers.CharField(allow_null=True)
 
 
 class TransferBatchResultOut(serializers.Serializer):
-    index = serializers.IntegerField(help_text="Position of the item in the request.")
-    outcome = serializers.ChoiceField(["accepted", "replayed", "rejected"])
-    status = serializers.IntegerField(help_text="The HTTP status the single endpoint would have answered.")
-    transfer = TransferOut(allow_null=True)
-    error = ItemErrorOut(allow_null=True)
+    index = serializers.IntegerField(min_value=0, help_text="Position of the item in the request.")
+    outcome = serializers.ChoiceField(
+        ["accepted", "replayed", "rejected"],
+        help_text="`accepted`: created now; `replayed`: its key's earlier answer; `rejected`: see `error`.",
+    )
+    status = serializers.ChoiceField(
+        BATCH_ITEM_STATUSES, help_text="The HTTP status the single endpoint would have answered."
+    )
+    transfer = TransferOut(allow_null=True, help_text="Null when rejected.")
+    error = ItemErrorOut(allow_null=True, help_text="Null unless rejected.")
 
 
 class TransferBatchOut(serializers.Serializer):

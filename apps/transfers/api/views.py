@@ -6,7 +6,7 @@ import uuid
 
 from django.conf import settings
 from django.http import HttpResponse
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -14,10 +14,45 @@ from rest_framework.views import APIView
 
 from apps.common.api import decode_uuid_cursor, idempotency_key, page, page_limit
 from apps.common.errors import DomainError, InvalidRequest
-from apps.ledger.api.views import IDEMPOTENCY_HEADER, PAGE_PARAMS, owned_wallet
+from apps.common.openapi import (
+    IDEMPOTENCY_KEY_HEADER,
+    IDEMPOTENCY_KEY_INVALID,
+    IDEMPOTENCY_KEY_MISSING,
+    INVALID_AMOUNT,
+    INVALID_JSON,
+    INVALID_PAGE,
+    JSON_BODY_ERRORS,
+    NOT_FOUND,
+    PAGE_PARAMETERS,
+    PARAMETER_MISSING,
+    UNSUPPORTED_CURRENCY,
+    UNSUPPORTED_MEDIA_TYPE,
+    error_responses,
+    replayed_header,
+    response_links,
+)
+from apps.ledger.api.schema import WALLET_ID, WALLET_NOT_FOUND
+from apps.ledger.api.views import owned_wallet
 from apps.ledger.errors import WalletNotFound
 from apps.sharding.ids import InvalidId, parse_id
 from apps.transfers import selectors, services
+from apps.transfers.api.schema import (
+    BATCH_INVALID,
+    BATCH_LINKS,
+    BATCH_URL,
+    IN_PROGRESS,
+    NOT_A_WALLET_ID,
+    PAYER_CURRENCY_MISMATCH,
+    PAYER_NOT_FOUND,
+    SAME_WALLET,
+    TRANSFER_ID,
+    TRANSFER_KEY_REUSED,
+    TRANSFER_LINKS,
+    TRANSFER_NOT_FOUND,
+    WAIT,
+    WAIT_INVALID,
+    TransferPage,
+)
 from apps.transfers.api.serializers import (
     BalanceOut,
     TransferBatchIn,
@@ -31,10 +66,6 @@ from apps.transfers.errors import TransferNotFound
 from apps.transfers.models import Transfer
 from apps.transfers.saga import Event
 from apps.transfers.validation import Invalid, parse_transfer_body
-
-WAIT_PARAM = OpenApiParameter(
-    "wait", float, description="Seconds (max 30) to wait for a terminal status before answering."
-)
 
 
 class InvalidTransfer(DomainError):
@@ -77,10 +108,31 @@ def wait_until_terminal(transfer: Transfer, seconds: float) -> Transfer:
 
 class TransferCollectionView(APIView):
     @extend_schema(
-        request=TransferCreateIn,
-        responses={201: TransferOut, 202: TransferOut},
-        parameters=[IDEMPOTENCY_HEADER, WAIT_PARAM],
+        operation_id="transfers_create",
         summary="Create a transfer",
+        description="201 once terminal (`completed` or `failed`, e.g. for insufficient funds), 202 while in flight.",
+        request=TransferCreateIn,
+        parameters=[IDEMPOTENCY_KEY_HEADER, WAIT, replayed_header(201, 202)],
+        responses={
+            201: TransferOut,
+            202: TransferOut,
+            **error_responses(
+                IDEMPOTENCY_KEY_MISSING,
+                IDEMPOTENCY_KEY_INVALID,
+                WAIT_INVALID,
+                NOT_A_WALLET_ID,
+                PARAMETER_MISSING,
+                INVALID_AMOUNT,
+                UNSUPPORTED_CURRENCY,
+                SAME_WALLET,
+                *JSON_BODY_ERRORS,
+                PAYER_NOT_FOUND,
+                IN_PROGRESS,
+                TRANSFER_KEY_REUSED,
+                PAYER_CURRENCY_MISMATCH,
+            ),
+        },
+        extensions=response_links(TRANSFER_LINKS, 201, 202),
     )
     def post(self, request: Request) -> HttpResponse:
         key = idempotency_key(request)
@@ -106,9 +158,12 @@ class TransferCollectionView(APIView):
 
 class TransferBatchView(APIView):
     @extend_schema(
-        request=TransferBatchIn,
-        responses={200: TransferBatchOut},
+        operation_id="transfers_batch_create",
         summary="Create up to 1,000 transfers, each with its own idempotency key and result",
+        description="One bad item never sinks the others: each gets the answer the single endpoint would give.",
+        request=TransferBatchIn,
+        responses={200: TransferBatchOut, **error_responses(INVALID_JSON, BATCH_INVALID, UNSUPPORTED_MEDIA_TYPE)},
+        extensions=response_links(BATCH_LINKS, 200),
     )
     def post(self, request: Request) -> HttpResponse:
         body = request.data
@@ -136,7 +191,12 @@ def parse_transfer_id(raw: str) -> uuid.UUID:
 
 
 class TransferDetailView(APIView):
-    @extend_schema(responses={200: TransferOut}, summary="Get a transfer with its status history")
+    @extend_schema(
+        operation_id="transfers_retrieve",
+        summary="Get a transfer with its status history",
+        parameters=[TRANSFER_ID],
+        responses={200: TransferOut, **error_responses(TRANSFER_NOT_FOUND, NOT_FOUND, BATCH_URL)},
+    )
     def get(self, request: Request, transfer_id: str) -> Response:
         try:
             transfer = selectors.transfer_get(transfer_id=parse_transfer_id(transfer_id), client_id=request.user.id)
@@ -147,7 +207,10 @@ class TransferDetailView(APIView):
 
 class WalletTransferListView(APIView):
     @extend_schema(
-        parameters=PAGE_PARAMS, responses={200: TransferOut(many=True)}, summary="Transfers paid by a wallet"
+        operation_id="wallets_transfers_list",
+        summary="Transfers paid by a wallet, newest first",
+        parameters=[WALLET_ID, *PAGE_PARAMETERS],
+        responses={200: TransferPage, **error_responses(INVALID_PAGE, WALLET_NOT_FOUND, NOT_FOUND)},
     )
     def get(self, request: Request, wallet_id: str) -> Response:
         wallet = owned_wallet(request, wallet_id)
@@ -158,7 +221,12 @@ class WalletTransferListView(APIView):
 
 
 class WalletBalanceView(APIView):
-    @extend_schema(responses={200: BalanceOut}, summary="Balance, read from the wallet's shard")
+    @extend_schema(
+        operation_id="wallets_balance_retrieve",
+        summary="Balance, read from the wallet's shard",
+        parameters=[WALLET_ID],
+        responses={200: BalanceOut, **error_responses(WALLET_NOT_FOUND, NOT_FOUND)},
+    )
     def get(self, request: Request, wallet_id: str) -> Response:
         wallet = owned_wallet(request, wallet_id)
         pending_out = selectors.pending_out_minor(wallet_id=wallet.id)

@@ -1,0 +1,47 @@
+"""The transfer endpoints' pieces of the OpenAPI schema: error codes, pages, links (see apps.common.openapi)."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import OpenApiParameter
+
+from apps.common.errors import IdempotencyKeyReused, InvalidRequest
+from apps.common.openapi import METHOD_NOT_ALLOWED, PARAMETER_INVALID, ErrorCode, id_parameter, link, page_of
+from apps.ledger.api.schema import WALLET_NOT_FOUND
+from apps.ledger.errors import CurrencyMismatch
+from apps.transfers.api.serializers import TransferSummaryOut
+from apps.transfers.errors import IdempotencyRequestInProgress, TransferNotFound
+
+TRANSFER_ID = id_parameter("transfer_id", "One of your transfers.")
+WAIT = OpenApiParameter(
+    "wait",
+    {"type": "number", "minimum": 0, "maximum": 30},
+    description="Seconds to wait for a terminal status before answering: 201 if it got there, else 202.",
+)
+
+TRANSFER_NOT_FOUND = ErrorCode.of(TransferNotFound, "no such transfer, or another client's")
+BATCH_URL = METHOD_NOT_ALLOWED.because("`transfer_id` is `batch`: that URL takes POST only")
+PAYER_NOT_FOUND = WALLET_NOT_FOUND.because("`from` is not one of your wallets")
+NOT_A_WALLET_ID = PARAMETER_INVALID.because("the body is not a JSON object, or `from` or `to` is not a wallet id")
+SAME_WALLET = ErrorCode(400, "same_wallet", "`from` and `to` are the same wallet")
+WAIT_INVALID = ErrorCode.of(InvalidRequest, "`wait` is not a number of seconds in 0..30")
+BATCH_INVALID = ErrorCode.of(InvalidRequest, 'the body is not `{"transfers": [...]}` with 1 to 1,000 items')
+IN_PROGRESS = ErrorCode.of(IdempotencyRequestInProgress, "the first request with this key is still waiting")
+TRANSFER_KEY_REUSED = ErrorCode.of(IdempotencyKeyReused, "this key was used with another transfer from this wallet")
+PAYER_CURRENCY_MISMATCH = ErrorCode.of(CurrencyMismatch, "`currency` is not the paying wallet's")
+
+TransferPage = page_of(TransferSummaryOut, "TransferPage", "Transfers the wallet paid")
+
+TRANSFER_LINKS = {
+    "GetTransfer": link("transfers_retrieve", "The transfer and its status history.", transfer_id="$response.body#/id"),
+    "ListPayerTransfers": link(
+        "wallets_transfers_list", "The transfers its payer paid.", wallet_id="$response.body#/from"
+    ),
+    "GetPayerBalance": link("wallets_balance_retrieve", "The payer's balance.", wallet_id="$response.body#/from"),
+}
+BATCH_LINKS = {
+    "GetFirstTransfer": link(
+        "transfers_retrieve",
+        "The first item's transfer (when it was not rejected).",
+        transfer_id="$response.body#/results/0/transfer/id",
+    ),
+}
