@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from django.conf import settings
 
 from apps.sharding.routing import alias_for_id
+from tests.contract.schema import check_response
 from tests.factories import ALL_DATABASES, free_port
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=ALL_DATABASES)
@@ -30,9 +32,12 @@ def http(
         request.add_header("Authorization", f"Bearer {key}")
     try:
         with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
-            return response.status, json.loads(response.read())
+            status, headers, content = response.status, response.headers.items(), response.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+        status, headers, content = exc.code, exc.headers.items(), exc.read()
+    sent = urllib.parse.urlsplit(url)
+    check_response(method, sent.path, sent.query, status, headers, content)
+    return status, json.loads(content)
 
 
 def wallet_on(base: str, key: str, alias: str) -> str:

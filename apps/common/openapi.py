@@ -207,6 +207,13 @@ def link(operation_id: str, description: str, *, body: dict[str, str] | None = N
     return definition
 
 
+def next_page_link(operation_id: str, **path: str) -> dict[str, dict[str, Any]]:
+    """The link from a page to the next one (its `next_cursor` is null on the last page)."""
+    target = link(operation_id, "The next page.", **path)
+    target.setdefault("parameters", {})["query.cursor"] = "$response.body#/next_cursor"
+    return {"NextPage": target}
+
+
 def response_links(links: dict[str, dict[str, Any]], *statuses: int) -> dict[str, Any]:
     """For `@extend_schema(extensions=...)`: `postprocess` moves these links onto the responses."""
     return {"x-response-links": {str(status): links for status in statuses}}

@@ -33,8 +33,9 @@ NOT_OPERATIONS = ("/v1/schema/", "/v1/docs/")
 NO_OPERATION_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 
+@functools.cache
 def generated_schema() -> dict[str, Any]:
-    """The schema as `/v1/schema/` renders it, as plain JSON."""
+    """The schema as `/v1/schema/` renders it, as plain JSON (do not change it: it is shared)."""
     from drf_spectacular.generators import SchemaGenerator
     from drf_spectacular.renderers import OpenApiJsonRenderer
 

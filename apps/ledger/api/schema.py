@@ -13,6 +13,7 @@ from apps.common.openapi import (
     ErrorCode,
     id_parameter,
     link,
+    next_page_link,
     page_of,
 )
 from apps.ledger.api.serializers import EntryOut, WalletOut
@@ -65,3 +66,5 @@ def wallet_links(expression: str) -> dict[str, dict]:
 
 WALLET_LINKS = wallet_links("$response.body#/id")
 ENTRY_LINKS = wallet_links("$response.body#/wallet_id")
+WALLET_PAGE_LINKS = next_page_link("wallets_list")
+ENTRY_PAGE_LINKS = next_page_link("wallets_entries_list", wallet_id="$request.path.wallet_id")

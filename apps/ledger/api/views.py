@@ -29,11 +29,13 @@ from apps.ledger import selectors, services
 from apps.ledger.api.schema import (
     BALANCE_LIMIT_EXCEEDED,
     ENTRY_LINKS,
+    ENTRY_PAGE_LINKS,
     INSUFFICIENT_FUNDS,
     MOVEMENT_ERRORS,
     WALLET_ID,
     WALLET_LINKS,
     WALLET_NOT_FOUND,
+    WALLET_PAGE_LINKS,
     EntryPage,
     WalletPage,
 )
@@ -78,6 +80,7 @@ class WalletCollectionView(APIView):
         summary="List your wallets",
         parameters=PAGE_PARAMETERS,
         responses={200: WalletPage, **error_responses(INVALID_PAGE)},
+        extensions=response_links(WALLET_PAGE_LINKS, 200),
     )
     def get(self, request: Request) -> Response:
         limit = page_limit(request)
@@ -148,6 +151,7 @@ class EntryListView(APIView):
         summary="Ledger history, newest first",
         parameters=[WALLET_ID, *PAGE_PARAMETERS],
         responses={200: EntryPage, **error_responses(INVALID_PAGE, WALLET_NOT_FOUND, NOT_FOUND)},
+        extensions=response_links(ENTRY_PAGE_LINKS, 200),
     )
     def get(self, request: Request, wallet_id: str) -> Response:
         wallet = owned_wallet(request, wallet_id)

@@ -5,7 +5,15 @@ from __future__ import annotations
 from drf_spectacular.utils import OpenApiParameter
 
 from apps.common.errors import IdempotencyKeyReused, InvalidRequest
-from apps.common.openapi import METHOD_NOT_ALLOWED, PARAMETER_INVALID, ErrorCode, id_parameter, link, page_of
+from apps.common.openapi import (
+    METHOD_NOT_ALLOWED,
+    PARAMETER_INVALID,
+    ErrorCode,
+    id_parameter,
+    link,
+    next_page_link,
+    page_of,
+)
 from apps.ledger.api.schema import WALLET_NOT_FOUND
 from apps.ledger.errors import CurrencyMismatch
 from apps.transfers.api.serializers import TransferSummaryOut
@@ -30,13 +38,10 @@ TRANSFER_KEY_REUSED = ErrorCode.of(IdempotencyKeyReused, "this key was used with
 PAYER_CURRENCY_MISMATCH = ErrorCode.of(CurrencyMismatch, "`currency` is not the paying wallet's")
 
 TransferPage = page_of(TransferSummaryOut, "TransferPage", "Transfers the wallet paid")
+TRANSFER_PAGE_LINKS = next_page_link("wallets_transfers_list", wallet_id="$request.path.wallet_id")
 
 TRANSFER_LINKS = {
     "GetTransfer": link("transfers_retrieve", "The transfer and its status history.", transfer_id="$response.body#/id"),
-    "ListPayerTransfers": link(
-        "wallets_transfers_list", "The transfers its payer paid.", wallet_id="$response.body#/from"
-    ),
-    "GetPayerBalance": link("wallets_balance_retrieve", "The payer's balance.", wallet_id="$response.body#/from"),
 }
 BATCH_LINKS = {
     "GetFirstTransfer": link(

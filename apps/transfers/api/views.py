@@ -49,6 +49,7 @@ from apps.transfers.api.schema import (
     TRANSFER_KEY_REUSED,
     TRANSFER_LINKS,
     TRANSFER_NOT_FOUND,
+    TRANSFER_PAGE_LINKS,
     WAIT,
     WAIT_INVALID,
     TransferPage,
@@ -211,6 +212,7 @@ class WalletTransferListView(APIView):
         summary="Transfers paid by a wallet, newest first",
         parameters=[WALLET_ID, *PAGE_PARAMETERS],
         responses={200: TransferPage, **error_responses(INVALID_PAGE, WALLET_NOT_FOUND, NOT_FOUND)},
+        extensions=response_links(TRANSFER_PAGE_LINKS, 200),
     )
     def get(self, request: Request, wallet_id: str) -> Response:
         wallet = owned_wallet(request, wallet_id)
