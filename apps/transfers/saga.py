@@ -331,11 +331,23 @@ def _credit_group(payee_alias: str, transfers: list[Transfer], now: datetime) ->
     return credited
 
 
+# A drain's claim counts as the transfers' first attempt, committed before the work: if the
+# work kills its worker, the redelivered drain does not take them again (drains take only
+# attempts = 0); the sweeper hands them to their own task, which counts and parks.
+_CLAIM_SQL = """
+UPDATE transfers_transfer SET attempts = attempts + 1
+ WHERE id IN (SELECT id FROM transfers_transfer
+               WHERE status = 'debited' AND parked_at IS NULL AND attempts = 0
+               ORDER BY updated_at LIMIT %s FOR UPDATE SKIP LOCKED)
+RETURNING id
+"""
+
+
 def drain_debited(alias: str, *, limit: int = 500) -> DrainResult:
     """Run the payee and finish steps for up to `limit` debited transfers paid from `alias`.
 
-    The transfers are claimed with FOR UPDATE SKIP LOCKED (two drains never take the same
-    ones) in a transaction on the payer's shard that stays open while each payee shard's
+    The transfers are claimed first (FOR UPDATE SKIP LOCKED: two drains never take the same
+    ones; see _CLAIM_SQL), then locked in a transaction on the payer's shard that stays open while each payee shard's
     credits commit (one transaction per payee shard), then completes the credited ones in
     one statement. A crash in between leaves them `debited` with their PayeeCredit
     committed: the next run finds the outcome and completes them. Transfers that were
@@ -343,12 +355,15 @@ def drain_debited(alias: str, *, limit: int = 500) -> DrainResult:
     """
     now = timezone.now()
     transient: list[uuid.UUID] = []
+    with fast_cursor(alias) as cursor:  # one statement: committed before any work starts
+        cursor.execute(_CLAIM_SQL, [limit])
+        ids = [row[0] for row in cursor.fetchall()]
     with transaction.atomic(using=alias):
         claimed = list(
             Transfer.objects.using(alias)
             .select_for_update(skip_locked=True)
-            .filter(status=TransferStatus.DEBITED, parked_at__isnull=True, attempts=0)
-            .order_by("updated_at")[:limit]
+            .filter(id__in=ids, status=TransferStatus.DEBITED)
+            .order_by("updated_at")
         )
         by_payee_shard: dict[str, list[Transfer]] = defaultdict(list)
         for transfer in claimed:
