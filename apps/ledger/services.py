@@ -7,7 +7,9 @@ the same reference returns the first result and changes nothing.
 
 from __future__ import annotations
 
+import json
 import uuid
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,7 +18,7 @@ from django.db import IntegrityError, connections, transaction
 from django.utils import timezone
 
 from apps.common.db import fast_cursor
-from apps.common.errors import IdempotencyKeyReused
+from apps.common.errors import IdempotencyKeyReused, error_body
 from apps.ledger.errors import (
     BalanceLimitExceeded,
     CurrencyMismatch,
@@ -24,7 +26,7 @@ from apps.ledger.errors import (
     WalletFrozen,
     WalletNotFound,
 )
-from apps.ledger.models import EntryKind, Wallet, WalletStatus
+from apps.ledger.models import EntryKind, MovementKey, Wallet, WalletStatus
 from apps.sharding.ids import bucket_of, new_id
 from apps.sharding.routing import alias_for_id, random_bucket, shard_map
 
@@ -216,6 +218,56 @@ def wallet_fund(*, wallet_id: uuid.UUID, amount_minor: int, reference: str) -> A
 def wallet_withdraw(*, wallet_id: uuid.UUID, amount_minor: int, reference: str) -> AppliedEntry:
     """Money leaves the system: a withdrawal, applied once per reference, never below zero."""
     return apply_entry(wallet_id=wallet_id, reference=reference, kind=EntryKind.WITHDRAWAL, delta=-amount_minor)
+
+
+@dataclass(frozen=True)
+class MovementAnswer:
+    """The answer for a deposit's or withdrawal's key: as first given, exactly."""
+
+    status: int
+    body: str
+    replayed: bool
+
+
+# Refusals that are the key's answer, as a success would be (validation errors are not).
+_MOVEMENT_REFUSALS = (InsufficientFunds, WalletFrozen, BalanceLimitExceeded)
+
+_CLAIM_KEY_SQL = """
+INSERT INTO ledger_movement_key (wallet_id, key, kind, amount_minor, created_at) VALUES (%s, %s, %s, %s, %s)
+ON CONFLICT (wallet_id, key) DO NOTHING RETURNING id
+"""
+
+
+def wallet_movement(
+    *, wallet_id: uuid.UUID, kind: EntryKind, amount_minor: int, key: str, render: Callable[[AppliedEntry], str]
+) -> MovementAnswer:
+    """A deposit or withdrawal under an Idempotency-Key, Stripe-like: the key's first answer is its answer.
+
+    One transaction on the wallet's shard claims the key, applies the movement (or records
+    why not: insufficient funds, frozen, balance limit) and stores the answer. A concurrent
+    repeat waits on the key's unique index, then replays. The same key with another amount,
+    or for the other kind of movement, is IdempotencyKeyReused.
+    """
+    alias = alias_for_id(wallet_id)
+    delta = amount_minor if kind == EntryKind.DEPOSIT else -amount_minor
+    with transaction.atomic(using=alias):
+        with fast_cursor(alias) as cursor:
+            cursor.execute(_CLAIM_KEY_SQL, [wallet_id, key, str(kind), amount_minor, timezone.now()])
+            claimed = cursor.fetchone()
+        if claimed is None:
+            first = MovementKey.objects.using(alias).get(wallet_id=wallet_id, key=key)
+            if (first.kind, first.amount_minor) != (str(kind), amount_minor):
+                raise IdempotencyKeyReused(
+                    f"This key was used for a {first.kind} of {first.amount_minor}.", param="Idempotency-Key"
+                )
+            return MovementAnswer(first.response_status, first.response_body, replayed=True)
+        try:
+            entry = apply_entry(wallet_id=wallet_id, reference=key, kind=kind, delta=delta)
+            status, body = 201, render(entry)
+        except _MOVEMENT_REFUSALS as exc:
+            status, body = exc.status, json.dumps(error_body(exc.code, exc.message, exc.param), separators=(",", ":"))
+        MovementKey.objects.using(alias).filter(id=claimed[0]).update(response_status=status, response_body=body)
+    return MovementAnswer(status, body, replayed=False)
 
 
 def wallet_debit(

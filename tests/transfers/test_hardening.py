@@ -236,7 +236,6 @@ def test_a_repeat_in_a_batch_after_a_refused_first_is_a_request_of_its_own() -> 
 def test_a_repeat_in_a_batch_of_a_key_refused_for_its_body_is_decided_on_its_own_body() -> None:
     owner, api_key = make_client()
     payer = make_wallet(owner, funded=1000, shard="shard_00")
-    payee = make_wallet(owner, shard="shard_01")
     eur = make_wallet(owner, currency="EUR", funded=1000, shard="shard_00")
     eur_payee = make_wallet(owner, currency="EUR", shard="shard_00")
     items = [
