@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.db import IntegrityError, InterfaceError, OperationalError, connections, transaction
-from django.db.models import F
 from django.utils import timezone
 
 from apps.sharding.routing import alias_for_id
@@ -34,14 +33,6 @@ def enqueue_advance(transfer_id: uuid.UUID) -> None:
         advance_transfer.apply_async(args=[str(transfer_id)])
     except Exception:
         log.exception("could not enqueue transfer", extra={"transfer_id": str(transfer_id)})
-
-
-def transfer_record_attempt(transfer_id: uuid.UUID, error: str) -> None:
-    """Note a failed attempt (from a drain); bumping updated_at keeps the sweeper off while retries are pending."""
-    alias = alias_for_id(transfer_id)
-    Transfer.objects.using(alias).filter(id=transfer_id, status__in=IN_FLIGHT_STATUSES).update(
-        attempts=F("attempts") + 1, last_error=error[:2000], updated_at=timezone.now()
-    )
 
 
 def transfer_begin_attempt(transfer_id: uuid.UUID) -> int | None:

@@ -45,7 +45,7 @@ def advance_transfer(self: Task, transfer_id: str) -> str | None:
         raise self.retry(exc=exc, countdown=retry_delay(self.request.retries)) from exc
     if attempt is None:
         return None  # terminal, parked (an operator decides) or no such transfer
-    if attempt > settings.SAGA_MAX_RETRIES:
+    if attempt > settings.SAGA_MAX_RETRIES + 1:  # the first attempt and its retries are spent
         if services.transfer_park(tid, f"gave up after {attempt - 1} attempts"):
             SAGA_PARKED.inc()
         log.error("transfer parked", extra={"transfer_id": transfer_id, "attempts": attempt - 1})
@@ -138,7 +138,7 @@ def _advance_now(transfer_id: uuid.UUID) -> None:
 def _hand_over(transfer_id: uuid.UUID, error: str) -> None:
     """Leave the transfer to its own task, with retries, backoff and parking."""
     with contextlib.suppress(DatabaseError):
-        services.transfer_record_attempt(transfer_id, error)  # attempts > 0: drains skip it
+        services.transfer_record_error(transfer_id, error)  # its drain's claim counted the attempt
     advance_transfer.apply_async(args=[str(transfer_id)], countdown=retry_delay(0))
 
 

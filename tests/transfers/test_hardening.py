@@ -193,7 +193,7 @@ def test_a_transfer_is_parked_by_its_stored_attempts_whatever_the_message_says(s
     transfer = create_transfer(owner, payer, make_wallet(owner, shard="shard_01").id, 100)
     # As if earlier deliveries had each killed their worker: counted in the row, retries=0 in the message.
     raw_query("shard_00", "UPDATE transfers_transfer SET attempts = %s WHERE id = %s",
-              [settings.SAGA_MAX_RETRIES, transfer.id])  # fmt: skip
+              [settings.SAGA_MAX_RETRIES + 1, transfer.id])  # fmt: skip
     assert tasks.advance_transfer.apply(args=[str(transfer.id)]).get() is None
     row = Transfer.objects.using("shard_00").get(id=transfer.id)
     assert row.parked_at is not None

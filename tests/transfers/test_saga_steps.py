@@ -277,12 +277,12 @@ def test_drain_after_a_crash_between_credit_and_completion_completes_without_cre
 
 
 def test_drain_skips_transfers_already_handed_to_their_own_retries(owner) -> None:
-    from apps.transfers.services import transfer_record_attempt
+    from apps.transfers.services import transfer_begin_attempt
 
     payer = make_wallet(owner, funded=1000, shard="shard_00")
     payee = make_wallet(owner, shard="shard_01")
     transfer = create_transfer(owner, payer, payee.id, 100)
-    transfer_record_attempt(transfer.id, "OperationalError: payee shard down")
+    assert transfer_begin_attempt(transfer.id) == 1
     assert saga.drain_debited("shard_00").claimed == 0
     assert wallet_balance(payee.id) == 0
 
