@@ -108,15 +108,18 @@ def _entry(wallet_id: uuid.UUID, wallet: LockedWallet, delta: int, transfer: Tra
     return (new_id(bucket_of(wallet_id)), wallet_id, wallet.seq, str(transfer.id), kind, delta, wallet.balance, now)
 
 
-def plan_first_step(transfer: Transfer, wallets: dict[uuid.UUID, LockedWallet], plan: GroupPlan, now: datetime) -> None:
+def plan_first_step(
+    transfer: Transfer, wallets: dict[uuid.UUID, LockedWallet], plan: GroupPlan, now: datetime, *, stored: bool = False
+) -> None:
     """Decide one `pending` transfer's first step against the locked wallets, in memory.
 
     The payer first (found, currency, active, funds); then, when the payee is on the same
     shard, the payee (found, currency, active, room under the limit): both pass -> debit and
     credit, completed; payer refuses -> failed, nothing moved; payee refuses -> failed, nothing
-    moved. Cross-shard: debited; the saga credits the payee later.
+    moved. Cross-shard: debited; the saga credits the payee later. The planned events start
+    with the transfer's creation unless it is already `stored`.
     """
-    events = [Event(None, TransferStatus.PENDING, None, now)] if transfer.status == TransferStatus.PENDING else []
+    events = [] if stored else [Event(None, TransferStatus.PENDING, None, now)]
 
     def move(to: TransferStatus, reason: str | None = None) -> None:
         events.append(Event(transfer.status, to, reason, now))
@@ -231,7 +234,7 @@ def run_stored_first_step(transfer: Transfer, now: datetime) -> None:
     wallets = lock_wallets(alias, touched, payee_ids=payees)
     stored_status = transfer.status
     plan = GroupPlan()
-    plan_first_step(transfer, wallets, plan, now)
+    plan_first_step(transfer, wallets, plan, now, stored=True)
     connection = connections[alias]
     with connection.wrap_database_errors, connection.connection.cursor() as cursor:
         _write_money(cursor, plan, wallets, now)

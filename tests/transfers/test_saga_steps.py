@@ -314,3 +314,29 @@ def test_a_deposit_past_the_bigint_limit_is_refused_and_changes_nothing(owner) -
         wallet_fund(wallet_id=wallet.id, amount_minor=2, reference="over")
     assert wallet_balance(wallet.id) == MAX - 1
     assert entry_kinds(wallet.id) == ["deposit"]
+
+
+@pytest.mark.parametrize(
+    ("payee_shard", "funded", "history", "reason"),
+    [
+        ("shard_00", 1000, ["pending", "debited", "completed"], None),
+        ("shard_01", 1000, ["pending", "debited", "completed"], None),
+        ("shard_00", 10, ["pending", "failed"], "insufficient_funds"),
+    ],
+)
+def test_a_transfer_stored_as_pending_runs_its_first_step_by_the_same_rules(
+    owner, payee_shard, funded, history, reason
+) -> None:
+    payer = make_wallet(owner, funded=funded, shard="shard_00")
+    payee = make_wallet(owner, shard=payee_shard)
+    now = timezone.now()
+    transfer = Transfer(
+        id=new_id(bucket_on("shard_00")), client_id=owner.id, payer_id=payer.id, payee_id=payee.id,
+        amount_minor=100, currency="USD", status="pending", request_fingerprint="-", created_at=now, updated_at=now,
+    )  # fmt: skip
+    saga.insert_transfer(transfer, [saga.Event(None, "pending", None, now)])
+    done = saga.transfer_advance(transfer.id)
+    assert (done.status, done.failure_reason) == (history[-1], reason)
+    assert statuses(transfer.id) == history
+    assert wallet_balance(payee.id) == (100 if reason is None else 0)
+    assert_ledger_ok()
