@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,21 @@ from django.db import connections
 
 from apps.sharding.devstack import Devstack, PostgresCluster
 from tests.factories import api_for, make_client
+from tests.stack_guard import stack_refusals
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    problems = stack_refusals(
+        settings.SHARD_MAP, Path(settings.SHARDS_FILE), Path(settings.DEVSTACK_DIR), settings.REDIS_URL,
+        Path(settings.BASE_DIR),
+    )  # fmt: skip
+    if problems:
+        pytest.exit(
+            "refusing to run the tests on a stack that is not their throw-away one (they empty its tables and"
+            " flush its Redis):\n  - " + "\n  - ".join(problems) + "\nUnset the SHARDWALLET_* variables exported"
+            " for `make run`, or point them at a copy of tests/shards.test.yaml with its own ports.",
+            returncode=3,
+        )
 
 
 @pytest.fixture(scope="session")

@@ -78,7 +78,7 @@ def free_port(low: int = 20000, high: int = 32000) -> int:
 def transfer_request(
     owner: ApiClient, payer: Wallet, payee_id: uuid.UUID, amount: int, *, currency: str = "USD", key: str = ""
 ) -> Any:
-    from apps.transfers.services import TransferRequest
+    from apps.transfers.creation import TransferRequest
 
     return TransferRequest(
         client_id=owner.id,
@@ -93,7 +93,7 @@ def transfer_request(
 def create_transfer(owner: ApiClient, payer: Wallet, payee_id: uuid.UUID, amount: int, **kwargs: Any) -> Any:
     """Create a transfer through the service (first step included); returns the Transfer."""
     from apps.transfers.api.views import render_transfer
-    from apps.transfers.services import transfer_create
+    from apps.transfers.creation import transfer_create
 
     return transfer_create(transfer_request(owner, payer, payee_id, amount, **kwargs), render=render_transfer).transfer
 

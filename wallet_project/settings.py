@@ -136,9 +136,6 @@ LOGGING = {
 
 # Metrics: serve points its gunicorn and Celery processes here (PROMETHEUS_MULTIPROC_DIR), emptied at each start.
 METRICS_DIR = DEVSTACK_DIR / "metrics"
-# Operators: change-data-capture lag per shard, "module.function" returning {alias: seconds};
-# None until the audit app provides it (the admin then says "CDC not configured").
-CDC_LAG_PROVIDER = os.environ.get("SHARDWALLET_CDC_LAG_PROVIDER") or None
 
 # Transfers and the saga.
 TRANSFER_MAX_WAIT_SECONDS = 30

@@ -1,7 +1,7 @@
 """GET /health: each shard, the control database and Redis, each with its latency; `down` names the failing ones.
 
-Where a CDC process is expected (`AUDIT_CDC_EXPECTED`, set by `serve`), an `audit_cdc`
-component shows it, with its lag per shard and its own `ok`. It does not count towards
+Where a CDC process runs (it has published a status file) or is expected (`AUDIT_CDC_EXPECTED`,
+set by `serve`), an `audit_cdc` component shows it, with its lag per shard and its own `ok`. It does not count towards
 `status`, `down` nor the HTTP status: the API serves without it, and a load balancer must
 not take API servers out because the audit stream is behind.
 """
@@ -55,9 +55,9 @@ def health(request: HttpRequest) -> JsonResponse:
     components = {alias: _probe(_database_check(alias)) for alias in settings.DATABASES}
     components["redis"] = _probe(_redis_check)
     down = [name for name, component in components.items() if not component["ok"]]
-    if settings.AUDIT_CDC_EXPECTED:
-        from apps.audit.status import health_component
+    from apps.audit.status import health_component, read_status
 
+    if settings.AUDIT_CDC_EXPECTED or read_status() is not None:
         components["audit_cdc"] = health_component()
     body = {"status": "degraded" if down else "ok", "down": down, "components": components}
     return JsonResponse(body, status=503 if down else 200)

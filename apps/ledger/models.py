@@ -75,3 +75,28 @@ class LedgerEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.amount_minor} on {self.wallet_id}"
+
+
+class MovementKey(models.Model):
+    """The first answer to a deposit or withdrawal, per (wallet, Idempotency-Key): success or refusal.
+
+    Written in the transaction of the movement itself, so the key and its effect commit
+    together; a repeat finds it and gets the same answer (or 422 for another amount or kind).
+    Kept as long as the wallet's ledger entries (the key is also the entry's reference).
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    wallet_id = models.UUIDField()
+    key = models.CharField(max_length=255)
+    kind = models.CharField(max_length=12, choices=EntryKind.choices)
+    amount_minor = models.BigIntegerField()
+    response_status = models.SmallIntegerField(null=True)
+    response_body = models.TextField(null=True, help_text="The exact JSON sent, so a replay is byte-identical.")
+    created_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "ledger_movement_key"
+        constraints = [models.UniqueConstraint(fields=["wallet_id", "key"], name="movement_key_once")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.key} on {self.wallet_id}"

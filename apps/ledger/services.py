@@ -7,7 +7,10 @@ the same reference returns the first result and changes nothing.
 
 from __future__ import annotations
 
+import json
 import uuid
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -15,7 +18,7 @@ from django.db import IntegrityError, connections, transaction
 from django.utils import timezone
 
 from apps.common.db import fast_cursor
-from apps.common.errors import IdempotencyKeyReused
+from apps.common.errors import IdempotencyKeyReused, error_body
 from apps.ledger.errors import (
     BalanceLimitExceeded,
     CurrencyMismatch,
@@ -23,11 +26,25 @@ from apps.ledger.errors import (
     WalletFrozen,
     WalletNotFound,
 )
-from apps.ledger.models import EntryKind, Wallet, WalletStatus
+from apps.ledger.models import EntryKind, MovementKey, Wallet, WalletStatus
 from apps.sharding.ids import bucket_of, new_id
 from apps.sharding.routing import alias_for_id, random_bucket, shard_map
 
 MAX_BALANCE_MINOR = 2**63 - 1  # BIGINT
+
+# What a wallet has paid into transfers still in flight (debited, not yet completed or
+# refunded). It may come back as a refund, so every inflow keeps room for it under the
+# limit: balance + in flight + amount <= 2^63-1, and a refund always fits. The transfers
+# live on their payer's shard, beside the wallet (an indexed sum over in-flight rows only).
+IN_FLIGHT_OUT_SQL = """(SELECT COALESCE(sum(t.amount_minor), 0) FROM transfers_transfer t
+                          WHERE t.payer_id = {wallet} AND t.status IN ('debited', 'refunding'))"""
+IN_FLIGHT_OUT_BY_PAYER_SQL = """
+SELECT payer_id, sum(amount_minor) FROM transfers_transfer
+ WHERE payer_id = ANY(%s) AND status IN ('debited', 'refunding') GROUP BY payer_id
+"""
+# Inflows that add new money to a wallet: they keep room for its money in flight. A refund
+# only gives back what was in flight, so it needs none.
+_KEEPS_ROOM = {"deposit", "credit"}
 
 
 @dataclass(frozen=True)
@@ -57,7 +74,10 @@ WITH moved AS (
            updated_at = %(now)s
      WHERE id = %(wallet_id)s
        -- in numeric, so that a balance near the BIGINT limit is refused, not an overflow error
-       AND balance_minor::numeric + %(delta)s BETWEEN 0 AND 9223372036854775807
+       AND balance_minor::numeric + %(delta)s >= 0
+       AND balance_minor::numeric + %(delta)s
+           + CASE WHEN %(keep_room)s THEN {IN_FLIGHT_OUT_SQL.format(wallet="%(wallet_id)s")} ELSE 0 END
+           <= 9223372036854775807
        AND (%(allow_frozen)s OR status = 'active')
        AND (%(currency)s::text IS NULL OR currency = %(currency)s::text)
        AND NOT EXISTS (
@@ -94,7 +114,22 @@ def _replay(existing: AppliedEntry, delta: int) -> AppliedEntry:
     return existing
 
 
-def _why_not_applied(alias: str, wallet_id: uuid.UUID, delta: int, currency: str | None) -> Exception:
+def in_flight_out_minor(alias: str, wallet_id: uuid.UUID) -> int:
+    """What the wallet has paid into transfers still in flight."""
+    with connections[alias].cursor() as cursor:
+        cursor.execute(IN_FLIGHT_OUT_BY_PAYER_SQL, [[wallet_id]])
+        row = cursor.fetchone()
+    return int(row[1]) if row else 0
+
+
+def _lock_wallet(alias: str, wallet_id: uuid.UUID) -> None:
+    """Lock the row before reading its money in flight, so that the sum is exact under the lock
+    (a debit needs this lock too; a statement that waited for it would read an older sum)."""
+    with fast_cursor(alias) as cursor:
+        cursor.execute("SELECT 1 FROM ledger_wallet WHERE id = %s FOR UPDATE", [wallet_id])
+
+
+def _why_not_applied(alias: str, wallet_id: uuid.UUID, delta: int, currency: str | None, kind: str) -> Exception:
     wallet = Wallet.objects.using(alias).filter(id=wallet_id).first()
     if wallet is None:
         return WalletNotFound(param="wallet_id")
@@ -102,7 +137,8 @@ def _why_not_applied(alias: str, wallet_id: uuid.UUID, delta: int, currency: str
         return CurrencyMismatch(f"The wallet holds {wallet.currency}, not {currency}.", param="currency")
     if wallet.status != WalletStatus.ACTIVE:
         return WalletFrozen()
-    if wallet.balance_minor + delta > MAX_BALANCE_MINOR:
+    in_flight = in_flight_out_minor(alias, wallet_id) if kind in _KEEPS_ROOM else 0
+    if wallet.balance_minor + in_flight + delta > MAX_BALANCE_MINOR:
         return BalanceLimitExceeded(param="amount_minor")
     return InsufficientFunds(
         f"The wallet holds {wallet.balance_minor}, which is less than {-delta}.", param="amount_minor"
@@ -125,11 +161,13 @@ def apply_entry(
     the guard refuses (nothing changed), IdempotencyKeyReused when the reference
     was already applied with another amount.
 
-    Outside a transaction the single statement commits on its own (one round trip).
+    Outside a transaction a debit or refund is one statement that commits on its own (one
+    round trip); a deposit or credit locks the row first (two statements, one transaction).
     Inside the caller's transaction it takes part in it, without a savepoint: there a
     duplicate (IntegrityError) is the caller's to handle, since the transaction is lost.
     """
     alias = alias_for_id(wallet_id)
+    keep_room = str(kind) in _KEEPS_ROOM
     params = {
         "delta": delta,
         "now": now or timezone.now(),
@@ -139,12 +177,16 @@ def apply_entry(
         "reference": reference,
         "kind": str(kind),
         "entry_id": new_id(bucket_of(wallet_id)),
+        "keep_room": keep_room,
     }
     nested = connections[alias].in_atomic_block
     try:
-        with fast_cursor(alias) as cursor:
-            cursor.execute(_APPLY_SQL, params)
-            row = cursor.fetchone()
+        with transaction.atomic(using=alias) if keep_room and not nested else nullcontext():
+            if keep_room:
+                _lock_wallet(alias, wallet_id)
+            with fast_cursor(alias) as cursor:
+                cursor.execute(_APPLY_SQL, params)
+                row = cursor.fetchone()
     except IntegrityError:
         if nested:
             raise
@@ -154,7 +196,7 @@ def apply_entry(
     existing = _existing_entry(alias, wallet_id, reference, str(kind))
     if existing is not None:
         return _replay(existing, delta)
-    raise _why_not_applied(alias, wallet_id, delta, currency)
+    raise _why_not_applied(alias, wallet_id, delta, currency, str(kind))
 
 
 def wallet_create(*, owner_id: int, currency: str, bucket: int | None = None) -> Wallet:
@@ -176,6 +218,56 @@ def wallet_fund(*, wallet_id: uuid.UUID, amount_minor: int, reference: str) -> A
 def wallet_withdraw(*, wallet_id: uuid.UUID, amount_minor: int, reference: str) -> AppliedEntry:
     """Money leaves the system: a withdrawal, applied once per reference, never below zero."""
     return apply_entry(wallet_id=wallet_id, reference=reference, kind=EntryKind.WITHDRAWAL, delta=-amount_minor)
+
+
+@dataclass(frozen=True)
+class MovementAnswer:
+    """The answer for a deposit's or withdrawal's key: as first given, exactly."""
+
+    status: int
+    body: str
+    replayed: bool
+
+
+# Refusals that are the key's answer, as a success would be (validation errors are not).
+_MOVEMENT_REFUSALS = (InsufficientFunds, WalletFrozen, BalanceLimitExceeded)
+
+_CLAIM_KEY_SQL = """
+INSERT INTO ledger_movement_key (wallet_id, key, kind, amount_minor, created_at) VALUES (%s, %s, %s, %s, %s)
+ON CONFLICT (wallet_id, key) DO NOTHING RETURNING id
+"""
+
+
+def wallet_movement(
+    *, wallet_id: uuid.UUID, kind: EntryKind, amount_minor: int, key: str, render: Callable[[AppliedEntry], str]
+) -> MovementAnswer:
+    """A deposit or withdrawal under an Idempotency-Key, Stripe-like: the key's first answer is its answer.
+
+    One transaction on the wallet's shard claims the key, applies the movement (or records
+    why not: insufficient funds, frozen, balance limit) and stores the answer. A concurrent
+    repeat waits on the key's unique index, then replays. The same key with another amount,
+    or for the other kind of movement, is IdempotencyKeyReused.
+    """
+    alias = alias_for_id(wallet_id)
+    delta = amount_minor if kind == EntryKind.DEPOSIT else -amount_minor
+    with transaction.atomic(using=alias):
+        with fast_cursor(alias) as cursor:
+            cursor.execute(_CLAIM_KEY_SQL, [wallet_id, key, str(kind), amount_minor, timezone.now()])
+            claimed = cursor.fetchone()
+        if claimed is None:
+            first = MovementKey.objects.using(alias).get(wallet_id=wallet_id, key=key)
+            if (first.kind, first.amount_minor) != (str(kind), amount_minor):
+                raise IdempotencyKeyReused(
+                    f"This key was used for a {first.kind} of {first.amount_minor}.", param="Idempotency-Key"
+                )
+            return MovementAnswer(first.response_status, first.response_body, replayed=True)
+        try:
+            entry = apply_entry(wallet_id=wallet_id, reference=key, kind=kind, delta=delta)
+            status, body = 201, render(entry)
+        except _MOVEMENT_REFUSALS as exc:
+            status, body = exc.status, json.dumps(error_body(exc.code, exc.message, exc.param), separators=(",", ":"))
+        MovementKey.objects.using(alias).filter(id=claimed[0]).update(response_status=status, response_body=body)
+    return MovementAnswer(status, body, replayed=False)
 
 
 def wallet_debit(

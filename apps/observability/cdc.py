@@ -1,26 +1,32 @@
-"""Hook for change-data-capture lag per shard, shown on the operations page and in /metrics.
+"""The change-data-capture lag per shard, for /metrics and the operations page.
 
-The audit app (CDC reader, ClickHouse sink) owns the numbers. It plugs in by naming a
-callable in `settings.CDC_LAG_PROVIDER` that returns {shard alias: lag in seconds}. Until
-then CDC is "not configured" and no lag is reported (rather than a made-up zero).
+The CDC process (`run_cdc`) publishes its status file every second (apps.audit.status);
+this reads it, so every process sees the lag without reaching into the CDC process. No
+file, or one not refreshed for a while, means the CDC is not running: then there is no
+lag to show (rather than a made-up zero) and the page says so.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from dataclasses import dataclass
 
-from django.conf import settings
-from django.utils.module_loading import import_string
-
-CdcLagProvider = Callable[[], dict[str, float]]
+from apps.audit.status import STALE_AFTER_SECONDS, read_status
 
 
-def cdc_lag_provider() -> CdcLagProvider | None:
-    path = getattr(settings, "CDC_LAG_PROVIDER", None)
-    return import_string(path) if path else None
+@dataclass(frozen=True)
+class ShardLag:
+    seconds: float
+    bytes: int
+    connected: bool
 
 
-def cdc_lag_seconds() -> dict[str, float] | None:
-    """Lag per shard in seconds, or None when CDC is not configured."""
-    provider = cdc_lag_provider()
-    return provider() if provider is not None else None
+def cdc_lag() -> dict[str, ShardLag] | None:
+    """Lag per shard from a CDC process that is running, else None."""
+    status = read_status()
+    if status is None or time.time() - status["updated_at"] > STALE_AFTER_SECONDS:
+        return None
+    return {
+        alias: ShardLag(shard["lag_seconds"], shard["lag_bytes"], shard["connected"])
+        for alias, shard in sorted(status["shards"].items())
+    }

@@ -8,7 +8,7 @@ from django.db import DatabaseError, connections
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from apps.observability.cdc import cdc_lag_seconds
+from apps.observability.cdc import cdc_lag
 from apps.sharding.routing import shard_aliases
 
 # One scan per shard. Fine at this size; at production size keep per-status counters in a table.
@@ -49,17 +49,18 @@ class ShardCollector(Collector):
         yield from self._cdc()
 
     def _cdc(self) -> Iterator[GaugeMetricFamily]:
-        lags = cdc_lag_seconds()
-        configured = GaugeMetricFamily(
-            "shardwallet_cdc_configured", "1 once change data capture reports its lag, else 0."
+        lags = cdc_lag()
+        running = GaugeMetricFamily("shardwallet_cdc_up", "1 while the change-data-capture process reports, else 0.")
+        running.add_metric([], 0 if lags is None else 1)
+        yield running
+        seconds = GaugeMetricFamily(
+            "shardwallet_cdc_lag_seconds", "How far the audit store is behind each shard, in seconds.", labels=["shard"]
         )
-        configured.add_metric([], 0 if lags is None else 1)
-        yield configured
-        lag = GaugeMetricFamily(
-            "shardwallet_cdc_lag_seconds",
-            "Change-data-capture lag per shard (absent until CDC is configured).",
-            labels=["shard"],
+        size = GaugeMetricFamily(
+            "shardwallet_cdc_lag_bytes", "How far the audit store is behind each shard, in WAL bytes.", labels=["shard"]
         )
-        for alias, seconds in sorted((lags or {}).items()):
-            lag.add_metric([alias], seconds)
-        yield lag
+        for alias, lag in (lags or {}).items():
+            seconds.add_metric([alias], lag.seconds)
+            size.add_metric([alias], lag.bytes)
+        yield seconds
+        yield size

@@ -12,7 +12,7 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.http import urlencode
 
-from apps.observability.cdc import cdc_lag_seconds
+from apps.observability.cdc import cdc_lag
 from apps.operators.selectors import shard_overview, stuck_transfer_list
 
 
@@ -53,6 +53,6 @@ def operations(request: HttpRequest) -> HttpResponse:
         "rows": rows,
         "unreachable": stuck.unreachable,
         "shards": shard_overview(),
-        "cdc_lag": cdc_lag_seconds(),
+        "cdc_lag": cdc_lag(),
     }
     return TemplateResponse(request, "admin/operators/operations.html", context)

@@ -261,5 +261,38 @@ class Devstack:
         status["redis"] = f"{'answering' if self.redis_answers() else 'down'} ({self.redis_url}, {owner})"
         return status
 
+    def foreign_servers(self) -> list[str]:
+        """Servers this stack would use that are not its own: a remote one, or a port answered
+        by a PostgreSQL whose data lives elsewhere or a Redis this stack did not start. The test
+        suite refuses to run (it empties tables and flushes Redis) while there is any."""
+        problems = []
+        for server in [self.shard_map.control, *self.shard_map.shards.values()]:
+            if not server.is_local:
+                problems.append(f"{server.alias} at {server.host}:{server.port} is not a local server of this stack")
+        for cluster in self.clusters():
+            if not port_is_open(cluster.server.host, cluster.server.port):
+                continue  # not running: the stack starts its own there
+            data_dir = self._data_directory(cluster.server)
+            if data_dir is None or Path(data_dir).resolve() != cluster.data_dir.resolve():
+                problems.append(
+                    f"{cluster.server.alias}: port {cluster.server.port} is served by a PostgreSQL with its data at"
+                    f" {data_dir or 'an unknown place'}, not {cluster.data_dir}"
+                )
+        if self.redis_answers():
+            pid = redis.Redis.from_url(self.redis_url, socket_connect_timeout=0.5).info("server").get("process_id")
+            if pid is None or pid != self._redis_pid():
+                problems.append(f"Redis at {self.redis_url} was not started by this stack ({self.redis_pidfile})")
+        return problems
+
+    @staticmethod
+    def _data_directory(server: DatabaseServer) -> str | None:
+        conninfo = f"host={server.host} port={server.port} user={server.user} dbname=postgres"
+        try:
+            with psycopg.connect(conninfo, autocommit=True, connect_timeout=3) as conn:
+                row = conn.execute("SHOW data_directory").fetchone()
+        except psycopg.Error:
+            return None
+        return row[0] if row else None
+
     def write_state(self) -> None:
         self.state_file.write_text(json.dumps(self.status(), indent=2))

@@ -80,6 +80,8 @@ class ShardMap:
     bucket_count: int
     ranges: tuple[BucketRange, ...]
     _alias_by_bucket: tuple[str, ...] = field(repr=False, default=())
+    # Declared by a test stack's map: its data may be wiped. The test suite refuses any other.
+    throwaway: bool = False
 
     @property
     def aliases(self) -> list[str]:
@@ -172,8 +174,11 @@ def parse_shard_map(data: Any, source: str = "shards.yaml") -> ShardMap:
     if unused:
         raise ShardMapError(f"{source}: shards {sorted(unused)} have no buckets")
 
+    throwaway = data.get("throwaway", False)
+    if not isinstance(throwaway, bool):
+        raise ShardMapError(f"{source}: 'throwaway' must be true or false")
     by_bucket = tuple(r.alias for r in ranges for _ in range(r.first, r.last + 1))
-    return ShardMap(control, shards, bucket_count, tuple(ranges), by_bucket)
+    return ShardMap(control, shards, bucket_count, tuple(ranges), by_bucket, throwaway)
 
 
 def load_shard_map(path: str | Path) -> ShardMap:

@@ -3,6 +3,7 @@
 SHARDWALLET_CRASH_AT="<point>:<marker file>" makes the process group die by SIGKILL
 at <point>, once: only while the marker file exists (it is removed first). The tests
 use it to kill a real Celery worker between two committed saga steps.
+"<point>:always" kills it every time it gets there (a step that always kills its worker).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ def crash_point(point: str) -> None:
     wanted, _, marker = spec.partition(":")
     if wanted != point or not marker:
         return
+    if marker == "always":
+        os.killpg(os.getpgid(0), signal.SIGKILL)
     try:
         Path(marker).unlink()
     except FileNotFoundError:

@@ -70,6 +70,12 @@ class Transfer(models.Model):
                 name="transfer_in_flight",
                 condition=Q(status__in=["pending", "debited", "refunding"]),
             ),
+            # A wallet's money in flight (every credit to it keeps room for it): debited rows only.
+            models.Index(
+                fields=["payer_id"],
+                name="transfer_payer_in_flight",
+                condition=Q(status__in=["debited", "refunding"]),
+            ),
         ]
 
     def __str__(self) -> str:

@@ -35,8 +35,7 @@ from apps.ledger.errors import (
     WalletFrozen,
     WalletNotFound,
 )
-from apps.ledger.models import WalletStatus
-from apps.ledger.services import MAX_BALANCE_MINOR, wallet_credit, wallet_debit, wallet_refund
+from apps.ledger.services import IN_FLIGHT_OUT_SQL, wallet_credit, wallet_refund
 from apps.observability.metrics import DRAINED_TRANSFERS, count_transition, time_saga_step, timed_saga_step
 from apps.sharding.ids import bucket_of, new_id
 from apps.sharding.routing import alias_for_id
@@ -49,12 +48,6 @@ log = logging.getLogger(__name__)
 # What a wallet can refuse; anything else (connection lost, shard down) is transient.
 REFUSALS = (InsufficientFunds, WalletFrozen, WalletNotFound, CurrencyMismatch, BalanceLimitExceeded)
 
-_PAYER_REASONS = {
-    InsufficientFunds: FailureReason.INSUFFICIENT_FUNDS,
-    WalletFrozen: FailureReason.PAYER_FROZEN,
-    WalletNotFound: FailureReason.PAYER_NOT_FOUND,
-    CurrencyMismatch: FailureReason.PAYER_CURRENCY_MISMATCH,
-}
 _PAYEE_REASONS = {
     WalletFrozen: FailureReason.PAYEE_FROZEN,
     WalletNotFound: FailureReason.PAYEE_NOT_FOUND,
@@ -104,7 +97,7 @@ WITH moved AS (
     UPDATE ledger_wallet
        SET balance_minor = balance_minor + %(amount)s, last_entry_seq = last_entry_seq + 1, updated_at = %(now)s
      WHERE id = %(payee)s AND status = 'active' AND currency = %(currency)s
-       AND balance_minor::numeric + %(amount)s <= 9223372036854775807
+       AND balance_minor::numeric + %(amount)s + {IN_FLIGHT} <= 9223372036854775807
        AND NOT EXISTS (SELECT 1 FROM transfers_payee_credit WHERE transfer_id = %(tid)s)
  RETURNING id, balance_minor, last_entry_seq
 ), entry AS (
@@ -115,7 +108,10 @@ WITH moved AS (
 INSERT INTO transfers_payee_credit (transfer_id, payee_id, amount_minor, outcome, reason, created_at)
 SELECT %(tid)s, wallet_id, %(amount)s, 'credited', NULL, %(now)s FROM entry
 RETURNING transfer_id
-"""
+""".replace("{IN_FLIGHT}", IN_FLIGHT_OUT_SQL.format(wallet="%(payee)s"))
+# Before _CREDIT_SQL, in the same transaction: with the payees' rows locked, its sum of their
+# money in flight cannot miss a debit that committed while it waited (see ledger.services).
+_LOCK_PAYEES_SQL = "SELECT 1 FROM ledger_wallet WHERE id = ANY(%s) ORDER BY id FOR UPDATE"
 
 _COMPLETE_SQL = """
 WITH done AS (
@@ -187,90 +183,19 @@ def count_events_on_commit(alias: str, histories: list[list[Event]]) -> None:
         transaction.on_commit(lambda: [count_transition(s, r, n) for (s, r), n in counts.items()], using=alias)
 
 
-def _lock_wallets_in_order(alias: str, wallet_ids: list[uuid.UUID]) -> dict[uuid.UUID, tuple[str, str, int]]:
-    """Lock wallet rows by ascending id (a fixed order: no deadlock between two transfers)."""
-    with fast_cursor(alias) as cursor:
-        cursor.execute(
-            "SELECT id, status, currency, balance_minor FROM ledger_wallet WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
-            [sorted(wallet_ids)],
-        )
-        return {row[0]: (row[1], row[2], row[3]) for row in cursor.fetchall()}
-
-
-def _payee_refusal(transfer: Transfer, payee: tuple[str, str, int] | None) -> FailureReason | None:
-    if payee is None:
-        return FailureReason.PAYEE_NOT_FOUND
-    status, currency, balance = payee
-    if currency != transfer.currency:
-        return FailureReason.PAYEE_CURRENCY_MISMATCH
-    if status != WalletStatus.ACTIVE:
-        return FailureReason.PAYEE_FROZEN
-    if balance + transfer.amount_minor > MAX_BALANCE_MINOR:
-        return FailureReason.PAYEE_BALANCE_LIMIT
-    return None
-
-
-def run_payer_step(transfer: Transfer, now: datetime) -> list[Event]:
-    """Debit the payer (and, on one shard, credit the payee) for a `pending` transfer.
-
-    Runs inside the caller's transaction on the transfer's shard. Sets the transfer's new
-    status in memory and returns the events from `pending` on; the caller persists them.
-    """
-    alias = alias_for_id(transfer.id)
-    events: list[Event] = []
-
-    def move(to: TransferStatus, reason: str | None = None) -> None:
-        events.append(Event(transfer.status, to, reason, now))
-        transfer.status, transfer.updated_at = to, now
-        if reason:
-            transfer.failure_reason = reason
-
-    same_shard = alias_for_id(transfer.payee_id) == alias
-    if same_shard:
-        locked = _lock_wallets_in_order(alias, [transfer.payer_id, transfer.payee_id])
-        refusal = _payee_refusal(transfer, locked.get(transfer.payee_id))
-        if refusal is not None:  # the payee's row is locked: this answer cannot change before commit
-            move(TransferStatus.FAILED, refusal)
-            return events
-    try:
-        wallet_debit(
-            wallet_id=transfer.payer_id,
-            transfer_id=transfer.id,
-            amount_minor=transfer.amount_minor,
-            currency=transfer.currency,
-            now=now,
-        )
-    except REFUSALS as exc:
-        move(TransferStatus.FAILED, _PAYER_REASONS[type(exc)])
-        return events
-    move(TransferStatus.DEBITED)
-    if same_shard:
-        # Checked above under lock, so this cannot be refused; if it were, the whole
-        # transaction would roll back rather than leave a debit without its credit.
-        wallet_credit(
-            wallet_id=transfer.payee_id,
-            transfer_id=transfer.id,
-            amount_minor=transfer.amount_minor,
-            currency=transfer.currency,
-            now=now,
-        )
-        move(TransferStatus.COMPLETED)
-    return events
-
-
 def _lock(transfer_id: uuid.UUID) -> Transfer:
     return Transfer.objects.using(alias_for_id(transfer_id)).select_for_update().get(id=transfer_id)
 
 
 @timed_saga_step("payer")
 def payer_step(transfer_id: uuid.UUID) -> Transfer:
-    """The payer step for a transfer stored as `pending`, applied with guarded transitions."""
+    """The first step for a transfer stored as `pending`, by the rules of `first_step` (a no-op otherwise)."""
+    from apps.transfers.first_step import run_stored_first_step
+
     with transaction.atomic(using=alias_for_id(transfer_id)):
         transfer = _lock(transfer_id)
         if transfer.status == TransferStatus.PENDING:
-            stored = Transfer.objects.using(alias_for_id(transfer_id)).get(id=transfer_id)
-            for event in run_payer_step(transfer, timezone.now()):
-                transition(stored, TransferStatus(event.to_status), reason=event.reason, now=event.at)
+            run_stored_first_step(transfer, timezone.now())
     return transfer
 
 
@@ -296,7 +221,8 @@ def payee_step(transfer: Transfer) -> PayeeCredit:
     alias = alias_for_id(transfer.payee_id)
     now = timezone.now()
     try:
-        with fast_cursor(alias) as cursor:  # one statement: it commits on its own
+        with transaction.atomic(using=alias), fast_cursor(alias) as cursor:
+            cursor.execute(_LOCK_PAYEES_SQL, [[transfer.payee_id]])
             cursor.execute(_CREDIT_SQL, _credit_params(transfer, now))
             if cursor.fetchone() is not None:
                 return PayeeCredit(
@@ -393,6 +319,7 @@ def _credit_group(payee_alias: str, transfers: list[Transfer], now: datetime) ->
     with transaction.atomic(using=payee_alias):
         connection.ensure_connection()
         with connection.wrap_database_errors, connection.connection.cursor() as cursor:
+            cursor.execute(_LOCK_PAYEES_SQL, [sorted({t.payee_id for t in ordered})])
             cursor.executemany(_CREDIT_SQL, [_credit_params(t, now) for t in ordered], returning=True)
             while True:
                 row = cursor.fetchone()
@@ -404,11 +331,23 @@ def _credit_group(payee_alias: str, transfers: list[Transfer], now: datetime) ->
     return credited
 
 
+# A drain's claim counts as the transfers' first attempt, committed before the work: if the
+# work kills its worker, the redelivered drain does not take them again (drains take only
+# attempts = 0); the sweeper hands them to their own task, which counts and parks.
+_CLAIM_SQL = """
+UPDATE transfers_transfer SET attempts = attempts + 1
+ WHERE id IN (SELECT id FROM transfers_transfer
+               WHERE status = 'debited' AND parked_at IS NULL AND attempts = 0
+               ORDER BY updated_at LIMIT %s FOR UPDATE SKIP LOCKED)
+RETURNING id
+"""
+
+
 def drain_debited(alias: str, *, limit: int = 500) -> DrainResult:
     """Run the payee and finish steps for up to `limit` debited transfers paid from `alias`.
 
-    The transfers are claimed with FOR UPDATE SKIP LOCKED (two drains never take the same
-    ones) in a transaction on the payer's shard that stays open while each payee shard's
+    The transfers are claimed first (FOR UPDATE SKIP LOCKED: two drains never take the same
+    ones; see _CLAIM_SQL), then locked in a transaction on the payer's shard that stays open while each payee shard's
     credits commit (one transaction per payee shard), then completes the credited ones in
     one statement. A crash in between leaves them `debited` with their PayeeCredit
     committed: the next run finds the outcome and completes them. Transfers that were
@@ -416,12 +355,15 @@ def drain_debited(alias: str, *, limit: int = 500) -> DrainResult:
     """
     now = timezone.now()
     transient: list[uuid.UUID] = []
+    with fast_cursor(alias) as cursor:  # one statement: committed before any work starts
+        cursor.execute(_CLAIM_SQL, [limit])
+        ids = [row[0] for row in cursor.fetchall()]
     with transaction.atomic(using=alias):
         claimed = list(
             Transfer.objects.using(alias)
             .select_for_update(skip_locked=True)
-            .filter(status=TransferStatus.DEBITED, parked_at__isnull=True, attempts=0)
-            .order_by("updated_at")[:limit]
+            .filter(id__in=ids, status=TransferStatus.DEBITED)
+            .order_by("updated_at")
         )
         by_payee_shard: dict[str, list[Transfer]] = defaultdict(list)
         for transfer in claimed:

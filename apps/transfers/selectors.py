@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
 
-from django.db.models import Sum
-from django.utils import timezone
-
+from apps.ledger.services import in_flight_out_minor
 from apps.sharding.routing import alias_for_id
 from apps.transfers.errors import TransferNotFound
-from apps.transfers.models import Transfer, TransferEvent, TransferStatus
+from apps.transfers.models import Transfer, TransferEvent
 from apps.transfers.saga import Event
 
 
@@ -42,24 +39,4 @@ def transfer_list(*, payer_id: uuid.UUID, before_id: uuid.UUID | None, limit: in
 
 def pending_out_minor(*, wallet_id: uuid.UUID) -> int:
     """Debited from the wallet by transfers not yet completed or refunded."""
-    total = (
-        Transfer.objects.using(alias_for_id(wallet_id))
-        .filter(payer_id=wallet_id, status__in=[TransferStatus.DEBITED, TransferStatus.REFUNDING])
-        .aggregate(total=Sum("amount_minor"))["total"]
-    )
-    return total or 0
-
-
-def stalled_transfer_ids(*, alias: str, older_than: timedelta, limit: int) -> list[uuid.UUID]:
-    """In-flight, not parked, untouched for `older_than`: candidates for the sweeper."""
-    cutoff = timezone.now() - older_than
-    return list(
-        Transfer.objects.using(alias)
-        .filter(
-            status__in=[TransferStatus.PENDING, TransferStatus.DEBITED, TransferStatus.REFUNDING],
-            parked_at__isnull=True,
-            updated_at__lt=cutoff,
-        )
-        .order_by("updated_at")
-        .values_list("id", flat=True)[:limit]
-    )
+    return in_flight_out_minor(alias_for_id(wallet_id), wallet_id)

@@ -1,77 +1,28 @@
-"""Writes for transfers: creation with idempotency, parking, re-driving, operator compensation, purging."""
+"""Writes for transfers after their creation (`creation`): attempts, parking, re-driving, operator compensation."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
-from django.conf import settings
-from django.db import IntegrityError, InterfaceError, OperationalError, transaction
-from django.db.models import F
+from django.db import IntegrityError, InterfaceError, OperationalError, connections, transaction
 from django.utils import timezone
 
-from apps.common.db import fast_cursor
-from apps.common.errors import IdempotencyKeyReused
-from apps.ledger.errors import CurrencyMismatch
-from apps.ledger.selectors import wallet_currency
-from apps.sharding.ids import bucket_of, new_id
-from apps.sharding.routing import alias_for_id, shard_aliases
-from apps.transfers.errors import IdempotencyRequestInProgress, ShardUnavailable, TransferNotFound, TransferNotInFlight
+from apps.sharding.routing import alias_for_id
+from apps.transfers.errors import ShardUnavailable, TransferNotFound, TransferNotInFlight
 from apps.transfers.models import (
     IN_FLIGHT_STATUSES,
     CreditOutcome,
     FailureReason,
-    IdempotencyRecord,
     PayeeCredit,
     Transfer,
     TransferStatus,
 )
-from apps.transfers.saga import Event, finish_step, insert_transfer, run_payer_step, transition
+from apps.transfers.saga import finish_step, transition
 
 log = logging.getLogger(__name__)
-
-# Renders the response stored for replays from the transfer and its status history:
-# (HTTP status, JSON text).
-Render = Callable[[Transfer, "list[Event]"], tuple[int, str]]
-
-
-@dataclass(frozen=True)
-class TransferRequest:
-    client_id: int
-    payer_id: uuid.UUID
-    payee_id: uuid.UUID
-    amount_minor: int
-    currency: str
-    idempotency_key: str
-
-    @property
-    def fingerprint(self) -> str:
-        body = {
-            "from": str(self.payer_id),
-            "to": str(self.payee_id),
-            "amount_minor": self.amount_minor,
-            "currency": self.currency,
-        }
-        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class TransferCreated:
-    transfer: Transfer
-    record: IdempotencyRecord
-    replayed: bool
-
-
-def request_drain(alias: str) -> None:
-    """Ask a worker to run the saga for the debited transfers of `alias` (best effort)."""
-    from apps.transfers.tasks import request_drain as trigger
-
-    trigger(alias)
 
 
 def enqueue_advance(transfer_id: uuid.UUID) -> None:
@@ -84,128 +35,52 @@ def enqueue_advance(transfer_id: uuid.UUID) -> None:
         log.exception("could not enqueue transfer", extra={"transfer_id": str(transfer_id)})
 
 
-def _replay(request: TransferRequest, alias: str) -> TransferCreated | None:
-    record = (
-        IdempotencyRecord.objects.using(alias)
-        .filter(client_id=request.client_id, payer_id=request.payer_id, key=request.idempotency_key)
-        .select_related("transfer")
-        .first()
-    )
-    if record is None:
-        return None
-    if record.fingerprint != request.fingerprint:
-        raise IdempotencyKeyReused(param="Idempotency-Key")
-    if record.response_status is None:
-        abandoned_before = timezone.now() - timedelta(seconds=settings.TRANSFER_MAX_WAIT_SECONDS * 2)
-        if record.created_at > abandoned_before:
-            raise IdempotencyRequestInProgress(param="Idempotency-Key")
-    return TransferCreated(transfer=record.transfer, record=record, replayed=True)
+def transfer_begin_attempt(transfer_id: uuid.UUID) -> int | None:
+    """Count an attempt before running it; returns the attempts so far, None if terminal or parked.
 
-
-def transfer_create(request: TransferRequest, *, render: Render, defer_response: bool = False) -> TransferCreated:
-    """Create a transfer on the payer's shard and run its first step in the same transaction.
-
-    The transaction debits the payer (and, on one shard, credits the payee), inserts the
-    transfer in the status that reached with its events, and inserts the idempotency record
-    with the response: a repeat (even a concurrent one, which waits on the record's unique
-    index and then rolls back) replays that response. With `defer_response` the response is
-    stored later (`transfer_store_response`); until then a repeat gets 409.
+    Counted in the database before the step runs, so an attempt that kills its worker (the
+    message is redelivered, the count in the message is not) still counts towards parking.
     """
-    currency = wallet_currency(wallet_id=request.payer_id, owner_id=request.client_id)
-    if currency != request.currency:
-        raise CurrencyMismatch(f"The paying wallet holds {currency}, not {request.currency}.", param="currency")
-    alias = alias_for_id(request.payer_id)
-    transfer = new_transfer(request)
-    try:
-        with transaction.atomic(using=alias):
-            record = run_first_step(request, transfer, render=render, defer_response=defer_response)
-    except IntegrityError:
-        replay = _replay(request, alias)
-        if replay is None:
-            raise  # not a duplicate key: a real constraint violation
-        return replay
-    if transfer.status == TransferStatus.DEBITED:
-        request_drain(alias)
-    record.transfer = transfer
-    return TransferCreated(transfer=transfer, record=record, replayed=False)
+    alias = alias_for_id(transfer_id)
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            "UPDATE transfers_transfer SET attempts = attempts + 1, updated_at = %s"
+            " WHERE id = %s AND status IN ('pending', 'debited', 'refunding') AND parked_at IS NULL"
+            " RETURNING attempts",
+            [timezone.now(), transfer_id],
+        )
+        row = cursor.fetchone()
+    return row[0] if row else None
 
 
-def new_transfer(request: TransferRequest, now: datetime | None = None) -> Transfer:
-    now = now or timezone.now()
-    return Transfer(
-        id=new_id(bucket_of(request.payer_id)),
-        client_id=request.client_id,
-        payer_id=request.payer_id,
-        payee_id=request.payee_id,
-        amount_minor=request.amount_minor,
-        currency=request.currency,
-        status=TransferStatus.PENDING,
-        request_fingerprint=request.fingerprint,
-        created_at=now,
-        updated_at=now,
-    )
-
-
-def run_first_step(
-    request: TransferRequest, transfer: Transfer, *, render: Render, defer_response: bool
-) -> IdempotencyRecord:
-    """Inside a transaction on the payer's shard: payer step, transfer row, idempotency record."""
-    alias = alias_for_id(transfer.id)
-    now = transfer.created_at
-    events = [Event(None, TransferStatus.PENDING, None, now), *run_payer_step(transfer, now)]
-    insert_transfer(transfer, events)
-    record = IdempotencyRecord(
-        client_id=request.client_id,
-        payer_id=request.payer_id,
-        key=request.idempotency_key,
-        fingerprint=request.fingerprint,
-        transfer_id=transfer.id,
-        created_at=now,
-    )
-    if not defer_response:
-        record.response_status, record.response_body = render(transfer, events)
-    # Last, so that a duplicate key aborts the whole transaction, debit included.
-    with fast_cursor(alias) as cursor:
-        cursor.execute(_INSERT_RECORD_SQL, [
-            record.client_id, record.payer_id, record.key, record.fingerprint, record.transfer_id,
-            record.response_status, record.response_body, record.created_at,
-        ])  # fmt: skip
-        record.id = cursor.fetchone()[0]
-    record._state.db, record._state.adding = alias, False  # saved, on this shard
-    return record
-
-
-_INSERT_RECORD_SQL = """
-INSERT INTO transfers_idempotency (client_id, payer_id, key, fingerprint, transfer_id, response_status,
-    response_body, created_at)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id
-"""
-
-
-def transfer_store_response(record: IdempotencyRecord, status: int, body: str) -> None:
-    """Store the response of a deferred (waiting) request, once; `record` then holds what is stored.
-
-    If another request stored one first (it took this one for abandoned), that response wins
-    and is the one to send, so that every answer for the key is the same.
-    """
-    alias = alias_for_id(record.payer_id)
-    stored = (
-        IdempotencyRecord.objects.using(alias)
-        .filter(id=record.id, response_status__isnull=True)
-        .update(response_status=status, response_body=body)
-    )
-    if stored:
-        record.response_status, record.response_body = status, body
-    else:
-        record.refresh_from_db(using=alias, fields=["response_status", "response_body"])
-
-
-def transfer_record_attempt(transfer_id: uuid.UUID, error: str) -> None:
-    """Note a failed attempt; bumping updated_at keeps the sweeper off while retries are pending."""
+def transfer_record_error(transfer_id: uuid.UUID, error: str) -> None:
+    """The last attempt's error, for operators; bumping updated_at keeps the sweeper off while retries are pending."""
     alias = alias_for_id(transfer_id)
     Transfer.objects.using(alias).filter(id=transfer_id, status__in=IN_FLIGHT_STATUSES).update(
-        attempts=F("attempts") + 1, last_error=error[:2000], updated_at=timezone.now()
+        last_error=error[:2000], updated_at=timezone.now()
     )
+
+
+def transfers_claim_stalled(*, alias: str, older_than: timedelta, limit: int) -> list[uuid.UUID]:
+    """In-flight, not parked, untouched for `older_than`: claimed for one re-drive by touching them.
+
+    The touch (updated_at = now) is what makes the sweeper send each stalled transfer at
+    most once per stall window, however long no worker takes the messages.
+    """
+    now = timezone.now()
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            """
+            UPDATE transfers_transfer SET updated_at = %s
+             WHERE id IN (SELECT id FROM transfers_transfer
+                           WHERE status IN ('pending', 'debited', 'refunding') AND parked_at IS NULL
+                             AND updated_at < %s
+                           ORDER BY updated_at LIMIT %s FOR UPDATE SKIP LOCKED)
+            RETURNING id
+            """,
+            [now, now - older_than, limit],
+        )
+        return [row[0] for row in cursor.fetchall()]
 
 
 def transfer_park(transfer_id: uuid.UUID, error: str) -> bool:
@@ -323,13 +198,3 @@ def transfer_force_compensate(transfer_id: uuid.UUID) -> Compensation:
     outcome = "completed" if transfer.status == TransferStatus.COMPLETED else "refunded"
     log.info("transfer force-compensated", extra={"transfer_id": str(transfer_id), "outcome": outcome})
     return Compensation(transfer=transfer, outcome=outcome)
-
-
-def idempotency_records_purge(*, older_than: timedelta) -> int:
-    """Delete idempotency records past their retention, on every shard."""
-    cutoff = timezone.now() - older_than
-    deleted = 0
-    for alias in shard_aliases():
-        count, _ = IdempotencyRecord.objects.using(alias).filter(created_at__lt=cutoff).delete()
-        deleted += count
-    return deleted

@@ -16,7 +16,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError
 
 from apps.observability.metrics import SAGA_PARKED, SAGA_RETRIES, SWEEPER_REDRIVEN
 from apps.sharding.routing import shard_aliases
-from apps.transfers import saga, selectors, services
+from apps.transfers import idempotency, saga, services
 from apps.transfers.models import Transfer
 
 log = logging.getLogger(__name__)
@@ -33,8 +33,23 @@ def retry_delay(attempt: int) -> float:
 
 @shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
 def advance_transfer(self: Task, transfer_id: str) -> str | None:
-    """Run a transfer's remaining saga steps; retry transient errors, park when they persist."""
+    """Run a transfer's remaining saga steps; retry errors with backoff, park when they persist.
+
+    Attempts are counted in the transfer's row before each run (not in the message, which a
+    killed worker's redelivery does not count), and parking goes by that count.
+    """
     tid = uuid.UUID(transfer_id)
+    try:
+        attempt = services.transfer_begin_attempt(tid)
+    except DatabaseError as exc:  # the payer's shard is down: nothing can run; the sweeper finds it later too
+        raise self.retry(exc=exc, countdown=retry_delay(self.request.retries)) from exc
+    if attempt is None:
+        return None  # terminal, parked (an operator decides) or no such transfer
+    if attempt > settings.SAGA_MAX_RETRIES + 1:  # the first attempt and its retries are spent
+        if services.transfer_park(tid, f"gave up after {attempt - 1} attempts"):
+            SAGA_PARKED.inc()
+        log.error("transfer parked", extra={"transfer_id": transfer_id, "attempts": attempt - 1})
+        return None
     try:
         return saga.transfer_advance(tid).status
     except Transfer.DoesNotExist:
@@ -44,16 +59,8 @@ def advance_transfer(self: Task, transfer_id: str) -> str | None:
         # Transient errors (a shard down, a lost connection, a deadlock) and unexpected ones
         # alike: retry with backoff, then park where an operator sees it. Never spin, never drop.
         error = f"{type(exc).__name__}: {exc}"
-        attempt = self.request.retries
-        try:
-            if attempt >= settings.SAGA_MAX_RETRIES:
-                if services.transfer_park(tid, error):
-                    SAGA_PARKED.inc()
-                log.error("transfer parked", extra={"transfer_id": transfer_id, "error": error})
-                return None
-            services.transfer_record_attempt(tid, error)
-        except DatabaseError:
-            pass  # the payer's shard is down too: the sweeper will find the transfer later
+        with contextlib.suppress(DatabaseError):  # the payer's shard may be down too
+            services.transfer_record_error(tid, error)
         log.warning("transfer step failed, retrying", extra={"transfer_id": transfer_id, "attempt": attempt})
         SAGA_RETRIES.labels(error=type(exc).__name__).inc()
         raise self.retry(exc=exc, countdown=retry_delay(attempt)) from exc
@@ -119,16 +126,19 @@ def drain_transfers(self: Task, alias: str) -> int:
 
 
 def _advance_now(transfer_id: uuid.UUID) -> None:
+    """Run one left-over transfer; whatever goes wrong stays with it, never with the drain."""
     try:
         saga.transfer_advance(transfer_id)
-    except TRANSIENT_ERRORS as exc:
-        _hand_over(transfer_id, f"{type(exc).__name__}: {exc}")
+    except Exception as exc:
+        log.warning("transfer failed in a drain; handed to its own task", extra={"transfer_id": str(transfer_id)})
+        with contextlib.suppress(Exception):
+            _hand_over(transfer_id, f"{type(exc).__name__}: {exc}")
 
 
 def _hand_over(transfer_id: uuid.UUID, error: str) -> None:
     """Leave the transfer to its own task, with retries, backoff and parking."""
     with contextlib.suppress(DatabaseError):
-        services.transfer_record_attempt(transfer_id, error)  # attempts > 0: drains skip it
+        services.transfer_record_error(transfer_id, error)  # its drain's claim counted the attempt
     advance_transfer.apply_async(args=[str(transfer_id)], countdown=retry_delay(0))
 
 
@@ -139,7 +149,7 @@ def sweep_stalled_transfers(limit_per_shard: int = 1000) -> int:
     count = 0
     for alias in shard_aliases():
         try:
-            ids = selectors.stalled_transfer_ids(alias=alias, older_than=older_than, limit=limit_per_shard)
+            ids = services.transfers_claim_stalled(alias=alias, older_than=older_than, limit=limit_per_shard)
         except DatabaseError:
             log.warning("sweeper cannot read shard", extra={"shard": alias})
             continue
@@ -154,4 +164,4 @@ def sweep_stalled_transfers(limit_per_shard: int = 1000) -> int:
 
 @shared_task
 def purge_idempotency_records() -> int:
-    return services.idempotency_records_purge(older_than=timedelta(hours=settings.IDEMPOTENCY_KEY_TTL_HOURS))
+    return idempotency.idempotency_records_purge()

@@ -11,10 +11,11 @@ import uuid
 from dataclasses import dataclass
 
 from apps.common.api import MAX_MINOR_AMOUNT
+from apps.common.errors import DomainError
 from apps.ledger.currencies import is_supported_currency
 from apps.sharding.ids import InvalidId, bucket_of, parse_id
 from apps.sharding.routing import shard_map
-from apps.transfers.services import TransferRequest
+from apps.transfers.creation import TransferRequest
 
 REQUIRED_FIELDS = ("from", "to", "amount_minor", "currency")
 
@@ -25,6 +26,14 @@ class Invalid:
     message: str
     param: str | None
     status: int = 400
+
+
+class InvalidTransfer(DomainError):
+    """An `Invalid` raised or returned as an API error."""
+
+    def __init__(self, invalid: Invalid) -> None:
+        super().__init__(invalid.message, param=invalid.param)
+        self.code, self.status = invalid.code, invalid.status
 
 
 def _wallet_id(raw: object) -> uuid.UUID | None:

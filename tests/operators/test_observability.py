@@ -68,7 +68,7 @@ def test_metrics_move_when_transfers_run_in_worker_processes(workers) -> None:
     assert total(after, "shardwallet_transfers", shard="shard_00", status="completed") == 3
     assert total(after, "shardwallet_shard_up", shard="shard_01") == 1
     # The CDC placeholder until the audit app reports lag.
-    assert total(after, "shardwallet_cdc_configured") == 0
+    assert total(after, "shardwallet_cdc_up") == 0
     text = Client().get("/metrics").content.decode()
     assert "# TYPE shardwallet_cdc_lag_seconds gauge" in text
     assert "# TYPE shardwallet_saga_step_seconds histogram" in text

@@ -85,8 +85,8 @@ def test_a_wallet_on_each_shard_lands_on_that_shard_only() -> None:
 @pytest.mark.django_db(transaction=True, databases=ALL_DATABASES)
 def test_shards_hold_only_sharded_tables_and_control_holds_none() -> None:
     tables_sql = "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1"
-    sharded = {"ledger_entry", "ledger_wallet", "transfers_transfer", "transfers_event", "transfers_idempotency",
-               "transfers_payee_credit"}  # fmt: skip
+    sharded = {"ledger_entry", "ledger_wallet", "ledger_movement_key", "transfers_transfer", "transfers_event",
+               "transfers_idempotency", "transfers_payee_credit"}  # fmt: skip
     for alias in shard_aliases():
         assert {t for (t,) in raw_query(alias, tables_sql)} == {"django_migrations", *sharded}
     control_tables = {t for (t,) in raw_query("default", tables_sql)}

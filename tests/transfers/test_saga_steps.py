@@ -13,9 +13,10 @@ from apps.sharding.routing import alias_for_id
 from apps.transfers import saga
 from apps.transfers.checks import check_ledger
 from apps.transfers.errors import StaleTransition
+from apps.transfers.idempotency import idempotency_records_purge
 from apps.transfers.models import IdempotencyRecord, PayeeCredit, Transfer, TransferStatus
-from apps.transfers.selectors import pending_out_minor, stalled_transfer_ids, transfer_events
-from apps.transfers.services import idempotency_records_purge, transfer_park, transfer_redrive
+from apps.transfers.selectors import pending_out_minor, transfer_events
+from apps.transfers.services import transfer_park, transfer_redrive, transfers_claim_stalled
 from tests.factories import (
     ALL_DATABASES,
     bucket_on,
@@ -169,7 +170,7 @@ def test_a_transition_from_a_stale_status_is_refused(owner) -> None:
     assert Transfer.objects.using("shard_00").get(id=transfer.id).status == TransferStatus.DEBITED
 
 
-def test_sweeper_finds_stalled_transfers_but_not_parked_or_terminal_ones(owner) -> None:
+def test_sweeper_claims_stalled_transfers_once_per_window_but_not_parked_or_terminal_ones(owner) -> None:
     payer = make_wallet(owner, funded=1000, shard="shard_00")
     payee = make_wallet(owner, shard="shard_01")
     stalled = create_transfer(owner, payer, payee.id, 10)
@@ -178,8 +179,10 @@ def test_sweeper_finds_stalled_transfers_but_not_parked_or_terminal_ones(owner) 
     assert done.is_terminal
     assert transfer_park(parked.id, "OperationalError: shard down")
     raw_query("shard_00", "UPDATE transfers_transfer SET updated_at = now() - interval '1 hour'")
-    assert stalled_transfer_ids(alias="shard_00", older_than=timedelta(minutes=1), limit=10) == [stalled.id]
-    assert stalled_transfer_ids(alias="shard_00", older_than=timedelta(hours=2), limit=10) == []
+    assert transfers_claim_stalled(alias="shard_00", older_than=timedelta(hours=2), limit=10) == []
+    assert transfers_claim_stalled(alias="shard_00", older_than=timedelta(minutes=1), limit=10) == [stalled.id]
+    # Claimed: not sent again until another window has passed without anyone touching it.
+    assert transfers_claim_stalled(alias="shard_00", older_than=timedelta(minutes=1), limit=10) == []
     assert transfer_redrive(parked.id)
     row = Transfer.objects.using("shard_00").get(id=parked.id)
     assert row.parked_at is None
@@ -194,7 +197,7 @@ def test_purge_removes_idempotency_records_older_than_retention_only(owner) -> N
     IdempotencyRecord.objects.using("shard_00").filter(transfer_id=old.id).update(
         created_at=timezone.now() - timedelta(hours=25)
     )
-    assert idempotency_records_purge(older_than=timedelta(hours=24)) == 1
+    assert idempotency_records_purge() == 1
     remaining = set(IdempotencyRecord.objects.using("shard_00").values_list("transfer_id", flat=True))
     assert remaining == {new.id}
     assert Transfer.objects.using("shard_00").filter(id=old.id).exists(), "the transfer itself is kept"
@@ -274,12 +277,12 @@ def test_drain_after_a_crash_between_credit_and_completion_completes_without_cre
 
 
 def test_drain_skips_transfers_already_handed_to_their_own_retries(owner) -> None:
-    from apps.transfers.services import transfer_record_attempt
+    from apps.transfers.services import transfer_begin_attempt
 
     payer = make_wallet(owner, funded=1000, shard="shard_00")
     payee = make_wallet(owner, shard="shard_01")
     transfer = create_transfer(owner, payer, payee.id, 100)
-    transfer_record_attempt(transfer.id, "OperationalError: payee shard down")
+    assert transfer_begin_attempt(transfer.id) == 1
     assert saga.drain_debited("shard_00").claimed == 0
     assert wallet_balance(payee.id) == 0
 
@@ -311,3 +314,29 @@ def test_a_deposit_past_the_bigint_limit_is_refused_and_changes_nothing(owner) -
         wallet_fund(wallet_id=wallet.id, amount_minor=2, reference="over")
     assert wallet_balance(wallet.id) == MAX - 1
     assert entry_kinds(wallet.id) == ["deposit"]
+
+
+@pytest.mark.parametrize(
+    ("payee_shard", "funded", "history", "reason"),
+    [
+        ("shard_00", 1000, ["pending", "debited", "completed"], None),
+        ("shard_01", 1000, ["pending", "debited", "completed"], None),
+        ("shard_00", 10, ["pending", "failed"], "insufficient_funds"),
+    ],
+)
+def test_a_transfer_stored_as_pending_runs_its_first_step_by_the_same_rules(
+    owner, payee_shard, funded, history, reason
+) -> None:
+    payer = make_wallet(owner, funded=funded, shard="shard_00")
+    payee = make_wallet(owner, shard=payee_shard)
+    now = timezone.now()
+    transfer = Transfer(
+        id=new_id(bucket_on("shard_00")), client_id=owner.id, payer_id=payer.id, payee_id=payee.id,
+        amount_minor=100, currency="USD", status="pending", request_fingerprint="-", created_at=now, updated_at=now,
+    )  # fmt: skip
+    saga.insert_transfer(transfer, [saga.Event(None, "pending", None, now)])
+    done = saga.transfer_advance(transfer.id)
+    assert (done.status, done.failure_reason) == (history[-1], reason)
+    assert statuses(transfer.id) == history
+    assert wallet_balance(payee.id) == (100 if reason is None else 0)
+    assert_ledger_ok()

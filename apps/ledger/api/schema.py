@@ -24,7 +24,22 @@ WALLET_ID = id_parameter("wallet_id", "One of your wallets.")
 WALLET_NOT_FOUND = ErrorCode.of(WalletNotFound, "no such wallet, or another client's (never revealed)")
 WALLET_FROZEN = ErrorCode.of(WalletFrozen, "the wallet is frozen")
 INSUFFICIENT_FUNDS = ErrorCode.of(InsufficientFunds, "the balance is lower than the amount")
-BALANCE_LIMIT_EXCEEDED = ErrorCode.of(BalanceLimitExceeded, "the balance would pass 2^63-1 minor units")
+BALANCE_LIMIT_EXCEEDED = ErrorCode.of(
+    BalanceLimitExceeded,
+    "the balance, plus what the wallet has paid into transfers still in flight, would pass 2^63-1 minor units",
+)
+# A deposit's or withdrawal's refusal by the wallet's state is its key's answer, as a success is.
+_KEYS_ANSWER = " (the key's answer: replayed, with `Idempotent-Replayed: true`, even once that changes)"
+MOVEMENT_WALLET_FROZEN = WALLET_FROZEN.because(WALLET_FROZEN.when + _KEYS_ANSWER)
+MOVEMENT_INSUFFICIENT_FUNDS = INSUFFICIENT_FUNDS.because(INSUFFICIENT_FUNDS.when + _KEYS_ANSWER)
+MOVEMENT_BALANCE_LIMIT_EXCEEDED = BALANCE_LIMIT_EXCEEDED.because(BALANCE_LIMIT_EXCEEDED.when + _KEYS_ANSWER)
+MOVEMENT_DESCRIPTION = (
+    "A key's first answer, success or refusal by the wallet's state (`wallet_frozen`, `insufficient_funds`, "
+    "`balance_limit_exceeded`), is its answer: the same request again gets it byte for byte, with "
+    "`Idempotent-Replayed: true`, and moves no money. The key with another amount, or for the other kind of "
+    "movement, is 422 `idempotency_key_reused`. Requests refused before they start (malformed input, "
+    "`wallet_not_found`) are not recorded: fix them and send them again with the same key."
+)
 MOVEMENT_KEY_REUSED = ErrorCode.of(
     IdempotencyKeyReused,
     "this wallet already took this key with another amount, or for the other kind of movement "
@@ -39,7 +54,7 @@ MOVEMENT_ERRORS = (
     *JSON_BODY_ERRORS,
     WALLET_NOT_FOUND,
     NOT_FOUND,
-    WALLET_FROZEN,
+    MOVEMENT_WALLET_FROZEN,
     MOVEMENT_KEY_REUSED,
 )
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
+from django.http import HttpResponse
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -27,11 +28,12 @@ from apps.common.openapi import (
 )
 from apps.ledger import selectors, services
 from apps.ledger.api.schema import (
-    BALANCE_LIMIT_EXCEEDED,
     ENTRY_LINKS,
     ENTRY_PAGE_LINKS,
-    INSUFFICIENT_FUNDS,
+    MOVEMENT_BALANCE_LIMIT_EXCEEDED,
+    MOVEMENT_DESCRIPTION,
     MOVEMENT_ERRORS,
+    MOVEMENT_INSUFFICIENT_FUNDS,
     WALLET_ID,
     WALLET_LINKS,
     WALLET_NOT_FOUND,
@@ -41,7 +43,8 @@ from apps.ledger.api.schema import (
 )
 from apps.ledger.api.serializers import EntryOut, MovementIn, WalletCreateIn, WalletOut, entry_out
 from apps.ledger.errors import WalletNotFound
-from apps.ledger.models import Wallet
+from apps.ledger.models import EntryKind, Wallet
+from apps.ledger.services import AppliedEntry
 from apps.sharding.ids import InvalidId, bucket_of, parse_id
 from apps.sharding.routing import shard_map
 
@@ -100,48 +103,58 @@ class WalletDetailView(APIView):
         return Response(WalletOut(owned_wallet(request, wallet_id)).data)
 
 
-class _MovementView(APIView):
-    service: Any = None
+def _render_entry(entry: AppliedEntry) -> str:
+    return JSONRenderer().render(entry_out(entry)).decode()
 
-    def post(self, request: Request, wallet_id: str) -> Response:
+
+class _MovementView(APIView):
+    kind: EntryKind
+
+    def post(self, request: Request, wallet_id: str) -> HttpResponse:
         wallet = owned_wallet(request, wallet_id)
         key = idempotency_key(request)
         data = MovementIn(data=request.data)
         data.is_valid(raise_exception=True)
-        entry = type(self).service(wallet_id=wallet.id, amount_minor=data.validated_data["amount_minor"], reference=key)
-        response = Response(entry_out(entry), status=status.HTTP_201_CREATED)
-        if entry.replayed:
+        answer = services.wallet_movement(
+            wallet_id=wallet.id, kind=self.kind, amount_minor=data.validated_data["amount_minor"], key=key,
+            render=_render_entry,
+        )  # fmt: skip
+        # The stored text itself, so every replay is byte-identical to the first answer.
+        response = HttpResponse(answer.body, status=answer.status, content_type="application/json")
+        if answer.replayed:
             response["Idempotent-Replayed"] = "true"
         return response
 
 
 class DepositView(_MovementView):
-    service = staticmethod(services.wallet_fund)
+    kind = EntryKind.DEPOSIT
 
     @extend_schema(
         operation_id="wallets_deposits_create",
         summary="Fund a wallet",
+        description=MOVEMENT_DESCRIPTION,
         request=MovementIn,
         parameters=[WALLET_ID, IDEMPOTENCY_KEY_HEADER, replayed_header(201, 409, 422)],
-        responses={201: EntryOut, **error_responses(*MOVEMENT_ERRORS, BALANCE_LIMIT_EXCEEDED)},
+        responses={201: EntryOut, **error_responses(*MOVEMENT_ERRORS, MOVEMENT_BALANCE_LIMIT_EXCEEDED)},
         extensions=response_links(ENTRY_LINKS, 201),
     )
-    def post(self, request: Request, wallet_id: str) -> Response:
+    def post(self, request: Request, wallet_id: str) -> HttpResponse:
         return super().post(request, wallet_id)
 
 
 class WithdrawalView(_MovementView):
-    service = staticmethod(services.wallet_withdraw)
+    kind = EntryKind.WITHDRAWAL
 
     @extend_schema(
         operation_id="wallets_withdrawals_create",
         summary="Withdraw from a wallet (never below zero)",
+        description=MOVEMENT_DESCRIPTION,
         request=MovementIn,
         parameters=[WALLET_ID, IDEMPOTENCY_KEY_HEADER, replayed_header(201, 409, 422)],
-        responses={201: EntryOut, **error_responses(*MOVEMENT_ERRORS, INSUFFICIENT_FUNDS)},
+        responses={201: EntryOut, **error_responses(*MOVEMENT_ERRORS, MOVEMENT_INSUFFICIENT_FUNDS)},
         extensions=response_links(ENTRY_LINKS, 201),
     )
-    def post(self, request: Request, wallet_id: str) -> Response:
+    def post(self, request: Request, wallet_id: str) -> HttpResponse:
         return super().post(request, wallet_id)
 
 

@@ -33,7 +33,11 @@ NOT_A_WALLET_ID = PARAMETER_INVALID.because("the body is not a JSON object, or `
 SAME_WALLET = ErrorCode(400, "same_wallet", "`from` and `to` are the same wallet")
 WAIT_INVALID = ErrorCode.of(InvalidRequest, "`wait` is not a number of seconds in 0..30")
 BATCH_INVALID = ErrorCode.of(InvalidRequest, 'the body is not `{"transfers": [...]}` with 1 to 1,000 items')
-IN_PROGRESS = ErrorCode.of(IdempotencyRequestInProgress, "the first request with this key is still waiting")
+IN_PROGRESS = ErrorCode.of(
+    IdempotencyRequestInProgress,
+    "the first request with this key is still waiting (`wait`): retry shortly; once it is gone for a minute "
+    "(its process died), the transfer as it then stands is the key's answer",
+)
 TRANSFER_KEY_REUSED = ErrorCode.of(IdempotencyKeyReused, "this key was used with another transfer from this wallet")
 PAYER_CURRENCY_MISMATCH = ErrorCode.of(CurrencyMismatch, "`currency` is not the paying wallet's")
 

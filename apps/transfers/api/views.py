@@ -13,7 +13,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.common.api import decode_uuid_cursor, idempotency_key, page, page_limit
-from apps.common.errors import DomainError, InvalidRequest
+from apps.common.errors import InvalidRequest
 from apps.common.openapi import (
     IDEMPOTENCY_KEY_HEADER,
     IDEMPOTENCY_KEY_INVALID,
@@ -33,9 +33,9 @@ from apps.common.openapi import (
 )
 from apps.ledger.api.schema import WALLET_ID, WALLET_NOT_FOUND
 from apps.ledger.api.views import owned_wallet
-from apps.ledger.errors import WalletNotFound
 from apps.sharding.ids import InvalidId, parse_id
-from apps.transfers import selectors, services
+from apps.sharding.routing import alias_for_id
+from apps.transfers import selectors
 from apps.transfers.api.schema import (
     BATCH_INVALID,
     BATCH_LINKS,
@@ -63,16 +63,12 @@ from apps.transfers.api.serializers import (
     transfer_out,
 )
 from apps.transfers.batch import MAX_BATCH, transfer_create_batch
+from apps.transfers.creation import transfer_create, transfer_store_response
 from apps.transfers.errors import TransferNotFound
+from apps.transfers.idempotency import refusal_of
 from apps.transfers.models import Transfer
 from apps.transfers.saga import Event
-from apps.transfers.validation import Invalid, parse_transfer_body
-
-
-class InvalidTransfer(DomainError):
-    def __init__(self, invalid: Invalid) -> None:
-        super().__init__(invalid.message, param=invalid.param)
-        self.code, self.status = invalid.code, invalid.status
+from apps.transfers.validation import Invalid, InvalidTransfer, parse_transfer_body
 
 
 def render_transfer(transfer: Transfer, history: list[Event] | None = None) -> tuple[int, str]:
@@ -141,18 +137,18 @@ class TransferCollectionView(APIView):
         transfer_request = parse_transfer_body(request.user.id, request.data, key)
         if isinstance(transfer_request, Invalid):
             raise InvalidTransfer(transfer_request)
-        try:
-            created = services.transfer_create(transfer_request, render=render_transfer, defer_response=wait > 0)
-        except WalletNotFound as exc:
-            exc.param = "from"
-            raise
-        record = created.record
-        if record.response_status is None:
+        created = transfer_create(transfer_request, render=render_transfer, defer_response=wait > 0)
+        status_code, body = created.status, created.body
+        if status_code is None:  # a waiting request: answer once terminal (or when the wait is over)
+            assert created.transfer is not None  # noqa: S101 - accepted
+            assert created.record_id is not None  # noqa: S101
             transfer = wait_until_terminal(created.transfer, wait)
-            services.transfer_store_response(record, *render_transfer(transfer))
+            status_code, body = transfer_store_response(
+                alias_for_id(transfer.id), created.record_id, *render_transfer(transfer)
+            )
         # The stored text itself, so every replay is byte-identical to the first response.
-        response = HttpResponse(record.response_body, status=record.response_status, content_type="application/json")
-        if created.replayed:
+        response = HttpResponse(body, status=status_code, content_type="application/json")
+        if created.outcome == "replayed":
             response["Idempotent-Replayed"] = "true"
         return response
 
@@ -175,12 +171,13 @@ class TransferBatchView(APIView):
         # Assembled as text: each transfer is embedded exactly as its stored (replayable) response.
         parts = []
         for r in results:
+            error = refusal_of(r.error) if r.error is not None else None
             head = json.dumps(
-                {"index": r.index, "outcome": r.outcome, "status": r.status, "error": r.error},
+                {"index": r.index, "outcome": r.outcome, "status": r.status, "error": error},
                 separators=(",", ":"),
                 ensure_ascii=False,
             )
-            parts.append(f'{head[:-1]},"transfer":{r.transfer_json or "null"}}}')
+            parts.append(f'{head[:-1]},"transfer":{r.body or "null"}}}')
         return HttpResponse('{"results":[' + ",".join(parts) + "]}", content_type="application/json")
 
 
