@@ -14,6 +14,7 @@ import random
 from typing import Any
 
 import schemathesis
+from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.generation.meta import TestPhase
 
@@ -29,6 +30,11 @@ PAYERS = _ids("CONTRACT_PAYER_IDS")
 PAYEES = _ids("CONTRACT_PAYEE_IDS")
 # Wallet ids the run has seen created (links hand them on; a transfer from one can go through).
 CREATED: set[str] = set()
+MOVEMENTS = {"wallets_deposits_create", "wallets_withdrawals_create"}
+KEY_HEADER = "Idempotency-Key"
+# The payers hold 10^12 minor units each; withdrawals of at most this leave them funded.
+SMALL_AMOUNT = 10**6
+_COVERAGE_RANDOM = random.Random(0)
 # A transfer request may wait up to 30 s for its outcome; a short wait keeps the run short.
 MAX_WAIT_SECONDS = 1.0
 
@@ -42,33 +48,77 @@ RULES_BEYOND_THE_SCHEMA = {
 }
 
 
+def _known() -> set[str]:
+    return {*PAYERS, *PAYEES, *CREATED}
+
+
 def _positive(case: Any) -> bool:
     return case.meta is not None and case.meta.generation.mode == GenerationMode.POSITIVE
 
 
 @schemathesis.hook
+def flatmap_case(context: Any, case: Any) -> Any:
+    # Choices come from Hypothesis (`st.randoms`), so that `--seed` replays them: Hypothesis
+    # reseeds the `random` module before each example, which would make every choice the same.
+    return st.randoms(use_true_random=False).map(lambda rnd: _steer(case, rnd))
+
+
+@schemathesis.hook
 def map_case(context: Any, case: Any) -> Any:
+    # The coverage phase draws nothing from Hypothesis (and runs no flatmap hook): its cases
+    # are enumerated in a fixed order, so a fixed seed steers them the same way on every run.
+    if case.meta is not None and case.meta.phase.name == TestPhase.COVERAGE:
+        return _steer(case, _COVERAGE_RANDOM)
+    return case
+
+
+def _steer(case: Any, rnd: random.Random) -> Any:
     if not _positive(case):
         return case
     operation_id = case.operation.definition.raw.get("operationId")
     body = case.body if isinstance(case.body, dict) else None
-    if operation_id == "wallets_create" and body is not None and random.random() < 0.8:
-        # Mostly USD: the payees are, so transfers from new wallets can go through.
-        body["currency"] = "USD" if random.random() < 0.8 else random.choice(CURRENCIES)
+    stateful = case.meta.phase.name == TestPhase.STATEFUL
+    key = (case.headers or {}).get(KEY_HEADER)
+    if isinstance(key, str) and key and rnd.random() < 0.5:
+        # Hypothesis draws the same few short keys again and again: half the requests get a
+        # fresh one (a repeat with another body is a fine 422, but it stops there).
+        case.headers[KEY_HEADER] = f"{key[:200]}.{rnd.getrandbits(64):x}"
+    if operation_id == "wallets_create" and body is not None and (stateful or rnd.random() < 0.8):
+        # Mostly USD, as the payees are, so that transfers from new wallets go through; in
+        # sequences always (a link hands the wallet on to a transfer).
+        body["currency"] = "USD" if stateful or rnd.random() < 0.8 else rnd.choice(CURRENCIES)
+    if operation_id in MOVEMENTS and body is not None:
+        # A sequence that starts with a movement starts on a wallet that exists (links hand on
+        # known ones), so that it goes on; elsewhere half the movements try unknown ids, and
+        # half the withdrawals are small enough for the funded payers.
+        unknown = case.path_parameters.get("wallet_id") not in _known()
+        if unknown and PAYERS and (stateful or rnd.random() < 0.5):
+            case.path_parameters["wallet_id"] = rnd.choice(PAYERS)
+        amount = body.get("amount_minor")
+        if operation_id == "wallets_withdrawals_create" and isinstance(amount, int) and rnd.random() < 0.5:
+            body["amount_minor"] = amount % SMALL_AMOUNT + 1
     if operation_id == "transfers_create" and body is not None:
-        # In sequences a wallet made earlier pays (handed on by a link, else a funded payer) a
-        # payee that exists, so that the sequence goes on with the transfer.
-        stateful = case.meta.phase.name == TestPhase.STATEFUL
-        if PAYERS and (str(body.get("from")) not in CREATED if stateful else random.random() < 0.7):
-            body["from"] = random.choice(PAYERS)
-        if PAYEES and (stateful or random.random() < 0.7):
-            body["to"] = random.choice(PAYEES)
-            body["currency"] = "USD"
-    if operation_id == "transfers_create":
+        # In sequences a wallet made earlier pays (a link hands it on after this hook, else a
+        # funded payer does) a payee that exists, so that the sequence goes on with the transfer.
+        _steer_transfer(body, rnd, always=stateful)
         wait = (case.query or {}).get("wait")
         if isinstance(wait, int | float) and wait > MAX_WAIT_SECONDS:
             case.query["wait"] = MAX_WAIT_SECONDS
+    if operation_id == "transfers_batch_create" and body is not None:
+        for item in body.get("transfers", []):
+            if isinstance(item, dict):
+                _steer_transfer(item, rnd, always=False)
     return case
+
+
+def _steer_transfer(body: dict[str, Any], rnd: random.Random, *, always: bool) -> None:
+    """Mostly (or `always`) a funded payer pays a payee, in USD: a transfer that goes through."""
+    if PAYERS and (always or rnd.random() < 0.7):
+        body["from"] = rnd.choice(PAYERS)
+        body["currency"] = "USD"
+    if PAYEES and (always or rnd.random() < 0.7):
+        body["to"] = rnd.choice(PAYEES)
+        body["currency"] = "USD"
 
 
 @schemathesis.hook

@@ -5,20 +5,26 @@ read it, fund it, pay from it, read the transfer). Every response must be docume
 the schema (response objects held strictly, as in schema.py), none may be a server error, and
 requests the schema refuses must be refused.
 
-Bounded by tests/contract/schemathesis.toml (examples per operation, steps per sequence). Each
-run draws new data: a failure prints its seed and a curl line; `st run ... --seed N` replays it.
+Two runs of `st run`: every operation in every phase, then a stateful-only run on the
+sequence's operations, where the sequence is walked whole (among every link it is rare).
+Bounded by tests/contract/schemathesis.toml (examples per operation, steps per sequence); the
+reports land in test-artifacts/contract/. Each run draws new data: a failure prints its seed
+and a curl line; `st run ... --seed N` replays it.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,19 +40,14 @@ pytestmark = [pytest.mark.django_db(transaction=True, databases=ALL_DATABASES), 
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 REPORTS = Path(settings.BASE_DIR) / "test-artifacts" / "contract"
-CREATE_OPERATIONS = {
-    "POST /v1/wallets",
-    "POST /v1/wallets/{wallet_id}/deposits",
-    "POST /v1/wallets/{wallet_id}/withdrawals",
-    "POST /v1/transfers",
-    "POST /v1/transfers/batch",
-}
-# The sequence the fuzzer must walk through links: each step reached from a create operation.
-SEQUENCE = [
-    "GET /v1/wallets/{wallet_id}",
-    "POST /v1/wallets/{wallet_id}/deposits",
-    "POST /v1/transfers",
-    "GET /v1/transfers/{transfer_id}",
+# The sequence a client follows through the links: create a wallet, read it, fund it, pay from
+# it, read the transfer. A second, stateful-only run on just these operations walks it whole.
+SEQUENCE_OPERATIONS = [
+    "wallets_create",
+    "wallets_retrieve",
+    "wallets_deposits_create",
+    "transfers_create",
+    "transfers_retrieve",
 ]
 
 
@@ -80,33 +81,93 @@ def served(devstack: Any) -> Iterator[str]:
     log.unlink()
 
 
-def fuzz(base: str, key: str, schema: dict[str, Any], env: dict[str, str]) -> tuple[subprocess.CompletedProcess, Path]:
-    REPORTS.mkdir(parents=True, exist_ok=True)
-    schema_file = REPORTS / "openapi.strict.json"
-    schema_file.write_text(json.dumps(schema, indent=1))
-    for old in REPORTS.glob("*-*.*json"):
-        old.unlink()
+def fuzz(base: str, key: str, schema_file: Path, env: dict[str, str], name: str, *args: str) -> dict[str, Any]:
+    """`st run` against `base`; returns its JSON summary, with its events as `events`."""
+    reports = REPORTS / name
+    shutil.rmtree(reports, ignore_errors=True)
+    started = time.monotonic()
     run = subprocess.run(
         [sys.executable, "-m", "schemathesis.cli", "--config-file", str(CONFIG), "run", str(schema_file),
          "--url", base, "--header", f"Authorization: Bearer {key}", "--report", "json,ndjson",
-         "--report-dir", str(REPORTS), "--no-color"],
+         "--report-dir", str(reports), "--no-color", *args],
         cwd=settings.BASE_DIR, env={**os.environ, **env}, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
-    return run, REPORTS
+    print(run.stdout, run.stderr, f"{name}: {time.monotonic() - started:.0f} s", sep="\n")
+    assert run.returncode == 0, f"{run.stdout[-12000:]}\n{run.stderr[-3000:]}\n(reports in {reports})"
+    [summary_file] = reports.glob("json-*.json")
+    summary = json.loads(summary_file.read_text())
+    assert (summary["failures"], summary["errors"]) == ([], []), f"reports in {reports}"
+    [events_file] = reports.glob("ndjson-*.ndjson")
+    summary["events"] = [json.loads(line) for line in events_file.read_text().splitlines()]
+    return summary
 
 
-def links_followed(report_dir: Path) -> set[tuple[str, str]]:
-    """(source, target) operation of every link the stateful phase followed."""
-    followed = set()
-    [events] = report_dir.glob("ndjson-*.ndjson")
-    for line in events.read_text().splitlines():
-        event = json.loads(line)
-        for case in event.get("ScenarioFinished", {}).get("recorder", {}).get("cases", {}).values():
-            transition = case.get("transition")
-            if transition and case.get("is_transition_applied"):
-                source, _, target = transition["id"].split(" -> ")  # "POST /v1/wallets -> [201] GetWallet -> GET ..."
-                followed.add((source, target))
-    return followed
+@dataclass(frozen=True)
+class Step:
+    """One call of a stateful scenario."""
+
+    operation_id: str
+    status: int
+    linked: bool  # its parameters came from an earlier response through a link
+    path: dict[str, Any]
+    body: Any
+    answer: Any
+
+
+def scenarios(summary: dict[str, Any], schema: dict[str, Any]) -> list[list[Step]]:
+    """The calls of each stateful scenario of a run."""
+    operation_ids = {
+        f"{method.upper()} {path}": operation["operationId"]
+        for path, path_item in schema["paths"].items()
+        for method, operation in path_item.items()
+    }
+    found = []
+    for event in summary["events"]:
+        finished = event.get("ScenarioFinished", {})
+        recorder = finished.get("recorder", {})
+        if finished.get("phase") != "stateful" or "cases" not in recorder:
+            continue
+        steps = []
+        for case_id, case in recorder["cases"].items():
+            response = recorder["interactions"].get(case_id, {}).get("response")
+            if not response:
+                continue
+            value = case["value"]
+            content = base64.b64decode(response.get("content", {}).get("$base64", ""))
+            steps.append(
+                Step(
+                    operation_ids[f"{value['method']} {value['path']}"],
+                    response["status_code"],
+                    bool(case.get("transition")) and case.get("is_transition_applied", False),
+                    value.get("path_parameters") or {},
+                    value.get("body"),
+                    json.loads(content) if content else None,
+                )
+            )
+        found.append(steps)
+    return found
+
+
+def sequences_walked(steps: list[Step]) -> int:
+    """Wallets of this scenario that went through the whole sequence, each step after the
+    creation reached through a link and answered with success."""
+
+    def linked(operation_id: str, statuses: set[int]) -> list[Step]:
+        return [s for s in steps if s.operation_id == operation_id and s.linked and s.status in statuses]
+
+    walked = 0
+    for created in [s for s in steps if s.operation_id == "wallets_create" and s.status == 201]:
+        wallet = created.answer["id"]
+        read = any(s.path.get("wallet_id") == wallet for s in linked("wallets_retrieve", {200}))
+        funded = any(s.path.get("wallet_id") == wallet for s in linked("wallets_deposits_create", {201}))
+        paid = {
+            s.answer["id"]
+            for s in linked("transfers_create", {201, 202})
+            if isinstance(s.body, dict) and s.body.get("from") == wallet
+        }
+        transfer_read = any(s.path.get("transfer_id") in paid for s in linked("transfers_retrieve", {200}))
+        walked += read and funded and transfer_read
+    return walked
 
 
 def test_fuzzing_from_the_schema_finds_no_server_error_and_no_off_schema_response(served: str) -> None:
@@ -118,25 +179,22 @@ def test_fuzzing_from_the_schema_finds_no_server_error_and_no_off_schema_respons
         schema = json.loads(response.read())
     assert schema == generated_schema(), "the server serves the schema the test suite checks against"
 
-    started = time.monotonic()
-    run, reports = fuzz(
-        served,
-        key,
-        strict(schema),
-        {
-            "CONTRACT_PAYER_IDS": ",".join(str(w.id) for w in payers),
-            "CONTRACT_PAYEE_IDS": ",".join(str(w.id) for w in payees),
-        },
-    )
-    print(run.stdout, run.stderr, f"fuzzing took {time.monotonic() - started:.0f} s", sep="\n")
-    assert run.returncode == 0, f"{run.stdout[-12000:]}\n{run.stderr[-3000:]}\n(reports in {reports})"
+    schema_file = REPORTS / "openapi.strict.json"
+    REPORTS.mkdir(parents=True, exist_ok=True)
+    schema_file.write_text(json.dumps(strict(schema), indent=1))
+    env = {
+        "CONTRACT_PAYER_IDS": ",".join(str(w.id) for w in payers),
+        "CONTRACT_PAYEE_IDS": ",".join(str(w.id) for w in payees),
+    }
 
-    [summary_file] = reports.glob("json-*.json")
-    summary = json.loads(summary_file.read_text())
+    # Every operation, in every phase: examples, coverage, fuzzing, stateful over every link.
+    summary = fuzz(served, key, schema_file, env, "all")
     operations = sum(len(path_item) for path_item in schema["paths"].values())
     assert summary["operations"]["tested"] == summary["operations"]["total"] == operations
-    assert (summary["failures"], summary["errors"]) == ([], [])
-    followed = links_followed(reports)
-    for target in SEQUENCE:
-        sources = {source for source, reached in followed if reached == target}
-        assert sources & CREATE_OPERATIONS, f"no link from a create operation was followed to {target}"
+
+    # The client's sequence, walked whole through the links in one scenario at least.
+    only = [arg for operation_id in SEQUENCE_OPERATIONS for arg in ("--include-operation-id", operation_id)]
+    summary = fuzz(served, key, schema_file, env, "sequence", "--phases", "stateful", "--max-examples", "30", *only)
+    walked = sum(sequences_walked(steps) for steps in scenarios(summary, schema))
+    print(f"the sequence was walked whole {walked} times")
+    assert walked, "no scenario created a wallet, read it, funded it, paid from it and read the transfer"
