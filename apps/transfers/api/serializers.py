@@ -104,11 +104,11 @@ def transfer_out(transfer: Transfer, events: list[Event] | None = None) -> dict[
 
 
 class BalanceOut(serializers.Serializer):
-    wallet_id = serializers.UUIDField()
+    wallet_id = IdField()
     currency = CurrencyField()
-    posted = serializers.IntegerField(help_text="Balance counting settled movements only.")
-    pending_out = serializers.IntegerField(help_text="Debited by transfers not yet completed or refunded.")
-    available = serializers.IntegerField(help_text="What the wallet can pay now: posted - pending_out.")
+    posted = serializers.IntegerField(min_value=0, help_text="Balance counting settled movements only.")
+    pending_out = serializers.IntegerField(min_value=0, help_text="Debited by transfers not yet completed or refunded.")
+    available = serializers.IntegerField(min_value=0, help_text="What the wallet can pay now: posted - pending_out.")
 
 
 class TransferBatchItemIn(TransferCreateIn):
