@@ -209,9 +209,9 @@ def link(operation_id: str, description: str, *, body: dict[str, str] | None = N
 
 def next_page_link(operation_id: str, **path: str) -> dict[str, dict[str, Any]]:
     """The link from a page to the next one (its `next_cursor` is null on the last page)."""
-    target = link(operation_id, "The next page.", **path)
-    target.setdefault("parameters", {})["query.cursor"] = "$response.body#/next_cursor"
-    return {"NextPage": target}
+    parameters = {f"path.{name}": expression for name, expression in path.items()}
+    parameters["query.cursor"] = "$response.body#/next_cursor"
+    return {"NextPage": {"operationId": operation_id, "description": "The next page.", "parameters": parameters}}
 
 
 def response_links(links: dict[str, dict[str, Any]], *statuses: int) -> dict[str, Any]:
