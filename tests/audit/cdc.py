@@ -18,6 +18,7 @@ import clickhouse_connect
 import psycopg
 from django.conf import settings
 
+from apps.audit.pgoutput import str_to_lsn
 from apps.audit.reader import conninfo, drop_slot
 from tests.factories import free_port
 
@@ -113,6 +114,24 @@ class CdcProcess:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+    def confirmed_positions(self, timeout: float = 10) -> dict[str, int]:
+        """Each shard's slot position confirmed by the last process, once no process streams from it:
+        the server re-sends exactly the transactions committed at or after it."""
+        positions = {}
+        for alias in settings.SHARD_MAP.aliases:
+            with psycopg.connect(conninfo(settings.SHARD_MAP.shards[alias]), autocommit=True) as conn:
+
+                def released(conn: psycopg.Connection[Any] = conn) -> Any:
+                    return conn.execute(
+                        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots"
+                        " WHERE slot_name = %s AND NOT active",
+                        [self.slot],
+                    ).fetchone()
+
+                (lsn,) = wait_until(released, timeout, f"the slot on {alias} to be released")
+            positions[alias] = str_to_lsn(lsn)
+        return positions
 
     def log_text(self) -> str:
         return self.log.read_text() if self.log.exists() else ""

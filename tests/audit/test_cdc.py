@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import urllib.error
@@ -132,43 +133,109 @@ def test_a_sigkilled_reader_resumes_without_a_gap_or_a_duplicate(cdc: CdcProcess
     owner, _ = make_client()
     payers = [make_wallet(owner, funded=1_000_000, shard=s) for s in ("shard_00", "shard_01")]
     payees = [make_wallet(owner, shard=s) for s in ("shard_00", "shard_01")]
+    ours = [w.id for w in (*payers, *payees)]
     cdc.start()
     first_pid = cdc.process.pid if cdc.process else None
-    done = threading.Event()
+    killed = threading.Event()
+    sent: list[int] = []
     errors: list[BaseException] = []
 
     def stream() -> None:
+        # Transfers go on until 20 of them have been made after the kill: the kill always
+        # lands in the middle of the stream, however fast or slow the machine.
         try:
-            for i in range(60):
+            after_kill = 0
+            for i in range(2_000):
                 transfer(owner, payers[i % 2], payees[(i // 2) % 2].id, 100 + i)
+                sent.append(i)
+                after_kill += killed.is_set()
+                if after_kill >= 20:
+                    return
+            raise AssertionError("the reader was never killed")
         except BaseException as exc:  # surfaced by the test below
             errors.append(exc)
         finally:
             connections.close_all()
-            done.set()
+
+    def our_entries_on_the_shards() -> int:
+        return sum(
+            raw_query(alias, "SELECT count(*) FROM ledger_entry WHERE wallet_id = ANY(%s)", [ours])[0][0]
+            for alias in ("shard_00", "shard_01")
+        )
 
     writer = threading.Thread(target=stream)
     writer.start()
     wait_until(lambda: (s := cdc.status()) and sum(x["changes_written"] for x in s["shards"].values()) > 20, 30,
                "some changes written")  # fmt: skip
-    cdc.kill()  # SIGKILL, mid-stream
+    cdc.kill()  # SIGKILL
+    entries_at_kill = our_entries_on_the_shards()
+    writer_was_running = writer.is_alive()
+    killed.set()
+    confirmed = cdc.confirmed_positions()  # what the server will send again: everything from here on
     cdc.start()
     writer.join(timeout=120)
-    assert done.is_set()
+    assert not writer.is_alive()
     assert not errors, errors
     client = cdc.client()
     wait_until(lambda: caught_up(client), 30, "the restarted reader to catch up")
     assert cdc.process is not None
     assert cdc.process.pid != first_pid
 
+    # Mid-stream: the writer had written some, not all, of its entries when the reader died.
+    total = 2 + 2 * len(sent)  # two deposits, a debit and a credit per transfer
+    assert our_entries_on_the_shards() == total
+    assert writer_was_running
+    assert 2 < entries_at_kill < total
+
+    # Every entry is in the typed table, once (FINAL collapses by the sort key; grouping by the
+    # entry id alone would still see one stored under two keys).
     entries = client.query(
         "SELECT entry_id, wallet_id FROM audit.ledger_entries FINAL WHERE is_deleted = 0"
     ).result_rows
-    assert len(entries) == len(set(entries)) == len(shard_entries())
-    ours = {w.id for w in (*payers, *payees)}
-    assert len([e for e in entries if e[1] in ours]) == 2 + 2 * 60  # two deposits, a debit and a credit per transfer
-    changes = client.query("SELECT shard, commit_lsn, seq FROM audit.changes FINAL").result_rows
-    assert len(changes) == len(set(changes))
+    assert len(entries) == len({e[0] for e in entries}) == len(shard_entries())
+    assert len([e for e in entries if e[1] in set(ours)]) == total
+
+    # Without FINAL: each entry was captured at exactly one stream position. A replay writes the
+    # same position again (ReplacingMergeTree collapses it); a second position would be the same
+    # row captured twice (say, a second snapshot), which no FINAL hides in the change log.
+    positions_per_entry = client.query(
+        "SELECT JSONExtractString(new_row, 'id') AS entry, uniqExact(shard, commit_lsn, seq) AS positions"
+        " FROM audit.changes WHERE table_name = 'ledger_entry' AND op IN ('insert', 'snapshot')"
+        " GROUP BY entry"
+    ).result_rows
+    assert len(positions_per_entry) == len(shard_entries())
+    assert {n for _, n in positions_per_entry} == {1}
+
+    # Without FINAL: a position is held twice only if the killed reader had written it without
+    # confirming it (until a merge folds the copies); nothing confirmed before the kill came again.
+    copies = client.query(
+        "SELECT shard, commit_lsn, seq, count() AS copies FROM audit.changes"
+        " GROUP BY shard, commit_lsn, seq HAVING copies > 1"
+    ).result_rows
+    assert [c for c in copies if c[3] > 2 or c[1] < confirmed[c[0]]] == []
+
+    # The restarted reader wrote each change from the confirmed position on exactly once:
+    # its own count (merge-proof, unlike the copies above) is the number of those positions.
+    def written_from_confirmed() -> dict[str, int]:
+        return {
+            alias: count(
+                client,
+                "SELECT uniqExact(commit_lsn, seq) FROM audit.changes"
+                " WHERE shard = {shard:String} AND commit_lsn >= {lsn:UInt64}",
+                {"shard": alias, "lsn": lsn},
+            )
+            for alias, lsn in confirmed.items()
+        }
+
+    def written_by_the_restarted_reader() -> dict[str, int]:
+        status = cdc.status()
+        return {alias: s["changes_written"] for alias, s in status["shards"].items()} if status else {}
+
+    expected = written_from_confirmed()
+    assert sum(expected.values()) > 0
+    with contextlib.suppress(AssertionError):  # its status file is rewritten every second
+        wait_until(lambda: written_by_the_restarted_reader() == expected, 10, "the reader's status")
+    assert written_by_the_restarted_reader() == expected
     report = reconcile(client, wait=5)
     assert report.ok, report.differences
 
