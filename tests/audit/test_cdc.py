@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
+import string
 import threading
 import urllib.error
 import urllib.request
@@ -15,6 +17,7 @@ from typing import Any
 
 import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError
+from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connections
@@ -24,9 +27,11 @@ from apps.ledger.models import WalletStatus
 from apps.ledger.services import wallet_fund, wallet_set_status, wallet_withdraw
 from apps.sharding.devstack import Devstack, PostgresCluster
 from apps.transfers.saga import transfer_advance
+from apps.transfers.services import transfer_park, transfer_redrive
 from tests.audit.cdc import CdcProcess, wait_until
 from tests.audit.helpers import caught_up, count, shard_entries, store_entries, store_transitions
 from tests.factories import ALL_DATABASES, create_transfer, make_client, make_wallet, raw_query
+from tests.workers import flush_redis
 
 pytestmark = [pytest.mark.django_db(transaction=True, databases=ALL_DATABASES), pytest.mark.slow]
 
@@ -354,6 +359,53 @@ def test_updates_and_deletes_carry_the_old_row_and_money_stays_exact(cdc: CdcPro
                  {"id": str(doomed.id)}) == 0  # fmt: skip
     assert count(client, "SELECT is_deleted FROM audit.wallets FINAL WHERE wallet_id = {id:UUID}",
                  {"id": str(doomed.id)}) == 1  # fmt: skip
+    assert reconcile(client, wait=5).ok
+
+
+def test_an_update_that_leaves_a_toasted_value_alone_streams_it_from_the_old_row(cdc: CdcProcess) -> None:
+    # pgoutput does not resend an out-of-line value an update left alone; the whole old row
+    # (REPLICA IDENTITY FULL, on every audited table of every shard) is where it comes from.
+    for alias in ("shard_00", "shard_01"):
+        identities = raw_query(
+            alias, "SELECT relname, relreplident FROM pg_class WHERE relname = ANY(%s)", [settings.AUDIT_TABLES]
+        )
+        assert sorted(identities) == sorted((table, "f") for table in settings.AUDIT_TABLES)
+
+    def toast_rows() -> int:
+        [(toast,)] = raw_query(
+            "shard_00", "SELECT reltoastrelid::regclass::text FROM pg_class WHERE relname = 'transfers_transfer'"
+        )
+        return raw_query("shard_00", f"SELECT count(*) FROM {toast}")[0][0]  # noqa: S608 - a catalog name
+
+    owner, _ = make_client()
+    payer = make_wallet(owner, funded=1_000, shard="shard_00")
+    payee = make_wallet(owner, shard="shard_01")
+    parked = create_transfer(owner, payer, payee.id, 100)
+    error = "".join(random.Random(7).choices(string.ascii_letters + string.digits, k=2_000))  # incompressible
+    chunks_before = toast_rows()
+    assert transfer_park(parked.id, error)
+    assert toast_rows() > chunks_before, "the premise: last_error is stored out of line"
+    cdc.start()
+    client = cdc.client()
+
+    assert transfer_redrive(parked.id)  # parked_at, attempts and updated_at change; last_error does not
+    flush_redis()  # the re-drive's message: no worker runs here
+
+    def redrive_change() -> list[tuple[Any, ...]]:
+        return client.query(
+            "SELECT old_row, new_row FROM audit.changes FINAL WHERE table_name = 'transfers_transfer'"
+            " AND op = 'update' AND JSONExtractString(new_row, 'id') = {id:String}",
+            parameters={"id": str(parked.id)},
+        ).result_rows
+
+    [(old, new)] = wait_until(redrive_change, 20, "the re-drive's update in the audit store")
+    old_row, new_row = json.loads(old), json.loads(new)
+    assert old_row["parked_at"] is not None
+    assert new_row["parked_at"] is None
+    assert new_row["last_error"] == old_row["last_error"] == error
+    status = cdc.status()
+    assert status is not None
+    assert status["shards"]["shard_00"]["reconnects"] == 0
     assert reconcile(client, wait=5).ok
 
 
