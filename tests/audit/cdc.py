@@ -8,9 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,22 +19,12 @@ from django.conf import settings
 from apps.audit.pgoutput import str_to_lsn
 from apps.audit.reader import conninfo, drop_slot
 from tests.factories import free_port
+from tests.polling import wait_until
 
 
 def free_audit_port() -> int:
     """A free port just above the configured AUDIT_HTTP_PORT (env-chosen per developer)."""
     return free_port(settings.AUDIT_HTTP_PORT + 1, settings.AUDIT_HTTP_PORT + 200)
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
 
 
 class CdcProcess:
