@@ -8,7 +8,8 @@ import json
 import uuid
 from typing import Any
 
-from rest_framework import serializers
+from rest_framework import parsers, serializers
+from rest_framework.exceptions import ParseError
 from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.request import Request
 
@@ -85,6 +86,17 @@ def page(items: list[Any], limit: int, cursor_of: Any, render: Any) -> dict[str,
         "has_more": has_more,
         "next_cursor": encode_cursor(cursor_of(items[-1])) if has_more else None,
     }
+
+
+class JSONParser(parsers.JSONParser):
+    """DRF's JSON parser; a body nested deeper than Python's decoder goes is invalid JSON too
+    (the decoder raises RecursionError, which DRF does not catch: it would be a 500)."""
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
+        try:
+            return super().parse(stream, media_type, parser_context)
+        except RecursionError:
+            raise ParseError("JSON parse error - nested too deeply.") from None
 
 
 class JSONOnlyNegotiation(DefaultContentNegotiation):

@@ -89,6 +89,8 @@ def test_a_bad_withdrawal_body_gets_a_clear_400_and_changes_nothing(api, funded_
         ('{"amount_minor": 5e0}', (400, "invalid_amount")),
         ('{"amount_minor": 1000000000000000000000000000000}', (400, "invalid_amount")),
         ('{"amount_minor": 1' + "0" * 5_000 + "}", (400, "invalid_json")),  # past Python's int-parsing limit
+        ('{"amount_minor": ' + "[" * 100_000 + "]" * 100_000 + "}", (400, "invalid_json")),  # past the parser's depth
+        ("[" * 100_000 + "]" * 100_000, (400, "invalid_json")),
         (b'{"amount_minor": "\xff"}', (400, "invalid_json")),  # not UTF-8
         ('"500"', (400, "parameter_invalid")),
         ("null", (400, "parameter_invalid")),

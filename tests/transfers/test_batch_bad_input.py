@@ -121,9 +121,10 @@ def test_a_malformed_batch_body_is_400_invalid_request_and_changes_nothing(walle
         ('{"transfers": [', "application/json", (400, "invalid_json")),
         ("{transfers: []}", "application/json", (400, "invalid_json")),
         ('{"transfers": [{"amount_minor": NaN}]}', "application/json", (400, "invalid_json")),
+        ('{"transfers": ' + "[" * 100_000 + "]" * 100_000 + "}", "application/json", (400, "invalid_json")),
         ("transfers=1", "application/x-www-form-urlencoded", (415, "unsupported_media_type")),
     ],
-    ids=["truncated", "unquoted", "nan", "form"],
+    ids=["truncated", "unquoted", "nan", "nested-too-deep", "form"],
 )
 def test_a_batch_that_is_not_json_is_refused_and_changes_nothing(wallets, text, content_type, expected) -> None:
     api, _, _ = wallets
