@@ -27,8 +27,11 @@ from django.core.exceptions import PermissionDenied
 from django.db import InterfaceError, OperationalError, connections
 from django.db.models import Model, Q, QuerySet
 from django.http import HttpRequest, HttpResponse
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
 
 from apps.accounts.selectors import api_client_ids_matching, api_client_names
+from apps.ledger.currencies import format_minor
 from apps.sharding.ids import InvalidId, parse_id
 from apps.sharding.routing import alias_for_id, shard_aliases, use_shard
 from apps.sharding.shardmap import ShardMapError
@@ -98,6 +101,13 @@ class ShardedQuerySequence:
 
     def filter(self, *args: Any, **kwargs: Any) -> ShardedQuerySequence:
         return ShardedQuerySequence(self.queryset.filter(*args, **kwargs), self.aliases, self.unreachable)
+
+
+def money_html(amount_minor: int, currency: str) -> SafeString:
+    """An amount as an operator reads it, "25.00 USD", with the stored minor units beside it."""
+    return format_html(
+        '{} <span class="quiet">({} minor units)</span>', format_minor(amount_minor, currency), amount_minor
+    )
 
 
 class ShardFilter(admin.SimpleListFilter):
