@@ -105,7 +105,7 @@ class JSONOnlyNegotiation(DefaultContentNegotiation):
     Views with several renderers (the OpenAPI schema and docs) negotiate as usual.
     """
 
-    def select_renderer(self, request: Request, renderers: list[Any], format_suffix: str | None = None) -> Any:
+    def select_renderer(self, request: Request, renderers: Any, format_suffix: str | None = None) -> Any:
         if len(renderers) == 1:
             return renderers[0], renderers[0].media_type
         return super().select_renderer(request, renderers, format_suffix)
