@@ -7,7 +7,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from django.conf import settings
@@ -18,7 +18,7 @@ from apps.observability.jsonlog import JsonFormatter
 from apps.transfers.models import Transfer
 from tests.factories import ALL_DATABASES, api_for, free_port, make_client
 from tests.operators.helpers import cross_shard_pair, metric_samples, parked_transfer, total
-from tests.workers import Worker, flush_redis, wait_terminal
+from tests.workers import Worker, wait_terminal
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=ALL_DATABASES)
 
@@ -39,15 +39,6 @@ def scrape_until(ready: Callable[[dict], bool], timeout: float = 10) -> dict:
         if ready(samples) or time.monotonic() > deadline:
             return samples
         time.sleep(0.05)
-
-
-@pytest.fixture
-def workers(devstack) -> Iterator[list[Worker]]:
-    flush_redis()
-    started: list[Worker] = []
-    yield started
-    for worker in started:
-        worker.stop()
 
 
 def test_metrics_move_when_transfers_run_in_worker_processes(workers) -> None:

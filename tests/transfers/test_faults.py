@@ -2,7 +2,6 @@
 
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,17 +19,6 @@ from tests.polling import wait_until
 from tests.workers import TaskEvent, Worker, flush_redis, wait_terminal
 
 pytestmark = [pytest.mark.django_db(transaction=True, databases=ALL_DATABASES), pytest.mark.slow]
-
-
-@pytest.fixture
-def workers() -> Iterator[list[Worker]]:
-    """Workers a test starts; all stopped afterwards, and the queue emptied before and after."""
-    flush_redis()
-    started: list[Worker] = []
-    yield started
-    for worker in started:
-        worker.stop()
-    flush_redis()
 
 
 def cross_shard_pair(amount: int = 1000):
