@@ -29,9 +29,10 @@ run: $(VENV)/.installed ## start PostgreSQL shards, Redis and the API on http://
 test: $(VENV)/.installed ## run the test suite against its own throw-away stack
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-lint: $(VENV)/.installed ## ruff lint and format check
+lint: $(VENV)/.installed ## ruff lint and format check, mypy on apps/ (django-stubs, drf-stubs)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 format: $(VENV)/.installed ## ruff format and autofix
 	$(VENV)/bin/ruff format .

@@ -16,6 +16,7 @@ from django.db import connections
 from apps.sharding.devstack import Devstack, PostgresCluster
 from tests.factories import api_for, make_client
 from tests.stack_guard import stack_refusals
+from tests.workers import Worker, flush_redis
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -74,3 +75,14 @@ def client_and_key() -> tuple[Any, str]:
 @pytest.fixture
 def api(client_and_key: tuple[Any, str]) -> Any:
     return api_for(client_and_key[1])
+
+
+@pytest.fixture
+def workers(devstack: Devstack) -> Iterator[list[Worker]]:
+    """Celery workers a test starts: all stopped afterwards, and the broker emptied before and after."""
+    flush_redis()
+    started: list[Worker] = []
+    yield started
+    for worker in started:
+        worker.stop()
+    flush_redis()

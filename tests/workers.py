@@ -2,19 +2,35 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 import redis
 from django.conf import settings
 
 from apps.sharding.routing import alias_for_id
 from apps.transfers.models import Transfer
+
+_TASK_EVENT = re.compile(
+    r"Task (?P<name>[\w.]+)\[(?P<id>[0-9a-f-]+)\] (?P<event>received|succeeded|retry|raised)"
+    r"(?: in \S+s: (?P<result>.*))?"
+)
+
+
+class TaskEvent(NamedTuple):
+    name: str
+    id: str
+    event: str  # received, succeeded, retry or raised
+    result: str | None  # what a task that succeeded returned, as the worker printed it
 
 
 class Worker:
@@ -53,6 +69,21 @@ class Worker:
 
     def log_text(self) -> str:
         return self.log.read_text() if self.log.exists() else ""
+
+    def task_events(self) -> list[TaskEvent]:
+        """The tasks' lives as the worker logged them (Celery's own INFO lines), in order."""
+        events = []
+        for line in self.log_text().splitlines():
+            if not line.startswith("{"):
+                continue
+            try:
+                message = json.loads(line).get("message", "")
+            except ValueError:
+                continue  # a line the worker is still writing
+            match = _TASK_EVENT.match(message)
+            if match:
+                events.append(TaskEvent(match["name"], match["id"], match["event"], match["result"]))
+        return events
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -94,10 +125,15 @@ def wait_terminal(transfer_ids: list[uuid.UUID], timeout: float = 60) -> dict[uu
     return done
 
 
-def wait_queue_drained(timeout: float = 20, grace: float = 1.0) -> None:
-    """Wait until the worker has taken every queued message, then give it `grace` seconds to finish."""
-    client = redis.Redis.from_url(settings.REDIS_URL)
+def wait_tasks_done(worker: Worker, task_ids: Iterable[str], timeout: float = 20) -> None:
+    """Wait until `worker` has logged the end of every one of these tasks (succeeded, or raised
+    with no retry left): an empty queue is not enough, the worker prefetches and runs them later."""
+    pending = set(task_ids)
     deadline = time.monotonic() + timeout
-    while client.llen("celery") and time.monotonic() < deadline:
+    while pending:
+        pending -= {e.id for e in worker.task_events() if e.event in ("succeeded", "raised")}
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{len(pending)} task(s) not done after {timeout}s, e.g. {sorted(pending)[:3]}")
         time.sleep(0.05)
-    time.sleep(grace)

@@ -89,7 +89,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _read_body(self) -> bytes:
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            parts, size = [], 0
+            parts: list[bytes] = []
+            size = 0
             while True:
                 chunk_size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
                 if chunk_size == 0:

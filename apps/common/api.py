@@ -8,7 +8,8 @@ import json
 import uuid
 from typing import Any
 
-from rest_framework import serializers
+from rest_framework import parsers, serializers
+from rest_framework.exceptions import ParseError
 from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.request import Request
 
@@ -87,13 +88,24 @@ def page(items: list[Any], limit: int, cursor_of: Any, render: Any) -> dict[str,
     }
 
 
+class JSONParser(parsers.JSONParser):
+    """DRF's JSON parser; a body nested deeper than Python's decoder goes is invalid JSON too
+    (the decoder raises RecursionError, which DRF does not catch: it would be a 500)."""
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
+        try:
+            return super().parse(stream, media_type, parser_context)
+        except RecursionError:
+            raise ParseError("JSON parse error - nested too deeply.") from None
+
+
 class JSONOnlyNegotiation(DefaultContentNegotiation):
     """Our API views render JSON only: skip parsing the Accept header for them (a hot path).
 
     Views with several renderers (the OpenAPI schema and docs) negotiate as usual.
     """
 
-    def select_renderer(self, request: Request, renderers: list[Any], format_suffix: str | None = None) -> Any:
+    def select_renderer(self, request: Request, renderers: Any, format_suffix: str | None = None) -> Any:
         if len(renderers) == 1:
             return renderers[0], renderers[0].media_type
         return super().select_renderer(request, renderers, format_suffix)

@@ -4,6 +4,8 @@ through services; the one write, freezing, is an operator action with an audit r
 from __future__ import annotations
 
 from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
@@ -12,7 +14,7 @@ from apps.ledger.models import LedgerEntry, Wallet, WalletStatus
 from apps.ledger.selectors import entry_list
 from apps.operators.admin_actions import OperatorActionsMixin, OperatorActionSpec
 from apps.operators.services import operator_freeze_wallet, operator_unfreeze_wallet
-from apps.sharding.admin import CurrencyFilter, ShardedModelAdmin, ShardFilter
+from apps.sharding.admin import CurrencyFilter, ShardedModelAdmin, ShardFilter, money_html
 
 
 @admin.register(Wallet)
@@ -21,10 +23,10 @@ class WalletAdmin(OperatorActionsMixin, ShardedModelAdmin):
     list_filter = ["status", CurrencyFilter, ShardFilter, "created_at"]
     client_field = "owner_id"
     fields = [
-        "id", "shard", "client", "currency", "balance_minor", "status", "last_entry_seq",
+        "id", "shard", "client", "currency", "balance", "status", "last_entry_seq",
         "created_at", "updated_at", "links", "recent_entries",
     ]  # fmt: skip
-    readonly_fields = ["shard", "client", "links", "recent_entries"]
+    readonly_fields = ["shard", "client", "balance", "links", "recent_entries"]
     operator_actions = (
         OperatorActionSpec(
             name="freeze",
@@ -47,9 +49,9 @@ class WalletAdmin(OperatorActionsMixin, ShardedModelAdmin):
         ),
     )
 
-    @admin.display(description="balance (minor units)")
-    def balance(self, wallet: Wallet) -> int:
-        return wallet.balance_minor
+    @admin.display(description="balance")
+    def balance(self, wallet: Wallet) -> SafeString:
+        return money_html(wallet.balance_minor, wallet.currency)
 
     @admin.display(description="see also")
     def links(self, wallet: Wallet) -> SafeString:
@@ -69,7 +71,17 @@ class WalletAdmin(OperatorActionsMixin, ShardedModelAdmin):
         rows = format_html_join(
             "",
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            ((e.seq, e.kind, e.amount_minor, e.balance_after_minor, e.reference, e.created_at) for e in entries),
+            (
+                (
+                    e.seq,
+                    e.kind,
+                    money_html(e.amount_minor, wallet.currency),
+                    money_html(e.balance_after_minor, wallet.currency),
+                    e.reference,
+                    e.created_at,
+                )
+                for e in entries
+            ),
         )
         return format_html(
             "<table><tr><th>seq</th><th>kind</th><th>amount</th><th>balance after</th><th>reference</th>"
@@ -80,15 +92,27 @@ class WalletAdmin(OperatorActionsMixin, ShardedModelAdmin):
 
 @admin.register(LedgerEntry)
 class LedgerEntryAdmin(ShardedModelAdmin):
-    list_display = ["id", "wallet_link", "seq", "kind", "amount_minor", "balance_after_minor", "reference", "shard",
+    list_display = ["id", "wallet_link", "seq", "kind", "amount", "balance_after", "reference", "shard",
                     "created_at"]  # fmt: skip
     list_filter = ["kind", ShardFilter, "created_at"]
     routed_id_fields = ("id", "wallet_id")  # an entry lives with its wallet
     fanout_exact_fields = ("reference",)
     search_help_text = "An entry or wallet id (goes to its shard), or an exact reference (every shard)."
-    fields = ["id", "shard", "wallet_link", "seq", "kind", "amount_minor", "balance_after_minor", "reference",
+    fields = ["id", "shard", "wallet_link", "seq", "kind", "amount", "balance_after", "reference",
               "created_at"]  # fmt: skip
-    readonly_fields = ["shard", "wallet_link"]
+    readonly_fields = ["shard", "wallet_link", "amount", "balance_after"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        # The wallet (same shard: a real foreign key) brings the currency the amounts are in.
+        return super().get_queryset(request).select_related("wallet")
+
+    @admin.display(description="amount")
+    def amount(self, entry: LedgerEntry) -> SafeString:
+        return money_html(entry.amount_minor, entry.wallet.currency)
+
+    @admin.display(description="balance after")
+    def balance_after(self, entry: LedgerEntry) -> SafeString:
+        return money_html(entry.balance_after_minor, entry.wallet.currency)
 
     @admin.display(description="wallet")
     def wallet_link(self, entry: LedgerEntry) -> SafeString:

@@ -62,6 +62,7 @@ class LedgerEntry(models.Model):
 
     class Meta:
         db_table = "ledger_entry"
+        verbose_name_plural = "ledger entries"
         constraints = [
             models.UniqueConstraint(fields=["wallet", "reference", "kind"], name="entry_applied_once"),
             models.UniqueConstraint(fields=["wallet", "seq"], name="entry_seq_per_wallet"),

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
 from django.db import IntegrityError, connections, transaction
 from django.utils import timezone
@@ -93,7 +94,7 @@ RETURNING {_ENTRY_COLUMNS}
 _EXISTING_SQL = f"SELECT {_ENTRY_COLUMNS} FROM ledger_entry WHERE wallet_id = %s AND reference = %s AND kind = %s"  # noqa: S608
 
 
-def _entry(row: tuple, *, replayed: bool) -> AppliedEntry:
+def _entry(row: tuple[uuid.UUID, uuid.UUID, int, str, str, int, int, datetime], *, replayed: bool) -> AppliedEntry:
     return AppliedEntry(*row, replayed=replayed)
 
 
@@ -260,7 +261,7 @@ def wallet_movement(
                 raise IdempotencyKeyReused(
                     f"This key was used for a {first.kind} of {first.amount_minor}.", param="Idempotency-Key"
                 )
-            return MovementAnswer(first.response_status, first.response_body, replayed=True)
+            return MovementAnswer(cast(int, first.response_status), cast(str, first.response_body), replayed=True)
         try:
             entry = apply_entry(wallet_id=wallet_id, reference=key, kind=kind, delta=delta)
             status, body = 201, render(entry)

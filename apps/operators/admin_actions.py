@@ -50,7 +50,7 @@ class ReasonForm(forms.Form):
         return reason
 
 
-_MESSAGE_LEVELS = {
+_MESSAGE_LEVELS: dict[str, int] = {
     ActionOutcome.SUCCEEDED: messages.SUCCESS,
     ActionOutcome.REFUSED: messages.WARNING,
     ActionOutcome.FAILED: messages.ERROR,
@@ -61,7 +61,7 @@ class OperatorActionsMixin:
     """For a ModelAdmin (a ShardedModelAdmin): `operator_actions` become pages and detail-page buttons."""
 
     operator_actions: tuple[OperatorActionSpec, ...] = ()
-    change_form_template = "admin/operators/change_form.html"
+    change_form_template: Any = "admin/operators/change_form.html"
 
     def get_urls(self) -> list[Any]:
         opts = self.model._meta  # type: ignore[attr-defined]

@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
+from typing import cast
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import AbstractBaseUser, User
 from django.db import DatabaseError, transaction
 from django.utils import timezone
 
@@ -38,7 +39,7 @@ def _run(
         raise ReasonRequired(param="reason")
     with transaction.atomic(using="default"):
         record = OperatorAction.objects.using("default").create(
-            actor=actor,
+            actor=cast(User, actor),
             actor_username=actor.get_username(),
             action=action,
             target_id=target_id,

@@ -18,7 +18,7 @@ import heapq
 import itertools
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from django.contrib import admin, messages
 from django.contrib.admin.options import ShowFacets
@@ -27,8 +27,11 @@ from django.core.exceptions import PermissionDenied
 from django.db import InterfaceError, OperationalError, connections
 from django.db.models import Model, Q, QuerySet
 from django.http import HttpRequest, HttpResponse
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
 
 from apps.accounts.selectors import api_client_ids_matching, api_client_names
+from apps.ledger.currencies import format_minor
 from apps.sharding.ids import InvalidId, parse_id
 from apps.sharding.routing import alias_for_id, shard_aliases, use_shard
 from apps.sharding.shardmap import ShardMapError
@@ -69,7 +72,7 @@ class ShardedQuerySequence:
         return self._count
 
     def _merged(self, limit: int | None) -> Iterator[Model]:
-        per_shard = [
+        per_shard: list[list[Model]] = [
             self._on_shard(alias, lambda qs: list(qs if limit is None else qs[:limit]), []) for alias in self.aliases
         ]
         return heapq.merge(*per_shard, key=lambda row: row.pk, reverse=True)
@@ -98,6 +101,13 @@ class ShardedQuerySequence:
 
     def filter(self, *args: Any, **kwargs: Any) -> ShardedQuerySequence:
         return ShardedQuerySequence(self.queryset.filter(*args, **kwargs), self.aliases, self.unreachable)
+
+
+def money_html(amount_minor: int, currency: str) -> SafeString:
+    """An amount as an operator reads it, "25.00 USD", with the stored minor units beside it."""
+    return format_html(
+        '{} <span class="quiet">({} minor units)</span>', format_minor(amount_minor, currency), amount_minor
+    )
 
 
 class ShardFilter(admin.SimpleListFilter):
@@ -144,6 +154,7 @@ class ShardedChangeList(ChangeList):
     """A ChangeList whose results come from every shard in scope (see ShardedQuerySequence)."""
 
     shard_aliases_in_scope: list[str]
+    model_admin: ShardedModelAdmin
 
     def __init__(self, request: HttpRequest, *args: Any, **kwargs: Any) -> None:
         self.unreachable: set[str] = set()
@@ -154,7 +165,7 @@ class ShardedChangeList(ChangeList):
                 f"Unreachable, so missing from this list: {', '.join(sorted(self.unreachable))}.",
             )
 
-    def get_ordering(self, request: HttpRequest, queryset: QuerySet) -> list[str]:
+    def get_ordering(self, request: HttpRequest, queryset: QuerySet) -> list[Any]:
         return ["-pk"]
 
     def get_queryset(self, request: HttpRequest, exclude_parameters: Any = None) -> Any:
@@ -170,7 +181,7 @@ class ShardedChangeList(ChangeList):
         # The parent counts the unfiltered rows with root_queryset.count(): make that a
         # count over every shard for the duration of the call.
         root = self.root_queryset
-        self.root_queryset = ShardedQuerySequence(root, shard_aliases(), self.unreachable)
+        self.root_queryset = cast(QuerySet, ShardedQuerySequence(root, shard_aliases(), self.unreachable))
         try:
             super().get_results(request)
         finally:
@@ -231,14 +242,14 @@ class ShardedModelAdmin(admin.ModelAdmin):
             raise PermissionDenied  # rows are created by services, which choose the shard
         row_id = self.parse_routed_id(object_id)
         if row_id is None:
-            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)  # type: ignore[attr-defined]
         with use_shard(alias_for_id(row_id)):
             return super().changeform_view(request, object_id, form_url, extra_context)
 
     def delete_view(self, request: HttpRequest, object_id: str, extra_context: Any = None) -> HttpResponse:
         row_id = self.parse_routed_id(object_id)
         if row_id is None:
-            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)  # type: ignore[attr-defined]
         with use_shard(alias_for_id(row_id)):
             return super().delete_view(request, object_id, extra_context)  # refused: has_delete_permission
 
@@ -286,7 +297,7 @@ class ShardedModelAdmin(admin.ModelAdmin):
             condition |= Q(**{field: value})
         return condition
 
-    def annotate_results(self, results: list[Model]) -> None:
+    def annotate_results(self, results: list[Any]) -> None:
         """Attach `client_name` to each row in one query on `default` (clients do not live on the shards)."""
         if not self.client_field:
             return
@@ -300,7 +311,7 @@ class ShardedModelAdmin(admin.ModelAdmin):
 
     @admin.display(description="API client")
     def client(self, obj: Model) -> str:
-        client_id = getattr(obj, self.client_field or "", None)
+        client_id = cast(int, getattr(obj, self.client_field or "", None))
         name = getattr(obj, "client_name", None)
         if name is None:  # a detail page: one row, one lookup
             name = api_client_names({client_id}).get(client_id, "")

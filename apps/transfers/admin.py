@@ -10,7 +10,7 @@ from django.utils.safestring import SafeString
 
 from apps.operators.admin_actions import OperatorActionsMixin, OperatorActionSpec
 from apps.operators.services import operator_compensate_transfer, operator_redrive_transfer
-from apps.sharding.admin import CurrencyFilter, ShardedModelAdmin, ShardFilter
+from apps.sharding.admin import CurrencyFilter, ShardedModelAdmin, ShardFilter, money_html
 from apps.sharding.routing import alias_for_id
 from apps.transfers.models import PayeeCredit, Transfer
 from apps.transfers.selectors import transfer_events
@@ -22,7 +22,7 @@ def _wallet_link(wallet_id: object) -> SafeString:
 
 @admin.register(Transfer)
 class TransferAdmin(OperatorActionsMixin, ShardedModelAdmin):
-    list_display = ["id", "client", "payer_id", "payee_id", "amount_minor", "currency", "status", "failure_reason",
+    list_display = ["id", "client", "payer_id", "payee_id", "amount", "status", "failure_reason",
                     "attempts", "parked_at", "shard", "created_at"]  # fmt: skip
     list_filter = ["status", "failure_reason", CurrencyFilter, ("parked_at", admin.EmptyFieldListFilter), ShardFilter,
                    "created_at"]  # fmt: skip
@@ -32,10 +32,10 @@ class TransferAdmin(OperatorActionsMixin, ShardedModelAdmin):
         "A transfer id or a paying wallet's id (goes to its shard), or an API client's name or id (every shard)."
         " Transfers received by a wallet: open the wallet."
     )
-    fields = ["id", "shard", "client", "payer", "payee", "amount_minor", "currency", "status", "failure_reason",
+    fields = ["id", "shard", "client", "payer", "payee", "amount", "status", "failure_reason",
               "attempts", "last_error", "parked_at", "created_at", "updated_at", "payee_outcome",
               "history"]  # fmt: skip
-    readonly_fields = ["shard", "client", "payer", "payee", "payee_outcome", "history"]
+    readonly_fields = ["shard", "client", "payer", "payee", "amount", "payee_outcome", "history"]
     operator_actions = (
         OperatorActionSpec(
             name="redrive",
@@ -58,6 +58,10 @@ class TransferAdmin(OperatorActionsMixin, ShardedModelAdmin):
             " already credited, the transfer is completed instead and nothing is refunded. Needs both shards.",
         ),
     )
+
+    @admin.display(description="amount")
+    def amount(self, transfer: Transfer) -> SafeString:
+        return money_html(transfer.amount_minor, transfer.currency)
 
     @admin.display(description="payer")
     def payer(self, transfer: Transfer) -> SafeString:

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
 from django.db import IntegrityError, OperationalError, connections, transaction
 from django.utils import timezone
@@ -126,7 +127,7 @@ def transfer_store_response(alias: str, record_id: int, status: int, body: str) 
     if stored:
         return status, body
     record = IdempotencyRecord.objects.using(alias).values("response_status", "response_body").get(id=record_id)
-    return record["response_status"], record["response_body"]
+    return cast(int, record["response_status"]), cast(str, record["response_body"])
 
 
 def _repeat(
@@ -138,7 +139,7 @@ def _repeat(
         return ItemResult.rejected(index, exc)
     status, body = record.response_status, record.response_body
     if replay.store_current:  # the first request died before answering: answer with the transfer as it is
-        transfer = Transfer.objects.using(alias).get(id=record.transfer_id)
+        transfer = Transfer.objects.using(alias).get(id=cast(uuid.UUID, record.transfer_id))
         status, body = transfer_store_response(alias, record.id, *render(transfer, None))
     return ItemResult(index, "replayed", status, body, record_id=record.id)
 

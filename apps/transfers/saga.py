@@ -22,7 +22,7 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from django.db import DatabaseError, IntegrityError, connections, transaction
 from django.utils import timezone
@@ -135,7 +135,7 @@ def transition(
         if cursor.rowcount != 1:
             raise StaleTransition(f"transfer {transfer.id} is no longer {transfer.status}")
     transfer.status = to
-    transfer.updated_at = params["now"]
+    transfer.updated_at = cast(datetime, params["now"])
     if reason:
         transfer.failure_reason = reason
     # Counted once committed: a rolled-back transition never happened.
@@ -180,7 +180,7 @@ def count_events_on_commit(alias: str, histories: list[list[Event]]) -> None:
         for event in events[1:]:
             counts[(event.to_status, event.reason if event.to_status == TransferStatus.FAILED else None)] += 1
     if counts:
-        transaction.on_commit(lambda: [count_transition(s, r, n) for (s, r), n in counts.items()], using=alias)
+        transaction.on_commit(lambda: [count_transition(s, r, n) for (s, r), n in counts.items()], using=alias)  # type: ignore[func-returns-value]
 
 
 def _lock(transfer_id: uuid.UUID) -> Transfer:

@@ -8,9 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,24 +16,15 @@ import clickhouse_connect
 import psycopg
 from django.conf import settings
 
+from apps.audit.pgoutput import str_to_lsn
 from apps.audit.reader import conninfo, drop_slot
 from tests.factories import free_port
+from tests.polling import wait_until
 
 
 def free_audit_port() -> int:
     """A free port just above the configured AUDIT_HTTP_PORT (env-chosen per developer)."""
     return free_port(settings.AUDIT_HTTP_PORT + 1, settings.AUDIT_HTTP_PORT + 200)
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
 
 
 class CdcProcess:
@@ -113,6 +102,24 @@ class CdcProcess:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+    def confirmed_positions(self, timeout: float = 10) -> dict[str, int]:
+        """Each shard's slot position confirmed by the last process, once no process streams from it:
+        the server re-sends exactly the transactions committed at or after it."""
+        positions = {}
+        for alias in settings.SHARD_MAP.aliases:
+            with psycopg.connect(conninfo(settings.SHARD_MAP.shards[alias]), autocommit=True) as conn:
+
+                def released(conn: psycopg.Connection[Any] = conn) -> Any:
+                    return conn.execute(
+                        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots"
+                        " WHERE slot_name = %s AND NOT active",
+                        [self.slot],
+                    ).fetchone()
+
+                (lsn,) = wait_until(released, timeout, f"the slot on {alias} to be released")
+            positions[alias] = str_to_lsn(lsn)
+        return positions
 
     def log_text(self) -> str:
         return self.log.read_text() if self.log.exists() else ""

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import random
+import string
 import threading
 import urllib.error
 import urllib.request
@@ -14,6 +17,7 @@ from typing import Any
 
 import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError
+from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connections
@@ -23,9 +27,11 @@ from apps.ledger.models import WalletStatus
 from apps.ledger.services import wallet_fund, wallet_set_status, wallet_withdraw
 from apps.sharding.devstack import Devstack, PostgresCluster
 from apps.transfers.saga import transfer_advance
+from apps.transfers.services import transfer_park, transfer_redrive
 from tests.audit.cdc import CdcProcess, wait_until
 from tests.audit.helpers import caught_up, count, shard_entries, store_entries, store_transitions
 from tests.factories import ALL_DATABASES, create_transfer, make_client, make_wallet, raw_query
+from tests.workers import flush_redis
 
 pytestmark = [pytest.mark.django_db(transaction=True, databases=ALL_DATABASES), pytest.mark.slow]
 
@@ -132,43 +138,109 @@ def test_a_sigkilled_reader_resumes_without_a_gap_or_a_duplicate(cdc: CdcProcess
     owner, _ = make_client()
     payers = [make_wallet(owner, funded=1_000_000, shard=s) for s in ("shard_00", "shard_01")]
     payees = [make_wallet(owner, shard=s) for s in ("shard_00", "shard_01")]
+    ours = [w.id for w in (*payers, *payees)]
     cdc.start()
     first_pid = cdc.process.pid if cdc.process else None
-    done = threading.Event()
+    killed = threading.Event()
+    sent: list[int] = []
     errors: list[BaseException] = []
 
     def stream() -> None:
+        # Transfers go on until 20 of them have been made after the kill: the kill always
+        # lands in the middle of the stream, however fast or slow the machine.
         try:
-            for i in range(60):
+            after_kill = 0
+            for i in range(2_000):
                 transfer(owner, payers[i % 2], payees[(i // 2) % 2].id, 100 + i)
+                sent.append(i)
+                after_kill += killed.is_set()
+                if after_kill >= 20:
+                    return
+            raise AssertionError("the reader was never killed")
         except BaseException as exc:  # surfaced by the test below
             errors.append(exc)
         finally:
             connections.close_all()
-            done.set()
+
+    def our_entries_on_the_shards() -> int:
+        return sum(
+            raw_query(alias, "SELECT count(*) FROM ledger_entry WHERE wallet_id = ANY(%s)", [ours])[0][0]
+            for alias in ("shard_00", "shard_01")
+        )
 
     writer = threading.Thread(target=stream)
     writer.start()
     wait_until(lambda: (s := cdc.status()) and sum(x["changes_written"] for x in s["shards"].values()) > 20, 30,
                "some changes written")  # fmt: skip
-    cdc.kill()  # SIGKILL, mid-stream
+    cdc.kill()  # SIGKILL
+    entries_at_kill = our_entries_on_the_shards()
+    writer_was_running = writer.is_alive()
+    killed.set()
+    confirmed = cdc.confirmed_positions()  # what the server will send again: everything from here on
     cdc.start()
     writer.join(timeout=120)
-    assert done.is_set()
+    assert not writer.is_alive()
     assert not errors, errors
     client = cdc.client()
     wait_until(lambda: caught_up(client), 30, "the restarted reader to catch up")
     assert cdc.process is not None
     assert cdc.process.pid != first_pid
 
+    # Mid-stream: the writer had written some, not all, of its entries when the reader died.
+    total = 2 + 2 * len(sent)  # two deposits, a debit and a credit per transfer
+    assert our_entries_on_the_shards() == total
+    assert writer_was_running
+    assert 2 < entries_at_kill < total
+
+    # Every entry is in the typed table, once (FINAL collapses by the sort key; grouping by the
+    # entry id alone would still see one stored under two keys).
     entries = client.query(
         "SELECT entry_id, wallet_id FROM audit.ledger_entries FINAL WHERE is_deleted = 0"
     ).result_rows
-    assert len(entries) == len(set(entries)) == len(shard_entries())
-    ours = {w.id for w in (*payers, *payees)}
-    assert len([e for e in entries if e[1] in ours]) == 2 + 2 * 60  # two deposits, a debit and a credit per transfer
-    changes = client.query("SELECT shard, commit_lsn, seq FROM audit.changes FINAL").result_rows
-    assert len(changes) == len(set(changes))
+    assert len(entries) == len({e[0] for e in entries}) == len(shard_entries())
+    assert len([e for e in entries if e[1] in set(ours)]) == total
+
+    # Without FINAL: each entry was captured at exactly one stream position. A replay writes the
+    # same position again (ReplacingMergeTree collapses it); a second position would be the same
+    # row captured twice (say, a second snapshot), which no FINAL hides in the change log.
+    positions_per_entry = client.query(
+        "SELECT JSONExtractString(new_row, 'id') AS entry, uniqExact(shard, commit_lsn, seq) AS positions"
+        " FROM audit.changes WHERE table_name = 'ledger_entry' AND op IN ('insert', 'snapshot')"
+        " GROUP BY entry"
+    ).result_rows
+    assert len(positions_per_entry) == len(shard_entries())
+    assert {n for _, n in positions_per_entry} == {1}
+
+    # Without FINAL: a position is held twice only if the killed reader had written it without
+    # confirming it (until a merge folds the copies); nothing confirmed before the kill came again.
+    copies = client.query(
+        "SELECT shard, commit_lsn, seq, count() AS copies FROM audit.changes"
+        " GROUP BY shard, commit_lsn, seq HAVING copies > 1"
+    ).result_rows
+    assert [c for c in copies if c[3] > 2 or c[1] < confirmed[c[0]]] == []
+
+    # The restarted reader wrote each change from the confirmed position on exactly once:
+    # its own count (merge-proof, unlike the copies above) is the number of those positions.
+    def written_from_confirmed() -> dict[str, int]:
+        return {
+            alias: count(
+                client,
+                "SELECT uniqExact(commit_lsn, seq) FROM audit.changes"
+                " WHERE shard = {shard:String} AND commit_lsn >= {lsn:UInt64}",
+                {"shard": alias, "lsn": lsn},
+            )
+            for alias, lsn in confirmed.items()
+        }
+
+    def written_by_the_restarted_reader() -> dict[str, int]:
+        status = cdc.status()
+        return {alias: s["changes_written"] for alias, s in status["shards"].items()} if status else {}
+
+    expected = written_from_confirmed()
+    assert sum(expected.values()) > 0
+    with contextlib.suppress(AssertionError):  # its status file is rewritten every second
+        wait_until(lambda: written_by_the_restarted_reader() == expected, 10, "the reader's status")
+    assert written_by_the_restarted_reader() == expected
     report = reconcile(client, wait=5)
     assert report.ok, report.differences
 
@@ -186,9 +258,11 @@ def test_a_batch_written_but_not_confirmed_is_sent_again_and_collapses(cdc: CdcP
     cdc.start()
     client = cdc.client()
     wait_until(lambda: caught_up(client), 20, "the replayed transaction")
-    status = cdc.status()
-    assert status is not None
-    assert status["shards"]["shard_00"]["changes_written"] >= 2, "the unconfirmed transaction came again"
+    # The status file is rewritten every second: wait for the one that counts the replay.
+    wait_until(
+        lambda: ((cdc.status() or {}).get("shards", {}).get("shard_00", {}).get("changes_written", 0)) >= 2,
+        20, "the unconfirmed transaction to come again",
+    )  # fmt: skip
     entry = {"id": str(wallet.id)}
     assert count(client, "SELECT count() FROM audit.ledger_entries FINAL WHERE wallet_id = {id:UUID}", entry) == 1
     written = count(
@@ -287,6 +361,53 @@ def test_updates_and_deletes_carry_the_old_row_and_money_stays_exact(cdc: CdcPro
                  {"id": str(doomed.id)}) == 0  # fmt: skip
     assert count(client, "SELECT is_deleted FROM audit.wallets FINAL WHERE wallet_id = {id:UUID}",
                  {"id": str(doomed.id)}) == 1  # fmt: skip
+    assert reconcile(client, wait=5).ok
+
+
+def test_an_update_that_leaves_a_toasted_value_alone_streams_it_from_the_old_row(cdc: CdcProcess) -> None:
+    # pgoutput does not resend an out-of-line value an update left alone; the whole old row
+    # (REPLICA IDENTITY FULL, on every audited table of every shard) is where it comes from.
+    for alias in ("shard_00", "shard_01"):
+        identities = raw_query(
+            alias, "SELECT relname, relreplident FROM pg_class WHERE relname = ANY(%s)", [settings.AUDIT_TABLES]
+        )
+        assert sorted(identities) == sorted((table, "f") for table in settings.AUDIT_TABLES)
+
+    def toast_rows() -> int:
+        [(toast,)] = raw_query(
+            "shard_00", "SELECT reltoastrelid::regclass::text FROM pg_class WHERE relname = 'transfers_transfer'"
+        )
+        return raw_query("shard_00", f"SELECT count(*) FROM {toast}")[0][0]  # noqa: S608 - a catalog name
+
+    owner, _ = make_client()
+    payer = make_wallet(owner, funded=1_000, shard="shard_00")
+    payee = make_wallet(owner, shard="shard_01")
+    parked = create_transfer(owner, payer, payee.id, 100)
+    error = "".join(random.Random(7).choices(string.ascii_letters + string.digits, k=2_000))  # incompressible
+    chunks_before = toast_rows()
+    assert transfer_park(parked.id, error)
+    assert toast_rows() > chunks_before, "the premise: last_error is stored out of line"
+    cdc.start()
+    client = cdc.client()
+
+    assert transfer_redrive(parked.id)  # parked_at, attempts and updated_at change; last_error does not
+    flush_redis()  # the re-drive's message: no worker runs here
+
+    def redrive_change() -> list[tuple[Any, ...]]:
+        return client.query(
+            "SELECT old_row, new_row FROM audit.changes FINAL WHERE table_name = 'transfers_transfer'"
+            " AND op = 'update' AND JSONExtractString(new_row, 'id') = {id:String}",
+            parameters={"id": str(parked.id)},
+        ).result_rows
+
+    [(old, new)] = wait_until(redrive_change, 20, "the re-drive's update in the audit store")
+    old_row, new_row = json.loads(old), json.loads(new)
+    assert old_row["parked_at"] is not None
+    assert new_row["parked_at"] is None
+    assert new_row["last_error"] == old_row["last_error"] == error
+    status = cdc.status()
+    assert status is not None
+    assert status["shards"]["shard_00"]["reconnects"] == 0
     assert reconcile(client, wait=5).ok
 
 

@@ -18,6 +18,7 @@ from apps.audit.pgoutput import (
     lsn_to_str,
     str_to_lsn,
 )
+from apps.audit.sink import AuditSink, Change, Transaction
 
 COLUMNS = [("id", 2950, 1), ("balance_minor", 20, 0), ("rate", 1700, 0), ("at", 1184, 0), ("note", 25, 0)]
 
@@ -78,6 +79,24 @@ def test_an_update_carries_the_old_row_and_fills_unchanged_toast_from_it() -> No
     assert not change.old_is_key_only
 
 
+@pytest.mark.parametrize("old_tuple", [b"", b"K" + tuple_data(WALLET, None, None, None, None)], ids=["none", "key"])
+def test_an_unchanged_toast_value_with_no_whole_old_row_stays_marked_and_the_sink_refuses_it(old_tuple: bytes) -> None:
+    # Under the default replica identity nothing holds the value: it is never guessed (None, or
+    # a stale copy), and a row carrying the marker is refused rather than stored without it.
+    decoder = Decoder()
+    decoder.decode(relation())
+    new = tuple_data(WALLET, "40", "1.5", "2026-11-24 00:00:01+00", b"u")
+    change = decoder.decode(b"U" + struct.pack("!I", 16400) + old_tuple + b"N" + new)
+    assert isinstance(change, RowChange)
+    assert change.new is not None
+    assert change.new["note"] is UNCHANGED_TOAST
+    assert change.new["balance_minor"] == 40
+    tx = Transaction("shard_00", 1, 100, 120, datetime(2026, 11, 24, tzinfo=UTC))
+    tx.changes.append(Change("ledger_wallet", "update", change.old, change.new, 1))
+    with pytest.raises(TypeError, match="_Unchanged"):
+        AuditSink(client=None).rows_for([tx])
+
+
 def test_a_delete_under_the_default_identity_carries_the_key_only() -> None:
     decoder = Decoder()
     decoder.decode(relation())
@@ -106,7 +125,6 @@ def test_begin_commit_and_truncate() -> None:
 def test_a_change_before_its_relation_is_an_error() -> None:
     with pytest.raises(PgOutputError, match="before its Relation"):
         Decoder().decode(b"I" + struct.pack("!I", 99) + b"N" + tuple_data("1"))
-    assert UNCHANGED_TOAST is not None
 
 
 def test_lsn_text_round_trip() -> None:

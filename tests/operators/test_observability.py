@@ -7,7 +7,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import pytest
 from django.conf import settings
@@ -18,7 +18,7 @@ from apps.observability.jsonlog import JsonFormatter
 from apps.transfers.models import Transfer
 from tests.factories import ALL_DATABASES, api_for, free_port, make_client
 from tests.operators.helpers import cross_shard_pair, metric_samples, parked_transfer, total
-from tests.workers import Worker, flush_redis, wait_terminal
+from tests.workers import Worker, wait_terminal
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=ALL_DATABASES)
 
@@ -30,13 +30,15 @@ def scrape() -> dict:
     return metric_samples(response.content.decode())
 
 
-@pytest.fixture
-def workers(devstack) -> Iterator[list[Worker]]:
-    flush_redis()
-    started: list[Worker] = []
-    yield started
-    for worker in started:
-        worker.stop()
+def scrape_until(ready: Callable[[dict], bool], timeout: float = 10) -> dict:
+    """Scrape until `ready(samples)` holds or `timeout` passes (the caller's asserts then say
+    what is missing): worker processes count right after the commits a test waits on."""
+    deadline = time.monotonic() + timeout
+    while True:
+        samples = scrape()
+        if ready(samples) or time.monotonic() > deadline:
+            return samples
+        time.sleep(0.05)
 
 
 def test_metrics_move_when_transfers_run_in_worker_processes(workers) -> None:
@@ -50,11 +52,20 @@ def test_metrics_move_when_transfers_run_in_worker_processes(workers) -> None:
         response = api_for(key).post("/v1/transfers", body, format="json", HTTP_IDEMPOTENCY_KEY=f"m-{i}")
         ids.append(uuid.UUID(response.json()["id"]))
     wait_terminal(ids, timeout=30)
-    time.sleep(0.3)  # the worker observes a step's histogram right after its commit
-    after = scrape()
+
+    def moved_in(samples: dict, name: str, **labels: str) -> float:
+        return total(samples, name, **labels) - total(before, name, **labels)
+
+    after = scrape_until(
+        lambda samples: (
+            moved_in(samples, "shardwallet_drained_transfers_total", outcome="completed") >= 3
+            and moved_in(samples, "shardwallet_saga_step_seconds_count", step="drain_credit", outcome="ok") >= 1
+            and moved_in(samples, "shardwallet_transfer_transitions_total", status="completed") >= 3
+        )
+    )
 
     def moved(name: str, **labels: str) -> float:
-        return total(after, name, **labels) - total(before, name, **labels)
+        return moved_in(after, name, **labels)
 
     # Counted in the worker processes, summed through the multiprocess directory: the
     # shard drain credited and completed them in one or more batches.
@@ -117,8 +128,11 @@ def test_retries_parking_and_a_down_shard_show_in_metrics_and_health(workers, pa
         while Transfer.objects.using("shard_00").get(id=transfer.id).parked_at is None:
             assert time.monotonic() < deadline, "the transfer was never parked"
             time.sleep(0.2)
-        time.sleep(0.3)
-        during = scrape()
+        during = scrape_until(  # counted right after the park commits
+            lambda samples: (
+                total(samples, "shardwallet_saga_parked_total") > total(before, "shardwallet_saga_parked_total")
+            )
+        )
         health = Client().get("/health")
     finally:
         payee_shard.start()

@@ -1,7 +1,6 @@
 """POST /v1/transfers and friends: validation, idempotency, reads (saga steps run in-process)."""
 
 import threading
-import time
 import uuid
 from typing import Any
 
@@ -14,6 +13,7 @@ from tests.factories import ALL_DATABASES, api_for, bucket_on, entry_kinds, make
 from tests.factories import wallet_balance as balance
 from tests.ledger.test_api import error_of
 from tests.ledger.test_concurrency import run_concurrently
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=ALL_DATABASES)
 
@@ -118,11 +118,16 @@ def test_a_repeat_while_the_first_request_waits_gets_409(setup) -> None:
 
     def waiting_request() -> None:
         # No worker runs here: the cross-shard transfer stays in flight for the whole wait.
-        first["response"] = post(api_for(key), body_for(payer, payee), query="?wait=1.5")
+        first["response"] = post(api_for(key), body_for(payer, payee), query="?wait=2")
+
+    def first_request_waiting() -> bool:
+        # Its key is recorded, without a response yet: what a repeat finds while it waits.
+        return bool(raw_query("shard_00", "SELECT 1 FROM transfers_idempotency WHERE key = %s"
+                                          " AND response_status IS NULL", ["key-1"]))  # fmt: skip
 
     thread = threading.Thread(target=waiting_request)
     thread.start()
-    time.sleep(0.5)
+    wait_until(first_request_waiting, 2, "the first request to be waiting", every=0.02)
     in_flight = post(api, body_for(payer, payee))
     thread.join()
     assert error_of(in_flight)[:2] == (409, "idempotency_request_in_progress")

@@ -2,32 +2,23 @@
 
 import time
 import uuid
-from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from django.conf import settings
 from django.db import connections
+from django.utils import timezone
 
 from apps.transfers.checks import check_ledger
 from apps.transfers.models import PayeeCredit, Transfer
 from apps.transfers.services import transfer_redrive
 from tests.factories import ALL_DATABASES, create_transfer, entry_kinds, make_client, make_wallet
 from tests.factories import wallet_balance as balance
-from tests.workers import Worker, flush_redis, wait_terminal
+from tests.polling import wait_until
+from tests.workers import TaskEvent, Worker, flush_redis, wait_terminal
 
 pytestmark = [pytest.mark.django_db(transaction=True, databases=ALL_DATABASES), pytest.mark.slow]
-
-
-@pytest.fixture
-def workers() -> Iterator[list[Worker]]:
-    """Workers a test starts; all stopped afterwards, and the queue emptied before and after."""
-    flush_redis()
-    started: list[Worker] = []
-    yield started
-    for worker in started:
-        worker.stop()
-    flush_redis()
 
 
 def cross_shard_pair(amount: int = 1000):
@@ -103,8 +94,24 @@ def test_a_step_that_keeps_failing_is_parked_and_an_operator_can_re_drive_it(wor
     assert row.status == "debited"
     payee_shard.start()
     connections["shard_01"].close()
-    time.sleep(4)  # well past the sweeper's threshold: parked transfers are left to operators
-    assert transfer_row(transfer.id).status == "debited"
+    # Parked transfers are left to operators: let a sweep run that found this one idle past the
+    # threshold, with its payee's shard back (a sweep received once both hold has looked).
+    idle_enough = row.updated_at + timedelta(seconds=settings.SAGA_STALLED_AFTER_SECONDS)
+    wait_until(lambda: timezone.now() > idle_enough, 30, "the transfer to be idle past the sweeper's threshold")
+    worker = workers[0]
+    earlier = {e.id for e in worker.task_events()}
+
+    def sweep_since() -> list[TaskEvent]:
+        return [e for e in worker.task_events() if e.name.endswith(".sweep_stalled_transfers") and e.id not in earlier]
+
+    [sweep_id, *_] = wait_until(lambda: [e.id for e in sweep_since() if e.event == "received"], 30, "a sweep")
+    [sweep] = wait_until(lambda: [e for e in sweep_since() if e.id == sweep_id and e.event == "succeeded"], 10,
+                         "the sweep to finish")  # fmt: skip
+    assert sweep.result == "0", "the sweep re-drove nothing"
+    after_sweep = transfer_row(transfer.id)
+    assert (after_sweep.status, after_sweep.parked_at, after_sweep.attempts) == ("debited", row.parked_at, row.attempts)
+    assert after_sweep.updated_at == row.updated_at
+    assert balance(payee.id) == 0
     assert transfer_redrive(transfer.id)
     assert wait_terminal([transfer.id], timeout=60)[transfer.id].status == "completed"
     assert balance(payee.id) == 300

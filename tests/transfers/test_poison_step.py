@@ -1,7 +1,6 @@
 """A saga step that kills its worker every time is parked after its retries, not redelivered forever."""
 
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -10,21 +9,11 @@ from apps.transfers.models import PayeeCredit, Transfer
 from apps.transfers.services import transfer_redrive
 from tests.factories import ALL_DATABASES, create_transfer, make_client, make_wallet
 from tests.factories import wallet_balance as balance
-from tests.workers import Worker, flush_redis, wait_terminal
+from tests.workers import Worker, wait_terminal
 
 pytestmark = [pytest.mark.django_db(transaction=True, databases=ALL_DATABASES), pytest.mark.slow]
 
 KILLS_EVERY_TIME = {"SHARDWALLET_CRASH_AT": "after_credit:always", "SHARDWALLET_SAGA_MAX_RETRIES": "1"}
-
-
-@pytest.fixture
-def workers() -> Iterator[list[Worker]]:
-    flush_redis()
-    started: list[Worker] = []
-    yield started
-    for worker in started:
-        worker.kill()
-    flush_redis()
 
 
 def test_a_step_that_always_kills_its_worker_is_parked_by_its_stored_attempts(workers) -> None:

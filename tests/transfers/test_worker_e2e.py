@@ -15,7 +15,7 @@ from apps.transfers.checks import check_ledger
 from apps.transfers.tasks import advance_transfer
 from tests.factories import ALL_DATABASES, api_for, create_transfer, entry_kinds, make_client, make_wallet
 from tests.factories import wallet_balance as balance
-from tests.workers import Worker, flush_redis, wait_queue_drained, wait_terminal
+from tests.workers import Worker, flush_redis, wait_tasks_done, wait_terminal
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=ALL_DATABASES)
 
@@ -78,12 +78,11 @@ def test_the_same_task_delivered_twice_has_no_double_effect(worker) -> None:
     payer = make_wallet(owner, funded=1000, shard="shard_00")
     payee = make_wallet(owner, shard="shard_01")
     transfer = create_transfer(owner, payer, payee.id, 250)
-    for _ in range(3):
-        advance_transfer.apply_async(args=[str(transfer.id)])
+    sent = [advance_transfer.apply_async(args=[str(transfer.id)]).id for _ in range(3)]
     assert wait_terminal([transfer.id])[transfer.id].status == "completed"
-    for _ in range(2):  # late duplicates, after the transfer is terminal
-        advance_transfer.apply_async(args=[str(transfer.id)])
-    wait_queue_drained()
+    # Late duplicates, after the transfer is terminal; every copy has run when the checks below do.
+    sent += [advance_transfer.apply_async(args=[str(transfer.id)]).id for _ in range(2)]
+    wait_tasks_done(worker, sent)
     assert entry_kinds(payer.id) == ["deposit", "debit"]
     assert entry_kinds(payee.id) == ["credit"]
     assert (balance(payer.id), balance(payee.id)) == (750, 250)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import cast
 
 from django.http import HttpResponse
 from drf_spectacular.utils import extend_schema
@@ -75,7 +76,7 @@ class WalletCollectionView(APIView):
     def post(self, request: Request) -> Response:
         data = WalletCreateIn(data=request.data)
         data.is_valid(raise_exception=True)
-        wallet = services.wallet_create(owner_id=request.user.id, currency=data.validated_data["currency"])
+        wallet = services.wallet_create(owner_id=cast(int, request.user.id), currency=data.validated_data["currency"])
         return Response(WalletOut(wallet).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(
@@ -88,7 +89,7 @@ class WalletCollectionView(APIView):
     def get(self, request: Request) -> Response:
         limit = page_limit(request)
         before_id = decode_uuid_cursor(request)
-        wallets = selectors.wallet_list(owner_id=request.user.id, before_id=before_id, limit=limit + 1)
+        wallets = selectors.wallet_list(owner_id=cast(int, request.user.id), before_id=before_id, limit=limit + 1)
         return Response(page(wallets, limit, lambda w: str(w.id), lambda w: WalletOut(w).data))
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from typing import cast
 
 from django.conf import settings
 from django.http import HttpResponse
@@ -134,7 +135,7 @@ class TransferCollectionView(APIView):
     def post(self, request: Request) -> HttpResponse:
         key = idempotency_key(request)
         wait = wait_seconds(request)
-        transfer_request = parse_transfer_body(request.user.id, request.data, key)
+        transfer_request = parse_transfer_body(cast(int, request.user.id), request.data, key)
         if isinstance(transfer_request, Invalid):
             raise InvalidTransfer(transfer_request)
         created = transfer_create(transfer_request, render=render_transfer, defer_response=wait > 0)
@@ -167,7 +168,7 @@ class TransferBatchView(APIView):
         items = body.get("transfers") if isinstance(body, dict) else None
         if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
             raise InvalidRequest(f"Send {{'transfers': [...]}} with 1 to {MAX_BATCH} items.", param="transfers")
-        results = transfer_create_batch(client_id=request.user.id, items=items, render=render_transfer)
+        results = transfer_create_batch(client_id=cast(int, request.user.id), items=items, render=render_transfer)
         # Assembled as text: each transfer is embedded exactly as its stored (replayable) response.
         parts = []
         for r in results:
