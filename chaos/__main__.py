@@ -53,7 +53,10 @@ def main(argv: list[str]) -> int:
     from chaos.run import ChaosRun
 
     run = ChaosRun(args, seed)
-    signal.signal(signal.SIGTERM, _interrupted)  # as Ctrl-C: tear the stack down on the way out
+    # SIGTERM as Ctrl-C: tear the stack down on the way out. SIGINT explicitly too: a shell
+    # that starts us in the background (no job control) leaves it ignored otherwise.
+    signal.signal(signal.SIGTERM, _interrupted)
+    signal.signal(signal.SIGINT, _interrupted)
     started = time.monotonic()
     try:
         document, verdict, history = run.execute()
@@ -61,7 +64,9 @@ def main(argv: list[str]) -> int:
         print(f"\nchaos: interrupted; seed {seed}; stopping the stack", flush=True)
         return 130
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the teardown short
+        # A second Ctrl-C (or a SIGTERM) must not cut the teardown short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         run.teardown()
     document["elapsed_seconds"] = round(time.monotonic() - started, 1)
     json_path, history_path = report.write(CHAOS.dir, document, history)

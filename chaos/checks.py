@@ -173,10 +173,16 @@ def check_entries(verdict: Verdict, ops: list[Op], snap: Snapshot) -> None:
 
 
 def check_bank(verdict: Verdict, ops: list[Op], snap: Snapshot, wallets: list[str]) -> dict[str, dict[str, int]]:
-    """Every wallet's balance from the clients' own records; money conserved per currency."""
+    """Every wallet's balance from the clients' own records; money conserved per currency.
+
+    Over every wallet on the shards, not only the run's: money appearing anywhere counts.
+    """
     expected: Counter[str] = Counter()
     totals: dict[str, Counter[str]] = defaultdict(Counter)
     currency = {w: snap.balances.get(w, (0, "?"))[1] for w in wallets}
+    for wallet in snap.balances:
+        if wallet not in currency:
+            verdict.fail("balances as the clients' records make them", f"wallet {wallet} is not one of the run's")
     for op in ops:
         if op.kind == "transfer" or op.final is None or op.final.status != 201:
             continue
@@ -187,7 +193,7 @@ def check_bank(verdict: Verdict, ops: list[Op], snap: Snapshot, wallets: list[st
         if row.status == "completed":
             expected[row.payer] -= row.amount
             expected[row.payee] += row.amount
-    for wallet in wallets:
+    for wallet in sorted(set(wallets) | set(snap.balances)):
         balance, cur = snap.balances.get(wallet, (None, "?"))
         totals[cur]["balances"] += balance or 0
         if balance != expected[wallet]:

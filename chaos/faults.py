@@ -113,11 +113,12 @@ class Nemesis(threading.Thread):
         argv = [str(postgres_bindir() / "pg_ctl"), "stop", "-D", str(cluster.data_dir), "-m", "immediate", "-w"]
         if os.geteuid() == 0:  # PostgreSQL's tools refuse to run as root
             argv = ["runuser", "-u", "postgres", "--", *argv]
+        detail = self._log(fault, "pg_ctl stop -m immediate")  # logged first: the supervisor reacts at once
         result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)  # noqa: S603
         if result.returncode != 0:
-            self._skip(fault, f"pg_ctl failed: {result.stderr.strip()}")
+            self.timeline.record("fault", f"crash_shard {fault.target}: pg_ctl failed: {result.stderr.strip()}")
             return None
-        return self._log(fault, "pg_ctl stop -m immediate")
+        return detail
 
     def _pause_shard(self, fault: PlannedFault) -> str | None:
         pid = postmaster_pid(self.supervisor.shards[fault.target].cluster)

@@ -35,7 +35,7 @@ def summary(document: dict[str, Any], verdict: Verdict) -> str:
     lines += [
         f"  restarts by the supervisor: {_counts(d['restarts'])}",
         f"  requests: {sum(requests.values())} ({_counts(by_outcome)})",
-        f"  operations: {_counts(counts.get('ops', {}))}; {counts.get('keys_retried', 0)} keys sent more than once,"
+        f"  keys: {_counts(counts.get('ops', {}))}; {counts.get('keys_retried', 0)} sent more than once,"
         f" {counts.get('keys_answered_more_than_once', 0)} answered with a transfer more than once,"
         f" {counts.get('replays_seen', 0)} replays",
         f"  transfers checked: {counts.get('transfers_checked', 0)} ({_counts(counts.get('transfers', {}))})",

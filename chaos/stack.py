@@ -45,7 +45,8 @@ def configure(shards: int) -> None:
 
 def programs(*, api_workers: int, celery_workers: int, celery_concurrency: int) -> dict[str, Program]:
     logs = CHAOS.dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(logs, ignore_errors=True)  # this run's only
+    logs.mkdir(parents=True)
     # The services log at INFO (a transfer's retries are then in the worker logs); the harness stays quiet.
     env = {**os.environ, "SHARDWALLET_LOG_LEVEL": "INFO"}
     argvs = {"api": api_command(CHAOS.api_port, api_workers, threads=4)}
