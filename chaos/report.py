@@ -58,7 +58,7 @@ def summary(document: dict[str, Any], verdict: Verdict) -> str:
         lines.append("  VIOLATIONS:")
         for check, messages in verdict.violations.items():
             lines.append(f"    {check}: {len(messages)}")
-            lines += [f"      - {m}" for m in messages[:MAX_LISTED]]
+            lines += ["      - " + m.replace("\n", "\n        ") for m in messages[:MAX_LISTED]]
             if len(messages) > MAX_LISTED:
                 lines.append(f"      ... and {len(messages) - MAX_LISTED} more (see the JSON report)")
     lines.append(f"seed {d['seed']}: {'PASS' if verdict.ok else 'FAIL'}")

@@ -165,7 +165,7 @@ class ChaosRun:
             commands[name] = {"ok": result.ok, "output": result.output[-4000:]}
             self.timeline.record("check", f"{result.command}: {'OK' if result.ok else 'FAILED'}")
             if not result.ok:
-                verdict.fail(name, result.output[-2000:])
+                verdict.fail(name, "\n".join(result.output.splitlines()[-12:]))
         facts = {
             "cdc_caught_up_after_seconds": cdc,
             "commands": commands,

@@ -6,10 +6,11 @@ every transfer is terminal, so nothing moves while it is read.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from django.db import connections
+from django.db import DatabaseError, connections
 
 from apps.sharding.routing import shard_aliases
 
@@ -54,7 +55,20 @@ def _rows(alias: str, sql: str, params: list[object] | None = None) -> list[tupl
         return cursor.fetchall()
 
 
-def take_snapshot(client_id: int) -> Snapshot:
+def take_snapshot(client_id: int, timeout: float = 60) -> Snapshot:
+    """Read every shard; a shard restarted under this process's connection is retried until `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return _read_shards(client_id)
+        except DatabaseError:
+            if time.monotonic() > deadline:
+                raise
+            connections.close_all()
+            time.sleep(1)
+
+
+def _read_shards(client_id: int) -> Snapshot:
     snap = Snapshot()
     for alias in shard_aliases():
         histories: dict[str, list[str]] = defaultdict(list)
