@@ -46,6 +46,7 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 1_000_000)
     print(f"chaos: seed {seed} (make chaos SEED={seed} replays this schedule)", flush=True)
+    lock = stack.hold_run_lock()  # noqa: F841 - kept open for the whole run
     stack.configure(args.shards)
     import django
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from chaos.history import History, Op
 from chaos.snapshot import EntryRow, Snapshot, TransferRow
+from chaos.workload import Wallets
 
 # How each kind of transfer must end: (status, failure reason).
 EXPECTED_ENDS = {
@@ -211,17 +212,20 @@ def check_bank(verdict: Verdict, ops: list[Op], snap: Snapshot, wallets: list[st
     return {cur: dict(t) for cur, t in totals.items()}
 
 
-def verify(history: History, snap: Snapshot, wallets: list[str]) -> Verdict:
+def verify(history: History, snap: Snapshot, wallets: Wallets) -> Verdict:
     verdict = Verdict()
     ops = list(history.ops)
     by_transfer = check_keys(verdict, ops, snap)
     check_terminal(verdict, snap)
     check_seen(verdict, by_transfer, history, snap)
     check_entries(verdict, ops, snap)
-    verdict.counts["money"] = check_bank(verdict, ops, snap, wallets)
+    verdict.counts["money"] = check_bank(verdict, ops, snap, list(wallets.shard_of))
     statuses = Counter(f"{r.status}/{r.reason}" if r.reason else r.status for r in snap.transfers.values())
     verdict.counts["transfers"] = dict(sorted(statuses.items()))
     verdict.counts["transfers_checked"] = len(snap.transfers)
+    verdict.counts["cross_shard_transfers"] = sum(
+        1 for r in snap.transfers.values() if wallets.shard_of.get(r.payer) != wallets.shard_of.get(r.payee)
+    )
     verdict.counts["ops"] = dict(Counter(op.via for op in ops))
     verdict.counts["keys_answered_more_than_once"] = sum(
         1 for op in ops if sum(1 for a in op.answers if a.object_id) > 1

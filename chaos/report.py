@@ -38,7 +38,8 @@ def summary(document: dict[str, Any], verdict: Verdict) -> str:
         f"  keys: {_counts(counts.get('ops', {}))}; {counts.get('keys_retried', 0)} sent more than once,"
         f" {counts.get('keys_answered_more_than_once', 0)} answered with a transfer more than once,"
         f" {counts.get('replays_seen', 0)} replays",
-        f"  transfers checked: {counts.get('transfers_checked', 0)} ({_counts(counts.get('transfers', {}))})",
+        f"  transfers checked: {counts.get('transfers_checked', 0)}, {counts.get('cross_shard_transfers', 0)} of them"
+        f" between shards ({_counts(counts.get('transfers', {}))})",
     ]
     for currency, money in sorted(counts.get("money", {}).items()):
         lines.append(

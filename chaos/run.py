@@ -154,8 +154,7 @@ class ChaosRun:
         cdc = settle.wait_for_cdc(120)
         self.timeline.record("settle", f"audit stream caught up after {cdc} s" if cdc is not None else "CDC lagging")
         snap = take_snapshot(client_id)
-        every_wallet = wallets.payers + wallets.other_payees + wallets.frozen + wallets.foreign
-        verdict = verify(self.history, snap, every_wallet)
+        verdict = verify(self.history, snap, wallets)
         for client in self.clients:
             if client.crashed or client.is_alive():
                 verdict.fail("harness", f"{client.name}: {client.crashed or 'still running after the deadline'}")
@@ -170,7 +169,7 @@ class ChaosRun:
             "cdc_caught_up_after_seconds": cdc,
             "commands": commands,
             "saga_metrics": settle.saga_metrics(CHAOS.api_url),
-            "wallets": {"payers": len(wallets.payers), "other": len(every_wallet) - len(wallets.payers)},
+            "wallets": {"payers": len(wallets.payers), "other": len(wallets.shard_of) - len(wallets.payers)},
         }
         return verdict, facts
 

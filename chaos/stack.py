@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import random
 import shutil
 import signal
 import uuid
+from typing import IO
 
 import psutil
 
@@ -29,6 +31,17 @@ SAGA_ENV = {
     "SHARDWALLET_SAGA_STALLED_AFTER_SECONDS": "2",
     "SHARDWALLET_SAGA_SWEEP_INTERVAL_SECONDS": "1",
 }
+
+
+def hold_run_lock() -> IO[str]:
+    """One run at a time per checkout: a second one would kill the first's processes as leftovers."""
+    CHAOS.dir.mkdir(parents=True, exist_ok=True)
+    lock = (CHAOS.dir / "run.lock").open("w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SystemExit(f"another chaos run is using {CHAOS.dir}") from None
+    return lock  # held until this process exits
 
 
 def configure(shards: int) -> None:
