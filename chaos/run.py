@@ -24,7 +24,7 @@ from chaos.snapshot import take_snapshot
 from chaos.stack import CHAOS
 from chaos.supervisor import Shard, Supervisor
 from chaos.timeline import Timeline
-from chaos.workload import SEED_DEPOSIT, Wallets, Workload
+from chaos.workload import LEAN_DEPOSIT, SEED_DEPOSIT, Wallets, Workload
 
 PROGRESS_EVERY = 15.0  # seconds between progress lines during the load
 
@@ -99,7 +99,8 @@ class ChaosRun:
         funder = self._client(0, key, Workload(wallets, 0, random.Random(0)), Deadlines())  # noqa: S311
         funder.deadlines.give_up_at = time.monotonic() + 60
         for i, wallet in enumerate(wallets.payers):
-            funder.execute(Op(f"chaos-fund-{i}", "deposit", "deposit", "normal", wallet, SEED_DEPOSIT, "USD"))
+            amount = LEAN_DEPOSIT if wallet in wallets.lean else SEED_DEPOSIT
+            funder.execute(Op(f"chaos-fund-{i}", "deposit", "deposit", "normal", wallet, amount, "USD"))
         funder.api.close()
 
     def _client(self, index: int, key: str, workload: Workload, deadlines: Deadlines) -> Client:

@@ -109,7 +109,7 @@ def create_wallets(*, seed: int, per_shard: int) -> tuple[int, str, Wallets]:
     rng = random.Random(f"wallets:{seed}")  # noqa: S311 - a reproducible layout, not secrets
     payer_client, key = api_client_create(name="chaos")
     other_client, _ = api_client_create(name="chaos-other")
-    payers, others, frozen, foreign = [], [], [], []
+    payers, others, frozen, foreign, lean = [], [], [], [], []
     shard_of: dict[str, str] = {}
 
     def make(owner: int, currency: str, alias: str) -> str:
@@ -119,8 +119,9 @@ def create_wallets(*, seed: int, per_shard: int) -> tuple[int, str, Wallets]:
 
     for alias in shard_aliases():
         payers += [make(payer_client.id, "USD", alias) for _ in range(per_shard)]
+        lean.append(payers[-1])
         others.append(make(other_client.id, "USD", alias))
         foreign.append(make(other_client.id, "EUR", alias))
         frozen.append(make(other_client.id, "USD", alias))
         wallet_set_status(wallet_id=uuid.UUID(frozen[-1]), status=WalletStatus.FROZEN)
-    return payer_client.id, key, Wallets(payers, others, frozen, foreign, shard_of)
+    return payer_client.id, key, Wallets(payers, others, frozen, foreign, lean, shard_of)

@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from chaos.history import Op
 
 SEED_DEPOSIT = 10_000_000  # per paying wallet: enough that ordinary transfers rarely run a payer dry
+# ...except the lean ones (one per shard), which hover near zero so that concurrent debits
+# race for the last units and the no-negative-balance guard is tested under faults too.
+LEAN_DEPOSIT = 50_000
 TOO_LARGE = 10**13  # more than any wallet here will ever hold
 
 # Relative weights of what a client does next.
@@ -44,6 +47,7 @@ class Wallets:
     other_payees: list[str]  # USD, active, owned by another client
     frozen: list[str]  # USD, frozen, another client's
     foreign: list[str]  # EUR, active, another client's
+    lean: list[str]  # some of the payers, funded with LEAN_DEPOSIT only
     shard_of: dict[str, str]
 
     @property
