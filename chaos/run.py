@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import random
 import time
 from typing import Any
@@ -19,7 +21,7 @@ from chaos.checks import Verdict, verify
 from chaos.client import Client, Deadlines
 from chaos.faults import Nemesis
 from chaos.history import History, Op
-from chaos.schedule import plan_faults
+from chaos.schedule import PlannedFault, plan_faults
 from chaos.snapshot import take_snapshot
 from chaos.stack import CHAOS
 from chaos.supervisor import Shard, Supervisor
@@ -109,14 +111,16 @@ class ChaosRun:
             index=index, api=api, workload=workload, history=self.history, timeline=self.timeline, deadlines=deadlines
         )
 
-    def _plan(self) -> list:
+    def _plan(self) -> list[PlannedFault]:
         assert self.supervisor is not None  # noqa: S101
         workers = sorted(n for n in self.supervisor.programs if n.startswith("worker-"))
         plan = plan_faults(self.seed, self.args.duration, shards=sorted(self.supervisor.shards), celery_workers=workers)
-        print(f"fault schedule: {len(plan)} faults over {self.args.duration:g} s", flush=True)
+        # A digest to compare two runs' schedules at a glance (same seed and duration, same digest).
+        digest = hashlib.sha256(json.dumps([f.as_dict() for f in plan]).encode()).hexdigest()[:12]
+        print(f"fault schedule {digest}: {len(plan)} faults over {self.args.duration:g} s", flush=True)
         return plan
 
-    def _load(self, key: str, wallets: Wallets, plan: list) -> None:
+    def _load(self, key: str, wallets: Wallets, plan: list[PlannedFault]) -> None:
         assert self.supervisor is not None  # noqa: S101
         self.timeline.mark_zero()
         self.timeline.record("load", f"{self.args.clients} clients start")
