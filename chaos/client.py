@@ -73,7 +73,15 @@ class Client(threading.Thread):
             self._read(step)
             return
         if isinstance(step, Resend):
-            step = step.step  # its operations are in the history already: only new answers are added
+            # Its operations are in the history already: only new answers are added.
+            if step.switch and isinstance(step.step, Single):
+                self._batch([step.step.op])
+                return
+            if step.switch and isinstance(step.step, Batch):
+                for op in step.step.ops:
+                    self._single(op, 0, self.api)
+                return
+            step = step.step
         else:
             for op in ops_of(step):
                 self.history.add_op(op)

@@ -6,8 +6,9 @@ Most transfers should complete; some are meant to fail and must fail the right w
 frozen payee, to a payee of another currency, or for more than the payer holds.
 
 Some requests are sent twice on purpose: a step sent again later with the same keys (a
-client that lost the answer after all), and single transfers sent by two connections at
-once (a client retrying too eagerly). Each must get the first request's transfer back.
+client that lost the answer after all; sometimes through the other transfer endpoint, as
+the key is shared), and single transfers sent by two connections at once (a client
+retrying too eagerly). Each must get the first request's transfer back.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ STEP_WEIGHTS = {
     "resend": 5,
 }
 TWIN_SHARE = 0.1  # of single transfers, sent by two connections at once
+SWITCH_SHARE = 0.3  # of resent transfers, sent through the other endpoint (single <-> batch)
 # Relative weights of a transfer's intent.
 INTENT_WEIGHTS = {"normal": 80, "frozen_payee": 8, "currency_payee": 7, "too_large": 5}
 
@@ -78,6 +80,7 @@ class Resend:
     """A step this client sent before, sent again with the same keys and bodies."""
 
     step: Single | Batch | Op
+    switch: bool = False  # a single transfer as a one-item batch, a batch's items as single requests
 
 
 Step = Single | Batch | Op | ReadStep | Resend
@@ -126,7 +129,9 @@ class Workload:
             return ReadStep("transfer", None)
         if kind == "resend":
             # Which steps were sent does not depend on timing, so this choice replays with the seed.
-            return Resend(self.rng.choice(self.sent)) if self.sent else ReadStep("transfer", None)
+            if not self.sent:
+                return ReadStep("transfer", None)
+            return Resend(self.rng.choice(self.sent), switch=self.rng.random() < SWITCH_SHARE)
         step = self._new_step(kind)
         self.sent.append(step)
         return step
