@@ -86,7 +86,7 @@ def check_keys(verdict: Verdict, ops: list[Op], snap: Snapshot) -> dict[str, Op]
     keyed = set(snap.keys.values())
     for tid in snap.transfers:
         if tid not in keyed:
-            verdict.fail("one key, one transfer", f"transfer {tid} has no idempotency record")
+            verdict.fail("one key, one transfer", f"transfer {tid} has no idempotency record of the run's client")
     return by_transfer
 
 
