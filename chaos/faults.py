@@ -3,7 +3,7 @@
 Kills are SIGKILL (no clean-up code runs, as in an OOM kill or a power cut for that
 process); a shard crash is `pg_ctl stop -m immediate` (no checkpoint: the restart replays
 the WAL); a pause is SIGSTOP of the server and all its backends, so connections stay open
-and queries hang, as on a stalled disk or a long GC-like freeze; a Redis FLUSHALL loses
+and queries hang, as when a server's machine or disk stalls; a Redis FLUSHALL loses
 every queued and unacknowledged Celery message and the drain flags. Restarts are the
 supervisor's job, not the nemesis's.
 """
