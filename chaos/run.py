@@ -42,6 +42,7 @@ class ChaosRun:
         self.supervisor: Supervisor | None = None
         self.nemesis: Nemesis | None = None
         self.clients: list[Client] = []
+        self.passed = False  # the servers' data is kept for a post-mortem unless the run passed
 
     def execute(self) -> tuple[dict[str, Any], Verdict, History]:
         client_id, key, wallets = self._bring_up()
@@ -49,6 +50,7 @@ class ChaosRun:
         self._load(key, wallets, plan)
         settle_started = time.monotonic()
         verdict, facts = self._settle_and_check(client_id, wallets)
+        self.passed = verdict.ok
         assert self.supervisor is not None  # noqa: S101 - set by the steps above
         assert self.nemesis is not None  # noqa: S101
         document = {
@@ -179,12 +181,12 @@ class ChaosRun:
         return verdict, facts
 
     def teardown(self) -> None:
-        """Stop faults, clients and every process; the servers stop, their data stays for a post-mortem."""
+        """Stop faults, clients and every process, then the servers (their data deleted if the run passed)."""
         self.deadlines.end_load(0)
         if self.nemesis is not None:
             self.nemesis.stop()
         if self.supervisor is not None:
             self.supervisor.stop()
         connections.close_all()
-        for line in self.devstack.down():
+        for line in self.devstack.down(purge=self.passed):
             print(" ", line, flush=True)
