@@ -8,7 +8,7 @@ export PORT
 
 .DEFAULT_GOAL := help
 
-.PHONY: help run test lint format stack-up stack-down stack-status clean bench venv audit-sql audit-query reconcile cdc-status bench-cdc
+.PHONY: help run test lint format stack-up stack-down stack-status clean bench venv audit-sql audit-query reconcile cdc-status bench-cdc chaos
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -69,3 +69,6 @@ clean: ## stop both stacks and delete var/ (all local data)
 
 bench: $(VENV)/.installed ## end-to-end transfers vs the raw-SQL ceiling on a throw-away stack (BENCH_ARGS=...)
 	$(PY) -m bench $(BENCH_ARGS)
+
+chaos: $(VENV)/.installed ## randomized fault run on a throw-away stack, checked like a bank test: make chaos SEED=123 DURATION=180
+	$(PY) -m chaos $(if $(SEED),--seed $(SEED)) $(if $(DURATION),--duration $(DURATION)) $(CHAOS_ARGS)

@@ -1,0 +1,237 @@
+"""The verdict: every answer the clients got, checked against the shards' final state.
+
+What must hold (the mission's invariants, seen from outside):
+- one key, one transfer: every answer for a key names the same transfer, a refused key has
+  none, and every transfer on the shards belongs to a key some client sent;
+- every accepted transfer is terminal (none in flight, none parked);
+- what the clients saw is what happened: a terminal answer is the final status, any status
+  seen on the way is in the transfer's history, and each intent ends as it must (a transfer
+  to a frozen payee fails `payee_frozen`...);
+- each transfer's ledger entries match its status: completed, a debit and a credit; failed
+  after its debit, the debit and a refund; failed before it, nothing;
+- each acknowledged deposit or withdrawal is applied exactly once, a refused one not at all;
+- the bank test: every wallet's balance is what the acknowledged deposits, withdrawals and
+  completed transfers make it, so money is conserved to the unit (nothing is in flight).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from chaos.history import History, Op
+from chaos.snapshot import EntryRow, Snapshot, TransferRow
+from chaos.workload import Wallets
+
+# How each kind of transfer must end: (status, failure reason). The payer is debited before
+# the payee is looked at, so a payer short of funds fails any transfer that way first.
+_SHORT = ("failed", "insufficient_funds")
+EXPECTED_ENDS = {
+    "normal": {("completed", None), _SHORT},
+    "too_large": {_SHORT},
+    "frozen_payee": {("failed", "payee_frozen"), _SHORT},
+    "currency_payee": {("failed", "payee_currency_mismatch"), _SHORT},
+}
+MAX_LISTED = 20  # violations of one kind printed in full; the rest are counted
+
+
+@dataclass
+class Verdict:
+    violations: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    counts: dict[str, Any] = field(default_factory=dict)
+
+    def fail(self, check: str, message: str) -> None:
+        self.violations[check].append(message)
+
+    @property
+    def ok(self) -> bool:
+        return not any(self.violations.values())
+
+
+def check_keys(verdict: Verdict, ops: list[Op], snap: Snapshot) -> dict[str, Op]:
+    """One key, one transfer. Returns the transfer ops by transfer id."""
+    by_transfer: dict[str, Op] = {}
+    sent = {(op.wallet, op.key) for op in ops if op.kind == "transfer"}
+    for op in ops:
+        if op.kind != "transfer":
+            continue
+        ids = op.object_ids
+        stored = snap.keys.get((op.wallet, op.key))
+        if len(ids) > 1:
+            verdict.fail("one key, one transfer", f"key {op.key} was answered with {len(ids)} transfers: {sorted(ids)}")
+        final = op.final
+        if final is None:
+            verdict.fail(
+                "every request answered", f"key {op.key} ({op.via}) got no definitive answer: {op.answers[-1:]}"
+            )
+        elif final.status not in (201, 202) and (ids or stored):
+            verdict.fail(
+                "one key, one transfer", f"key {op.key} was refused ({final.status} {final.error}) but has a transfer"
+            )
+        if ids and stored not in ids:
+            verdict.fail("one key, one transfer", f"key {op.key}: answered {sorted(ids)}, stored {stored}")
+        tid = stored or next(iter(ids), None)
+        if tid is None:
+            continue
+        by_transfer[tid] = op
+        row = snap.transfers.get(tid)
+        if row is None:
+            verdict.fail("one key, one transfer", f"key {op.key}: transfer {tid} is on no shard")
+        elif (row.payer, row.payee, row.amount, row.currency) != (op.wallet, op.payee, op.amount, op.currency):
+            verdict.fail("one key, one transfer", f"transfer {tid} does not match the request of key {op.key}")
+    for (payer, key), tid in snap.keys.items():
+        if (payer, key) not in sent:
+            verdict.fail("one key, one transfer", f"transfer {tid} has key {key}, which no client sent from {payer}")
+    keyed = set(snap.keys.values())
+    for tid in snap.transfers:
+        if tid not in keyed:
+            verdict.fail("one key, one transfer", f"transfer {tid} has no idempotency record of the run's client")
+    return by_transfer
+
+
+def check_terminal(verdict: Verdict, snap: Snapshot) -> None:
+    for row in snap.transfers.values():
+        if not row.terminal:
+            state = "parked" if row.parked else "in flight"
+            verdict.fail(
+                "every accepted transfer terminal",
+                f"transfer {row.id} {state} as {row.status} after {row.attempts} attempt(s): {row.last_error[:300]!r}",
+            )
+
+
+def check_seen(verdict: Verdict, by_transfer: dict[str, Op], history: History, snap: Snapshot) -> None:
+    """What the clients saw agrees with what happened; each intent ends as it must."""
+    for tid, op in by_transfer.items():
+        row = snap.transfers.get(tid)
+        if row is None or not row.terminal:
+            continue
+        for answer in op.answers:
+            if answer.object_id != tid:
+                continue
+            if answer.status == 201 and (answer.state, answer.reason) != (row.status, row.reason):
+                verdict.fail(
+                    "answers match the outcome",
+                    f"transfer {tid} was answered {answer.state}/{answer.reason} but ended {row.status}/{row.reason}",
+                )
+            if answer.state not in row.history:
+                verdict.fail(
+                    "answers match the outcome", f"transfer {tid} was answered {answer.state}, not in {row.history}"
+                )
+        if (row.status, row.reason) not in EXPECTED_ENDS[op.intent]:
+            verdict.fail("transfers end as they must", f"{op.intent} transfer {tid} ended {row.status}/{row.reason}")
+    for read in history.reads:
+        if read.what == "transfer":
+            row = snap.transfers.get(read.target)
+            if row is not None and read.value not in row.history:
+                verdict.fail(
+                    "answers match the outcome",
+                    f"transfer {read.target} was read as {read.value}, not in {row.history}",
+                )
+        elif isinstance(read.value, int) and read.value < 0:
+            verdict.fail("no negative balance", f"wallet {read.target} was read with balance {read.value}")
+
+
+def _expected_entries(row: TransferRow) -> list[EntryRow]:
+    if row.status == "completed":
+        return [EntryRow(row.payer, "debit", -row.amount), EntryRow(row.payee, "credit", row.amount)]
+    if row.status == "failed" and "debited" in row.history:
+        return [EntryRow(row.payer, "debit", -row.amount), EntryRow(row.payer, "refund", row.amount)]
+    return []
+
+
+def _sorted(entries: list[EntryRow]) -> list[EntryRow]:
+    return sorted(entries, key=lambda e: (e.kind, e.wallet, e.amount))
+
+
+def check_entries(verdict: Verdict, ops: list[Op], snap: Snapshot) -> None:
+    for row in snap.transfers.values():
+        if not row.terminal:
+            continue
+        found = [e for e in snap.entries.get(row.id, []) if e.kind in ("debit", "credit", "refund")]
+        if _sorted(found) != _sorted(_expected_entries(row)):
+            kinds = sorted(e.kind for e in found)
+            verdict.fail("entries match the status", f"transfer {row.id} is {row.status} {row.history} with {kinds}")
+    movement_keys = set()
+    for op in ops:
+        if op.kind == "transfer":
+            continue
+        movement_keys.add(op.key)
+        found = [e for e in snap.entries.get(op.key, []) if e.kind == op.kind]
+        sign = 1 if op.kind == "deposit" else -1
+        final = op.final
+        if len(op.object_ids) > 1:
+            verdict.fail("movements applied once", f"{op.kind} {op.key} was answered with entries {op.object_ids}")
+        if final is not None and final.status == 201:
+            if found != [EntryRow(op.wallet, op.kind, sign * op.amount)]:
+                verdict.fail("movements applied once", f"{op.kind} {op.key} was acknowledged; entries {found}")
+        elif final is not None and found:
+            verdict.fail("movements applied once", f"{op.kind} {op.key} was refused ({final.status}) yet applied")
+        elif final is None:
+            verdict.fail("every request answered", f"{op.kind} {op.key} got no definitive answer: {op.answers[-1:]}")
+    for reference, entries in snap.entries.items():
+        stray = [e for e in entries if e.kind in ("deposit", "withdrawal")]
+        if stray and reference not in movement_keys:
+            verdict.fail("movements applied once", f"entries {stray} reference {reference}, which no client sent")
+
+
+def check_bank(verdict: Verdict, ops: list[Op], snap: Snapshot, wallets: list[str]) -> dict[str, dict[str, int]]:
+    """Every wallet's balance from the clients' own records; money conserved per currency.
+
+    Over every wallet on the shards, not only the run's: money appearing anywhere counts.
+    """
+    expected: Counter[str] = Counter()
+    totals: dict[str, Counter[str]] = defaultdict(Counter)
+    currency = {w: snap.balances.get(w, (0, "?"))[1] for w in wallets}
+    for wallet in snap.balances:
+        if wallet not in currency:
+            verdict.fail("balances as the clients' records make them", f"wallet {wallet} is not one of the run's")
+    for op in ops:
+        if op.kind == "transfer" or op.final is None or op.final.status != 201:
+            continue
+        delta = op.amount if op.kind == "deposit" else -op.amount
+        expected[op.wallet] += delta
+        totals[currency[op.wallet]][op.kind + "s"] += op.amount
+    for row in snap.transfers.values():
+        if row.status == "completed":
+            expected[row.payer] -= row.amount
+            expected[row.payee] += row.amount
+    for wallet in sorted(set(wallets) | set(snap.balances)):
+        balance, cur = snap.balances.get(wallet, (None, "?"))
+        totals[cur]["balances"] += balance or 0
+        if balance != expected[wallet]:
+            verdict.fail(
+                "balances as the clients' records make them",
+                f"wallet {wallet} holds {balance}, expected {expected[wallet]} from acknowledged requests",
+            )
+    for cur, t in sorted(totals.items()):
+        if t["balances"] != t["deposits"] - t["withdrawals"]:
+            verdict.fail(
+                "money conserved",
+                f"{cur}: balances {t['balances']} != deposits {t['deposits']} - withdrawals {t['withdrawals']}"
+                f" (off by {t['balances'] - t['deposits'] + t['withdrawals']})",
+            )
+    return {cur: dict(t) for cur, t in totals.items()}
+
+
+def verify(history: History, snap: Snapshot, wallets: Wallets) -> Verdict:
+    verdict = Verdict()
+    ops = list(history.ops)
+    by_transfer = check_keys(verdict, ops, snap)
+    check_terminal(verdict, snap)
+    check_seen(verdict, by_transfer, history, snap)
+    check_entries(verdict, ops, snap)
+    verdict.counts["money"] = check_bank(verdict, ops, snap, list(wallets.shard_of))
+    statuses = Counter(f"{r.status}/{r.reason}" if r.reason else r.status for r in snap.transfers.values())
+    verdict.counts["transfers"] = dict(sorted(statuses.items()))
+    verdict.counts["transfers_checked"] = len(snap.transfers)
+    verdict.counts["cross_shard_transfers"] = sum(
+        1 for r in snap.transfers.values() if wallets.shard_of.get(r.payer) != wallets.shard_of.get(r.payee)
+    )
+    verdict.counts["ops"] = dict(Counter(op.via for op in ops))
+    verdict.counts["keys_answered_more_than_once"] = sum(
+        1 for op in ops if sum(1 for a in op.answers if a.object_id) > 1
+    )
+    verdict.counts["keys_retried"] = sum(1 for op in ops if len(op.answers) > 1)
+    verdict.counts["replays_seen"] = sum(1 for op in ops for a in op.answers if a.replayed)
+    return verdict

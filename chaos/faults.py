@@ -1,0 +1,151 @@
+"""The nemesis: runs the fault schedule against the live stack and logs each fault with its time.
+
+Kills are SIGKILL (no clean-up code runs, as in an OOM kill or a power cut for that
+process); a shard crash is `pg_ctl stop -m immediate` (no checkpoint: the restart replays
+the WAL); a pause is SIGSTOP of the server and all its backends, so connections stay open
+and queries hang, as when a server's machine or disk stalls; a Redis FLUSHALL loses
+every queued and unacknowledged Celery message and the drain flags. Restarts are the
+supervisor's job, not the nemesis's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+from collections import Counter
+from collections.abc import Callable
+
+import psutil
+import redis
+
+from apps.sharding.devstack import postgres_bindir
+from chaos.schedule import PlannedFault
+from chaos.supervisor import Supervisor, postmaster_pid
+from chaos.timeline import Timeline
+
+
+class Nemesis(threading.Thread):
+    def __init__(self, *, plan: list[PlannedFault], supervisor: Supervisor, redis_url: str, timeline: Timeline) -> None:
+        super().__init__(name="chaos-nemesis", daemon=True)
+        self.plan = plan
+        self.supervisor = supervisor
+        self.redis_url = redis_url
+        self.timeline = timeline
+        self.halt = threading.Event()
+        self.injected: Counter[str] = Counter()
+        self.skipped: Counter[str] = Counter()
+        self._paused: list[psutil.Process] = []
+        self._paused_lock = threading.Lock()
+        self._inject: dict[str, Callable[[PlannedFault], str | None]] = {
+            "kill_celery_worker": lambda f: self._kill_program(f, f.target),
+            "kill_celery_child": lambda f: self._kill_child(f, f.target),
+            "kill_beat": lambda f: self._kill_program(f, "beat"),
+            "kill_api_worker": lambda f: self._kill_child(f, "api"),
+            "kill_api_master": lambda f: self._kill_program(f, "api"),
+            "kill_cdc": lambda f: self._kill_program(f, "cdc"),
+            "crash_shard": self._crash_shard,
+            "pause_shard": self._pause_shard,
+            "flush_redis": self._flush_redis,
+        }
+
+    def run(self) -> None:
+        for fault in self.plan:
+            if self.halt.wait(max(0.0, fault.at - self.timeline.now())):
+                return
+            try:
+                detail = self._inject[fault.kind](fault)
+            except Exception as exc:  # a fault that cannot be injected is logged, never fatal
+                detail = None
+                self.timeline.record("fault", f"{fault.kind} {fault.target} could not be injected: {exc}")
+            if detail is None:
+                self.skipped[fault.kind] += 1
+                continue
+            self.injected[fault.kind] += 1
+
+    def stop(self) -> None:
+        """Stop injecting; a shard paused right now is resumed at once."""
+        self.halt.set()
+        if self.is_alive():
+            self.join(timeout=30)
+        self._resume_paused()
+
+    def _log(self, fault: PlannedFault, detail: str) -> str:
+        self.timeline.record("fault", f"{fault.kind} {fault.target}: {detail}", fault=fault.kind, target=fault.target)
+        return detail
+
+    def _skip(self, fault: PlannedFault, why: str) -> None:
+        self.timeline.record("fault", f"{fault.kind} {fault.target} skipped: {why}", fault=fault.kind, skipped=True)
+
+    def _kill_program(self, fault: PlannedFault, name: str) -> str | None:
+        pid = self.supervisor.pid(name)
+        if pid is None:
+            self._skip(fault, "not running (being restarted)")
+            return None
+        os.kill(pid, signal.SIGKILL)
+        return self._log(fault, f"SIGKILL pid {pid}")
+
+    def _kill_child(self, fault: PlannedFault, name: str) -> str | None:
+        children = self.supervisor.children(name)
+        if not children:
+            self._skip(fault, "no child process")
+            return None
+        victim = children[fault.pick % len(children)]
+        with contextlib.suppress(psutil.NoSuchProcess):
+            victim.send_signal(signal.SIGKILL)
+        return self._log(fault, f"SIGKILL child pid {victim.pid} of {name}")
+
+    def _flush_redis(self, fault: PlannedFault) -> str | None:
+        client = redis.Redis.from_url(self.redis_url, socket_timeout=2, socket_connect_timeout=2)
+        try:
+            client.flushall()
+        finally:
+            client.close()
+        return self._log(fault, "FLUSHALL")
+
+    def _crash_shard(self, fault: PlannedFault) -> str | None:
+        cluster = self.supervisor.shards[fault.target].cluster
+        if postmaster_pid(cluster) is None:
+            self._skip(fault, "already down")
+            return None
+        argv = [str(postgres_bindir() / "pg_ctl"), "stop", "-D", str(cluster.data_dir), "-m", "immediate", "-w"]
+        if os.geteuid() == 0:  # PostgreSQL's tools refuse to run as root
+            argv = ["runuser", "-u", "postgres", "--", *argv]
+        detail = self._log(fault, "pg_ctl stop -m immediate")  # logged first: the supervisor reacts at once
+        result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)  # noqa: S603
+        if result.returncode != 0:
+            self.timeline.record("fault", f"crash_shard {fault.target}: pg_ctl failed: {result.stderr.strip()}")
+            return None
+        return detail
+
+    def _pause_shard(self, fault: PlannedFault) -> str | None:
+        pid = postmaster_pid(self.supervisor.shards[fault.target].cluster)
+        if pid is None:
+            self._skip(fault, "down")
+            return None
+        try:
+            postmaster = psutil.Process(pid)
+            group = [postmaster, *postmaster.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            self._skip(fault, "down")
+            return None
+        with self._paused_lock:
+            # The postmaster first, so that it forks no new backend while the rest are stopped.
+            for proc in group:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    proc.suspend()
+                    self._paused.append(proc)
+        detail = self._log(fault, f"SIGSTOP {len(group)} processes for {fault.hold:g}s")
+        self.halt.wait(fault.hold)  # cut short when the run stops; resumed either way
+        self._resume_paused()
+        self.timeline.record("fault", f"pause_shard {fault.target}: SIGCONT")
+        return detail
+
+    def _resume_paused(self) -> None:
+        with self._paused_lock:
+            for proc in self._paused:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    proc.resume()
+            self._paused.clear()

@@ -1,0 +1,61 @@
+"""The fault schedule: drawn once from the seed, before anything runs, so a seed names a schedule."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+from typing import Any
+
+# Relative weights: process deaths are the common case in production, shard trouble the rare one.
+FAULT_WEIGHTS = {
+    "kill_celery_worker": 14,
+    "kill_celery_child": 8,
+    "kill_beat": 6,
+    "kill_api_worker": 12,
+    "kill_api_master": 5,
+    "kill_cdc": 8,
+    "crash_shard": 9,
+    "pause_shard": 9,
+    "flush_redis": 8,
+}
+WARM_UP = (5.0, 10.0)  # seconds of clean load before the first fault
+GAP = (3.0, 9.0)  # seconds between the end of one fault and the start of the next
+PAUSE = (2.0, 6.0)  # how long a paused shard stays stopped
+QUIET_TAIL = 5.0  # no fault starts this close to the end of the load
+
+
+@dataclass(frozen=True)
+class PlannedFault:
+    at: float  # seconds after the load started
+    kind: str
+    target: str  # a program name, or a shard alias
+    pick: int  # which child process, for kinds that hit one of several (modulo how many there are)
+    hold: float  # seconds a pause lasts (0 for the others)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def plan_faults(seed: int, duration: float, *, shards: list[str], celery_workers: list[str]) -> list[PlannedFault]:
+    rng = random.Random(f"faults:{seed}")  # noqa: S311 - a reproducible schedule, not secrets
+    kinds, weights = list(FAULT_WEIGHTS), list(FAULT_WEIGHTS.values())
+    plan: list[PlannedFault] = []
+    at = rng.uniform(*WARM_UP)
+    while at < duration - QUIET_TAIL:
+        kind = rng.choices(kinds, weights=weights)[0]
+        if kind in ("crash_shard", "pause_shard"):
+            target = rng.choice(shards)
+        elif kind in ("kill_celery_worker", "kill_celery_child"):
+            target = rng.choice(celery_workers)
+        elif kind in ("kill_api_worker", "kill_api_master"):
+            target = "api"
+        elif kind == "kill_beat":
+            target = "beat"
+        elif kind == "kill_cdc":
+            target = "cdc"
+        else:
+            target = "redis"
+        hold = round(rng.uniform(*PAUSE), 2) if kind == "pause_shard" else 0.0
+        plan.append(PlannedFault(round(at, 2), kind, target, rng.randrange(1000), hold))
+        at += hold + rng.uniform(*GAP)
+    return plan
