@@ -62,4 +62,5 @@ class CdcProcess:
             if self.http is not None:
                 self.http.shutdown()
                 self.http.server_close()
+            self.board.stopped = True
             self.board.write()

@@ -59,6 +59,7 @@ class StatusBoard:
         self.backend = backend
         self.http_port = http_port
         self.started_at = time.time()
+        self.stopped = False  # set for the last write of a process that stops cleanly
 
     def update(self, shard: str, **fields: Any) -> None:
         with self._lock:
@@ -85,6 +86,7 @@ class StatusBoard:
             "http_port": self.http_port,
             "started_at": datetime.fromtimestamp(self.started_at, tz=UTC).isoformat(),
             "updated_at": now,
+            "stopped": self.stopped,
             "shards": shards,
         }
 
@@ -103,6 +105,14 @@ def read_status(path: Path | None = None) -> dict[str, Any] | None:
         return None
 
 
+def running_status() -> dict[str, Any] | None:
+    """The status of a CDC process that is running now: fresh, and not the last word of one that stopped."""
+    status = read_status()
+    if status is None or status.get("stopped") or time.time() - status["updated_at"] > STALE_AFTER_SECONDS:
+        return None
+    return status
+
+
 def health_component() -> dict[str, Any]:
     """/health's view of the CDC process: ok when it is fresh, connected to every shard and not behind."""
     status = read_status()
@@ -114,7 +124,9 @@ def health_component() -> dict[str, Any]:
         for alias, s in status["shards"].items()
     }
     problems = []
-    if age > STALE_AFTER_SECONDS:
+    if status.get("stopped"):
+        problems.append(f"process {status['pid']} stopped")
+    elif age > STALE_AFTER_SECONDS:
         problems.append(f"status not updated for {age:.0f}s (process {status['pid']} gone?)")
     for alias, s in shards.items():
         if not s["connected"]:

@@ -49,7 +49,7 @@ def page_limit(request: Request, default: int = 20, maximum: int = 100) -> int:
     raw = request.query_params.get("limit")
     if raw is None:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= maximum:
         raise InvalidRequest(f"limit must be an integer from 1 to {maximum}.", param="limit")
     return int(raw)
 

@@ -1,6 +1,6 @@
 """GET /health: each shard, the control database and Redis, each with its latency; `down` names the failing ones.
 
-Where a CDC process runs (it has published a status file) or is expected (`AUDIT_CDC_EXPECTED`,
+Where a CDC process runs or died (its status file says it did not stop cleanly) or is expected (`AUDIT_CDC_EXPECTED`,
 set by `serve`), an `audit_cdc` component shows it, with its lag per shard and its own `ok`. It does not count towards
 `status`, `down` nor the HTTP status: the API serves without it, and a load balancer must
 not take API servers out because the audit stream is behind.
@@ -57,7 +57,9 @@ def health(request: HttpRequest) -> JsonResponse:
     down = [name for name, component in components.items() if not component["ok"]]
     from apps.audit.status import health_component, read_status
 
-    if settings.AUDIT_CDC_EXPECTED or read_status() is not None:
+    # Shown where one is expected, and wherever one ran and did not stop cleanly (it died: say so).
+    status = read_status()
+    if settings.AUDIT_CDC_EXPECTED or (status is not None and not status.get("stopped")):
         components["audit_cdc"] = health_component()
     body = {"status": "degraded" if down else "ok", "down": down, "components": components}
     return JsonResponse(body, status=503 if down else 200)

@@ -2,16 +2,16 @@
 
 The CDC process (`run_cdc`) publishes its status file every second (apps.audit.status);
 this reads it, so every process sees the lag without reaching into the CDC process. No
-file, or one not refreshed for a while, means the CDC is not running: then there is no
+file, one not refreshed for a while, or the last word of a process that stopped means the
+CDC is not running: then there is no
 lag to show (rather than a made-up zero) and the page says so.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
-from apps.audit.status import STALE_AFTER_SECONDS, read_status
+from apps.audit.status import running_status
 
 
 @dataclass(frozen=True)
@@ -23,8 +23,8 @@ class ShardLag:
 
 def cdc_lag() -> dict[str, ShardLag] | None:
     """Lag per shard from a CDC process that is running, else None."""
-    status = read_status()
-    if status is None or time.time() - status["updated_at"] > STALE_AFTER_SECONDS:
+    status = running_status()
+    if status is None:
         return None
     return {
         alias: ShardLag(shard["lag_seconds"], shard["lag_bytes"], shard["connected"])

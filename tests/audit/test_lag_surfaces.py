@@ -33,3 +33,13 @@ def test_a_running_cdc_process_shows_its_lag_everywhere_and_its_absence_too(cdc:
                what="the metrics to see the CDC gone")  # fmt: skip
     assert "CDC not running" in logged_in(make_staff("otto", "viewers")).get("/admin/operations/").content.decode()
     assert Client().get("/health").json()["components"]["audit_cdc"]["ok"] is False
+
+
+def test_a_cdc_process_that_stops_cleanly_leaves_no_lag_and_no_alarm(cdc: CdcProcess, settings) -> None:
+    settings.AUDIT_DIR = cdc.dir
+    settings.AUDIT_CDC_EXPECTED = False
+    cdc.start()
+    assert "shardwallet_cdc_up 1.0" in Client().get("/metrics").content.decode()
+    cdc.stop()  # SIGTERM: its last status says it stopped
+    assert "shardwallet_cdc_up 0.0" in Client().get("/metrics").content.decode()
+    assert "audit_cdc" not in Client().get("/health").json()["components"]
