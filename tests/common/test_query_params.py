@@ -15,7 +15,7 @@ def test_a_limit_that_is_not_a_plain_number_from_1_to_100_is_400(api, client_and
         assert error_of(api.get(path, {"limit": limit})) == (400, "invalid_request", "limit")
 
 
-@pytest.mark.parametrize("wait", ["\u0661", " 5 ", "1_0", "nan", "inf", "31", "-1", "1e1"])
+@pytest.mark.parametrize("wait", ["\u0661", " 5 ", "1_0", "nan", "inf", "31", "-1", "4e1", "0x1"])
 def test_a_wait_that_is_not_a_plain_number_from_0_to_30_is_400_and_creates_nothing(api, client_and_key, wait) -> None:
     payer = make_wallet(client_and_key[0], funded=100)
     payee = make_wallet(client_and_key[0])

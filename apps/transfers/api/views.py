@@ -82,14 +82,14 @@ def render_transfer(transfer: Transfer, history: list[Event] | None = None) -> t
     return code, json.dumps(body, separators=(",", ":"), ensure_ascii=False)
 
 
-_DECIMAL = re.compile(r"[0-9]{1,6}(\.[0-9]{1,6})?")
+_DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?")  # a JSON number, in ASCII
 
 
 def wait_seconds(request: Request) -> float:
     raw = request.query_params.get("wait")
     if raw is None:
         return 0.0
-    # Plain ASCII decimals only: float() would also take " 5 ", "1_0", "nan" or other scripts' digits.
+    # A number as JSON writes it: float() would also take " 5 ", "1_0", "nan" or other scripts' digits.
     seconds = float(raw) if _DECIMAL.fullmatch(raw) else -1.0
     if not 0 <= seconds <= settings.TRANSFER_MAX_WAIT_SECONDS:
         raise InvalidRequest("wait must be a number of seconds from 0 to 30.", param="wait")
