@@ -69,7 +69,8 @@ def summarize(load: PhaseLoad, terminal: dict[str, tuple[str, str | None, float,
         completed_per_second=statuses.get("completed", 0) / completed_window,
         http_latency_ms=percentiles([s.http_seconds * 1000 for s in load.sent]),
         terminal_latency_ms=percentiles(terminal_latencies),
-        retries=sum(terminal[s.transfer_id][3] for s in accepted if s.transfer_id in terminal),
+        # attempts counts every run of the saga's steps, the first included (a drain's claim)
+        retries=sum(max(terminal[s.transfer_id][3] - 1, 0) for s in accepted if s.transfer_id in terminal),
         completions_per_second_series=[series.get(i, 0) for i in range(max(series, default=-1) + 1)],
     )
 

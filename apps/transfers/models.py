@@ -46,7 +46,9 @@ class Transfer(models.Model):
     status = models.CharField(max_length=10, choices=TransferStatus.choices, default=TransferStatus.PENDING)
     failure_reason = models.CharField(max_length=32, choices=FailureReason.choices, null=True, blank=True)
     request_fingerprint = models.CharField(max_length=64)
-    attempts = models.IntegerField(default=0, help_text="Saga retries after transient errors.")
+    attempts = models.IntegerField(
+        default=0, help_text="Runs of its saga steps, counted before each (a drain's claim is the first)."
+    )
     last_error = models.TextField(blank=True, default="")
     parked_at = models.DateTimeField(null=True, blank=True, help_text="Set when retries ran out: an operator decides.")
     created_at = models.DateTimeField()
