@@ -14,6 +14,7 @@ from django.utils.http import urlencode
 
 from apps.observability.cdc import cdc_lag
 from apps.operators.selectors import shard_overview, stuck_transfer_list
+from apps.sharding.admin import money_html
 
 
 def _older_than(request: HttpRequest) -> int:
@@ -37,6 +38,7 @@ def operations(request: HttpRequest) -> HttpResponse:
         {
             "row": row,
             "url": reverse("admin:transfers_transfer_change", args=[row.transfer.id]),
+            "amount": money_html(row.transfer.amount_minor, row.transfer.currency),
             "redrive_url": f"{reverse('admin:transfers_transfer_redrive', args=[row.transfer.id])}?{back_here}"
             if can_redrive
             else "",

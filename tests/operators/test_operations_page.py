@@ -35,6 +35,8 @@ def test_lists_parked_and_stalled_transfers_with_age_attempts_and_last_error() -
     html = response.content.decode()
     assert str(fresh.id) not in html
     assert "OperationalError: timeout" in html
+    assert "2.00 USD" in html  # amounts as an operator reads them, minor units beside
+    assert "(200 minor units)" in html
     assert "connection refused (test)" in html  # the parked one's last error
     assert html.count(">Re-drive</a>") == 2
     assert html.count(">Force-compensate</a>") == 2
@@ -42,7 +44,7 @@ def test_lists_parked_and_stalled_transfers_with_age_attempts_and_last_error() -
     assert f"/admin/transfers/transfer/{parked.id}/compensate/?{back}" in html
 
 
-def test_shows_the_shard_map_with_buckets_and_rows_and_says_cdc_is_not_configured() -> None:
+def test_shows_the_shard_map_with_buckets_and_rows_and_says_no_cdc_is_running() -> None:
     owner, _ = make_client()
     cross_shard_pair(owner, funded=1000)  # a wallet on each shard, one deposit entry on shard_00
     response = logged_in(make_staff("vera", "viewers")).get("/admin/operations/")
