@@ -34,6 +34,7 @@ from django.conf import settings
 from apps.sharding.routing import shard_aliases
 from tests.contract.schema import generated_schema, strict
 from tests.factories import ALL_DATABASES, free_port, make_client, make_wallet
+from tests.polling import wait_until_serving
 from tests.workers import flush_redis
 
 pytestmark = [pytest.mark.django_db(transaction=True, databases=ALL_DATABASES), pytest.mark.slow]
@@ -65,15 +66,7 @@ def served(devstack: Any) -> Iterator[str]:
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2):  # noqa: S310
-                    break
-            except OSError:
-                assert proc.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, "serve did not answer in 60 s"
-                time.sleep(0.3)
+        wait_until_serving(base, proc, log.read_text)
         yield base
     finally:
         proc.send_signal(signal.SIGINT)

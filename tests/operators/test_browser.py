@@ -21,6 +21,7 @@ from apps.ledger.models import Wallet
 from apps.operators.models import OperatorAction
 from tests.factories import ALL_DATABASES, free_port, make_client, make_wallet
 from tests.operators.helpers import PASSWORD, make_staff, metric_samples, parked_transfer, total
+from tests.polling import wait_until_serving
 from tests.workers import flush_redis
 
 pytestmark = [pytest.mark.django_db(transaction=True, databases=ALL_DATABASES), pytest.mark.slow]
@@ -59,15 +60,7 @@ def served(scene: dict[str, Any]) -> Iterator[str]:
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2):  # noqa: S310
-                    break
-            except OSError:
-                assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-                assert time.monotonic() < deadline, "serve did not answer in 60 s"
-                time.sleep(0.3)
+        wait_until_serving(base, proc, lambda: proc.stdout.read() if proc.stdout else "")
         yield base
     finally:
         proc.send_signal(signal.SIGINT)
