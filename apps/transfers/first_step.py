@@ -73,7 +73,7 @@ def lock_wallets(alias: str, wallet_ids: set[uuid.UUID], *, payee_ids: set[uuid.
         if payees:
             cursor.execute(IN_FLIGHT_OUT_BY_PAYER_SQL, [payees])
             for wallet_id, in_flight in cursor.fetchall():
-                wallets[wallet_id].in_flight_out = in_flight
+                wallets[wallet_id].in_flight_out = int(in_flight)
     return wallets
 
 
