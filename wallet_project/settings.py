@@ -139,6 +139,8 @@ METRICS_DIR = DEVSTACK_DIR / "metrics"
 
 # Transfers and the saga.
 TRANSFER_MAX_WAIT_SECONDS = 30
+# How long a write waits while its buckets switch shards before answering 503 shard_moving.
+SHARD_MOVE_WAIT_SECONDS = float(os.environ.get("SHARDWALLET_SHARD_MOVE_WAIT_SECONDS", "5"))
 SAGA_MAX_RETRIES = int(os.environ.get("SHARDWALLET_SAGA_MAX_RETRIES", "12"))
 SAGA_RETRY_BASE_SECONDS = float(os.environ.get("SHARDWALLET_SAGA_RETRY_BASE_SECONDS", "0.5"))
 SAGA_RETRY_MAX_SECONDS = float(os.environ.get("SHARDWALLET_SAGA_RETRY_MAX_SECONDS", "30"))

@@ -22,6 +22,7 @@ from typing import Any
 
 from django.db import connections
 
+from apps.sharding.placement import BUCKET_COLUMNS
 from apps.sharding.routing import shard_aliases
 
 # What is counted per shard: name -> (shard table, audit table).
@@ -66,17 +67,18 @@ def read_shards() -> Snapshot:
             alias,
             "SELECT w.id, w.balance_minor, w.currency, w.status, count(e.id), COALESCE(sum(e.amount_minor), 0),"
             " COALESCE(max(e.seq), 0) FROM ledger_wallet w LEFT JOIN ledger_entry e ON e.wallet_id = w.id"
-            " GROUP BY w.id",
+            " WHERE sharding_serves(w.id) GROUP BY w.id",
         ):
             snap.wallets[wallet_id] = (alias, balance, currency, status, entries, int(total), max_seq)
         for what, (table, _) in COUNTED.items():
-            [(n,)] = _shard_rows(alias, f"SELECT count(*) FROM {table}")  # noqa: S608 (fixed names)
+            column = BUCKET_COLUMNS[table]
+            [(n,)] = _shard_rows(alias, f"SELECT count(*) FROM {table} WHERE sharding_serves({column})")  # noqa: S608
             snap.counts[(alias, what)] = n
         for currency, kind, total in _shard_rows(
             alias,
             "SELECT w.currency, e.kind, sum(e.amount_minor) FROM ledger_entry e"
             " JOIN ledger_wallet w ON w.id = e.wallet_id WHERE e.kind IN ('deposit', 'withdrawal')"
-            " GROUP BY w.currency, e.kind",
+            " AND sharding_serves(w.id) GROUP BY w.currency, e.kind",
         ):
             snap.totals[(currency, kind)] += int(total)
     for _, balance, currency, *_rest in snap.wallets.values():

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+from django.conf import settings
 from rest_framework import parsers, serializers
 from rest_framework.exceptions import ParseError
 from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.request import Request
 
 from apps.common.errors import IdempotencyKeyInvalid, IdempotencyKeyMissing, InvalidRequest
+from apps.sharding.fence import retry_while_fenced
 
 MAX_MINOR_AMOUNT = 2**63 - 1  # PostgreSQL BIGINT
 
@@ -109,3 +113,21 @@ class JSONOnlyNegotiation(DefaultContentNegotiation):
         if len(renderers) == 1:
             return renderers[0], renderers[0].media_type
         return super().select_renderer(request, renderers, format_suffix)
+
+
+Handler = TypeVar("Handler", bound=Callable[..., Any])
+
+
+def waits_out_moves(handler: Handler) -> Handler:
+    """A write endpoint that waits while its buckets switch shards, then runs on the new owner.
+
+    A refused write committed nothing and every write endpoint is idempotent by key, so the
+    handler runs again as the client's own retry would. Past SHARD_MOVE_WAIT_SECONDS the
+    client gets 503 `shard_moving` and retries with the same key.
+    """
+
+    @functools.wraps(handler)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return retry_while_fenced(lambda: handler(*args, **kwargs), wait_seconds=settings.SHARD_MOVE_WAIT_SECONDS)
+
+    return wrapper  # type: ignore[return-value]

@@ -9,6 +9,8 @@ from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
 
+from apps.sharding.fence import BucketsMoving, is_fence_refusal
+
 
 class DomainError(Exception):
     """A business rule said no. Subclasses carry a stable machine code and an HTTP status."""
@@ -91,6 +93,11 @@ _DRF_CODES: list[tuple[type[drf.APIException], str]] = [
 
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, BucketsMoving) or is_fence_refusal(exc):
+        # The request's buckets are switching shards: nothing was committed; the switch takes
+        # about a second. The same Idempotency-Key then completes the request.
+        body = error_body("shard_moving", "The wallet's data is moving between shards; retry with the same key.")
+        return Response(body, status=503, headers={"Retry-After": "1"})
     if isinstance(exc, OperationalError | InterfaceError):
         # A shard (or the control database) is down or the connection dropped. Nothing was
         # committed or the commit is durable; either way a retry with the same key is safe.

@@ -15,7 +15,7 @@ from apps.sharding.routing import shard_aliases
 _TRANSFERS_SQL = """
 SELECT status, COALESCE(failure_reason, ''), count(*),
        count(*) FILTER (WHERE parked_at IS NOT NULL AND status IN ('pending', 'debited', 'refunding'))
-  FROM transfers_transfer GROUP BY 1, 2
+  FROM transfers_transfer WHERE sharding_serves(id) GROUP BY 1, 2
 """
 
 

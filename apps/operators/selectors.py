@@ -60,6 +60,7 @@ def stuck_transfer_list(*, older_than: timedelta, limit_per_shard: int = 200) ->
             transfers = list(
                 Transfer.objects.using(alias)
                 .filter(Q(parked_at__isnull=False) | Q(updated_at__lt=cutoff), status__in=IN_FLIGHT_STATUSES)
+                .extra(where=["sharding_serves(transfers_transfer.id)"])
                 .order_by("updated_at")[:limit_per_shard]
             )
         except DatabaseError as exc:

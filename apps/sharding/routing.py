@@ -8,16 +8,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-from django.conf import settings
-
 from apps.sharding.ids import bucket_of
+from apps.sharding.mapstore import live_map
 from apps.sharding.shardmap import ShardMap
 
 _scoped_shard: ContextVar[str | None] = ContextVar("scoped_shard", default=None)
 
 
 def shard_map() -> ShardMap:
-    return settings.SHARD_MAP
+    """The map as this process last read it (see apps.sharding.mapstore)."""
+    return live_map.get()
+
+
+def refresh_shard_map() -> ShardMap:
+    """Re-read the map now: a shard refused a write for a bucket it no longer serves."""
+    return live_map.refresh(force=True)
 
 
 def shard_aliases() -> list[str]:

@@ -82,6 +82,9 @@ class ShardMap:
     _alias_by_bucket: tuple[str, ...] = field(repr=False, default=())
     # Declared by a test stack's map: its data may be wiped. The test suite refuses any other.
     throwaway: bool = False
+    # Version of the bucket owners: 0 for the file's initial layout, then the control
+    # database's epoch, bumped by every move (apps.sharding.mapstore).
+    epoch: int = 0
 
     @property
     def aliases(self) -> list[str]:
@@ -94,6 +97,28 @@ class ShardMap:
 
     def buckets_of(self, alias: str) -> list[int]:
         return [b for b, a in enumerate(self._alias_by_bucket) if a == alias]
+
+    def with_owners(self, shards: dict[str, DatabaseServer], owners: list[str], epoch: int) -> ShardMap:
+        """This map with other servers and bucket owners (one alias per bucket, in bucket order)."""
+        if len(owners) != self.bucket_count:
+            raise ShardMapError(f"{len(owners)} bucket owners for {self.bucket_count} buckets")
+        unknown = set(owners) - set(shards)
+        if unknown:
+            raise ShardMapError(f"buckets owned by unknown shards {sorted(unknown)}")
+        return ShardMap(
+            self.control, shards, self.bucket_count, ranges_of(owners), tuple(owners), self.throwaway, epoch
+        )
+
+
+def ranges_of(owners: list[str] | tuple[str, ...]) -> tuple[BucketRange, ...]:
+    """Consecutive buckets with one owner, as ranges."""
+    ranges: list[BucketRange] = []
+    for bucket, alias in enumerate(owners):
+        if ranges and ranges[-1].alias == alias:
+            ranges[-1] = BucketRange(ranges[-1].first, bucket, alias)
+        else:
+            ranges.append(BucketRange(bucket, bucket, alias))
+    return tuple(ranges)
 
 
 def _server(alias: str, raw: Any, where: str) -> DatabaseServer:
@@ -170,9 +195,7 @@ def parse_shard_map(data: Any, source: str = "shards.yaml") -> ShardMap:
         expected = r.last + 1
     if expected != bucket_count:
         raise ShardMapError(f"{source}: buckets {expected}..{bucket_count - 1} are not mapped to any shard")
-    unused = set(shards) - {r.alias for r in ranges}
-    if unused:
-        raise ShardMapError(f"{source}: shards {sorted(unused)} have no buckets")
+    # A shard without buckets is a server declared for `shard_add` and later moves.
 
     throwaway = data.get("throwaway", False)
     if not isinstance(throwaway, bool):

@@ -75,15 +75,18 @@ def check_ledger() -> LedgerReport:
         for reference, kind, wallet_id, amount, currency in _rows(
             alias,
             "SELECT e.reference, e.kind, e.wallet_id, e.amount_minor, w.currency FROM ledger_entry e"
-            " JOIN ledger_wallet w ON w.id = e.wallet_id WHERE e.kind IN ('debit', 'credit', 'refund')",
+            " JOIN ledger_wallet w ON w.id = e.wallet_id WHERE e.kind IN ('debit', 'credit', 'refund')"
+            " AND sharding_serves(w.id)",
         ):
             movements[reference].append(_Movement(kind, wallet_id, amount, currency))
         for transfer_id, payee_id, outcome in _rows(
-            alias, "SELECT transfer_id, payee_id, outcome FROM transfers_payee_credit"
+            alias, "SELECT transfer_id, payee_id, outcome FROM transfers_payee_credit WHERE sharding_serves(payee_id)"
         ):
             outcomes[str(transfer_id)] = (payee_id, outcome)
         for row in _rows(
-            alias, "SELECT id, payer_id, payee_id, amount_minor, currency, status FROM transfers_transfer"
+            alias,
+            "SELECT id, payer_id, payee_id, amount_minor, currency, status FROM transfers_transfer"
+            " WHERE sharding_serves(id)",
         ):
             if alias_for_id(row[0]) != alias or alias_for_id(row[1]) != alias:
                 report.violations.append(f"transfer {row[0]} is on {alias}, not on its payer's shard")
@@ -112,7 +115,8 @@ def _check_wallets(alias: str, report: LedgerReport) -> None:
         alias,
         "SELECT w.id, w.balance_minor, w.last_entry_seq, COALESCE(sum(e.amount_minor), 0), count(e.id),"
         " COALESCE(max(e.seq), 0), w.currency"
-        " FROM ledger_wallet w LEFT JOIN ledger_entry e ON e.wallet_id = w.id GROUP BY w.id",
+        " FROM ledger_wallet w LEFT JOIN ledger_entry e ON e.wallet_id = w.id WHERE sharding_serves(w.id)"
+        " GROUP BY w.id",
     ):
         report.wallets += 1
         report.entries += count
@@ -130,7 +134,8 @@ def _check_wallets(alias: str, report: LedgerReport) -> None:
     for currency, kind, total in _rows(
         alias,
         "SELECT w.currency, e.kind, sum(e.amount_minor) FROM ledger_entry e"
-        " JOIN ledger_wallet w ON w.id = e.wallet_id WHERE e.kind IN ('deposit', 'withdrawal') GROUP BY 1, 2",
+        " JOIN ledger_wallet w ON w.id = e.wallet_id WHERE e.kind IN ('deposit', 'withdrawal')"
+        " AND sharding_serves(w.id) GROUP BY 1, 2",
     ):
         if kind == "deposit":
             report.totals[currency].deposits += total

@@ -72,6 +72,7 @@ _PURGE_SQL = """
 DELETE FROM transfers_idempotency i
  USING transfers_transfer t
  WHERE t.id = i.transfer_id AND i.created_at < %s AND t.status IN ('completed', 'failed')
+   AND sharding_serves(t.id)
 """
 
 

@@ -337,7 +337,7 @@ def _credit_group(payee_alias: str, transfers: list[Transfer], now: datetime) ->
 _CLAIM_SQL = """
 UPDATE transfers_transfer SET attempts = attempts + 1
  WHERE id IN (SELECT id FROM transfers_transfer
-               WHERE status = 'debited' AND parked_at IS NULL AND attempts = 0
+               WHERE status = 'debited' AND parked_at IS NULL AND attempts = 0 AND sharding_serves(id)
                ORDER BY updated_at LIMIT %s FOR UPDATE SKIP LOCKED)
 RETURNING id
 """

@@ -74,7 +74,7 @@ def transfers_claim_stalled(*, alias: str, older_than: timedelta, limit: int) ->
             UPDATE transfers_transfer SET updated_at = %s
              WHERE id IN (SELECT id FROM transfers_transfer
                            WHERE status IN ('pending', 'debited', 'refunding') AND parked_at IS NULL
-                             AND updated_at < %s
+                             AND updated_at < %s AND sharding_serves(id)
                            ORDER BY updated_at LIMIT %s FOR UPDATE SKIP LOCKED)
             RETURNING id
             """,

@@ -13,7 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.common.api import decode_cursor, decode_uuid_cursor, idempotency_key, page, page_limit
+from apps.common.api import decode_cursor, decode_uuid_cursor, idempotency_key, page, page_limit, waits_out_moves
 from apps.common.errors import InvalidRequest
 from apps.common.openapi import (
     IDEMPOTENCY_KEY_HEADER,
@@ -73,6 +73,7 @@ class WalletCollectionView(APIView):
         responses={201: WalletOut, **error_responses(PARAMETER_MISSING, UNSUPPORTED_CURRENCY, *JSON_BODY_ERRORS)},
         extensions=response_links(WALLET_LINKS, 201),
     )
+    @waits_out_moves
     def post(self, request: Request) -> Response:
         data = WalletCreateIn(data=request.data)
         data.is_valid(raise_exception=True)
@@ -111,6 +112,7 @@ def _render_entry(entry: AppliedEntry) -> str:
 class _MovementView(APIView):
     kind: EntryKind
 
+    @waits_out_moves
     def post(self, request: Request, wallet_id: str) -> HttpResponse:
         wallet = owned_wallet(request, wallet_id)
         key = idempotency_key(request)

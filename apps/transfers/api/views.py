@@ -14,7 +14,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.common.api import decode_uuid_cursor, idempotency_key, page, page_limit
+from apps.common.api import decode_uuid_cursor, idempotency_key, page, page_limit, waits_out_moves
 from apps.common.errors import InvalidRequest
 from apps.common.openapi import (
     IDEMPOTENCY_KEY_HEADER,
@@ -134,6 +134,7 @@ class TransferCollectionView(APIView):
         },
         extensions=response_links(TRANSFER_LINKS, 201, 202),
     )
+    @waits_out_moves
     def post(self, request: Request) -> HttpResponse:
         key = idempotency_key(request)
         wait = wait_seconds(request)
@@ -165,6 +166,7 @@ class TransferBatchView(APIView):
         responses={200: TransferBatchOut, **error_responses(INVALID_JSON, BATCH_INVALID, UNSUPPORTED_MEDIA_TYPE)},
         extensions=response_links(BATCH_LINKS, 200),
     )
+    @waits_out_moves
     def post(self, request: Request) -> HttpResponse:
         body = request.data
         items = body.get("transfers") if isinstance(body, dict) else None

@@ -1,0 +1,54 @@
+"""A write refused by a shard's fence: the bucket moved (or is moving). Reload the map, retry.
+
+The refusal rolls the whole transaction back, so running the same step again on the
+owner is exactly a retry: every write path is idempotent by key or by guarded SQL.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from apps.sharding.placement import FENCE_SQLSTATE
+from apps.sharding.routing import refresh_shard_map
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class BucketsMoving(Exception):
+    """The buckets stayed fenced longer than the caller waits: a move's switch is under way."""
+
+
+def is_fence_refusal(exc: BaseException | None) -> bool:
+    seen = 0
+    while exc is not None and seen < 10:
+        if getattr(exc, "sqlstate", None) == FENCE_SQLSTATE:
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+def retry_while_fenced(step: Callable[[], T], *, wait_seconds: float) -> T:
+    """Run `step`; while a shard refuses it for a moving bucket, reload the map and run it again.
+
+    A move pauses a range's writes for its switch only (about a second); a write waiting
+    here then lands on the new owner. After `wait_seconds` it raises BucketsMoving.
+    """
+    deadline = time.monotonic() + wait_seconds
+    delay = 0.02
+    while True:
+        try:
+            return step()
+        except Exception as exc:
+            if not is_fence_refusal(exc):
+                raise
+            refresh_shard_map()
+            if time.monotonic() + delay > deadline:
+                raise BucketsMoving(str(exc).splitlines()[0]) from exc
+            time.sleep(delay)
+            delay = min(delay * 2, 0.25)
