@@ -25,7 +25,7 @@ from apps.audit.pgoutput import Begin, Commit, Decoder, RowChange, Truncate, str
 from apps.audit.sink import AuditSink, Change, Transaction
 from apps.audit.status import StatusBoard
 from apps.sharding.shardmap import DatabaseServer
-from apps.transfers.faults import crash_point
+from apps.common.faults import crash_point
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ from apps.observability.metrics import DRAINED_TRANSFERS, count_transition, time
 from apps.sharding.ids import bucket_of, new_id
 from apps.sharding.routing import alias_for_id
 from apps.transfers.errors import StaleTransition
-from apps.transfers.faults import crash_point
+from apps.common.faults import crash_point
 from apps.transfers.models import CreditOutcome, FailureReason, PayeeCredit, Transfer, TransferStatus
 
 log = logging.getLogger(__name__)
