@@ -24,8 +24,8 @@ from psycopg import sql
 from apps.audit.pgoutput import Begin, Commit, Decoder, RowChange, Truncate, str_to_lsn
 from apps.audit.sink import AuditSink, Change, Transaction
 from apps.audit.status import StatusBoard
-from apps.sharding.shardmap import DatabaseServer
 from apps.common.faults import crash_point
+from apps.sharding.shardmap import DatabaseServer
 
 log = logging.getLogger(__name__)
 

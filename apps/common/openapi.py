@@ -57,6 +57,9 @@ NOT_FOUND = ErrorCode(404, "not_found", "the id does not fit in one path segment
 SERVICE_UNAVAILABLE = ErrorCode(
     503, "service_unavailable", "a database is down or the connection dropped: retry, with the same Idempotency-Key"
 )
+SHARD_MOVING = ErrorCode(
+    503, "shard_moving", "the wallet's buckets stayed paused for a move between shards: retry with the same key"
+)
 UNSUPPORTED_MEDIA_TYPE = ErrorCode(415, "unsupported_media_type", "the body is not sent as `application/json`")
 METHOD_NOT_ALLOWED = ErrorCode(405, "method_not_allowed", "the URL does not take this method")
 AUTHENTICATION = (
@@ -116,7 +119,7 @@ def _error_response(codes: list[ErrorCode]) -> OpenApiResponse:
 def error_responses(*codes: ErrorCode) -> dict[int, OpenApiResponse]:
     """Responses for the given error codes, plus what every operation can answer (401, 503)."""
     by_status: dict[int, list[ErrorCode]] = defaultdict(list)
-    for code in (*codes, *AUTHENTICATION, SERVICE_UNAVAILABLE):
+    for code in (*codes, *AUTHENTICATION, SERVICE_UNAVAILABLE, SHARD_MOVING):
         if code.code not in {c.code for c in by_status[code.status]}:
             by_status[code.status].append(code)
     return {status: _error_response(by_status[status]) for status in sorted(by_status)}

@@ -8,15 +8,19 @@ import uuid
 from apps.common.db import fast_cursor
 from apps.ledger.errors import WalletNotFound
 from apps.ledger.models import LedgerEntry, Wallet
-from apps.sharding.routing import alias_for_id, shard_aliases
+from apps.sharding.routing import alias_for_id, read_by_id, shard_aliases
 
 
 def wallet_get(*, wallet_id: uuid.UUID, owner_id: int | None = None) -> Wallet:
     """The wallet, from its shard; WalletNotFound also when it belongs to another client."""
-    wallets = Wallet.objects.using(alias_for_id(wallet_id)).filter(id=wallet_id)
-    if owner_id is not None:
-        wallets = wallets.filter(owner_id=owner_id)
-    wallet = wallets.first()
+
+    def read(alias: str) -> Wallet | None:
+        wallets = Wallet.objects.using(alias).filter(id=wallet_id)
+        if owner_id is not None:
+            wallets = wallets.filter(owner_id=owner_id)
+        return wallets.first()
+
+    wallet = read_by_id(wallet_id, read)
     if wallet is None:
         raise WalletNotFound(param="wallet_id")
     return wallet
@@ -24,19 +28,27 @@ def wallet_get(*, wallet_id: uuid.UUID, owner_id: int | None = None) -> Wallet:
 
 def wallet_currency(*, wallet_id: uuid.UUID, owner_id: int) -> str:
     """The currency of a client's wallet, in one indexed read (a hot path: every transfer)."""
-    with fast_cursor(alias_for_id(wallet_id)) as cursor:
-        cursor.execute("SELECT currency FROM ledger_wallet WHERE id = %s AND owner_id = %s", [wallet_id, owner_id])
-        row = cursor.fetchone()
-    if row is None:
+
+    def read(alias: str) -> str | None:
+        with fast_cursor(alias) as cursor:
+            cursor.execute("SELECT currency FROM ledger_wallet WHERE id = %s AND owner_id = %s", [wallet_id, owner_id])
+            row = cursor.fetchone()
+        return row[0] if row else None
+
+    currency = read_by_id(wallet_id, read)
+    if currency is None:
         raise WalletNotFound(param="wallet_id")
-    return row[0]
+    return currency
 
 
 def wallet_list(*, owner_id: int, before_id: uuid.UUID | None, limit: int) -> list[Wallet]:
     """A client's wallets, newest first, from every shard merged by id (ids are time-ordered)."""
     per_shard = []
     for alias in shard_aliases():
-        wallets = Wallet.objects.using(alias).filter(owner_id=owner_id)
+        # Only the wallets this shard serves: not a copy arriving or left by a move.
+        wallets = (
+            Wallet.objects.using(alias).filter(owner_id=owner_id).extra(where=["sharding_serves(ledger_wallet.id)"])
+        )
         if before_id is not None:
             wallets = wallets.filter(id__lt=before_id)
         per_shard.append(list(wallets.order_by("-id")[:limit]))

@@ -167,7 +167,39 @@ class Devstack:
 
     def clusters(self) -> list[PostgresCluster]:
         servers = [self.shard_map.control, *(self.shard_map.shards[a] for a in self.shard_map.aliases)]
-        return [PostgresCluster(s, self.stack_dir / "pg" / s.alias) for s in servers if s.is_local]
+        known = {s.alias for s in servers}
+        servers += [s for s in self.registered_servers() if s.alias not in known]
+        return [self.cluster(s) for s in servers if s.is_local]
+
+    def cluster(self, server: DatabaseServer) -> PostgresCluster:
+        return PostgresCluster(server, self.stack_dir / "pg" / server.alias)
+
+    def registered_servers(self) -> list[DatabaseServer]:
+        """Shards added with `shard_add` beyond the file's (the control database lists them), if it is up."""
+        control = self.shard_map.control
+        if not port_is_open(control.host, control.port):
+            return []
+        try:
+            with psycopg.connect(control.conninfo(connect_timeout=2), autocommit=True) as conn:
+                rows = conn.execute(
+                    "SELECT alias, host, port, name, username, password FROM sharding_server"
+                ).fetchall()
+        except psycopg.Error:
+            return []  # not created or not migrated yet
+        return [DatabaseServer(*row) for row in rows]
+
+    def ensure_server(self, server: DatabaseServer) -> str:
+        """Create and start one server of the stack (a shard being added), with its database."""
+        cluster = self.cluster(server)
+        if cluster.is_running():
+            line = f"{server.alias}: running on port {server.port} (reused)"
+        else:
+            if not cluster.is_initialised():
+                cluster.initialise()
+            cluster.start()
+            line = f"{server.alias}: started on port {server.port}"
+        cluster.ensure_database()
+        return line
 
     def _redis_endpoint(self) -> tuple[str, int]:
         url = urlparse(self.redis_url)
@@ -211,15 +243,12 @@ class Devstack:
         """Create and start whatever is not running; return a line per component."""
         self.stack_dir.mkdir(parents=True, exist_ok=True)
         report = []
+        control = self.shard_map.control
+        if control.is_local:
+            report.append(self.ensure_server(control))  # first: it lists the shards added later
         for cluster in self.clusters():
-            if cluster.is_running():
-                report.append(f"{cluster.server.alias}: running on port {cluster.server.port} (reused)")
-            else:
-                if not cluster.is_initialised():
-                    cluster.initialise()
-                cluster.start()
-                report.append(f"{cluster.server.alias}: started on port {cluster.server.port}")
-            cluster.ensure_database()
+            if cluster.server.alias != control.alias:
+                report.append(self.ensure_server(cluster.server))
         if self.redis_answers():
             report.append(f"redis: answering at {self.redis_url} (reused)")
         else:

@@ -38,6 +38,14 @@ class DatabaseServer:
         """True when the local stack may create and start this server itself."""
         return self.host in LOOPBACK_HOSTS
 
+    def conninfo(self, **extra: Any) -> str:
+        """A libpq connection string (quoted), for tools that connect outside Django."""
+        parts = {
+            "host": self.host, "port": self.port, "dbname": self.name, "user": self.user,
+            "password": self.password, "connect_timeout": 5, **extra,
+        }  # fmt: skip
+        return " ".join(f"{k}='{str(v).replace(chr(39), chr(92) + chr(39))}'" for k, v in parts.items() if v != "")
+
     def django_settings(self) -> dict[str, Any]:
         return {
             "ENGINE": "django.db.backends.postgresql",

@@ -28,6 +28,7 @@ from django.db import DatabaseError, IntegrityError, connections, transaction
 from django.utils import timezone
 
 from apps.common.db import fast_cursor
+from apps.common.faults import crash_point
 from apps.ledger.errors import (
     BalanceLimitExceeded,
     CurrencyMismatch,
@@ -40,7 +41,6 @@ from apps.observability.metrics import DRAINED_TRANSFERS, count_transition, time
 from apps.sharding.ids import bucket_of, new_id
 from apps.sharding.routing import alias_for_id
 from apps.transfers.errors import StaleTransition
-from apps.common.faults import crash_point
 from apps.transfers.models import CreditOutcome, FailureReason, PayeeCredit, Transfer, TransferStatus
 
 log = logging.getLogger(__name__)
@@ -354,10 +354,20 @@ def drain_debited(alias: str, *, limit: int = 500) -> DrainResult:
     refused, raced or hit an error are returned to be run one by one.
     """
     now = timezone.now()
-    transient: list[uuid.UUID] = []
     with fast_cursor(alias) as cursor:  # one statement: committed before any work starts
         cursor.execute(_CLAIM_SQL, [limit])
         ids = [row[0] for row in cursor.fetchall()]
+    try:
+        return _drain_claimed(alias, ids, now)
+    except DatabaseError:
+        # The payer's shard failed (down, or the range was fenced for a move) after the claim
+        # committed: each claimed transfer goes to its own task, which finds its shard anew.
+        log.warning("drain failed on its payer shard; its transfers are handed over", extra={"shard": alias})
+        return DrainResult(len(ids), 0, list(ids), list(ids))
+
+
+def _drain_claimed(alias: str, ids: list[uuid.UUID], now: datetime) -> DrainResult:
+    transient: list[uuid.UUID] = []
     with transaction.atomic(using=alias):
         claimed = list(
             Transfer.objects.using(alias)

@@ -5,17 +5,21 @@ from __future__ import annotations
 import uuid
 
 from apps.ledger.services import in_flight_out_minor
-from apps.sharding.routing import alias_for_id
+from apps.sharding.routing import alias_for_id, read_by_id
 from apps.transfers.errors import TransferNotFound
 from apps.transfers.models import Transfer, TransferEvent
 from apps.transfers.saga import Event
 
 
 def transfer_get(*, transfer_id: uuid.UUID, client_id: int | None = None) -> Transfer:
-    transfers = Transfer.objects.using(alias_for_id(transfer_id)).filter(id=transfer_id)
-    if client_id is not None:
-        transfers = transfers.filter(client_id=client_id)
-    transfer = transfers.first()
+
+    def read(alias: str) -> Transfer | None:
+        transfers = Transfer.objects.using(alias).filter(id=transfer_id)
+        if client_id is not None:
+            transfers = transfers.filter(client_id=client_id)
+        return transfers.first()
+
+    transfer = read_by_id(transfer_id, read)
     if transfer is None:
         raise TransferNotFound(param="transfer_id")
     return transfer

@@ -15,6 +15,8 @@ from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError
 
 from apps.observability.metrics import SAGA_PARKED, SAGA_RETRIES, SWEEPER_REDRIVEN
+from apps.sharding.fence import is_fence_refusal, retry_while_fenced
+from apps.sharding.moves import Move
 from apps.sharding.routing import shard_aliases
 from apps.transfers import idempotency, saga, services
 from apps.transfers.models import Transfer
@@ -51,7 +53,7 @@ def advance_transfer(self: Task, transfer_id: str) -> str | None:
         log.error("transfer parked", extra={"transfer_id": transfer_id, "attempts": attempt - 1})
         return None
     try:
-        return saga.transfer_advance(tid).status
+        return _advance_waiting_out_moves(tid)
     except Transfer.DoesNotExist:
         log.warning("no such transfer", extra={"transfer_id": transfer_id})
         return None
@@ -123,12 +125,28 @@ def drain_transfers(self: Task, alias: str) -> int:
                 return done
     except TRANSIENT_ERRORS as exc:
         raise self.retry(exc=exc, countdown=retry_delay(self.request.retries)) from exc
+    except DatabaseError as exc:
+        if not is_fence_refusal(exc):
+            raise
+        raise self.retry(exc=exc, countdown=0.2) from exc  # a move fenced the range mid-claim
+
+
+def drain_moved_transfers(move: Move) -> None:
+    """After a move: the transfers in flight that moved are drained on their new shard now."""
+    request_drain(move.target)
+
+
+def _advance_waiting_out_moves(transfer_id: uuid.UUID) -> str:
+    """Its steps; a step refused because a bucket is switching shards runs again on the new owner."""
+    return retry_while_fenced(
+        lambda: saga.transfer_advance(transfer_id).status, wait_seconds=settings.SHARD_MOVE_WAIT_SECONDS
+    )
 
 
 def _advance_now(transfer_id: uuid.UUID) -> None:
     """Run one left-over transfer; whatever goes wrong stays with it, never with the drain."""
     try:
-        saga.transfer_advance(transfer_id)
+        _advance_waiting_out_moves(transfer_id)
     except Exception as exc:
         log.warning("transfer failed in a drain; handed to its own task", extra={"transfer_id": str(transfer_id)})
         with contextlib.suppress(Exception):

@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from apps.sharding import moves
+from apps.sharding.mover import MoveFailed, Mover, plan_move
+from apps.sharding.moves import ACTIVE, MoveConflict
+
+
+def status_lines(limit: int = 10) -> list[str]:
+    lines = []
+    for move in moves.moves_recent(limit):
+        detail = move.detail
+        extra = []
+        if move.state == ACTIVE and move.phase in ("copying", "catching_up", "verifying", "switching"):
+            lag = Mover(move).lag_bytes()
+            extra.append(f"lag {lag} bytes" if lag is not None else "no replication yet")
+        if "pause_seconds" in detail:
+            extra.append(f"writes paused {detail['pause_seconds'] * 1000:.0f} ms")
+        if "rows_copied" in detail:
+            extra.append(f"{detail['rows_copied']} rows copied")
+        if move.error:
+            extra.append(f"error: {move.error}")
+        lines.append(
+            f"move {move.id}: buckets {move.buckets} {move.source} -> {move.target}  {move.state}/{move.phase}"
+            f"  epoch {move.epoch or '-'}  " + ", ".join(extra)
+        )
+    return lines or ["no moves yet"]
+
+
+class Command(BaseCommand):
+    help = (
+        "Move buckets FIRST..LAST to shard SHARD online: copy, catch up, verify, switch, clean up."
+        " Run it again to resume a move that was interrupted; --abort undoes one before its switch."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("first", type=int, nargs="?")
+        parser.add_argument("last", type=int, nargs="?")
+        parser.add_argument("--to", dest="target", help="the shard alias that receives the buckets")
+        parser.add_argument("--status", action="store_true", help="show recent moves with their phase and lag")
+        parser.add_argument("--resume", action="store_true", help="run the active move to its end")
+        parser.add_argument("--abort", action="store_true", help="undo the active move (before its switch)")
+        parser.add_argument("--stop-after", choices=moves.PHASES[:-1], help="stop once this phase is done")
+        parser.add_argument("--switch-timeout", type=float, default=5.0, help="longest write pause, seconds")
+        parser.add_argument("--cleanup-delay", type=float, default=3.0, help="seconds between switch and clean-up")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if options["status"]:
+            for line in status_lines():
+                self.stdout.write(line)
+            return
+        try:
+            if options["abort"] or options["resume"]:
+                move = moves.active_move()
+                if move is None:
+                    raise CommandError("no move is active")
+            else:
+                if options["first"] is None or options["last"] is None or not options["target"]:
+                    raise CommandError("usage: move_buckets FIRST LAST --to SHARD (or --status, --resume, --abort)")
+                move = plan_move(options["first"], options["last"], options["target"])
+            mover = Mover(
+                move,
+                report=self.stdout.write,
+                switch_timeout=options["switch_timeout"],
+                cleanup_delay=options["cleanup_delay"],
+            )
+            if options["abort"]:
+                mover.abort()
+                self.stdout.write(f"move {move.id} aborted: the range stays on {move.source}")
+                return
+            try:
+                mover.run(stop_after=options["stop_after"])
+            except MoveFailed as exc:
+                move.error = str(exc)
+                moves.move_save(move)
+                raise CommandError(f"move {move.id} stopped in {move.phase}: {exc}") from exc
+        except MoveConflict as exc:
+            raise CommandError(str(exc)) from exc
+        for line in status_lines(1):
+            self.stdout.write(line)

@@ -1,0 +1,457 @@
+"""Moving a bucket range to another shard online: copy, catch up, verify, switch, clean up.
+
+Each phase is idempotent and decides from the databases' own state, not from the mover's
+memory, so a mover killed anywhere resumes by running the same command again:
+
+- copying: a publication on the source filtered to the range (PostgreSQL's row filter),
+  a subscription on the target that copies a consistent snapshot of every table and then
+  streams later changes (PostgreSQL's own logical replication, like Citus's shard move);
+- catching_up: until the replication lag is under a bound;
+- verifying: the target's wallets equal the sums of their entries, and per bucket and
+  table the row counts, money sums and content hashes match the source's (under traffic
+  this may differ for the newest rows; the switch repeats it exactly);
+- switching: fence the range on the source (waits for writes in flight, refuses new
+  ones), wait until the target has applied the source's WAL up to the fence, compare
+  exactly, make the target serve the range, bump the map's epoch. Writes to the range
+  pause for this phase only; if it overruns its bound the source is unfenced and the
+  move stays where it was (nothing changed);
+- cleaning: later (stale readers refresh their map first), the source's copy is deleted
+  in small batches, under a replication origin the audit stream skips.
+
+Abortable before the switch: unfence, drop the subscription, delete the partial copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import psycopg
+from django.db import connections, transaction
+
+from apps.common.faults import crash_point
+from apps.sharding import moves
+from apps.sharding.move_checks import balance_mismatches, differences, range_aggregates
+from apps.sharding.moves import ABORTED, ACTIVE, DONE, Move, MoveConflict
+from apps.sharding.placement import BUCKET_COLUMNS, FENCE_LOCK_CLASS, MOVER_ORIGIN, MOVER_SETTING, range_filter_sql
+from apps.sharding.routing import refresh_shard_map, shard_map
+from apps.sharding.shardmap import DatabaseServer
+
+log = logging.getLogger(__name__)
+
+Report = Callable[[str], None]
+
+# Run after every switch (the transfers app drains the moved transfers in flight on their new shard).
+after_switch_hooks: list[Callable[[Move], None]] = []
+
+
+class MoveFailed(RuntimeError):
+    """The move cannot go on; it stays in its phase (resume or abort)."""
+
+
+def _connect(server: DatabaseServer) -> psycopg.Connection[Any]:
+    # UTC: the content hashes compare rows as text on two servers.
+    return psycopg.connect(server.conninfo(options="-c TimeZone=UTC"), autocommit=True)
+
+
+def plan_move(first: int, last: int, target: str) -> Move:
+    """Validate a request against the current map and record it (or return the active move for it)."""
+    current = refresh_shard_map()
+    if not 0 <= first <= last < current.bucket_count:
+        raise MoveConflict(f"buckets {first}..{last} are not within 0..{current.bucket_count - 1}")
+    if target not in current.shards:
+        raise MoveConflict(f"unknown shard {target}: declare it and run shard_add first")
+    active = moves.active_move()
+    if active is not None:
+        if (active.first, active.last, active.target) == (first, last, target):
+            return active
+        raise MoveConflict(f"move {active.id} ({active.buckets} to {active.target}) is still {active.phase}")
+    owners = {current.alias_for_bucket(b) for b in range(first, last + 1)}
+    if len(owners) != 1:
+        raise MoveConflict(f"buckets {first}..{last} are on several shards ({sorted(owners)}): move each part")
+    source = owners.pop()
+    if source == target:
+        raise MoveConflict(f"buckets {first}..{last} are already on {target}")
+    return moves.move_create(first, last, source, target)
+
+
+def _value(conn: psycopg.Connection[Any], query: str, params: list[Any] | None = None) -> Any:
+    row = conn.execute(query, params).fetchone()
+    if row is None:
+        raise MoveFailed(f"no row from {query!r}")
+    return row[0]
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+class Mover:
+    def __init__(
+        self,
+        move: Move,
+        *,
+        report: Report = log.info,
+        lag_gate_bytes: int = 4 << 20,
+        switch_timeout: float = 5.0,
+        cleanup_delay: float = 3.0,
+        cleanup_batch: int = 2000,
+    ) -> None:
+        self.move = move
+        self.report = report
+        self.lag_gate_bytes = lag_gate_bytes
+        self.switch_timeout = switch_timeout
+        self.cleanup_delay = cleanup_delay
+        self.cleanup_batch = cleanup_batch
+        servers = shard_map().shards
+        self.source = servers[move.source]
+        self.target = servers[move.target]
+
+    # -- running -------------------------------------------------------------------------
+
+    def run(self, *, stop_after: str | None = None) -> Move:
+        """Run the remaining phases (or up to and including `stop_after`)."""
+        steps: dict[str, tuple[Callable[[], None], str]] = {
+            "copying": (self.copy, "catching_up"),
+            "catching_up": (self.catch_up, "verifying"),
+            "verifying": (self.verify, "switching"),
+            "switching": (self.switch, "cleaning"),
+            "cleaning": (self.clean_up, "done"),
+        }
+        while self.move.state == ACTIVE:
+            phase = self.move.phase
+            step, following = steps[phase]
+            self.report(f"move {self.move.id} ({self.move.buckets} {self.move.source} -> {self.move.target}): {phase}")
+            started = time.monotonic()
+            step()
+            self.move.detail.setdefault("phase_seconds", {})[phase] = round(time.monotonic() - started, 3)
+            self.move.phase = following
+            self.move.error = ""
+            if following == "done":
+                self.move.state = DONE
+            self._save()
+            if phase == stop_after:
+                break
+        return self.move
+
+    def _save(self) -> None:
+        moves.move_save(self.move)
+
+    # -- copying and catching up ---------------------------------------------------------
+
+    def copy(self) -> None:
+        name = self.move.name
+        with _connect(self.source) as src, _connect(self.target) as dst:
+            if not src.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", [name]).fetchone():
+                tables = ", ".join(
+                    f"{t} WHERE ({range_filter_sql(t, self.move.first, self.move.last)})" for t in BUCKET_COLUMNS
+                )
+                src.execute(f"CREATE PUBLICATION {name} FOR TABLE {tables}")
+            if not dst.execute("SELECT 1 FROM pg_subscription WHERE subname = %s", [name]).fetchone():
+                # A slot left by an attempt that died before its subscription existed.
+                src.execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+                    " WHERE slot_name = %s AND NOT active",
+                    [name],
+                )
+                removed = self._delete_range(dst, "target")  # a partial copy of an earlier attempt
+                if removed:
+                    self.report(f"  removed {removed} rows of an earlier attempt from {self.move.target}")
+                dst.execute(
+                    f"CREATE SUBSCRIPTION {name} CONNECTION {_literal(self.source.conninfo())} PUBLICATION {name}"
+                    f" WITH (copy_data = true, slot_name = '{name}', synchronous_commit = 'on')"
+                )
+            crash_point("move_copying")
+            while True:
+                states = dst.execute(
+                    "SELECT r.srsubstate, count(*) FROM pg_subscription_rel r"
+                    " JOIN pg_subscription s ON s.oid = r.srsubid WHERE s.subname = %s GROUP BY 1",
+                    [name],
+                ).fetchall()
+                counts = dict(states)
+                if counts and set(counts) <= {"r", "s"}:
+                    break
+                self.move.detail["copy_tables"] = {k: int(v) for k, v in counts.items()}
+                time.sleep(0.2)
+        self.move.detail["rows_copied"] = self._range_rows(self.target)
+
+    def lag_bytes(self) -> int | None:
+        """How far the target's applied position trails the source's WAL (None: no slot)."""
+        with _connect(self.source) as src:
+            row = src.execute(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn) FROM pg_replication_slots"
+                " WHERE slot_name = %s",
+                [self.move.name],
+            ).fetchone()
+        return int(row[0]) if row and row[0] is not None else None
+
+    def catch_up(self, timeout: float = 600.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            lag = self.lag_bytes()
+            self.move.detail["lag_bytes"] = lag
+            if lag is not None and lag <= self.lag_gate_bytes:
+                return
+            if time.monotonic() > deadline:
+                raise MoveFailed(f"replication lag still {lag} bytes after {timeout:.0f} s")
+            time.sleep(0.2)
+
+    # -- verifying -----------------------------------------------------------------------
+
+    def verify(self, rounds: int = 5) -> None:
+        with _connect(self.target) as dst:
+            broken = balance_mismatches(dst, self.move.first, self.move.last)
+        if broken:
+            raise MoveFailed("the copy's balances do not match its entries: " + "; ".join(broken[:5]))
+        found: list[str] = []
+        for _ in range(rounds):
+            found = self._compare()
+            if not found:
+                break
+            time.sleep(0.3)  # rows written since the last round are still streaming
+        self.move.detail["verify_differences_under_traffic"] = len(found)
+        if found:
+            self.report(f"  {len(found)} bucket tables still differ under traffic; the switch compares exactly")
+
+    def _compare(self) -> list[str]:
+        def read(server: DatabaseServer) -> Any:
+            with _connect(server) as conn:
+                return range_aggregates(conn, self.move.first, self.move.last)
+
+        with ThreadPoolExecutor(2) as pool:
+            source, target = pool.map(read, [self.source, self.target])
+        return differences(source, target)
+
+    # -- switching -----------------------------------------------------------------------
+
+    def _owner_states(self, server: DatabaseServer) -> dict[str, int]:
+        with _connect(server) as conn:
+            rows = conn.execute(
+                "SELECT state || ':' || epoch, count(*) FROM sharding_bucket_owner"
+                " WHERE bucket BETWEEN %s AND %s GROUP BY 1",
+                [self.move.first, self.move.last],
+            ).fetchall()
+        return {k: int(n) for k, n in rows}
+
+    def switch(self) -> None:
+        if self.move.epoch is None:
+            with connections["default"].cursor() as cursor:
+                cursor.execute("SELECT epoch FROM sharding_map_state WHERE id = 1")
+                self.move.epoch = int(cursor.fetchone()[0]) + 1
+            self._save()
+        epoch = self.move.epoch
+        size = self.move.last - self.move.first + 1
+        if self._owner_states(self.target) == {f"owned:{epoch}": size}:
+            self._switch_map()  # killed after the target took over: finish the map's side
+            return
+        for attempt in range(1, 4):
+            lag = self.lag_bytes()
+            if lag is None or lag > self.lag_gate_bytes:
+                self.catch_up()
+            started = time.monotonic()
+            fence_lsn = self._fence()
+            crash_point("move_after_fence")
+            try:
+                self._wait_applied(fence_lsn, started + self.switch_timeout)
+                self._take_over()
+            except MoveFailed as exc:
+                self._unfence()
+                self.report(f"  switch attempt {attempt} gave up, writes resumed on the source: {exc}")
+                self.move.detail["switch_failures"] = self.move.detail.get("switch_failures", 0) + 1
+                self._save()
+                continue
+            pause = time.monotonic() - started
+            self.move.detail["pause_seconds"] = round(pause, 3)
+            self.report(f"  switched at epoch {epoch}: writes to the range paused {pause * 1000:.0f} ms")
+            crash_point("move_after_own")
+            self._switch_map()
+            return
+        raise MoveFailed("the switch gave up three times (see the move's detail); writes run on the source")
+
+    def _fence(self) -> str:
+        """Fence the range on the source: waits for its writes in flight, refuses any later one."""
+        epoch, first, last = self.move.epoch, self.move.first, self.move.last
+        with _connect(self.source) as src:
+            for _ in range(20):
+                try:
+                    with src.transaction():
+                        src.execute("SET LOCAL lock_timeout = '500ms'")
+                        src.execute(
+                            "SELECT pg_advisory_xact_lock(%s, b) FROM generate_series(%s::int, %s::int) b ORDER BY b",
+                            [FENCE_LOCK_CLASS, first, last],
+                        )
+                        src.execute(
+                            "UPDATE sharding_bucket_owner SET state = 'fenced', epoch = %s, changed_at = now()"
+                            " WHERE bucket BETWEEN %s AND %s AND state = 'owned'",
+                            [epoch, first, last],
+                        )
+                        self._marker(src, "fence")
+                    break
+                except psycopg.errors.LockNotAvailable:
+                    continue  # writes kept the locks: let them through, try again
+            else:
+                raise MoveFailed("could not fence the range: its locks stayed busy")
+            lsn = str(_value(src, "SELECT pg_current_wal_lsn()::text"))
+        self.move.detail["fence_lsn"] = lsn
+        return lsn
+
+    def _marker(self, conn: psycopg.Connection[Any], kind: str) -> None:
+        m = self.move
+        conn.execute(
+            "INSERT INTO sharding_move_marker (move_id, kind, first_bucket, last_bucket, source, target, epoch)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            [m.id, kind, m.first, m.last, m.source, m.target, m.epoch],
+        )
+
+    def _wait_applied(self, fence_lsn: str, deadline: float) -> None:
+        with _connect(self.source) as src:
+            while True:
+                row = src.execute(
+                    "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots WHERE slot_name = %s",
+                    [fence_lsn, self.move.name],
+                ).fetchone()
+                if row is None:
+                    raise MoveFailed(f"replication slot {self.move.name} is gone")
+                if row[0]:
+                    break
+                if time.monotonic() > deadline:
+                    raise MoveFailed(f"the target did not reach the fence's WAL position {fence_lsn} in time")
+                time.sleep(0.01)
+        while True:
+            found = self._compare()
+            if not found:
+                return
+            if time.monotonic() > deadline:
+                raise MoveFailed("source and target differ with the range fenced: " + "; ".join(found[:3]))
+            time.sleep(0.05)
+
+    def _take_over(self) -> None:
+        with _connect(self.target) as dst, dst.transaction():
+            dst.execute(
+                "INSERT INTO sharding_bucket_owner (bucket, state, epoch)"
+                " SELECT b, 'owned', %s FROM generate_series(%s::int, %s::int) b"
+                " ON CONFLICT (bucket) DO UPDATE SET state = 'owned', epoch = EXCLUDED.epoch, changed_at = now()",
+                [self.move.epoch, self.move.first, self.move.last],
+            )
+            self._marker(dst, "own")
+
+    def _unfence(self) -> None:
+        with _connect(self.source) as src, src.transaction():
+            cur = src.execute(
+                "UPDATE sharding_bucket_owner SET state = 'owned', changed_at = now()"
+                " WHERE bucket BETWEEN %s AND %s AND state = 'fenced' AND epoch = %s",
+                [self.move.first, self.move.last, self.move.epoch],
+            )
+            if cur.rowcount:
+                self._marker(src, "unfence")
+
+    def _switch_map(self) -> None:
+        """The control database's map follows: the range is the target's at the move's epoch."""
+        with transaction.atomic(using="default"), connections["default"].cursor() as cursor:
+            cursor.execute(
+                "UPDATE sharding_bucket_assignment SET alias = %s WHERE bucket BETWEEN %s AND %s",
+                [self.move.target, self.move.first, self.move.last],
+            )
+            cursor.execute(
+                "UPDATE sharding_map_state SET epoch = GREATEST(epoch, %s), changed_at = now() WHERE id = 1",
+                [self.move.epoch],
+            )
+            self.move.phase = "cleaning"
+            self.move.detail["switched_at"] = time.time()
+            moves.move_save(self.move)
+        refresh_shard_map()
+        self._drop_replication()
+        for hook in after_switch_hooks:
+            try:
+                hook(self.move)
+            except Exception:  # a hook is a speed-up (the sweeper covers it): never fail the move
+                log.exception("after-switch hook failed")
+
+    def _drop_replication(self) -> None:
+        name = self.move.name
+        with _connect(self.target) as dst:
+            if dst.execute("SELECT 1 FROM pg_subscription WHERE subname = %s", [name]).fetchone():
+                dst.execute(f"ALTER SUBSCRIPTION {name} DISABLE")
+                dst.execute(f"ALTER SUBSCRIPTION {name} SET (slot_name = NONE)")
+                dst.execute(f"DROP SUBSCRIPTION {name}")
+        with _connect(self.source) as src:
+            for _ in range(50):
+                row = src.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", [name]).fetchone()
+                if row is None:
+                    break
+                if not row[0]:
+                    src.execute("SELECT pg_drop_replication_slot(%s)", [name])
+                    break
+                time.sleep(0.1)  # the disabled subscription's sender is still exiting
+            src.execute(f"DROP PUBLICATION IF EXISTS {name}")
+
+    # -- cleaning up ---------------------------------------------------------------------
+
+    def clean_up(self) -> None:
+        self._drop_replication()
+        owners = shard_map()
+        if any(owners.alias_for_bucket(b) != self.move.target for b in (self.move.first, self.move.last)):
+            raise MoveFailed("the map does not give the range to the target: nothing is deleted")
+        switched_at = float(self.move.detail.get("switched_at", 0))
+        wait = switched_at + self.cleanup_delay - time.time()
+        if wait > 0:
+            time.sleep(wait)  # every process has re-read the map before its old rows go
+        with _connect(self.source) as src:
+            states = self._owner_states(self.source)
+            if any(not key.startswith("fenced:") for key in states):
+                raise MoveFailed(f"the source still serves part of the range ({states}): nothing is deleted")
+            self.move.detail["rows_cleaned"] = self._delete_range(src, "source")
+
+    def _delete_range(self, conn: psycopg.Connection[Any], side: str) -> int:
+        """Delete the range's rows in small transactions, unseen by the audit stream."""
+        conn.execute(f"SET {MOVER_SETTING} = 'on'")
+        conn.execute(
+            "SELECT pg_replication_origin_create(%s) WHERE NOT EXISTS"
+            " (SELECT 1 FROM pg_replication_origin WHERE roname = %s)",
+            [MOVER_ORIGIN, MOVER_ORIGIN],
+        )
+        if not _value(conn, "SELECT pg_replication_origin_session_is_setup()"):
+            conn.execute("SELECT pg_replication_origin_session_setup(%s)", [MOVER_ORIGIN])
+        total = 0
+        for table in reversed(list(BUCKET_COLUMNS)):
+            where = range_filter_sql(table, self.move.first, self.move.last)
+            while True:
+                deleted = conn.execute(
+                    f"DELETE FROM {table} WHERE ctid = ANY (ARRAY(SELECT ctid FROM {table} WHERE {where}"  # noqa: S608
+                    f" LIMIT %s))",
+                    [self.cleanup_batch],
+                ).rowcount
+                total += deleted
+                if deleted:
+                    crash_point(f"move_cleaning_{side}")
+                if deleted < self.cleanup_batch:
+                    break
+        conn.execute("SELECT pg_replication_origin_session_reset()")
+        conn.execute(f"RESET {MOVER_SETTING}")
+        return total
+
+    def _range_rows(self, server: DatabaseServer) -> int:
+        with _connect(server) as conn:
+            where = {t: range_filter_sql(t, self.move.first, self.move.last) for t in BUCKET_COLUMNS}
+            return sum(int(_value(conn, f"SELECT count(*) FROM {t} WHERE {where[t]}")) for t in BUCKET_COLUMNS)  # noqa: S608
+
+    # -- aborting ------------------------------------------------------------------------
+
+    def abort(self) -> Move:
+        if self.move.state != ACTIVE:
+            raise MoveConflict(f"move {self.move.id} is {self.move.state}")
+        size = self.move.last - self.move.first + 1
+        if self.move.epoch is not None and self._owner_states(self.target) == {f"owned:{self.move.epoch}": size}:
+            raise MoveConflict(f"move {self.move.id} has switched: run it to the end (or move the range back)")
+        if self.move.epoch is not None:
+            self._unfence()
+        self._drop_replication()
+        with _connect(self.target) as dst:
+            removed = self._delete_range(dst, "target")
+        self.move.state = ABORTED
+        self.move.detail["rows_removed_from_target"] = removed
+        self._save()
+        return self.move

@@ -1,0 +1,236 @@
+"""Moving bucket ranges between real shards, with real workers, while transfers run."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.test import override_settings
+
+from apps.ledger.services import wallet_fund
+from apps.sharding import moves
+from apps.sharding.fence import is_fence_refusal
+from apps.sharding.mapstore import live_map
+from apps.sharding.mover import Mover, plan_move
+from apps.sharding.routing import alias_for_id, refresh_shard_map, shard_map
+from apps.transfers.checks import check_ledger
+from apps.transfers.saga import transfer_advance
+from tests.factories import ALL_DATABASES, api_for, make_client, raw_query
+from tests.factories import wallet_balance as balance
+from tests.sharding.moving import (
+    move,
+    owner_states,
+    range_rows,
+    restore_file_layout,
+    run_mover_process,
+    wallet_in_bucket,
+)
+from tests.workers import Worker, wait_terminal
+
+pytestmark = [pytest.mark.django_db(transaction=True, databases=ALL_DATABASES), pytest.mark.slow]
+
+
+@pytest.fixture(autouse=True)
+def file_layout_afterwards(devstack: Any) -> Iterator[None]:
+    yield
+    restore_file_layout()
+    live_map.forget()
+
+
+def _raw_on(alias: str, sql: str, params: Any = None) -> None:
+    raw_query(alias, sql, params)
+
+
+def test_a_shard_refuses_a_write_for_a_bucket_it_does_not_serve() -> None:
+    owner, key = make_client()
+    wallet = wallet_in_bucket(owner, 5, funded=100)
+    _raw_on("shard_00", "UPDATE sharding_bucket_owner SET state = 'fenced' WHERE bucket = 5")
+    try:
+        with pytest.raises(Exception) as refused:  # noqa: PT011 - what matters is its SQLSTATE
+            wallet_fund(wallet_id=wallet.id, amount_minor=1, reference="r1")
+        assert is_fence_refusal(refused.value)
+        with override_settings(SHARD_MOVE_WAIT_SECONDS=0.3):
+            response = api_for(key).post(
+                f"/v1/wallets/{wallet.id}/deposits", {"amount_minor": 1}, format="json", HTTP_IDEMPOTENCY_KEY="k1"
+            )
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "shard_moving"
+        assert response["Retry-After"] == "1"
+    finally:
+        _raw_on("shard_00", "UPDATE sharding_bucket_owner SET state = 'owned' WHERE bucket = 5")
+    assert balance(wallet.id) == 100  # nothing was written
+    # The same key then completes.
+    response = api_for(key).post(
+        f"/v1/wallets/{wallet.id}/deposits", {"amount_minor": 1}, format="json", HTTP_IDEMPOTENCY_KEY="k1"
+    )
+    assert response.status_code == 201
+    assert balance(wallet.id) == 101
+
+
+def test_a_move_copies_everything_switches_the_map_and_cleans_the_source() -> None:
+    owner, key = make_client()
+    inside = [wallet_in_bucket(owner, b, funded=1000) for b in (1, 30, 63)]
+    outside = wallet_in_bucket(owner, 700, funded=1000)
+    api = api_for(key)
+    statuses = []
+    for payer, payee in [(inside[0], inside[1]), (inside[2], outside), (outside, inside[0])]:
+        r = api.post(
+            "/v1/transfers",
+            {"from": str(payer.id), "to": str(payee.id), "amount_minor": 10, "currency": "USD"},
+            format="json", HTTP_IDEMPOTENCY_KEY=str(uuid.uuid4()),
+        )  # fmt: skip
+        statuses.append((uuid.UUID(r.json()["id"]), r.json()["status"]))
+    # No worker runs: the cross-shard ones wait in `debited`, one paid from the range, one into it.
+    assert [status for _, status in statuses] == ["completed", "debited", "debited"]
+    before = range_rows("shard_00", 0, 63)
+    epoch_before = refresh_shard_map().epoch
+
+    done = move(0, 63, "shard_01")
+
+    assert done.state == "done"
+    current = refresh_shard_map()
+    assert current.epoch == done.epoch > epoch_before
+    assert all(current.alias_for_bucket(b) == "shard_01" for b in range(64))
+    assert current.alias_for_bucket(64) == "shard_00"
+    assert range_rows("shard_01", 0, 63) == before
+    assert sum(range_rows("shard_00", 0, 63).values()) == 0
+    assert owner_states("shard_00", 0, 63) == {"fenced"}
+    assert owner_states("shard_01", 0, 63) == {"owned"}
+    assert check_ledger().violations == []
+    # The sagas in flight finish on the new owners, exactly once.
+    for transfer_id, _ in statuses[1:]:
+        assert transfer_advance(transfer_id).status == "completed"
+        assert transfer_advance(transfer_id).status == "completed"
+    assert [balance(w.id) for w in [*inside, outside]] == [1000, 1010, 990, 1000]
+    assert check_ledger().violations == []
+    # The moved wallets work on their new shard, through the API.
+    r = api.post(
+        f"/v1/wallets/{inside[0].id}/deposits", {"amount_minor": 5}, format="json", HTTP_IDEMPOTENCY_KEY="after"
+    )
+    assert r.status_code == 201, r.json()
+    assert alias_for_id(inside[0].id) == "shard_01"
+    assert balance(inside[0].id) == 1005
+
+
+def test_a_process_with_a_stale_map_is_refused_and_lands_on_the_new_owner() -> None:
+    owner, key = make_client()
+    wallet = wallet_in_bucket(owner, 12, funded=100)
+    stale = shard_map()
+    move(0, 63, "shard_01", stop_after="switching")
+    # This process forgets the move: its copy still says shard_00 owns bucket 12, whose frozen
+    # copy is still there (the clean-up has not run).
+    live_map._map = stale
+    live_map._checked_at = time.monotonic() + 3600
+    assert alias_for_id(wallet.id) == "shard_00"
+    r = api_for(key).post(
+        f"/v1/wallets/{wallet.id}/deposits", {"amount_minor": 7}, format="json", HTTP_IDEMPOTENCY_KEY="stale"
+    )
+    assert r.status_code == 201, r.json()
+    assert alias_for_id(wallet.id) == "shard_01"  # the refusal made it re-read the map
+    assert raw_query("shard_01", "SELECT balance_minor FROM ledger_wallet WHERE id = %s", [wallet.id]) == [(107,)]
+    assert raw_query("shard_00", "SELECT balance_minor FROM ledger_wallet WHERE id = %s", [wallet.id]) == [(100,)]
+    Mover(moves.active_move(), cleanup_delay=0).run()
+    assert raw_query("shard_00", "SELECT count(*) FROM ledger_wallet WHERE id = %s", [wallet.id]) == [(0,)]
+    # After the clean-up, a stale copy of the map still finds the wallet (on its new shard).
+    live_map._map = stale
+    live_map._checked_at = time.monotonic() + 3600
+    r = api_for(key).get(f"/v1/wallets/{wallet.id}")
+    assert r.status_code == 200
+    assert r.json()["balance_minor"] == 107
+
+
+def test_an_aborted_move_changes_nothing() -> None:
+    owner, _key = make_client()
+    wallet = wallet_in_bucket(owner, 20, funded=500)
+    planned = plan_move(0, 63, "shard_01")
+    Mover(planned).run(stop_after="verifying")
+    assert range_rows("shard_01", 0, 63)["ledger_wallet"] >= 1  # copied
+    Mover(planned).abort()
+    assert moves.move_get(planned.id).state == "aborted"
+    assert sum(range_rows("shard_01", 0, 63).values()) == 0
+    assert refresh_shard_map().alias_for_bucket(20) == "shard_00"
+    assert owner_states("shard_00", 0, 63) == {"owned"}
+    wallet_fund(wallet_id=wallet.id, amount_minor=1, reference="after-abort")
+    assert balance(wallet.id) == 501
+    assert raw_query("shard_00", "SELECT count(*) FROM pg_publication")[0][0] == 0
+    assert raw_query("shard_01", "SELECT count(*) FROM pg_subscription")[0][0] == 0
+
+
+@pytest.mark.parametrize("crash_point", ["move_copying", "move_after_fence", "move_after_own", "move_cleaning_source"])
+def test_a_mover_killed_in_a_phase_resumes_to_the_same_result(crash_point: str, tmp_path: Any) -> None:
+    owner, _key = make_client()
+    wallets = [wallet_in_bucket(owner, b, funded=300) for b in (2, 40)]
+    before = range_rows("shard_00", 0, 63)
+    marker = tmp_path / "crash"
+    marker.touch()
+    killed = run_mover_process(
+        "0", "63", "--to", "shard_01", "--cleanup-delay", "0.5", crash_at=f"{crash_point}:{marker}"
+    )
+    assert killed.returncode != 0, killed.stdout + killed.stderr
+    assert not marker.exists()
+    resumed = run_mover_process("--resume")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert refresh_shard_map().alias_for_bucket(2) == "shard_01"
+    assert range_rows("shard_01", 0, 63) == before
+    assert sum(range_rows("shard_00", 0, 63).values()) == 0
+    assert [balance(w.id) for w in wallets] == [300, 300]
+    assert check_ledger().violations == []
+
+
+def test_a_range_moves_while_transfers_run_into_out_of_and_within_it(workers: list[Worker]) -> None:
+    workers.append(Worker())
+    owner, key = make_client()
+    inside = [wallet_in_bucket(owner, b, funded=50_000) for b in (0, 9, 33, 63)]
+    outside = [wallet_in_bucket(owner, b, funded=50_000) for b in (100, 400, 600, 1000)]
+    wallets = inside + outside
+    total = sum(balance(w.id) for w in wallets)
+    stop = threading.Event()
+    statuses: list[int] = []
+    transfer_ids: list[uuid.UUID] = []
+    lock = threading.Lock()
+
+    def traffic(seed: int) -> None:
+        rng = random.Random(seed)
+        api = api_for(key)
+        while not stop.is_set():
+            pairs = [rng.sample(wallets, 2) for _ in range(rng.choice([1, 1, 3]))]
+            bodies = [
+                {"from": str(a.id), "to": str(b.id), "amount_minor": rng.randint(1, 50), "currency": "USD"}
+                for a, b in pairs
+            ]
+            if len(bodies) == 1:
+                r = api.post("/v1/transfers", bodies[0], format="json", HTTP_IDEMPOTENCY_KEY=str(uuid.uuid4()))
+                found = [r.json()] if r.status_code in (201, 202) else []
+            else:
+                items = [{**b, "idempotency_key": str(uuid.uuid4())} for b in bodies]
+                r = api.post("/v1/transfers/batch", {"transfers": items}, format="json")
+                found = [x["transfer"] for x in r.json()["results"] if x["transfer"]] if r.status_code == 200 else []
+            with lock:
+                statuses.append(r.status_code)
+                transfer_ids.extend(uuid.UUID(t["id"]) for t in found)
+
+    assert api_for(key).get("/v1/wallets").status_code == 200  # loads the schema checker once, before the threads
+    threads = [threading.Thread(target=traffic, args=(seed,)) for seed in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.5)
+        done = move(0, 63, "shard_01")
+        time.sleep(1.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert done.state == "done"
+    assert statuses
+    assert set(statuses) <= {200, 201, 202}, sorted(set(statuses))
+    states = wait_terminal(transfer_ids, timeout=60)
+    assert len(states) == len(transfer_ids) > 20
+    assert sum(balance(w.id) for w in wallets) == total
+    assert check_ledger().violations == []
+    assert sum(range_rows("shard_00", 0, 63).values()) == 0
