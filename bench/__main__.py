@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 import time
@@ -33,7 +34,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--ceiling-seconds", type=int, default=8)
     parser.add_argument("--ceiling-clients", default="4,8,16", help="total pgbench clients to try")
     parser.add_argument("--skip-open-loop", action="store_true", help="skip the latency phase at half rate")
-    parser.add_argument("--phases", default="single,batch", help="closed-loop phases to run: single,batch")
+    parser.add_argument(
+        "--phases", default="single,batch", help="closed-loop phases to run: single,batch,move (single requests while"
+        " a quarter of the buckets moves to a shard added for it)"
+    )  # fmt: skip
+    parser.add_argument("--move-seconds", type=float, default=45, help="duration of the move phase")
     parser.add_argument("--no-cdc", action="store_true", help="do not run the audit CDC reader during the load")
     return parser.parse_args(argv)
 
@@ -216,6 +221,11 @@ def main(argv: list[str]) -> int:
             plans.append(("batch", {"concurrency": args.batch_concurrency, "batch_size": args.batch_size}))
         for name, kw in plans:
             results.append(run_measured_phase(args, key, wallets, name, kw, report))
+        move_summary = None
+        if "move" in phases:
+            move_summary = run_move_scenario(args, key, wallets, report)
+            if move_summary is None:
+                return 1
         single = next((r for r in results if r.name == "single"), None)
         if single is not None and not args.skip_open_loop:
             rate = max(single.completed_per_second / 2, 1)
@@ -240,6 +250,7 @@ def main(argv: list[str]) -> int:
                 "by_clients": ceil.by_clients,
             },
             "ledger_ok": True,
+            "move": move_summary,
             "cdc": cdc,
             "duration_seconds": time.time() - started,
         }
@@ -254,6 +265,8 @@ def main(argv: list[str]) -> int:
                 print(f"{r.name}: failed {r.failed_by_reason} rejected {r.rejected}")
         for r in results:
             print(f"RATIO {r.name}: {r.completed_per_second / ceil.transfers_per_second:.2f}")
+        if move_summary is not None:
+            print("MOVE:", json.dumps(move_summary, indent=1))
         if cdc is not None:
             print(
                 f"CDC: lag at the end of the load {cdc['lag_at_end']} (bytes, seconds per shard); "
@@ -265,6 +278,34 @@ def main(argv: list[str]) -> int:
         services.stop()
         connections.close_all()
         devstack.down(purge=True)
+
+
+def run_move_scenario(args: argparse.Namespace, key: str, wallets: list[str], report: Any) -> dict[str, Any] | None:
+    from apps.sharding import moves
+    from bench import move
+
+    target = f"shard_{args.shards:02d}"
+    print(f"move: single requests for {args.move_seconds:.0f}s; buckets 0..255 move to {target}, added", flush=True)
+    phase_args = argparse.Namespace(**{**vars(args), "seconds": args.move_seconds})
+    load, run = move.run_move_phase(
+        run_phase, phase_args, key, wallets, host="127.0.0.1", port=stack.BASE_PORT + 1 + args.shards, target=target
+    )
+    if run.returncode != 0:
+        print(run.output)
+        print("  the move failed", flush=True)
+        return None
+    wait_until_terminal(load.started)
+    detail = moves.moves_recent(1)[0].detail
+    summary = move.summarize(load, run, detail)
+    print(
+        f"  moved {summary['rows_copied']} rows in {summary['move_seconds']} s; writes paused"
+        f" {summary['pause_ms_reported_by_mover']} ms; touched requests added p99"
+        f" {summary['touched_added_latency_ms']['p99']} ms, max {summary['touched_added_latency_ms']['max']} ms;"
+        f" failed {summary['failed_requests_during_move']}; untouched dip (worst second)"
+        f" {summary['untouched_dip_worst_second']}",
+        flush=True,
+    )
+    return summary
 
 
 def run_measured_phase(args: argparse.Namespace, key: str, wallets: list[str], name: str, kw: dict, report: Any) -> Any:

@@ -21,6 +21,7 @@ class Sent:
     http_seconds: float
     http_status: int
     error_code: str | None = None
+    wallets: tuple[str, ...] = ()  # payer and payee of a single request
 
 
 @dataclass
@@ -75,10 +76,12 @@ class Client:
             payload = await response.json()
         elapsed = time.perf_counter() - started
         phase.requests += 1
+        pair = (str(body["from"]), str(body["to"]))
         if response.status in (201, 202):
-            phase.sent.append(Sent(payload["id"], submitted, elapsed, response.status))
+            phase.sent.append(Sent(payload["id"], submitted, elapsed, response.status, wallets=pair))
         else:
-            phase.sent.append(Sent(None, submitted, elapsed, response.status, payload.get("error", {}).get("code")))
+            code = payload.get("error", {}).get("code")
+            phase.sent.append(Sent(None, submitted, elapsed, response.status, code, wallets=pair))
 
     async def batch(self, workload: Workload, phase: PhaseLoad, size: int) -> None:
         items = [{**workload.body(), "idempotency_key": str(uuid.uuid4())} for _ in range(size)]

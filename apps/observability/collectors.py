@@ -9,7 +9,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from apps.observability.cdc import cdc_lag
-from apps.sharding.routing import shard_aliases
+from apps.sharding.moves import move_overview
+from apps.sharding.routing import shard_aliases, shard_map
 
 # One scan per shard. Fine at this size; at production size keep per-status counters in a table.
 _TRANSFERS_SQL = """
@@ -46,7 +47,29 @@ class ShardCollector(Collector):
         yield up
         yield transfers
         yield parked
+        yield from self._moves()
         yield from self._cdc()
+
+    def _moves(self) -> Iterator[GaugeMetricFamily]:
+        epoch = GaugeMetricFamily("shardwallet_shard_map_epoch", "Version of the shard map this process routes by.")
+        epoch.add_metric([], shard_map().epoch)
+        yield epoch
+        active = GaugeMetricFamily(
+            "shardwallet_bucket_move_active", "1 for the move in progress, by phase.", labels=["move", "phase"]
+        )
+        lag = GaugeMetricFamily(
+            "shardwallet_bucket_move_lag_bytes", "WAL the move's target has yet to apply.", labels=["move"]
+        )
+        try:
+            views = [v for v in move_overview(limit=3) if v.move.state == "active"]
+        except DatabaseError:
+            views = []
+        for view in views:
+            active.add_metric([str(view.move.id), view.move.phase], 1)
+            if view.lag_bytes is not None:
+                lag.add_metric([str(view.move.id)], view.lag_bytes)
+        yield active
+        yield lag
 
     def _cdc(self) -> Iterator[GaugeMetricFamily]:
         lags = cdc_lag()

@@ -15,6 +15,8 @@ from django.utils.http import urlencode
 from apps.observability.cdc import cdc_lag
 from apps.operators.selectors import shard_overview, stuck_transfer_list
 from apps.sharding.admin import money_html
+from apps.sharding.moves import move_overview
+from apps.sharding.routing import shard_map
 
 
 def _older_than(request: HttpRequest) -> int:
@@ -55,6 +57,8 @@ def operations(request: HttpRequest) -> HttpResponse:
         "rows": rows,
         "unreachable": stuck.unreachable,
         "shards": shard_overview(),
+        "map_epoch": shard_map().epoch,
+        "moves": move_overview(),
         "cdc_lag": cdc_lag(),
     }
     return TemplateResponse(request, "admin/operators/operations.html", context)

@@ -252,6 +252,7 @@ class Mover:
             if lag is None or lag > self.lag_gate_bytes:
                 self.catch_up()
             started = time.monotonic()
+            self.move.detail["switch_started_at"] = time.time()
             fence_lsn = self._fence()
             crash_point("move_after_fence")
             try:

@@ -111,3 +111,31 @@ def buckets_ever_moved() -> set[int]:
             "SELECT DISTINCT b FROM sharding_move, generate_series(first_bucket, last_bucket) b WHERE state = 'done'"
         )
         return {row[0] for row in cursor.fetchall()}
+
+
+@dataclass(frozen=True)
+class MoveView:
+    """A move as the operations page and /metrics show it."""
+
+    move: Move
+    lag_bytes: int | None  # replication lag while it copies or catches up
+
+    @property
+    def pause_ms(self) -> int | None:
+        pause = self.move.detail.get("pause_seconds")
+        return None if pause is None else round(pause * 1000)
+
+
+def move_overview(limit: int = 10) -> list[MoveView]:
+    from apps.sharding.mover import Mover  # the mover reads shards; this module only the control database
+
+    views = []
+    for move in moves_recent(limit):
+        lag = None
+        if move.state == ACTIVE and move.phase in ("copying", "catching_up", "verifying", "switching"):
+            try:
+                lag = Mover(move).lag_bytes()
+            except Exception:  # a shard down: the page still shows the move
+                lag = None
+        views.append(MoveView(move, lag))
+    return views

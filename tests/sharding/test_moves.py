@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import shutil
 import threading
 import time
 import uuid
@@ -10,6 +11,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from django.conf import settings
+from django.core.management import call_command
+from django.db import connections
 from django.test import override_settings
 
 from apps.ledger.services import wallet_fund
@@ -234,3 +238,62 @@ def test_a_range_moves_while_transfers_run_into_out_of_and_within_it(workers: li
     assert sum(balance(w.id) for w in wallets) == total
     assert check_ledger().violations == []
     assert sum(range_rows("shard_00", 0, 63).values()) == 0
+
+
+@pytest.fixture
+def added_shard(devstack: Any) -> Iterator[str]:
+    """shard_02, added to the test stack's map by `shard_add`, removed (and stopped) afterwards."""
+    alias, port = "shard_02", settings.SHARD_MAP.control.port + 3
+    call_command("shard_add", alias, "--host", "127.0.0.1", "--port", str(port), "--name", "shardwallet")
+    yield alias
+    restore_file_layout()
+    server = shard_map().shards[alias]
+    raw_query("default", "DELETE FROM sharding_server WHERE alias = %s", [alias])
+    raw_query("default", "UPDATE sharding_map_state SET epoch = epoch + 1")
+    refresh_shard_map()
+    connections[alias].close()
+    cluster = devstack.cluster(server)
+    cluster.stop()
+    shutil.rmtree(cluster.data_dir, ignore_errors=True)
+
+
+def test_a_range_moves_to_a_new_shard_and_back(added_shard: str) -> None:
+    assert added_shard in shard_map().aliases
+    assert shard_map().buckets_of(added_shard) == []
+    assert raw_query(added_shard, "SELECT alias FROM sharding_shard_identity") == [(added_shard,)]
+    owner, key = make_client()
+    wallets = [wallet_in_bucket(owner, b, funded=700) for b in (0, 31)]
+    r = api_for(key).post(
+        "/v1/transfers?wait=5",
+        {"from": str(wallets[0].id), "to": str(wallets[1].id), "amount_minor": 200, "currency": "USD"},
+        format="json", HTTP_IDEMPOTENCY_KEY="before",
+    )  # fmt: skip
+    assert r.json()["status"] == "completed"
+    before = range_rows("shard_00", 0, 31)
+
+    move(0, 31, added_shard)
+    assert range_rows(added_shard, 0, 31) == before
+    assert alias_for_id(wallets[0].id) == added_shard
+    # Its own serial ids: rows written there do not collide with the copied ones.
+    r = api_for(key).post(
+        "/v1/transfers?wait=5",
+        {"from": str(wallets[1].id), "to": str(wallets[0].id), "amount_minor": 50, "currency": "USD"},
+        format="json", HTTP_IDEMPOTENCY_KEY="on-the-new-shard",
+    )  # fmt: skip
+    assert r.json()["status"] == "completed"
+    [(event_floor,)] = raw_query(added_shard, "SELECT max(id) >> 48 FROM transfers_event")
+    assert event_floor == 2
+
+    move(0, 31, "shard_00")
+    assert alias_for_id(wallets[0].id) == "shard_00"
+    assert sum(range_rows(added_shard, 0, 31).values()) == 0
+    assert [balance(w.id) for w in wallets] == [550, 850]
+    assert check_ledger().violations == []
+    # The first answer is still replayed from wherever the key now lives.
+    r = api_for(key).post(
+        "/v1/transfers?wait=5",
+        {"from": str(wallets[0].id), "to": str(wallets[1].id), "amount_minor": 200, "currency": "USD"},
+        format="json", HTTP_IDEMPOTENCY_KEY="before",
+    )  # fmt: skip
+    assert r["Idempotent-Replayed"] == "true"
+    assert [balance(w.id) for w in wallets] == [550, 850]

@@ -6,21 +6,19 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from apps.sharding import moves
 from apps.sharding.mover import MoveFailed, Mover, plan_move
-from apps.sharding.moves import ACTIVE, MoveConflict
+from apps.sharding.moves import MoveConflict
 
 
 def status_lines(limit: int = 10) -> list[str]:
     lines = []
-    for move in moves.moves_recent(limit):
-        detail = move.detail
-        extra = []
-        if move.state == ACTIVE and move.phase in ("copying", "catching_up", "verifying", "switching"):
-            lag = Mover(move).lag_bytes()
-            extra.append(f"lag {lag} bytes" if lag is not None else "no replication yet")
-        if "pause_seconds" in detail:
-            extra.append(f"writes paused {detail['pause_seconds'] * 1000:.0f} ms")
-        if "rows_copied" in detail:
-            extra.append(f"{detail['rows_copied']} rows copied")
+    for view in moves.move_overview(limit):
+        move, extra = view.move, []
+        if view.lag_bytes is not None:
+            extra.append(f"lag {view.lag_bytes} bytes")
+        if view.pause_ms is not None:
+            extra.append(f"writes paused {view.pause_ms} ms")
+        if "rows_copied" in move.detail:
+            extra.append(f"{move.detail['rows_copied']} rows copied")
         if move.error:
             extra.append(f"error: {move.error}")
         lines.append(
