@@ -450,8 +450,15 @@ class Mover:
         if self.move.epoch is not None:
             self._unfence()
         self._drop_replication()
+        removed = 0
         with _connect(self.target) as dst:
-            removed = self._delete_range(dst, "target")
+            for _ in range(10):  # until nothing is left: a table-sync worker may still be exiting
+                removed += self._delete_range(dst, "target")
+                if not self._range_rows(self.target):
+                    break
+                time.sleep(0.2)
+            else:
+                raise MoveFailed(f"rows of the range keep appearing on {self.move.target}")
         self.move.state = ABORTED
         self.move.detail["rows_removed_from_target"] = removed
         self._save()

@@ -9,11 +9,13 @@ import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
+from unittest import mock
 
 import pytest
 from django.conf import settings
 from django.core.management import call_command
 from django.db import connections
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.test import override_settings
 
 from apps.ledger.services import wallet_fund
@@ -156,7 +158,7 @@ def test_an_aborted_move_changes_nothing() -> None:
     assert range_rows("shard_01", 0, 63)["ledger_wallet"] >= 1  # copied
     Mover(planned).abort()
     assert moves.move_get(planned.id).state == "aborted"
-    assert sum(range_rows("shard_01", 0, 63).values()) == 0
+    assert sum(range_rows("shard_01", 0, 63).values()) == 0, range_rows("shard_01", 0, 63)
     assert refresh_shard_map().alias_for_bucket(20) == "shard_00"
     assert owner_states("shard_00", 0, 63) == {"owned"}
     wallet_fund(wallet_id=wallet.id, amount_minor=1, reference="after-abort")
@@ -241,20 +243,28 @@ def test_a_range_moves_while_transfers_run_into_out_of_and_within_it(workers: li
 
 
 @pytest.fixture
-def added_shard(devstack: Any) -> Iterator[str]:
-    """shard_02, added to the test stack's map by `shard_add`, removed (and stopped) afterwards."""
+def added_shard(devstack: Any, django_db_blocker: Any) -> Iterator[str]:
+    """shard_02, added to the test stack's map by `shard_add`, removed (and stopped) afterwards.
+
+    The test case allows only the databases that existed when it started; the shard added
+    during the test is reached through Django's own connection handling, as in production.
+    """
     alias, port = "shard_02", settings.SHARD_MAP.control.port + 3
-    call_command("shard_add", alias, "--host", "127.0.0.1", "--port", str(port), "--name", "shardwallet")
-    yield alias
-    restore_file_layout()
-    server = shard_map().shards[alias]
-    raw_query("default", "DELETE FROM sharding_server WHERE alias = %s", [alias])
-    raw_query("default", "UPDATE sharding_map_state SET epoch = epoch + 1")
-    refresh_shard_map()
-    connections[alias].close()
-    cluster = devstack.cluster(server)
-    cluster.stop()
-    shutil.rmtree(cluster.data_dir, ignore_errors=True)
+    real_ensure_connection = django_db_blocker._real_ensure_connection
+    with mock.patch.object(BaseDatabaseWrapper, "ensure_connection", real_ensure_connection):
+        call_command("shard_add", alias, "--host", "127.0.0.1", "--port", str(port), "--name", "shardwallet")
+        yield alias
+        restore_file_layout()
+    cluster = devstack.cluster(shard_map().shards[alias])
+    try:
+        raw_query("default", "DELETE FROM sharding_move WHERE %s IN (source, target)", [alias])
+        raw_query("default", "DELETE FROM sharding_server WHERE alias = %s", [alias])
+        raw_query("default", "UPDATE sharding_map_state SET epoch = epoch + 1")
+        refresh_shard_map()
+        connections[alias].close()
+    finally:
+        cluster.stop()
+        shutil.rmtree(cluster.data_dir, ignore_errors=True)
 
 
 def test_a_range_moves_to_a_new_shard_and_back(added_shard: str) -> None:
