@@ -151,20 +151,33 @@ def test_a_process_with_a_stale_map_is_refused_and_lands_on_the_new_owner() -> N
 
 
 def test_an_aborted_move_changes_nothing() -> None:
-    owner, _key = make_client()
+    owner, key = make_client()
     wallet = wallet_in_bucket(owner, 20, funded=500)
     planned = plan_move(0, 63, "shard_01")
     Mover(planned).run(stop_after="verifying")
     assert range_rows("shard_01", 0, 63)["ledger_wallet"] >= 1  # copied
+    # While the range is published, every kind of write to it works on the source, the
+    # updates of idempotency records and movement keys included (they need a full replica identity).
+    other = wallet_in_bucket(owner, 21)
+    r = api_for(key).post(
+        "/v1/transfers?wait=0.5",
+        {"from": str(wallet.id), "to": str(other.id), "amount_minor": 1, "currency": "USD"},
+        format="json", HTTP_IDEMPOTENCY_KEY="during-copy",
+    )  # fmt: skip
+    assert r.status_code == 201, r.json()
+    raw_query("shard_00", "UPDATE ledger_movement_key SET created_at = created_at")
+    raw_query("shard_00", "UPDATE transfers_idempotency SET created_at = created_at")
     Mover(planned).abort()
     assert moves.move_get(planned.id).state == "aborted"
     assert sum(range_rows("shard_01", 0, 63).values()) == 0, range_rows("shard_01", 0, 63)
     assert refresh_shard_map().alias_for_bucket(20) == "shard_00"
     assert owner_states("shard_00", 0, 63) == {"owned"}
     wallet_fund(wallet_id=wallet.id, amount_minor=1, reference="after-abort")
-    assert balance(wallet.id) == 501
-    assert raw_query("shard_00", "SELECT count(*) FROM pg_publication")[0][0] == 0
-    assert raw_query("shard_01", "SELECT count(*) FROM pg_subscription")[0][0] == 0
+    assert balance(wallet.id) == 500
+    move_objects = "SELECT count(*) FROM {} WHERE {} LIKE 'shardwallet_move_%%'"
+    assert raw_query("shard_00", move_objects.format("pg_publication", "pubname"))[0][0] == 0
+    assert raw_query("shard_00", move_objects.format("pg_replication_slots", "slot_name"))[0][0] == 0
+    assert raw_query("shard_01", move_objects.format("pg_subscription", "subname"))[0][0] == 0
 
 
 @pytest.mark.parametrize("crash_point", ["move_copying", "move_after_fence", "move_after_own", "move_cleaning_source"])
@@ -262,6 +275,10 @@ def added_shard(devstack: Any, django_db_blocker: Any) -> Iterator[str]:
         raw_query("default", "UPDATE sharding_map_state SET epoch = epoch + 1")
         refresh_shard_map()
         connections[alias].close()
+        # Forget the alias in this process too: later test cases list every database they may use.
+        del connections[alias]
+        del connections.settings[alias]
+        del settings.DATABASES[alias]
     finally:
         cluster.stop()
         shutil.rmtree(cluster.data_dir, ignore_errors=True)
@@ -307,3 +324,30 @@ def test_a_range_moves_to_a_new_shard_and_back(added_shard: str) -> None:
     )  # fmt: skip
     assert r["Idempotent-Replayed"] == "true"
     assert [balance(w.id) for w in wallets] == [550, 850]
+
+
+def test_operators_see_the_map_epoch_and_a_move_with_its_phase_in_the_page_and_metrics() -> None:
+    from django.test import Client
+
+    from tests.operators.helpers import logged_in, make_staff
+
+    owner, _key = make_client()
+    wallet_in_bucket(owner, 3, funded=10)
+    planned = plan_move(0, 63, "shard_01")
+    Mover(planned).run(stop_after="catching_up")  # in progress: replication running
+    page = logged_in(make_staff("mona", "viewers")).get("/admin/operations/")
+    html = page.content.decode()
+    assert f"epoch {refresh_shard_map().epoch}" in html
+    [view] = [v for v in page.context["moves"] if v.move.id == planned.id]
+    assert (view.move.state, view.move.phase) == ("active", "verifying")
+    assert view.lag_bytes is not None
+    metrics = Client().get("/metrics").content.decode()
+    assert f'shardwallet_bucket_move_active{{move="{planned.id}",phase="verifying"}} 1.0' in metrics
+    assert f'shardwallet_bucket_move_lag_bytes{{move="{planned.id}"}}' in metrics
+
+    done = Mover(moves.active_move(), cleanup_delay=0).run()
+    metrics = Client().get("/metrics").content.decode()
+    assert f"shardwallet_shard_map_epoch {float(done.epoch)}" in metrics
+    assert "shardwallet_bucket_move_active{" not in metrics
+    html = logged_in(make_staff("nina", "viewers")).get("/admin/operations/").content.decode()
+    assert f'<tr class="move-done">\n      <td>{done.id}</td>' in html
