@@ -158,8 +158,16 @@ CLICKHOUSE_URL = os.environ.get("CLICKHOUSE_URL", "")
 AUDIT_HTTP_PORT = int(os.environ.get("SHARDWALLET_AUDIT_HTTP_PORT", "25123"))
 AUDIT_SLOT_NAME = os.environ.get("SHARDWALLET_AUDIT_SLOT", "shardwallet_audit")
 AUDIT_PUBLICATION = os.environ.get("SHARDWALLET_AUDIT_PUBLICATION", "shardwallet_audit")
-# The shard tables captured (transfers_idempotency is left out: replayable responses, not money).
-AUDIT_TABLES = ["ledger_wallet", "ledger_entry", "transfers_transfer", "transfers_event", "transfers_payee_credit"]
+# The shard tables captured (transfers_idempotency is left out: replayable responses, not money),
+# and the shard's journal of bucket moves (sharding_move_marker, into audit.move_journal).
+AUDIT_TABLES = [
+    "ledger_wallet",
+    "ledger_entry",
+    "transfers_transfer",
+    "transfers_event",
+    "transfers_payee_credit",
+    "sharding_move_marker",
+]
 AUDIT_BATCH_MAX_CHANGES = int(os.environ.get("SHARDWALLET_AUDIT_BATCH_MAX_CHANGES", "20000"))
 AUDIT_BATCH_MAX_SECONDS = float(os.environ.get("SHARDWALLET_AUDIT_BATCH_MAX_SECONDS", "0.2"))
 # /health shows the CDC process (and its lag) only where one is expected: `serve` sets this.

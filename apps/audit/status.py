@@ -36,6 +36,8 @@ class ShardStatus:
     last_commit_time: str | None = None
     transactions_written: int = 0
     changes_written: int = 0
+    move_markers: int = 0  # the shard's 'own' markers the reader knows
+    stream_epoch: int = 0  # of the last transaction written (apps.audit.epochs)
     reconnects: int = 0
     last_error: str = ""
     disconnected_since: float | None = field(default_factory=time.time)
