@@ -6,9 +6,11 @@ batch, and only after the sink's insert returned is the slot told (`flush_lsn`) 
 may forget it. A crash anywhere re-sends exactly the transactions not yet confirmed, and
 the idempotent sink collapses the ones written twice.
 
-Bucket moves: each transaction is stamped with the shard's stream epoch
-(apps.audit.epochs) so that a moved row's versions from its new shard outrank those from
-its old one.
+Bucket moves: a transaction that carries a replication origin (the subscription copying a
+range into its target, the mover's clean-up of the source) is no money moving, so none of
+its rows enter the store; its position is confirmed all the same. Each transaction is
+stamped with the shard's stream epoch (apps.audit.epochs) so that a moved row's versions
+from its new shard outrank those from its old one.
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ from psycopg.abc import Buffer
 from psycopg.adapt import Loader
 
 from apps.audit.epochs import MARKER_TABLE, StreamEpochs
-from apps.audit.pgoutput import Begin, Commit, Decoder, RowChange, Truncate, str_to_lsn
+from apps.audit.pgoutput import Begin, Commit, Decoder, Origin, RowChange, Truncate, str_to_lsn
 from apps.audit.sink import AuditSink, Change, Transaction
 from apps.audit.status import StatusBoard
+from apps.observability.metrics import CDC_ORIGIN_TRANSACTIONS_SKIPPED
 from apps.sharding.shardmap import DatabaseServer
 from apps.transfers.faults import crash_point
 
@@ -237,6 +240,7 @@ class ShardReader(threading.Thread):
     def _consume(self, cur: Any) -> None:
         decoder = Decoder()
         open_tx: Transaction | None = None
+        origin: str | None = None  # the open transaction's replication origin
         batch: list[Transaction] = []
         batch_changes = 0
         batch_since = 0.0
@@ -262,6 +266,9 @@ class ShardReader(threading.Thread):
             event = decoder.decode(message.payload)
             if isinstance(event, Begin):
                 open_tx = Transaction(self.shard, event.xid, event.final_lsn, 0, event.commit_time)
+                origin = None
+            elif isinstance(event, Origin):
+                origin = event.name
             elif isinstance(event, RowChange):
                 assert open_tx is not None, "row change outside a transaction"  # noqa: S101
                 open_tx.changes.append(
@@ -275,6 +282,8 @@ class ShardReader(threading.Thread):
             elif isinstance(event, Commit):
                 assert open_tx is not None, "commit outside a transaction"  # noqa: S101
                 open_tx.commit_lsn, open_tx.end_lsn = event.commit_lsn, event.end_lsn
+                if origin is not None:
+                    self._skip_origin(open_tx, origin)
                 self._stamp(open_tx)
                 if not batch:
                     batch_since = now
@@ -287,6 +296,19 @@ class ShardReader(threading.Thread):
                     batch, batch_changes = [], 0
         if batch:
             self._flush(cur, batch)  # a clean stop leaves nothing to re-send
+
+    def _skip_origin(self, tx: Transaction, origin: str) -> None:
+        """Leave out a replicated or mover transaction's rows; it stays in the batch (empty)
+        so that its position is confirmed with the rest.
+
+        The move journal is kept whatever the origin: it is what stamps the epochs, and a
+        restarted reader reads it from the shard's table, which knows no origins.
+        """
+        skipped = sum(change.table != MARKER_TABLE for change in tx.changes)
+        tx.changes = [change for change in tx.changes if change.table == MARKER_TABLE]
+        self.board.add(self.shard, origin_transactions_skipped=1)
+        CDC_ORIGIN_TRANSACTIONS_SKIPPED.labels(shard=self.shard).inc()
+        log.debug("cdc skipped a transaction of origin %s on %s (%d changes)", origin, self.shard, skipped)
 
     def _stamp(self, tx: Transaction) -> None:
         """Take the transaction's own 'own' markers, then stamp it with the stream epoch."""

@@ -36,6 +36,7 @@ class ShardStatus:
     last_commit_time: str | None = None
     transactions_written: int = 0
     changes_written: int = 0
+    origin_transactions_skipped: int = 0  # a bucket move's copy or clean-up: no money moving
     move_markers: int = 0  # the shard's 'own' markers the reader knows
     stream_epoch: int = 0  # of the last transaction written (apps.audit.epochs)
     reconnects: int = 0
