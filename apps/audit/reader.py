@@ -34,6 +34,7 @@ from apps.audit.pgoutput import Begin, Commit, Decoder, Origin, RowChange, Trunc
 from apps.audit.sink import AuditSink, Change, Transaction
 from apps.audit.status import StatusBoard
 from apps.observability.metrics import CDC_ORIGIN_TRANSACTIONS_SKIPPED
+from apps.sharding.placement import BUCKET_COLUMNS
 from apps.sharding.shardmap import DatabaseServer
 from apps.transfers.faults import crash_point
 
@@ -210,7 +211,8 @@ class ShardReader(threading.Thread):
 
         Rows are stamped with the LSN just before the slot's consistent point: they sort
         before, and can never share a key with, the first streamed transaction; and with
-        the stream epoch at that point.
+        the stream epoch at that point. Only the rows of buckets the shard serves are
+        copied: a range being copied in, or left behind by a move, is another shard's.
         """
         stamp = consistent_lsn - 1
         seq = 0
@@ -223,6 +225,10 @@ class ShardReader(threading.Thread):
             epoch = self.epochs.at(consistent_lsn)
             for table in self.tables:
                 query = sql.SQL("SELECT * FROM {} ORDER BY 1").format(sql.Identifier(table))
+                if table in BUCKET_COLUMNS:
+                    query = sql.SQL("SELECT * FROM {} WHERE sharding_serves({}) ORDER BY 1").format(
+                        sql.Identifier(table), sql.Identifier(BUCKET_COLUMNS[table])
+                    )
                 with conn.cursor(name=f"cdc_snapshot_{table}") as cursor:
                     cursor.itersize = SNAPSHOT_CHUNK_ROWS
                     cursor.execute(query)
