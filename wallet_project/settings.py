@@ -175,6 +175,8 @@ AUDIT_CDC_EXPECTED = os.environ.get("SHARDWALLET_AUDIT_CDC_EXPECTED", "0") == "1
 # The CDC process lowers its CPU priority by this much (0: not at all).
 AUDIT_CDC_NICE = int(os.environ.get("SHARDWALLET_AUDIT_CDC_NICE", "10"))
 AUDIT_MAX_LAG_SECONDS = float(os.environ.get("SHARDWALLET_AUDIT_MAX_LAG_SECONDS", "30"))
+# How often the CDC process looks for shards added to the map (each gets its own reader).
+AUDIT_SHARD_POLL_SECONDS = float(os.environ.get("SHARDWALLET_AUDIT_SHARD_POLL_SECONDS", "3"))
 
 # Celery over Redis. Messages are triggers, never the truth: the database is.
 CELERY_BROKER_URL = REDIS_URL

@@ -64,6 +64,11 @@ class StatusBoard:
         self.started_at = time.time()
         self.stopped = False  # set for the last write of a process that stops cleanly
 
+    def add_shard(self, shard: str) -> None:
+        """A shard the map gained while the process runs."""
+        with self._lock:
+            self.shards.setdefault(shard, ShardStatus(shard))
+
     def update(self, shard: str, **fields: Any) -> None:
         with self._lock:
             status = self.shards[shard]
