@@ -12,16 +12,20 @@ from io import StringIO
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.core.management import call_command
 from django.test import Client
+from psycopg import sql
 
 from apps.audit.epochs import EPOCH_SHIFT
 from apps.audit.reconcile import reconcile
 from apps.ledger.services import wallet_create, wallet_fund, wallet_withdraw
+from apps.sharding.placement import range_filter_sql
 from apps.sharding.routing import shard_map
 from tests.audit.cdc import CdcProcess, wait_until
 from tests.audit.helpers import caught_up, count
 from tests.audit.moves import (
+    connect,
     copy_bucket,
     delete_bucket,
     move_bucket,
@@ -115,6 +119,58 @@ def test_transactions_under_a_replication_origin_stay_out_of_the_store_and_are_c
                "the skipped transactions in the status")  # fmt: skip
     assert cdc.status()["shards"]["shard_00"]["origin_transactions_skipped"] == 0  # type: ignore[index]
     assert skipped_in_metrics("shard_01") == metric_before + 2
+    assert reconcile(client, wait=5).ok
+
+
+def test_what_a_subscription_copies_into_a_target_stays_out_of_the_store(cdc: CdcProcess, buckets: list[int]) -> None:
+    # The mover's copy itself: a publication with a row filter on the source, a subscription on
+    # the target. Its initial copy of each table and the changes it applies afterwards are
+    # transactions with the subscription's origins (pg_<oid>_<relid>, pg_<oid>).
+    owner, _ = make_client()
+    wallet = wallet_create(owner_id=owner.id, currency="USD", bucket=STRANDED)
+    wallet_fund(wallet_id=wallet.id, amount_minor=500, reference="before-the-copy")
+    cdc.start()
+    client = cdc.client()
+    wait_until(lambda: caught_up(client), 20, "the first catch-up")
+    tables = ("ledger_wallet", "ledger_entry")
+    name = f"audit_test_copy_{uuid.uuid4().hex[:8]}"
+    source = settings.SHARD_MAP.shards["shard_00"]
+    with connect("shard_00", autocommit=True) as src, connect("shard_01", autocommit=True) as dst:
+        src.execute(
+            sql.SQL("CREATE PUBLICATION {} FOR {}").format(
+                sql.Identifier(name),
+                sql.SQL(", ").join(
+                    sql.SQL("TABLE {} WHERE ({})").format(
+                        sql.Identifier(t),
+                        sql.SQL(range_filter_sql(t, STRANDED, STRANDED)),  # type: ignore[arg-type]
+                    )
+                    for t in tables
+                ),
+            )
+        )
+        dst.execute(
+            sql.SQL("CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {}").format(
+                sql.Identifier(name),
+                sql.Literal(f"host={source.host} port={source.port} dbname={source.name} user={source.user}"),
+                sql.Identifier(name),
+            )
+        )
+        try:
+            wait_until(lambda: raw_query("shard_01", "SELECT count(*) FROM ledger_entry WHERE wallet_id = %s",
+                                         [wallet.id]) == [(1,)], 30, "the initial copy")  # fmt: skip
+            wallet_fund(wallet_id=wallet.id, amount_minor=25, reference="during-the-copy")
+            wait_until(lambda: raw_query("shard_01", "SELECT balance_minor FROM ledger_wallet WHERE id = %s",
+                                         [wallet.id]) == [(525,)], 30, "the applied change")  # fmt: skip
+            ordinary = make_wallet(owner, funded=9, shard="shard_01")
+            wait_until(lambda: balance_and_shard(client, ordinary.id) == (9, "shard_01"), 20, "the ordinary wallet")
+            assert streamed_from(client, "shard_01", wallet.id) == 0
+            assert [row[:2] for row in wallet_rows(client, wallet.id)] == [("shard_00", 525)]
+            wait_until(lambda: (cdc.status() or {})["shards"]["shard_01"]["origin_transactions_skipped"] >= 3, 10,
+                       "two initial copies and one applied change counted as skipped")  # fmt: skip
+        finally:
+            dst.execute(sql.SQL("DROP SUBSCRIPTION {}").format(sql.Identifier(name)))
+            src.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(name)))
+    delete_bucket("shard_01", STRANDED)
     assert reconcile(client, wait=5).ok
 
 
