@@ -158,8 +158,16 @@ CLICKHOUSE_URL = os.environ.get("CLICKHOUSE_URL", "")
 AUDIT_HTTP_PORT = int(os.environ.get("SHARDWALLET_AUDIT_HTTP_PORT", "25123"))
 AUDIT_SLOT_NAME = os.environ.get("SHARDWALLET_AUDIT_SLOT", "shardwallet_audit")
 AUDIT_PUBLICATION = os.environ.get("SHARDWALLET_AUDIT_PUBLICATION", "shardwallet_audit")
-# The shard tables captured (transfers_idempotency is left out: replayable responses, not money).
-AUDIT_TABLES = ["ledger_wallet", "ledger_entry", "transfers_transfer", "transfers_event", "transfers_payee_credit"]
+# The shard tables captured (transfers_idempotency is left out: replayable responses, not money),
+# and the shard's journal of bucket moves (sharding_move_marker, into audit.move_journal).
+AUDIT_TABLES = [
+    "ledger_wallet",
+    "ledger_entry",
+    "transfers_transfer",
+    "transfers_event",
+    "transfers_payee_credit",
+    "sharding_move_marker",
+]
 AUDIT_BATCH_MAX_CHANGES = int(os.environ.get("SHARDWALLET_AUDIT_BATCH_MAX_CHANGES", "20000"))
 AUDIT_BATCH_MAX_SECONDS = float(os.environ.get("SHARDWALLET_AUDIT_BATCH_MAX_SECONDS", "0.2"))
 # /health shows the CDC process (and its lag) only where one is expected: `serve` sets this.
@@ -167,6 +175,8 @@ AUDIT_CDC_EXPECTED = os.environ.get("SHARDWALLET_AUDIT_CDC_EXPECTED", "0") == "1
 # The CDC process lowers its CPU priority by this much (0: not at all).
 AUDIT_CDC_NICE = int(os.environ.get("SHARDWALLET_AUDIT_CDC_NICE", "10"))
 AUDIT_MAX_LAG_SECONDS = float(os.environ.get("SHARDWALLET_AUDIT_MAX_LAG_SECONDS", "30"))
+# How often the CDC process looks for shards added to the map (each gets its own reader).
+AUDIT_SHARD_POLL_SECONDS = float(os.environ.get("SHARDWALLET_AUDIT_SHARD_POLL_SECONDS", "3"))
 
 # Celery over Redis. Messages are triggers, never the truth: the database is.
 CELERY_BROKER_URL = REDIS_URL

@@ -38,6 +38,12 @@ CREATE TABLE ledger_entry (
     created_at timestamptz NOT NULL);
 ALTER TABLE ledger_wallet REPLICA IDENTITY FULL;
 ALTER TABLE ledger_entry REPLICA IDENTITY FULL;
+-- What the reader asks of every shard (ledger migration 0006), for a shard that has
+-- never taken part in a bucket move and serves every bucket.
+CREATE TABLE sharding_move_marker (
+    id bigserial PRIMARY KEY, kind text NOT NULL, epoch bigint NOT NULL,
+    wal_lsn pg_lsn NOT NULL DEFAULT pg_current_wal_insert_lsn());
+CREATE FUNCTION sharding_serves(id uuid) RETURNS boolean LANGUAGE sql STABLE AS $$ SELECT true $$;
 """
 
 # One transaction: `per_tx` deposits, each an entry insert plus its wallet's update.

@@ -1,13 +1,21 @@
 """The CDC process: a reader thread per shard, one sink, the status file and (embedded
-mode) the auditors' HTTP endpoint. `manage.py run_cdc` runs it until SIGTERM/SIGINT."""
+mode) the auditors' HTTP endpoint. `manage.py run_cdc` runs it until SIGTERM/SIGINT.
+
+Without `--shard` it follows the shard map as the control database holds it: a shard
+added while it runs gets its own reader (publication, slot, initial
+snapshot) within `AUDIT_SHARD_POLL_SECONDS`, and appears in the status, /health and
+/metrics like the others.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from django.conf import settings
+from django.db import connections
 
 from apps.audit import store
 from apps.audit.reader import ShardReader
@@ -15,6 +23,7 @@ from apps.audit.schema import migrate
 from apps.audit.server import AuditHttpServer, QueryEngine
 from apps.audit.sink import AuditSink
 from apps.audit.status import StatusBoard
+from apps.sharding.routing import shard_map
 
 log = logging.getLogger(__name__)
 
@@ -22,42 +31,69 @@ log = logging.getLogger(__name__)
 class CdcProcess:
     def __init__(self, *, http_port: int | None, shards: list[str] | None = None) -> None:
         self.stop = threading.Event()
-        self.aliases = shards or settings.SHARD_MAP.aliases
+        # Shards named on the command line are all this process follows; else the whole map.
+        self.follows_map = not shards
+        self.aliases = list(shards or shard_map().aliases)
         self.client: Any = store.writer_client()
         self.applied = migrate(self.client)
         self.sink = AuditSink(self.client)
         self.http_port = http_port if store.embedded() else None
         self.board = StatusBoard(self.aliases, store.backend_name(), self.http_port)
-        self.readers = [
-            ShardReader(
-                settings.SHARD_MAP.shards[alias],
-                self.sink,
-                self.board,
-                self.stop,
-                slot=settings.AUDIT_SLOT_NAME,
-                publication=settings.AUDIT_PUBLICATION,
-                tables=list(settings.AUDIT_TABLES),
-                batch_max_changes=settings.AUDIT_BATCH_MAX_CHANGES,
-                batch_max_seconds=settings.AUDIT_BATCH_MAX_SECONDS,
-            )
-            for alias in self.aliases
-        ]
+        self.readers = {alias: self._reader(alias) for alias in self.aliases}
         self.http: AuditHttpServer | None = None
         if self.http_port is not None:
             self.http = AuditHttpServer(self.http_port, QueryEngine(str(store.chdb_path())))
+
+    def _reader(self, alias: str) -> ShardReader:
+        return ShardReader(
+            shard_map().shards[alias],
+            self.sink,
+            self.board,
+            self.stop,
+            slot=settings.AUDIT_SLOT_NAME,
+            publication=settings.AUDIT_PUBLICATION,
+            tables=list(settings.AUDIT_TABLES),
+            batch_max_changes=settings.AUDIT_BATCH_MAX_CHANGES,
+            batch_max_seconds=settings.AUDIT_BATCH_MAX_SECONDS,
+        )
+
+    def follow_new_shards(self) -> list[str]:
+        """Start a reader for each shard the map gained since the last look; return their aliases."""
+        if not self.follows_map:
+            return []
+        # The map is read on this thread's connection to the control database: one broken
+        # by a restart of that server is replaced rather than kept failing.
+        connections["default"].close_if_unusable_or_obsolete()
+        current = shard_map()  # re-read at most once a second, when its epoch changed
+        added = [alias for alias in current.aliases if alias not in self.readers]
+        for alias in added:
+            self.board.add_shard(alias)
+            reader = self._reader(alias)
+            self.readers[alias] = reader
+            self.aliases.append(alias)
+            reader.start()
+            log.info("cdc following %s, added to the shard map at epoch %s", alias, current.epoch)
+        return added
 
     def run(self) -> None:
         """Until `stop` is set: stream, publish status each second; then stop cleanly."""
         if self.http is not None:
             self.http.start()
-        for reader in self.readers:
+        for reader in self.readers.values():
             reader.start()
+        next_look = time.monotonic() + settings.AUDIT_SHARD_POLL_SECONDS
         try:
             while not self.stop.wait(1.0):
+                if time.monotonic() >= next_look:
+                    next_look = time.monotonic() + settings.AUDIT_SHARD_POLL_SECONDS
+                    try:
+                        self.follow_new_shards()
+                    except Exception:
+                        log.exception("cdc could not look for new shards; trying again later")
                 self.board.write()
         finally:
             self.stop.set()
-            for reader in self.readers:
+            for reader in self.readers.values():
                 reader.join(timeout=15)
             if self.http is not None:
                 self.http.shutdown()

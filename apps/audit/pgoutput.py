@@ -24,6 +24,7 @@ _UINT32 = struct.Struct("!I")
 _INT16 = struct.Struct("!h")
 _BEGIN = struct.Struct("!QqI")
 _COMMIT = struct.Struct("!bQQq")
+_ORIGIN = struct.Struct("!Q")
 
 
 class PgOutputError(ValueError):
@@ -71,6 +72,7 @@ CONVERTERS: dict[int, Any] = {
     1114: _timestamp,
     1184: _timestamptz,
     2950: uuid.UUID,
+    3220: lambda t: str_to_lsn(t),  # pg_lsn: a WAL position, as the integer the stream uses
 }
 
 
@@ -105,6 +107,15 @@ class Commit:
 
 
 @dataclass(frozen=True)
+class Origin:
+    """Sent after Begin when the transaction carries a replication origin: a subscription's
+    apply worker (`pg_<oid>`), or a session that set one (`pg_replication_origin_session_setup`)."""
+
+    name: str
+    origin_lsn: int  # the transaction's commit position on the origin's side, 0 if none was set
+
+
+@dataclass(frozen=True)
 class RowChange:
     """An Insert, Update or Delete. `old` is the whole old row under REPLICA IDENTITY FULL,
     only the key columns under the default identity, and None for inserts (or for updates
@@ -134,7 +145,7 @@ class Decoder:
 
     relations: dict[int, Relation] = field(default_factory=dict)
 
-    def decode(self, payload: bytes) -> Begin | Commit | Relation | RowChange | Truncate | None:
+    def decode(self, payload: bytes) -> Begin | Commit | Origin | Relation | RowChange | Truncate | None:
         """One pgoutput message -> an event, or None for messages the audit ignores."""
         kind = payload[:1]
         if kind == b"B":
@@ -153,7 +164,11 @@ class Decoder:
             return self._relation(payload)
         if kind == b"T":
             return self._truncate(payload)
-        if kind in (b"O", b"Y", b"M"):  # origin, type, logical message: nothing to audit
+        if kind == b"O":
+            (origin_lsn,) = _ORIGIN.unpack_from(payload, 1)
+            name, _ = _string(payload, 9)
+            return Origin(name, origin_lsn)
+        if kind in (b"Y", b"M"):  # type, logical message: nothing to audit
             return None
         raise PgOutputError(f"unknown pgoutput message type {kind!r}")
 

@@ -148,6 +148,32 @@ LEFT JOIN
 ORDER BY currency
 """,
         ),
+        AuditQuery(
+            "bucket_moves",
+            "Bucket ranges moved between shards, one row per move, from the shards' move journals: when the "
+            "source stopped taking writes (fenced_at), when the target started serving the range (owned_at) or "
+            "the move gave up (unfenced_at); `bucket` (default: all) keeps the moves of one bucket, in order.",
+            """
+SELECT
+    move_id,
+    any(first_bucket) AS first_bucket,
+    any(last_bucket) AS last_bucket,
+    any(source) AS source,
+    any(target) AS target,
+    max(epoch) AS epoch,
+    minIfOrNull(commit_time, kind = 'fence') AS fenced_at,
+    minIfOrNull(commit_time, kind = 'own') AS owned_at,
+    minIfOrNull(commit_time, kind = 'unfence') AS unfenced_at,
+    multiIf(owned_at IS NOT NULL, 'moved', unfenced_at IS NOT NULL, 'aborted', 'fenced') AS state
+FROM audit.move_journal FINAL
+WHERE is_deleted = 0
+GROUP BY move_id
+HAVING {bucket:Int32} < 0 OR {bucket:Int32} BETWEEN first_bucket AND last_bucket
+ORDER BY move_id
+""",
+            {"bucket": "only the moves of this bucket (default -1: every move)"},
+            {"bucket": "-1"},
+        ),
     )
 }
 

@@ -5,6 +5,12 @@ At-least-once, never a gap: a transaction is buffered until its Commit, written 
 batch, and only after the sink's insert returned is the slot told (`flush_lsn`) that it
 may forget it. A crash anywhere re-sends exactly the transactions not yet confirmed, and
 the idempotent sink collapses the ones written twice.
+
+Bucket moves: a transaction that carries a replication origin (the subscription copying a
+range into its target, the mover's clean-up of the source) is no money moving, so none of
+its rows enter the store; its position is confirmed all the same. Each transaction is
+stamped with the shard's stream epoch (apps.audit.epochs) so that a moved row's versions
+from its new shard outrank those from its old one.
 """
 
 from __future__ import annotations
@@ -20,11 +26,16 @@ import psycopg
 import psycopg2
 import psycopg2.extras
 from psycopg import sql
+from psycopg.abc import Buffer
+from psycopg.adapt import Loader
 
-from apps.audit.pgoutput import Begin, Commit, Decoder, RowChange, Truncate, str_to_lsn
+from apps.audit.epochs import MARKER_TABLE, StreamEpochs
+from apps.audit.pgoutput import Begin, Commit, Decoder, Origin, RowChange, Truncate, str_to_lsn
 from apps.audit.sink import AuditSink, Change, Transaction
 from apps.audit.status import StatusBoard
 from apps.common.faults import crash_point
+from apps.observability.metrics import CDC_ORIGIN_TRANSACTIONS_SKIPPED
+from apps.sharding.placement import BUCKET_COLUMNS
 from apps.sharding.shardmap import DatabaseServer
 
 log = logging.getLogger(__name__)
@@ -35,6 +46,13 @@ MAX_BACKOFF_SECONDS = 10.0
 
 class CdcError(RuntimeError):
     """The shard is set up in a way the reader will not fix by itself."""
+
+
+class _LsnLoader(Loader):
+    """pg_lsn as the integer the stream uses (psycopg leaves it as text)."""
+
+    def load(self, data: Buffer) -> int:
+        return str_to_lsn(bytes(data).decode())
 
 
 def conninfo(server: DatabaseServer, **extra: Any) -> str:
@@ -109,6 +127,7 @@ class ShardReader(threading.Thread):
         self.tables = tables
         self.batch_max_changes = batch_max_changes
         self.batch_max_seconds = batch_max_seconds
+        self.epochs = StreamEpochs()
 
     def run(self) -> None:
         delay = 0.5
@@ -134,7 +153,14 @@ class ShardReader(threading.Thread):
         conn = psycopg2.connect(conninfo(self.server), connection_factory=psycopg2.extras.LogicalReplicationConnection)
         try:
             cur = conn.cursor()
+            # The stream restarts at the confirmed position: the markers the table holds now
+            # stamp the re-sent transactions as the first pass did (a marker inserted after a
+            # transaction's commit has a higher wal_lsn and does not count for it).
+            self.epochs = StreamEpochs()
             self._ensure_slot(cur)
+            with psycopg.connect(conninfo(self.server), autocommit=True) as markers:
+                self.epochs.load(markers)
+            self.board.update(self.shard, move_markers=len(self.epochs))
             # status_interval: psycopg2 also answers keepalives and, once everything received
             # is confirmed, moves the confirmed position on to the server's WAL end.
             cur.start_replication(
@@ -184,21 +210,31 @@ class ShardReader(threading.Thread):
         """Copy the tables as of the slot's starting point (its exported snapshot).
 
         Rows are stamped with the LSN just before the slot's consistent point: they sort
-        before, and can never share a key with, the first streamed transaction.
+        before, and can never share a key with, the first streamed transaction; and with
+        the stream epoch at that point. Only the rows of buckets the shard serves are
+        copied: a range being copied in, or left behind by a move, is another shard's.
         """
         stamp = consistent_lsn - 1
         seq = 0
         with psycopg.connect(conninfo(self.server)) as conn:
+            conn.adapters.register_loader("pg_lsn", _LsnLoader)
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name)))
             snapshot_time = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+            self.epochs.load(conn)
+            epoch = self.epochs.at(consistent_lsn)
             for table in self.tables:
+                query = sql.SQL("SELECT * FROM {} ORDER BY 1").format(sql.Identifier(table))
+                if table in BUCKET_COLUMNS:
+                    query = sql.SQL("SELECT * FROM {} WHERE sharding_serves({}) ORDER BY 1").format(
+                        sql.Identifier(table), sql.Identifier(BUCKET_COLUMNS[table])
+                    )
                 with conn.cursor(name=f"cdc_snapshot_{table}") as cursor:
                     cursor.itersize = SNAPSHOT_CHUNK_ROWS
-                    cursor.execute(sql.SQL("SELECT * FROM {} ORDER BY 1").format(sql.Identifier(table)))
+                    cursor.execute(query)
                     while chunk := cursor.fetchmany(SNAPSHOT_CHUNK_ROWS):
                         names = [d.name for d in cursor.description or []]
-                        tx = Transaction(self.shard, 0, stamp, stamp, snapshot_time)
+                        tx = Transaction(self.shard, 0, stamp, stamp, snapshot_time, stream_epoch=epoch)
                         for values in chunk:
                             seq += 1
                             row = dict(zip(names, values, strict=True))
@@ -210,6 +246,7 @@ class ShardReader(threading.Thread):
     def _consume(self, cur: Any) -> None:
         decoder = Decoder()
         open_tx: Transaction | None = None
+        origin: str | None = None  # the open transaction's replication origin
         batch: list[Transaction] = []
         batch_changes = 0
         batch_since = 0.0
@@ -235,6 +272,9 @@ class ShardReader(threading.Thread):
             event = decoder.decode(message.payload)
             if isinstance(event, Begin):
                 open_tx = Transaction(self.shard, event.xid, event.final_lsn, 0, event.commit_time)
+                origin = None
+            elif isinstance(event, Origin):
+                origin = event.name
             elif isinstance(event, RowChange):
                 assert open_tx is not None, "row change outside a transaction"  # noqa: S101
                 open_tx.changes.append(
@@ -248,6 +288,9 @@ class ShardReader(threading.Thread):
             elif isinstance(event, Commit):
                 assert open_tx is not None, "commit outside a transaction"  # noqa: S101
                 open_tx.commit_lsn, open_tx.end_lsn = event.commit_lsn, event.end_lsn
+                if origin is not None:
+                    self._skip_origin(open_tx, origin)
+                self._stamp(open_tx)
                 if not batch:
                     batch_since = now
                     self.board.update(self.shard, oldest_unwritten_commit=open_tx.commit_time.timestamp())
@@ -259,6 +302,30 @@ class ShardReader(threading.Thread):
                     batch, batch_changes = [], 0
         if batch:
             self._flush(cur, batch)  # a clean stop leaves nothing to re-send
+
+    def _skip_origin(self, tx: Transaction, origin: str) -> None:
+        """Leave out a replicated or mover transaction's rows; it stays in the batch (empty)
+        so that its position is confirmed with the rest.
+
+        The move journal is kept whatever the origin: it is what stamps the epochs, and a
+        restarted reader reads it from the shard's table, which knows no origins.
+        """
+        skipped = sum(change.table != MARKER_TABLE for change in tx.changes)
+        tx.changes = [change for change in tx.changes if change.table == MARKER_TABLE]
+        self.board.add(self.shard, origin_transactions_skipped=1)
+        CDC_ORIGIN_TRANSACTIONS_SKIPPED.labels(shard=self.shard).inc()
+        log.debug("cdc skipped a transaction of origin %s on %s (%d changes)", origin, self.shard, skipped)
+
+    def _stamp(self, tx: Transaction) -> None:
+        """Take the transaction's own 'own' markers, then stamp it with the stream epoch."""
+        for change in tx.changes:
+            if change.table == MARKER_TABLE and change.new is not None and self.epochs.add(change.new):
+                log.info(
+                    "cdc: %s serves buckets %s..%s from epoch %s (move %s)", self.shard, change.new["first_bucket"],
+                    change.new["last_bucket"], change.new["epoch"], change.new["move_id"],
+                )  # fmt: skip
+                self.board.update(self.shard, move_markers=len(self.epochs))
+        tx.stream_epoch = self.epochs.at(tx.commit_lsn)
 
     def _confirmed(self) -> int:
         return self.board.shards[self.shard].confirmed_lsn
@@ -274,5 +341,6 @@ class ShardReader(threading.Thread):
             server_wal_lsn=max(cur.wal_end, end),
             oldest_unwritten_commit=None,
             last_commit_time=batch[-1].commit_time.isoformat(),
+            stream_epoch=batch[-1].stream_epoch,
         )
         self.board.add(self.shard, transactions_written=len(batch), changes_written=written)

@@ -1,10 +1,18 @@
 """reconcile: does the audit store hold exactly what the shards hold?
 
 Compared, per shard and globally:
-- every wallet: present on both sides, same shard, balance, currency, status, entry count,
-  entry sum and last entry seq;
-- per shard: the number of ledger entries, transfers and status transitions;
+- every wallet: present on both sides, same balance, currency, status, entry count, entry
+  sum and last entry seq;
+- per shard: the number of ledger entries, transfers, status transitions and payee
+  outcomes of the buckets it serves;
 - per currency: balances, deposits and withdrawals.
+
+Bucket moves: a shard's side counts only the rows of buckets it serves (`sharding_serves`,
+so neither a copy arriving nor one a move left behind), and the store's rows are counted
+by bucket and given to the shard that serves the bucket now. The store's `shard` column
+says which shard's stream last wrote a row, which after a move need not be its owner, so
+it is not compared. Either way a wallet, an entry or a transfer counts once, wherever its
+bucket has gone.
 
 The store trails the shards by the CDC lag, so a comparison that finds differences is
 repeated (for up to `wait` seconds) before they are reported. It reads every wallet
@@ -23,23 +31,28 @@ from typing import Any
 from django.db import connections
 
 from apps.sharding.placement import BUCKET_COLUMNS
-from apps.sharding.routing import shard_aliases
+from apps.sharding.routing import shard_aliases, shard_map
 
-# What is counted per shard: name -> (shard table, audit table).
+# What is counted per shard: name -> (shard table, audit table, the audit table's bucket column).
 COUNTED = {
-    "entries": ("ledger_entry", "ledger_entries"),
-    "transfers": ("transfers_transfer", "transfers"),
-    "transitions": ("transfers_event", "transfer_transitions"),
-    "payee_credits": ("transfers_payee_credit", "payee_credits"),
+    "entries": ("ledger_entry", "ledger_entries", "wallet_id"),
+    "transfers": ("transfers_transfer", "transfers", "transfer_id"),
+    "transitions": ("transfers_event", "transfer_transitions", "transfer_id"),
+    "payee_credits": ("transfers_payee_credit", "payee_credits", "payee_id"),
 }
-WalletState = tuple[str, int, str, str, int, int, int]  # shard, balance, currency, status, entries, sum, max seq
+WalletState = tuple[int, str, str, int, int, int]  # balance, currency, status, entries, sum, max seq
+# The bucket of an id in ClickHouse: the 12 bits after the version digit (apps.sharding.ids),
+# the last three hex digits of the UUID's third group.
+_STORE_BUCKET = "substring(toString({}), 16, 3)"
 
 
 @dataclass
 class Snapshot:
     wallets: dict[uuid.UUID, WalletState] = field(default_factory=dict)
+    wallet_shards: dict[uuid.UUID, str] = field(default_factory=dict)  # where a shard serves it (for the report)
     counts: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))  # (shard, what) -> n
     totals: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))  # (currency, what) -> sum
+    owners: dict[int, str] = field(default_factory=dict)  # bucket -> the shard that says it serves it
 
 
 @dataclass
@@ -69,8 +82,11 @@ def read_shards() -> Snapshot:
             " COALESCE(max(e.seq), 0) FROM ledger_wallet w LEFT JOIN ledger_entry e ON e.wallet_id = w.id"
             " WHERE sharding_serves(w.id) GROUP BY w.id",
         ):
-            snap.wallets[wallet_id] = (alias, balance, currency, status, entries, int(total), max_seq)
-        for what, (table, _) in COUNTED.items():
+            snap.wallets[wallet_id] = (balance, currency, status, entries, int(total), max_seq)
+            snap.wallet_shards[wallet_id] = alias
+        for (bucket,) in _shard_rows(alias, "SELECT bucket FROM sharding_bucket_owner WHERE state = 'owned'"):
+            snap.owners[bucket] = alias
+        for what, (table, _, _) in COUNTED.items():
             column = BUCKET_COLUMNS[table]
             [(n,)] = _shard_rows(alias, f"SELECT count(*) FROM {table} WHERE sharding_serves({column})")  # noqa: S608
             snap.counts[(alias, what)] = n
@@ -81,26 +97,35 @@ def read_shards() -> Snapshot:
             " AND sharding_serves(w.id) GROUP BY w.currency, e.kind",
         ):
             snap.totals[(currency, kind)] += int(total)
-    for _, balance, currency, *_rest in snap.wallets.values():
+    for balance, currency, *_rest in snap.wallets.values():
         snap.totals[(currency, "balances")] += balance
     return snap
 
 
-def read_store(client: Any) -> Snapshot:
+def read_store(client: Any, owners: dict[int, str]) -> Snapshot:
+    """The store's side; its rows counted for the shard serving their bucket per `owners`
+    (a bucket no shard serves, as during a move's switch, for its owner in the map)."""
     snap = Snapshot()
     result = client.query(
-        "SELECT wallet_id, shard, balance_minor, currency, status, entry_count, entries_sum_minor, last_entry_seq,"
+        "SELECT wallet_id, balance_minor, currency, status, entry_count, entries_sum_minor, last_entry_seq,"
         " max_seq FROM audit.wallet_balances AS b LEFT JOIN (SELECT wallet_id, max(entry_seq) AS max_seq"
         " FROM audit.ledger_entries FINAL WHERE is_deleted = 0 GROUP BY wallet_id) AS m ON m.wallet_id = b.wallet_id"
     )
-    for wallet_id, shard, balance, currency, status, entries, total, _last_seq, max_seq in result.result_rows:
-        snap.wallets[wallet_id] = (shard, balance, currency, status, entries, int(total), max_seq or 0)
-    for what, (_, table) in COUNTED.items():
+    for wallet_id, balance, currency, status, entries, total, _last_seq, max_seq in result.result_rows:
+        snap.wallets[wallet_id] = (balance, currency, status, entries, int(total), max_seq or 0)
+    current = shard_map()
+    for what, (_, table, column) in COUNTED.items():
+        bucket = _STORE_BUCKET.format(column)
         rows = client.query(
-            f"SELECT shard, count() FROM audit.{table} FINAL WHERE is_deleted = 0 GROUP BY shard"  # noqa: S608
+            f"SELECT {bucket} AS bucket, count() FROM audit.{table} FINAL WHERE is_deleted = 0"  # noqa: S608
+            " GROUP BY bucket"
         ).result_rows
-        for shard, n in rows:
-            snap.counts[(shard, what)] = n
+        for hex_bucket, n in rows:
+            number = int(hex_bucket, 16)
+            owner = owners.get(number)
+            if owner is None:
+                owner = current.alias_for_bucket(number) if number < current.bucket_count else f"bucket {number}"
+            snap.counts[(owner, what)] += n
     for currency, balances, deposits, withdrawals in client.query(
         "SELECT currency, balances_minor, deposits_minor, withdrawals_minor FROM audit.currency_totals"
     ).result_rows:
@@ -110,13 +135,13 @@ def read_store(client: Any) -> Snapshot:
     return snap
 
 
-_FIELDS = ("shard", "balance_minor", "currency", "status", "entry count", "entry sum", "last entry seq")
+_FIELDS = ("balance_minor", "currency", "status", "entry count", "entry sum", "last entry seq")
 
 
 def compare(shards: Snapshot, store: Snapshot) -> list[str]:
     differences = []
     for wallet_id in sorted(shards.wallets.keys() - store.wallets.keys(), key=str):
-        differences.append(f"wallet {wallet_id} ({shards.wallets[wallet_id][0]}) is missing from the audit store")
+        differences.append(f"wallet {wallet_id} ({shards.wallet_shards[wallet_id]}) is missing from the audit store")
     for wallet_id in sorted(store.wallets.keys() - shards.wallets.keys(), key=str):
         differences.append(f"wallet {wallet_id} is in the audit store but on no shard")
     for wallet_id in sorted(shards.wallets.keys() & store.wallets.keys(), key=str):
@@ -142,7 +167,7 @@ def reconcile(client: Any, *, wait: float = 10.0) -> ReconcileReport:
     while True:
         attempts += 1
         shards = read_shards()
-        store = read_store(client)
+        store = read_store(client, shards.owners)
         differences = compare(shards, store)
         if not differences or time.monotonic() >= deadline:
             entries = sum(n for (_, what), n in shards.counts.items() if what == "entries")

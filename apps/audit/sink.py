@@ -2,9 +2,11 @@
 
 Every change carries `(shard, commit_lsn, seq)`: its transaction's commit position in
 the shard's WAL and its place in the transaction. The raw change log is keyed on exactly
-that, the typed tables on each row's natural key with `version = (commit_lsn << 32) | seq`,
-all ReplacingMergeTree: writing a transaction twice (the reader crashed after the insert
-and before confirming its position) leaves the deduplicated (FINAL) view unchanged.
+that, the typed tables on each row's natural key with
+`version = (stream_epoch << 96) | (commit_lsn << 32) | seq` (apps.audit.epochs: the epoch
+keeps versions comparable when a row's bucket has moved to another shard), all
+ReplacingMergeTree: writing a transaction twice (the reader crashed after the insert and
+before confirming its position) leaves the deduplicated (FINAL) view unchanged.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
+
+from apps.audit.epochs import as_lsn, row_version
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -43,6 +47,7 @@ class Transaction:
     end_lsn: int
     commit_time: datetime
     changes: list[Change] = field(default_factory=list)
+    stream_epoch: int = 0  # the shard's stream epoch at this commit (apps.audit.epochs)
 
 
 def _json_default(value: Any) -> Any:
@@ -85,7 +90,7 @@ class TypedTable:
             return None
         # A delete under the default replica identity only carries the key: fill the rest.
         data = {**self.defaults, **data}
-        version = (tx.commit_lsn << 32) | change.seq
+        version = row_version(tx.stream_epoch, tx.commit_lsn, change.seq)
         return [shard, *self.project(data), tx.commit_lsn, change.seq, tx.commit_time, version, int(deleted)]
 
     @property
@@ -144,6 +149,16 @@ TYPED_TABLES: dict[str, TypedTable] = {
             lambda r: [r["transfer_id"], r["payee_id"], r["amount_minor"], r["outcome"], r["reason"],
                        _ts(r["created_at"])],
             {"payee_id": _NIL, "amount_minor": 0, "outcome": "", "reason": None, "created_at": None},
+        ),
+        TypedTable(
+            "sharding_move_marker",
+            "audit.move_journal",
+            ("marker_id", "move_id", "kind", "first_bucket", "last_bucket", "source", "target", "epoch", "wal_lsn",
+             "created_at"),
+            lambda r: [r["id"], r["move_id"], r["kind"], r["first_bucket"], r["last_bucket"], r["source"],
+                       r["target"], r["epoch"], as_lsn(r["wal_lsn"]), _ts(r["created_at"])],
+            {"move_id": 0, "kind": "", "first_bucket": 0, "last_bucket": 0, "source": "", "target": "", "epoch": 0,
+             "wal_lsn": 0, "created_at": None},
         ),
     )
 }  # fmt: skip

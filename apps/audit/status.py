@@ -36,6 +36,9 @@ class ShardStatus:
     last_commit_time: str | None = None
     transactions_written: int = 0
     changes_written: int = 0
+    origin_transactions_skipped: int = 0  # a bucket move's copy or clean-up: no money moving
+    move_markers: int = 0  # the shard's 'own' markers the reader knows
+    stream_epoch: int = 0  # of the last transaction written (apps.audit.epochs)
     reconnects: int = 0
     last_error: str = ""
     disconnected_since: float | None = field(default_factory=time.time)
@@ -60,6 +63,11 @@ class StatusBoard:
         self.http_port = http_port
         self.started_at = time.time()
         self.stopped = False  # set for the last write of a process that stops cleanly
+
+    def add_shard(self, shard: str) -> None:
+        """A shard the map gained while the process runs."""
+        with self._lock:
+            self.shards.setdefault(shard, ShardStatus(shard))
 
     def update(self, shard: str, **fields: Any) -> None:
         with self._lock:

@@ -47,6 +47,12 @@ HTTP_REQUEST_SECONDS = Histogram(
     ["method", "route", "status"],
     buckets=_LATENCY_BUCKETS,
 )
+CDC_ORIGIN_TRANSACTIONS_SKIPPED = Counter(
+    "shardwallet_cdc_origin_transactions_skipped_total",
+    "Transactions the audit stream left out because they carry a replication origin (a bucket move's copy"
+    " into the target, its clean-up of the source), by shard.",
+    ["shard"],
+)
 DB_ERRORS = Counter(
     "shardwallet_db_errors_total",
     "Database errors per database alias (shard_NN or default), by error type.",

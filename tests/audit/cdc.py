@@ -82,7 +82,8 @@ class CdcProcess:
             if self.process.poll() is not None:
                 raise AssertionError(f"run_cdc exited with {self.process.returncode}: {self.log_text()}")
             status = self.status()
-            return bool(status) and all(status["shards"][a]["connected"] for a in shards)
+            # A shard the process has not picked up yet is not in its status at all.
+            return bool(status) and all(status["shards"].get(a, {}).get("connected") for a in shards)
 
         wait_until(connected, timeout, "the CDC process to connect to every shard")
 

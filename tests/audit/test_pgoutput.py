@@ -12,6 +12,7 @@ from apps.audit.pgoutput import (
     Begin,
     Commit,
     Decoder,
+    Origin,
     PgOutputError,
     RowChange,
     Truncate,
@@ -120,6 +121,25 @@ def test_begin_commit_and_truncate() -> None:
     assert isinstance(truncate, Truncate)
     assert [r.name for r in truncate.relations] == ["ledger_wallet"]
     assert truncate.restart_identity
+
+
+def test_an_origin_message_names_the_transactions_replication_origin() -> None:
+    # Sent after Begin by PostgreSQL 15 for a transaction with an origin (a subscription's
+    # apply worker, or the mover's session): the reader leaves such transactions out.
+    origin = Decoder().decode(b"O" + struct.pack("!Q", 0x16B374D848) + b"pg_16423\0")
+    assert origin == Origin("pg_16423", 0x16B374D848)
+    assert Decoder().decode(b"O" + struct.pack("!Q", 0) + b"shardwallet_mover\0") == Origin("shardwallet_mover", 0)
+
+
+def test_a_pg_lsn_column_becomes_the_integer_position() -> None:
+    decoder = Decoder()
+    body = b"R" + struct.pack("!I", 16500) + b"public\0sharding_move_marker\0" + b"f" + struct.pack("!h", 2)
+    body += struct.pack("!b", 1) + b"id\0" + struct.pack("!Ii", 20, -1)
+    body += struct.pack("!b", 0) + b"wal_lsn\0" + struct.pack("!Ii", 3220, -1)
+    decoder.decode(body)
+    change = decoder.decode(b"I" + struct.pack("!I", 16500) + b"N" + tuple_data("7", "16/B374D848"))
+    assert isinstance(change, RowChange)
+    assert change.new == {"id": 7, "wal_lsn": 0x16B374D848}
 
 
 def test_a_change_before_its_relation_is_an_error() -> None:
