@@ -285,3 +285,33 @@ def test_the_initial_snapshot_takes_only_the_buckets_a_shard_serves_at_its_epoch
     [(_, _, _, _, version)] = wallet_rows(client, stranded.id)
     assert version >> EPOCH_SHIFT == 0  # shard_00 has never been a move's target
     assert count(client, "SELECT count() FROM audit.move_journal FINAL") == 2
+
+
+def test_real_moves_there_and_back_keep_the_store_equal_to_the_shards(cdc: CdcProcess) -> None:
+    """move_buckets itself, twice, with the CDC running: nothing counted twice, the journal shows both."""
+    from apps.sharding.mover import Mover, plan_move
+    from tests.sharding.moving import restore_file_layout
+
+    owner, _ = make_client()
+    wallets = [wallet_create(owner_id=owner.id, currency="USD", bucket=b) for b in (100, 110)]
+    for i, wallet in enumerate(wallets):
+        wallet_fund(wallet_id=wallet.id, amount_minor=1000 + i, reference=f"real-move-{i}")
+    cdc.start()
+    client = cdc.client()
+    try:
+        there = Mover(plan_move(96, 127, "shard_01"), cleanup_delay=0).run()
+        wallet_withdraw(wallet_id=wallets[0].id, amount_minor=10, reference="after-the-move")
+        back = Mover(plan_move(96, 127, "shard_00"), cleanup_delay=0).run()
+        wallet_fund(wallet_id=wallets[1].id, amount_minor=5, reference="back-home")
+        wait_until(lambda: balance_and_shard(client, wallets[1].id) == (1006, "shard_00"), 30, "the last deposit")
+        assert balance_and_shard(client, wallets[0].id) == (990, "shard_01")  # last written by shard_01's stream
+        assert reconcile(client, wait=10).ok
+        journal = client.query(
+            "SELECT shard, kind, epoch FROM audit.move_journal FINAL WHERE first_bucket = 96 ORDER BY epoch, kind"
+        ).result_rows
+        assert journal == [
+            ("shard_00", "fence", there.epoch), ("shard_01", "own", there.epoch),
+            ("shard_01", "fence", back.epoch), ("shard_00", "own", back.epoch),
+        ]  # fmt: skip
+    finally:
+        restore_file_layout()
