@@ -36,7 +36,7 @@ def test_every_operation_documents_authentication_and_unavailability() -> None:
     for method, path, operation in operations():
         assert codes(operation, "401") == {"authentication_required", "authentication_failed"}, (method, path)
         assert "WWW-Authenticate" in operation["responses"]["401"]["headers"], (method, path)
-        assert codes(operation, "503") == {"service_unavailable"}, (method, path)
+        assert codes(operation, "503") == {"service_unavailable", "shard_moving"}, (method, path)
         assert "Retry-After" in operation["responses"]["503"]["headers"], (method, path)
 
 
