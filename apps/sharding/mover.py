@@ -291,7 +291,7 @@ class Mover:
                         )
                         self._marker(src, "fence")
                     break
-                except psycopg.errors.LockNotAvailable:
+                except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
                     continue  # writes kept the locks: let them through, try again
             else:
                 raise MoveFailed("could not fence the range: its locks stayed busy")
@@ -407,7 +407,17 @@ class Mover:
             self.move.detail["rows_cleaned"] = self._delete_range(src, "source")
 
     def _delete_range(self, conn: psycopg.Connection[Any], side: str) -> int:
-        """Delete the range's rows in small transactions, unseen by the audit stream."""
+        """Delete the range's rows in small transactions, unseen by the audit stream.
+
+        Never on a shard that serves any bucket of the range: that would be live money.
+        """
+        served = _value(
+            conn,
+            "SELECT count(*) FROM sharding_bucket_owner WHERE bucket BETWEEN %s AND %s AND state = 'owned'",
+            [self.move.first, self.move.last],
+        )
+        if served:
+            raise MoveFailed(f"the {side} serves {served} bucket(s) of the range: its rows are not deleted")
         conn.execute(f"SET {MOVER_SETTING} = 'on'")
         conn.execute(
             "SELECT pg_replication_origin_create(%s) WHERE NOT EXISTS"

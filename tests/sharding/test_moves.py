@@ -362,3 +362,15 @@ def test_operators_see_the_map_epoch_and_a_move_with_its_phase_in_the_page_and_m
     assert "shardwallet_bucket_move_active{" not in metrics
     html = logged_in(make_staff("nina", "viewers")).get("/admin/operations/").content.decode()
     assert f'<tr class="move-done">\n      <td>{done.id}</td>' in html
+
+
+def test_the_mover_never_deletes_rows_of_buckets_a_shard_serves() -> None:
+    from apps.sharding.mover import MoveFailed, _connect
+
+    owner, _key = make_client()
+    wallet = wallet_in_bucket(owner, 7, funded=42)
+    mover = Mover(plan_move(0, 63, "shard_01"))
+    with _connect(shard_map().shards["shard_00"]) as conn, pytest.raises(MoveFailed, match="serves 64 bucket"):
+        mover._delete_range(conn, "target")
+    assert balance(wallet.id) == 42
+    mover.abort()
