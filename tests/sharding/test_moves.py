@@ -374,3 +374,21 @@ def test_the_mover_never_deletes_rows_of_buckets_a_shard_serves() -> None:
         mover._delete_range(conn, "target")
     assert balance(wallet.id) == 42
     mover.abort()
+
+
+def test_the_fence_checks_each_bucket_a_transaction_writes_not_only_its_first() -> None:
+    import psycopg
+
+    owner, _key = make_client()
+    served, fenced = wallet_in_bucket(owner, 5), wallet_in_bucket(owner, 6)
+    _raw_on("shard_00", "UPDATE sharding_bucket_owner SET state = 'fenced' WHERE bucket = 6")
+    try:
+        with psycopg.connect(shard_map().shards["shard_00"].conninfo()) as conn:
+            update = "UPDATE ledger_wallet SET updated_at = now() WHERE id = %s"
+            conn.execute(update, [served.id])
+            conn.execute(update, [served.id])  # the same bucket again: checked once
+            with pytest.raises(psycopg.Error) as refused:
+                conn.execute(update, [fenced.id])
+            assert refused.value.sqlstate == "SWF01"
+    finally:
+        _raw_on("shard_00", "UPDATE sharding_bucket_owner SET state = 'owned' WHERE bucket = 6")

@@ -10,11 +10,10 @@ every write in flight and no write of a fenced bucket can commit after it.
 from django.db import migrations
 
 from apps.sharding.fence_sql import drop_guard_sql, guard_sql
-from apps.sharding.placement import FENCE_LOCK_CLASS, FENCE_SQLSTATE, MOVER_SETTING
 
 LEDGER_TABLES = ("ledger_wallet", "ledger_entry", "ledger_movement_key")
 
-SCHEMA = f"""
+SCHEMA = """
 CREATE TABLE sharding_bucket_owner (
     bucket integer PRIMARY KEY CHECK (bucket BETWEEN 0 AND 4095),
     state text NOT NULL CHECK (state IN ('owned', 'fenced')),
@@ -52,24 +51,9 @@ CREATE FUNCTION sharding_serves(id uuid) RETURNS boolean
     LANGUAGE sql STABLE STRICT PARALLEL SAFE
     AS $$ SELECT EXISTS (SELECT 1 FROM sharding_bucket_owner o
                          WHERE o.bucket = sharding_bucket(id) AND o.state = 'owned') $$;
-
-CREATE FUNCTION sharding_guard_bucket(b integer) RETURNS void LANGUAGE plpgsql AS $$
-BEGIN
-    IF current_setting('{MOVER_SETTING}', true) = 'on' THEN
-        RETURN;
-    END IF;
-    PERFORM pg_advisory_xact_lock_shared({FENCE_LOCK_CLASS}, b);
-    PERFORM 1 FROM sharding_bucket_owner WHERE bucket = b AND state = 'owned';
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'bucket % is not served by this shard', b
-            USING ERRCODE = '{FENCE_SQLSTATE}', HINT = 'reload the shard map and retry on the owner';
-    END IF;
-END
-$$;
 """
 
 DROP_SCHEMA = """
-DROP FUNCTION sharding_guard_bucket(integer);
 DROP FUNCTION sharding_serves(uuid);
 DROP FUNCTION sharding_bucket(uuid);
 DROP TABLE sharding_move_marker;
