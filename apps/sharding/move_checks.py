@@ -30,14 +30,21 @@ def aggregates_sql(table: str, first: int, last: int) -> str:
     )
 
 
-def range_aggregates(conn: Any, first: int, last: int) -> Aggregates:
-    """All tables of the range, read in one repeatable-read snapshot."""
+def range_aggregates(conn: Any, first: int, last: int, *, own_snapshot: bool = True) -> Aggregates:
+    """All tables of the range, read in one repeatable-read snapshot (its own, or the open one's)."""
     found: Aggregates = {}
-    with conn.transaction():
-        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+
+    def read() -> None:
         for table in BUCKET_COLUMNS:
             for bucket, rows, money, digest in conn.execute(aggregates_sql(table, first, last)).fetchall():
                 found[(table, bucket)] = (int(rows), int(money), int(digest))
+
+    if not own_snapshot:
+        read()
+        return found
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        read()
     return found
 
 

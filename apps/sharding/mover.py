@@ -11,10 +11,11 @@ memory, so a mover killed anywhere resumes by running the same command again:
   table the row counts, money sums and content hashes match the source's (under traffic
   this may differ for the newest rows; the switch repeats it exactly);
 - switching: fence the range on the source (waits for writes in flight, refuses new
-  ones), wait until the target has applied the source's WAL up to the fence, compare
-  exactly, make the target serve the range, bump the map's epoch. Writes to the range
-  pause for this phase only; if it overruns its bound the source is unfenced and the
-  move stays where it was (nothing changed);
+  ones), wait until the target has applied the source's WAL up to the fence, pin a
+  snapshot of the target, make the target serve the range, bump the map's epoch. Writes to
+  the range pause for this phase only; if it overruns its bound the source is unfenced and
+  the move stays where it was (nothing changed). Then the frozen source and the pinned
+  snapshot are compared exactly; a difference stops the move before any clean-up;
 - cleaning: later (stale readers refresh their map first), the source's copy is deleted
   in small batches, under a replication origin the audit stream skips.
 
@@ -76,6 +77,18 @@ def plan_move(first: int, last: int, target: str) -> Move:
     if source == target:
         raise MoveConflict(f"buckets {first}..{last} are already on {target}")
     return moves.move_create(first, last, source, target)
+
+
+# Each sharded table's primary key (what the clean-up's survival check looks up on the target).
+PRIMARY_KEYS = {
+    "ledger_wallet": "id",
+    "ledger_entry": "id",
+    "ledger_movement_key": "id",
+    "transfers_transfer": "id",
+    "transfers_event": "id",
+    "transfers_idempotency": "id",
+    "transfers_payee_credit": "transfer_id",
+}
 
 
 def _value(conn: psycopg.Connection[Any], query: str, params: list[Any] | None = None) -> Any:
@@ -201,7 +214,7 @@ class Mover:
 
     # -- verifying -----------------------------------------------------------------------
 
-    def verify(self, rounds: int = 5) -> None:
+    def verify(self, rounds: int = 2) -> None:
         with _connect(self.target) as dst:
             broken = balance_mismatches(dst, self.move.first, self.move.last)
         if broken:
@@ -255,10 +268,14 @@ class Mover:
             self.move.detail["switch_started_at"] = time.time()
             fence_lsn = self._fence()
             crash_point("move_after_fence")
+            pinned = None
             try:
                 self._wait_applied(fence_lsn, started + self.switch_timeout)
+                pinned = self._pin_target_snapshot()  # the target as the source left it
                 self._take_over()
             except MoveFailed as exc:
+                if pinned is not None:
+                    pinned.close()
                 self._unfence()
                 self.report(f"  switch attempt {attempt} gave up, writes resumed on the source: {exc}")
                 self.move.detail["switch_failures"] = self.move.detail.get("switch_failures", 0) + 1
@@ -268,7 +285,11 @@ class Mover:
             self.move.detail["pause_seconds"] = round(pause, 3)
             self.report(f"  switched at epoch {epoch}: writes to the range paused {pause * 1000:.0f} ms")
             crash_point("move_after_own")
-            self._switch_map()
+            try:
+                self._switch_map()
+                self._verify_switch(pinned)
+            finally:
+                pinned.close()
             return
         raise MoveFailed("the switch gave up three times (see the move's detail); writes run on the source")
 
@@ -321,13 +342,31 @@ class Mover:
                 if time.monotonic() > deadline:
                     raise MoveFailed(f"the target did not reach the fence's WAL position {fence_lsn} in time")
                 time.sleep(0.01)
-        while True:
-            found = self._compare()
-            if not found:
-                return
-            if time.monotonic() > deadline:
-                raise MoveFailed("source and target differ with the range fenced: " + "; ".join(found[:3]))
-            time.sleep(0.05)
+
+    def _pin_target_snapshot(self) -> psycopg.Connection[Any]:
+        """A read-only snapshot of the target taken while the range is fenced and fully applied."""
+        conn = psycopg.connect(self.target.conninfo(options="-c TimeZone=UTC"))
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.read_only = True
+        conn.execute("SELECT 1")  # the snapshot is taken at the first statement
+        return conn
+
+    def _verify_switch(self, pinned: psycopg.Connection[Any]) -> None:
+        """Source (frozen for the range) against the target as it was at the switch: equal or loud.
+
+        Run once writes go to the target again, so its cost is not part of the pause. A
+        difference keeps the source's copy (no clean-up) and stops the move with an error.
+        """
+        with _connect(self.source) as src:
+            source = range_aggregates(src, self.move.first, self.move.last)
+        target = range_aggregates(pinned, self.move.first, self.move.last, own_snapshot=False)
+        found = differences(source, target)
+        self.move.detail["verified_at_switch"] = not found
+        if found:
+            self.move.detail["switch_differences"] = found[:20]
+            self._save()
+            raise MoveFailed("the target differed from the fenced source at the switch: " + "; ".join(found[:3]))
+        self._save()
 
     def _take_over(self) -> None:
         with _connect(self.target) as dst, dst.transaction():
@@ -393,6 +432,11 @@ class Mover:
 
     def clean_up(self) -> None:
         self._drop_replication()
+        verified = self.move.detail.get("verified_at_switch")
+        if verified is False:
+            raise MoveFailed("the switch's verification found differences: the source's copy is kept")
+        if verified is None:  # killed between the switch and its verification
+            self._check_rows_survive()
         owners = shard_map()
         if any(owners.alias_for_bucket(b) != self.move.target for b in (self.move.first, self.move.last)):
             raise MoveFailed("the map does not give the range to the target: nothing is deleted")
@@ -405,6 +449,19 @@ class Mover:
             if any(not key.startswith("fenced:") for key in states):
                 raise MoveFailed(f"the source still serves part of the range ({states}): nothing is deleted")
             self.move.detail["rows_cleaned"] = self._delete_range(src, "source")
+
+    def _check_rows_survive(self, batch: int = 5000) -> None:
+        """Every row of the range on the source exists on the target (by primary key)."""
+        with _connect(self.source) as src, _connect(self.target) as dst:
+            for table, key in PRIMARY_KEYS.items():
+                where = range_filter_sql(table, self.move.first, self.move.last)
+                ids = [row[0] for row in src.execute(f"SELECT {key} FROM {table} WHERE {where}").fetchall()]  # noqa: S608
+                for start in range(0, len(ids), batch):
+                    chunk = ids[start : start + batch]
+                    found = _value(dst, f"SELECT count(*) FROM {table} WHERE {key} = ANY(%s)", [chunk])  # noqa: S608
+                    if found != len(chunk):
+                        raise MoveFailed(f"{len(chunk) - found} row(s) of {table} are on the source only")
+        self.move.detail["verified_rows_survive"] = True
 
     def _delete_range(self, conn: psycopg.Connection[Any], side: str) -> int:
         """Delete the range's rows in small transactions, unseen by the audit stream.
@@ -448,6 +505,19 @@ class Mover:
         with _connect(server) as conn:
             where = {t: range_filter_sql(t, self.move.first, self.move.last) for t in BUCKET_COLUMNS}
             return sum(int(_value(conn, f"SELECT count(*) FROM {t} WHERE {where[t]}")) for t in BUCKET_COLUMNS)  # noqa: S608
+
+    def finish_keeping_source(self) -> Move:
+        """End a switched move without its clean-up (an operator's decision after a failed check).
+
+        The source keeps its copy, fenced: never served, never written; a later move of the
+        range back replaces it.
+        """
+        if self.move.state != ACTIVE or self.move.phase != "cleaning":
+            raise MoveConflict(f"move {self.move.id} is {self.move.state}/{self.move.phase}, not switched")
+        self.move.state, self.move.phase = DONE, "done"
+        self.move.detail["source_kept"] = True
+        self._save()
+        return self.move
 
     # -- aborting ------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 from unittest import mock
 
+import psycopg
 import pytest
 from django.conf import settings
 from django.core.management import call_command
@@ -392,3 +393,33 @@ def test_the_fence_checks_each_bucket_a_transaction_writes_not_only_its_first() 
             assert refused.value.sqlstate == "SWF01"
     finally:
         _raw_on("shard_00", "UPDATE sharding_bucket_owner SET state = 'owned' WHERE bucket = 6")
+
+
+def test_a_difference_found_at_the_switch_keeps_the_source_copy_and_stops_the_move(monkeypatch: Any) -> None:
+    from apps.sharding.mover import MoveFailed
+
+    owner, _key = make_client()
+    wallet = wallet_in_bucket(owner, 9, funded=300)
+    before = range_rows("shard_00", 0, 63)
+    pin = Mover._pin_target_snapshot
+
+    def pin_after_a_stray_write(self: Mover) -> Any:
+        # What a broken copy would look like: the target's wallet differs from the source's.
+        with psycopg.connect(shard_map().shards["shard_01"].conninfo(), autocommit=True) as conn:
+            conn.execute("SET shardwallet.mover = 'on'")
+            conn.execute("UPDATE ledger_wallet SET balance_minor = 301 WHERE id = %s", [wallet.id])
+        return pin(self)
+
+    monkeypatch.setattr(Mover, "_pin_target_snapshot", pin_after_a_stray_write)
+    planned = plan_move(0, 63, "shard_01")
+    with pytest.raises(MoveFailed, match="differed from the fenced source"):
+        Mover(planned, cleanup_delay=0).run()
+    stopped = moves.move_get(planned.id)
+    assert (stopped.state, stopped.phase, stopped.detail["verified_at_switch"]) == ("active", "cleaning", False)
+    with pytest.raises(MoveFailed, match="source's copy is kept"):
+        Mover(stopped, cleanup_delay=0).run()
+    assert range_rows("shard_00", 0, 63) == before  # nothing deleted
+    with psycopg.connect(shard_map().shards["shard_01"].conninfo(), autocommit=True) as conn:  # the operator repairs
+        conn.execute("UPDATE ledger_wallet SET balance_minor = 300 WHERE id = %s", [wallet.id])
+    Mover(stopped).finish_keeping_source()
+    assert moves.move_get(planned.id).state == "done"

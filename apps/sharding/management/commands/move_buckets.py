@@ -41,6 +41,10 @@ class Command(BaseCommand):
         parser.add_argument("--status", action="store_true", help="show recent moves with their phase and lag")
         parser.add_argument("--resume", action="store_true", help="run the active move to its end")
         parser.add_argument("--abort", action="store_true", help="undo the active move (before its switch)")
+        parser.add_argument(
+            "--keep-source", action="store_true",
+            help="end a switched move whose check failed without deleting the source's (fenced) copy",
+        )  # fmt: skip
         parser.add_argument("--stop-after", choices=moves.PHASES[:-1], help="stop once this phase is done")
         parser.add_argument("--switch-timeout", type=float, default=5.0, help="longest write pause, seconds")
         parser.add_argument("--cleanup-delay", type=float, default=3.0, help="seconds between switch and clean-up")
@@ -51,7 +55,7 @@ class Command(BaseCommand):
                 self.stdout.write(line)
             return
         try:
-            if options["abort"] or options["resume"]:
+            if options["abort"] or options["resume"] or options["keep_source"]:
                 move = moves.active_move()
                 if move is None:
                     raise CommandError("no move is active")
@@ -65,6 +69,10 @@ class Command(BaseCommand):
                 switch_timeout=options["switch_timeout"],
                 cleanup_delay=options["cleanup_delay"],
             )
+            if options["keep_source"]:
+                mover.finish_keeping_source()
+                self.stdout.write(f"move {move.id} ended; {move.source} keeps its fenced copy of {move.buckets}")
+                return
             if options["abort"]:
                 mover.abort()
                 self.stdout.write(f"move {move.id} aborted: the range stays on {move.source}")
