@@ -51,4 +51,4 @@ def retry_while_fenced(step: Callable[[], T], *, wait_seconds: float) -> T:
             if time.monotonic() + delay > deadline:
                 raise BucketsMoving(str(exc).splitlines()[0]) from exc
             time.sleep(delay)
-            delay = min(delay * 2, 0.25)
+            delay = min(delay * 2, 0.1)
