@@ -35,9 +35,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--ceiling-clients", default="4,8,16", help="total pgbench clients to try")
     parser.add_argument("--skip-open-loop", action="store_true", help="skip the latency phase at half rate")
     parser.add_argument(
-        "--phases", default="single,batch,move", help="closed-loop phases to run: single,batch,move (single requests while"
-        " a quarter of the buckets moves to a shard added for it)"
-    )  # fmt: skip
+        "--phases",
+        default="single,batch,move",
+        help="closed-loop phases to run: single,batch,move (single requests while a quarter of the buckets moves"
+        " to a shard added for it)",
+    )
     parser.add_argument("--move-seconds", type=float, default=45, help="duration of the move phase")
     parser.add_argument("--no-cdc", action="store_true", help="do not run the audit CDC reader during the load")
     return parser.parse_args(argv)
