@@ -4,8 +4,9 @@ Kills are SIGKILL (no clean-up code runs, as in an OOM kill or a power cut for t
 process); a shard crash is `pg_ctl stop -m immediate` (no checkpoint: the restart replays
 the WAL); a pause is SIGSTOP of the server and all its backends, so connections stay open
 and queries hang, as when a server's machine or disk stalls; a Redis FLUSHALL loses
-every queued and unacknowledged Celery message and the drain flags. Restarts are the
-supervisor's job, not the nemesis's.
+every queued and unacknowledged Celery message and the drain flags; a bucket move runs
+`move_buckets` as an operator would, its mover sometimes SIGKILLed (chaos/moves.py).
+Restarts are the supervisor's job, not the nemesis's.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import psutil
 import redis
 
 from apps.sharding.devstack import postgres_bindir
+from chaos.moves import MoveDriver
 from chaos.schedule import PlannedFault
 from chaos.supervisor import Supervisor, postmaster_pid
 from chaos.timeline import Timeline
@@ -49,7 +51,9 @@ class Nemesis(threading.Thread):
             "crash_shard": self._crash_shard,
             "pause_shard": self._pause_shard,
             "flush_redis": self._flush_redis,
+            "move_buckets": self._move_buckets,
         }
+        self.mover = MoveDriver(timeline)
 
     def run(self) -> None:
         for fault in self.plan:
@@ -142,6 +146,13 @@ class Nemesis(threading.Thread):
         self._resume_paused()
         self.timeline.record("fault", f"pause_shard {fault.target}: SIGCONT")
         return detail
+
+    def _move_buckets(self, fault: PlannedFault) -> str | None:
+        started = self.mover.start(fault)
+        if started is None:
+            self._skip(fault, "a move is running (or no range to move)")
+            return None
+        return self._log(fault, started)
 
     def _resume_paused(self) -> None:
         with self._paused_lock:

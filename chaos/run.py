@@ -156,12 +156,15 @@ class ChaosRun:
         while not self.supervisor.all_up() and time.monotonic() < deadline:
             time.sleep(0.5)
         connections.close_all()
+        unfinished_move = self.nemesis.mover.finish() if self.nemesis is not None else None
         left = settle.wait_until_terminal(self.timeline, self.args.settle_timeout)
         self.timeline.record("settle", f"{len(left)} transfer(s) still in flight" if left else "every transfer ended")
         cdc = settle.wait_for_cdc(120)
         self.timeline.record("settle", f"audit stream caught up after {cdc} s" if cdc is not None else "CDC lagging")
         snap = take_snapshot(client_id)
         verdict = verify(self.history, snap, wallets)
+        if unfinished_move:
+            verdict.fail("move", unfinished_move)
         for client in self.clients:
             if client.crashed or client.is_alive():
                 verdict.fail("harness", f"{client.name}: {client.crashed or 'still running after the deadline'}")
@@ -177,6 +180,7 @@ class ChaosRun:
             "commands": commands,
             "saga_metrics": settle.saga_metrics(CHAOS.api_url),
             "wallets": {"payers": len(wallets.payers), "other": len(wallets.shard_of) - len(wallets.payers)},
+            "moves": dict(self.nemesis.mover.outcomes) if self.nemesis is not None else {},
         }
         return verdict, facts
 

@@ -17,6 +17,7 @@ FAULT_WEIGHTS = {
     "crash_shard": 9,
     "pause_shard": 9,
     "flush_redis": 8,
+    "move_buckets": 7,  # a bucket range moves to another shard (the mover sometimes killed mid-way)
 }
 WARM_UP = (5.0, 10.0)  # seconds of clean load before the first fault
 GAP = (3.0, 9.0)  # seconds between the end of one fault and the start of the next
@@ -53,6 +54,8 @@ def plan_faults(seed: int, duration: float, *, shards: list[str], celery_workers
             target = "beat"
         elif kind == "kill_cdc":
             target = "cdc"
+        elif kind == "move_buckets":
+            target = rng.choice(shards)  # the shard that receives the range
         else:
             target = "redis"
         hold = round(rng.uniform(*PAUSE), 2) if kind == "pause_shard" else 0.0

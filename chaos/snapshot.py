@@ -1,7 +1,8 @@
 """The shards' truth after the run: transfers with their histories, idempotency keys, entries, balances.
 
 Read straight from every shard's primary with SQL (the harness is not a client here), once
-every transfer is terminal, so nothing moves while it is read.
+every transfer is terminal, so nothing moves while it is read; only rows of the buckets each
+shard serves (a bucket move leaves a fenced copy until its clean-up).
 """
 
 from __future__ import annotations
@@ -72,25 +73,32 @@ def _read_shards(client_id: int) -> Snapshot:
     snap = Snapshot()
     for alias in shard_aliases():
         histories: dict[str, list[str]] = defaultdict(list)
-        for tid, status in _rows(alias, "SELECT transfer_id::text, to_status FROM transfers_event ORDER BY id"):
+        for tid, status in _rows(
+            alias,
+            "SELECT transfer_id::text, to_status FROM transfers_event WHERE sharding_serves(transfer_id) ORDER BY id",
+        ):
             histories[tid].append(status)
         for row in _rows(
             alias,
             "SELECT id::text, payer_id::text, payee_id::text, amount_minor, currency, status, failure_reason,"
-            " attempts, last_error, parked_at IS NOT NULL FROM transfers_transfer",
+            " attempts, last_error, parked_at IS NOT NULL FROM transfers_transfer WHERE sharding_serves(id)",
         ):
             snap.transfers[row[0]] = TransferRow(*row, history=tuple(histories[row[0]]))
         for payer, key, tid in _rows(
             alias,
-            "SELECT payer_id::text, key, transfer_id::text FROM transfers_idempotency WHERE client_id = %s",
+            "SELECT payer_id::text, key, transfer_id::text FROM transfers_idempotency"
+            " WHERE client_id = %s AND sharding_serves(payer_id)",
             [client_id],
         ):
             snap.keys[(payer, key)] = tid
         for wallet, kind, amount, reference in _rows(
-            alias, "SELECT wallet_id::text, kind, amount_minor, reference FROM ledger_entry"
+            alias,
+            "SELECT wallet_id::text, kind, amount_minor, reference FROM ledger_entry WHERE sharding_serves(wallet_id)",
         ):
             snap.entries[reference].append(EntryRow(wallet, kind, amount))
-        for wallet, balance, currency in _rows(alias, "SELECT id::text, balance_minor, currency FROM ledger_wallet"):
+        for wallet, balance, currency in _rows(
+            alias, "SELECT id::text, balance_minor, currency FROM ledger_wallet WHERE sharding_serves(id)"
+        ):
             snap.balances[wallet] = (balance, currency)
     return snap
 
@@ -103,7 +111,7 @@ def in_flight() -> list[TransferRow]:
             alias,
             "SELECT id::text, payer_id::text, payee_id::text, amount_minor, currency, status, failure_reason,"
             " attempts, last_error, parked_at IS NOT NULL FROM transfers_transfer"
-            " WHERE status IN ('pending', 'debited', 'refunding') ORDER BY id",
+            " WHERE status IN ('pending', 'debited', 'refunding') AND sharding_serves(id) ORDER BY id",
         ):
             found.append(TransferRow(*row))
     return found
