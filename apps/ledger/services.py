@@ -28,6 +28,7 @@ from apps.ledger.errors import (
     WalletNotFound,
 )
 from apps.ledger.models import EntryKind, MovementKey, Wallet, WalletStatus
+from apps.sharding.fence import check_missing_are_served
 from apps.sharding.ids import bucket_of, new_id
 from apps.sharding.routing import alias_for_id, random_bucket, shard_map
 
@@ -133,6 +134,8 @@ def _lock_wallet(alias: str, wallet_id: uuid.UUID) -> None:
 def _why_not_applied(alias: str, wallet_id: uuid.UUID, delta: int, currency: str | None, kind: str) -> Exception:
     wallet = Wallet.objects.using(alias).filter(id=wallet_id).first()
     if wallet is None:
+        with connections[alias].cursor() as cursor:  # a stale map's "missing" is no answer
+            check_missing_are_served(cursor, [wallet_id])
         return WalletNotFound(param="wallet_id")
     if currency is not None and wallet.currency != currency:
         return CurrencyMismatch(f"The wallet holds {wallet.currency}, not {currency}.", param="currency")

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from apps.sharding.placement import FENCE_SQLSTATE
 from apps.sharding.routing import refresh_shard_map
@@ -17,6 +18,28 @@ from apps.sharding.routing import refresh_shard_map
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+class NotServedHere(Exception):
+    """A row was not found on a shard that does not serve its bucket: not an answer, a stale map.
+
+    Carries the fence's SQLSTATE, so that callers retry it exactly like a refused write.
+    """
+
+    sqlstate = FENCE_SQLSTATE
+
+
+NOT_SERVED_SQL = "SELECT id FROM unnest(%s::uuid[]) AS id WHERE NOT sharding_serves(id)"
+
+
+def check_missing_are_served(cursor: Any, missing: list[uuid.UUID]) -> None:
+    """Rows looked up by id and not found: trust the "not found" only where the shard serves them."""
+    if not missing:
+        return
+    cursor.execute(NOT_SERVED_SQL, [missing])
+    elsewhere = [row[0] for row in cursor.fetchall()]
+    if elsewhere:
+        raise NotServedHere(f"{len(elsewhere)} id(s) belong to buckets this shard does not serve, e.g. {elsewhere[0]}")
 
 
 class BucketsMoving(Exception):

@@ -23,6 +23,7 @@ from django.db import connections
 
 from apps.ledger.models import WalletStatus
 from apps.ledger.services import IN_FLIGHT_OUT_BY_PAYER_SQL, MAX_BALANCE_MINOR
+from apps.sharding.fence import check_missing_are_served
 from apps.sharding.ids import bucket_of, new_id
 from apps.sharding.routing import alias_for_id
 from apps.transfers.models import FailureReason, Transfer, TransferStatus
@@ -69,6 +70,8 @@ def lock_wallets(alias: str, wallet_ids: set[uuid.UUID], *, payee_ids: set[uuid.
             [sorted(wallet_ids)],
         )
         wallets = {row[0]: LockedWallet(*row[1:]) for row in cursor.fetchall()}
+        # Through a stale map a moved wallet is "missing" here: that must not become a refusal.
+        check_missing_are_served(cursor, sorted(wallet_ids - wallets.keys()))
         payees = sorted(payee_ids & wallets.keys())
         if payees:
             cursor.execute(IN_FLIGHT_OUT_BY_PAYER_SQL, [payees])

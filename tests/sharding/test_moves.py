@@ -151,6 +151,21 @@ def test_a_process_with_a_stale_map_is_refused_and_lands_on_the_new_owner() -> N
     r = api_for(key).get(f"/v1/wallets/{wallet.id}")
     assert r.status_code == 200
     assert r.json()["balance_minor"] == 107
+    # Nor is a moved wallet "not found" when a stale map sends its transfer to the old shard:
+    # neither as the payer, nor as a payee the stale map puts on the payer's shard.
+    home = wallet_in_bucket(owner, 100, funded=50)  # stays on shard_00
+    for payer, payee, amount in [(wallet, home, 7), (home, wallet, 5)]:
+        live_map._map = stale
+        live_map._checked_at = time.monotonic() + 3600
+        r = api_for(key).post(
+            "/v1/transfers?wait=5",
+            {"from": str(payer.id), "to": str(payee.id), "amount_minor": amount, "currency": "USD"},
+            format="json", HTTP_IDEMPOTENCY_KEY=f"stale-{amount}",
+        )  # fmt: skip
+        assert r.status_code in (201, 202), r.json()
+        transfer_advance(uuid.UUID(r.json()["id"]))
+        assert transfer_advance(uuid.UUID(r.json()["id"])).status == "completed"
+    assert [balance(wallet.id), balance(home.id)] == [105, 52]
 
 
 def test_an_aborted_move_changes_nothing() -> None:
