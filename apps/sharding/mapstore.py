@@ -26,6 +26,7 @@ from apps.sharding.shardmap import DatabaseServer, ShardMap
 log = logging.getLogger(__name__)
 
 REFRESH_SECONDS = 1.0
+FIRST_READ_RETRY_SECONDS = 0.1
 
 
 def _default_cursor() -> Any:
@@ -112,14 +113,19 @@ class LiveMap:
         self._map: ShardMap | None = None
         self._checked_at = float("-inf")
 
+    def _interval(self) -> float:
+        # A process that has not read the control database's map yet routes by the file's
+        # layout, which may be many moves old: it asks again soon rather than in a second.
+        return REFRESH_SECONDS if self._map is not None else FIRST_READ_RETRY_SECONDS
+
     def get(self) -> ShardMap:
-        if time.monotonic() - self._checked_at >= REFRESH_SECONDS:
+        if time.monotonic() - self._checked_at >= self._interval():
             self.refresh()
         return self._map or settings.SHARD_MAP
 
     def refresh(self, *, force: bool = False) -> ShardMap:
         with self._lock:
-            if not force and time.monotonic() - self._checked_at < REFRESH_SECONDS:
+            if not force and time.monotonic() - self._checked_at < self._interval():
                 return self._map or settings.SHARD_MAP
             self._checked_at = time.monotonic()
             current = self._map or settings.SHARD_MAP
