@@ -69,7 +69,7 @@ class MoveDriver:
             first, last = chosen
             argv = _manage("move_buckets", str(first), str(last), "--to", fault.target, "--cleanup-delay", "2")
             what = f"move buckets {first}..{last} to {fault.target}"
-        kill_after = 0.5 + (fault.pick % 7) * 0.5 if fault.pick % 3 == 0 else None
+        kill_after = 1.5 + (fault.pick % 7) * 0.75 if fault.pick % 3 == 0 else None  # startup is ~1.5 s
         self._thread = threading.Thread(target=self._run, args=(argv, what, kill_after), daemon=True)
         self._thread.start()
         return what + (f" (the mover is killed after {kill_after:g} s)" if kill_after else "")
