@@ -33,10 +33,20 @@ from django.utils.safestring import SafeString
 from apps.accounts.selectors import api_client_ids_matching, api_client_names
 from apps.ledger.currencies import format_minor
 from apps.sharding.ids import InvalidId, parse_id
+from apps.sharding.placement import BUCKET_COLUMNS
 from apps.sharding.routing import alias_for_id, shard_aliases, use_shard
 from apps.sharding.shardmap import ShardMapError
 
 _T = TypeVar("_T")
+
+
+def served_only(queryset: QuerySet) -> QuerySet:
+    """Rows of the buckets each shard serves: a move's copy, arriving or left behind, is listed once."""
+    table = queryset.model._meta.db_table
+    column = BUCKET_COLUMNS.get(table)
+    if column is None:
+        return queryset
+    return queryset.extra(where=[f'sharding_serves("{table}"."{column}")'])  # noqa: S610 - fixed names
 
 
 class ShardedQuerySequence:
@@ -51,7 +61,7 @@ class ShardedQuerySequence:
     ordered = True  # the Paginator warns about unordered input otherwise
 
     def __init__(self, queryset: QuerySet, aliases: Sequence[str], unreachable: set[str] | None = None) -> None:
-        self.queryset = queryset.order_by("-pk")
+        self.queryset = served_only(queryset).order_by("-pk")
         self.aliases = list(aliases)
         self.unreachable = unreachable if unreachable is not None else set()
         self._count: int | None = None

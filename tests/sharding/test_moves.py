@@ -438,3 +438,17 @@ def test_a_difference_found_at_the_switch_keeps_the_source_copy_and_stops_the_mo
         conn.execute("UPDATE ledger_wallet SET balance_minor = 300 WHERE id = %s", [wallet.id])
     Mover(stopped).finish_keeping_source()
     assert moves.move_get(planned.id).state == "done"
+
+
+def test_the_admin_lists_a_moving_wallet_once() -> None:
+    from tests.operators.helpers import logged_in, make_staff
+
+    owner, _key = make_client()
+    wallet_in_bucket(owner, 11, funded=5)
+    admin = logged_in(make_staff("lena", "viewers"))
+    before = admin.get("/admin/ledger/wallet/").context["cl"].result_count
+    planned = plan_move(0, 63, "shard_01")
+    Mover(planned).run(stop_after="verifying")  # copied: the wallet's row is on both shards
+    assert range_rows("shard_01", 0, 63)["ledger_wallet"] >= 1
+    assert admin.get("/admin/ledger/wallet/").context["cl"].result_count == before
+    Mover(planned).abort()
