@@ -12,6 +12,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from django.db import DatabaseError
+
 from apps.sharding.placement import FENCE_SQLSTATE
 from apps.sharding.routing import refresh_shard_map
 
@@ -20,10 +22,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class NotServedHere(Exception):
+class NotServedHere(DatabaseError):
     """A row was not found on a shard that does not serve its bucket: not an answer, a stale map.
 
-    Carries the fence's SQLSTATE, so that callers retry it exactly like a refused write.
+    A database error carrying the fence's SQLSTATE, so that every caller treats it exactly like
+    a refused write (drains hand their transfers over, steps and requests retry on the owner).
     """
 
     sqlstate = FENCE_SQLSTATE

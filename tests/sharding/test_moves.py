@@ -22,7 +22,7 @@ from django.test import override_settings
 from apps.audit.reconcile import reconcile
 from apps.ledger.services import wallet_fund
 from apps.sharding import moves
-from apps.sharding.fence import is_fence_refusal
+from apps.sharding.fence import is_fence_refusal, retry_while_fenced
 from apps.sharding.mapstore import live_map
 from apps.sharding.mover import Mover, plan_move
 from apps.sharding.routing import alias_for_id, refresh_shard_map, shard_map
@@ -452,3 +452,25 @@ def test_the_admin_lists_a_moving_wallet_once() -> None:
     assert range_rows("shard_01", 0, 63)["ledger_wallet"] >= 1
     assert admin.get("/admin/ledger/wallet/").context["cl"].result_count == before
     Mover(planned).abort()
+
+
+def test_a_drain_with_a_stale_map_hands_its_transfers_over_and_they_complete_once() -> None:
+    from apps.transfers.saga import drain_debited
+    from tests.factories import create_transfer
+
+    owner, _key = make_client()
+    payer = wallet_in_bucket(owner, 600, funded=100)  # shard_01
+    payee = wallet_in_bucket(owner, 12)  # shard_00, about to move to shard_01
+    transfer = create_transfer(owner, payer, payee.id, 30)  # debited; no worker runs
+    stale = shard_map()
+    move(0, 63, "shard_01", cleanup_delay=0)
+    live_map._map = stale  # this process still sends the payee's credit to shard_00
+    live_map._checked_at = time.monotonic() + 3600
+    result = drain_debited("shard_01")
+    assert transfer.id in result.left_over  # handed over, to be run on its own: not refunded, not lost
+    assert raw_query("shard_01", "SELECT status FROM transfers_transfer WHERE id = %s", [transfer.id]) == [("debited",)]
+    # Its own task's run: the step refused through the stale map re-reads it and runs on the owner.
+    advanced = retry_while_fenced(lambda: transfer_advance(transfer.id), wait_seconds=5)
+    assert advanced.status == "completed"
+    assert [balance(payer.id), balance(payee.id)] == [70, 30]
+    assert check_ledger().violations == []
