@@ -56,23 +56,16 @@ class _LsnLoader(Loader):
 
 
 def conninfo(server: DatabaseServer, **extra: Any) -> str:
-    parts = {
-        "host": server.host,
-        "port": server.port,
-        "dbname": server.name,
-        "user": server.user,
-        "password": server.password,
-        "connect_timeout": 5,
+    """The CDC's connection string: UTC text values, and keepalives to notice a shard that vanished."""
+    cdc = {
         "application_name": "shardwallet_cdc",
         "options": "-c TimeZone=UTC",
-        # Notice a shard that vanished without closing the socket.
         "keepalives": 1,
         "keepalives_idle": 5,
         "keepalives_interval": 2,
         "keepalives_count": 3,
-        **extra,
     }
-    return " ".join(f"{k}='{str(v).replace(chr(39), chr(92) + chr(39))}'" for k, v in parts.items() if v != "")
+    return server.conninfo(**{**cdc, **extra})
 
 
 def ensure_publication(server: DatabaseServer, publication: str, tables: list[str]) -> None:

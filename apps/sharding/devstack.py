@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 import psycopg
 import redis
 
-from apps.sharding.shardmap import DatabaseServer, ShardMap
+from apps.sharding.shardmap import SERVERS_SQL, DatabaseServer, ShardMap
 
 log = logging.getLogger(__name__)
 
@@ -181,9 +181,7 @@ class Devstack:
             return []
         try:
             with psycopg.connect(control.conninfo(connect_timeout=2), autocommit=True) as conn:
-                rows = conn.execute(
-                    "SELECT alias, host, port, name, username, password FROM sharding_server"
-                ).fetchall()
+                rows = conn.execute(SERVERS_SQL).fetchall()
         except psycopg.Error:
             return []  # not created or not migrated yet
         return [DatabaseServer(*row) for row in rows]

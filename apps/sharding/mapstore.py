@@ -21,7 +21,7 @@ from typing import Any
 from django.conf import settings
 from django.db import DatabaseError, connections, transaction
 
-from apps.sharding.shardmap import DatabaseServer, ShardMap
+from apps.sharding.shardmap import SERVERS_SQL, DatabaseServer, ShardMap
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def read_control_map(base: ShardMap) -> ShardMap | None:
         state = cursor.fetchone()
         if state is None:
             return None
-        cursor.execute("SELECT alias, host, port, name, username, password FROM sharding_server ORDER BY alias")
+        cursor.execute(SERVERS_SQL)
         servers = {row[0]: DatabaseServer(*row) for row in cursor.fetchall()}
         cursor.execute("SELECT alias FROM sharding_bucket_assignment ORDER BY bucket")
         owners = [row[0] for row in cursor.fetchall()]

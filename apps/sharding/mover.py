@@ -53,9 +53,9 @@ class MoveFailed(RuntimeError):
     """The move cannot go on; it stays in its phase (resume or abort)."""
 
 
-def _connect(server: DatabaseServer) -> psycopg.Connection[Any]:
+def _connect(server: DatabaseServer, *, autocommit: bool = True) -> psycopg.Connection[Any]:
     # UTC: the content hashes compare rows as text on two servers.
-    return psycopg.connect(server.conninfo(options="-c TimeZone=UTC"), autocommit=True)
+    return psycopg.connect(server.conninfo(options="-c TimeZone=UTC"), autocommit=autocommit)
 
 
 def plan_move(first: int, last: int, target: str) -> Move:
@@ -345,7 +345,7 @@ class Mover:
 
     def _pin_target_snapshot(self) -> psycopg.Connection[Any]:
         """A read-only snapshot of the target taken while the range is fenced and fully applied."""
-        conn = psycopg.connect(self.target.conninfo(options="-c TimeZone=UTC"))
+        conn = _connect(self.target, autocommit=False)
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
         conn.execute("SELECT 1")  # the snapshot is taken at the first statement

@@ -16,6 +16,8 @@ import yaml
 MAX_BUCKETS = 4096  # ids carry the bucket in 12 bits (see apps.sharding.ids)
 ALIAS_PATTERN = re.compile(r"^shard_\d{2,}$")
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+# The shard servers the control database knows (apps.sharding.mapstore), as DatabaseServer's fields.
+SERVERS_SQL = "SELECT alias, host, port, name, username, password FROM sharding_server ORDER BY alias"
 
 
 class ShardMapError(ValueError):
