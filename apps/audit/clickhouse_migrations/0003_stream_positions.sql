@@ -18,13 +18,16 @@ SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
 -- writes it with each batch (and as an idle shard advances) before it confirms the
 -- position to the slot, so a slot is never ahead of its store: one that is was lost,
 -- replaced or read by someone else, and the reader stops instead of skipping the gap.
--- `reconcile` waits for these positions to pass the point it compares at.
+-- `tables` is the captured set the position covers: a table added to it later has its
+-- existing rows copied in. `reconcile` waits for these positions to pass the point it
+-- compares at.
 CREATE TABLE IF NOT EXISTS audit.cdc_positions
 (
     shard LowCardinality(String),
     slot_name String,
     confirmed_lsn UInt64,
     stream_epoch UInt64,
+    tables Array(String),
     updated_at DateTime64(6, 'UTC')
 )
 ENGINE = ReplacingMergeTree(updated_at)
