@@ -9,6 +9,61 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# Transfers that have ended, for transfer_pairing_sql.
+TERMINAL_TRANSFERS = """
+SELECT transfer_id, status, amount_minor, currency, payer_id, payee_id
+FROM audit.transfers FINAL
+WHERE is_deleted = 0 AND status IN ('completed', 'failed')
+"""
+
+
+def transfer_pairing_sql(transfers: str, entries_filter: str = "1") -> str:
+    """Each transfer of `transfers` (a query giving transfer_id, status, amount_minor, currency,
+    payer_id, payee_id) beside its entries (the store's now; `entries_filter` narrows them),
+    with `paired` = 1 when they are what its status needs:
+    - completed: exactly one debit (-amount on the payer) and one credit (+amount on the
+      payee), no refund;
+    - failed: no entries at all, or exactly one debit and one refund (+amount on the payer).
+    An entry's `reference` is its transfer's id; a debit is negative, a credit and a
+    refund positive (the shards' CHECK ties the sign to the kind)."""
+    return f"""
+SELECT
+    t.transfer_id AS transfer_id,
+    t.status AS status,
+    t.amount_minor AS amount_minor,
+    t.currency AS currency,
+    t.payer_id AS payer_id,
+    t.payee_id AS payee_id,
+    e.debits AS debits,
+    e.credits AS credits,
+    e.refunds AS refunds,
+    e.debit_wallet = t.payer_id AND e.debit_minor = -toInt128(t.amount_minor) AS debit_matches,
+    e.credit_wallet = t.payee_id AND e.credit_minor = toInt128(t.amount_minor) AS credit_matches,
+    e.refund_wallet = t.payer_id AND e.refund_minor = toInt128(t.amount_minor) AS refund_matches,
+    if(t.status = 'completed',
+       e.debits = 1 AND e.credits = 1 AND e.refunds = 0 AND debit_matches AND credit_matches,
+       e.credits = 0 AND ((e.debits = 0 AND e.refunds = 0)
+                          OR (e.debits = 1 AND e.refunds = 1 AND debit_matches AND refund_matches))) AS paired
+FROM ({transfers}) AS t
+LEFT JOIN
+(
+    SELECT
+        reference,
+        countIf(kind = 'debit') AS debits,
+        countIf(kind = 'credit') AS credits,
+        countIf(kind = 'refund') AS refunds,
+        anyIf(wallet_id, kind = 'debit') AS debit_wallet,
+        anyIf(wallet_id, kind = 'credit') AS credit_wallet,
+        anyIf(wallet_id, kind = 'refund') AS refund_wallet,
+        sumIf(toInt128(amount_minor), kind = 'debit') AS debit_minor,
+        sumIf(toInt128(amount_minor), kind = 'credit') AS credit_minor,
+        sumIf(toInt128(amount_minor), kind = 'refund') AS refund_minor
+    FROM audit.ledger_entries FINAL
+    WHERE is_deleted = 0 AND kind IN ('debit', 'credit', 'refund') AND ({entries_filter})
+    GROUP BY reference
+) AS e ON e.reference = toString(t.transfer_id)
+"""  # noqa: S608
+
 
 @dataclass(frozen=True)
 class AuditQuery:
@@ -120,22 +175,48 @@ ORDER BY day, currency
         ),
         AuditQuery(
             "conservation",
-            "Per currency: balances = deposits - withdrawals - money in flight, with money in flight "
-            "computed twice: from the entries (debits not credited or refunded) and from the transfers "
-            "(debited or refunding, not credited). Every row must show conserved = 1 and agrees = 1.",
-            """
+            "Per currency, two checks that can fail. Money: the wallets' balances = deposits - withdrawals "
+            "(from the entries) - money in flight (from the transfers: debited or refunding, and not credited "
+            "to the payee). Pairing: every completed transfer has one debit of its amount on its payer and one "
+            "credit of it on its payee, every failed one no entries or a debit and its refund. `holds` is 1 "
+            "where both do; run it when the stream has caught up (the shards are followed one by one, so "
+            "under traffic the store can hold a debit before the matching credit).",
+            f"""
 SELECT
-    c.currency AS currency,
-    c.wallets AS wallets,
-    c.balances_minor AS balances_minor,
-    c.deposits_minor AS deposits_minor,
-    c.withdrawals_minor AS withdrawals_minor,
-    c.in_flight_minor AS in_flight_minor,
-    c.expected_balances_minor AS expected_balances_minor,
-    c.conserved AS conserved,
-    coalesce(t.in_flight_minor, toInt128(0)) AS in_flight_by_transfers_minor,
-    in_flight_by_transfers_minor = c.in_flight_minor AS agrees
-FROM audit.currency_totals AS c
+    b.currency AS currency,
+    b.wallets AS wallets,
+    b.balances_minor AS balances_minor,
+    coalesce(m.deposits_minor, toInt128(0)) AS deposits_minor,
+    coalesce(m.withdrawals_minor, toInt128(0)) AS withdrawals_minor,
+    coalesce(f.in_flight_minor, toInt128(0)) AS in_flight_minor,
+    deposits_minor - withdrawals_minor - in_flight_minor AS expected_balances_minor,
+    balances_minor = expected_balances_minor AS conserved,
+    coalesce(p.completed, toUInt64(0)) AS completed_transfers,
+    coalesce(p.completed_unpaired, toUInt64(0)) AS completed_unpaired,
+    coalesce(p.failed, toUInt64(0)) AS failed_transfers,
+    coalesce(p.failed_unpaired, toUInt64(0)) AS failed_unpaired,
+    completed_unpaired = 0 AND failed_unpaired = 0 AS paired,
+    conserved AND paired AS holds
+FROM
+(
+    SELECT currency, count() AS wallets, sum(toInt128(balance_minor)) AS balances_minor
+    FROM audit.wallets FINAL WHERE is_deleted = 0 GROUP BY currency
+) AS b
+LEFT JOIN
+(
+    SELECT w.currency AS currency, sum(e.deposits) AS deposits_minor, sum(e.withdrawals) AS withdrawals_minor
+    FROM
+    (
+        SELECT wallet_id, sumIf(toInt128(amount_minor), kind = 'deposit') AS deposits,
+               -sumIf(toInt128(amount_minor), kind = 'withdrawal') AS withdrawals
+        FROM audit.ledger_entries FINAL
+        WHERE is_deleted = 0 AND kind IN ('deposit', 'withdrawal')
+        GROUP BY wallet_id
+    ) AS e
+    INNER JOIN (SELECT wallet_id, currency FROM audit.wallets FINAL WHERE is_deleted = 0) AS w
+        ON w.wallet_id = e.wallet_id
+    GROUP BY w.currency
+) AS m ON m.currency = b.currency
 LEFT JOIN
 (
     SELECT tr.currency AS currency, sum(toInt128(tr.amount_minor)) AS in_flight_minor
@@ -144,9 +225,35 @@ LEFT JOIN
         (SELECT transfer_id FROM audit.payee_credits FINAL WHERE is_deleted = 0 AND outcome = 'credited') AS pc
         ON pc.transfer_id = tr.transfer_id
     GROUP BY tr.currency
-) AS t ON t.currency = c.currency
+) AS f ON f.currency = b.currency
+LEFT JOIN
+(
+    SELECT
+        currency,
+        countIf(status = 'completed') AS completed,
+        countIf(status = 'completed' AND NOT paired) AS completed_unpaired,
+        countIf(status = 'failed') AS failed,
+        countIf(status = 'failed' AND NOT paired) AS failed_unpaired
+    FROM ({transfer_pairing_sql(TERMINAL_TRANSFERS)})
+    GROUP BY currency
+) AS p ON p.currency = b.currency
 ORDER BY currency
-""",
+""",  # noqa: S608
+        ),
+        AuditQuery(
+            "transfer_pairing",
+            "Terminal transfers whose entries do not pair: a completed one needs exactly one debit of its amount "
+            "on its payer and one credit of it on its payee, a failed one no entries, or a debit and its refund "
+            "of the same amount on the payer. Transfers in flight are skipped; at most `limit` rows.",
+            f"""
+SELECT *
+FROM ({transfer_pairing_sql(TERMINAL_TRANSFERS)})
+WHERE NOT paired
+ORDER BY transfer_id
+LIMIT {{limit:UInt32}}
+""",  # noqa: S608
+            {"limit": "at most this many transfers (default 100)"},
+            {"limit": "100"},
         ),
         AuditQuery(
             "bucket_moves",

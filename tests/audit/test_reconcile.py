@@ -1,0 +1,286 @@
+"""reconcile at consistent points: real shards, a real `run_cdc` process, real chDB, real workers."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import connections
+
+from apps.audit.reconcile import reconcile
+from apps.ledger.models import WalletStatus
+from apps.ledger.services import wallet_create, wallet_fund, wallet_set_status
+from apps.sharding.ids import bucket_of
+from apps.transfers.saga import transfer_advance
+from tests.audit.cdc import CdcProcess, wait_until
+from tests.audit.helpers import caught_up
+from tests.audit.moves import control_epoch, copy_bucket, fence, mover_session, own, restore_buckets
+from tests.audit.store_edit import write_store
+from tests.factories import ALL_DATABASES, create_transfer, make_client, make_wallet, raw_query
+from tests.workers import Worker, wait_terminal
+
+pytestmark = [pytest.mark.django_db(transaction=True, databases=ALL_DATABASES), pytest.mark.slow]
+
+
+def run(command: str, *args: str) -> str:
+    out = StringIO()
+    call_command(command, *args, stdout=out)
+    return out.getvalue()
+
+
+def query_rows(cdc: CdcProcess, name: str, *params: str) -> list[dict[str, str]]:
+    """A named audit query through the command, as rows of {column: text}."""
+    lines = run("audit_query", name, *(a for p in params for a in ("--param", p)), "--port", str(cdc.port)).splitlines()
+    header = [c.strip() for c in lines[0].split("|")]
+    return [dict(zip(header, (c.strip() for c in line.split("|")), strict=True)) for line in lines[2:-1]]
+
+
+def test_reconcile_agrees_while_deposits_and_cross_shard_transfers_keep_coming(
+    cdc: CdcProcess, workers: list[Worker]
+) -> None:
+    workers.append(Worker())
+    owner, _ = make_client()
+    wallets = [make_wallet(owner, funded=1_000_000, shard=s) for s in ("shard_00", "shard_01") for _ in range(4)]
+    cdc.start()
+    client = cdc.client()
+    wait_until(lambda: caught_up(client), 30, "the first catch-up")
+    stop = threading.Event()
+    made: list[uuid.UUID] = []
+    errors: list[BaseException] = []
+
+    def traffic(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            while not stop.is_set():
+                payer = rng.choice(wallets)
+                if rng.random() < 0.3:
+                    wallet_fund(wallet_id=payer.id, amount_minor=rng.randint(1, 500), reference=str(uuid.uuid4()))
+                    continue
+                payee = rng.choice([w for w in wallets if w.id != payer.id])
+                made.append(create_transfer(owner, payer, payee.id, rng.randint(1, 300)).id)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=traffic, args=(seed,)) for seed in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_until(lambda: len(made) > 30, 30, "transfers under way")
+        reports = [reconcile(client, wait=20) for _ in range(3)]
+        during = len(made)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert not errors, errors
+    assert len(made) > during  # the traffic went on for the whole of the reconciles
+    for report in reports:
+        assert report.ok, report.differences
+        assert report.wallets >= len(wallets)
+        assert report.entries > 0
+        assert report.transfers > 0
+    wait_terminal(made, timeout=60)
+    wait_until(lambda: caught_up(client), 30, "the final catch-up")
+    final = reconcile(client, wait=20)
+    assert final.ok, final.differences
+    assert final.attempts == 1  # nothing to look at twice once the traffic stopped
+
+
+def test_a_row_changed_behind_the_cdcs_back_is_named_with_its_bucket(cdc: CdcProcess) -> None:
+    owner, _ = make_client()
+    changed = make_wallet(owner, funded=1_000, shard="shard_00")
+    untouched = make_wallet(owner, funded=1_000, shard="shard_01")
+    cdc.start()
+    client = cdc.client()
+    wait_until(lambda: caught_up(client), 20, "catch-up")
+    assert reconcile(client, wait=10).ok
+    bucket = bucket_of(changed.id)
+
+    # The mover's replication origin: the CDC skips the transaction, the store never sees it.
+    with mover_session("shard_00") as conn:
+        conn.execute("UPDATE ledger_wallet SET balance_minor = balance_minor + 7 WHERE id = %s", [changed.id])
+
+    report = reconcile(client, wait=10)
+    assert not report.ok
+    assert report.attempts == 2  # it differed twice before it was reported
+    assert f"bucket {bucket} on shard_00, wallets: 1 row(s) summing 1007 on the shard, 1 row(s) summing 1000" \
+        " in the audit store" in report.differences  # fmt: skip
+    assert (
+        f"wallet {changed.id} (bucket {bucket} on shard_00): balance_minor is 1007 on the shard, 1000 in the audit store"
+        in report.differences
+    )
+    assert not any(
+        str(untouched.id) in line or f"bucket {bucket_of(untouched.id)} " in line for line in report.differences
+    )
+    out = StringIO()
+    with pytest.raises(CommandError, match="difference"):
+        call_command("reconcile", "--port", str(cdc.port), "--wait", "10", stdout=out)
+    assert f"wallet {changed.id} (bucket {bucket} on shard_00): balance_minor is 1007" in out.getvalue()
+    # Reconciling changed neither side.
+    assert raw_query("shard_00", "SELECT balance_minor FROM ledger_wallet WHERE id = %s", [changed.id]) == [(1007,)]
+    [(in_store,)] = client.query(
+        "SELECT balance_minor FROM audit.wallets FINAL WHERE wallet_id = {id:UUID}", parameters={"id": str(changed.id)}
+    ).result_rows
+    assert in_store == 1000
+
+
+def test_a_row_only_the_store_holds_and_a_row_it_lacks_are_both_named(cdc: CdcProcess) -> None:
+    owner, _ = make_client()
+    wallet = make_wallet(owner, funded=1_000, shard="shard_01")
+    cdc.start()
+    client = cdc.client()
+    wait_until(lambda: caught_up(client), 20, "catch-up")
+    [(entry_id,)] = raw_query("shard_01", "SELECT id FROM ledger_entry WHERE wallet_id = %s", [wallet.id])
+    bucket = bucket_of(wallet.id)
+    # A deposit the store never hears of; and an entry of the same bucket only the store holds.
+    with mover_session("shard_01") as conn:
+        conn.execute(
+            "INSERT INTO ledger_entry (id, wallet_id, seq, reference, kind, amount_minor, balance_after_minor,"
+            " created_at) SELECT %s, wallet_id, 2, 'unseen', 'deposit', 5, 1005, now() FROM ledger_entry"
+            " WHERE id = %s",
+            [uuid.UUID(int=entry_id.int + 1), entry_id],
+        )
+    ghost = uuid.UUID(int=entry_id.int + 2)
+    write_store(
+        cdc,
+        f"INSERT INTO audit.ledger_entries SELECT shard, toUUID('{ghost}'), wallet_id, 3, 'ghost', kind,"
+        " amount_minor, balance_after_minor, created_at, commit_lsn, seq, commit_time, version, is_deleted"
+        f" FROM audit.ledger_entries WHERE entry_id = toUUID('{entry_id}')",
+    )
+    client = cdc.client()
+
+    report = reconcile(client, wait=10)
+    assert not report.ok
+    lines = report.differences
+    assert f"entry {uuid.UUID(int=entry_id.int + 1)} (bucket {bucket} on shard_01) is on the shard but not in the" \
+        " audit store" in lines  # fmt: skip
+    assert f"entry {ghost} (bucket {bucket} on shard_01) is in the audit store but not on the shard" in lines
+    assert not any(str(entry_id) in line for line in lines)  # the entry both hold is not reported
+    assert [line for line in lines if line.startswith("bucket ")] == [
+        f"bucket {bucket} on shard_01, entries: 2 row(s) summing 1005 on the shard, 2 row(s) summing 2000 in the"
+        " audit store"
+    ]
+
+
+def test_the_transfer_check_catches_a_completed_transfer_without_its_credit(cdc: CdcProcess) -> None:
+    owner, _ = make_client()
+    payer = make_wallet(owner, funded=1_000, shard="shard_00")
+    payee = make_wallet(owner, shard="shard_01")
+    other = make_wallet(owner, shard="shard_01")
+    broken = transfer_advance(create_transfer(owner, payer, payee.id, 300).id)
+    fine = transfer_advance(create_transfer(owner, payer, other.id, 200).id)
+    assert (broken.status, fine.status) == ("completed", "completed")
+    cdc.start()
+    client = cdc.client()
+    wait_until(lambda: caught_up(client), 20, "catch-up")
+    assert reconcile(client, wait=10).ok
+    assert query_rows(cdc, "transfer_pairing") == []
+
+    # The credit goes, on the shard and (streamed) in the store: both sides agree, the pairing does not.
+    raw_query("shard_01", "DELETE FROM ledger_entry WHERE reference = %s AND kind = 'credit'", [str(broken.id)])
+    wait_until(lambda: caught_up(client), 20, "the deletion streamed")
+
+    report = reconcile(client, wait=10)
+    assert not report.ok
+    problems = [line for line in report.differences if line.startswith("transfer ")]
+    assert problems == [
+        f"transfer {broken.id} (bucket {bucket_of(broken.id)} on shard_00) is completed (300 USD) but has 1 debit(s),"
+        " 0 credit(s), 0 refund(s) in the audit store that do not make one debit of the amount on the payer and one"
+        " credit of it on the payee"
+    ]
+    assert not any(str(fine.id) in line for line in report.differences)
+    unpaired = query_rows(cdc, "transfer_pairing")
+    assert [(r["transfer_id"], r["status"], r["debits"], r["credits"]) for r in unpaired] == [
+        (str(broken.id), "completed", "1", "0")
+    ]
+    [usd] = query_rows(cdc, "conservation")
+    assert (usd["completed_unpaired"], usd["paired"], usd["conserved"], usd["holds"]) == ("1", "0", "1", "0")
+
+
+def test_conservation_holds_with_money_in_flight_and_fails_without_a_deposit(cdc: CdcProcess) -> None:
+    owner, _ = make_client()
+    payer = make_wallet(owner, funded=10_000, shard="shard_00")
+    payee = make_wallet(owner, funded=500, shard="shard_01")
+    frozen = make_wallet(owner, shard="shard_01")
+    wallet_set_status(wallet_id=frozen.id, status=WalletStatus.FROZEN)
+    assert transfer_advance(create_transfer(owner, payer, payee.id, 1_000).id).status == "completed"
+    assert transfer_advance(create_transfer(owner, payer, frozen.id, 700).id).status == "failed"
+    in_flight = create_transfer(owner, payer, payee.id, 250)  # no worker: it waits, debited
+    assert in_flight.status == "debited"
+    cdc.start()
+    client = cdc.client()
+    wait_until(lambda: caught_up(client), 20, "catch-up")
+
+    [usd] = query_rows(cdc, "conservation")
+    assert usd == {
+        "currency": "USD", "wallets": "3", "balances_minor": "10250", "deposits_minor": "10500",
+        "withdrawals_minor": "0", "in_flight_minor": "250", "expected_balances_minor": "10250", "conserved": "1",
+        "completed_transfers": "1", "completed_unpaired": "0", "failed_transfers": "1", "failed_unpaired": "0",
+        "paired": "1", "holds": "1",
+    }  # fmt: skip
+
+    # The payee's deposit leaves the store (deleted on the shard, streamed): the balances no
+    # longer follow from what the store says came in.
+    raw_query("shard_01", "DELETE FROM ledger_entry WHERE wallet_id = %s AND kind = 'deposit'", [payee.id])
+    wait_until(lambda: caught_up(client), 20, "the deletion streamed")
+    [usd] = query_rows(cdc, "conservation")
+    assert (usd["deposits_minor"], usd["expected_balances_minor"]) == ("10000", "9750")
+    assert (usd["conserved"], usd["paired"], usd["holds"]) == ("0", "1", "0")
+
+
+def test_recorded_gaps_are_reported_as_warnings_not_differences(cdc: CdcProcess) -> None:
+    owner, _ = make_client()
+    make_wallet(owner, funded=100, shard="shard_01")
+    cdc.start()
+    write_store(
+        cdc,
+        "INSERT INTO audit.cdc_gaps VALUES ('shard_01', 4096, 8192, 'resnapshot', 'resnapshotted',"
+        " 'slot lost', 'operator', toDateTime64('2025-03-04 05:06:07', 6, 'UTC'))",
+    )
+    client = cdc.client()
+    wait_until(lambda: caught_up(client), 20, "catch-up")
+
+    report = reconcile(client, wait=10)
+    assert report.ok, report.differences
+    assert [gap.describe() for gap in report.gaps] == [
+        "shard_01: WAL 0/1000 to 0/2000 was never read (resnapshot, resnapshotted, recorded 2025-03-04 05:06:07 UTC):"
+        " slot lost"
+    ]
+    out, err = StringIO(), StringIO()
+    call_command("reconcile", "--port", str(cdc.port), "--wait", "10", stdout=out, stderr=err)
+    assert "reconcile: OK" in out.getvalue()
+    assert "warning: history is incomplete: shard_01: WAL 0/1000 to 0/2000 was never read" in err.getvalue()
+
+
+def test_a_bucket_moving_during_the_comparison_is_compared_once_it_has_moved(cdc: CdcProcess) -> None:
+    """A bucket served by no shard (fenced on its source, not yet owned by its target) is looked at
+    again in a later round, on its new shard."""
+    bucket = 303
+    owner, _ = make_client()
+    wallet = wallet_create(owner_id=owner.id, currency="USD", bucket=bucket)
+    wallet_fund(wallet_id=wallet.id, amount_minor=900, reference="before-the-move")
+    cdc.start()
+    client = cdc.client()
+    wait_until(lambda: caught_up(client), 20, "catch-up")
+    try:
+        copy_bucket("shard_00", "shard_01", bucket)
+        epoch = control_epoch() + 1
+        fence("shard_00", "shard_01", bucket, epoch)
+        owned = threading.Timer(1.5, own, args=("shard_00", "shard_01", bucket, epoch))
+        owned.start()
+        started = time.monotonic()
+        report = reconcile(client, wait=10)
+        owned.join()
+        assert report.ok, report.differences
+        assert report.attempts >= 2
+        assert time.monotonic() - started >= 1.0
+    finally:
+        restore_buckets([bucket])
