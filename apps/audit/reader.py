@@ -516,6 +516,7 @@ class ShardReader(threading.Thread):
             beat = Transaction(self.shard, 0, event.lsn, event.lsn, datetime.now(tz=UTC))
             beat.confirm_lsn = max(event.lsn, data_start)  # the end of its record: what emitting it returned
             beat.heartbeat_at = _heartbeat_time(event.content)
+            beat.stream_epoch = self.epochs.at(event.lsn)
             return beat
         return None
 
