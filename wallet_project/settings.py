@@ -156,18 +156,15 @@ IDEMPOTENCY_KEY_TTL_HOURS = 24
 AUDIT_DIR = _env_path("SHARDWALLET_AUDIT_DIR", str(DEVSTACK_DIR / "audit"))
 CLICKHOUSE_URL = os.environ.get("CLICKHOUSE_URL", "")
 AUDIT_HTTP_PORT = int(os.environ.get("SHARDWALLET_AUDIT_HTTP_PORT", "25123"))
-AUDIT_SLOT_NAME = os.environ.get("SHARDWALLET_AUDIT_SLOT", "shardwallet_audit")
+# Each store's slot on a shard is `<prefix>_<first 12 hex digits of the store's id>`.
+AUDIT_SLOT_PREFIX = os.environ.get("SHARDWALLET_AUDIT_SLOT_PREFIX", "shardwallet_audit")
 AUDIT_PUBLICATION = os.environ.get("SHARDWALLET_AUDIT_PUBLICATION", "shardwallet_audit")
 # The shard tables captured (transfers_idempotency is left out: replayable responses, not money),
 # and the shard's journal of bucket moves (sharding_move_marker, into audit.move_journal).
-AUDIT_TABLES = [
-    "ledger_wallet",
-    "ledger_entry",
-    "transfers_transfer",
-    "transfers_event",
-    "transfers_payee_credit",
-    "sharding_move_marker",
-]
+AUDIT_TABLES = os.environ.get(
+    "SHARDWALLET_AUDIT_TABLES",
+    "ledger_wallet,ledger_entry,transfers_transfer,transfers_event,transfers_payee_credit,sharding_move_marker",
+).split(",")
 AUDIT_BATCH_MAX_CHANGES = int(os.environ.get("SHARDWALLET_AUDIT_BATCH_MAX_CHANGES", "20000"))
 AUDIT_BATCH_MAX_SECONDS = float(os.environ.get("SHARDWALLET_AUDIT_BATCH_MAX_SECONDS", "0.2"))
 # /health shows the CDC process (and its lag) only where one is expected: `serve` sets this.
@@ -176,6 +173,14 @@ AUDIT_CDC_EXPECTED = os.environ.get("SHARDWALLET_AUDIT_CDC_EXPECTED", "0") == "1
 AUDIT_CDC_NICE = int(os.environ.get("SHARDWALLET_AUDIT_CDC_NICE", "10"))
 AUDIT_MAX_LAG_SECONDS = float(os.environ.get("SHARDWALLET_AUDIT_MAX_LAG_SECONDS", "30"))
 # How often the CDC process looks for shards added to the map (each gets its own reader).
+# Heartbeats into each shard's WAL (and a look at its slot) every so often: idle shards'
+# slots move on, and lag is measured in seconds even when nothing streams.
+AUDIT_HEARTBEAT_SECONDS = float(os.environ.get("SHARDWALLET_AUDIT_HEARTBEAT_SECONDS", "5"))
+# /health is degraded past this much WAL held by a slot (the local stack caps it at
+# max_slot_wal_keep_size = 2GB, past which the slot is lost).
+AUDIT_MAX_RETAINED_BYTES = int(os.environ.get("SHARDWALLET_AUDIT_MAX_RETAINED_BYTES", str(1 << 30)))
+# A stopped stream (apps.audit.stops) tries again this often, in case the cause went away.
+AUDIT_STOPPED_RETRY_SECONDS = float(os.environ.get("SHARDWALLET_AUDIT_STOPPED_RETRY_SECONDS", "60"))
 AUDIT_SHARD_POLL_SECONDS = float(os.environ.get("SHARDWALLET_AUDIT_SHARD_POLL_SECONDS", "3"))
 
 # Celery over Redis. Messages are triggers, never the truth: the database is.

@@ -14,15 +14,18 @@ import threading
 import time
 from typing import Any
 
+import psycopg
 from django.conf import settings
 from django.db import connections
 
 from apps.audit import store
-from apps.audit.reader import ShardReader
+from apps.audit.reader import ShardReader, conninfo, emit_heartbeat
 from apps.audit.schema import migrate
 from apps.audit.server import AuditHttpServer, QueryEngine
 from apps.audit.sink import AuditSink
+from apps.audit.slots import slot_states
 from apps.audit.status import StatusBoard
+from apps.audit.stream_state import slot_name, store_id
 from apps.sharding.routing import shard_map
 
 log = logging.getLogger(__name__)
@@ -37,8 +40,13 @@ class CdcProcess:
         self.client: Any = store.writer_client()
         self.applied = migrate(self.client)
         self.sink = AuditSink(self.client)
+        self.store_id = store_id(self.sink)
+        self.slot = slot_name(settings.AUDIT_SLOT_PREFIX, self.store_id)
         self.http_port = http_port if store.embedded() else None
         self.board = StatusBoard(self.aliases, store.backend_name(), self.http_port)
+        self.board.store_id = str(self.store_id)
+        self.board.slot = self.slot
+        self.heartbeats = threading.Thread(target=self._beat, name="cdc-heartbeat", daemon=True)
         self.readers = {alias: self._reader(alias) for alias in self.aliases}
         self.http: AuditHttpServer | None = None
         if self.http_port is not None:
@@ -50,12 +58,33 @@ class CdcProcess:
             self.sink,
             self.board,
             self.stop,
-            slot=settings.AUDIT_SLOT_NAME,
+            slot=self.slot,
+            store=self.store_id,
             publication=settings.AUDIT_PUBLICATION,
             tables=list(settings.AUDIT_TABLES),
             batch_max_changes=settings.AUDIT_BATCH_MAX_CHANGES,
             batch_max_seconds=settings.AUDIT_BATCH_MAX_SECONDS,
+            stopped_retry_seconds=settings.AUDIT_STOPPED_RETRY_SECONDS,
         )
+
+    def _beat(self) -> None:
+        """Every AUDIT_HEARTBEAT_SECONDS, per shard: a heartbeat into its WAL and a look at its slot."""
+        while not self.stop.wait(settings.AUDIT_HEARTBEAT_SECONDS):
+            for alias, reader in list(self.readers.items()):
+                try:
+                    with psycopg.connect(conninfo(reader.server, connect_timeout=3), autocommit=True) as conn:
+                        emitted = emit_heartbeat(conn, self.slot)
+                        mine = [s for s in slot_states(conn) if s.slot == self.slot]
+                except psycopg.Error as exc:
+                    log.debug("cdc heartbeat to %s failed: %s", alias, exc)
+                    continue
+                fields: dict[str, Any] = {"heartbeat_emitted_at": emitted, "slot_checked_at": time.time()}
+                if mine:
+                    fields.update(mine[0].as_status())
+                else:
+                    fields.update(slot_wal_status=None, slot_retained_bytes=None, slot_safe_wal_bytes=None,
+                                  slot_lag_bytes=None)  # fmt: skip
+                self.board.update(alias, **fields)
 
     def follow_new_shards(self) -> list[str]:
         """Start a reader for each shard the map gained since the last look; return their aliases."""
@@ -81,6 +110,7 @@ class CdcProcess:
             self.http.start()
         for reader in self.readers.values():
             reader.start()
+        self.heartbeats.start()
         next_look = time.monotonic() + settings.AUDIT_SHARD_POLL_SECONDS
         try:
             while not self.stop.wait(1.0):

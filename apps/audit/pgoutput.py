@@ -1,7 +1,7 @@
 """A decoder for PostgreSQL's built-in `pgoutput` logical replication plugin (protocol 1).
 
 Only what the audit stream needs: Begin, Commit, Relation, Type, Origin, Insert, Update,
-Delete, Truncate (see the PostgreSQL docs, "Logical Replication Message Formats"). Column
+Delete, Truncate, Message (see the PostgreSQL docs, "Logical Replication Message Formats"). Column
 values arrive as text and are turned into exact Python values by type OID: integers stay
 `int` (money is BIGINT minor units and must never pass through a float), numeric becomes
 `Decimal`, uuid `UUID`, timestamptz an aware UTC `datetime`.
@@ -25,6 +25,7 @@ _INT16 = struct.Struct("!h")
 _BEGIN = struct.Struct("!QqI")
 _COMMIT = struct.Struct("!bQQq")
 _ORIGIN = struct.Struct("!Q")
+_MESSAGE = struct.Struct("!bQ")
 
 
 class PgOutputError(ValueError):
@@ -129,6 +130,17 @@ class RowChange:
 
 
 @dataclass(frozen=True)
+class LogicalMessage:
+    """A message a session wrote into the WAL (`pg_logical_emit_message`); the reader's
+    heartbeats are non-transactional ones (sent as soon as decoded, outside any transaction)."""
+
+    transactional: bool
+    lsn: int
+    prefix: str
+    content: bytes
+
+
+@dataclass(frozen=True)
 class Truncate:
     relations: tuple[Relation, ...]
     cascade: bool
@@ -145,7 +157,9 @@ class Decoder:
 
     relations: dict[int, Relation] = field(default_factory=dict)
 
-    def decode(self, payload: bytes) -> Begin | Commit | Origin | Relation | RowChange | Truncate | None:
+    def decode(
+        self, payload: bytes
+    ) -> Begin | Commit | Origin | Relation | RowChange | Truncate | LogicalMessage | None:
         """One pgoutput message -> an event, or None for messages the audit ignores."""
         kind = payload[:1]
         if kind == b"B":
@@ -168,7 +182,12 @@ class Decoder:
             (origin_lsn,) = _ORIGIN.unpack_from(payload, 1)
             name, _ = _string(payload, 9)
             return Origin(name, origin_lsn)
-        if kind in (b"Y", b"M"):  # type, logical message: nothing to audit
+        if kind == b"M":
+            flags, lsn = _MESSAGE.unpack_from(payload, 1)
+            prefix, pos = _string(payload, 10)
+            (length,) = _INT32.unpack_from(payload, pos)
+            return LogicalMessage(bool(flags & 1), lsn, prefix, bytes(payload[pos + 4 : pos + 4 + length]))
+        if kind == b"Y":  # a type's description: values arrive as text, converted by type OID
             return None
         raise PgOutputError(f"unknown pgoutput message type {kind!r}")
 

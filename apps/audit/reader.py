@@ -20,8 +20,12 @@ import random
 import select
 import threading
 import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import psycopg
 import psycopg2
 import psycopg2.extras
@@ -29,10 +33,33 @@ from psycopg import sql
 from psycopg.abc import Buffer
 from psycopg.adapt import Loader
 
-from apps.audit.epochs import MARKER_TABLE, StreamEpochs
-from apps.audit.pgoutput import Begin, Commit, Decoder, Origin, RowChange, Truncate, str_to_lsn
-from apps.audit.sink import AuditSink, Change, Transaction
+from apps.audit import requests as operator_requests
+from apps.audit.epochs import MARKER_TABLE, StreamEpochs, row_version
+from apps.audit.models import CdcAction, CdcRequest
+from apps.audit.pgoutput import (
+    Begin,
+    Commit,
+    Decoder,
+    LogicalMessage,
+    Origin,
+    Relation,
+    RowChange,
+    Truncate,
+    lsn_to_str,
+    str_to_lsn,
+)
+from apps.audit.sink import TYPED_TABLES, AuditSink, Change, StorePosition, Transaction
 from apps.audit.status import StatusBoard
+from apps.audit.stops import SlotGap, StreamStopped, UndecodableChange, check_relation
+from apps.audit.stream_state import (
+    Gap,
+    deletion_version,
+    ensure_registry,
+    record_gap,
+    register_slot,
+    slot_owner,
+    write_deletions,
+)
 from apps.common.faults import crash_point
 from apps.observability.metrics import CDC_ORIGIN_TRANSACTIONS_SKIPPED
 from apps.sharding.placement import BUCKET_COLUMNS
@@ -41,6 +68,8 @@ from apps.sharding.shardmap import DatabaseServer
 log = logging.getLogger(__name__)
 
 SNAPSHOT_CHUNK_ROWS = 20_000
+HEARTBEAT_PREFIX = "shardwallet_heartbeat"
+HEARTBEATS_KEPT = 100
 MAX_BACKOFF_SECONDS = 10.0
 
 
@@ -94,7 +123,8 @@ def drop_slot(server: DatabaseServer, slot: str, timeout: float = 10) -> bool:
 
 
 class ShardReader(threading.Thread):
-    """Follows one shard until `stop` is set, reconnecting with backoff after any failure."""
+    """Follows one shard until `stop` is set: reconnects with backoff after a failure, and
+    waits for an operator after a stop (apps.audit.stops)."""
 
     def __init__(
         self,
@@ -104,10 +134,12 @@ class ShardReader(threading.Thread):
         stop: threading.Event,
         *,
         slot: str,
+        store: uuid.UUID,
         publication: str,
         tables: list[str],
         batch_max_changes: int,
         batch_max_seconds: float,
+        stopped_retry_seconds: float = 60.0,
     ) -> None:
         super().__init__(name=f"cdc-{server.alias}", daemon=True)
         self.server = server
@@ -116,11 +148,14 @@ class ShardReader(threading.Thread):
         self.board = board
         self.stop = stop
         self.slot = slot
+        self.store = store
         self.publication = publication
         self.tables = tables
         self.batch_max_changes = batch_max_changes
         self.batch_max_seconds = batch_max_seconds
+        self.stopped_retry_seconds = stopped_retry_seconds
         self.epochs = StreamEpochs()
+        self.skip: CdcRequest | None = None  # an operator's request to leave out one transaction
 
     def run(self) -> None:
         delay = 0.5
@@ -128,6 +163,10 @@ class ShardReader(threading.Thread):
             started = time.monotonic()
             try:
                 self.stream()
+            except StreamStopped as stopped:
+                self._report_stopped(stopped)
+                self._wait_for_operator()
+                delay = 0.5
             except Exception as exc:
                 message = f"{type(exc).__name__}: {exc}".strip()[:500]
                 log.warning("cdc stream of %s failed, reconnecting: %s", self.shard, message)
@@ -139,9 +178,22 @@ class ShardReader(threading.Thread):
                 self.stop.wait(random.uniform(delay / 2, delay))  # noqa: S311
                 delay = min(delay * 2, MAX_BACKOFF_SECONDS)
 
+    def _report_stopped(self, stopped: StreamStopped) -> None:
+        log.error("cdc STOPPED the stream of %s (%s): %s", self.shard, stopped.cause, stopped.detail)
+        self.board.update(self.shard, connected=False, last_error=stopped.detail[:500], **stopped.as_status())
+
+    def _wait_for_operator(self) -> None:
+        """Until an operator's request for this shard arrives, or a while has passed (the
+        cause may have been fixed: a column restored, a slot put back)."""
+        deadline = time.monotonic() + self.stopped_retry_seconds
+        while not self.stop.wait(1.0):
+            if time.monotonic() > deadline or operator_requests.pending(self.shard) is not None:
+                return
+
     # -- one connection's life -----------------------------------------------------------
 
     def stream(self) -> None:
+        request = operator_requests.pending(self.shard)
         ensure_publication(self.server, self.publication, self.tables)
         conn = psycopg2.connect(conninfo(self.server), connection_factory=psycopg2.extras.LogicalReplicationConnection)
         try:
@@ -150,43 +202,154 @@ class ShardReader(threading.Thread):
             # stamp the re-sent transactions as the first pass did (a marker inserted after a
             # transaction's commit has a higher wal_lsn and does not count for it).
             self.epochs = StreamEpochs()
-            self._ensure_slot(cur)
+            self._prepare(cur, request)
             with psycopg.connect(conninfo(self.server), autocommit=True) as markers:
                 self.epochs.load(markers)
-            self.board.update(self.shard, move_markers=len(self.epochs))
+            self.board.update(self.shard, move_markers=len(self.epochs), slot=self.slot)
             # status_interval: psycopg2 also answers keepalives and, once everything received
-            # is confirmed, moves the confirmed position on to the server's WAL end.
+            # is confirmed, moves the confirmed position on to the server's WAL end (WAL with
+            # nothing for the store: never past a message, so never past a heartbeat).
             cur.start_replication(
                 slot_name=self.slot,
                 decode=False,
-                options={"proto_version": "1", "publication_names": self.publication},
+                options={"proto_version": "1", "publication_names": self.publication, "messages": "true"},
                 status_interval=1,
             )
-            self.board.update(self.shard, connected=True, last_error="", disconnected_since=None)
+            self.board.update(
+                self.shard, connected=True, last_error="", disconnected_since=None, stopped=None, stopped_detail="",
+                stopped_lsn=None, stopped_commit_lsn=None,
+            )  # fmt: skip
             log.info("cdc streaming %s from slot %s", self.shard, self.slot)
             self._consume(cur)
         finally:
             self.board.update(self.shard, connected=False, disconnected_since=time.time())
             conn.close()
 
-    def _ensure_slot(self, cur: Any) -> None:
-        """A slot this store has the initial snapshot of; else a new slot and snapshot."""
+    def _slot_state(self) -> tuple[tuple[Any, ...] | None, uuid.UUID | None, list[int]]:
+        """The slot (plugin, database, confirmed position, wal_status), its owner and recent heartbeats."""
         with psycopg.connect(conninfo(self.server), autocommit=True) as conn:
+            ensure_registry(conn)
             row = conn.execute(
-                "SELECT plugin, database, confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
+                "SELECT plugin, database, confirmed_flush_lsn::text, wal_status FROM pg_replication_slots"
+                " WHERE slot_name = %s",
                 [self.slot],
             ).fetchone()
-        if row is not None and (row[0] != "pgoutput" or row[1] != self.server.name):
-            raise CdcError(f"slot {self.slot} on {self.shard} is for {row[1]} with {row[0]}, not pgoutput")
-        if row is not None and self.sink.snapshot_complete(self.shard, self.slot):
-            confirmed = str_to_lsn(row[2]) if row[2] else 0
-            self.board.update(self.shard, confirmed_lsn=confirmed, server_wal_lsn=confirmed)
+            owner, heartbeats = slot_owner(conn, self.slot)
+            return row, owner, heartbeats
+
+    def _prepare(self, cur: Any, request: CdcRequest | None) -> None:
+        """Check that the store can go on from the slot where it stopped; else stop. Carry
+        out an operator's request; take the first snapshot; copy tables newly captured."""
+        slot, owner, heartbeats = self._slot_state()
+        if slot is not None and owner != self.store:
+            raise SlotGap(
+                "foreign_slot",
+                f"slot {self.slot} on {self.shard} was created by audit store {owner or 'unknown'}, not by this one"
+                f" ({self.store}); refusing to read it (another store would miss what this one consumes)",
+            )
+        if slot is not None and (slot[0] != "pgoutput" or slot[1] != self.server.name):
+            raise CdcError(f"slot {self.slot} on {self.shard} is for {slot[1]} with {slot[0]}, not pgoutput")
+        position = self.sink.position(self.shard)
+        self.skip = None
+        if request is not None and request.action == CdcAction.RESNAPSHOT:
+            self._resnapshot(cur, request, position, slot)
             return
-        if row is not None:
-            # A slot whose snapshot never completed here (or another store's): start over.
-            log.info("cdc dropping slot %s on %s: no complete snapshot in this store", self.slot, self.shard)
-            drop_slot(self.server, self.slot)
+        if request is not None and request.action == CdcAction.SKIP:
+            self.skip = request
+        if position is None:
+            if slot is not None:
+                log.info("cdc dropping slot %s on %s: no complete snapshot in this store", self.slot, self.shard)
+                drop_slot(self.server, self.slot)
+            self._drop_legacy_slot()
+            self._first_snapshot(cur)
+            return
+        held = lsn_to_str(position.confirmed_lsn)
+        if slot is None or position.slot_name != self.slot:
+            raise SlotGap(
+                "slot_missing",
+                f"slot {self.slot} is missing on {self.shard} (dropped, or a failover to a server without it): the"
+                f" changes after {held}, where this store stopped, are lost to it",
+                lsn=position.confirmed_lsn,
+            )
+        if slot[3] == "lost":
+            raise SlotGap(
+                "slot_lost",
+                f"slot {self.slot} on {self.shard} was invalidated (its WAL passed max_slot_wal_keep_size and was"
+                f" removed): the changes after {held}, where this store stopped, are lost to it",
+                lsn=position.confirmed_lsn,
+            )
+        confirmed = str_to_lsn(slot[2]) if slot[2] else 0
+        passed = [lsn for lsn in heartbeats if position.confirmed_lsn < lsn <= confirmed]
+        if passed:
+            # The slot can move on by itself only over WAL without messages, never past a heartbeat.
+            raise SlotGap(
+                "slot_ahead",
+                f"slot {self.slot} on {self.shard} has confirmed {slot[2]}, past a heartbeat at"
+                f" {lsn_to_str(passed[0])} that this store, which stopped at {held}, never recorded (the store was"
+                " restored from a backup, or someone else read the slot): the changes in between are not in it",
+                lsn=position.confirmed_lsn,
+            )
+        added = [table for table in self.tables if table not in position.tables]
+        if added:
+            self._backfill(added, position)
+        self.board.update(self.shard, confirmed_lsn=position.confirmed_lsn, stream_epoch=position.stream_epoch)
+
+    def _drop_legacy_slot(self) -> None:
+        """A store made before slots carried the store's id read the slot named by the bare
+        prefix; if this store completed that slot's snapshot, the slot is its own: drop it,
+        so it does not hold the shard's WAL for ever."""
+        legacy = self.slot.rsplit("_", 1)[0]
+        if legacy != self.slot and self.sink.snapshot_complete(self.shard, legacy) and drop_slot(self.server, legacy):
+            log.info("cdc dropped %s's slot %s, named before slots carried the store's id", self.shard, legacy)
+
+    def _first_snapshot(self, cur: Any) -> None:
         self.sink.record_snapshot(self.shard, self.slot, 0, 0, completed=False)
+        lsn, snapshot = self._new_slot_and_snapshot(cur)
+        self.sink.record_snapshot(self.shard, self.slot, lsn, snapshot.rows, completed=True)
+        self.sink.record_position(StorePosition(self.shard, self.slot, lsn, snapshot.epoch, tuple(self.tables)))
+        self.board.update(
+            self.shard, snapshot_rows=snapshot.rows, confirmed_lsn=lsn, server_wal_lsn=lsn, stream_epoch=snapshot.epoch
+        )
+
+    def _resnapshot(
+        self, cur: Any, request: CdcRequest, position: StorePosition | None, slot: tuple[Any, ...] | None
+    ) -> None:
+        """The operator's way out of a lost slot: a new slot and snapshot; rows the snapshot
+        no longer has are marked deleted; the WAL range never read is recorded as a gap.
+
+        The position is recorded after the gap and the request marked done last, so a crash
+        half-way repeats the whole (the slot is then ahead of the old position: a stop that
+        the still pending request resolves again)."""
+        from_lsn = position.confirmed_lsn if position is not None else 0
+        if slot is not None:
+            drop_slot(self.server, self.slot)
+        lsn, snapshot = self._new_slot_and_snapshot(cur)
+        stamp = lsn - 1
+        write_deletions(
+            self.sink, shard=self.shard, source_tables=self.tables, buckets=snapshot.served,
+            version=deletion_version(snapshot.epoch, stamp), commit_lsn=stamp, commit_time=snapshot.time,
+            keep_commit_lsn=stamp,
+        )  # fmt: skip
+        cause = str(self.board.shards[self.shard].stopped or "operator")
+        record_gap(
+            self.sink,
+            Gap(self.shard, from_lsn, lsn, cause, "resnapshot", request.reason, request.requested_by),
+        )
+        self.sink.record_snapshot(self.shard, self.slot, lsn, snapshot.rows, completed=True)
+        self.sink.record_position(StorePosition(self.shard, self.slot, lsn, snapshot.epoch, tuple(self.tables)))
+        self.board.update(self.shard, snapshot_rows=snapshot.rows, confirmed_lsn=lsn, stream_epoch=snapshot.epoch)
+        self.board.add(self.shard, gaps_recorded=1)
+        operator_requests.finish(
+            request,
+            ok=True,
+            result=f"new slot and snapshot at {lsn_to_str(lsn)} ({snapshot.rows} rows); gap recorded from"
+            f" {lsn_to_str(from_lsn)} to {lsn_to_str(lsn)}",
+        )
+
+    def _new_slot_and_snapshot(self, cur: Any) -> tuple[int, Snapshot]:
+        """A new slot, registered to this store first, and a copy of the tables as of its start."""
+        with psycopg.connect(conninfo(self.server), autocommit=True) as conn:
+            register_slot(conn, self.slot, self.store)
         cur.execute(
             sql.SQL("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT")
             .format(sql.Identifier(self.slot))
@@ -194,29 +357,42 @@ class ShardReader(threading.Thread):
         )
         _slot, consistent_point, snapshot_name, _plugin = cur.fetchone()
         lsn = str_to_lsn(consistent_point)
-        rows = self._copy_snapshot(snapshot_name, lsn)
-        self.sink.record_snapshot(self.shard, self.slot, lsn, rows, completed=True)
-        self.board.update(self.shard, snapshot_rows=rows, confirmed_lsn=lsn, server_wal_lsn=lsn)
-        log.info("cdc snapshot of %s: %d rows at %s", self.shard, rows, consistent_point)
+        snapshot = self._copy_snapshot(snapshot_name, lsn, self.tables)
+        log.info("cdc snapshot of %s: %d rows at %s", self.shard, snapshot.rows, consistent_point)
+        return lsn, snapshot
 
-    def _copy_snapshot(self, snapshot_name: str, consistent_lsn: int) -> int:
-        """Copy the tables as of the slot's starting point (its exported snapshot).
+    def _backfill(self, tables: list[str], position: StorePosition) -> None:
+        """Copy the rows of tables newly captured. They are in the publication already, so
+        their changes from now on stream; the copy, stamped at the store's position, sorts
+        below every one of those."""
+        snapshot = self._copy_snapshot(None, position.confirmed_lsn + 1, tables)
+        self.sink.record_position(
+            StorePosition(self.shard, self.slot, position.confirmed_lsn, position.stream_epoch,
+                          tuple(dict.fromkeys([*position.tables, *tables])))
+        )  # fmt: skip
+        log.info("cdc backfilled %s on %s: %d rows", ", ".join(tables), self.shard, snapshot.rows)
 
-        Rows are stamped with the LSN just before the slot's consistent point: they sort
-        before, and can never share a key with, the first streamed transaction; and with
-        the stream epoch at that point. Only the rows of buckets the shard serves are
-        copied: a range being copied in, or left behind by a move, is another shard's.
+    def _copy_snapshot(self, snapshot_name: str | None, consistent_lsn: int, tables: list[str]) -> Snapshot:
+        """Copy `tables` as of the slot's starting point (its exported snapshot), or as of
+        now for a backfill.
+
+        Rows are stamped with the LSN just before the consistent point: they sort before,
+        and can never share a key with, the first streamed transaction; and with the stream
+        epoch at that point. Only the rows of buckets the shard serves are copied: a range
+        being copied in, or left behind by a move, is another shard's.
         """
         stamp = consistent_lsn - 1
         seq = 0
         with psycopg.connect(conninfo(self.server)) as conn:
             conn.adapters.register_loader("pg_lsn", _LsnLoader)
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name)))
+            if snapshot_name is not None:
+                conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name)))
             snapshot_time = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
             self.epochs.load(conn)
             epoch = self.epochs.at(consistent_lsn)
-            for table in self.tables:
+            served = [b for (b,) in conn.execute("SELECT bucket FROM sharding_bucket_owner WHERE state = 'owned'")]
+            for table in tables:
                 query = sql.SQL("SELECT * FROM {} ORDER BY 1").format(sql.Identifier(table))
                 if table in BUCKET_COLUMNS:
                     query = sql.SQL("SELECT * FROM {} WHERE sharding_serves({}) ORDER BY 1").format(
@@ -234,12 +410,15 @@ class ShardReader(threading.Thread):
                             tx.changes.append(Change(table, "snapshot", None, row, seq))
                         self.sink.write([tx])
             conn.rollback()
-        return seq
+        return Snapshot(seq, epoch, served, snapshot_time)
+
+    # -- streaming -----------------------------------------------------------------------
 
     def _consume(self, cur: Any) -> None:
         decoder = Decoder()
         open_tx: Transaction | None = None
         origin: str | None = None  # the open transaction's replication origin
+        skipping = False  # leaving out the open transaction, as an operator asked
         batch: list[Transaction] = []
         batch_changes = 0
         batch_since = 0.0
@@ -252,35 +431,55 @@ class ShardReader(threading.Thread):
                     self._flush(cur, batch)
                     batch, batch_changes = [], 0
                 if now - last_status > 0.5:
-                    wal_end = max(cur.wal_end, self._confirmed())
-                    if open_tx is None and not batch:
-                        # All received is written: psycopg2 confirms up to the server's WAL end itself.
-                        self.board.update(self.shard, server_wal_lsn=wal_end, confirmed_lsn=wal_end)
-                    else:
-                        self.board.update(self.shard, server_wal_lsn=wal_end)
+                    self.board.update(self.shard, server_wal_lsn=max(cur.wal_end, self._confirmed()))
                     last_status = now
                 timeout = self.batch_max_seconds if batch else 0.5
                 select.select([cur], [], [], timeout)
                 continue
-            event = decoder.decode(message.payload)
+            try:
+                event = decoder.decode(message.payload)
+                if isinstance(event, Relation):
+                    check_relation(event, self.shard)
+                if skipping and not isinstance(event, Commit):
+                    continue
+                done = self._take(event, open_tx, message.data_start)
+            except StreamStopped:
+                raise
+            except Exception as exc:
+                commit_lsn = open_tx.commit_lsn if open_tx is not None else None
+                if self.skip is not None and commit_lsn is not None and commit_lsn == self.skip.commit_lsn:
+                    log.warning("cdc leaving out the transaction at %s on %s, as asked: %s", lsn_to_str(commit_lsn),
+                                self.shard, exc)  # fmt: skip
+                    skipping = True
+                    continue
+                reason = f"{type(exc).__name__}: {exc}".strip()[:500]
+                where = "outside a transaction"
+                if commit_lsn is not None:
+                    where = f"in the transaction committed at {lsn_to_str(commit_lsn)}"
+                self._refuse_skip(f"the change that fails is {where}, not in the transaction at")
+                raise UndecodableChange(
+                    f"cannot decode the change at {lsn_to_str(message.data_start)} on {self.shard} {where}: {reason}",
+                    lsn=message.data_start,
+                    commit_lsn=commit_lsn,
+                ) from exc
             if isinstance(event, Begin):
-                open_tx = Transaction(self.shard, event.xid, event.final_lsn, 0, event.commit_time)
-                origin = None
+                open_tx, origin = done, None
             elif isinstance(event, Origin):
                 origin = event.name
-            elif isinstance(event, RowChange):
-                assert open_tx is not None, "row change outside a transaction"  # noqa: S101
-                open_tx.changes.append(
-                    Change(event.relation.name, event.op, event.old, event.new, len(open_tx.changes) + 1)
-                )
-            elif isinstance(event, Truncate):
-                assert open_tx is not None, "truncate outside a transaction"  # noqa: S101
-                for relation in event.relations:
-                    log.warning("cdc: %s truncated on %s", relation.name, self.shard)
-                    open_tx.changes.append(Change(relation.name, "truncate", None, None, len(open_tx.changes) + 1))
+            elif isinstance(done, Transaction) and done is not open_tx:
+                # A heartbeat: an empty transaction, so its position is confirmed with the batch.
+                if not batch:
+                    batch_since = now
+                batch.append(done)
             elif isinstance(event, Commit):
                 assert open_tx is not None, "commit outside a transaction"  # noqa: S101
                 open_tx.commit_lsn, open_tx.end_lsn = event.commit_lsn, event.end_lsn
+                open_tx.confirm_lsn = event.end_lsn
+                if skipping:
+                    self._record_skipped(open_tx)
+                    skipping = False
+                elif self.skip is not None and open_tx.commit_lsn >= (self.skip.commit_lsn or 0):
+                    self._refuse_skip("the stream decoded past it without a failure: nothing to leave out at")
                 if origin is not None:
                     self._skip_origin(open_tx, origin)
                 self._stamp(open_tx)
@@ -295,6 +494,52 @@ class ShardReader(threading.Thread):
                     batch, batch_changes = [], 0
         if batch:
             self._flush(cur, batch)  # a clean stop leaves nothing to re-send
+
+    def _take(self, event: Any, open_tx: Transaction | None, data_start: int) -> Transaction | None:
+        """Apply one decoded message; a Begin gives the new open transaction, a heartbeat an empty one."""
+        if isinstance(event, Begin):
+            return Transaction(self.shard, event.xid, event.final_lsn, 0, event.commit_time)
+        if isinstance(event, RowChange):
+            assert open_tx is not None, "row change outside a transaction"  # noqa: S101
+            change = Change(event.relation.name, event.op, event.old, event.new, len(open_tx.changes) + 1)
+            table = TYPED_TABLES.get(change.table)
+            if table is not None:
+                table.row(self.shard, open_tx, change)  # a value the store cannot take fails here, not in the sink
+            open_tx.changes.append(change)
+        elif isinstance(event, Truncate):
+            assert open_tx is not None, "truncate outside a transaction"  # noqa: S101
+            for relation in event.relations:
+                log.error("cdc: table %s TRUNCATED on %s; its rows are marked deleted in the audit store",
+                          relation.name, self.shard)  # fmt: skip
+                open_tx.changes.append(Change(relation.name, "truncate", None, None, len(open_tx.changes) + 1))
+        elif isinstance(event, LogicalMessage) and event.prefix == HEARTBEAT_PREFIX:
+            beat = Transaction(self.shard, 0, event.lsn, event.lsn, datetime.now(tz=UTC))
+            beat.confirm_lsn = max(event.lsn, data_start)  # the end of its record: what emitting it returned
+            beat.heartbeat_at = _heartbeat_time(event.content)
+            beat.stream_epoch = self.epochs.at(event.lsn)
+            return beat
+        return None
+
+    def _refuse_skip(self, why: str) -> None:
+        """An operator's skip that does not name the failing transaction does nothing: mark it failed."""
+        if self.skip is not None:
+            assert self.skip.commit_lsn is not None  # noqa: S101
+            operator_requests.finish(self.skip, ok=False, result=f"{why} {lsn_to_str(self.skip.commit_lsn)}")
+            self.skip = None
+
+    def _record_skipped(self, tx: Transaction) -> None:
+        request = self.skip
+        assert request is not None  # noqa: S101
+        tx.changes = []
+        record_gap(
+            self.sink,
+            Gap(self.shard, tx.commit_lsn, tx.end_lsn, "undecodable", "skip", request.reason, request.requested_by),
+        )
+        self.board.add(self.shard, gaps_recorded=1)
+        operator_requests.finish(
+            request, ok=True, result=f"left out the transaction committed at {lsn_to_str(tx.commit_lsn)}; gap recorded"
+        )
+        self.skip = None
 
     def _skip_origin(self, tx: Transaction, origin: str) -> None:
         """Leave out a replicated or mover transaction's rows; it stays in the batch (empty)
@@ -325,15 +570,70 @@ class ShardReader(threading.Thread):
 
     def _flush(self, cur: Any, batch: list[Transaction]) -> None:
         written = self.sink.write(batch)  # raises on failure: nothing is confirmed, the slot re-sends
-        crash_point("cdc_after_sink_write")  # tests: written but never confirmed
-        end = batch[-1].end_lsn
-        cur.send_feedback(write_lsn=end, flush_lsn=end, force=True)
+        self._apply_truncations(batch)
+        if written:
+            crash_point("cdc_after_sink_write")  # tests: written but never confirmed
+        last = batch[-1]
+        confirm = last.confirm_lsn
+        # The store records the position before the slot hears of it: a slot is never ahead of its store.
+        self.sink.record_position(StorePosition(self.shard, self.slot, confirm, last.stream_epoch, tuple(self.tables)))
+        cur.send_feedback(write_lsn=confirm, flush_lsn=confirm, force=True)
+        fields: dict[str, Any] = {}
+        beats = [tx.heartbeat_at for tx in batch if tx.heartbeat_at is not None]
+        if beats:
+            fields["heartbeat_confirmed_at"] = max(beats)
+        commits = [tx for tx in batch if tx.xid]
+        if commits:
+            fields["last_commit_time"] = commits[-1].commit_time.isoformat()
         self.board.update(
-            self.shard,
-            confirmed_lsn=end,
-            server_wal_lsn=max(cur.wal_end, end),
-            oldest_unwritten_commit=None,
-            last_commit_time=batch[-1].commit_time.isoformat(),
-            stream_epoch=batch[-1].stream_epoch,
-        )
-        self.board.add(self.shard, transactions_written=len(batch), changes_written=written)
+            self.shard, confirmed_lsn=confirm, server_wal_lsn=max(cur.wal_end, confirm), oldest_unwritten_commit=None,
+            stream_epoch=last.stream_epoch, **fields,
+        )  # fmt: skip
+        self.board.add(self.shard, transactions_written=len(commits), changes_written=written)
+
+    def _apply_truncations(self, batch: list[Transaction]) -> None:
+        """A TRUNCATE of a captured table deletes its rows of this shard's buckets in the store,
+        as of the truncating change (rows the same transaction inserted after it stay)."""
+        truncations = [(tx, change) for tx in batch for change in tx.changes if change.op == "truncate"]
+        if not truncations:
+            return
+        with psycopg.connect(conninfo(self.server), autocommit=True) as conn:
+            served = [b for (b,) in conn.execute("SELECT bucket FROM sharding_bucket_owner WHERE state = 'owned'")]
+        for tx, change in truncations:
+            write_deletions(
+                self.sink, shard=self.shard, source_tables=[change.table], buckets=served,
+                version=row_version(tx.stream_epoch, tx.commit_lsn, change.seq), commit_lsn=tx.commit_lsn,
+                commit_time=tx.commit_time,
+            )  # fmt: skip
+            self.board.add(self.shard, truncations=1)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    rows: int
+    epoch: int
+    served: list[int]  # the buckets the shard served in the snapshot
+    time: datetime
+
+
+def _heartbeat_time(content: bytes) -> float | None:
+    try:
+        return float(orjson.loads(content)["at"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def emit_heartbeat(conn: psycopg.Connection[Any], slot: str) -> float:
+    """Write a heartbeat into the shard's WAL: a non-transactional logical message, which
+    the stream delivers at once and the reader records and confirms, so the reader's lag
+    is measured in time, not only in bytes. Its position is kept with the slot's owner
+    (the last HEARTBEATS_KEPT): a slot found past one the store never recorded has
+    skipped changes (`_prepare`)."""
+    at = time.time()
+    conn.execute(
+        "UPDATE shardwallet_cdc_slot SET heartbeat_lsns = (heartbeat_lsns"
+        " || pg_logical_emit_message(false, %s, %s))[greatest(1, cardinality(heartbeat_lsns) + 2 - %s):]"
+        " WHERE slot_name = %s",
+        [HEARTBEAT_PREFIX, orjson.dumps({"at": at}).decode(), HEARTBEATS_KEPT, slot],
+    )
+    return at

@@ -48,6 +48,8 @@ class Transaction:
     commit_time: datetime
     changes: list[Change] = field(default_factory=list)
     stream_epoch: int = 0  # the shard's stream epoch at this commit (apps.audit.epochs)
+    confirm_lsn: int = 0  # the position confirmed (and recorded) once the transaction is written
+    heartbeat_at: float | None = None  # an (empty) heartbeat: when it was emitted, epoch seconds
 
 
 def _json_default(value: Any) -> Any:
@@ -82,6 +84,7 @@ class TypedTable:
     columns: tuple[str, ...]  # the typed table's own columns, in order
     project: Callable[[dict[str, Any]], list[Any]]
     defaults: dict[str, Any] = field(default_factory=dict)
+    bucket_column: str | None = None  # the typed column whose id carries the row's bucket
 
     def row(self, shard: str, tx: Transaction, change: Change) -> list[Any] | None:
         deleted = change.op == "delete"
@@ -112,6 +115,7 @@ TYPED_TABLES: dict[str, TypedTable] = {
                        r["balance_after_minor"], _ts(r["created_at"])],
             {"wallet_id": _NIL, "seq": 0, "reference": "", "kind": "", "amount_minor": 0, "balance_after_minor": 0,
              "created_at": None},
+            "wallet_id",
         ),
         TypedTable(
             "ledger_wallet",
@@ -122,6 +126,7 @@ TYPED_TABLES: dict[str, TypedTable] = {
                        _ts(r["created_at"]), _ts(r["updated_at"])],
             {"owner_id": 0, "currency": "", "balance_minor": 0, "status": "", "last_entry_seq": 0,
              "created_at": None, "updated_at": None},
+            "wallet_id",
         ),
         TypedTable(
             "transfers_transfer",
@@ -133,6 +138,7 @@ TYPED_TABLES: dict[str, TypedTable] = {
                        _ts(r["updated_at"])],
             {"client_id": 0, "payer_id": _NIL, "payee_id": _NIL, "amount_minor": 0, "currency": "", "status": "",
              "failure_reason": None, "attempts": 0, "parked_at": None, "created_at": None, "updated_at": None},
+            "transfer_id",
         ),
         TypedTable(
             "transfers_event",
@@ -141,6 +147,7 @@ TYPED_TABLES: dict[str, TypedTable] = {
             lambda r: [r["transfer_id"], r["id"], r["from_status"], r["to_status"], r["reason"],
                        _ts(r["created_at"])],
             {"transfer_id": _NIL, "from_status": None, "to_status": "", "reason": None, "created_at": None},
+            "transfer_id",
         ),
         TypedTable(
             "transfers_payee_credit",
@@ -149,6 +156,7 @@ TYPED_TABLES: dict[str, TypedTable] = {
             lambda r: [r["transfer_id"], r["payee_id"], r["amount_minor"], r["outcome"], r["reason"],
                        _ts(r["created_at"])],
             {"payee_id": _NIL, "amount_minor": 0, "outcome": "", "reason": None, "created_at": None},
+            "payee_id",
         ),
         TypedTable(
             "sharding_move_marker",
@@ -163,6 +171,24 @@ TYPED_TABLES: dict[str, TypedTable] = {
     )
 }  # fmt: skip
 
+POSITION_COLUMNS = ["shard", "slot_name", "confirmed_lsn", "stream_epoch", "tables", "updated_at"]
+
+
+@dataclass(frozen=True)
+class StorePosition:
+    """Everything `shard` wrote before `confirmed_lsn` (in the captured `tables`) is in the store."""
+
+    shard: str
+    slot_name: str
+    confirmed_lsn: int
+    stream_epoch: int
+    tables: tuple[str, ...]
+
+    def row(self) -> list[Any]:
+        return [self.shard, self.slot_name, self.confirmed_lsn, self.stream_epoch, list(self.tables),
+                datetime.now(tz=UTC)]  # fmt: skip
+
+
 CHANGE_COLUMNS = ["shard", "commit_lsn", "seq", "xid", "commit_time", "table_name", "op", "old_row", "new_row"]
 
 
@@ -175,7 +201,7 @@ class AuditSink:
 
     def __init__(self, client: Any) -> None:
         self.client = client
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()  # also taken by apps.audit.stream_state
 
     def rows_for(self, transactions: Iterable[Transaction]) -> dict[str, tuple[list[str], list[list[Any]]]]:
         changes: list[list[Any]] = []
@@ -199,14 +225,31 @@ class AuditSink:
     def write(self, transactions: list[Transaction]) -> int:
         """Insert the transactions' changes; return how many changes were written."""
         tables = self.rows_for(transactions)
-        with self._lock:
+        with self.lock:
             for table, (columns, rows) in tables.items():
                 self.client.insert(table, rows, column_names=columns)
         return len(tables.get("audit.changes", ((), []))[1])
 
+    def record_position(self, position: StorePosition) -> None:
+        with self.lock:
+            self.client.insert("audit.cdc_positions", [position.row()], column_names=POSITION_COLUMNS)
+
+    def position(self, shard: str) -> StorePosition | None:
+        """Up to where this store holds the shard's changes; None if it never completed a snapshot of it."""
+        with self.lock:
+            rows = self.client.query(
+                "SELECT shard, slot_name, confirmed_lsn, stream_epoch, tables FROM audit.cdc_positions FINAL"
+                " WHERE shard = {shard:String}",
+                parameters={"shard": shard},
+            ).result_rows
+        if not rows:
+            return None
+        shard, slot_name, lsn, epoch, tables = rows[0]
+        return StorePosition(shard, slot_name, int(lsn), int(epoch), tuple(tables))
+
     def snapshot_complete(self, shard: str, slot_name: str) -> bool:
         """Whether this store holds the complete initial snapshot of `slot_name` on `shard`."""
-        with self._lock:
+        with self.lock:
             rows = self.client.query(
                 "SELECT completed FROM audit.cdc_snapshots FINAL"
                 " WHERE shard = {shard:String} AND slot_name = {slot:String}",
@@ -216,7 +259,7 @@ class AuditSink:
 
     def record_snapshot(self, shard: str, slot_name: str, consistent_lsn: int, rows: int, *, completed: bool) -> None:
         """Mark a snapshot as started (before the copy) or completed (after it)."""
-        with self._lock:
+        with self.lock:
             self.client.insert(
                 "audit.cdc_snapshots",
                 [[shard, slot_name, consistent_lsn, rows, int(completed), datetime.now(tz=UTC)]],

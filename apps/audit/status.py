@@ -42,15 +42,46 @@ class ShardStatus:
     reconnects: int = 0
     last_error: str = ""
     disconnected_since: float | None = field(default_factory=time.time)
+    slot: str = ""
+    # Set while the stream waits for an operator (apps.audit.stops): cause, message, where.
+    stopped: str | None = None
+    stopped_detail: str = ""
+    stopped_lsn: str | None = None
+    stopped_commit_lsn: str | None = None
+    gaps_recorded: int = 0
+    truncations: int = 0
+    # Heartbeats (epoch seconds): the newest one emitted into the shard's WAL, and the newest
+    # one the reader has written and confirmed.
+    heartbeat_emitted_at: float | None = None
+    heartbeat_confirmed_at: float | None = None
+    # The slot as the shard reports it (apps.audit.slots), refreshed with each heartbeat.
+    slot_wal_status: str | None = None
+    slot_retained_bytes: int | None = None  # WAL the slot keeps the shard from removing
+    slot_safe_wal_bytes: int | None = None  # WAL that can still be written before the slot is lost
+    slot_lag_bytes: int | None = None  # pg_current_wal_lsn() - the slot's confirmed position
+    slot_checked_at: float | None = None
 
-    def lag(self, now: float) -> tuple[int, float]:
-        """(bytes, seconds) the audit store is behind this shard, as far as the reader knows."""
-        lag_bytes = max(0, self.server_wal_lsn - self.confirmed_lsn)
+    def lag(self, now: float, heartbeat_seconds: float) -> tuple[int, float]:
+        """(bytes, seconds) the audit store is behind this shard.
+
+        Bytes: the shard's current WAL position less the slot's confirmed one, as the shard
+        reported it at the last heartbeat (else as far as the stream tells). Seconds: the
+        oldest change not yet written, or, if larger, how long the heartbeats have gone
+        unconfirmed (a stream that stalls without sending anything still shows its lag)."""
+        if self.slot_lag_bytes is not None:
+            lag_bytes = self.slot_lag_bytes
+        else:
+            lag_bytes = max(0, self.server_wal_lsn - self.confirmed_lsn)
         if not self.connected and self.disconnected_since is not None:
             return lag_bytes, round(now - self.disconnected_since, 3)
-        if self.oldest_unwritten_commit is None:
-            return lag_bytes, 0.0
-        return lag_bytes, round(max(0.0, now - self.oldest_unwritten_commit), 3)
+        seconds = 0.0
+        if self.oldest_unwritten_commit is not None:
+            seconds = now - self.oldest_unwritten_commit
+        emitted, confirmed = self.heartbeat_emitted_at, self.heartbeat_confirmed_at
+        if emitted is not None and (confirmed is None or confirmed < emitted):
+            since = confirmed if confirmed is not None else emitted - heartbeat_seconds
+            seconds = max(seconds, now - since - heartbeat_seconds)
+        return lag_bytes, round(max(0.0, seconds), 3)
 
 
 class StatusBoard:
@@ -63,6 +94,8 @@ class StatusBoard:
         self.http_port = http_port
         self.started_at = time.time()
         self.stopped = False  # set for the last write of a process that stops cleanly
+        self.store_id = ""
+        self.slot = ""  # the slot this store reads on every shard
 
     def add_shard(self, shard: str) -> None:
         """A shard the map gained while the process runs."""
@@ -86,7 +119,7 @@ class StatusBoard:
         with self._lock:
             shards = {}
             for alias, status in self.shards.items():
-                lag_bytes, lag_seconds = status.lag(now)
+                lag_bytes, lag_seconds = status.lag(now, settings.AUDIT_HEARTBEAT_SECONDS)
                 shards[alias] = {**asdict(status), "lag_bytes": lag_bytes, "lag_seconds": lag_seconds}
         return {
             "pid": os.getpid(),
@@ -95,6 +128,9 @@ class StatusBoard:
             "started_at": datetime.fromtimestamp(self.started_at, tz=UTC).isoformat(),
             "updated_at": now,
             "stopped": self.stopped,
+            "store_id": self.store_id,
+            "slot": self.slot,
+            "heartbeat_seconds": settings.AUDIT_HEARTBEAT_SECONDS,
             "shards": shards,
         }
 
@@ -121,26 +157,38 @@ def running_status() -> dict[str, Any] | None:
     return status
 
 
+def shard_problems(alias: str, shard: dict[str, Any]) -> list[str]:
+    """What is wrong with one shard's stream, in words, from its entry in the status file."""
+    problems = []
+    if shard.get("stopped"):
+        problems.append(f"{alias} stream STOPPED ({shard['stopped']}): {shard.get('stopped_detail', '')}")
+    elif not shard["connected"]:
+        problems.append(f"{alias} not connected")
+    elif shard["lag_seconds"] > settings.AUDIT_MAX_LAG_SECONDS:
+        problems.append(f"{alias} {shard['lag_seconds']}s behind")
+    if shard.get("slot_wal_status") in ("unreserved", "lost"):
+        problems.append(f"{alias} slot {shard.get('slot')} is {shard['slot_wal_status']} (past max_slot_wal_keep_size)")
+    retained = shard.get("slot_retained_bytes")
+    if retained is not None and retained > settings.AUDIT_MAX_RETAINED_BYTES:
+        problems.append(f"{alias} slot holds {retained} bytes of WAL (more than {settings.AUDIT_MAX_RETAINED_BYTES})")
+    return problems
+
+
 def health_component() -> dict[str, Any]:
     """/health's view of the CDC process: ok when it is fresh, connected to every shard and not behind."""
     status = read_status()
     if status is None:
         return {"ok": False, "error": f"no CDC status at {status_file()}: is run_cdc running?"}
     age = time.time() - status["updated_at"]
-    shards = {
-        alias: {"connected": s["connected"], "lag_bytes": s["lag_bytes"], "lag_seconds": s["lag_seconds"]}
-        for alias, s in status["shards"].items()
-    }
+    keys = ("connected", "lag_bytes", "lag_seconds", "stopped", "slot_wal_status", "slot_retained_bytes")
+    shards = {alias: {key: s.get(key) for key in keys} for alias, s in status["shards"].items()}
     problems = []
     if status.get("stopped"):
         problems.append(f"process {status['pid']} stopped")
     elif age > STALE_AFTER_SECONDS:
         problems.append(f"status not updated for {age:.0f}s (process {status['pid']} gone?)")
-    for alias, s in shards.items():
-        if not s["connected"]:
-            problems.append(f"{alias} not connected")
-        elif s["lag_seconds"] > settings.AUDIT_MAX_LAG_SECONDS:
-            problems.append(f"{alias} {s['lag_seconds']}s behind")
+    for alias, s in status["shards"].items():
+        problems += shard_problems(alias, s)
     component: dict[str, Any] = {"ok": not problems, "shards": shards}
     if problems:
         component["error"] = "; ".join(problems)

@@ -36,6 +36,9 @@ max_connections = 300
 wal_level = logical
 max_replication_slots = 16
 max_wal_senders = 16
+# A slot whose reader is down may hold at most this much WAL; past it the slot is lost
+# (the CDC then stops and says so; see docs/ARCHITECTURE.md, "Operating the audit stream").
+max_slot_wal_keep_size = 2GB
 shared_buffers = 128MB
 fsync = on
 synchronous_commit = on

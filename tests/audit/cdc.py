@@ -33,7 +33,8 @@ class CdcProcess:
     def __init__(self) -> None:
         tag = uuid.uuid4().hex[:10]
         self.dir = Path(settings.DEVSTACK_DIR) / "audit-tests" / tag
-        self.slot = f"audit_test_{tag}"
+        self.slot_prefix = f"audit_test_{tag}"
+        self._slot = ""
         self.publication = f"audit_test_{tag}"
         self.port = free_audit_port()
         self.log = self.dir / "cdc.log"
@@ -45,7 +46,7 @@ class CdcProcess:
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "wallet_project.settings_test",
             "SHARDWALLET_AUDIT_DIR": str(self.dir),
-            "SHARDWALLET_AUDIT_SLOT": self.slot,
+            "SHARDWALLET_AUDIT_SLOT_PREFIX": self.slot_prefix,
             "SHARDWALLET_AUDIT_PUBLICATION": self.publication,
             "SHARDWALLET_AUDIT_HTTP_PORT": str(self.port),
             "SHARDWALLET_AUDIT_BATCH_MAX_SECONDS": "0.05",
@@ -64,6 +65,16 @@ class CdcProcess:
         if wait:
             self.wait_connected()
         return self
+
+    @property
+    def slot(self) -> str:
+        """The store's slot name (its prefix and the store's id), as the process reported it."""
+        if not self._slot:
+            try:
+                self._slot = json.loads((self.dir / "cdc_status.json").read_text())["slot"]
+            except (FileNotFoundError, json.JSONDecodeError, KeyError):
+                return ""
+        return self._slot
 
     def status(self) -> dict[str, Any] | None:
         try:
@@ -85,7 +96,10 @@ class CdcProcess:
             # A shard the process has not picked up yet is not in its status at all.
             return bool(status) and all(status["shards"].get(a, {}).get("connected") for a in shards)
 
-        wait_until(connected, timeout, "the CDC process to connect to every shard")
+        try:
+            wait_until(connected, timeout, "the CDC process to connect to every shard")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; its log ends:\n{self.log_text()[-3000:]}") from None
 
     def wait_exit(self, timeout: float = 30) -> int:
         assert self.process is not None
@@ -134,7 +148,8 @@ class CdcProcess:
         for alias in settings.SHARD_MAP.aliases:
             server = settings.SHARD_MAP.shards[alias]
             try:
-                drop_slot(server, self.slot)
+                if self.slot:
+                    drop_slot(server, self.slot)
                 with psycopg.connect(conninfo(server), autocommit=True) as conn:
                     conn.execute(f'DROP PUBLICATION IF EXISTS "{self.publication}"')
             except psycopg.OperationalError:

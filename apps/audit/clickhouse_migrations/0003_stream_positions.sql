@@ -15,9 +15,11 @@ ORDER BY created_at
 SETTINGS fsync_after_insert = 1, fsync_part_directory = 1;
 
 -- Per shard, the WAL position up to which every change is in this store. The reader
--- writes it with each batch (and as an idle shard advances) before it confirms the
--- position to the slot, so a slot is never ahead of its store: one that is was lost,
--- replaced or read by someone else, and the reader stops instead of skipping the gap.
+-- writes it with each batch before it confirms the position to the slot. The slot may
+-- still move further by itself over WAL that holds nothing for the store (the client
+-- answers the server's keepalives so), but never past a heartbeat the store has not
+-- recorded: a slot past one was lost, replaced or read by someone else, and the reader
+-- stops instead of skipping the gap (apps/audit/reader.py, `_prepare`).
 -- `tables` is the captured set the position covers: a table added to it later has its
 -- existing rows copied in. `reconcile` waits for these positions to pass the point it
 -- compares at.
