@@ -26,6 +26,7 @@ from apps.audit.reconcile import reconcile
 from apps.ledger.models import WalletStatus
 from apps.ledger.services import wallet_fund, wallet_set_status, wallet_withdraw
 from apps.sharding.devstack import Devstack, PostgresCluster
+from apps.sharding.ids import bucket_of
 from apps.transfers.saga import transfer_advance
 from apps.transfers.services import transfer_park, transfer_redrive
 from tests.audit.cdc import CdcProcess, wait_until
@@ -96,9 +97,9 @@ def test_the_store_holds_exactly_the_shards_entries_and_every_transition(cdc: Cd
         == 1
     )
 
-    report = reconcile(client, wait=5)
+    report = reconcile(client, wait=15)
     assert report.ok, report.differences
-    assert "reconcile: OK" in run("reconcile", "--port", str(cdc.port), "--wait", "0")
+    assert "reconcile: OK" in run("reconcile", "--port", str(cdc.port), "--wait", "15")
 
     # The named queries answer as documented.
     payer = moves["wallets"][0]
@@ -117,7 +118,10 @@ def test_the_store_holds_exactly_the_shards_entries_and_every_transition(cdc: Cd
     usd = [c.strip() for c in conservation[2].split("|")]
     header = [c.strip() for c in conservation[0].split("|")]
     row = dict(zip(header, usd, strict=True))
-    assert (row["currency"], row["balances_minor"], row["conserved"], row["agrees"]) == ("USD", str(total), "1", "1")
+    assert (row["currency"], row["balances_minor"], row["conserved"], row["paired"], row["holds"]) == (
+        "USD", str(total), "1", "1", "1",
+    )  # fmt: skip
+    assert (row["completed_transfers"], row["failed_transfers"]) == ("2", "2")
     assert (
         run("audit_query", "stuck_transfers", "--param", "older_than_seconds=0", "--port", str(cdc.port))
         .strip()
@@ -241,7 +245,7 @@ def test_a_sigkilled_reader_resumes_without_a_gap_or_a_duplicate(cdc: CdcProcess
     with contextlib.suppress(AssertionError):  # its status file is rewritten every second
         wait_until(lambda: written_by_the_restarted_reader() == expected, 10, "the reader's status")
     assert written_by_the_restarted_reader() == expected
-    report = reconcile(client, wait=5)
+    report = reconcile(client, wait=15)
     assert report.ok, report.differences
 
 
@@ -279,7 +283,7 @@ def test_a_batch_written_but_not_confirmed_is_sent_again_and_collapses(cdc: CdcP
     )
     assert deduplicated == 1
     assert written >= 1  # 2 until ClickHouse merges the parts; FINAL never shows the copy
-    assert reconcile(client, wait=5).ok
+    assert reconcile(client, wait=15).ok
 
 
 @pytest.fixture
@@ -313,7 +317,7 @@ def test_the_reader_reconnects_after_a_shard_restart_and_catches_up(cdc: CdcProc
     status = cdc.status()
     assert status is not None
     assert status["shards"]["shard_01"]["reconnects"] >= 1
-    assert reconcile(client, wait=5).ok
+    assert reconcile(client, wait=15).ok
 
 
 def test_updates_and_deletes_carry_the_old_row_and_money_stays_exact(cdc: CdcProcess) -> None:
@@ -361,7 +365,7 @@ def test_updates_and_deletes_carry_the_old_row_and_money_stays_exact(cdc: CdcPro
                  {"id": str(doomed.id)}) == 0  # fmt: skip
     assert count(client, "SELECT is_deleted FROM audit.wallets FINAL WHERE wallet_id = {id:UUID}",
                  {"id": str(doomed.id)}) == 1  # fmt: skip
-    assert reconcile(client, wait=5).ok
+    assert reconcile(client, wait=15).ok
 
 
 def test_an_update_that_leaves_a_toasted_value_alone_streams_it_from_the_old_row(cdc: CdcProcess) -> None:
@@ -408,7 +412,7 @@ def test_an_update_that_leaves_a_toasted_value_alone_streams_it_from_the_old_row
     status = cdc.status()
     assert status is not None
     assert status["shards"]["shard_00"]["reconnects"] == 0
-    assert reconcile(client, wait=5).ok
+    assert reconcile(client, wait=15).ok
 
 
 def _http(port: int, method: str, query: str = "", body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
@@ -466,27 +470,37 @@ def test_reconcile_reports_a_real_difference(cdc: CdcProcess) -> None:
     cdc.start()
     client = cdc.client()
     wait_until(lambda: caught_up(client), 20, "catch-up")
-    assert reconcile(client, wait=0).ok
+    assert reconcile(client, wait=15).ok
 
     # Follow shard_00 only: a deposit on shard_01 never reaches the store.
     cdc.stop()
-    cdc.start("--shard", "shard_00", wait=False)
+    # Heartbeats twice a second: the idle shard_00's position passes every point within the wait.
+    cdc.start("--shard", "shard_00", env={"SHARDWALLET_AUDIT_HEARTBEAT_SECONDS": "0.5"}, wait=False)
     cdc.wait_connected(["shard_00"])
     client = cdc.client()
     store_before = store_entries(client)
     wallet_fund(wallet_id=w1.id, amount_minor=250, reference="unseen")
 
-    report = reconcile(client, wait=0.5)
+    report = reconcile(client, wait=3)
     assert not report.ok
-    assert f"wallet {w1.id}: balance_minor is 1250 on the shard, 1000 in the audit store" in report.differences
-    assert f"wallet {w1.id}: entry count is 2 on the shard, 1 in the audit store" in report.differences
-    assert "shard_01: 2 entries on the shard, 1 in the audit store" in report.differences
-    assert "USD balances: 2250 on the shards, 2000 in the audit store" in report.differences
-    assert not any(str(w0.id) in line for line in report.differences)
+    bucket = bucket_of(w1.id)
+    assert report.differences[0].startswith("shard_01: after 3 s the audit store holds its WAL up to ")
+    assert not any(line.startswith("shard_00") for line in report.differences)
+    assert (
+        f"bucket {bucket} on shard_01, entries: 2 row(s) summing 1250 on the shard, 1 row(s) summing 1000 in the"
+        " audit store" in report.differences
+    )
+    assert any(
+        line.startswith(f"wallet {w1.id} (bucket {bucket} on shard_01): balance_minor is 1250 on the shard, 1000 in"
+                        " the audit store; last_entry_seq is 2 on the shard, 1 in the audit store")
+        for line in report.differences
+    )  # fmt: skip
+    assert any(line.endswith("is on the shard but not in the audit store") for line in report.differences)
+    assert not any(str(w0.id) in line or f"bucket {bucket_of(w0.id)} " in line for line in report.differences)
     out = StringIO()
     with pytest.raises(CommandError, match="difference"):
-        call_command("reconcile", "--port", str(cdc.port), "--wait", "0", stdout=out)
-    assert f"wallet {w1.id}: balance_minor is 1250" in out.getvalue()
+        call_command("reconcile", "--port", str(cdc.port), "--wait", "3", stdout=out)
+    assert f"wallet {w1.id} (bucket {bucket} on shard_01): balance_minor is 1250" in out.getvalue()
     # Reconciling changed nothing on either side.
     assert store_entries(client) == store_before
     assert raw_query("shard_01", "SELECT balance_minor FROM ledger_wallet WHERE id = %s", [w1.id]) == [(1250,)]

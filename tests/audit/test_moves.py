@@ -119,7 +119,7 @@ def test_transactions_under_a_replication_origin_stay_out_of_the_store_and_are_c
                "the skipped transactions in the status")  # fmt: skip
     assert cdc.status()["shards"]["shard_00"]["origin_transactions_skipped"] == 0  # type: ignore[index]
     assert skipped_in_metrics("shard_01") == metric_before + 2
-    assert reconcile(client, wait=5).ok
+    assert reconcile(client, wait=15).ok
 
 
 def test_what_a_subscription_copies_into_a_target_stays_out_of_the_store(cdc: CdcProcess, buckets: list[int]) -> None:
@@ -171,7 +171,7 @@ def test_what_a_subscription_copies_into_a_target_stays_out_of_the_store(cdc: Cd
             dst.execute(sql.SQL("DROP SUBSCRIPTION {}").format(sql.Identifier(name)))
             src.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(name)))
     delete_bucket("shard_01", STRANDED)
-    assert reconcile(client, wait=5).ok
+    assert reconcile(client, wait=15).ok
 
 
 def test_a_moved_wallet_ends_with_the_targets_state_though_the_target_is_behind_in_the_wal(
@@ -232,7 +232,7 @@ def test_a_moved_wallet_ends_with_the_targets_state_though_the_target_is_behind_
         for store in (client, other):
             assert count(store, "SELECT count() FROM audit.ledger_entries FINAL WHERE wallet_id = {id:UUID}"
                          " AND is_deleted = 0", {"id": str(wallet.id)}) == 3  # fmt: skip
-            report = reconcile(store, wait=5)
+            report = reconcile(store, wait=15)
             assert report.ok, report.differences
 
         journal = client.query(
