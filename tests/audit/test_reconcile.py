@@ -84,6 +84,7 @@ def test_reconcile_agrees_while_deposits_and_cross_shard_transfers_keep_coming(
     assert len(made) > during  # the traffic went on for the whole of the reconciles
     for report in reports:
         assert report.ok, report.differences
+        assert report.attempts == 1  # exact at its points: nothing needed a second look
         assert report.wallets >= len(wallets)
         assert report.entries > 0
         assert report.transfers > 0
