@@ -19,6 +19,7 @@ class ShardLag:
     seconds: float
     bytes: int
     connected: bool
+    stopped: str | None = None  # why the stream waits for an operator (apps.audit.stops)
 
 
 def cdc_lag() -> dict[str, ShardLag] | None:
@@ -27,6 +28,6 @@ def cdc_lag() -> dict[str, ShardLag] | None:
     if status is None:
         return None
     return {
-        alias: ShardLag(shard["lag_seconds"], shard["lag_bytes"], shard["connected"])
+        alias: ShardLag(shard["lag_seconds"], shard["lag_bytes"], shard["connected"], shard.get("stopped"))
         for alias, shard in sorted(status["shards"].items())
     }
