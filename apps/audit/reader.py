@@ -50,7 +50,7 @@ from apps.audit.pgoutput import (
 )
 from apps.audit.sink import TYPED_TABLES, AuditSink, Change, StorePosition, Transaction
 from apps.audit.status import StatusBoard
-from apps.audit.stops import SlotGap, StreamStopped, UndecodableChange, check_relation
+from apps.audit.stops import SchemaDrift, SlotGap, StreamStopped, UndecodableChange, check_relation
 from apps.audit.stream_state import (
     Gap,
     deletion_version,
@@ -156,6 +156,7 @@ class ShardReader(threading.Thread):
         self.stopped_retry_seconds = stopped_retry_seconds
         self.epochs = StreamEpochs()
         self.skip: CdcRequest | None = None  # an operator's request to leave out one transaction
+        self.stop_cause: str | None = None  # why the stream last stopped, for the gap an operator resolves
 
     def run(self) -> None:
         delay = 0.5
@@ -180,6 +181,7 @@ class ShardReader(threading.Thread):
 
     def _report_stopped(self, stopped: StreamStopped) -> None:
         log.error("cdc STOPPED the stream of %s (%s): %s", self.shard, stopped.cause, stopped.detail)
+        self.stop_cause = stopped.cause
         self.board.update(self.shard, connected=False, last_error=stopped.detail[:500], **stopped.as_status())
 
     def _wait_for_operator(self) -> None:
@@ -330,7 +332,7 @@ class ShardReader(threading.Thread):
             version=deletion_version(snapshot.epoch, stamp), commit_lsn=stamp, commit_time=snapshot.time,
             keep_commit_lsn=stamp,
         )  # fmt: skip
-        cause = str(self.board.shards[self.shard].stopped or "operator")
+        cause = self.stop_cause or "operator"
         record_gap(
             self.sink,
             Gap(self.shard, from_lsn, lsn, cause, "resnapshot", request.reason, request.requested_by),
@@ -443,15 +445,18 @@ class ShardReader(threading.Thread):
                 if skipping and not isinstance(event, Commit):
                     continue
                 done = self._take(event, open_tx, message.data_start)
-            except StreamStopped:
-                raise
             except Exception as exc:
                 commit_lsn = open_tx.commit_lsn if open_tx is not None else None
+                if isinstance(exc, StreamStopped) and not isinstance(exc, SchemaDrift):
+                    raise
                 if self.skip is not None and commit_lsn is not None and commit_lsn == self.skip.commit_lsn:
                     log.warning("cdc leaving out the transaction at %s on %s, as asked: %s", lsn_to_str(commit_lsn),
                                 self.shard, exc)  # fmt: skip
                     skipping = True
                     continue
+                if isinstance(exc, SchemaDrift):
+                    exc.commit_lsn = commit_lsn  # the transaction an operator may leave out
+                    raise
                 reason = f"{type(exc).__name__}: {exc}".strip()[:500]
                 where = "outside a transaction"
                 if commit_lsn is not None:
@@ -531,9 +536,9 @@ class ShardReader(threading.Thread):
         request = self.skip
         assert request is not None  # noqa: S101
         tx.changes = []
+        cause = self.stop_cause or "undecodable"
         record_gap(
-            self.sink,
-            Gap(self.shard, tx.commit_lsn, tx.end_lsn, "undecodable", "skip", request.reason, request.requested_by),
+            self.sink, Gap(self.shard, tx.commit_lsn, tx.end_lsn, cause, "skip", request.reason, request.requested_by)
         )
         self.board.add(self.shard, gaps_recorded=1)
         operator_requests.finish(

@@ -19,6 +19,10 @@ class ShardLag:
     seconds: float
     bytes: int
     connected: bool
+    stopped: str | None = None  # why the stream waits for an operator (apps.audit.stops)
+    stopped_detail: str = ""
+    retained_bytes: int | None = None  # WAL the shard keeps for the slot
+    wal_status: str | None = None  # the slot's: reserved, extended, unreserved, lost
 
 
 def cdc_lag() -> dict[str, ShardLag] | None:
@@ -27,6 +31,14 @@ def cdc_lag() -> dict[str, ShardLag] | None:
     if status is None:
         return None
     return {
-        alias: ShardLag(shard["lag_seconds"], shard["lag_bytes"], shard["connected"])
+        alias: ShardLag(
+            shard["lag_seconds"],
+            shard["lag_bytes"],
+            shard["connected"],
+            shard.get("stopped"),
+            shard.get("stopped_detail", ""),
+            shard.get("slot_retained_bytes"),
+            shard.get("slot_wal_status"),
+        )  # fmt: skip
         for alias, shard in sorted(status["shards"].items())
     }

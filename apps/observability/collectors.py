@@ -8,6 +8,7 @@ from django.db import DatabaseError, connections
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from apps.audit.slots import slot_states
 from apps.observability.cdc import cdc_lag
 from apps.sharding.moves import move_overview
 from apps.sharding.routing import shard_aliases, shard_map
@@ -82,8 +83,58 @@ class ShardCollector(Collector):
         size = GaugeMetricFamily(
             "shardwallet_cdc_lag_bytes", "How far the audit store is behind each shard, in WAL bytes.", labels=["shard"]
         )
+        stopped = GaugeMetricFamily(
+            "shardwallet_cdc_stream_stopped",
+            "1 while a shard's change stream waits for an operator (cause: slot_missing, slot_lost, slot_ahead,"
+            " foreign_slot, schema_drift, undecodable); see `manage.py cdc_status`.",
+            labels=["shard", "cause"],
+        )
         for alias, lag in (lags or {}).items():
             seconds.add_metric([alias], lag.seconds)
             size.add_metric([alias], lag.bytes)
+            if lag.stopped:
+                stopped.add_metric([alias, lag.stopped], 1)
         yield seconds
         yield size
+        yield stopped
+        yield from self._slots()
+
+    def _slots(self) -> Iterator[GaugeMetricFamily]:
+        """Every audit slot as its shard reports it: read here, so a slot filling the disk
+        shows even when no CDC process runs."""
+        labels = ["shard", "slot"]
+        retained = GaugeMetricFamily(
+            "shardwallet_cdc_slot_retained_bytes", "WAL a shard keeps for an audit slot.", labels=labels
+        )
+        safe = GaugeMetricFamily(
+            "shardwallet_cdc_slot_safe_wal_bytes",
+            "WAL that can still be written before the slot is lost (max_slot_wal_keep_size).",
+            labels=labels,
+        )
+        lag = GaugeMetricFamily(
+            "shardwallet_cdc_slot_lag_bytes", "The shard's WAL position less the slot's confirmed one.", labels=labels
+        )
+        status = GaugeMetricFamily(
+            "shardwallet_cdc_slot_wal_status", "1 for the slot's wal_status (lost: its changes are gone).",
+            labels=[*labels, "status"],
+        )  # fmt: skip
+        for alias in shard_aliases():
+            try:
+                with connections[alias].cursor() as cursor:
+                    states = slot_states(cursor.connection)
+            except DatabaseError:
+                connections[alias].close()
+                continue
+            for state in states:
+                key = [alias, state.slot]
+                if state.retained_bytes is not None:
+                    retained.add_metric(key, state.retained_bytes)
+                if state.safe_wal_bytes is not None:
+                    safe.add_metric(key, state.safe_wal_bytes)
+                if state.lag_bytes is not None:
+                    lag.add_metric(key, state.lag_bytes)
+                status.add_metric([*key, state.wal_status or "unknown"], 1)
+        yield retained
+        yield safe
+        yield lag
+        yield status

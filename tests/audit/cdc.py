@@ -142,6 +142,11 @@ class CdcProcess:
     def client(self) -> Any:
         return clickhouse_connect.get_client(host="127.0.0.1", port=self.port, interface="http")
 
+    def cleanup_files(self) -> None:
+        """Stop the process and remove its store, leaving the shards' slots alone (a copy's are another's)."""
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
     def cleanup(self) -> None:
         """Stop the process; drop its slots and publications so no shard keeps WAL for them."""
         self.stop()

@@ -84,3 +84,18 @@ def test_durations_read_like_a_person_would_say_them() -> None:
     assert duration_text(timedelta(minutes=4, seconds=10)) == "4 min 10 s"
     assert duration_text(timedelta(hours=2)) == "2 h"
     assert duration_text(timedelta(days=3, hours=4, minutes=5)) == "3 d 4 h"
+
+
+def test_a_stopped_audit_stream_and_the_wal_its_slot_holds_show_on_the_page(settings, tmp_path) -> None:
+    from apps.audit.status import StatusBoard
+
+    settings.AUDIT_DIR = tmp_path
+    board = StatusBoard(["shard_00", "shard_01"], "chdb", None)
+    board.update("shard_00", connected=True, disconnected_since=None, slot_retained_bytes=123_456,
+                 slot_wal_status="reserved")  # fmt: skip
+    board.update("shard_01", stopped="slot_lost", stopped_detail="slot x on shard_01 was invalidated",
+                 slot_wal_status="lost")  # fmt: skip
+    board.write()
+    html = logged_in(make_staff("vera", "viewers")).get("/admin/operations/").content.decode()
+    assert "<td>123456</td><td>reserved</td><td>streaming</td>" in html
+    assert "<strong>STOPPED (slot_lost)</strong>: slot x on shard_01 was invalidated" in html
