@@ -22,7 +22,7 @@ for statement in json.loads(sys.argv[1]):
 """
 
 
-def write_store(cdc: CdcProcess, *statements: str, restart_args: tuple[str, ...] = ()) -> None:
+def write_store(cdc: CdcProcess, *statements: str, env: dict[str, str] | None = None) -> None:
     cdc.stop()
     done = subprocess.run(
         [sys.executable, "-c", _WRITE, json.dumps(statements)],
@@ -34,4 +34,4 @@ def write_store(cdc: CdcProcess, *statements: str, restart_args: tuple[str, ...]
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    cdc.start(*restart_args)
+    cdc.start(env=env)
