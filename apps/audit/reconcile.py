@@ -144,7 +144,8 @@ class TransferProblem:
 @dataclass
 class RoundResult:
     differing: dict[int, list[str]] = field(default_factory=dict)  # bucket -> tables that differ
-    moving: set[int] = field(default_factory=set)
+    moving: set[int] = field(default_factory=set)  # served by no snapshot, or by two
+    busy: set[int] = field(default_factory=set)  # too many rows changed after L to leave them out by id
     problems: list[TransferProblem] = field(default_factory=list)
     lagging: dict[str, str] = field(default_factory=dict)  # shard -> why its point is not in the store
     lines: list[str] = field(default_factory=list)  # what is reported (the confirmed buckets, drilled into)
@@ -181,11 +182,16 @@ def reconcile(client: Any, *, wait: float = 10.0, max_rounds: int = MAX_ROUNDS) 
         flagged = result.flagged()
         reported = flagged if last else flagged & seen
         seen |= flagged
-        pending = (flagged - reported) | result.moving
+        pending = (flagged - reported) | result.moving | result.busy
         if last:
             differences.extend(
                 f"bucket {b} could not be compared: no single shard served it in {rounds} rounds (moving)"
                 for b in sorted(result.moving)
+            )
+            differences.extend(
+                f"bucket {b} could not be compared: more than {UNSETTLED_PER_BUCKET} of its rows changed after the"
+                f" point in each of {rounds} rounds"
+                for b in sorted(result.busy)
             )
             break
         if result.moving:
@@ -236,7 +242,7 @@ class Round:
             log.info(
                 "reconcile round",
                 extra={
-                    "buckets": len(self.owner), "moving": len(self.result.moving),
+                    "buckets": len(self.owner), "moving": len(self.result.moving), "busy": len(self.result.busy),
                     "differing": len(self.result.differing), "unpaired_transfers": len(self.result.problems),
                     "unsettled_rows": sum(len(ids) for ids in unsettled.values()),
                     "points": {a: describe_lsn(p.lsn) for a, p in self.points.items()},
@@ -315,23 +321,24 @@ class Round:
         for table in TABLES:
             ids = f"groupArrayIf({UNSETTLED_PER_BUCKET})(toString({table.key[0]}), NOT asof)" if table.updated else "[]"
             sql = (
-                f"SELECT b, o, countIf(live), sumIf(m, live), sum(toUInt128(h)), countIf(NOT asof), {ids}"  # noqa: S608
+                f"SELECT b, o, countIf(live), sumIf(m, live), sum(toUInt128(h)), countIf(NOT asof), {ids},"  # noqa: S608
+                " countIf(is_deleted = 0)"
                 f" FROM ({as_of.projection(table)}) WHERE o > 0 GROUP BY b, o"
             )
-            for bucket, o, rows, money, hashes, late, late_ids in self.client.query(
+            for bucket, o, rows, money, hashes, late, late_ids, present in self.client.query(
                 sql, parameters=as_of.params
             ).result_rows:
                 if o == as_of.stray:
-                    if rows:
+                    if present:
                         self.result.lines.append(
-                            f"bucket {bucket}, {table.name}: {rows} row(s) in the audit store, but no shard can"
+                            f"bucket {bucket}, {table.name}: {present} row(s) in the audit store, but no shard can"
                             " serve this bucket"
                         )
                     continue
                 fingerprints_[(bucket, table.name)] = (int(rows), int(money), int(hashes))
                 if table.updated and late:
                     if late > len(late_ids):
-                        self.result.moving.add(bucket)  # too busy to settle by id: look again
+                        self.result.busy.add(bucket)  # too busy to settle by id: look again
                         self.owner.pop(bucket, None)
                     else:
                         unsettled[(bucket, table.name)] = list(late_ids)
