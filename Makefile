@@ -8,7 +8,7 @@ export PORT
 
 .DEFAULT_GOAL := help
 
-.PHONY: help run test lint format stack-up stack-down stack-status clean bench venv audit-sql audit-query reconcile cdc-status bench-cdc chaos
+.PHONY: help run test lint format stack-up stack-down stack-status clean bench venv audit-sql audit-query reconcile cdc-status bench-cdc bench-reconcile chaos
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -61,6 +61,9 @@ cdc-status: $(VENV)/.installed ## the CDC process's lag per shard
 
 bench-cdc: $(VENV)/.installed ## CDC reader throughput (changes/s) on a scratch database of the test stack
 	DJANGO_SETTINGS_MODULE=wallet_project.settings_test $(PY) manage.py bench_cdc $(BENCH_ARGS)
+
+bench-reconcile: $(VENV)/.installed ## reconcile at scale on a throw-away stack: 10M entries on 4 shards (BENCH_ARGS="--entries 1000000")
+	nice -n 10 $(PY) -m bench.reconcile $(BENCH_ARGS)
 
 clean: ## stop both stacks and delete var/ (all local data)
 	-$(PY) manage.py devstack down --purge
