@@ -21,6 +21,7 @@ from apps.ledger.models import WalletStatus
 from apps.ledger.services import wallet_create, wallet_fund, wallet_set_status
 from apps.sharding.ids import bucket_of
 from apps.transfers.saga import transfer_advance
+from apps.transfers.services import transfer_park
 from tests.audit.cdc import CdcProcess, wait_until
 from tests.audit.helpers import caught_up
 from tests.audit.moves import control_epoch, copy_bucket, fence, mover_session, own, restore_buckets
@@ -99,6 +100,29 @@ def test_reconcile_agrees_while_deposits_and_cross_shard_transfers_keep_coming(
     final = reconcile(client, wait=20)
     assert final.ok, final.differences
     assert final.attempts == 1  # nothing to look at twice once the traffic stopped
+
+
+def test_both_sides_hash_nulls_unicode_separators_and_timestamps_alike(cdc: CdcProcess) -> None:
+    """The canonical text of a row is the same in PostgreSQL and ClickHouse for every kind of value."""
+    owner, _ = make_client()
+    payer = make_wallet(owner, funded=1_000, shard="shard_00")
+    payee = make_wallet(owner, shard="shard_01")
+    # A key of multi-byte characters and the canonical text's own separators.
+    wallet_fund(wallet_id=payer.id, amount_minor=1, reference="clé|€|x:1~")
+    parked = create_transfer(owner, payer, payee.id, 5)  # no worker: it stays debited, then is parked
+    assert transfer_park(parked.id, "a test")
+    raw_query("shard_00", "UPDATE ledger_wallet SET updated_at = date_trunc('second', updated_at) WHERE id = %s",
+              [payer.id])  # fmt: skip
+    cdc.start(env=FAST)
+    client = cdc.client()
+    wait_until(lambda: caught_up(client), 20, "catch-up")
+    report = reconcile(client, wait=15)
+    assert report.ok, report.differences
+    assert report.attempts == 1
+    [(parked_at,)] = client.query(
+        "SELECT parked_at FROM audit.transfers FINAL WHERE transfer_id = {id:UUID}", parameters={"id": str(parked.id)}
+    ).result_rows
+    assert parked_at is not None
 
 
 def test_a_row_changed_behind_the_cdcs_back_is_named_with_its_bucket(cdc: CdcProcess) -> None:
