@@ -296,6 +296,7 @@ def main(argv: list[str]) -> int:
                 os.killpg(cdc.pid, signal.SIGKILL)
         if not args.keep:
             stack.down(purge=True)
+            shutil.rmtree(audit_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -222,6 +222,8 @@ class Round:
 
     def run(self, wait: float) -> RoundResult:
         current = shard_map()
+        timings: dict[str, float] = {}
+        started = time.monotonic()
         try:
             for alias in current.aliases:
                 self.points[alias] = open_point(current.shards[alias])
@@ -232,13 +234,20 @@ class Round:
                 # The shards work on their snapshots while the store catches up.
                 shard_side = {alias: pool.submit(self._shard_fingerprints, p) for alias, p in self.points.items()}
                 self._wait_for_store(wait)
+                timings["wait"] = time.monotonic() - started
                 for point in self.points.values():
                     point.invisible = find_invisible(self.client, point)
                 store_side, unsettled = self._store_fingerprints()
+                timings["store"] = time.monotonic() - started - timings["wait"]
                 settled = self._settle(shard_side, unsettled, pool)
+                timings["shards_done"] = time.monotonic() - started
             self._compare(settled, store_side)
+            mark = time.monotonic()
             self._check_transfers()
+            timings["transfers"] = time.monotonic() - mark
+            mark = time.monotonic()
             self._report()
+            timings["report"] = time.monotonic() - mark
             log.info(
                 "reconcile round",
                 extra={
@@ -248,6 +257,7 @@ class Round:
                     "points": {a: describe_lsn(p.lsn) for a, p in self.points.items()},
                     "invisible": {a: len(p.invisible) for a, p in self.points.items()},
                     "lagging": sorted(self.result.lagging),
+                    "seconds": {k: round(v, 2) for k, v in timings.items()},
                 },
             )  # fmt: skip
         finally:
