@@ -71,8 +71,19 @@ def row_json(row: dict[str, Any] | None) -> str | None:
     return orjson.dumps(row, default=_json_default, option=_JSON_OPTIONS).decode()
 
 
+# What the typed tables' DateTime64 columns can hold.
+_FIRST_YEAR, _LAST_YEAR = 1900, 2299
+
+
 def _ts(value: Any) -> datetime:
-    return value if isinstance(value, datetime) else EPOCH
+    """A timestamp for a typed column. A missing one (a key-only delete) is the epoch; one the
+    store cannot hold ('infinity', year 9999) is refused here, where the reader can say which
+    change it is, rather than failing the whole batch's insert over and over."""
+    if value is None:
+        return EPOCH
+    if not isinstance(value, datetime) or not _FIRST_YEAR <= value.year <= _LAST_YEAR:
+        raise ValueError(f"timestamp {value!r} is outside what the audit store can hold")
+    return value
 
 
 @dataclass(frozen=True)
