@@ -160,8 +160,10 @@ def test_infinite_dates_and_timestamps_stay_text_and_the_sink_refuses_them_in_a_
     assert CONVERTERS[1184]("-infinity") == "-infinity"
     from apps.audit.sink import TYPED_TABLES
 
-    wallet = {"id": uuid.UUID(WALLET), "owner_id": 1, "currency": "USD", "balance_minor": 0, "status": "active",
-              "last_entry_seq": 0, "created_at": datetime(2026, 1, 1, tzinfo=UTC), "updated_at": "infinity"}  # fmt: skip
+    wallet: dict[str, object] = {
+        "id": uuid.UUID(WALLET), "owner_id": 1, "currency": "USD", "balance_minor": 0, "status": "active",
+        "last_entry_seq": 0, "created_at": datetime(2026, 1, 1, tzinfo=UTC), "updated_at": "infinity",
+    }  # fmt: skip
     tx = Transaction("shard_00", 1, 100, 120, datetime.now(tz=UTC))
     with pytest.raises(ValueError, match="outside what the audit store can hold"):
         TYPED_TABLES["ledger_wallet"].row("shard_00", tx, Change("ledger_wallet", "insert", None, wallet, 1))
