@@ -35,6 +35,7 @@ class Change:
     old: dict[str, Any] | None
     new: dict[str, Any] | None
     seq: int
+    values: list[Any] | None = None  # the typed table's columns, when the reader projected them already
 
 
 @dataclass
@@ -97,15 +98,23 @@ class TypedTable:
     defaults: dict[str, Any] = field(default_factory=dict)
     bucket_column: str | None = None  # the typed column whose id carries the row's bucket
 
-    def row(self, shard: str, tx: Transaction, change: Change) -> list[Any] | None:
-        deleted = change.op == "delete"
-        data = change.old if deleted else change.new
+    def values(self, op: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[Any] | None:
+        """The typed columns of a change (raises on a value the store cannot hold)."""
+        data = old if op == "delete" else new
         if data is None:
             return None
         # A delete under the default replica identity only carries the key: fill the rest.
-        data = {**self.defaults, **data}
+        return self.project({**self.defaults, **data})
+
+    def row(self, shard: str, tx: Transaction, change: Change) -> list[Any] | None:
+        values = change.values
+        if values is None:
+            values = self.values(change.op, change.old, change.new)
+            if values is None:
+                return None
         version = row_version(tx.stream_epoch, tx.commit_lsn, change.seq)
-        return [shard, *self.project(data), tx.commit_lsn, change.seq, tx.commit_time, version, int(deleted)]
+        deleted = int(change.op == "delete")
+        return [shard, *values, tx.commit_lsn, change.seq, tx.commit_time, version, deleted]
 
     @property
     def column_names(self) -> list[str]:
