@@ -2,17 +2,20 @@
 the store.
 
 chDB's `readonly=1` refuses writes, DDL, settings changes and the table functions that reach
-outside (url, file, remote, postgresql, s3...). Three things pass it in chDB, which is
-ClickHouse in "local" mode: the `file()` *function* reads any file the process can (its
-secrets, /proc/self/environ), `INTO OUTFILE` writes one, and `KILL QUERY` stops the CDC's own
-inserts; chDB also runs several `;`-separated statements in one call. So the endpoint first
-has ClickHouse itself parse the query (`formatQuerySingleLine`, which refuses more than one
-statement) and checks that canonical text, which has no comments, heredocs or stray quoting
-left to hide anything in:
+outside (url, file, remote, postgresql, s3...) in a SELECT. Some things pass it in chDB,
+which is ClickHouse in "local" mode: the `file()` *function* reads any file the process can
+(its secrets, /proc/self/environ), `INTO OUTFILE` writes one, `KILL QUERY` stops the CDC's
+own inserts, DESCRIBE of a table function reaches out; chDB also runs several
+`;`-separated statements in one call. So the endpoint first has ClickHouse itself parse
+the query (`formatQuerySingleLine`, which refuses more than one statement) and checks that
+canonical text, which has no comments, heredocs or stray quoting left to hide anything in:
 
 - it starts with SELECT, WITH, EXPLAIN, SHOW, DESCRIBE or EXISTS;
 - it calls neither `file(...)` nor chDB's `python(...)`;
-- it has no `INTO OUTFILE`.
+- it has no `INTO OUTFILE`;
+- it does not DESCRIBE a table function: that path skips the readonly check and reads the
+  source to infer a structure (`DESCRIBE TABLE url(...)` fetches the URL,
+  `DESCRIBE TABLE postgresql(...)` connects to the server).
 
 The canonical text is what then runs, so what was checked is what is executed.
 """
@@ -98,6 +101,15 @@ def check(sql: str) -> None:
             f"Cannot execute query in readonly mode: the audit endpoint runs "
             f"{', '.join(sorted(ALLOWED_STATEMENTS))} statements only, not {statement or 'this'}"
         )
+    if statement in ("DESCRIBE", "DESC"):
+        # DESCRIBE of a table function skips the readonly check and reads the source to infer
+        # its structure: url() fetches, postgresql() connects. A subquery's are checked.
+        target = tokens[2:] if len(tokens) > 1 and tokens[1][1].upper() == "TABLE" else tokens[1:]
+        if len(target) > 1 and target[0][0] == "word" and target[1][1] == "(":
+            raise QueryRefused(
+                f"Cannot execute query in readonly mode: DESCRIBE of a table function ({target[0][1]}) reads "
+                "outside the audit store"
+            )
     for (kind, text), (_, following) in pairwise(tokens):
         if kind == "word" and following == "(" and text.lower() in REFUSED_FUNCTIONS:
             raise QueryRefused(f"Cannot execute query in readonly mode: {text}() reads outside the audit store")

@@ -338,7 +338,8 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as exc:
             message = str(exc).strip()
             match = _CODE.search(message)
-            code = getattr(exc, "code", None) or (int(match.group(1)) if match else 1000)
+            code = exc.code if isinstance(exc, TooManyQueries | query_gate.QueryRefused) else None
+            code = code or (int(match.group(1)) if match else 1000)
             entry.duration_ms = round((time.monotonic() - started) * 1000)
             entry.error_code, entry.error = code, message
             self.server.query_log.record(entry)

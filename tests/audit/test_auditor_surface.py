@@ -113,6 +113,37 @@ def wait_logged(client: Any, marker: str, rows: int = 1) -> list[dict[str, Any]]
     return wait_until(lambda: len(found := logged(client, marker)) >= rows and found, 10, f"{marker} in the log")
 
 
+class CountingPort:
+    """A port that counts the connections it gets and drops them: a client sent here fails at once,
+    and the test sees that it came."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.connections = 0
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        self._listener.settimeout(0.1)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            self.connections += 1
+            conn.close()
+
+    def __enter__(self) -> CountingPort:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._listener.close()
+
+
 def test_no_query_runs_without_an_auditors_credentials(cdc: CdcProcess) -> None:
     cdc.start(env=auditors_env())
     marker = f"unauthenticated-{uuid.uuid4().hex}"
@@ -207,12 +238,22 @@ def test_writes_ddl_settings_table_functions_and_the_hosts_files_are_refused(cdc
         f"SELECT 1 INTO OUTFILE '{outfile}'",
         "SELECT * FROM python(settings)",
     ]
-    for statement in refused:
-        status, headers, body = http(cdc.port, f"{statement} -- {marker}", headers=basic(ALICE))
-        assert (status, headers["X-ClickHouse-Exception-Code"]) == (403, "164"), (statement, body)
-        assert b"READONLY" in body, statement
-        with pytest.raises(DatabaseError, match="READONLY"):
-            client.command(statement)
+    with CountingPort() as outside:
+        # DESCRIBE of a table function skips readonly and reads the source for its structure.
+        refused += [
+            f"DESCRIBE TABLE url('http://127.0.0.1:{outside.port}/x.csv', CSVWithNames)",
+            f"DESC remote('127.0.0.1:{outside.port}', system.one)",
+            f"DESCRIBE postgresql('{shard.host}:{shard.port}', '{shard.name}', 'ledger_wallet', '{shard.user}',"
+            f" '{shard.password}')",
+            f"SELECT * FROM url('http://127.0.0.1:{outside.port}/x.csv', CSVWithNames)",  # noqa: S608
+        ]
+        for statement in refused:
+            status, headers, body = http(cdc.port, f"{statement} -- {marker}", headers=basic(ALICE))
+            assert (status, headers["X-ClickHouse-Exception-Code"]) == (403, "164"), (statement, body)
+            assert b"READONLY" in body, statement
+            with pytest.raises(DatabaseError, match="READONLY"):
+                client.command(statement)
+    assert outside.connections == 0
     # One statement per query, as ClickHouse's HTTP interface has it (chDB would run them all).
     status, headers, body = http(cdc.port, "SELECT 1; DROP TABLE audit.ledger_entries", headers=basic(ALICE))
     assert (status, headers["X-ClickHouse-Exception-Code"]) == (400, "62")
@@ -235,6 +276,7 @@ def test_writes_ddl_settings_table_functions_and_the_hosts_files_are_refused(cdc
         "EXISTS TABLE audit.changes",
         "SELECT count() FROM numbers(10)",
         "SELECT 'file(x) INTO OUTFILE' AS text_is_not_code",
+        "DESCRIBE (SELECT 1 AS one)",
     ):
         assert http(cdc.port, statement, headers=basic(ALICE))[0] == 200, statement
     rows = wait_logged(client, marker, rows=len(refused))
@@ -338,44 +380,13 @@ def test_the_query_log_records_who_ran_what_with_which_parameters_and_how_many_r
     assert count(as_(BOB, cdc.port), "SELECT count() FROM audit.query_log WHERE auditor = 'alice'") >= 1
 
 
-class WriterServer:
-    """The writer's ClickHouse server, as a port that counts the connections it gets and drops them:
-    a client that comes here fails at once, and the test sees it came."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.connections = 0
-        self._listener = socket.create_server(("127.0.0.1", self.port))
-        self._listener.settimeout(0.1)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            self.connections += 1
-            conn.close()
-
-    def __enter__(self) -> WriterServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._listener.close()
-
-
 def test_in_server_mode_the_tools_read_with_the_auditor_dsn_and_never_the_writers(cdc: CdcProcess) -> None:
     # The CDC's endpoint stands in for a ClickHouse server (none can be installed here); the
     # writer's server is a port that must never see a connection.
     cdc.start(env=auditors_env())
     auditor_dsn = f"http://{ALICE.user}:{ALICE.password}@127.0.0.1:{cdc.port}"
     marker = f"server-mode-{uuid.uuid4().hex}"
-    with WriterServer() as writer:
+    with CountingPort() as writer:
         writer_dsn = f"http://writer:writer-secret@127.0.0.1:{writer.port}"
         with override_settings(CLICKHOUSE_URL=writer_dsn, CLICKHOUSE_AUDITOR_URL=auditor_dsn):
             assert connect_reader().query(f"SELECT '{marker}'").result_rows == [(marker,)]
