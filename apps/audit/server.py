@@ -60,6 +60,7 @@ _CODE = re.compile(r"Code: (\d+)\.")
 _STATUS_BY_CODE = {
     164: HTTPStatus.FORBIDDEN,  # READONLY
     497: HTTPStatus.FORBIDDEN,  # ACCESS_DENIED
+    446: HTTPStatus.FORBIDDEN,  # FUNCTION_NOT_ALLOWED
     516: HTTPStatus.UNAUTHORIZED,  # AUTHENTICATION_FAILED
     202: HTTPStatus.SERVICE_UNAVAILABLE,  # TOO_MANY_SIMULTANEOUS_QUERIES
     62: HTTPStatus.BAD_REQUEST,  # SYNTAX_ERROR
@@ -111,6 +112,8 @@ class QueryLimits:
             "max_result_rows": str(self.max_result_rows),
             "result_overflow_mode": "throw",
             "max_threads": str(self.max_threads),
+            # chDB (local mode) allows them by default: addressToLine() and the like read the binary.
+            "allow_introspection_functions": "0",
             "readonly": "1",
         }
 

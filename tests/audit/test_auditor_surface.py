@@ -254,6 +254,8 @@ def test_writes_ddl_settings_table_functions_and_the_hosts_files_are_refused(cdc
             with pytest.raises(DatabaseError, match="READONLY"):
                 client.command(statement)
     assert outside.connections == 0
+    with pytest.raises(DatabaseError, match="FUNCTION_NOT_ALLOWED"):
+        client.query("SELECT addressToLine(toUInt64(1))")  # introspection: off, and readonly keeps it off
     # One statement per query, as ClickHouse's HTTP interface has it (chDB would run them all).
     status, headers, body = http(cdc.port, "SELECT 1; DROP TABLE audit.ledger_entries", headers=basic(ALICE))
     assert (status, headers["X-ClickHouse-Exception-Code"]) == (400, "62")
