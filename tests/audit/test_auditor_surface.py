@@ -353,6 +353,20 @@ def test_queries_past_the_concurrency_bound_are_refused_at_once(cdc: CdcProcess)
     assert {(r["auditor"], r["error_code"]) for r in refusals} == {("bob", 202)}
 
 
+def test_no_query_runs_unlogged_while_the_query_log_is_behind(cdc: CdcProcess) -> None:
+    # Two rows waiting (the log flushes only every minute here) stand for a store that refuses them.
+    env = {
+        **auditors_env(),
+        "SHARDWALLET_AUDIT_QUERY_LOG_FLUSH_SECONDS": "60",
+        "SHARDWALLET_AUDIT_QUERY_LOG_MAX_PENDING": "2",
+    }
+    cdc.start(env=env)
+    assert [http(cdc.port, f"SELECT {n}", headers=basic(ALICE))[0] for n in (1, 2)] == [200, 200]
+    status, headers, body = http(cdc.port, "SELECT 3", headers=basic(ALICE))
+    assert (status, headers["X-ClickHouse-Exception-Code"]) == (503, "202")
+    assert b"the audit query log is behind (2 rows not yet stored)" in body
+
+
 def test_the_query_log_records_who_ran_what_with_which_parameters_and_how_many_rows(cdc: CdcProcess) -> None:
     cdc.start(env=auditors_env())
     marker = uuid.uuid4().hex
