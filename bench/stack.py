@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -75,6 +76,8 @@ class StackLayout:
             "SHARDWALLET_REDIS_URL": self.redis_url,
             "SHARDWALLET_LOG_LEVEL": "WARNING",
             "SHARDWALLET_AUDIT_HTTP_PORT": str(self.audit_http_port),
+            # The CDC's endpoint lets in auditor accounts only; its reconcile logs in with this one.
+            "SHARDWALLET_AUDIT_AUDITORS": f"auditor:{secrets.token_urlsafe(18)}",
             **(extra or {}),
         }
         os.environ.update(env)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from django.core.exceptions import ImproperlyConfigured
+
+from apps.audit.auditors import load_accounts, parse_login
 from apps.sharding.shardmap import load_shard_map
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -155,6 +158,10 @@ IDEMPOTENCY_KEY_TTL_HOURS = 24
 # set (e.g. http://user:password@host:8123).
 AUDIT_DIR = _env_path("SHARDWALLET_AUDIT_DIR", str(DEVSTACK_DIR / "audit"))
 CLICKHOUSE_URL = os.environ.get("CLICKHOUSE_URL", "")
+# Server mode: the auditors' tools (audit_sql, audit_query, reconcile) connect with this DSN
+# only, a read-only ClickHouse user (docs/ARCHITECTURE.md, "Auditor access"); never with
+# CLICKHOUSE_URL, the writer's. Unset: they refuse to run.
+CLICKHOUSE_AUDITOR_URL = os.environ.get("SHARDWALLET_CLICKHOUSE_AUDITOR_URL", "")
 AUDIT_HTTP_PORT = int(os.environ.get("SHARDWALLET_AUDIT_HTTP_PORT", "25123"))
 # Each store's slot on a shard is `<prefix>_<first 12 hex digits of the store's id>`.
 AUDIT_SLOT_PREFIX = os.environ.get("SHARDWALLET_AUDIT_SLOT_PREFIX", "shardwallet_audit")
@@ -182,6 +189,34 @@ AUDIT_MAX_RETAINED_BYTES = int(os.environ.get("SHARDWALLET_AUDIT_MAX_RETAINED_BY
 # A stopped stream (apps.audit.stops) tries again this often, in case the cause went away.
 AUDIT_STOPPED_RETRY_SECONDS = float(os.environ.get("SHARDWALLET_AUDIT_STOPPED_RETRY_SECONDS", "60"))
 AUDIT_SHARD_POLL_SECONDS = float(os.environ.get("SHARDWALLET_AUDIT_SHARD_POLL_SECONDS", "3"))
+
+# Embedded mode: the auditors the CDC process's endpoint lets in (apps/audit/auditors.py):
+# `name:secret,...` and/or a file of `name:secret` lines (a secret may be `sha256:<hex>`).
+# Only the secrets' SHA-256 are kept. With no account the endpoint does not start. `make run`
+# writes one for its stack into DEVSTACK_DIR/audit_auditors, the file's default place.
+_AUDITORS_FILE_EXPLICIT = "SHARDWALLET_AUDIT_AUDITORS_FILE" in os.environ
+AUDIT_AUDITORS_FILE = _env_path("SHARDWALLET_AUDIT_AUDITORS_FILE", str(DEVSTACK_DIR / "audit_auditors"))
+if _AUDITORS_FILE_EXPLICIT and not AUDIT_AUDITORS_FILE.exists():
+    raise ImproperlyConfigured(f"SHARDWALLET_AUDIT_AUDITORS_FILE names {AUDIT_AUDITORS_FILE}, which does not exist")
+AUDIT_AUDITORS, _first_auditor = load_accounts(os.environ.get("SHARDWALLET_AUDIT_AUDITORS", ""), AUDIT_AUDITORS_FILE)
+# How this project's tools log in to the endpoint: `name:secret`, else the first account above
+# given in clear.
+AUDIT_LOGIN = parse_login(os.environ.get("SHARDWALLET_AUDIT_LOGIN", "")) or _first_auditor
+# Every auditor query runs under these limits, set on the read-only chDB connections
+# themselves: readonly=1 forbids the query to change them. A reconcile reads one row per
+# wallet: keep AUDIT_QUERY_MAX_RESULT_ROWS above the number of wallets (and above ~2,000:
+# clickhouse-connect reads system.settings when it connects).
+AUDIT_QUERY_MAX_SECONDS = float(os.environ.get("SHARDWALLET_AUDIT_QUERY_MAX_SECONDS", "60"))
+AUDIT_QUERY_MAX_MEMORY_BYTES = int(os.environ.get("SHARDWALLET_AUDIT_QUERY_MAX_MEMORY_BYTES", str(2 << 30)))
+AUDIT_QUERY_MAX_RESULT_ROWS = int(os.environ.get("SHARDWALLET_AUDIT_QUERY_MAX_RESULT_ROWS", "10000000"))
+# Threads per query: the CDC's readers and inserts share the process's cores with it.
+AUDIT_QUERY_MAX_THREADS = int(os.environ.get("SHARDWALLET_AUDIT_QUERY_MAX_THREADS", "1"))
+# Queries at once; one more is answered 503 (ClickHouse code 202) at once, not queued.
+AUDIT_QUERY_MAX_CONCURRENT = int(os.environ.get("SHARDWALLET_AUDIT_QUERY_MAX_CONCURRENT", "2"))
+# audit.query_log: rows are buffered and inserted by one thread at most this often; with
+# this many waiting (the store refuses them), queries are refused rather than run unlogged.
+AUDIT_QUERY_LOG_FLUSH_SECONDS = float(os.environ.get("SHARDWALLET_AUDIT_QUERY_LOG_FLUSH_SECONDS", "1"))
+AUDIT_QUERY_LOG_MAX_PENDING = int(os.environ.get("SHARDWALLET_AUDIT_QUERY_LOG_MAX_PENDING", "10000"))
 
 # Celery over Redis. Messages are triggers, never the truth: the database is.
 CELERY_BROKER_URL = REDIS_URL

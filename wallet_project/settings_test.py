@@ -6,6 +6,9 @@ os.environ.setdefault("SHARDWALLET_SHARDS_FILE", "tests/shards.test.yaml")
 os.environ.setdefault("SHARDWALLET_DEVSTACK_DIR", "var/test")
 os.environ.setdefault("SHARDWALLET_REDIS_URL", "redis://127.0.0.1:26379/0")
 os.environ.setdefault("SHARDWALLET_AUDIT_HTTP_PORT", "26123")
+# The test stack's auditor account: the CDC processes the tests start inherit it, and the
+# tests' own clients (tests/audit/cdc.py) log in with it.
+os.environ.setdefault("SHARDWALLET_AUDIT_AUDITORS", "auditor:test-only-auditor-secret")
 # Fast retries and sweeps so fault tests finish in seconds (worker processes read these too).
 os.environ.setdefault("SHARDWALLET_SAGA_RETRY_BASE_SECONDS", "0.2")
 os.environ.setdefault("SHARDWALLET_SAGA_RETRY_MAX_SECONDS", "1")

@@ -73,8 +73,9 @@ class CdcProcess:
             for alias, reader in list(self.readers.items()):
                 try:
                     with psycopg.connect(conninfo(reader.server, connect_timeout=3), autocommit=True) as conn:
-                        emitted = emit_heartbeat(conn, self.slot)
+                        # The slot first: the heartbeat's own WAL would show as lag until the next keepalive.
                         mine = [s for s in slot_states(conn) if s.slot == self.slot]
+                        emitted = emit_heartbeat(conn, self.slot)
                 except psycopg.Error as exc:
                     log.debug("cdc heartbeat to %s failed: %s", alias, exc)
                     continue

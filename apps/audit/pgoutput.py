@@ -69,7 +69,7 @@ CONVERTERS: dict[int, Any] = {
     700: float,  # float4 (never money)
     701: float,  # float8 (never money)
     1700: Decimal,  # numeric: exact
-    1082: date.fromisoformat,
+    1082: lambda t: t if t in ("infinity", "-infinity") else date.fromisoformat(t),
     1114: _timestamp,
     1184: _timestamptz,
     2950: uuid.UUID,

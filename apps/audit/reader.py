@@ -506,11 +506,11 @@ class ShardReader(threading.Thread):
             return Transaction(self.shard, event.xid, event.final_lsn, 0, event.commit_time)
         if isinstance(event, RowChange):
             assert open_tx is not None, "row change outside a transaction"  # noqa: S101
-            change = Change(event.relation.name, event.op, event.old, event.new, len(open_tx.changes) + 1)
-            table = TYPED_TABLES.get(change.table)
-            if table is not None:
-                table.row(self.shard, open_tx, change)  # a value the store cannot take fails here, not in the sink
-            open_tx.changes.append(change)
+            # Projected now: a value the store cannot hold fails here, where its position is known.
+            table = TYPED_TABLES.get(event.relation.name)
+            values = table.values(event.op, event.old, event.new) if table is not None else None
+            seq = len(open_tx.changes) + 1
+            open_tx.changes.append(Change(event.relation.name, event.op, event.old, event.new, seq, values))
         elif isinstance(event, Truncate):
             assert open_tx is not None, "truncate outside a transaction"  # noqa: S101
             for relation in event.relations:

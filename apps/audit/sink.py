@@ -35,6 +35,7 @@ class Change:
     old: dict[str, Any] | None
     new: dict[str, Any] | None
     seq: int
+    values: list[Any] | None = None  # the typed table's columns, when the reader projected them already
 
 
 @dataclass
@@ -71,8 +72,19 @@ def row_json(row: dict[str, Any] | None) -> str | None:
     return orjson.dumps(row, default=_json_default, option=_JSON_OPTIONS).decode()
 
 
+# What the typed tables' DateTime64 columns can hold.
+_FIRST_YEAR, _LAST_YEAR = 1900, 2299
+
+
 def _ts(value: Any) -> datetime:
-    return value if isinstance(value, datetime) else EPOCH
+    """A timestamp for a typed column. A missing one (a key-only delete) is the epoch; one the
+    store cannot hold ('infinity', year 9999) is refused here, where the reader can say which
+    change it is, rather than failing the whole batch's insert over and over."""
+    if value is None:
+        return EPOCH
+    if not isinstance(value, datetime) or not _FIRST_YEAR <= value.year <= _LAST_YEAR:
+        raise ValueError(f"timestamp {value!r} is outside what the audit store can hold")
+    return value
 
 
 @dataclass(frozen=True)
@@ -86,15 +98,23 @@ class TypedTable:
     defaults: dict[str, Any] = field(default_factory=dict)
     bucket_column: str | None = None  # the typed column whose id carries the row's bucket
 
-    def row(self, shard: str, tx: Transaction, change: Change) -> list[Any] | None:
-        deleted = change.op == "delete"
-        data = change.old if deleted else change.new
+    def values(self, op: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[Any] | None:
+        """The typed columns of a change (raises on a value the store cannot hold)."""
+        data = old if op == "delete" else new
         if data is None:
             return None
         # A delete under the default replica identity only carries the key: fill the rest.
-        data = {**self.defaults, **data}
+        return self.project({**self.defaults, **data})
+
+    def row(self, shard: str, tx: Transaction, change: Change) -> list[Any] | None:
+        values = change.values
+        if values is None:
+            values = self.values(change.op, change.old, change.new)
+            if values is None:
+                return None
         version = row_version(tx.stream_epoch, tx.commit_lsn, change.seq)
-        return [shard, *self.project(data), tx.commit_lsn, change.seq, tx.commit_time, version, int(deleted)]
+        deleted = int(change.op == "delete")
+        return [shard, *values, tx.commit_lsn, change.seq, tx.commit_time, version, deleted]
 
     @property
     def column_names(self) -> list[str]:

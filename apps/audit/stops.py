@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from apps.audit.pgoutput import Relation, lsn_to_str
-from apps.audit.sink import TYPED_TABLES, TypedTable
+from apps.audit.sink import EPOCH, TYPED_TABLES, TypedTable
 
 # Columns the store keeps as integers: a change of type would put non-integers in them.
 INTEGER_TYPES = {20, 21, 23}  # int8, int2, int4
@@ -64,8 +64,9 @@ class _Recorder(dict[str, Any]):
     """Records the columns a projection reads."""
 
     def __missing__(self, key: str) -> Any:
-        self[key] = 0
-        return 0
+        value: Any = EPOCH if key.endswith("_at") else 0  # what the projection's converters accept
+        self[key] = value
+        return value
 
 
 def required_columns(table: TypedTable) -> frozenset[str]:

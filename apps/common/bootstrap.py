@@ -44,3 +44,21 @@ def admin_credentials() -> tuple[str, str]:
     password_file.write_text(password + "\n")
     password_file.chmod(0o600)
     return "admin", password
+
+
+def audit_login() -> tuple[str, str] | None:
+    """An auditor account for the stack's audit endpoint: the configured one (settings.AUDIT_LOGIN),
+    else one made for this stack in DEVSTACK_DIR/audit_auditors, the accounts file the settings
+    read by default: `run_cdc` lets it in and `make audit-sql` logs in with it, nobody typing it."""
+    if settings.AUDIT_AUDITORS:
+        login = settings.AUDIT_LOGIN
+        return (login.user, login.password) if login is not None else None
+    accounts_file = _stack_file("audit_auditors")
+    if Path(settings.AUDIT_AUDITORS_FILE) != accounts_file:
+        return None  # an operator's file (with no account in it): not ours to write
+    password = secrets.token_urlsafe(18)
+    accounts_file.touch(mode=0o600)
+    accounts_file.write_text(
+        f"# the audit endpoint's accounts for this stack (name:secret), made by `make run`\nauditor:{password}\n"
+    )
+    return "auditor", password

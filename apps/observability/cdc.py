@@ -39,6 +39,6 @@ def cdc_lag() -> dict[str, ShardLag] | None:
             shard.get("stopped_detail", ""),
             shard.get("slot_retained_bytes"),
             shard.get("slot_wal_status"),
-        )  # fmt: skip
+        )
         for alias, shard in sorted(status["shards"].items())
     }

@@ -140,7 +140,11 @@ class CdcProcess:
         return self.log.read_text() if self.log.exists() else ""
 
     def client(self) -> Any:
-        return clickhouse_connect.get_client(host="127.0.0.1", port=self.port, interface="http")
+        """A reader client of this process's endpoint, logged in with the test stack's auditor account."""
+        login = settings.AUDIT_LOGIN
+        return clickhouse_connect.get_client(
+            host="127.0.0.1", port=self.port, interface="http", username=login.user, password=login.password
+        )
 
     def cleanup_files(self) -> None:
         """Stop the process and remove its store, leaving the shards' slots alone (a copy's are another's)."""

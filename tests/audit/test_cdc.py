@@ -417,7 +417,10 @@ def test_an_update_that_leaves_a_toasted_value_alone_streams_it_from_the_old_row
 
 def _http(port: int, method: str, query: str = "", body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
     url = f"http://127.0.0.1:{port}/" + (f"?{urllib.parse.urlencode({'query': query})}" if query else "")
-    request = urllib.request.Request(url, data=body, method=method)
+    login = settings.AUDIT_LOGIN
+    request = urllib.request.Request(
+        url, data=body, method=method, headers={"X-ClickHouse-User": login.user, "X-ClickHouse-Key": login.password}
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
             return response.status, dict(response.headers), response.read()

@@ -150,3 +150,23 @@ def test_a_change_before_its_relation_is_an_error() -> None:
 def test_lsn_text_round_trip() -> None:
     assert lsn_to_str(0x16B374D848) == "16/B374D848"
     assert str_to_lsn("16/B374D848") == 0x16B374D848
+
+
+def test_infinite_dates_and_timestamps_stay_text_and_the_sink_refuses_them_in_a_typed_column() -> None:
+    from apps.audit.pgoutput import CONVERTERS
+
+    assert CONVERTERS[1082]("infinity") == "infinity"
+    assert CONVERTERS[1082]("2026-11-30").isoformat() == "2026-11-30"
+    assert CONVERTERS[1184]("-infinity") == "-infinity"
+    from apps.audit.sink import TYPED_TABLES
+
+    wallet: dict[str, object] = {
+        "id": uuid.UUID(WALLET), "owner_id": 1, "currency": "USD", "balance_minor": 0, "status": "active",
+        "last_entry_seq": 0, "created_at": datetime(2026, 1, 1, tzinfo=UTC), "updated_at": "infinity",
+    }  # fmt: skip
+    tx = Transaction("shard_00", 1, 100, 120, datetime.now(tz=UTC))
+    with pytest.raises(ValueError, match="outside what the audit store can hold"):
+        TYPED_TABLES["ledger_wallet"].row("shard_00", tx, Change("ledger_wallet", "insert", None, wallet, 1))
+    wallet["updated_at"] = datetime(9999, 12, 31, tzinfo=UTC)
+    with pytest.raises(ValueError, match="outside what the audit store can hold"):
+        TYPED_TABLES["ledger_wallet"].row("shard_00", tx, Change("ledger_wallet", "insert", None, wallet, 1))

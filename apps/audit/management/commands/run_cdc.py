@@ -7,10 +7,11 @@ import sys
 from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from apps.audit import store
 from apps.audit.cdc import CdcProcess
+from apps.audit.server import NO_AUDITORS
 
 
 class Command(BaseCommand):
@@ -24,6 +25,8 @@ class Command(BaseCommand):
         parser.add_argument("--shard", action="append", dest="shards", help="follow only this shard (repeatable)")
 
     def handle(self, *args: Any, http_port: int, shards: list[str] | None, **options: Any) -> None:
+        if store.embedded() and not settings.AUDIT_AUDITORS:
+            raise CommandError(NO_AUDITORS)  # before any slot or store is touched
         # Off the OLTP path: where the reader shares cores with the service (make run, the
         # bench), money movement goes first and the audit stream catches up when it can.
         if settings.AUDIT_CDC_NICE:

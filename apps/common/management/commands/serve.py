@@ -13,7 +13,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from apps.audit import store as audit_store
-from apps.common.bootstrap import admin_credentials, demo_api_key
+from apps.common.bootstrap import admin_credentials, audit_login, demo_api_key
 from apps.sharding.devstack import Devstack, DevstackError
 
 
@@ -49,6 +49,8 @@ class Command(BaseCommand):
         if settings.STATIC_ROOT:
             call_command("collectstatic", interactive=False, verbosity=0)
         key = demo_api_key()
+        # Before run_cdc starts: it reads the stack's auditor account from DEVSTACK_DIR.
+        auditor = audit_login() if cdc and audit_store.embedded() else None
         username, password = admin_credentials()
         # gunicorn and Celery run several processes: each writes its metrics here and /metrics sums them.
         # Emptied at each start, so counters describe this run only.
@@ -85,9 +87,17 @@ class Command(BaseCommand):
             )
         base = f"http://127.0.0.1:{port}"
         audit = ""
-        if cdc:
-            sql_url = f"http://127.0.0.1:{settings.AUDIT_HTTP_PORT}" if audit_store.embedded() else "CLICKHOUSE_URL"
-            audit = f"  audit:      CDC into ClickHouse; auditors' SQL at {sql_url} (make audit-sql Q=...)\n"
+        if cdc and audit_store.embedded():
+            login = f"user {auditor[0]}  password {auditor[1]}, " if auditor else ""
+            audit = (
+                f"  audit:      CDC into ClickHouse; auditors' SQL at http://127.0.0.1:{settings.AUDIT_HTTP_PORT}"
+                f"   ({login}make audit-sql Q=...)\n"
+            )
+        elif cdc:
+            audit = (
+                "  audit:      CDC into ClickHouse at CLICKHOUSE_URL; auditors read with"
+                " SHARDWALLET_CLICKHOUSE_AUDITOR_URL\n"
+            )
         self.stdout.write(
             f"\nshardwallet is running\n"
             f"  API:        {base}/v1/   (docs {base}/v1/docs/, health {base}/health, metrics {base}/metrics)\n"
