@@ -189,7 +189,9 @@ def reset_peak_rss(pid: int) -> None:
 def time_v(args: list[str], log: Path) -> tuple[int, float, int, str]:
     """Run under /usr/bin/time -v: exit code, wall seconds, max RSS (kB), output."""
     started = time.monotonic()
-    done = subprocess.run(["/usr/bin/time", "-v", *args], capture_output=True, text=True, check=False)
+    # INFO: reconcile logs each round's timings (shards, store, transfers).
+    env = {**os.environ, "SHARDWALLET_LOG_LEVEL": "INFO"}
+    done = subprocess.run(["/usr/bin/time", "-v", *args], capture_output=True, text=True, check=False, env=env)
     wall = time.monotonic() - started
     log.write_text(done.stdout + done.stderr)
     found = re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)
@@ -279,7 +281,7 @@ def main(argv: list[str]) -> int:
         results.update(
             reconcile_exit=code, reconcile_seconds=round(wall, 1), reconcile_max_rss_mb=round(rss / 1024, 1),
             cdc_peak_rss_during_reconcile_mb=round(peak_rss_kb(cdc.pid) / 1024, 1),
-            reconcile_output=output.strip().splitlines()[:3],
+            reconcile_output=[line for line in output.strip().splitlines() if "reconcile" in line][:4],
         )  # fmt: skip
         print(f"  reconcile: exit {code} in {wall:.1f} s, max RSS {rss / 1024:.1f} MB; the CDC process (chDB) peaked"
               f" at {results['cdc_peak_rss_during_reconcile_mb']} MB meanwhile", flush=True)  # fmt: skip
@@ -295,7 +297,11 @@ def main(argv: list[str]) -> int:
             except subprocess.TimeoutExpired:
                 os.killpg(cdc.pid, signal.SIGKILL)
         if not args.keep:
-            stack.down(purge=True)
+            try:
+                stack.down(purge=True)
+            except OSError:  # Redis writing its dump file while the directory goes: once more
+                time.sleep(1)
+                stack.down(purge=True)
             shutil.rmtree(audit_dir, ignore_errors=True)
 
 
