@@ -45,6 +45,7 @@ class Table:
     money: str | None  # the label of the amount summed per bucket
     updated: bool  # rows change after insert (wallets, transfers); else insert-only
     fields: tuple[Field, ...]
+    sort_prefix: str  # the first column of the store table's sort key (its primary index)
 
     def field(self, label: str) -> Field:
         return next(f for f in self.fields if f.label == label)
@@ -101,6 +102,7 @@ TABLES: tuple[Table, ...] = (
             Field("last_entry_seq", "last_entry_seq", INT), Field("created_at", "created_at", TS),
             Field("updated_at", "updated_at", TS),
         ),
+        "wallet_id",
     ),
     Table(
         "entries", "entry", "ledger_entry", "audit.ledger_entries", ("entry_id",), "wallet_id", "amount_minor", False,
@@ -110,6 +112,7 @@ TABLES: tuple[Table, ...] = (
             Field("amount_minor", "amount_minor", INT), Field("balance_after_minor", "balance_after_minor", INT),
             Field("created_at", "created_at", TS),
         ),
+        "wallet_id",
     ),
     Table(
         "transfers", "transfer", "transfers_transfer", "audit.transfers", ("transfer_id",), "transfer_id",
@@ -122,6 +125,7 @@ TABLES: tuple[Table, ...] = (
             Field("parked_at", "parked_at", TS, nullable=True), Field("created_at", "created_at", TS),
             Field("updated_at", "updated_at", TS),
         ),
+        "transfer_id",
     ),
     Table(
         "transfer events", "transfer event", "transfers_event", "audit.transfer_transitions",
@@ -131,6 +135,7 @@ TABLES: tuple[Table, ...] = (
             Field("from_status", "from_status", TEXT, nullable=True), Field("to_status", "to_status", TEXT),
             Field("reason", "reason", TEXT, nullable=True), Field("created_at", "created_at", TS),
         ),
+        "transfer_id",
     ),
     Table(
         "payee credits", "payee credit", "transfers_payee_credit", "audit.payee_credits", ("transfer_id",), "payee_id",
@@ -140,5 +145,6 @@ TABLES: tuple[Table, ...] = (
             Field("amount_minor", "amount_minor", INT), Field("outcome", "outcome", TEXT),
             Field("reason", "reason", TEXT, nullable=True), Field("created_at", "created_at", TS),
         ),
+        "transfer_id",
     ),
 )  # fmt: skip

@@ -34,6 +34,7 @@ streamed, capped). The command exits 1 on any difference. Recorded gaps in the s
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import uuid
@@ -69,6 +70,7 @@ ROW_LINES = 20  # rows listed per table and shard
 TRANSFER_LINES = 20
 DRILL_CHUNK = 5_000
 TRANSFERS_PER_CHECK = 1_000_000  # transfers paired per store query (bounds the store's memory)
+ROWS_PER_STORE_QUERY = 4_000_000  # rows a fingerprint query of the store reads at most (about)
 
 Fingerprint = tuple[int, int, int]  # rows, money, sum of hashes
 _ZERO: Fingerprint = (0, 0, 0)
@@ -325,34 +327,45 @@ class Round:
         )
 
     def _store_fingerprints(self) -> tuple[dict[tuple[int, str], Fingerprint], dict[tuple[int, str], list[str]]]:
+        """Per bucket and table, the store's fingerprint as of the points, and the ids of the
+        rows changed after them (wallets, transfers). A big table is read in ranges of its
+        sort key, so that no one query reads more than about ROWS_PER_STORE_QUERY rows."""
         fingerprints_: dict[tuple[int, str], Fingerprint] = {}
-        unsettled: dict[tuple[int, str], list[str]] = {}
+        late_counts: dict[tuple[int, str], int] = defaultdict(int)
+        unsettled: dict[tuple[int, str], list[str]] = defaultdict(list)
+        stray: dict[tuple[int, str], int] = defaultdict(int)
         as_of = self._as_of()
         for table in TABLES:
             ids = f"groupArrayIf({UNSETTLED_PER_BUCKET})(toString({table.key[0]}), NOT asof)" if table.updated else "[]"
-            sql = (
-                f"SELECT b, o, countIf(live), sumIf(m, live), sum(toUInt128(h)), countIf(NOT asof), {ids},"  # noqa: S608
-                " countIf(is_deleted = 0)"
-                f" FROM ({as_of.projection(table)}) WHERE o > 0 GROUP BY b, o"
-            )
-            for bucket, o, rows, money, hashes, late, late_ids, present in self.client.query(
-                sql, parameters=as_of.params
-            ).result_rows:
-                if o == as_of.stray:
-                    if present:
-                        self.result.lines.append(
-                            f"bucket {bucket}, {table.name}: {present} row(s) in the audit store, but no shard can"
-                            " serve this bucket"
-                        )
-                    continue
-                fingerprints_[(bucket, table.name)] = (int(rows), int(money), int(hashes))
-                if table.updated and late:
-                    if late > len(late_ids):
-                        self.result.busy.add(bucket)  # too busy to settle by id: look again
-                        self.owner.pop(bucket, None)
-                    else:
-                        unsettled[(bucket, table.name)] = list(late_ids)
-        return fingerprints_, unsettled
+            [(stored,)] = self.client.query(f"SELECT count() FROM {table.ch_table}").result_rows  # noqa: S608
+            for where in key_ranges(table.sort_prefix, int(stored)):
+                sql = (
+                    f"SELECT b, o, countIf(live), sumIf(m, live), sum(toUInt128(h)), countIf(NOT asof), {ids},"  # noqa: S608
+                    " countIf(is_deleted = 0)"
+                    f" FROM ({as_of.projection(table, where)}) WHERE o > 0 GROUP BY b, o"
+                )
+                for bucket, o, rows, money, hashes, late, late_ids, present in self.client.query(
+                    sql, parameters=as_of.params
+                ).result_rows:
+                    key = (bucket, table.name)
+                    if o == as_of.stray:
+                        stray[key] += present
+                        continue
+                    before = fingerprints_.get(key, _ZERO)
+                    fingerprints_[key] = (before[0] + rows, before[1] + int(money), before[2] + int(hashes))
+                    if table.updated and late:
+                        late_counts[key] += late
+                        unsettled[key].extend(late_ids)
+        for (bucket, name), present in sorted(stray.items()):
+            if present:
+                self.result.lines.append(
+                    f"bucket {bucket}, {name}: {present} row(s) in the audit store, but no shard can serve this bucket"
+                )
+        for key, late in late_counts.items():
+            if late > len(unsettled[key]) or late > UNSETTLED_PER_BUCKET:
+                self.result.busy.add(key[0])  # too busy to settle by id: look again
+                self.owner.pop(key[0], None)
+        return fingerprints_, {key: ids for key, ids in unsettled.items() if key[0] in self.owner}
 
     # -- shard side --------------------------------------------------------------------
 
@@ -458,40 +471,36 @@ class Round:
 
     def _check_transfers(self) -> None:
         """Terminal transfers as of their points, and their entries in the store now (which
-        holds every commit before M: a transfer's entries committed before its end)."""
+        holds every commit before M: a transfer's entries committed before its end). In
+        ranges of transfer ids, so one query pairs about TRANSFERS_PER_CHECK transfers."""
         if not self.owner:
             return
         as_of = self._as_of()
         transfers = _TABLE["transfers"]
-        [(terminal,)] = self.client.query(
-            f"SELECT countIf(live AND status IN ('completed', 'failed')) FROM ({as_of.projection(transfers)})"  # noqa: S608
-            " WHERE o > 0",
-            parameters=as_of.params,
-        ).result_rows
-        self.result.transfers = int(terminal)
-        chunks = max(1, -(-int(terminal) // TRANSFERS_PER_CHECK))
-        for chunk in range(chunks):
-            # Chunks by bucket: the store pairs at most about TRANSFERS_PER_CHECK transfers at once.
-            low, high = chunk * ID_BUCKETS // chunks, (chunk + 1) * ID_BUCKETS // chunks
+        [(stored,)] = self.client.query(f"SELECT count() FROM {transfers.ch_table}").result_rows  # noqa: S608
+        ranges = zip(
+            key_ranges("transfer_id", int(stored), TRANSFERS_PER_CHECK),
+            key_ranges("toUUIDOrZero(reference)", int(stored), TRANSFERS_PER_CHECK),
+            strict=True,
+        )
+        for where, entries in ranges:
             source = (
                 "SELECT transfer_id, status, amount_minor, currency, payer_id, payee_id"  # noqa: S608
-                f" FROM ({as_of.projection(transfers)}) WHERE o > 0 AND live AND status IN ('completed', 'failed')"
-                f" AND b >= {low} AND b < {high}"
+                f" FROM ({as_of.projection(transfers, where)}) WHERE o > 0 AND live"
+                " AND status IN ('completed', 'failed')"
             )
-            entries = f"{fingerprints.ch_bucket('toUUIDOrZero(reference)')} >= {low}"
-            entries += f" AND {fingerprints.ch_bucket('toUUIDOrZero(reference)')} < {high}"
             sql = (
-                "SELECT transfer_id, status, amount_minor, currency, debits, credits, refunds"  # noqa: S608
-                f" FROM ({transfer_pairing_sql(source, entries)}) WHERE NOT paired ORDER BY transfer_id"
-                f" LIMIT {TRANSFER_LINES * 50}"
+                "SELECT count(), groupArrayIf"  # noqa: S608
+                f"({TRANSFER_LINES * 5})((transfer_id, status, amount_minor, currency, debits, credits, refunds),"
+                f" NOT paired) FROM ({transfer_pairing_sql(source, entries.removeprefix('WHERE ') or '1')})"
             )
-            for transfer_id, status, amount, currency, debits, credits, refunds in self.client.query(
-                sql, parameters=as_of.params
-            ).result_rows:
-                bucket = bucket_of(transfer_id)
+            [(checked, unpaired)] = self.client.query(sql, parameters=as_of.params).result_rows
+            self.result.transfers += int(checked)
+            for transfer_id, status, amount, currency, debits, credits, refunds in unpaired:
                 self.result.problems.append(
-                    TransferProblem(transfer_id, bucket, status, int(amount), currency, debits, credits, refunds)
-                )
+                    TransferProblem(transfer_id, bucket_of(transfer_id), status, int(amount), currency, debits,
+                                    credits, refunds)
+                )  # fmt: skip
 
     # -- reporting ---------------------------------------------------------------------
 
@@ -614,7 +623,7 @@ class AsOf:
     def params(self) -> dict[str, Any]:
         return {"names": self.names}
 
-    def projection(self, table: Table) -> str:
+    def projection(self, table: Table, where: str = "") -> str:
         """The table's latest row versions with their bucket `b`, its shard index `o`, and
         whether each is as of that shard's point (`asof`) and a live row then (`live`)."""
         invisible = f"CAST([{', '.join(_ints(x) for x in self.invisible)}], 'Array(Array(UInt64))')"
@@ -631,7 +640,26 @@ SELECT
     {table.ch_money()} AS m,
     if(live, {table.ch_hash()}, toUInt64(0)) AS h
 FROM {table.ch_table} FINAL
+{where}
 """  # noqa: S608
+
+
+def key_ranges(column: str, rows: int, per_range: int | None = None) -> list[str]:
+    """WHERE clauses that split a table into ranges of its sort key's first column (a UUID),
+    each of about `per_range` rows (ROWS_PER_STORE_QUERY), so FINAL reads each range alone.
+
+    ClickHouse orders UUIDs by their last 64 bits first: random bits under the RFC variant
+    (`10`), so ranges of that half split the rows evenly. Any order would do for correctness:
+    the ranges cover every value once."""
+    count = max(1, -(-rows // (per_range or ROWS_PER_STORE_QUERY)))
+    if count == 1:
+        return [""]
+    low, span = 1 << 63, 1 << 62
+    bounds = [f"toUUID('{uuid.UUID(int=low + span * i // count)}')" for i in range(1, count)]
+    clauses = [f"WHERE {column} < {bounds[0]}"]
+    clauses += [f"WHERE {column} >= {a} AND {column} < {b}" for a, b in itertools.pairwise(bounds)]
+    clauses.append(f"WHERE {column} >= {bounds[-1]}")
+    return clauses
 
 
 def _ints(values: list[int]) -> str:

@@ -14,6 +14,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connections
 
+from apps.audit import reconcile as reconcile_module
 from apps.audit.pgoutput import lsn_to_str
 from apps.audit.reader import drop_slot
 from apps.audit.reconcile import reconcile
@@ -131,7 +132,12 @@ def test_both_sides_hash_nulls_unicode_separators_and_timestamps_alike(cdc: CdcP
     assert parked_at is not None
 
 
-def test_a_row_changed_behind_the_cdcs_back_is_named_with_its_bucket(cdc: CdcProcess) -> None:
+@pytest.mark.parametrize("rows_per_store_query", [reconcile_module.ROWS_PER_STORE_QUERY, 2])
+def test_a_row_changed_behind_the_cdcs_back_is_named_with_its_bucket(
+    cdc: CdcProcess, monkeypatch: pytest.MonkeyPatch, rows_per_store_query: int
+) -> None:
+    """Whether the store's tables are read whole or in many ranges of their keys."""
+    monkeypatch.setattr(reconcile_module, "ROWS_PER_STORE_QUERY", rows_per_store_query)
     owner, _ = make_client()
     changed = make_wallet(owner, funded=1_000, shard="shard_00")
     untouched = make_wallet(owner, funded=1_000, shard="shard_01")
@@ -206,7 +212,12 @@ def test_a_row_only_the_store_holds_and_a_row_it_lacks_are_both_named(cdc: CdcPr
     ]
 
 
-def test_the_transfer_check_catches_a_completed_transfer_without_its_credit(cdc: CdcProcess) -> None:
+@pytest.mark.parametrize("transfers_per_check", [reconcile_module.TRANSFERS_PER_CHECK, 1])
+def test_the_transfer_check_catches_a_completed_transfer_without_its_credit(
+    cdc: CdcProcess, monkeypatch: pytest.MonkeyPatch, transfers_per_check: int
+) -> None:
+    """Whether the transfers are paired all at once or in many ranges of their ids."""
+    monkeypatch.setattr(reconcile_module, "TRANSFERS_PER_CHECK", transfers_per_check)
     owner, _ = make_client()
     payer = make_wallet(owner, funded=1_000, shard="shard_00")
     payee = make_wallet(owner, shard="shard_01")
