@@ -20,10 +20,11 @@ A round (see `Round`):
    (the shard's aggregate minus that row, read by id in the snapshot), and it must exist on
    a shard.
 4. **Fingerprints.** Per bucket and table, (rows, money sum, sum of 60-bit row hashes) in
-   SQL on both sides (apps.audit.fingerprints): memory is per bucket, not per row.
+   SQL on both sides (apps.audit.fingerprints): memory is per bucket, not per row. A big
+   store table is read in ranges of its sort key (`key_ranges`), summed per bucket here.
 5. **Transfers.** In the store, every completed transfer as of its point has one debit of
    its amount on its payer and one credit on its payee, every failed one no entries or a
-   debit and its refund (apps.audit.queries.transfer_pairing_sql).
+   debit and its refund (apps.audit.queries.transfer_pairing_sql), in ranges of ids.
 
 Round 1 covers every bucket. A bucket that differs, holds a transfer that does not pair,
 or is moving is looked at again in a new round with new points; what differs twice is
