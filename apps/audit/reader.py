@@ -166,6 +166,10 @@ class ShardReader(threading.Thread):
                 self.stream()
             except StreamStopped as stopped:
                 self._report_stopped(stopped)
+                if isinstance(stopped, SlotGap):
+                    self._refuse_skip(
+                        f"the stream stopped ({stopped.cause}), which only cdc_resnapshot resolves; skip at"
+                    )
                 self._wait_for_operator()
                 delay = 0.5
             except Exception as exc:
@@ -242,6 +246,7 @@ class ShardReader(threading.Thread):
     def _prepare(self, cur: Any, request: CdcRequest | None) -> None:
         """Check that the store can go on from the slot where it stopped; else stop. Carry
         out an operator's request; take the first snapshot; copy tables newly captured."""
+        self.skip = request if request is not None and request.action == CdcAction.SKIP else None
         slot, owner, heartbeats = self._slot_state()
         if slot is not None and owner != self.store:
             raise SlotGap(
@@ -252,12 +257,9 @@ class ShardReader(threading.Thread):
         if slot is not None and (slot[0] != "pgoutput" or slot[1] != self.server.name):
             raise CdcError(f"slot {self.slot} on {self.shard} is for {slot[1]} with {slot[0]}, not pgoutput")
         position = self.sink.position(self.shard)
-        self.skip = None
         if request is not None and request.action == CdcAction.RESNAPSHOT:
             self._resnapshot(cur, request, position, slot)
             return
-        if request is not None and request.action == CdcAction.SKIP:
-            self.skip = request
         if position is None:
             if slot is not None:
                 log.info("cdc dropping slot %s on %s: no complete snapshot in this store", self.slot, self.shard)

@@ -81,6 +81,8 @@ def test_a_slot_dropped_while_the_reader_is_down_stops_it_until_an_operator_resn
     metrics = Client().get("/metrics").content.decode()
     assert 'shardwallet_cdc_stream_stopped{cause="slot_missing",shard="shard_00"} 1.0' in metrics
 
+    with pytest.raises(CommandError, match="only cdc_resnapshot resolves"):  # skipping cannot fill a slot gap
+        call_command("cdc_skip", "shard_00", "0/1", "--reason", "wrong tool", "--wait", "30", stdout=StringIO())
     out = StringIO()
     call_command(
         "cdc_resnapshot", "shard_00", "--reason", "slot dropped in a test", "--by", "tester", "--wait", "60", stdout=out
