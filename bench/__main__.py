@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import sys
+import threading
 import time
 from typing import Any
 
@@ -42,6 +43,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--move-seconds", type=float, default=45, help="duration of the move phase")
     parser.add_argument("--no-cdc", action="store_true", help="do not run the audit CDC reader during the load")
+    parser.add_argument(
+        "--reconcile-during-load",
+        action="store_true",
+        help="run `reconcile` against the audit store while the closed-loop phases run (needs the CDC)",
+    )
     return parser.parse_args(argv)
 
 
@@ -221,8 +227,13 @@ def main(argv: list[str]) -> int:
             plans.append(("single", {"concurrency": args.concurrency}))
         if "batch" in phases:
             plans.append(("batch", {"concurrency": args.batch_concurrency, "batch_size": args.batch_size}))
+        during = ReconcileDuringLoad(args.seconds / 4) if args.reconcile_during_load and not args.no_cdc else None
         for name, kw in plans:
+            if during is not None:
+                during.start_for(name)
             results.append(run_measured_phase(args, key, wallets, name, kw, report))
+            if during is not None:
+                during.join()
         move_summary = None
         if "move" in phases:
             move_summary = run_move_scenario(args, key, wallets, report)
@@ -254,6 +265,7 @@ def main(argv: list[str]) -> int:
             "ledger_ok": True,
             "move": move_summary,
             "cdc": cdc,
+            "reconcile_during_load": during.outcomes if during is not None else None,
             "duration_seconds": time.time() - started,
         }
         json_path, png_path = report.write_outputs(stack.BENCH_DIR, document, results)
@@ -308,6 +320,45 @@ def run_move_scenario(args: argparse.Namespace, key: str, wallets: list[str], re
         flush=True,
     )
     return summary
+
+
+class ReconcileDuringLoad:
+    """`reconcile` run once in each phase, `delay` seconds into its load, while requests keep coming."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.outcomes: list[dict[str, Any]] = []
+        self._thread: threading.Thread | None = None
+
+    def start_for(self, phase: str) -> None:
+        self._thread = threading.Thread(target=self._run, args=(phase,), name="reconcile-during-load", daemon=True)
+        self._thread.start()
+
+    def join(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self, phase: str) -> None:
+        from django.db import connections
+
+        from apps.audit.reconcile import reconcile
+        from apps.audit.store import connect_reader
+
+        time.sleep(self.delay)
+        started = time.monotonic()
+        try:
+            result = reconcile(connect_reader(), wait=30)
+            outcome: dict[str, Any] = {
+                "phase": phase, "ok": result.ok, "seconds": round(time.monotonic() - started, 1),
+                "rounds": result.attempts, "wallets": result.wallets, "entries": result.entries,
+                "differences": result.differences[:20],
+            }  # fmt: skip
+        except Exception as exc:  # reported, not raised: the load goes on
+            outcome = {"phase": phase, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        finally:
+            connections.close_all()
+        self.outcomes.append(outcome)
+        print(f"  reconcile during the {phase} load: {outcome}", flush=True)
 
 
 def run_measured_phase(args: argparse.Namespace, key: str, wallets: list[str], name: str, kw: dict, report: Any) -> Any:
