@@ -330,23 +330,32 @@ def test_queries_past_the_concurrency_bound_are_refused_at_once(cdc: CdcProcess)
     def run_slow() -> None:
         answers.append(http(cdc.port, slow, headers=basic(ALICE)))
 
-    running = [threading.Thread(target=run_slow) for _ in range(2)]
-    for thread in running:
-        thread.start()
-
     def third() -> tuple[float, tuple[int, dict[str, str], bytes]] | None:
         started = time.monotonic()
         answer = http(cdc.port, f"SELECT 'third-{marker}'", headers=basic(BOB))
         return (time.monotonic() - started, answer) if answer[0] != 200 else None
 
-    elapsed, (status, headers, body) = wait_until(third, 2, "a third query to find both slots taken", every=0.02)
+    # On a busy machine the two slow queries may not both be running within their 2.5 s: try again.
+    for attempt in range(3):
+        running = [threading.Thread(target=run_slow) for _ in range(2)]
+        for thread in running:
+            thread.start()
+        try:
+            elapsed, (status, headers, body) = wait_until(
+                third, 2.5, "a third query to find both slots taken", every=0.02
+            )
+            break
+        except AssertionError:
+            if attempt == 2:
+                raise
+        finally:
+            for thread in running:
+                thread.join(timeout=30)
     assert (status, headers["X-ClickHouse-Exception-Code"]) == (503, "202")
     assert b"TOO_MANY_SIMULTANEOUS_QUERIES" in body
     assert b"Maximum: 2" in body
-    assert elapsed < 0.5  # answered, not queued behind the slow ones
-    for thread in running:
-        thread.join(timeout=30)
-    assert [a[0] for a in answers] == [200, 200]
+    assert elapsed < 2  # answered at once: a queued query would have waited for a slot, then got 200
+    assert {a[0] for a in answers} == {200}
     assert http(cdc.port, "SELECT 1", headers=basic(BOB))[::2] == (200, b"1\n")  # both slots are back
     refusals = [r for r in wait_logged(cdc.client(), f"third-{marker}") if r["error_code"]]
     assert refusals
