@@ -249,6 +249,11 @@ class ShardReader(threading.Thread):
         self.skip = request if request is not None and request.action == CdcAction.SKIP else None
         slot, owner, heartbeats = self._slot_state()
         if slot is not None and owner != self.store:
+            if request is not None and request.action == CdcAction.RESNAPSHOT:
+                operator_requests.finish(
+                    request, ok=False, result="the slot belongs to another audit store: find that store; dropping"
+                    " its slot would make a gap in it",
+                )  # fmt: skip
             raise SlotGap(
                 "foreign_slot",
                 f"slot {self.slot} on {self.shard} was created by audit store {owner or 'unknown'}, not by this one"

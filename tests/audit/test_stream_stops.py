@@ -159,6 +159,8 @@ def test_a_second_store_refuses_a_slot_its_copy_read_on_and_a_slot_another_store
     cdc.start(env=FAST, wait=False)
     status = wait_stopped(cdc, "shard_01", "foreign_slot")
     assert f"slot {cdc.slot} on shard_01 was created by audit store" in status["stopped_detail"]
+    with pytest.raises(CommandError, match="belongs to another audit store"):  # never re-snapshot over it
+        call_command("cdc_resnapshot", "shard_01", "--reason", "test", "--wait", "30", stdout=StringIO())
 
 
 def test_a_renamed_column_stops_that_shards_stream_and_the_others_go_on(cdc: CdcProcess) -> None:
