@@ -5,6 +5,10 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 PORT ?= 8000
 export PORT
+# The settings refuse to start without a real deployment's variables unless told they run on
+# a development machine (docs/DEPLOY.md). Every target here is one.
+SHARDWALLET_ENV ?= development
+export SHARDWALLET_ENV
 
 .DEFAULT_GOAL := help
 

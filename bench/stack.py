@@ -71,6 +71,7 @@ class StackLayout:
         """Point this process (and every child) at this stack, before Django loads settings."""
         env = {
             "DJANGO_SETTINGS_MODULE": "wallet_project.settings",
+            "SHARDWALLET_ENV": "development",  # a throw-away stack on this machine
             "SHARDWALLET_SHARDS_FILE": str(self.write_shard_map(shards)),
             "SHARDWALLET_DEVSTACK_DIR": str(self.stack_dir),
             "SHARDWALLET_REDIS_URL": self.redis_url,

@@ -4,8 +4,12 @@ import os
 
 from celery import Celery
 
+from apps.common.worker_readiness import ReadinessBeat
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "wallet_project.settings")
 
 app = Celery("shardwallet")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+# Each worker touches a file while it consumes: `manage.py worker_ready` checks it.
+app.steps["consumer"].add(ReadinessBeat)

@@ -9,23 +9,39 @@ from django.core.exceptions import ImproperlyConfigured
 
 from apps.audit.auditors import load_accounts, parse_login
 from apps.sharding.shardmap import load_shard_map
+from wallet_project.environment import Environment
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
-def _env_path(name: str, default: str) -> Path:
-    path = Path(os.environ.get(name, default))
+ENV = Environment()
+
+
+def _env_path(value: str) -> Path:
+    path = Path(value)
     return path if path.is_absolute() else BASE_DIR / path
 
 
-SECRET_KEY = os.environ.get("SHARDWALLET_SECRET_KEY", "dev-only-insecure-secret-key-change-me-in-production")
-DEBUG = os.environ.get("SHARDWALLET_DEBUG", "0") == "1"
-ALLOWED_HOSTS = os.environ.get("SHARDWALLET_ALLOWED_HOSTS", "127.0.0.1,localhost,testserver").split(",")
+# docs/DEPLOY.md has the table of every variable. Those read with ENV.get are required in
+# production (SHARDWALLET_ENV unset or `production`); their defaults serve `make run` and tests.
+SECRET_KEY = ENV.get("SHARDWALLET_SECRET_KEY", "dev-only-insecure-secret-key-change-me-in-production")
+DEBUG = ENV.flag("SHARDWALLET_DEBUG", False)
+if DEBUG and ENV.production:
+    ENV.refuse("SHARDWALLET_DEBUG=1 is refused in production: it shows settings and SQL in error pages")
+ALLOWED_HOSTS = ENV.get("SHARDWALLET_ALLOWED_HOSTS", "127.0.0.1,localhost,testserver").split(",")
+# The admin behind a TLS-terminating proxy: its public origin, e.g. https://wallet.example.com.
+CSRF_TRUSTED_ORIGINS = [o for o in ENV.optional("SHARDWALLET_CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+# Session and CSRF cookies only over HTTPS; on by default in production.
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = ENV.flag("SHARDWALLET_SECURE_COOKIES", ENV.production)
+if ENV.flag("SHARDWALLET_BEHIND_TLS_PROXY", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
-# Local stack (manage.py devstack): where its servers keep their data.
-SHARDS_FILE = _env_path("SHARDWALLET_SHARDS_FILE", "shards.yaml")
-DEVSTACK_DIR = _env_path("SHARDWALLET_DEVSTACK_DIR", "var/dev")
-REDIS_URL = os.environ.get("SHARDWALLET_REDIS_URL", "redis://127.0.0.1:6379/0")
+# The shard map (which servers, which buckets), Redis, and this host's state directory
+# (metrics files, the CDC's status and embedded store, beat's schedule; `make run`'s servers).
+SHARDS_FILE = _env_path(ENV.get("SHARDWALLET_SHARDS_FILE", "shards.yaml"))
+DEVSTACK_DIR = _env_path(ENV.optional("SHARDWALLET_DEVSTACK_DIR", "var/dev"))
+REDIS_URL = ENV.get("SHARDWALLET_REDIS_URL", "redis://127.0.0.1:6379/0")
+ENV.check()
 
 SHARD_MAP = load_shard_map(SHARDS_FILE)
 DATABASES = {"default": SHARD_MAP.control.django_settings()}
@@ -137,6 +153,13 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.environ.get("SHARDWALLET_LOG_LEVEL", "INFO")},
 }
 
+# The processes of each role (apps/common/management/commands/run_*.py; the image's entry points).
+API_BIND = ENV.optional("SHARDWALLET_API_BIND", "127.0.0.1:8000")
+API_WORKERS = int(ENV.optional("SHARDWALLET_API_WORKERS", "2"))
+# gthread: a request waiting for a transfer (?wait=) holds a thread, not a whole worker.
+API_THREADS = int(ENV.optional("SHARDWALLET_API_THREADS", "8"))
+WORKER_CONCURRENCY = int(ENV.optional("SHARDWALLET_WORKER_CONCURRENCY", "2"))
+
 # Metrics: serve points its gunicorn and Celery processes here (PROMETHEUS_MULTIPROC_DIR), emptied at each start.
 METRICS_DIR = DEVSTACK_DIR / "metrics"
 
@@ -156,7 +179,7 @@ IDEMPOTENCY_KEY_TTL_HOURS = 24
 # Embedded chDB under AUDIT_DIR, owned by `manage.py run_cdc`, which also serves auditors'
 # read-only SQL on 127.0.0.1:AUDIT_HTTP_PORT; or a ClickHouse server when CLICKHOUSE_URL is
 # set (e.g. http://user:password@host:8123).
-AUDIT_DIR = _env_path("SHARDWALLET_AUDIT_DIR", str(DEVSTACK_DIR / "audit"))
+AUDIT_DIR = _env_path(ENV.optional("SHARDWALLET_AUDIT_DIR", str(DEVSTACK_DIR / "audit")))
 CLICKHOUSE_URL = os.environ.get("CLICKHOUSE_URL", "")
 # Server mode: the auditors' tools (audit_sql, audit_query, reconcile) connect with this DSN
 # only, a read-only ClickHouse user (docs/ARCHITECTURE.md, "Auditor access"); never with
@@ -195,7 +218,7 @@ AUDIT_SHARD_POLL_SECONDS = float(os.environ.get("SHARDWALLET_AUDIT_SHARD_POLL_SE
 # Only the secrets' SHA-256 are kept. With no account the endpoint does not start. `make run`
 # writes one for its stack into DEVSTACK_DIR/audit_auditors, the file's default place.
 _AUDITORS_FILE_EXPLICIT = "SHARDWALLET_AUDIT_AUDITORS_FILE" in os.environ
-AUDIT_AUDITORS_FILE = _env_path("SHARDWALLET_AUDIT_AUDITORS_FILE", str(DEVSTACK_DIR / "audit_auditors"))
+AUDIT_AUDITORS_FILE = _env_path(ENV.optional("SHARDWALLET_AUDIT_AUDITORS_FILE", str(DEVSTACK_DIR / "audit_auditors")))
 if _AUDITORS_FILE_EXPLICIT and not AUDIT_AUDITORS_FILE.exists():
     raise ImproperlyConfigured(f"SHARDWALLET_AUDIT_AUDITORS_FILE names {AUDIT_AUDITORS_FILE}, which does not exist")
 AUDIT_AUDITORS, _first_auditor = load_accounts(os.environ.get("SHARDWALLET_AUDIT_AUDITORS", ""), AUDIT_AUDITORS_FILE)

@@ -2,6 +2,7 @@
 
 import os
 
+os.environ.setdefault("SHARDWALLET_ENV", "test")
 os.environ.setdefault("SHARDWALLET_SHARDS_FILE", "tests/shards.test.yaml")
 os.environ.setdefault("SHARDWALLET_DEVSTACK_DIR", "var/test")
 os.environ.setdefault("SHARDWALLET_REDIS_URL", "redis://127.0.0.1:26379/0")

@@ -2,11 +2,13 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from apps.common.health import health
+from apps.common.health import health, live, ready
 from apps.observability.views import metrics
 
 urlpatterns = [
     path("health", health, name="health"),
+    path("health/live", live, name="health-live"),
+    path("health/ready", ready, name="health-ready"),
     path("metrics", metrics, name="metrics"),
     path("admin/operations/", include("apps.operators.urls")),
     path("admin/", admin.site.urls),

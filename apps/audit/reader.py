@@ -85,15 +85,8 @@ class _LsnLoader(Loader):
 
 
 def conninfo(server: DatabaseServer, **extra: Any) -> str:
-    """The CDC's connection string: UTC text values, and keepalives to notice a shard that vanished."""
-    cdc = {
-        "application_name": "shardwallet_cdc",
-        "options": "-c TimeZone=UTC",
-        "keepalives": 1,
-        "keepalives_idle": 5,
-        "keepalives_interval": 2,
-        "keepalives_count": 3,
-    }
+    """The CDC's connection string: UTC text values (keepalives come with every server's conninfo)."""
+    cdc = {"application_name": "shardwallet_cdc", "options": "-c TimeZone=UTC"}
     return server.conninfo(**{**cdc, **extra})
 
 

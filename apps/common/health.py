@@ -1,4 +1,13 @@
-"""GET /health: each shard, the control database and Redis, each with its latency; `down` names the failing ones.
+"""Health endpoints: /health/live, /health/ready and /health.
+
+GET /health/live: the process answers; no dependency is looked at (an orchestrator restarts a
+process that fails it, so a database being down must not fail it).
+
+GET /health/ready: this process can serve: the control database, every shard the map names
+and Redis answer, and every migration is applied on each database; 503 otherwise (a load
+balancer takes it out of rotation until it recovers).
+
+GET /health: each shard, the control database and Redis, each with its latency; `down` names the failing ones.
 
 Where a CDC process runs or died (its status file says it did not stop cleanly) or is expected (`AUDIT_CDC_EXPECTED`,
 set by `serve`), an `audit_cdc` component shows it, with its lag per shard and its own `ok`. It does not count towards
@@ -8,12 +17,15 @@ not take API servers out because the audit stream is behind.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
 import redis
 from django.conf import settings
 from django.db import connections
+from django.db.migrations.loader import MigrationLoader
+from django.db.migrations.recorder import MigrationRecorder
 from django.http import HttpRequest, JsonResponse
 
 
@@ -62,4 +74,67 @@ def health(request: HttpRequest) -> JsonResponse:
     if settings.AUDIT_CDC_EXPECTED or (status is not None and not status.get("stopped")):
         components["audit_cdc"] = health_component()
     body = {"status": "degraded" if down else "ok", "down": down, "components": components}
+    return JsonResponse(body, status=503 if down else 200)
+
+
+def live(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"status": "ok"})
+
+
+_known_migrations: set[tuple[str, str]] | None = None
+_migrated: set[str] = set()  # databases seen fully migrated by this process's code
+_migrations_lock = threading.Lock()
+
+
+def _code_migrations() -> set[tuple[str, str]]:
+    """Every migration this code has: read from disk once per process."""
+    global _known_migrations
+    with _migrations_lock:
+        if _known_migrations is None:
+            _known_migrations = set(MigrationLoader(None, ignore_no_migrations=True).graph.nodes)
+        return _known_migrations
+
+
+def _migrations_check(alias: str) -> Any:
+    def check() -> None:
+        if alias in _migrated:
+            return
+        connection = connections[alias]
+        try:
+            applied = set(MigrationRecorder(connection).applied_migrations())
+        except Exception:
+            connection.close()
+            raise
+        pending = sorted(f"{app}.{name}" for app, name in _code_migrations() - applied)
+        if pending:
+            shown = ", ".join(pending[:5]) + (f" and {len(pending) - 5} more" if len(pending) > 5 else "")
+            raise RuntimeError(f"{len(pending)} migration(s) not applied: {shown} (run migrate_shards)")
+        _migrated.add(alias)
+
+    return check
+
+
+def _ready_aliases() -> list[str]:
+    from apps.sharding.routing import shard_aliases
+
+    try:
+        shards = shard_aliases()  # the live map: shards added since start-up included
+    except Exception:
+        shards = []
+    known = [alias for alias in settings.DATABASES if alias != "default"]
+    return ["default", *sorted(set(shards) | set(known))]
+
+
+def ready(request: HttpRequest) -> JsonResponse:
+    components: dict[str, dict[str, Any]] = {}
+    for alias in _ready_aliases():
+        component = _probe(_database_check(alias))
+        if component["ok"]:
+            migrations = _probe(_migrations_check(alias))
+            if not migrations["ok"]:
+                component = {"ok": False, "error": migrations["error"]}
+        components[alias] = component
+    components["redis"] = _probe(_redis_check)
+    down = [name for name, component in components.items() if not component["ok"]]
+    body = {"status": "not_ready" if down else "ready", "down": down, "components": components}
     return JsonResponse(body, status=503 if down else 200)

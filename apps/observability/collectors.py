@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from django.db import DatabaseError, connections
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from apps.audit.slots import slot_states
+from apps.common.supervision import read_state, supervisor_state_file
 from apps.observability.cdc import cdc_lag
 from apps.sharding.moves import move_overview
 from apps.sharding.routing import shard_aliases, shard_map
@@ -138,3 +139,25 @@ class ShardCollector(Collector):
         yield safe
         yield lag
         yield status
+
+
+class SupervisorCollector(Collector):
+    """`manage.py serve`'s processes on this host, when it runs: up, and restarts since it started."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        state = read_state(supervisor_state_file())
+        if state is None:
+            return
+        up = GaugeMetricFamily(
+            "shardwallet_supervised_up", "1 while serve's process of this role runs.", labels=["process"]
+        )
+        restarts = CounterMetricFamily(
+            "shardwallet_supervised_restarts",
+            "Times serve restarted a process of this role after it died.",
+            labels=["process"],
+        )
+        for name, program in state["programs"].items():
+            up.add_metric([name], 1 if program["up"] else 0)
+            restarts.add_metric([name], program["restarts"])
+        yield up
+        yield restarts

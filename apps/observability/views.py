@@ -11,7 +11,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from apps.observability.collectors import ShardCollector
+from apps.observability.collectors import ShardCollector, SupervisorCollector
 
 
 def _registry() -> CollectorRegistry:
@@ -21,6 +21,7 @@ def _registry() -> CollectorRegistry:
     else:
         registry.register(_ProcessRegistry())
     registry.register(ShardCollector())
+    registry.register(SupervisorCollector())
     return registry
 
 

@@ -6,8 +6,10 @@ silently sends money rows to the wrong database.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +18,41 @@ import yaml
 MAX_BUCKETS = 4096  # ids carry the bucket in 12 bits (see apps.sharding.ids)
 ALIAS_PATTERN = re.compile(r"^shard_\d{2,}$")
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+# A server that stops answering (a network partition, a host gone) fails a connection's pending
+# send after this long, and an idle connection's keepalive probes after about keepalives_idle
+# plus this, instead of TCP's 15 minutes: the request gets 503 (safe to retry), the saga step
+# retries, and the threads and workers it held serve other shards again.
+TCP_USER_TIMEOUT_MS = int(os.environ.get("SHARDWALLET_DB_TCP_USER_TIMEOUT_MS", "5000"))
+KEEPALIVE_OPTIONS = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
+}
 # The shard servers the control database knows (apps.sharding.mapstore), as DatabaseServer's fields.
 SERVERS_SQL = "SELECT alias, host, port, name, username, password FROM sharding_server ORDER BY alias"
 
 
 class ShardMapError(ValueError):
     """shards.yaml is missing, malformed or inconsistent."""
+
+
+def _read_secret(path: str, what: str) -> str:
+    try:
+        return Path(path).read_text().rstrip("\r\n")
+    except OSError as exc:
+        raise ShardMapError(f"{what}: password file {path} cannot be read ({exc.strerror})") from None
+
+
+@cache
+def default_password() -> str:
+    """The password of every server whose entry names none: SHARDWALLET_DB_PASSWORD, or the file
+    SHARDWALLET_DB_PASSWORD_FILE names. Read when first needed, never stored in the control database."""
+    if "SHARDWALLET_DB_PASSWORD" in os.environ:
+        return os.environ["SHARDWALLET_DB_PASSWORD"]
+    path = os.environ.get("SHARDWALLET_DB_PASSWORD_FILE")
+    return _read_secret(path, "SHARDWALLET_DB_PASSWORD_FILE") if path else ""
 
 
 @dataclass(frozen=True)
@@ -33,7 +64,17 @@ class DatabaseServer:
     port: int
     name: str
     user: str = "postgres"
-    password: str = ""
+    password: str = ""  # given in the map itself (or shard_add --password); stored in the control database
+    password_file: str = ""  # read at each connection; only the path is kept
+
+    @property
+    def secret(self) -> str:
+        """The password to connect with: the entry's own, its file's, else the deployment's default."""
+        if self.password:
+            return self.password
+        if self.password_file:
+            return _read_secret(self.password_file, self.alias)
+        return default_password()
 
     @property
     def is_local(self) -> bool:
@@ -44,7 +85,7 @@ class DatabaseServer:
         """A libpq connection string (quoted), for tools that connect outside Django."""
         parts = {
             "host": self.host, "port": self.port, "dbname": self.name, "user": self.user,
-            "password": self.password, "connect_timeout": 5, **extra,
+            "password": self.secret, "connect_timeout": 5, **KEEPALIVE_OPTIONS, **extra,
         }  # fmt: skip
         return " ".join(f"{k}='{str(v).replace(chr(39), chr(92) + chr(39))}'" for k, v in parts.items() if v != "")
 
@@ -55,21 +96,18 @@ class DatabaseServer:
             "PORT": str(self.port),
             "NAME": self.name,
             "USER": self.user,
-            "PASSWORD": self.password,
+            "PASSWORD": self.secret,
             # Persistent connections: a new connection costs more than a transfer. No health
             # check round trip per request: a dead connection fails its query, the request
             # gets 503 (safe to retry) and the connection is replaced.
             "CONN_MAX_AGE": None,
             "CONN_HEALTH_CHECKS": False,
-            # Keepalives: a shard that vanishes (rather than refusing connections) is noticed in
-            # seconds, not after TCP's 15 minutes. lock_timeout: a statement stuck behind a lock
+            # Keepalives and a TCP user timeout: a shard that vanishes (rather than refusing
+            # connections) is noticed in seconds. lock_timeout: a statement stuck behind a lock
             # fails (transient: retried, or 503 to the client) instead of holding its own locks.
             "OPTIONS": {
                 "connect_timeout": 3,
-                "keepalives": 1,
-                "keepalives_idle": 10,
-                "keepalives_interval": 5,
-                "keepalives_count": 3,
+                **KEEPALIVE_OPTIONS,
                 "options": "-c lock_timeout=5s",
             },
             "TEST": {"NAME": self.name},
@@ -134,9 +172,11 @@ def ranges_of(owners: list[str] | tuple[str, ...]) -> tuple[BucketRange, ...]:
 def _server(alias: str, raw: Any, where: str) -> DatabaseServer:
     if not isinstance(raw, dict):
         raise ShardMapError(f"{where}: expected a mapping with host, port and name")
-    unknown = set(raw) - {"alias", "host", "port", "name", "user", "password"}
+    unknown = set(raw) - {"alias", "host", "port", "name", "user", "password", "password_file"}
     if unknown:
         raise ShardMapError(f"{where}: unknown keys {sorted(unknown)}")
+    if "password" in raw and "password_file" in raw:
+        raise ShardMapError(f"{where}: give password or password_file, not both")
     missing = [k for k in ("host", "port", "name") if k not in raw]
     if missing:
         raise ShardMapError(f"{where}: missing {missing}")
@@ -144,14 +184,18 @@ def _server(alias: str, raw: Any, where: str) -> DatabaseServer:
         port = int(raw["port"])
     except (TypeError, ValueError):
         raise ShardMapError(f"{where}: port must be an integer, got {raw['port']!r}") from None
-    return DatabaseServer(
+    server = DatabaseServer(
         alias=alias,
         host=str(raw["host"]),
         port=port,
         name=str(raw["name"]),
         user=str(raw.get("user", "postgres")),
         password=str(raw.get("password", "")),
+        password_file=str(raw.get("password_file", "")),
     )
+    if server.password_file:
+        _read_secret(server.password_file, where)  # fail at start, not at the first connection
+    return server
 
 
 def parse_shard_map(data: Any, source: str = "shards.yaml") -> ShardMap:

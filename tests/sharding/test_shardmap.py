@@ -104,3 +104,41 @@ def test_a_declared_shard_may_hold_no_bucket_yet() -> None:
     shard_map = parse_shard_map(valid_map(bucket_ranges=[{"first": 0, "last": 7, "shard": "shard_00"}]))
     assert shard_map.buckets_of("shard_01") == []
     assert "shard_01" in shard_map.aliases
+
+
+def test_a_password_may_come_from_a_file_read_at_each_connection_and_never_stored(tmp_path, monkeypatch) -> None:
+    from apps.sharding import shardmap
+
+    secret = tmp_path / "shard_01.password"
+    secret.write_text("first-secret\n")
+    data = valid_map()
+    data["shards"][1]["password_file"] = str(secret)
+    server = parse_shard_map(data).shards["shard_01"]
+    assert server.password == ""  # what the control database would store (mapstore.save_server)
+    assert server.django_settings()["PASSWORD"] == "first-secret"
+    secret.write_text("rotated-secret\n")
+    assert "password='rotated-secret'" in server.conninfo()
+
+    monkeypatch.setenv("SHARDWALLET_DB_PASSWORD", "the-default")
+    shardmap.default_password.cache_clear()
+    try:
+        assert parse_shard_map(valid_map()).shards["shard_00"].secret == "the-default"
+    finally:
+        shardmap.default_password.cache_clear()
+
+
+def test_an_unreadable_password_file_and_two_passwords_are_refused(tmp_path) -> None:
+    data = valid_map()
+    data["shards"][0]["password_file"] = str(tmp_path / "absent")
+    with pytest.raises(ShardMapError, match=r"shard_00.*password file .*absent cannot be read"):
+        parse_shard_map(data)
+    data["shards"][0]["password"] = "inline"
+    with pytest.raises(ShardMapError, match="password or password_file, not both"):
+        parse_shard_map(data)
+
+
+def test_connections_give_up_on_an_unreachable_server_within_seconds() -> None:
+    options = parse_shard_map(valid_map()).shards["shard_00"].django_settings()["OPTIONS"]
+    assert options["tcp_user_timeout"] == 5000
+    assert options["keepalives"] == 1
+    assert "tcp_user_timeout=5000" in parse_shard_map(valid_map()).control.conninfo().replace("'", "")

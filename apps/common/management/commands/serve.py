@@ -3,7 +3,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from typing import Any
@@ -14,6 +13,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from apps.audit import store as audit_store
 from apps.common.bootstrap import admin_credentials, audit_login, demo_api_key
+from apps.common.supervision import Program, Supervisor, supervisor_state_file
 from apps.sharding.devstack import Devstack, DevstackError
 
 
@@ -64,27 +64,18 @@ class Command(BaseCommand):
         }
         if cdc:
             env["SHARDWALLET_AUDIT_CDC_EXPECTED"] = "1"  # /health then reports the CDC's lag
-        beat_schedule = str(settings.DEVSTACK_DIR / "celerybeat-schedule")
-        celery = [sys.executable, "-m", "celery", "-A", "wallet_project"]
-        processes = {
-            # gthread: a request waiting for a transfer (?wait=) holds a thread, not a whole worker.
-            "api": subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "wallet_project.wsgi", "--bind", f"127.0.0.1:{port}",
-                 "--workers", str(workers), "--worker-class", "gthread", "--threads", "8",
-                 "--access-logfile", "-", "--graceful-timeout", "5"],
-                env=env,
-            ),
-            "saga worker": subprocess.Popen(
-                [*celery, "worker", "-l", "info", "-c", str(workers), "--without-gossip", "--without-mingle"],
-                env=env,
-            ),
-            "beat": subprocess.Popen([*celery, "beat", "-l", "info", "-s", beat_schedule], env=env),
-        }  # fmt: skip
+        # The same role commands as the container image and the supervisord configuration.
+        manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
+        programs = [
+            Program("api", [*manage, "run_api", "--bind", f"127.0.0.1:{port}", "--workers", str(workers)], env),
+            Program("saga worker", [*manage, "run_worker", "--concurrency", str(workers)], env),
+            Program("beat", [*manage, "run_beat"], env),
+        ]
         if cdc:
             # Change data capture into the audit store; it also serves auditors' SQL.
-            processes["cdc"] = subprocess.Popen(
-                [sys.executable, str(settings.BASE_DIR / "manage.py"), "run_cdc"], env=env
-            )
+            programs.append(Program("cdc", [*manage, "run_cdc"], env))
+        supervisor = Supervisor(programs, supervisor_state_file(), lambda line: self.stderr.write(f"serve: {line}"))
+        supervisor.start_all()
         base = f"http://127.0.0.1:{port}"
         audit = ""
         if cdc and audit_store.embedded():
@@ -107,7 +98,7 @@ class Command(BaseCommand):
             f"  admin:      {base}/admin/   user {username}  password {password}\n"
             f"  operations: {base}/admin/operations/   (stalled & parked transfers, shard map)\n"
             f"  try:        curl -H 'Authorization: Bearer {key}' {base}/v1/wallets\n"
-            f"Ctrl-C stops everything.\n"
+            f"A process that dies is restarted (serve logs it; /metrics counts it). Ctrl-C stops everything.\n"
         )
         stopping = False
 
@@ -119,17 +110,8 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, stop)
         try:
             while not stopping:
-                exited = [name for name, proc in processes.items() if proc.poll() is not None]
-                if exited:
-                    raise CommandError(f"{', '.join(exited)} exited unexpectedly")
+                supervisor.poll()  # a process that died is started again, after a backoff
                 time.sleep(0.5)
         finally:
-            for proc in processes.values():
-                if proc.poll() is None:
-                    proc.terminate()
-            for proc in processes.values():
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            supervisor.stop_all()
             shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -4,7 +4,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.management import call_command
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from apps.sharding.mapstore import seed_control_map
 from apps.sharding.routing import refresh_shard_map, shard_aliases, shard_map
@@ -12,7 +12,10 @@ from apps.sharding.shard_setup import seed_shard
 
 
 class Command(BaseCommand):
-    help = "Apply migrations to the control database and to every shard; seed the shard map on first run."
+    help = (
+        "Apply migrations to the control database and to every shard; seed the shard map on first run."
+        " Every shard is tried; exits 1 naming those that failed (the `migrate` role)."
+    )
 
     def handle(self, *args: Any, **options: Any) -> None:
         verbosity = options.get("verbosity", 1)
@@ -20,10 +23,17 @@ class Command(BaseCommand):
         if seed_control_map(settings.SHARD_MAP) and verbosity:
             self.stdout.write("shard map seeded from the shard map file")
         current = refresh_shard_map()
+        failed: dict[str, str] = {}
         for alias in shard_aliases():
             if verbosity:
                 self.stdout.write(f"migrating {alias}")
-            call_command("migrate", database=alias, interactive=False, verbosity=max(verbosity - 1, 0))
-            seed_shard(alias, shard_map())
+            try:
+                call_command("migrate", database=alias, interactive=False, verbosity=max(verbosity - 1, 0))
+                seed_shard(alias, shard_map())
+            except Exception as exc:  # go on: one unreachable shard must not hide the others' state
+                failed[alias] = f"{type(exc).__name__}: {exc}".strip()
+                self.stderr.write(f"{alias}: migration FAILED: {failed[alias]}")
+        if failed:
+            raise CommandError(f"{len(failed)} shard(s) not migrated: {', '.join(sorted(failed))}")
         if verbosity:
             self.stdout.write(f"shard map epoch {current.epoch}")

@@ -1,0 +1,81 @@
+"""Production refuses to start on a development default; every variable can come from a file."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from wallet_project.environment import ConfigurationError, Environment
+
+PRODUCTION_REQUIRED = {
+    "SHARDWALLET_SECRET_KEY": "s3cret-key-for-this-test-only",
+    "SHARDWALLET_ALLOWED_HOSTS": "wallet.example.com",
+    "SHARDWALLET_SHARDS_FILE": "tests/shards.test.yaml",
+    "SHARDWALLET_REDIS_URL": "redis://10.0.0.5:6379/0",
+}
+
+
+def test_production_names_every_missing_variable_at_once() -> None:
+    env = Environment({})
+    assert env.production
+    env.get("SHARDWALLET_SECRET_KEY", "dev")
+    env.get("SHARDWALLET_REDIS_URL", "redis://127.0.0.1:6379/0")
+    with pytest.raises(ConfigurationError) as raised:
+        env.check()
+    assert "SHARDWALLET_SECRET_KEY, SHARDWALLET_REDIS_URL must be set in production" in str(raised.value)
+
+
+def test_development_and_test_take_the_defaults() -> None:
+    for mode in ("development", "test"):
+        env = Environment({"SHARDWALLET_ENV": mode})
+        assert env.get("SHARDWALLET_SECRET_KEY", "dev-key") == "dev-key"
+        env.check()
+
+
+def test_an_unknown_mode_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="SHARDWALLET_ENV must be one of"):
+        Environment({"SHARDWALLET_ENV": "prod"})
+
+
+def test_a_value_may_come_from_a_file_and_an_unreadable_file_is_named(tmp_path: Path) -> None:
+    secret = tmp_path / "key"
+    secret.write_text("from-a-file\n")
+    env = Environment({"SHARDWALLET_SECRET_KEY_FILE": str(secret)})
+    assert env.get("SHARDWALLET_SECRET_KEY", "dev") == "from-a-file"
+    env.check()
+    env = Environment({"SHARDWALLET_SECRET_KEY_FILE": str(tmp_path / "absent")})
+    env.get("SHARDWALLET_SECRET_KEY", "dev")
+    with pytest.raises(ConfigurationError, match=r"SHARDWALLET_SECRET_KEY_FILE names .*absent, which cannot be read"):
+        env.check()
+
+
+def test_an_empty_value_counts_as_missing_in_production() -> None:
+    env = Environment({"SHARDWALLET_SECRET_KEY": ""})
+    env.get("SHARDWALLET_SECRET_KEY", "dev")
+    with pytest.raises(ConfigurationError, match="SHARDWALLET_SECRET_KEY must be set"):
+        env.check()
+
+
+def _manage_check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("SHARDWALLET_", "DJANGO_SETTINGS_MODULE"))}
+    return subprocess.run(
+        [sys.executable, "manage.py", "check"], env={**base, **env}, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_manage_py_refuses_to_start_in_production_without_its_variables() -> None:
+    result = _manage_check({})
+    assert result.returncode == 1
+    for name in PRODUCTION_REQUIRED:
+        assert name in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_debug_is_refused_in_production_and_a_complete_environment_starts() -> None:
+    refused = _manage_check({**PRODUCTION_REQUIRED, "SHARDWALLET_DEBUG": "1"})
+    assert refused.returncode == 1
+    assert "SHARDWALLET_DEBUG=1 is refused in production" in refused.stderr
+    started = _manage_check(PRODUCTION_REQUIRED)
+    assert started.returncode == 0, started.stderr
