@@ -12,7 +12,7 @@ export SHARDWALLET_ENV
 
 .DEFAULT_GOAL := help
 
-.PHONY: help run test lint format stack-up stack-down stack-status clean bench venv audit-sql audit-query reconcile cdc-status bench-cdc bench-reconcile chaos
+.PHONY: help run test lint lint-deploy format stack-up stack-down stack-status clean bench venv audit-sql audit-query reconcile cdc-status bench-cdc bench-reconcile chaos
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ lint: $(VENV)/.installed ## ruff lint and format check, mypy on apps/ (django-st
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+
+lint-deploy: $(VENV)/.installed ## the image, compose file and supervisord config: hadolint, shellcheck, compose schema, references (no Docker needed)
+	$(PY) -m pytest -q tests/deploy
 
 format: $(VENV)/.installed ## ruff format and autofix
 	$(VENV)/bin/ruff format .
