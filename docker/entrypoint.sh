@@ -19,18 +19,6 @@ ARGs are passed to the command.
 EOF
 }
 
-# The settings read these two DSNs from the environment only; a secret mounted as a file is
-# named by <NAME>_FILE (the convention of the settings' other variables and of the official
-# database images).
-if [ -z "${CLICKHOUSE_URL:-}" ] && [ -n "${CLICKHOUSE_URL_FILE:-}" ]; then
-    CLICKHOUSE_URL=$(cat "$CLICKHOUSE_URL_FILE")
-    export CLICKHOUSE_URL
-fi
-if [ -z "${SHARDWALLET_CLICKHOUSE_AUDITOR_URL:-}" ] && [ -n "${SHARDWALLET_CLICKHOUSE_AUDITOR_URL_FILE:-}" ]; then
-    SHARDWALLET_CLICKHOUSE_AUDITOR_URL=$(cat "$SHARDWALLET_CLICKHOUSE_AUDITOR_URL_FILE")
-    export SHARDWALLET_CLICKHOUSE_AUDITOR_URL
-fi
-
 # gunicorn's and Celery's processes write their metrics files here (it must exist).
 if [ -n "${PROMETHEUS_MULTIPROC_DIR:-}" ]; then
     mkdir -p "$PROMETHEUS_MULTIPROC_DIR"

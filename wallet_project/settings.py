@@ -182,11 +182,11 @@ IDEMPOTENCY_KEY_TTL_HOURS = 24
 # read-only SQL on 127.0.0.1:AUDIT_HTTP_PORT; or a ClickHouse server when CLICKHOUSE_URL is
 # set (e.g. http://user:password@host:8123).
 AUDIT_DIR = _env_path(ENV.optional("SHARDWALLET_AUDIT_DIR", str(DEVSTACK_DIR / "audit")))
-CLICKHOUSE_URL = os.environ.get("CLICKHOUSE_URL", "")
+CLICKHOUSE_URL = ENV.optional("CLICKHOUSE_URL", "")
 # Server mode: the auditors' tools (audit_sql, audit_query, reconcile) connect with this DSN
 # only, a read-only ClickHouse user (docs/ARCHITECTURE.md, "Auditor access"); never with
 # CLICKHOUSE_URL, the writer's. Unset: they refuse to run.
-CLICKHOUSE_AUDITOR_URL = os.environ.get("SHARDWALLET_CLICKHOUSE_AUDITOR_URL", "")
+CLICKHOUSE_AUDITOR_URL = ENV.optional("SHARDWALLET_CLICKHOUSE_AUDITOR_URL", "")
 AUDIT_HTTP_PORT = int(os.environ.get("SHARDWALLET_AUDIT_HTTP_PORT", "25123"))
 # Each store's slot on a shard is `<prefix>_<first 12 hex digits of the store's id>`.
 AUDIT_SLOT_PREFIX = os.environ.get("SHARDWALLET_AUDIT_SLOT_PREFIX", "shardwallet_audit")
@@ -265,3 +265,5 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 3600.0,
     },
 }
+
+ENV.check()  # again: a variable read since the first check may name a file that cannot be read

@@ -58,11 +58,15 @@ def test_an_empty_value_counts_as_missing_in_production() -> None:
         env.check()
 
 
-def _manage_check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _manage(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("SHARDWALLET_", "DJANGO_SETTINGS_MODULE"))}
     return subprocess.run(
-        [sys.executable, "manage.py", "check"], env={**base, **env}, capture_output=True, text=True, timeout=120
+        [sys.executable, "manage.py", *args], env={**base, **env}, capture_output=True, text=True, timeout=120
     )
+
+
+def _manage_check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return _manage(["check"], env)
 
 
 def test_manage_py_refuses_to_start_in_production_without_its_variables() -> None:
@@ -80,3 +84,19 @@ def test_debug_is_refused_in_production_and_a_complete_environment_starts() -> N
     assert "SHARDWALLET_CRASH_AT (the fault tests' crash points) is refused in production" in refused.stderr
     started = _manage_check(PRODUCTION_REQUIRED)
     assert started.returncode == 0, started.stderr
+
+
+def test_the_audit_store_dsns_may_come_from_files(tmp_path: Path) -> None:
+    (tmp_path / "writer").write_text("http://writer:pw@clickhouse:8123\n")
+    (tmp_path / "auditor").write_text("http://auditor:pw@clickhouse:8123\n")
+    script = "from django.conf import settings; print(settings.CLICKHOUSE_URL, settings.CLICKHOUSE_AUDITOR_URL)"
+    env = {
+        **PRODUCTION_REQUIRED,
+        "CLICKHOUSE_URL_FILE": str(tmp_path / "writer"),
+        "SHARDWALLET_CLICKHOUSE_AUDITOR_URL_FILE": str(tmp_path / "auditor"),
+    }
+    result = _manage(["shell", "--verbosity", "0", "-c", script], env)
+    assert result.stdout.split() == ["http://writer:pw@clickhouse:8123", "http://auditor:pw@clickhouse:8123"]
+    result = _manage(["check"], {**env, "CLICKHOUSE_URL_FILE": str(tmp_path / "absent")})
+    assert result.returncode == 1
+    assert "CLICKHOUSE_URL_FILE names" in result.stderr

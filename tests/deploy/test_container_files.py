@@ -161,19 +161,6 @@ def test_entrypoint_execs_the_role_with_its_arguments(fake_python: dict[str, str
     assert Path(fake_python["PROMETHEUS_MULTIPROC_DIR"]).is_dir()
 
 
-def test_entrypoint_reads_the_clickhouse_dsns_from_files(fake_python: dict[str, str], tmp_path: Path) -> None:
-    (tmp_path / "writer").write_text("http://writer:pw@clickhouse:8123\n")
-    (tmp_path / "auditor").write_text("http://auditor:pw@clickhouse:8123/audit\n")
-    env = {
-        **fake_python,
-        "CLICKHOUSE_URL_FILE": str(tmp_path / "writer"),
-        "SHARDWALLET_CLICKHOUSE_AUDITOR_URL_FILE": str(tmp_path / "auditor"),
-    }
-    result = run("sh", str(ENTRYPOINT), "cdc", env=env)
-    assert "writer: http://writer:pw@clickhouse:8123\n" in result.stdout
-    assert "auditor: http://auditor:pw@clickhouse:8123/audit\n" in result.stdout
-
-
 @pytest.mark.parametrize("argv", [["bogus"], []])
 def test_entrypoint_refuses_an_unknown_or_missing_role_with_usage(fake_python: dict[str, str], argv: list[str]) -> None:
     result = run("sh", str(ENTRYPOINT), *argv, env=fake_python)
