@@ -97,6 +97,7 @@ def test_image_is_multi_stage_pinned_and_runs_as_a_user_with_the_entrypoint() ->
     for image, _stage in bases:
         assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+@sha256:[0-9a-f]{64}", image), image
     assert "COPY --from=builder /opt/venv /opt/venv" in text
+    assert "COPY requirements-runtime.txt /tmp/requirements.txt" in text
     assert "-r /tmp/requirements.txt" in text
     users = re.findall(r"^USER\s+(\S+)", text, re.MULTILINE)
     assert users, "no USER: the runtime would run as root"
@@ -408,3 +409,48 @@ def test_supervisord_restarts_and_stops_each_role_with_its_child_processes(super
         assert program.stopasgroup, name
         assert program.killasgroup, name
         assert program.stopwaitsecs >= 10, name
+
+
+# The image's requirements.
+
+
+def _pins(path: Path) -> dict[str, str]:
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[canonicalize_name(name)] = version
+    return pins
+
+
+def test_the_runtime_requirements_are_the_development_pins_and_complete() -> None:
+    """requirements-runtime.txt (what the image installs) pins the same versions as
+    requirements.txt, and every dependency of what it lists, so pip adds nothing unpinned."""
+    import importlib.metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    runtime = _pins(ROOT / "requirements-runtime.txt")
+    development = _pins(ROOT / "requirements.txt")
+    assert {name: development.get(name) for name in runtime} == runtime
+    # What the code imports or runs (apps/, wallet_project/, the roles); their dependencies follow.
+    needed = (
+        "django", "djangorestframework", "drf-spectacular", "celery", "redis", "gunicorn", "whitenoise", "psycopg",
+        "psycopg-binary", "psycopg2-binary", "chdb", "clickhouse-connect", "prometheus-client", "pyyaml", "orjson",
+        "python-json-logger",
+    )  # fmt: skip
+    for name in needed:
+        assert name in runtime
+    unpinned = set()
+    for name in runtime:
+        for spec in importlib.metadata.distribution(name).requires or []:
+            requirement = Requirement(spec)
+            if requirement.marker and not requirement.marker.evaluate({"extra": ""}):
+                continue
+            if canonicalize_name(requirement.name) not in runtime:
+                unpinned.add(f"{requirement.name} (needed by {name})")
+    assert not unpinned, f"add to requirements-runtime.txt: {sorted(unpinned)}"
