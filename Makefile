@@ -12,7 +12,7 @@ export SHARDWALLET_ENV
 
 .DEFAULT_GOAL := help
 
-.PHONY: help run test lint lint-deploy format stack-up stack-down stack-status clean bench venv audit-sql audit-query reconcile cdc-status bench-cdc bench-reconcile chaos
+.PHONY: help run test lint lint-deploy format stack-up stack-down stack-status clean bench venv audit-sql audit-query reconcile cdc-status bench-cdc bench-reconcile chaos test-hosts
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -82,3 +82,6 @@ bench: $(VENV)/.installed ## end-to-end transfers vs the raw-SQL ceiling on a th
 
 chaos: $(VENV)/.installed ## randomized fault run on a throw-away stack, checked like a bank test: make chaos SEED=123 DURATION=180
 	$(PY) -m chaos $(if $(SEED),--seed $(SEED)) $(if $(DURATION),--duration $(DURATION)) $(CHAOS_ARGS)
+
+test-hosts: $(VENV)/.installed ## the service as separate hosts in network namespaces (root): workload, partition, slow link (HOSTS_ARGS=--scenarios a)
+	$(PY) -m hosts $(HOSTS_ARGS)

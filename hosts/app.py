@@ -1,0 +1,157 @@
+"""The app host: production configuration from the environment, its shard map, and its role processes.
+
+The processes are started with the same commands as the image's entry points
+(`manage.py run_api | run_worker | run_beat | run_cdc`), inside the app host's namespace,
+with `SHARDWALLET_ENV=production`: every setting comes from the environment or a file, and
+nothing falls back to a development default.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import yaml
+
+from bench.stack import ROOT
+from chaos.stack import SAGA_ENV
+from chaos.supervisor import Program
+from hosts import net
+from hosts.layout import (
+    API_PORT,
+    APP,
+    APP_DIR,
+    AUDIT_HTTP_PORT,
+    CONTROL,
+    LOGS,
+    POSTGRES_PORT,
+    REDIS_URL,
+    RELAY_PORT,
+    SECRETS,
+    SHARD_HOSTS,
+    SHARDS_FILE,
+    SLOW_SHARD,
+)
+from hosts.servers import PG_PASSWORD_FILE
+
+BUCKETS = 1024
+MANAGE = [sys.executable, str(ROOT / "manage.py")]
+# The caller's own stack settings must not leak into the hosts' processes.
+FOREIGN_PREFIXES = ("SHARDWALLET_", "DJANGO_", "CLICKHOUSE_", "PROMETHEUS_")
+
+
+def shard_map() -> dict[str, object]:
+    """Every database on its own host; the slow shard reached through its relay; passwords from a file."""
+    size = BUCKETS // len(SHARD_HOSTS)
+    return {
+        "buckets": BUCKETS,
+        "throwaway": True,
+        "control": {"host": CONTROL.address, "port": POSTGRES_PORT, "name": "shardwallet_control"},
+        "shards": [
+            {
+                "alias": h.name,
+                "host": h.address,
+                "port": RELAY_PORT if h.name == SLOW_SHARD else POSTGRES_PORT,
+                "name": "shardwallet",
+            }
+            for h in SHARD_HOSTS
+        ],
+        "bucket_ranges": [
+            {
+                "first": i * size,
+                "last": BUCKETS - 1 if i == len(SHARD_HOSTS) - 1 else (i + 1) * size - 1,
+                "shard": h.name,
+            }
+            for i, h in enumerate(SHARD_HOSTS)
+        ],
+    }
+
+
+def bucket_owners() -> list[str]:
+    """The shard of each bucket, in bucket order (what the client needs to place its wallets)."""
+    owners: list[str] = []
+    for r in shard_map()["bucket_ranges"]:  # type: ignore[attr-defined]
+        owners += [r["shard"]] * (r["last"] - r["first"] + 1)
+    return owners
+
+
+def _secret_file(name: str, value: str) -> str:
+    path = SECRETS / name
+    path.write_text(value + "\n")
+    path.chmod(0o600)
+    return str(path)
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    env: dict[str, str]
+    auditor: tuple[str, str]
+
+
+def configure(*, api_workers: int, api_threads: int, worker_concurrency: int) -> AppConfig:
+    """Write the shard map and secrets; return the app host's environment."""
+    SECRETS.mkdir(parents=True, exist_ok=True)
+    SHARDS_FILE.write_text(
+        "# written by hosts/app.py for `make test-hosts`: every database on its own host\n"
+        + yaml.safe_dump(shard_map(), sort_keys=False)
+    )
+    metrics = APP_DIR / "metrics"
+    metrics.mkdir(parents=True, exist_ok=True)
+    auditor = ("auditor", secrets.token_urlsafe(18))
+    base = {k: v for k, v in os.environ.items() if not k.startswith(FOREIGN_PREFIXES)}
+    env = {
+        **base,
+        "DJANGO_SETTINGS_MODULE": "wallet_project.settings",
+        "SHARDWALLET_ENV": "production",
+        "SHARDWALLET_SECRET_KEY_FILE": _secret_file("secret_key", secrets.token_urlsafe(50)),
+        "SHARDWALLET_ALLOWED_HOSTS": APP.address,
+        "SHARDWALLET_SHARDS_FILE": str(SHARDS_FILE),
+        "SHARDWALLET_DB_PASSWORD_FILE": str(PG_PASSWORD_FILE),
+        "SHARDWALLET_REDIS_URL": REDIS_URL,
+        "SHARDWALLET_DEVSTACK_DIR": str(APP_DIR),
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics),
+        "SHARDWALLET_API_BIND": f"{APP.address}:{API_PORT}",
+        "SHARDWALLET_API_WORKERS": str(api_workers),
+        "SHARDWALLET_API_THREADS": str(api_threads),
+        "SHARDWALLET_WORKER_CONCURRENCY": str(worker_concurrency),
+        "SHARDWALLET_AUDIT_HTTP_PORT": str(AUDIT_HTTP_PORT),
+        "SHARDWALLET_AUDIT_AUDITORS": ":".join(auditor),
+        "SHARDWALLET_AUDIT_CDC_EXPECTED": "1",
+        "SHARDWALLET_LOG_LEVEL": "WARNING",
+        # gunicorn 23+ opens a control socket at ~/.gunicorn/gunicorn.ctl: a path on the filesystem
+        # every host here shares (and two API servers of one machine would share). Not needed.
+        "GUNICORN_CMD_ARGS": "--no-control-socket",
+        **SAGA_ENV,
+    }
+    return AppConfig(env, auditor)
+
+
+def programs(config: AppConfig) -> dict[str, Program]:
+    """The app host's roles, each as its own process group (gunicorn's and Celery's children with it)."""
+    roles = {
+        "api": ["run_api", "--bind", f"{APP.address}:{API_PORT}"],
+        "worker": ["run_worker", "--log-level", "warning"],
+        "beat": ["run_beat", "--log-level", "warning"],
+        "cdc": ["run_cdc"],
+    }
+    return {
+        name: Program(name, net.on(APP, [*MANAGE, *argv]), config.env, LOGS / f"{name}.log")
+        for name, argv in roles.items()
+    }
+
+
+def manage(config: AppConfig, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """A one-off management command on the app host (migrate_shards, create_api_client...)."""
+    return subprocess.run(  # noqa: S603 - our own command line
+        net.on(APP, [*MANAGE, *args]), env=config.env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def python_on_app(config: AppConfig, module: str, *args: str, timeout: float) -> subprocess.CompletedProcess[bytes]:
+    """One of this package's modules on the app host, with its environment (the checks); output to ours."""
+    return subprocess.run(  # noqa: S603 - our own command line
+        net.on(APP, [sys.executable, "-m", module, *args]), env=config.env, timeout=timeout, check=False, cwd=ROOT
+    )

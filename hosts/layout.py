@@ -1,0 +1,70 @@
+"""Where everything lives: the hosts' names and addresses, ports, and files under var/hosts/."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.stack import ROOT
+
+PREFIX = "swh-"  # every namespace of ours; leftovers of a crashed run are found by it
+BRIDGE_NS = f"{PREFIX}net"
+BRIDGE = "br0"
+SUBNET = "10.77.0.0/24"
+PREFIX_LEN = 24
+
+POSTGRES_PORT = 5432
+RELAY_PORT = 6432  # the slow shard's relay, on the same host as its server
+REDIS_PORT = 6379
+API_PORT = 8000
+AUDIT_HTTP_PORT = 8123  # the CDC's embedded endpoint, on the app host's own 127.0.0.1
+
+SHARDS = 3
+PARTITIONED_SHARD = "shard_01"  # scenario (b)
+SLOW_SHARD = "shard_02"  # scenario (c): the app reaches it through the relay for the whole run
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str  # control, shard_00, ..., redis, app, client
+    address: str
+
+    @property
+    def namespace(self) -> str:
+        return PREFIX + self.name.replace("_", "-")
+
+    @property
+    def veth(self) -> str:
+        """The bridge-side end of the host's link (the host's own end is `eth0`)."""
+        return "v-" + self.name.replace("_", "-")
+
+
+CONTROL = Host("control", "10.77.0.10")
+SHARD_HOSTS = [Host(f"shard_{i:02d}", f"10.77.0.{11 + i}") for i in range(SHARDS)]
+APP = Host("app", "10.77.0.20")
+REDIS = Host("redis", "10.77.0.30")
+CLIENT = Host("client", "10.77.0.40")
+HOSTS = [CONTROL, *SHARD_HOSTS, APP, REDIS, CLIENT]
+DATABASE_HOSTS = [CONTROL, *SHARD_HOSTS]
+
+
+def host(name: str) -> Host:
+    return next(h for h in HOSTS if h.name == name)
+
+
+API_URL = f"http://{APP.address}:{API_PORT}"
+REDIS_URL = f"redis://{REDIS.address}:{REDIS_PORT}/0"
+
+DIR = ROOT / "var" / "hosts"
+PG_DIR = DIR / "pg"
+APP_DIR = DIR / "app"  # the app host's SHARDWALLET_DEVSTACK_DIR: audit store, metrics, beat schedule
+LOGS = DIR / "logs"
+SECRETS = DIR / "secrets"
+RESULTS = DIR / "results"  # the client's and the checks' JSON, per scenario
+SHARDS_FILE = DIR / "shards.yaml"
+RELAY_DELAY_FILE = DIR / "relay-delay"  # milliseconds each way, read by the relay while it runs
+REPORT = DIR / "report.json"
+
+
+def relative(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)

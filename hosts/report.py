@@ -1,0 +1,63 @@
+"""The run's report: a few lines per scenario on the terminal, everything in var/hosts/report.json."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hosts.layout import PARTITIONED_SHARD, REPORT, SLOW_SHARD, relative
+from hosts.scenarios import Outcome
+
+
+def _load_line(load: dict[str, Any]) -> str:
+    latency = load["http_latency"]
+    return (
+        f"  {load['transfers']} transfers in {load['load_s']:g} s: {load['completed_per_s']} completed/s"
+        f" ({load['accepted_per_s']} accepted/s), HTTP p50 {latency['p50_ms']} ms, p95 {latency['p95_ms']} ms;"
+        f" {load['http_503']} x 503, {load['http_500']} x 500, {load['no_answer']} unanswered,"
+        f" {load['retried_keys']} keys retried"
+    )
+
+
+def lines(outcome: Outcome) -> list[str]:
+    f = outcome.figures
+    title = {
+        "a": "(a) random transfers across shards",
+        "b": f"(b) {PARTITIONED_SHARD}'s link down during the load",
+        "c": f"(c) slow link to {SLOW_SHARD}",
+    }[outcome.name]
+    out = [f"{title}: {'PASS' if outcome.ok else 'FAIL'}"]
+    if "load" in f:
+        out.append(_load_line(f["load"]))
+    if "partition" in f:
+        for group, row in f["partition"].items():
+            cells = ", ".join(f"{w} {row[w]['completed_per_s']}/s" for w in ("before", "during", "after"))
+            out.append(f"  {group}: completed {cells}; answers during: {row['during_statuses'] or 'none'}")
+        out.append(
+            f"  untouched transfers' completions during the partition: {f['untouched_ratio_during_vs_before']:.0%}"
+            f" of before; touching {PARTITIONED_SHARD}: {f.get('outcomes_touching_it')},"
+            f" all terminal {f.get('terminal_after_link_up_s')} s after the link came back"
+        )
+    if "latency" in f:
+        for group, row in f["latency"].items():
+            out.append(
+                f"  {group}: p50 {row['fast']['p50_ms']} -> {row['slow']['p50_ms']} ms"
+                f" (x{f['p50_rise'][group]}), p95 {row['fast']['p95_ms']} -> {row['slow']['p95_ms']} ms"
+            )
+    if "broker_queue" in f:
+        queue = f["broker_queue"]
+        out.append(
+            f"  broker queue: peak {queue['peak']} messages, empty {queue['drained_after_checks_s']} s after the checks"
+        )
+    if "checks" in f:
+        out.append("  checks: " + ", ".join(f"{k} {v}" for k, v in f["checks"].items()))
+    if "connections" in f:
+        out.append("  connections: " + ", ".join(f"{k} {v}" for k, v in f["connections"].items()))
+    out += [f"  FAILED: {message}" for message in outcome.failures]
+    return out
+
+
+def write(document: dict[str, Any]) -> str:
+    REPORT.parent.mkdir(parents=True, exist_ok=True)
+    REPORT.write_text(json.dumps(document, indent=2, default=str))
+    return relative(REPORT)

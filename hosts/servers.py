@@ -1,0 +1,164 @@
+"""The database hosts' PostgreSQL servers, the Redis host's server and the slow shard's relay.
+
+Each PostgreSQL server runs inside its host's namespace and listens on that host's address
+only: no unix socket (the filesystem is shared, so a socket file would be a path between
+hosts that the network does not see), passwords (scram-sha-256) for the hosts' subnet, and
+replication connections from the app host (the CDC) and from the host itself (the relay
+forwards the app's connections from there).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from apps.sharding.devstack import POSTGRES_CONF, DevstackError, PostgresCluster, postgres_bindir
+from apps.sharding.shardmap import DatabaseServer
+from chaos.supervisor import Program
+from hosts import net
+from hosts.layout import (
+    APP,
+    LOGS,
+    PG_DIR,
+    POSTGRES_PORT,
+    REDIS,
+    REDIS_PORT,
+    RELAY_DELAY_FILE,
+    RELAY_PORT,
+    SECRETS,
+    SUBNET,
+    Host,
+)
+
+PG_PASSWORD_FILE = SECRETS / "pg_password"
+
+# Beyond the devstack's settings, what a server reached over a real network needs: a client
+# that vanishes (its host cut off, its socket closed by the client's own timeout while the
+# FIN could not get through) must not keep its backend, its transaction and its row locks.
+# Without these the server learns of it after TCP's 2 hours of keepalive: scenario (b) then
+# ends with transfers blocked behind an orphaned transaction's locks long after the link is
+# back (`python -m hosts --scenarios b --no-server-keepalives` shows it).
+SERVER_KEEPALIVES_CONF = """
+# written by hosts/servers.py: drop the connections of clients that are gone
+tcp_keepalives_idle = 5
+tcp_keepalives_interval = 2
+tcp_keepalives_count = 3
+tcp_user_timeout = 5000
+client_connection_check_interval = 2000
+"""
+
+
+def pg_password() -> str:
+    """The postgres user's password on every database host, made once per run."""
+    if not PG_PASSWORD_FILE.exists():
+        SECRETS.mkdir(parents=True, exist_ok=True)
+        PG_PASSWORD_FILE.write_text(secrets.token_urlsafe(24))
+        PG_PASSWORD_FILE.chmod(0o600)
+    return PG_PASSWORD_FILE.read_text().strip()
+
+
+def hba(host: Host) -> str:
+    return (
+        "# written by hosts/servers.py: TCP from the hosts' subnet only, with passwords; no unix socket\n"
+        f"host all all {SUBNET} scram-sha-256\n"
+        "# the CDC streams the WAL over a replication connection, from the app host or through a relay here\n"
+        f"host replication all {APP.address}/32 scram-sha-256\n"
+        f"host replication all {host.address}/32 scram-sha-256\n"
+    )
+
+
+@dataclass
+class HostPostgres(PostgresCluster):
+    """A PostgreSQL server run inside its host's namespace; data under var/hosts/pg/<host>."""
+
+    host: Host | None = None
+    keepalives: bool = True  # SERVER_KEEPALIVES_CONF
+
+    @classmethod
+    def on(cls, host: Host, database: str, *, keepalives: bool = True) -> HostPostgres:
+        server = DatabaseServer(host.name, host.address, POSTGRES_PORT, database, "postgres", pg_password())
+        return cls(server, PG_DIR / host.name, host, keepalives)
+
+    def _as_postgres(self, args: list[str]) -> list[str]:
+        assert self.host is not None  # noqa: S101 - set by `on`
+        return net.on(self.host, ["runuser", "-u", "postgres", "--", *args])
+
+    def initialise(self) -> None:
+        assert self.host is not None  # noqa: S101
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        shutil.chown(self.data_dir, "postgres", "postgres")
+        self.data_dir.chmod(0o700)
+        # initdb reads the password from a file the postgres user can read, removed right after.
+        pwfile = self.data_dir.parent / f".{self.host.name}.pw"
+        pwfile.write_text(pg_password() + "\n")
+        pwfile.chmod(0o600)
+        shutil.chown(pwfile, "postgres", "postgres")
+        try:
+            self._pg(
+                "initdb", "-D", str(self.data_dir), "-U", "postgres", "--auth=scram-sha-256",
+                f"--pwfile={pwfile}", "-E", "UTF8",
+            )  # fmt: skip
+        finally:
+            pwfile.unlink(missing_ok=True)
+        with (self.data_dir / "postgresql.conf").open("a") as conf:
+            conf.write("\ninclude = 'shardwallet.conf'\n")
+        (self.data_dir / "pg_hba.conf").write_text(hba(self.host))
+
+    def start(self) -> None:
+        # The devstack's settings (listen_addresses = this host's address only, no unix socket,
+        # wal_level = logical...); no port probe from here: this process is not on the hosts' network.
+        self.log_file.touch()
+        own_conf = self.data_dir / "shardwallet.conf"
+        conf = POSTGRES_CONF.format(host=self.server.host, port=self.server.port)
+        own_conf.write_text(conf + (SERVER_KEEPALIVES_CONF if self.keepalives else ""))
+        for path in (self.log_file, own_conf):
+            shutil.chown(path, "postgres", "postgres")
+        self._pg("pg_ctl", "start", "-D", str(self.data_dir), "-l", str(self.log_file), "-w", "-t", "60")
+
+    def ensure_database(self) -> None:
+        """CREATE DATABASE over TCP to its own address, from its own host, with the password."""
+        assert self.host is not None  # noqa: S101
+        argv = net.on(
+            self.host,
+            [
+                "runuser", "-u", "postgres", "--", str(postgres_bindir() / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1",
+                "-h", self.server.host, "-p", str(self.server.port), "-U", "postgres", "-d", "postgres",
+                "-c", f'CREATE DATABASE "{self.server.name}"',
+            ],
+        )  # fmt: skip
+        env = {**os.environ, "PGPASSWORD": self.server.password}
+        result = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)  # noqa: S603
+        if result.returncode != 0 and "already exists" not in result.stderr:
+            raise DevstackError(f"creating {self.server.name} on {self.host.name}: {result.stderr.strip()}")
+
+
+def redis_program(env: dict[str, str]) -> Program:
+    """Redis on its own host's address only (no persistence: the broker is not the truth)."""
+    workdir = LOGS.parent / "redis"
+    workdir.mkdir(parents=True, exist_ok=True)
+    argv = [
+        "redis-server", "--bind", REDIS.address, "--port", str(REDIS_PORT), "--protected-mode", "no",
+        "--save", "", "--appendonly", "no", "--dir", str(workdir),
+    ]  # fmt: skip
+    return Program("redis", net.on(REDIS, argv), env, LOGS / "redis.log")
+
+
+def relay_program(host: Host, env: dict[str, str]) -> Program:
+    """The delaying relay on the slow shard's host: its address, RELAY_PORT -> its PostgreSQL."""
+    argv = [
+        sys.executable, "-m", "hosts.relay", "--listen", f"{host.address}:{RELAY_PORT}",
+        "--target", f"{host.address}:{POSTGRES_PORT}", "--delay-file", str(RELAY_DELAY_FILE),
+    ]  # fmt: skip
+    return Program("relay", net.on(host, argv), env, LOGS / "relay.log")
+
+
+def set_relay_delay(milliseconds: float) -> None:
+    """Each direction's delay; the relay reads the file within a fraction of a second."""
+    tmp = Path(f"{RELAY_DELAY_FILE}.tmp")
+    tmp.write_text(f"{milliseconds:g}\n")
+    tmp.replace(RELAY_DELAY_FILE)

@@ -1,0 +1,143 @@
+"""Who talks to whom: every host's sockets (`ss` inside its namespace) against the allowed edges.
+
+A host listens on its own address only (the app host's embedded audit endpoint on its own
+127.0.0.1 is the one exception), no unix socket listens at a path (the filesystem is shared:
+a socket file would be a way between hosts around the network), and every connection is
+an edge of the deployment: app -> control, shards, Redis; client -> API; the relay on the
+slow shard's host -> its own PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+
+from hosts import net
+from hosts.layout import (
+    API_PORT,
+    APP,
+    AUDIT_HTTP_PORT,
+    CLIENT,
+    CONTROL,
+    DATABASE_HOSTS,
+    HOSTS,
+    POSTGRES_PORT,
+    REDIS,
+    REDIS_PORT,
+    RELAY_PORT,
+    SHARD_HOSTS,
+    SLOW_SHARD,
+    Host,
+)
+
+LOOPBACK = ("127.", "::1")
+
+
+def _edges() -> set[tuple[str, str, int]]:
+    """(client host, server host, server port) of every connection the deployment makes."""
+    edges = {
+        (APP.name, CONTROL.name, POSTGRES_PORT),
+        (APP.name, REDIS.name, REDIS_PORT),
+        (REDIS.name, REDIS.name, REDIS_PORT),  # redis-cli on the Redis host: the queue's length
+        (CLIENT.name, APP.name, API_PORT),
+    }
+    for shard in SHARD_HOSTS:
+        edges.add((APP.name, shard.name, RELAY_PORT if shard.name == SLOW_SHARD else POSTGRES_PORT))
+    for database in DATABASE_HOSTS:
+        edges.add((database.name, database.name, POSTGRES_PORT))  # psql creating the database; the relay
+    return edges
+
+
+EDGES = _edges()
+HOST_BY_ADDRESS = {h.address: h for h in HOSTS}
+
+
+@dataclass(frozen=True)
+class Socket:
+    host: str
+    kind: str  # tcp | unix
+    state: str
+    local: str
+    local_port: int
+    peer: str
+    peer_port: int
+    process: str
+
+    def __str__(self) -> str:
+        return (
+            f"{self.host}: {self.kind} {self.state} {self.local}:{self.local_port} -> {self.peer}:{self.peer_port}"
+            f" {self.process}"
+        )
+
+
+def _split(endpoint: str) -> tuple[str, int]:
+    address, _, port = endpoint.rpartition(":")
+    address = address.strip("[]").split("%", 1)[0]
+    return address, int(port) if port.isdigit() else 0
+
+
+def _ss(host: Host, *args: str) -> list[str]:
+    result = subprocess.run(net.on(host, ["ss", "-H", *args]), capture_output=True, text=True, check=True)  # noqa: S603
+    return [line for line in result.stdout.splitlines() if line.strip()]
+
+
+def snapshot() -> list[Socket]:
+    sockets = []
+    for host in HOSTS:
+        for line in _ss(host, "-tanp"):
+            fields = line.split(maxsplit=5)
+            local, local_port = _split(fields[3])
+            peer, peer_port = _split(fields[4])
+            process = fields[5] if len(fields) > 5 else ""
+            sockets.append(Socket(host.name, "tcp", fields[0], local, local_port, peer, peer_port, process))
+        for line in _ss(host, "-xlp"):
+            fields = line.split()
+            path = fields[4] if len(fields) > 4 else ""
+            sockets.append(Socket(host.name, "unix", fields[1], path, 0, "", 0, " ".join(fields[8:])))
+    return sockets
+
+
+def problems(sockets: list[Socket]) -> list[str]:
+    """Every socket that is not allowed, said plainly."""
+    found = []
+    listening = {(s.host, s.local_port) for s in sockets if s.kind == "tcp" and s.state == "LISTEN"}
+    for s in sockets:
+        if s.kind == "unix":
+            if s.local and not s.local.startswith("@"):
+                found.append(f"a unix socket listens at a path (reachable from every host): {s}")
+            continue
+        own = next(h.address for h in HOSTS if h.name == s.host)
+        audit = s.host == APP.name and AUDIT_HTTP_PORT in (s.local_port, s.peer_port)
+        if s.local.startswith(LOOPBACK):
+            if not audit:
+                found.append(f"loopback in use: {s}")
+            continue
+        if s.state == "LISTEN":
+            if s.local != own:
+                found.append(f"listens on {s.local or 'every address'}, not only its host's {own}: {s}")
+            continue
+        peer = HOST_BY_ADDRESS.get(s.peer)
+        if peer is None:
+            found.append(f"connection to an address that is no host of ours: {s}")
+            continue
+        if (s.host, s.local_port) in listening:
+            edge = (peer.name, s.host, s.local_port)  # accepted by this host
+        else:
+            edge = (s.host, peer.name, s.peer_port)  # made by this host
+        if edge not in EDGES:
+            found.append(f"connection {edge[0]} -> {edge[1]}:{edge[2]} is not one of the deployment's: {s}")
+    return found
+
+
+def summary(sockets: list[Socket]) -> dict[str, int]:
+    """Established connections per edge, for the report: e.g. `app->shard_00:5432`: 14."""
+    counts: dict[str, int] = {}
+    listening = {(s.host, s.local_port) for s in sockets if s.kind == "tcp" and s.state == "LISTEN"}
+    for s in sockets:
+        if s.kind != "tcp" or s.state != "ESTAB" or (s.host, s.local_port) in listening:
+            continue
+        peer = HOST_BY_ADDRESS.get(s.peer)
+        if peer is not None:
+            name = f"{s.host}->{peer.name}:{s.peer_port}"
+            counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items()))

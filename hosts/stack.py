@@ -1,0 +1,210 @@
+"""The hosts brought up and torn down: network, database servers, Redis, the relay, the app's roles.
+
+This process (the orchestrator) stays in the machine's own network namespace and never
+connects to a host: it starts processes inside their namespaces (`ip netns exec`), and
+whatever must speak to the service runs on a host: the checks and one-off commands on the
+app host, the load and readiness polls on the client host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from chaos.supervisor import Program
+from hosts import app, net, servers
+from hosts.layout import (
+    API_PORT,
+    APP,
+    CLIENT,
+    CONTROL,
+    DIR,
+    LOGS,
+    RESULTS,
+    SHARD_HOSTS,
+    SLOW_SHARD,
+    host,
+    relative,
+)
+
+LOCK = DIR.parent / "hosts.lock"  # beside var/hosts/, which each run empties
+
+
+class StackError(RuntimeError):
+    """The hosts could not be brought up; the message says which part and where its log is."""
+
+
+def hold_run_lock() -> IO[str]:
+    """One run at a time: a second one would tear the first one's namespaces down as leftovers."""
+    LOCK.parent.mkdir(parents=True, exist_ok=True)
+    lock = LOCK.open("w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SystemExit(f"another `make test-hosts` holds {relative(LOCK)}") from None
+    return lock  # held until this process exits
+
+
+def remove_leftovers() -> list[str]:
+    """A crashed or killed earlier run's namespaces, processes and data."""
+    said = net.remove_all(grace=5)
+    if DIR.exists():
+        shutil.rmtree(DIR)
+        said.append(f"removed {relative(DIR)}")
+    return said
+
+
+@dataclass
+class Stack:
+    api_workers: int = 2
+    api_threads: int = 8
+    worker_concurrency: int = 2
+    server_keepalives: bool = True
+    config: app.AppConfig | None = None
+    databases: list[servers.HostPostgres] = field(default_factory=list)
+    programs: dict[str, Program] = field(default_factory=dict)
+    api_key: str = ""
+    client_id: int = 0
+
+    @property
+    def plan_file(self) -> Path:
+        return DIR / "secrets" / "client-plan.json"
+
+    def up(self) -> None:
+        for directory in (LOGS, RESULTS):
+            directory.mkdir(parents=True, exist_ok=True)
+        net.create()
+        self._databases()
+        self.config = app.configure(
+            api_workers=self.api_workers, api_threads=self.api_threads, worker_concurrency=self.worker_concurrency
+        )
+        servers.set_relay_delay(0)
+        for program in (
+            servers.redis_program(self.config.env),
+            servers.relay_program(host(SLOW_SHARD), self.config.env),
+        ):
+            self._start(program)
+        self._manage_or_fail("migrate_shards")
+        created = self._manage_or_fail("create_api_client", "hosts")
+        self.api_key = created.stdout.strip().splitlines()[-1]
+        found = re.search(r"API client (\d+)", created.stderr)
+        if found is None:
+            raise StackError(f"create_api_client did not say the client's id: {created.stderr.strip()}")
+        self.client_id = int(found.group(1))
+        for program in app.programs(self.config).values():
+            self._start(program)
+        self._wait_ready()
+
+    def _databases(self) -> None:
+        keepalives = self.server_keepalives
+        self.databases = [servers.HostPostgres.on(CONTROL, "shardwallet_control", keepalives=keepalives)]
+        self.databases += [servers.HostPostgres.on(h, "shardwallet", keepalives=keepalives) for h in SHARD_HOSTS]
+
+        def bring_up(cluster: servers.HostPostgres) -> None:
+            cluster.initialise()
+            cluster.start()
+            cluster.ensure_database()
+
+        with ThreadPoolExecutor(max_workers=len(self.databases)) as pool:
+            for future in [pool.submit(bring_up, c) for c in self.databases]:
+                future.result()
+
+    def _start(self, program: Program) -> None:
+        program.start()
+        self.programs[program.name] = program
+
+    def _manage_or_fail(self, *args: str) -> subprocess.CompletedProcess[str]:
+        assert self.config is not None  # noqa: S101 - configured in up()
+        result = app.manage(self.config, *args)
+        if result.returncode != 0:
+            raise StackError(f"manage.py {' '.join(args)} on the app host failed:\n{result.stderr.strip()[-2000:]}")
+        return result
+
+    def write_plan(self, *, per_shard: int, deposit: int) -> Path:
+        """The client's instructions: the API's address and key, and which shard owns each bucket."""
+        plan = {
+            "host": APP.address, "port": API_PORT, "key": self.api_key, "owners": app.bucket_owners(),
+            "per_shard": per_shard, "deposit": deposit,
+        }  # fmt: skip
+        self.plan_file.write_text(json.dumps(plan))
+        self.plan_file.chmod(0o600)
+        return self.plan_file
+
+    def _wait_ready(self, timeout: float = 120) -> None:
+        """/health/ready from the client host, then a saga worker consuming and the CDC streaming."""
+        assert self.config is not None  # noqa: S101
+        deadline = time.monotonic() + timeout
+        poll = net.on(CLIENT, [sys.executable, "-m", "hosts.client", "ready", "--timeout", str(timeout)])
+        if subprocess.run(poll, check=False).returncode != 0:  # noqa: S603 - our own command line
+            raise StackError(f"the API did not become ready; see {relative(LOGS / 'api.log')}")
+        for command, log in (("worker_ready", "worker.log"), ("cdc_ready", "cdc.log")):
+            while True:
+                self._check_alive()
+                result = app.manage(self.config, command, timeout=60)
+                if result.returncode == 0:
+                    break
+                if time.monotonic() > deadline:
+                    raise StackError(f"{command}: {result.stderr.strip()[-500:]}; see {relative(LOGS / log)}")
+                time.sleep(1)
+
+    def _check_alive(self) -> None:
+        dead = [p.name for p in self.programs.values() if p.pid is None]
+        if dead:
+            raise StackError(f"{', '.join(dead)} exited; see {relative(LOGS)}/<name>.log")
+
+    def dump_stacks(self, label: str) -> Path:
+        """Every Python process on the app host, as py-spy sees it: what a hung request or task waits on."""
+        out = LOGS / f"stacks-{label}.txt"
+        with out.open("w") as dump:
+            for pid in net.pids_in(APP.namespace):
+                try:
+                    cmdline = Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ").strip()
+                except OSError:
+                    continue
+                dump.write(f"=== pid {pid}: {cmdline[:200]}\n")
+                dump.flush()
+                subprocess.run(  # noqa: S603 - our own command line
+                    [str(Path(sys.executable).parent / "py-spy"), "dump", "--pid", str(pid)],
+                    stdout=dump, stderr=subprocess.STDOUT, timeout=30, check=False,
+                )  # fmt: skip
+        return out
+
+    def dead_programs(self) -> list[str]:
+        return [p.name for p in self.programs.values() if p.pid is None]
+
+    def down(self) -> list[str]:
+        """Stop everything, politely first; then whatever is left in the namespaces, and the namespaces."""
+        said = []
+        for host_obj in (*SHARD_HOSTS, CONTROL):
+            with contextlib.suppress(net.NetworkError):
+                net.set_link(host_obj, up=True)  # a scenario that failed half-way may have left one down
+        # The app's roles first, then Redis and the relay they use: a worker shutting down still
+        # hands its unfinished tasks back to the broker.
+        for program in reversed(self.programs.values()):
+            program.kill_group(signal.SIGTERM)
+            if program.process is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    program.process.wait(timeout=15)
+            program.kill_group(signal.SIGKILL)
+        if self.programs:
+            said.append(f"stopped {', '.join(self.programs)}")
+        for cluster in self.databases:
+            try:
+                if cluster.is_running():
+                    cluster.stop()
+                    said.append(f"{cluster.server.alias}: stopped")
+            except servers.DevstackError as exc:
+                said.append(f"{cluster.server.alias}: {exc}")
+        said += net.remove_all(grace=10)
+        return said
