@@ -189,7 +189,9 @@ class Load:
             if tries == 0:
                 with self.lock:
                     self.retrying += 1
-            # Backoff with jitter from 0.25 s up to 4 s (the service says Retry-After: 1).
+            # Backoff with jitter from 0.25 s up to 4 s (the service says Retry-After: 1), on a new
+            # connection: the server closes an idle keep-alive one after a couple of seconds.
+            api.close()
             time.sleep(min(4.0, 0.25 * 2**tries) * rng.uniform(0.5, 1.0))
             tries += 1
         if tries:

@@ -140,5 +140,15 @@ def bad_answers(requests: list[Request]) -> list[str]:
     return found
 
 
+def timed_out(requests: list[Request]) -> list[str]:
+    """Attempts the API did not answer within the client's timeout: a request that hung."""
+    return [
+        f"{r.key} ({r.payer_shard}->{r.payee_shard}) sent at {a.sent:.1f}"
+        for r in requests
+        for a in r.attempts
+        if a.status is None and (a.error or "").startswith("TimeoutError")
+    ]
+
+
 def groups(requests: list[Request], **predicates: Callable[[Request], bool]) -> dict[str, list[Request]]:
     return {name: [r for r in requests if r.kind == "transfer" and keep(r)] for name, keep in predicates.items()}

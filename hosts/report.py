@@ -38,6 +38,8 @@ def lines(outcome: Outcome) -> list[str]:
             f" of before; touching {PARTITIONED_SHARD}: {f.get('outcomes_touching_it')},"
             f" all terminal {f.get('terminal_after_link_up_s')} s after the link came back"
         )
+        refused = f["503_latency"]
+        out.append(f"  its 503s took p50 {refused['p50_ms']} ms, max {refused['max_ms']} ms ({refused['n']})")
     if "latency" in f:
         for group, row in f["latency"].items():
             out.append(

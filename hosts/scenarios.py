@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hosts import app, broker, figures, net, servers, sockets
+from hosts.client import REQUEST_TIMEOUT
 from hosts.figures import Window
 from hosts.layout import CLIENT, PARTITIONED_SHARD, RESULTS, SLOW_SHARD, host, relative
 from hosts.records import LoadResult
@@ -146,13 +147,17 @@ class Runner:
                 outcome.failures.append(f"{check}: {message}")
             if len(messages) > 10:
                 outcome.failures.append(f"{check}: ... and {len(messages) - 10} more ({relative(RESULTS)})")
-        outcome.figures["checks"] = {name: "OK" if c["ok"] else "FAILED" for name, c in checks["commands"].items()} | {
-            "bank test": "OK" if not checks["violations"] else "FAILED",
+        commands = checks["commands"]
+        bank = [check for check in checks["violations"] if check not in commands]
+        outcome.figures["checks"] = {name: "OK" if c["ok"] else "FAILED" for name, c in commands.items()} | {
+            "bank test": "FAILED" if bank else "OK",
             "settle_s": checks["settle_seconds"],
         }
-        outcome.figures["money"] = checks["counts"].get("money")
+        outcome.figures["money"] = checks.get("counts", {}).get("money")
         for bad in figures.bad_answers(result.requests)[:10]:
             outcome.failures.append(f"not a retryable answer: {bad}")
+        hung = figures.timed_out(result.requests)
+        outcome.require(not hung, f"{len(hung)} request(s) got no answer within {REQUEST_TIMEOUT:g} s: {hung[:5]}")
         dead = self.stack.dead_programs()
         outcome.require(not dead, f"processes died during the scenario: {', '.join(dead)}")
         # The next scenario starts on a quiet service: the saga's queue must empty on its own.
@@ -207,6 +212,11 @@ class Runner:
             table[name] = {w.name: figures.throughput(requests, times, w) for w in windows}
             table[name]["during_statuses"] = figures.status_counts(requests, windows[1])
         outcome.figures["partition"] = table
+        # How long a request touching the unreachable shard held its API thread before its 503.
+        refused = [a.latency for r in parts["payer_on_it"] for a in r.attempts if a.status == 503]
+        outcome.figures["503_latency"] = figures.latency_summary(refused) | {
+            "max_ms": figures.ms(max(refused, default=0))
+        }
         before = table["untouched"]["before"]["completed_per_s"]
         during = table["untouched"]["during"]["completed_per_s"]
         ratio = round(during / before, 2) if before else 0.0
@@ -216,7 +226,8 @@ class Runner:
             f"transfers not touching {shard.name} completed at {during}/s during the partition, {ratio:.0%} of"
             f" {before}/s before (at least {o.min_others_ratio:.0%} expected)",
         )
-        mine = [times[a.transfer_id] for r in parts["payer_on_it"] + parts["payee_on_it"] if (a := figures.accepted(r))]
+        touching = parts["payer_on_it"] + parts["payee_on_it"]
+        mine = [row for r in touching if (a := figures.accepted(r)) and (row := times.get(a.transfer_id or ""))]
         ends = ("completed", "failed")
         outcome.figures["outcomes_touching_it"] = {end: sum(1 for row in mine if row[0] == end) for end in ends}
         if mine and all(row[0] in ends for row in mine):

@@ -41,6 +41,8 @@ def transfer_times() -> dict[str, tuple[str, float, float]]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from django.db import DatabaseError
+
     from chaos import settle
     from chaos.checks import verify
     from chaos.history import History
@@ -60,7 +62,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             history.add_op(request.to_op())
             if request.kind == "deposit":
                 shard_of[request.payer] = request.payer_shard
-    snap = take_snapshot(args.client_id)
+    try:
+        snap = take_snapshot(args.client_id)
+    except DatabaseError as exc:  # a shard still unreachable: that is the verdict
+        message = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
+        return {"ok": False, "violations": {"every shard readable": [message]}, "counts": {}, "commands": {},
+                "settle_seconds": settled, "in_flight_left": len(left), "transfers": {}}  # fmt: skip
     wallets = Wallets(payers=sorted(shard_of), other_payees=[], frozen=[], foreign=[], lean=[], shard_of=shard_of)
     verdict = verify(history, snap, wallets)
     commands = {}

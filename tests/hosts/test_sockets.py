@@ -1,0 +1,78 @@
+"""Who may talk to whom between the hosts: listeners on their own address, connections on the deployment's edges."""
+
+from __future__ import annotations
+
+from hosts.layout import APP, AUDIT_HTTP_PORT, CLIENT, REDIS, SHARD_HOSTS, SLOW_SHARD, host
+from hosts.sockets import Socket, problems, summary
+
+ANY = "0.0.0.0"  # noqa: S104 - what `ss` shows as a listener's peer, and the refused case
+SHARD = SHARD_HOSTS[0]
+SLOW = host(SLOW_SHARD)
+
+
+def listen(on: str, address: str, port: int) -> Socket:
+    return Socket(on, "tcp", "LISTEN", address, port, ANY, 0, "")
+
+
+def conn(on: str, local: str, local_port: int, peer: str, peer_port: int) -> Socket:
+    return Socket(on, "tcp", "ESTAB", local, local_port, peer, peer_port, "")
+
+
+DEPLOYMENT = [
+    listen(SHARD.name, SHARD.address, 5432),
+    listen(SLOW.name, SLOW.address, 6432),
+    listen(REDIS.name, REDIS.address, 6379),
+    listen(APP.name, APP.address, 8000),
+    listen(APP.name, "127.0.0.1", AUDIT_HTTP_PORT),
+    conn(APP.name, APP.address, 40000, SHARD.address, 5432),
+    conn(SHARD.name, SHARD.address, 5432, APP.address, 40000),
+    conn(APP.name, APP.address, 40001, SLOW.address, 6432),
+    conn(SLOW.name, SLOW.address, 40002, SLOW.address, 5432),  # the relay to its own server
+    conn(APP.name, APP.address, 40003, REDIS.address, 6379),
+    conn(CLIENT.name, CLIENT.address, 40004, APP.address, 8000),
+    conn(APP.name, APP.address, 8000, CLIENT.address, 40004),
+    conn(APP.name, "127.0.0.1", 40005, "127.0.0.1", AUDIT_HTTP_PORT),  # reconcile on the app host
+]
+
+
+def test_the_deployments_sockets_are_allowed() -> None:
+    assert problems(DEPLOYMENT) == []
+
+
+def test_a_server_listening_on_every_address_is_refused() -> None:
+    found = problems([*DEPLOYMENT, listen(REDIS.name, ANY, 6379)])
+    assert len(found) == 1
+    assert f"listens on {ANY}, not only its host's {REDIS.address}" in found[0]
+
+
+def test_loopback_other_than_the_audit_endpoint_is_refused() -> None:
+    found = problems([*DEPLOYMENT, listen(SHARD.name, "127.0.0.1", 5432)])
+    assert found == [f"loopback in use: {listen(SHARD.name, '127.0.0.1', 5432)}"]
+
+
+def test_a_connection_off_the_deployments_edges_is_refused() -> None:
+    # The client reaching a shard directly, around the API.
+    found = problems([*DEPLOYMENT, conn(CLIENT.name, CLIENT.address, 40010, SHARD.address, 5432)])
+    assert len(found) == 1
+    assert "client -> shard_00:5432" in found[0]
+
+
+def test_the_slow_shard_is_reached_through_its_relay_only() -> None:
+    found = problems([*DEPLOYMENT, conn(APP.name, APP.address, 40011, SLOW.address, 5432)])
+    assert len(found) == 1
+
+
+def test_a_unix_socket_at_a_path_is_refused() -> None:
+    ctl = Socket(APP.name, "unix", "LISTEN", "/root/.gunicorn/gunicorn.ctl", 0, "", 0, "")
+    abstract = Socket(APP.name, "unix", "LISTEN", "@/some/abstract", 0, "", 0, "")
+    assert len(problems([*DEPLOYMENT, ctl, abstract])) == 1
+
+
+def test_summary_counts_the_connections_each_host_makes() -> None:
+    assert summary(DEPLOYMENT) == {
+        "app->redis:6379": 1,
+        "app->shard_00:5432": 1,
+        f"app->{SLOW_SHARD}:6432": 1,
+        "client->app:8000": 1,
+        f"{SLOW_SHARD}->{SLOW_SHARD}:5432": 1,
+    }
