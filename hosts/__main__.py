@@ -20,7 +20,7 @@ from bench.stack import ROOT
 from hosts import report
 from hosts.layout import LOGS, relative
 from hosts.scenarios import Options, Outcome, Runner
-from hosts.stack import Stack, StackError, hold_run_lock, remove_leftovers
+from hosts.stack import Stack, StackError, check_tools, hold_run_lock, remove_leftovers
 
 SCENARIOS = ("a", "b", "c")
 
@@ -78,6 +78,7 @@ def main(argv: list[str]) -> int:
             " bridge, and runs PostgreSQL as the postgres user"
         )
     os.chdir(ROOT)
+    check_tools()
     lock = hold_run_lock()  # noqa: F841 - held for the whole run
     for line in remove_leftovers():
         print(f"hosts: leftover of an earlier run: {line}", flush=True)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from apps.sharding.devstack import _apt_install, postgres_bindir
 from chaos.supervisor import Program
 from hosts import app, net, servers
 from hosts.layout import (
@@ -38,7 +39,9 @@ from hosts.layout import (
     relative,
 )
 
-LOCK = DIR.parent / "hosts.lock"  # beside var/hosts/, which each run empties
+# Machine-wide, not per checkout: the namespaces are the machine's, and a run removes whatever
+# namespaces with our prefix it finds as an earlier run's leftovers.
+LOCK = Path("/run/lock/shardwallet-test-hosts.lock")
 
 
 class StackError(RuntimeError):
@@ -52,8 +55,18 @@ def hold_run_lock() -> IO[str]:
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise SystemExit(f"another `make test-hosts` holds {relative(LOCK)}") from None
+        raise SystemExit(f"another `make test-hosts` on this machine holds {LOCK}") from None
     return lock  # held until this process exits
+
+
+def check_tools() -> None:
+    """What the hosts need from the machine; PostgreSQL and Redis are installed if missing, as `make run` does."""
+    missing = [tool for tool in ("ip", "ss", "runuser") if shutil.which(tool) is None]
+    if missing:
+        raise SystemExit(f"make test-hosts needs {', '.join(missing)} (iproute2, util-linux)")
+    postgres_bindir()
+    if shutil.which("redis-server") is None:
+        _apt_install("redis-server")
 
 
 def remove_leftovers() -> list[str]:
