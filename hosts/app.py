@@ -121,9 +121,6 @@ def configure(*, api_workers: int, api_threads: int, worker_concurrency: int) ->
         "SHARDWALLET_AUDIT_AUDITORS": ":".join(auditor),
         "SHARDWALLET_AUDIT_CDC_EXPECTED": "1",
         "SHARDWALLET_LOG_LEVEL": "WARNING",
-        # gunicorn 23+ opens a control socket at ~/.gunicorn/gunicorn.ctl: a path on the filesystem
-        # every host here shares (and two API servers of one machine would share). Not needed.
-        "GUNICORN_CMD_ARGS": "--no-control-socket",
         **SAGA_ENV,
     }
     return AppConfig(env, auditor)

@@ -17,7 +17,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from apps.sharding.devstack import POSTGRES_CONF, DevstackError, PostgresCluster, postgres_bindir
+from apps.sharding.devstack import (
+    POSTGRES_CONF,
+    VANISHED_CLIENTS_CONF,
+    DevstackError,
+    PostgresCluster,
+    postgres_bindir,
+)
 from apps.sharding.shardmap import DatabaseServer
 from chaos.supervisor import Program
 from hosts import net
@@ -36,21 +42,6 @@ from hosts.layout import (
 )
 
 PG_PASSWORD_FILE = SECRETS / "pg_password"
-
-# Beyond the devstack's settings, what a server reached over a real network needs: a client
-# that vanishes (its host cut off, its socket closed by the client's own timeout while the
-# FIN could not get through) must not keep its backend, its transaction and its row locks.
-# Without these the server learns of it after TCP's 2 hours of keepalive: scenario (b) then
-# ends with transfers blocked behind an orphaned transaction's locks long after the link is
-# back (`python -m hosts --scenarios b --no-server-keepalives` shows it).
-SERVER_KEEPALIVES_CONF = """
-# written by hosts/servers.py: drop the connections of clients that are gone
-tcp_keepalives_idle = 5
-tcp_keepalives_interval = 2
-tcp_keepalives_count = 3
-tcp_user_timeout = 5000
-client_connection_check_interval = 2000
-"""
 
 
 def pg_password() -> str:
@@ -77,7 +68,9 @@ class HostPostgres(PostgresCluster):
     """A PostgreSQL server run inside its host's namespace; data under var/hosts/pg/<host>."""
 
     host: Host | None = None
-    keepalives: bool = True  # SERVER_KEEPALIVES_CONF
+    # VANISHED_CLIENTS_CONF; without it (`python -m hosts --scenarios b --no-server-keepalives`)
+    # scenario (b) ends with transfers blocked behind an orphaned transaction's row locks.
+    keepalives: bool = True
 
     @classmethod
     def on(cls, host: Host, database: str, *, keepalives: bool = True) -> HostPostgres:
@@ -115,7 +108,7 @@ class HostPostgres(PostgresCluster):
         self.log_file.touch()
         own_conf = self.data_dir / "shardwallet.conf"
         conf = POSTGRES_CONF.format(host=self.server.host, port=self.server.port)
-        own_conf.write_text(conf + (SERVER_KEEPALIVES_CONF if self.keepalives else ""))
+        own_conf.write_text(conf + (VANISHED_CLIENTS_CONF if self.keepalives else ""))
         for path in (self.log_file, own_conf):
             shutil.chown(path, "postgres", "postgres")
         self._pg("pg_ctl", "start", "-D", str(self.data_dir), "-l", str(self.log_file), "-w", "-t", "60")

@@ -175,6 +175,9 @@ SAGA_RETRY_MAX_SECONDS = float(os.environ.get("SHARDWALLET_SAGA_RETRY_MAX_SECOND
 # The sweeper re-drives in-flight transfers untouched for this long (longer than a retry's backoff).
 SAGA_STALLED_AFTER_SECONDS = float(os.environ.get("SHARDWALLET_SAGA_STALLED_AFTER_SECONDS", "60"))
 SAGA_SWEEP_INTERVAL_SECONDS = float(os.environ.get("SHARDWALLET_SAGA_SWEEP_INTERVAL_SECONDS", "15"))
+# The sweeper sends nothing while the broker's queue holds this many messages: they reach the
+# transfers it would re-drive anyway, and re-sending during a backlog only lengthens it.
+SAGA_SWEEP_MAX_BACKLOG = int(os.environ.get("SHARDWALLET_SAGA_SWEEP_MAX_BACKLOG", "1000"))
 IDEMPOTENCY_KEY_TTL_HOURS = 24
 
 # Audit: change data capture from every shard into ClickHouse (apps/audit).

@@ -21,6 +21,9 @@ def api_argv(bind: str, workers: int, threads: int) -> list[str]:
         sys.executable, "-m", "gunicorn", "wallet_project.wsgi", "--bind", bind,
         "--workers", str(workers), "--worker-class", "gthread", "--threads", str(threads),
         "--backlog", "2048", "--access-logfile", "-", "--graceful-timeout", "5",
+        # gunicorn's control interface (a unix socket in ~/.gunicorn, one path for every server
+        # on the host) is not used: servers started side by side would contend for it.
+        "--no-control-socket",
     ]  # fmt: skip
 
 

@@ -41,6 +41,9 @@ DRAINED_TRANSFERS = Counter(
 )
 SAGA_PARKED = Counter("shardwallet_saga_parked_total", "Transfers parked after their retries ran out.")
 SWEEPER_REDRIVEN = Counter("shardwallet_sweeper_redriven_total", "Stalled transfers re-enqueued by the sweeper.")
+SWEEPER_DEFERRED = Counter(
+    "shardwallet_sweeper_deferred_total", "Sweeps that sent nothing because the broker held a backlog."
+)
 HTTP_REQUEST_SECONDS = Histogram(
     "shardwallet_http_request_seconds",
     "HTTP request latency, by method, route pattern and status code.",

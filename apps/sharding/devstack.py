@@ -47,6 +47,19 @@ autovacuum_naptime = 5s
 """
 
 
+# A client that vanishes (its host cut off, or its socket closed by the client's own timeout
+# while the FIN could not get through) must not keep its backend, its open transaction and
+# its row locks for TCP's two hours: the server probes idle clients and checks, during a
+# query, that its client is still there. `make test-hosts` (a partition) needs it; so does
+# any deployment (docs/DEPLOY.md).
+VANISHED_CLIENTS_CONF = """tcp_keepalives_idle = 5
+tcp_keepalives_interval = 2
+tcp_keepalives_count = 3
+tcp_user_timeout = 5000
+client_connection_check_interval = 2000
+"""
+
+
 class DevstackError(RuntimeError):
     """The local stack cannot be brought up; the message says what to do."""
 
@@ -141,7 +154,7 @@ class PostgresCluster:
             )
         self.log_file.touch()
         own_conf = self.data_dir / "shardwallet.conf"
-        own_conf.write_text(POSTGRES_CONF.format(host=self.server.host, port=self.server.port))
+        own_conf.write_text(POSTGRES_CONF.format(host=self.server.host, port=self.server.port) + VANISHED_CLIENTS_CONF)
         if _running_as_root():
             shutil.chown(self.log_file, "postgres", "postgres")
             shutil.chown(own_conf, "postgres", "postgres")
