@@ -143,7 +143,7 @@ SPECTACULAR_SETTINGS = {
 }
 
 # JSON lines by default (every `extra` field, e.g. transfer_id, becomes a key); "text" for humans.
-LOG_FORMAT = os.environ.get("SHARDWALLET_LOG_FORMAT", "json")
+LOG_FORMAT = ENV.optional("SHARDWALLET_LOG_FORMAT", "json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -152,7 +152,7 @@ LOGGING = {
         "text": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
-    "root": {"handlers": ["console"], "level": os.environ.get("SHARDWALLET_LOG_LEVEL", "INFO")},
+    "root": {"handlers": ["console"], "level": ENV.optional("SHARDWALLET_LOG_LEVEL", "INFO")},
 }
 
 # The processes of each role (apps/common/management/commands/run_*.py; the image's entry points).
@@ -168,16 +168,16 @@ METRICS_DIR = DEVSTACK_DIR / "metrics"
 # Transfers and the saga.
 TRANSFER_MAX_WAIT_SECONDS = 30
 # How long a write waits while its buckets switch shards before answering 503 shard_moving.
-SHARD_MOVE_WAIT_SECONDS = float(os.environ.get("SHARDWALLET_SHARD_MOVE_WAIT_SECONDS", "5"))
-SAGA_MAX_RETRIES = int(os.environ.get("SHARDWALLET_SAGA_MAX_RETRIES", "12"))
-SAGA_RETRY_BASE_SECONDS = float(os.environ.get("SHARDWALLET_SAGA_RETRY_BASE_SECONDS", "0.5"))
-SAGA_RETRY_MAX_SECONDS = float(os.environ.get("SHARDWALLET_SAGA_RETRY_MAX_SECONDS", "30"))
+SHARD_MOVE_WAIT_SECONDS = float(ENV.optional("SHARDWALLET_SHARD_MOVE_WAIT_SECONDS", "5"))
+SAGA_MAX_RETRIES = int(ENV.optional("SHARDWALLET_SAGA_MAX_RETRIES", "12"))
+SAGA_RETRY_BASE_SECONDS = float(ENV.optional("SHARDWALLET_SAGA_RETRY_BASE_SECONDS", "0.5"))
+SAGA_RETRY_MAX_SECONDS = float(ENV.optional("SHARDWALLET_SAGA_RETRY_MAX_SECONDS", "30"))
 # The sweeper re-drives in-flight transfers untouched for this long (longer than a retry's backoff).
-SAGA_STALLED_AFTER_SECONDS = float(os.environ.get("SHARDWALLET_SAGA_STALLED_AFTER_SECONDS", "60"))
-SAGA_SWEEP_INTERVAL_SECONDS = float(os.environ.get("SHARDWALLET_SAGA_SWEEP_INTERVAL_SECONDS", "15"))
+SAGA_STALLED_AFTER_SECONDS = float(ENV.optional("SHARDWALLET_SAGA_STALLED_AFTER_SECONDS", "60"))
+SAGA_SWEEP_INTERVAL_SECONDS = float(ENV.optional("SHARDWALLET_SAGA_SWEEP_INTERVAL_SECONDS", "15"))
 # The sweeper sends nothing while the broker's queue holds this many messages: they reach the
 # transfers it would re-drive anyway, and re-sending during a backlog only lengthens it.
-SAGA_SWEEP_MAX_BACKLOG = int(os.environ.get("SHARDWALLET_SAGA_SWEEP_MAX_BACKLOG", "1000"))
+SAGA_SWEEP_MAX_BACKLOG = int(ENV.optional("SHARDWALLET_SAGA_SWEEP_MAX_BACKLOG", "1000"))
 IDEMPOTENCY_KEY_TTL_HOURS = 24
 
 # Audit: change data capture from every shard into ClickHouse (apps/audit).
@@ -190,33 +190,33 @@ CLICKHOUSE_URL = ENV.optional("CLICKHOUSE_URL", "")
 # only, a read-only ClickHouse user (docs/ARCHITECTURE.md, "Auditor access"); never with
 # CLICKHOUSE_URL, the writer's. Unset: they refuse to run.
 CLICKHOUSE_AUDITOR_URL = ENV.optional("SHARDWALLET_CLICKHOUSE_AUDITOR_URL", "")
-AUDIT_HTTP_PORT = int(os.environ.get("SHARDWALLET_AUDIT_HTTP_PORT", "25123"))
+AUDIT_HTTP_PORT = int(ENV.optional("SHARDWALLET_AUDIT_HTTP_PORT", "25123"))
 # Each store's slot on a shard is `<prefix>_<first 12 hex digits of the store's id>`.
-AUDIT_SLOT_PREFIX = os.environ.get("SHARDWALLET_AUDIT_SLOT_PREFIX", "shardwallet_audit")
-AUDIT_PUBLICATION = os.environ.get("SHARDWALLET_AUDIT_PUBLICATION", "shardwallet_audit")
+AUDIT_SLOT_PREFIX = ENV.optional("SHARDWALLET_AUDIT_SLOT_PREFIX", "shardwallet_audit")
+AUDIT_PUBLICATION = ENV.optional("SHARDWALLET_AUDIT_PUBLICATION", "shardwallet_audit")
 # The shard tables captured (transfers_idempotency is left out: replayable responses, not money),
 # and the shard's journal of bucket moves (sharding_move_marker, into audit.move_journal).
-AUDIT_TABLES = os.environ.get(
+AUDIT_TABLES = ENV.optional(
     "SHARDWALLET_AUDIT_TABLES",
     "ledger_wallet,ledger_entry,transfers_transfer,transfers_event,transfers_payee_credit,sharding_move_marker",
 ).split(",")
-AUDIT_BATCH_MAX_CHANGES = int(os.environ.get("SHARDWALLET_AUDIT_BATCH_MAX_CHANGES", "20000"))
-AUDIT_BATCH_MAX_SECONDS = float(os.environ.get("SHARDWALLET_AUDIT_BATCH_MAX_SECONDS", "0.2"))
+AUDIT_BATCH_MAX_CHANGES = int(ENV.optional("SHARDWALLET_AUDIT_BATCH_MAX_CHANGES", "20000"))
+AUDIT_BATCH_MAX_SECONDS = float(ENV.optional("SHARDWALLET_AUDIT_BATCH_MAX_SECONDS", "0.2"))
 # /health shows the CDC process (and its lag) only where one is expected: `serve` sets this.
-AUDIT_CDC_EXPECTED = os.environ.get("SHARDWALLET_AUDIT_CDC_EXPECTED", "0") == "1"
+AUDIT_CDC_EXPECTED = ENV.optional("SHARDWALLET_AUDIT_CDC_EXPECTED", "0") == "1"
 # The CDC process lowers its CPU priority by this much (0: not at all).
-AUDIT_CDC_NICE = int(os.environ.get("SHARDWALLET_AUDIT_CDC_NICE", "10"))
-AUDIT_MAX_LAG_SECONDS = float(os.environ.get("SHARDWALLET_AUDIT_MAX_LAG_SECONDS", "30"))
+AUDIT_CDC_NICE = int(ENV.optional("SHARDWALLET_AUDIT_CDC_NICE", "10"))
+AUDIT_MAX_LAG_SECONDS = float(ENV.optional("SHARDWALLET_AUDIT_MAX_LAG_SECONDS", "30"))
 # How often the CDC process looks for shards added to the map (each gets its own reader).
 # Heartbeats into each shard's WAL (and a look at its slot) every so often: idle shards'
 # slots move on, and lag is measured in seconds even when nothing streams.
-AUDIT_HEARTBEAT_SECONDS = float(os.environ.get("SHARDWALLET_AUDIT_HEARTBEAT_SECONDS", "5"))
+AUDIT_HEARTBEAT_SECONDS = float(ENV.optional("SHARDWALLET_AUDIT_HEARTBEAT_SECONDS", "5"))
 # /health is degraded past this much WAL held by a slot (the local stack caps it at
 # max_slot_wal_keep_size = 2GB, past which the slot is lost).
-AUDIT_MAX_RETAINED_BYTES = int(os.environ.get("SHARDWALLET_AUDIT_MAX_RETAINED_BYTES", str(1 << 30)))
+AUDIT_MAX_RETAINED_BYTES = int(ENV.optional("SHARDWALLET_AUDIT_MAX_RETAINED_BYTES", str(1 << 30)))
 # A stopped stream (apps.audit.stops) tries again this often, in case the cause went away.
-AUDIT_STOPPED_RETRY_SECONDS = float(os.environ.get("SHARDWALLET_AUDIT_STOPPED_RETRY_SECONDS", "60"))
-AUDIT_SHARD_POLL_SECONDS = float(os.environ.get("SHARDWALLET_AUDIT_SHARD_POLL_SECONDS", "3"))
+AUDIT_STOPPED_RETRY_SECONDS = float(ENV.optional("SHARDWALLET_AUDIT_STOPPED_RETRY_SECONDS", "60"))
+AUDIT_SHARD_POLL_SECONDS = float(ENV.optional("SHARDWALLET_AUDIT_SHARD_POLL_SECONDS", "3"))
 
 # Embedded mode: the auditors the CDC process's endpoint lets in (apps/audit/auditors.py):
 # `name:secret,...` and/or a file of `name:secret` lines (a secret may be `sha256:<hex>`).
@@ -226,25 +226,25 @@ _AUDITORS_FILE_EXPLICIT = "SHARDWALLET_AUDIT_AUDITORS_FILE" in os.environ
 AUDIT_AUDITORS_FILE = _env_path(ENV.optional("SHARDWALLET_AUDIT_AUDITORS_FILE", str(DEVSTACK_DIR / "audit_auditors")))
 if _AUDITORS_FILE_EXPLICIT and not AUDIT_AUDITORS_FILE.exists():
     raise ImproperlyConfigured(f"SHARDWALLET_AUDIT_AUDITORS_FILE names {AUDIT_AUDITORS_FILE}, which does not exist")
-AUDIT_AUDITORS, _first_auditor = load_accounts(os.environ.get("SHARDWALLET_AUDIT_AUDITORS", ""), AUDIT_AUDITORS_FILE)
+AUDIT_AUDITORS, _first_auditor = load_accounts(ENV.optional("SHARDWALLET_AUDIT_AUDITORS", ""), AUDIT_AUDITORS_FILE)
 # How this project's tools log in to the endpoint: `name:secret`, else the first account above
 # given in clear.
-AUDIT_LOGIN = parse_login(os.environ.get("SHARDWALLET_AUDIT_LOGIN", "")) or _first_auditor
+AUDIT_LOGIN = parse_login(ENV.optional("SHARDWALLET_AUDIT_LOGIN", "")) or _first_auditor
 # Every auditor query runs under these limits, set on the read-only chDB connections
 # themselves: readonly=1 forbids the query to change them. A reconcile reads one row per
 # wallet: keep AUDIT_QUERY_MAX_RESULT_ROWS above the number of wallets (and above ~2,000:
 # clickhouse-connect reads system.settings when it connects).
-AUDIT_QUERY_MAX_SECONDS = float(os.environ.get("SHARDWALLET_AUDIT_QUERY_MAX_SECONDS", "60"))
-AUDIT_QUERY_MAX_MEMORY_BYTES = int(os.environ.get("SHARDWALLET_AUDIT_QUERY_MAX_MEMORY_BYTES", str(2 << 30)))
-AUDIT_QUERY_MAX_RESULT_ROWS = int(os.environ.get("SHARDWALLET_AUDIT_QUERY_MAX_RESULT_ROWS", "10000000"))
+AUDIT_QUERY_MAX_SECONDS = float(ENV.optional("SHARDWALLET_AUDIT_QUERY_MAX_SECONDS", "60"))
+AUDIT_QUERY_MAX_MEMORY_BYTES = int(ENV.optional("SHARDWALLET_AUDIT_QUERY_MAX_MEMORY_BYTES", str(2 << 30)))
+AUDIT_QUERY_MAX_RESULT_ROWS = int(ENV.optional("SHARDWALLET_AUDIT_QUERY_MAX_RESULT_ROWS", "10000000"))
 # Threads per query: the CDC's readers and inserts share the process's cores with it.
-AUDIT_QUERY_MAX_THREADS = int(os.environ.get("SHARDWALLET_AUDIT_QUERY_MAX_THREADS", "1"))
+AUDIT_QUERY_MAX_THREADS = int(ENV.optional("SHARDWALLET_AUDIT_QUERY_MAX_THREADS", "1"))
 # Queries at once; one more is answered 503 (ClickHouse code 202) at once, not queued.
-AUDIT_QUERY_MAX_CONCURRENT = int(os.environ.get("SHARDWALLET_AUDIT_QUERY_MAX_CONCURRENT", "2"))
+AUDIT_QUERY_MAX_CONCURRENT = int(ENV.optional("SHARDWALLET_AUDIT_QUERY_MAX_CONCURRENT", "2"))
 # audit.query_log: rows are buffered and inserted by one thread at most this often; with
 # this many waiting (the store refuses them), queries are refused rather than run unlogged.
-AUDIT_QUERY_LOG_FLUSH_SECONDS = float(os.environ.get("SHARDWALLET_AUDIT_QUERY_LOG_FLUSH_SECONDS", "1"))
-AUDIT_QUERY_LOG_MAX_PENDING = int(os.environ.get("SHARDWALLET_AUDIT_QUERY_LOG_MAX_PENDING", "10000"))
+AUDIT_QUERY_LOG_FLUSH_SECONDS = float(ENV.optional("SHARDWALLET_AUDIT_QUERY_LOG_FLUSH_SECONDS", "1"))
+AUDIT_QUERY_LOG_MAX_PENDING = int(ENV.optional("SHARDWALLET_AUDIT_QUERY_LOG_MAX_PENDING", "10000"))
 
 # Celery over Redis. Messages are triggers, never the truth: the database is.
 CELERY_BROKER_URL = REDIS_URL

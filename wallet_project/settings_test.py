@@ -2,7 +2,7 @@
 
 import os
 
-os.environ.setdefault("SHARDWALLET_ENV", "test")
+os.environ["SHARDWALLET_ENV"] = "test"  # whatever the shell exported: these are the tests' settings
 os.environ.setdefault("SHARDWALLET_SHARDS_FILE", "tests/shards.test.yaml")
 os.environ.setdefault("SHARDWALLET_DEVSTACK_DIR", "var/test")
 os.environ.setdefault("SHARDWALLET_REDIS_URL", "redis://127.0.0.1:26379/0")
@@ -46,5 +46,5 @@ from wallet_project.settings import *  # noqa: E402, F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # Tests serve admin assets straight from the apps (no collectstatic run).
-STATIC_ROOT = None
+STATIC_ROOT = None  # type: ignore[assignment]  # (a Path in the base settings)
 WHITENOISE_USE_FINDERS = True

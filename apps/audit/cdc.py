@@ -27,6 +27,7 @@ from apps.audit.slots import slot_states
 from apps.audit.status import StatusBoard
 from apps.audit.stream_state import slot_name, store_id
 from apps.sharding.routing import shard_map
+from apps.sharding.shardmap import ShardMapError
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class CdcProcess:
                         # The slot first: the heartbeat's own WAL would show as lag until the next keepalive.
                         mine = [s for s in slot_states(conn) if s.slot == self.slot]
                         emitted = emit_heartbeat(conn, self.slot)
-                except psycopg.Error as exc:
+                except (psycopg.Error, ShardMapError) as exc:  # a password file mid-rotation included
                     log.debug("cdc heartbeat to %s failed: %s", alias, exc)
                     continue
                 fields: dict[str, Any] = {"heartbeat_emitted_at": emitted, "slot_checked_at": time.time()}

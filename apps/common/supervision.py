@@ -5,8 +5,14 @@ which then stops everything in order, and so that whatever is left of a dead pro
 process group (gunicorn's workers, Celery's pool processes) is killed before the restart: an
 orphan would otherwise hold the port or a task. The delay doubles with each death in a row
 (1 s, 2 s, 4 s ... at most 30 s) and starts again at 1 s once a program has stayed up a
-while. Every restart is logged and written to a small state file that /metrics reads
-(`shardwallet_supervised_restarts_total`).
+while; a program that dies GIVE_UP_AFTER times in a row, never staying up, is broken rather
+than unlucky (a port taken, a wrong setting), and the supervisor gives up, as supervisord
+does after `startretries`. Every restart is logged and written to a small state file that
+/metrics reads (`shardwallet_supervised_restarts_total`).
+
+Stopping sends SIGTERM to each program's main process only, so that gunicorn and Celery shut
+down warmly (running requests and saga steps finish), then SIGKILL to what is left of its
+group after the timeout.
 """
 
 from __future__ import annotations
@@ -26,6 +32,11 @@ BACKOFF_FIRST_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 30.0
 STABLE_AFTER_SECONDS = 30.0  # up this long: the next death counts as the first in a row
 STOP_TIMEOUT_SECONDS = 15.0
+GIVE_UP_AFTER = 5  # deaths in a row (1 + 2 + 4 + 8 s of backoff between them)
+
+
+class SupervisorGaveUp(RuntimeError):
+    """A program keeps dying as soon as it starts."""
 
 
 @dataclass
@@ -85,6 +96,12 @@ class Supervisor:
                 program.signal_group(signal.SIGKILL)  # its orphans, if any
                 program.last_exit_code = code
                 program.deaths_in_row += 1
+                if program.deaths_in_row >= GIVE_UP_AFTER:
+                    self.write_state()
+                    raise SupervisorGaveUp(
+                        f"{program.name} exited {program.deaths_in_row} times in a row (last code {code}),"
+                        f" never staying up {STABLE_AFTER_SECONDS:.0f}s: giving up"
+                    )
                 delay = backoff_seconds(program.deaths_in_row)
                 program.restart_at = now + delay
                 self.log(
@@ -101,11 +118,12 @@ class Supervisor:
             self.write_state()
 
     def stop_all(self) -> None:
-        """SIGTERM to every group, then SIGKILL to what is left after the timeout."""
+        """SIGTERM to every main process, then SIGKILL to what is left of each group."""
         for program in self.programs.values():
             program.restart_at = None
-            if program.up:
-                program.signal_group(signal.SIGTERM)
+            if program.up and program.process is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    program.process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
         for program in self.programs.values():
             if program.process is None:

@@ -4,7 +4,8 @@ Celery's own `inspect ping` goes through the broker and waits for replies: secon
 and it says nothing about a worker whose broker connection is gone. Instead, a step of the
 worker's consumer touches `<DEVSTACK_DIR>/worker-ready/<node name>` every few seconds while
 its broker connection is up, and removes it when the consumer stops (a lost connection
-restarts the consumer). `manage.py worker_ready` says whether such a file is fresh.
+restarts the consumer), and skips a beat when the broker does not answer a ping.
+`manage.py worker_ready` says whether such a file is fresh.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import redis
 from celery import bootsteps
 from django.conf import settings
 
@@ -34,6 +36,7 @@ class ReadinessBeat(bootsteps.StartStopStep):
         super().__init__(parent, **kwargs)
         self.timer_ref: Any = None
         self.path: Path | None = None
+        self.ping_client: redis.Redis | None = None
 
     def start(self, consumer: Any) -> None:
         self.path = ready_dir() / consumer.hostname
@@ -43,8 +46,22 @@ class ReadinessBeat(bootsteps.StartStopStep):
 
     def _beat(self, consumer: Any) -> None:
         connection = consumer.connection
-        if self.path is not None and connection is not None and connection.connected:
-            self.path.touch()
+        if self.path is None or connection is None or not connection.connected:
+            return
+        # kombu's `connected` says only that the connection was not closed: a broker cut off
+        # by the network is noticed by asking it, on a client of its own with a short timeout.
+        try:
+            self._broker().ping()
+        except redis.RedisError:
+            return
+        self.path.touch()
+
+    def _broker(self) -> redis.Redis:
+        if self.ping_client is None:
+            self.ping_client = redis.Redis.from_url(
+                settings.CELERY_BROKER_URL, socket_timeout=1, socket_connect_timeout=1
+            )
+        return self.ping_client
 
     def stop(self, consumer: Any) -> None:
         if self.timer_ref is not None:

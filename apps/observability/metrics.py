@@ -42,7 +42,8 @@ DRAINED_TRANSFERS = Counter(
 SAGA_PARKED = Counter("shardwallet_saga_parked_total", "Transfers parked after their retries ran out.")
 SWEEPER_REDRIVEN = Counter("shardwallet_sweeper_redriven_total", "Stalled transfers re-enqueued by the sweeper.")
 SWEEPER_DEFERRED = Counter(
-    "shardwallet_sweeper_deferred_total", "Sweeps that sent nothing because the broker held a backlog."
+    "shardwallet_sweeper_deferred_total",
+    "Sweeps that re-drove only long-stalled transfers because the broker held a backlog.",
 )
 HTTP_REQUEST_SECONDS = Histogram(
     "shardwallet_http_request_seconds",

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,11 @@ class ShardMapError(ValueError):
     """shards.yaml is missing, malformed or inconsistent."""
 
 
+def _quote(value: str) -> str:
+    """A value inside a libpq conninfo's single quotes: backslash and quote escaped."""
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
 def _read_secret(path: str, what: str) -> str:
     try:
         return Path(path).read_text().rstrip("\r\n")
@@ -45,10 +49,10 @@ def _read_secret(path: str, what: str) -> str:
         raise ShardMapError(f"{what}: password file {path} cannot be read ({exc.strerror})") from None
 
 
-@cache
 def default_password() -> str:
     """The password of every server whose entry names none: SHARDWALLET_DB_PASSWORD, or the file
-    SHARDWALLET_DB_PASSWORD_FILE names. Read when first needed, never stored in the control database."""
+    SHARDWALLET_DB_PASSWORD_FILE names. Read at each new connection (a rotated secret is taken
+    without a restart), never stored in the control database."""
     if "SHARDWALLET_DB_PASSWORD" in os.environ:
         return os.environ["SHARDWALLET_DB_PASSWORD"]
     path = os.environ.get("SHARDWALLET_DB_PASSWORD_FILE")
@@ -87,7 +91,7 @@ class DatabaseServer:
             "host": self.host, "port": self.port, "dbname": self.name, "user": self.user,
             "password": self.secret, "connect_timeout": 5, **KEEPALIVE_OPTIONS, **extra,
         }  # fmt: skip
-        return " ".join(f"{k}='{str(v).replace(chr(39), chr(92) + chr(39))}'" for k, v in parts.items() if v != "")
+        return " ".join(f"{k}='{_quote(str(v))}'" for k, v in parts.items() if v != "")
 
     def django_settings(self) -> dict[str, Any]:
         return {
@@ -97,6 +101,9 @@ class DatabaseServer:
             "NAME": self.name,
             "USER": self.user,
             "PASSWORD": self.secret,
+            # The backend (apps/observability/backend) asks it for the password at each new
+            # connection, so a rotated password file needs no restart.
+            "SHARDWALLET_SERVER": self,
             # Persistent connections: a new connection costs more than a transfer. No health
             # check round trip per request: a dead connection fails its query, the request
             # gets 503 (safe to retry) and the connection is replaced.

@@ -81,6 +81,9 @@ def _flags() -> redis.Redis:
 _flag_client: redis.Redis | None = None
 
 
+BACKLOG_PATIENCE = 10  # stall windows the sweeper waits, during a backlog, before a re-drive
+
+
 def broker_backlog() -> int | None:
     """Task messages waiting in the broker's queue, or None when Redis cannot say."""
     from wallet_project.celery import app
@@ -174,18 +177,19 @@ def _hand_over(transfer_id: uuid.UUID, error: str) -> None:
 def sweep_stalled_transfers(limit_per_shard: int = 1000) -> int:
     """Re-drive in-flight transfers that nobody touched for a while (lost or dropped messages).
 
-    Not while the broker holds a backlog (SAGA_SWEEP_MAX_BACKLOG messages or more): after an
-    outage the queue is longer than the stall window, so every queued transfer looks stalled,
-    and re-sending them all at each sweep grew the queue faster than workers emptied it
-    (`make test-hosts`, a partition: 150,000 messages). The queued messages reach those
-    transfers anyway; a message really lost is re-sent once the backlog is under the bound.
+    While the broker holds a backlog (SAGA_SWEEP_MAX_BACKLOG messages or more), only transfers
+    untouched for BACKLOG_PATIENCE stall windows: after an outage the queue is longer than one
+    window, so every queued transfer looks stalled, and re-sending them all at each sweep grew
+    the queue faster than workers emptied it (`make test-hosts`, a partition: 150,000
+    messages). The queued messages reach those transfers anyway; one really lost still gets
+    its re-drive, later, even if the backlog never clears.
     """
+    older_than = timedelta(seconds=settings.SAGA_STALLED_AFTER_SECONDS)
     backlog = broker_backlog()
     if backlog is not None and backlog >= settings.SAGA_SWEEP_MAX_BACKLOG:
+        older_than *= BACKLOG_PATIENCE
         SWEEPER_DEFERRED.inc()
-        log.warning("sweeper waits for the broker's backlog", extra={"queued_messages": backlog})
-        return 0
-    older_than = timedelta(seconds=settings.SAGA_STALLED_AFTER_SECONDS)
+        log.warning("sweeper holds back for the broker's backlog", extra={"queued_messages": backlog})
     count = 0
     for alias in shard_aliases():
         try:

@@ -406,7 +406,8 @@ def test_supervisord_restarts_and_stops_each_role_with_its_child_processes(super
         assert program.autorestart is RestartUnconditionally, name
         assert program.startretries >= 3, name
         assert program.stopsignal == signal.SIGTERM, name
-        assert program.stopasgroup, name
+        # SIGTERM to the role's own process (a warm shutdown), SIGKILL to its group after the wait.
+        assert not program.stopasgroup, name
         assert program.killasgroup, name
         assert program.stopwaitsecs >= 10, name
 

@@ -107,7 +107,9 @@ def test_a_declared_shard_may_hold_no_bucket_yet() -> None:
 
 
 def test_a_password_may_come_from_a_file_read_at_each_connection_and_never_stored(tmp_path, monkeypatch) -> None:
-    from apps.sharding import shardmap
+    from django.db import connections
+
+    from apps.observability.backend.base import DatabaseWrapper
 
     secret = tmp_path / "shard_01.password"
     secret.write_text("first-secret\n")
@@ -115,16 +117,29 @@ def test_a_password_may_come_from_a_file_read_at_each_connection_and_never_store
     data["shards"][1]["password_file"] = str(secret)
     server = parse_shard_map(data).shards["shard_01"]
     assert server.password == ""  # what the control database would store (mapstore.save_server)
-    assert server.django_settings()["PASSWORD"] == "first-secret"
-    secret.write_text("rotated-secret\n")
+    configured = connections.configure_settings(
+        {"default": connections.settings["default"], "shard_01": server.django_settings()}
+    )["shard_01"]
+    django_connection = DatabaseWrapper(configured, "shard_01")
+    assert django_connection.get_connection_params()["password"] == "first-secret"
+    secret.write_text("rotated-secret\n")  # no restart: the next connection takes it
+    assert django_connection.get_connection_params()["password"] == "rotated-secret"
     assert "password='rotated-secret'" in server.conninfo()
 
-    monkeypatch.setenv("SHARDWALLET_DB_PASSWORD", "the-default")
-    shardmap.default_password.cache_clear()
-    try:
-        assert parse_shard_map(valid_map()).shards["shard_00"].secret == "the-default"
-    finally:
-        shardmap.default_password.cache_clear()
+    default = tmp_path / "default.password"
+    default.write_text("the-default\n")
+    monkeypatch.setenv("SHARDWALLET_DB_PASSWORD_FILE", str(default))
+    assert parse_shard_map(valid_map()).shards["shard_00"].secret == "the-default"
+    default.write_text("rotated-default\n")
+    assert parse_shard_map(valid_map()).shards["shard_00"].secret == "rotated-default"
+
+
+def test_a_conninfo_value_keeps_its_quotes_and_backslashes() -> None:
+    data = valid_map()
+    data["shards"][0]["password"] = "it's a back\\slash"
+    from psycopg.conninfo import conninfo_to_dict
+
+    assert conninfo_to_dict(parse_shard_map(data).shards["shard_00"].conninfo())["password"] == "it's a back\\slash"
 
 
 def test_an_unreadable_password_file_and_two_passwords_are_refused(tmp_path) -> None:

@@ -13,7 +13,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from apps.audit import store as audit_store
 from apps.common.bootstrap import admin_credentials, audit_login, demo_api_key
-from apps.common.supervision import Program, Supervisor, supervisor_state_file
+from apps.common.supervision import Program, Supervisor, SupervisorGaveUp, supervisor_state_file
 from apps.sharding.devstack import Devstack, DevstackError
 
 
@@ -75,7 +75,32 @@ class Command(BaseCommand):
             # Change data capture into the audit store; it also serves auditors' SQL.
             programs.append(Program("cdc", [*manage, "run_cdc"], env))
         supervisor = Supervisor(programs, supervisor_state_file(), lambda line: self.stderr.write(f"serve: {line}"))
-        supervisor.start_all()
+        stopping = False
+
+        def stop(signum: int, frame: Any) -> None:
+            nonlocal stopping
+            stopping = True
+
+        # Before anything starts: the programs run in sessions of their own, out of reach of the
+        # terminal's signals, so serve must live to stop them (closing the terminal included).
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, stop)
+        try:
+            supervisor.start_all()
+            self._announce(port, workers, cdc, key, auditor, username, password)
+            while not stopping:
+                supervisor.poll()  # a process that died is started again, after a backoff
+                time.sleep(0.5)
+        except SupervisorGaveUp as exc:
+            raise CommandError(str(exc)) from exc
+        finally:
+            supervisor.stop_all()
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+    def _announce(
+        self, port: int, workers: int, cdc: bool, key: str, auditor: tuple[str, str] | None, username: str,
+        password: str,
+    ) -> None:  # fmt: skip
         base = f"http://127.0.0.1:{port}"
         audit = ""
         if cdc and audit_store.embedded():
@@ -100,18 +125,3 @@ class Command(BaseCommand):
             f"  try:        curl -H 'Authorization: Bearer {key}' {base}/v1/wallets\n"
             f"A process that dies is restarted (serve logs it; /metrics counts it). Ctrl-C stops everything.\n"
         )
-        stopping = False
-
-        def stop(signum: int, frame: Any) -> None:
-            nonlocal stopping
-            stopping = True
-
-        signal.signal(signal.SIGINT, stop)
-        signal.signal(signal.SIGTERM, stop)
-        try:
-            while not stopping:
-                supervisor.poll()  # a process that died is started again, after a backoff
-                time.sleep(0.5)
-        finally:
-            supervisor.stop_all()
-            shutil.rmtree(metrics_dir, ignore_errors=True)
