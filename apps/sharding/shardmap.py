@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from wallet_project.environment import Environment
+
 MAX_BUCKETS = 4096  # ids carry the bucket in 12 bits (see apps.sharding.ids)
 ALIAS_PATTERN = re.compile(r"^shard_\d{2,}$")
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
@@ -21,7 +23,7 @@ LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 # send after this long, and an idle connection's keepalive probes after about keepalives_idle
 # plus this, instead of TCP's 15 minutes: the request gets 503 (safe to retry), the saga step
 # retries, and the threads and workers it held serve other shards again.
-TCP_USER_TIMEOUT_MS = int(os.environ.get("SHARDWALLET_DB_TCP_USER_TIMEOUT_MS", "5000"))
+TCP_USER_TIMEOUT_MS = int(Environment().optional("SHARDWALLET_DB_TCP_USER_TIMEOUT_MS", "5000"))
 KEEPALIVE_OPTIONS = {
     "keepalives": 1,
     "keepalives_idle": 5,
