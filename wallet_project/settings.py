@@ -226,7 +226,9 @@ _AUDITORS_FILE_EXPLICIT = "SHARDWALLET_AUDIT_AUDITORS_FILE" in os.environ
 AUDIT_AUDITORS_FILE = _env_path(ENV.optional("SHARDWALLET_AUDIT_AUDITORS_FILE", str(DEVSTACK_DIR / "audit_auditors")))
 if _AUDITORS_FILE_EXPLICIT and not AUDIT_AUDITORS_FILE.exists():
     raise ImproperlyConfigured(f"SHARDWALLET_AUDIT_AUDITORS_FILE names {AUDIT_AUDITORS_FILE}, which does not exist")
-AUDIT_AUDITORS, _first_auditor = load_accounts(ENV.optional("SHARDWALLET_AUDIT_AUDITORS", ""), AUDIT_AUDITORS_FILE)
+# Not through ENV: SHARDWALLET_AUDIT_AUDITORS_FILE is a file of accounts of its own (above),
+# read beside the inline ones, not instead of them.
+AUDIT_AUDITORS, _first_auditor = load_accounts(os.environ.get("SHARDWALLET_AUDIT_AUDITORS", ""), AUDIT_AUDITORS_FILE)
 # How this project's tools log in to the endpoint: `name:secret`, else the first account above
 # given in clear.
 AUDIT_LOGIN = parse_login(ENV.optional("SHARDWALLET_AUDIT_LOGIN", "")) or _first_auditor

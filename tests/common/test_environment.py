@@ -100,3 +100,13 @@ def test_the_audit_store_dsns_may_come_from_files(tmp_path: Path) -> None:
     result = _manage(["check"], {**env, "CLICKHOUSE_URL_FILE": str(tmp_path / "absent")})
     assert result.returncode == 1
     assert "CLICKHOUSE_URL_FILE names" in result.stderr
+
+
+def test_the_auditors_file_is_a_file_of_accounts_not_the_inline_variable(tmp_path: Path) -> None:
+    accounts = tmp_path / "auditors"
+    accounts.write_text("alice:first-secret\n# the second one\nbob:second-secret\n")
+    script = "from django.conf import settings; print(sorted(settings.AUDIT_AUDITORS))"
+    env = {**PRODUCTION_REQUIRED, "SHARDWALLET_AUDIT_AUDITORS_FILE": str(accounts)}
+    result = _manage(["shell", "--verbosity", "0", "-c", script], env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['alice', 'bob']"
