@@ -6,7 +6,6 @@ silently sends money rows to the wrong database.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,10 +54,11 @@ def default_password() -> str:
     """The password of every server whose entry names none: SHARDWALLET_DB_PASSWORD, or the file
     SHARDWALLET_DB_PASSWORD_FILE names. Read at each new connection (a rotated secret is taken
     without a restart), never stored in the control database."""
-    if "SHARDWALLET_DB_PASSWORD" in os.environ:
-        return os.environ["SHARDWALLET_DB_PASSWORD"]
-    path = os.environ.get("SHARDWALLET_DB_PASSWORD_FILE")
-    return _read_secret(path, "SHARDWALLET_DB_PASSWORD_FILE") if path else ""
+    env = Environment()
+    value = env.value("SHARDWALLET_DB_PASSWORD")
+    if env.problems:
+        raise ShardMapError("; ".join(env.problems))
+    return value or ""
 
 
 @dataclass(frozen=True)
