@@ -5,7 +5,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from apps.audit.status import STALE_AFTER_SECONDS, health_component, read_status, status_file
+from apps.audit.status import health_component, read_status, running_status, status_file
 from apps.sharding.routing import shard_aliases
 
 
@@ -20,12 +20,13 @@ class Command(BaseCommand):
         parser.add_argument("--live", action="store_true", help="liveness only: the process updated its status lately")
 
     def handle(self, *args: Any, live: bool, **options: Any) -> None:
-        status = read_status()
+        status = running_status()
         if status is None:
-            raise CommandError(f"no CDC status at {status_file()}: run_cdc has not started here")
-        age = time.time() - status["updated_at"]
-        if status.get("stopped") or age > STALE_AFTER_SECONDS:
-            raise CommandError(f"the CDC process {status['pid']} is not running (status {age:.0f}s old)")
+            last = read_status()
+            if last is None:
+                raise CommandError(f"no CDC status at {status_file()}: run_cdc has not started here")
+            age = time.time() - last["updated_at"]
+            raise CommandError(f"the CDC process {last['pid']} is not running (status {age:.0f}s old)")
         if live:
             self.stdout.write(f"live: process {status['pid']}")
             return
