@@ -38,17 +38,23 @@ def _probe(check: Any) -> dict[str, Any]:
     return {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
 
 
-def _database_check(alias: str) -> Any:
-    def check() -> None:
-        connection = connections[alias]
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT 1")
-        except Exception:
-            connection.close()  # do not keep a broken persistent connection
-            raise
+def _on_connection(alias: str, work: Any) -> Any:
+    """work(connection) on `alias`'s persistent connection, which is closed if it fails: never kept broken."""
+    connection = connections[alias]
+    try:
+        return work(connection)
+    except Exception:
+        connection.close()
+        raise
 
-    return check
+
+def _select_one(connection: Any) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+
+
+def _database_check(alias: str) -> Any:
+    return lambda: _on_connection(alias, _select_one)
 
 
 _redis_clients: dict[str, redis.Redis] = {}
@@ -99,12 +105,7 @@ def _migrations_check(alias: str) -> Any:
     def check() -> None:
         if alias in _migrated:
             return
-        connection = connections[alias]
-        try:
-            applied = set(MigrationRecorder(connection).applied_migrations())
-        except Exception:
-            connection.close()
-            raise
+        applied = set(_on_connection(alias, lambda c: MigrationRecorder(c).applied_migrations()))
         pending = sorted(f"{app}.{name}" for app, name in _code_migrations() - applied)
         if pending:
             shown = ", ".join(pending[:5]) + (f" and {len(pending) - 5} more" if len(pending) > 5 else "")
