@@ -28,8 +28,9 @@ SECRET_KEY = ENV.get("SHARDWALLET_SECRET_KEY", "dev-only-insecure-secret-key-cha
 DEBUG = ENV.flag("SHARDWALLET_DEBUG", False)
 if DEBUG and ENV.production:
     ENV.refuse("SHARDWALLET_DEBUG=1 is refused in production: it shows settings and SQL in error pages")
-if ENV.production and ENV.value("SHARDWALLET_CRASH_AT"):
-    ENV.refuse("SHARDWALLET_CRASH_AT (the fault tests' crash points) is refused in production")
+for _fault_variable in ("SHARDWALLET_CRASH_AT", "SHARDWALLET_STOP_AT"):
+    if ENV.production and ENV.value(_fault_variable):
+        ENV.refuse(f"{_fault_variable} (the fault tests' crash points) is refused in production")
 ALLOWED_HOSTS = ENV.get("SHARDWALLET_ALLOWED_HOSTS", "127.0.0.1,localhost,testserver").split(",")
 # The admin behind a TLS-terminating proxy: its public origin, e.g. https://wallet.example.com.
 CSRF_TRUSTED_ORIGINS = [o for o in ENV.optional("SHARDWALLET_CSRF_TRUSTED_ORIGINS", "").split(",") if o]

@@ -4,6 +4,10 @@ SHARDWALLET_CRASH_AT="<point>:<marker file>" makes the process group die by SIGK
 at <point>, once: only while the marker file exists (it is removed first). The tests
 use it to kill a real Celery worker between two committed saga steps.
 "<point>:always" kills it every time it gets there (a step that always kills its worker).
+
+SHARDWALLET_STOP_AT="<point>:<marker file>" instead stops the process itself by SIGSTOP
+there, once (a process that hangs: it keeps its connections, locks and leases until a
+SIGCONT or a kill).
 """
 
 from __future__ import annotations
@@ -13,17 +17,24 @@ import signal
 from pathlib import Path
 
 
-def crash_point(point: str) -> None:
-    spec = os.environ.get("SHARDWALLET_CRASH_AT")
-    if not spec:
-        return
+def _claim(spec: str, point: str) -> bool:
+    """True once for `point` while the spec's marker file exists (it is removed)."""
     wanted, _, marker = spec.partition(":")
     if wanted != point or not marker:
-        return
-    if marker == "always":
-        os.killpg(os.getpgid(0), signal.SIGKILL)
+        return False
     try:
         Path(marker).unlink()
     except FileNotFoundError:
+        return False
+    return True
+
+
+def crash_point(point: str) -> None:
+    stop = os.environ.get("SHARDWALLET_STOP_AT")
+    if stop and _claim(stop, point):
+        os.kill(os.getpid(), signal.SIGSTOP)
+    spec = os.environ.get("SHARDWALLET_CRASH_AT")
+    if not spec:
         return
-    os.killpg(os.getpgid(0), signal.SIGKILL)
+    if spec == f"{point}:always" or _claim(spec, point):
+        os.killpg(os.getpgid(0), signal.SIGKILL)

@@ -40,6 +40,10 @@ DRAINED_TRANSFERS = Counter(
     ["outcome"],
 )
 SAGA_PARKED = Counter("shardwallet_saga_parked_total", "Transfers parked after their retries ran out.")
+SAGA_MOVE_WAITS = Counter(
+    "shardwallet_saga_move_waits_total",
+    "Saga runs that waited out a bucket move's fence (not counted as attempts: a fence never parks).",
+)
 SWEEPER_REDRIVEN = Counter("shardwallet_sweeper_redriven_total", "Stalled transfers re-enqueued by the sweeper.")
 SWEEPER_DEFERRED = Counter(
     "shardwallet_sweeper_deferred_total",

@@ -45,3 +45,34 @@ CREATE TRIGGER sharding_guard BEFORE INSERT OR UPDATE OR DELETE ON {table}
 
 def drop_guard_sql(table: str) -> str:
     return f"DROP TRIGGER sharding_guard ON {table}; DROP FUNCTION sharding_guard_{table}();"
+
+
+def truncate_guard_sql(table: str) -> str:
+    """Refuse TRUNCATE of a sharded table while a move involves this shard.
+
+    A TRUNCATE ignores row filters: replicated, it would empty the target's other ranges,
+    and under a fence it would wipe the copy the switch compares against.
+    """
+    return f"""
+CREATE TRIGGER sharding_truncate_guard BEFORE TRUNCATE ON {table}
+    FOR EACH STATEMENT EXECUTE FUNCTION sharding_refuse_truncate_while_moving();
+"""
+
+
+def drop_truncate_guard_sql(table: str) -> str:
+    return f"DROP TRIGGER sharding_truncate_guard ON {table};"
+
+
+REFUSE_TRUNCATE_FUNCTION = """
+CREATE FUNCTION sharding_refuse_truncate_while_moving() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM sharding_bucket_owner WHERE state = 'fenced')
+       OR EXISTS (SELECT 1 FROM pg_publication WHERE pubname LIKE 'shardwallet\\_move\\_%')
+       OR EXISTS (SELECT 1 FROM pg_subscription WHERE subname LIKE 'shardwallet\\_move\\_%') THEN
+        RAISE EXCEPTION 'TRUNCATE of % refused: a bucket move involves this shard', TG_TABLE_NAME
+            USING ERRCODE = 'SWF02', HINT = 'finish or abort the move (move_buckets --status) first';
+    END IF;
+    RETURN NULL;
+END
+$$;
+"""

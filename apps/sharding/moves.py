@@ -10,11 +10,13 @@ from typing import Any
 from django.db import IntegrityError, connections
 
 PHASES = ("copying", "catching_up", "verifying", "switching", "cleaning", "done")
+# The phase of a move being undone: no take-over may start, `--abort` finishes it.
+ABORTING = "aborting"
 ACTIVE, DONE, ABORTED = "active", "done", "aborted"
 
 _COLUMNS = (
     "id, first_bucket, last_bucket, source, target, epoch, phase, state, detail, error, started_at, updated_at,"
-    " finished_at"
+    " finished_at, lease_token, lease_holder, lease_since"
 )
 
 
@@ -26,6 +28,10 @@ _INSERT = (  # noqa: S608 (fixed column list)
 
 class MoveConflict(RuntimeError):
     """Another move is active, or the request does not fit the map."""
+
+
+class MoveLost(RuntimeError):
+    """The move is no longer this process's to act on: aborted, finished or taken over."""
 
 
 @dataclass
@@ -43,6 +49,9 @@ class Move:
     started_at: datetime | None = None
     updated_at: datetime | None = None
     finished_at: datetime | None = None
+    lease_token: int = 0  # bumped by each process that takes the move's lease
+    lease_holder: str = ""  # the last holder's application name (pid@host)
+    lease_since: datetime | None = None
 
     @property
     def name(self) -> str:
@@ -59,6 +68,7 @@ def _move(row: tuple[Any, ...]) -> Move:
     return Move(
         id=row[0], first=row[1], last=row[2], source=row[3], target=row[4], epoch=row[5], phase=row[6],
         state=row[7], detail=detail, error=row[9], started_at=row[10], updated_at=row[11], finished_at=row[12],
+        lease_token=row[13], lease_holder=row[14], lease_since=row[15],
     )  # fmt: skip
 
 
@@ -95,13 +105,27 @@ def moves_recent(limit: int = 20) -> list[Move]:
         return [_move(row) for row in cursor.fetchall()]
 
 
-def move_save(move: Move) -> None:
-    with _cursor() as cursor:
-        cursor.execute(
-            "UPDATE sharding_move SET phase = %s, state = %s, epoch = %s, detail = %s, error = %s,"
-            " updated_at = now(), finished_at = CASE WHEN %s <> 'active' THEN now() END WHERE id = %s",
-            [move.phase, move.state, move.epoch, json.dumps(move.detail), move.error, move.state, move.id],
-        )
+def move_save(move: Move, conn: Any = None) -> None:
+    """Write the move's journal row, only while the move is still active under this holder's lease.
+
+    `conn`: a psycopg connection to the control database (the mover's lease connection);
+    Django's default connection otherwise.
+    """
+    sql = (
+        "UPDATE sharding_move SET phase = %s, state = %s, epoch = %s, detail = %s, error = %s,"
+        " updated_at = now(), finished_at = CASE WHEN %s <> 'active' THEN now() END"
+        " WHERE id = %s AND lease_token = %s AND state = 'active'"
+    )
+    values = [move.phase, move.state, move.epoch, json.dumps(move.detail), move.error, move.state, move.id,
+              move.lease_token]  # fmt: skip
+    if conn is not None:
+        saved = conn.execute(sql, values).rowcount
+    else:
+        with _cursor() as cursor:
+            cursor.execute(sql, values)
+            saved = cursor.rowcount
+    if saved != 1:
+        raise MoveLost(f"move {move.id} was ended or taken over by another process: not saved")
 
 
 def buckets_ever_moved() -> set[int]:

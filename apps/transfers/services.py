@@ -53,6 +53,22 @@ def transfer_begin_attempt(transfer_id: uuid.UUID) -> int | None:
     return row[0] if row else None
 
 
+def transfer_give_back_attempt(transfer_id: uuid.UUID, reason: str) -> bool:
+    """An attempt that only waited for a bucket move does not count towards parking.
+
+    A fence is not a failure: a long switch, or a fence a stalled mover left, must never park
+    the transfers it holds up (the operator ends the fence; they then complete).
+    """
+    alias = alias_for_id(transfer_id)
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            "UPDATE transfers_transfer SET attempts = attempts - 1, last_error = %s, updated_at = %s"
+            " WHERE id = %s AND attempts > 0 AND status IN ('pending', 'debited', 'refunding') AND parked_at IS NULL",
+            [reason[:2000], timezone.now(), transfer_id],
+        )
+        return cursor.rowcount == 1
+
+
 def transfer_record_error(transfer_id: uuid.UUID, error: str) -> None:
     """The last attempt's error, for operators; bumping updated_at keeps the sweeper off while retries are pending."""
     alias = alias_for_id(transfer_id)

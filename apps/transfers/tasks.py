@@ -14,8 +14,14 @@ from celery.app.task import Task
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError
 
-from apps.observability.metrics import SAGA_PARKED, SAGA_RETRIES, SWEEPER_DEFERRED, SWEEPER_REDRIVEN
-from apps.sharding.fence import is_fence_refusal, retry_while_fenced
+from apps.observability.metrics import (
+    SAGA_MOVE_WAITS,
+    SAGA_PARKED,
+    SAGA_RETRIES,
+    SWEEPER_DEFERRED,
+    SWEEPER_REDRIVEN,
+)
+from apps.sharding.fence import BucketsMoving, is_fence_refusal, retry_while_fenced
 from apps.sharding.moves import Move
 from apps.sharding.routing import shard_aliases
 from apps.transfers import idempotency, saga, services
@@ -54,6 +60,13 @@ def advance_transfer(self: Task, transfer_id: str) -> str | None:
         return None
     try:
         return _advance_waiting_out_moves(tid)
+    except BucketsMoving as exc:
+        # Held up by a move's fence, not failed: the attempt is given back, so however long
+        # the fence stays (a slow switch, a stalled mover) the transfer waits, never parks.
+        with contextlib.suppress(DatabaseError):
+            services.transfer_give_back_attempt(tid, f"waiting for a bucket move: {exc}")
+        SAGA_MOVE_WAITS.inc()
+        raise self.retry(exc=exc, countdown=retry_delay(self.request.retries)) from exc
     except Transfer.DoesNotExist:
         log.warning("no such transfer", extra={"transfer_id": transfer_id})
         return None

@@ -70,15 +70,81 @@ def run_mover_process(
     *args: str, crash_at: str | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
     """`manage.py move_buckets ...` as its own process (and process group, for crash points)."""
+    return run_manage("move_buckets", *args, crash_at=crash_at, timeout=timeout)
+
+
+def run_manage(
+    command: str, *args: str, crash_at: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """`manage.py COMMAND ...` on the test stack, as its own process (and process group)."""
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "wallet_project.settings_test"}
     env.pop("SHARDWALLET_CRASH_AT", None)
     if crash_at:
         env["SHARDWALLET_CRASH_AT"] = crash_at
     return subprocess.run(
-        [sys.executable, "manage.py", "move_buckets", *args],
+        [sys.executable, "manage.py", command, *args],
         env=env, cwd=settings.BASE_DIR, capture_output=True, text=True, timeout=timeout, start_new_session=True,
     )  # fmt: skip
 
 
 def map_owner(bucket: int) -> str:
     return refresh_shard_map().alias_for_bucket(bucket) if shard_map() else ""
+
+
+def start_mover_process(*args: str, stop_at: str | None = None, marker: Any = None) -> subprocess.Popen[str]:
+    """`manage.py move_buckets ...` running in the background; with `stop_at`, it stops itself (SIGSTOP) there."""
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "wallet_project.settings_test"}
+    env.pop("SHARDWALLET_CRASH_AT", None)
+    if stop_at:
+        env["SHARDWALLET_STOP_AT"] = f"{stop_at}:{marker}"
+    return subprocess.Popen(
+        [sys.executable, "manage.py", "move_buckets", *args],
+        env=env, cwd=settings.BASE_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+
+
+def process_state(pid: int) -> str:
+    """The kernel's one-letter state of a process ('T': stopped), '' once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+def owners_by_bucket(first: int, last: int) -> dict[int, list[str]]:
+    """Every shard that says it owns each bucket of the range, read from the shards themselves."""
+    owners: dict[int, list[str]] = {b: [] for b in range(first, last + 1)}
+    for alias in refresh_shard_map().aliases:
+        rows = raw_query(
+            alias,
+            "SELECT bucket FROM sharding_bucket_owner WHERE bucket BETWEEN %s AND %s AND state = 'owned'",
+            [first, last],
+        )
+        for (bucket,) in rows:
+            owners[bucket].append(alias)
+    return owners
+
+
+def assert_at_most_one_owner(first: int, last: int) -> None:
+    shared = {b: o for b, o in owners_by_bucket(first, last).items() if len(o) > 1}
+    assert not shared, f"buckets owned by two shards: {shared}"
+
+
+def assert_owned_by(first: int, last: int, alias: str) -> None:
+    """Exactly one owner per bucket, `alias`, and the map agrees (outside a switch)."""
+    owners = owners_by_bucket(first, last)
+    assert {b: o for b, o in owners.items() if o != [alias]} == {}, f"not owned by {alias} alone"
+    current = refresh_shard_map()
+    assert {current.alias_for_bucket(b) for b in range(first, last + 1)} == {alias}
+
+
+def move_objects(alias: str) -> list[str]:
+    """Publications, slots and subscriptions of moves left on a shard."""
+    found = []
+    for catalog, column in [("pg_publication", "pubname"), ("pg_replication_slots", "slot_name"),
+                            ("pg_subscription", "subname")]:  # fmt: skip
+        rows = raw_query(alias, f"SELECT {column} FROM {catalog} WHERE {column} LIKE 'shardwallet_move_%%'")  # noqa: S608
+        found += [f"{catalog}:{name}" for (name,) in rows]
+    return found

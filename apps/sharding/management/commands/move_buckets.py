@@ -5,8 +5,9 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from apps.sharding import moves
+from apps.sharding.lease import MoveBusy, evict, lease_holder
 from apps.sharding.mover import MoveFailed, Mover, plan_move
-from apps.sharding.moves import MoveConflict
+from apps.sharding.moves import ACTIVE, MoveConflict, MoveLost
 
 
 def status_lines(limit: int = 10) -> list[str]:
@@ -25,7 +26,25 @@ def status_lines(limit: int = 10) -> list[str]:
             f"move {move.id}: buckets {move.buckets} {move.source} -> {move.target}  {move.state}/{move.phase}"
             f"  epoch {move.epoch or '-'}  " + ", ".join(extra)
         )
+        if move.state == ACTIVE:
+            lines.append("  " + holder_line(move))
     return lines or ["no moves yet"]
+
+
+def holder_line(move: moves.Move) -> str:
+    """Whether a process runs the move, whether it is alive, and what it waits on."""
+    holder = lease_holder(move.id)
+    if holder is None:
+        switched = " (it has switched: resume only)" if move.phase == "cleaning" else ""
+        return (
+            "no process runs it (its mover ended or died): `move_buckets --resume` continues it,"
+            f" `move_buckets --abort` undoes it{switched}"
+        )
+    waiting = move.detail.get("waiting_on") or "its current step"
+    line = f"run by {holder.describe()}, waiting on {waiting} (journal updated {move.updated_at:%H:%M:%S})"
+    if holder.process_state == "stopped":
+        line += "; the process is STOPPED: `kill -CONT` it, or end it (kill) and resume"
+    return line
 
 
 class Command(BaseCommand):
@@ -42,6 +61,10 @@ class Command(BaseCommand):
         parser.add_argument("--resume", action="store_true", help="run the active move to its end")
         parser.add_argument("--abort", action="store_true", help="undo the active move (before its switch)")
         parser.add_argument(
+            "--evict", action="store_true",
+            help="end the lease of the process running the active move (for a mover on a host you cannot reach)",
+        )  # fmt: skip
+        parser.add_argument(
             "--keep-source", action="store_true",
             help="end a switched move whose check failed without deleting the source's (fenced) copy",
         )  # fmt: skip
@@ -53,6 +76,9 @@ class Command(BaseCommand):
         if options["status"]:
             for line in status_lines():
                 self.stdout.write(line)
+            return
+        if options["evict"]:
+            self._evict()
             return
         try:
             if options["abort"] or options["resume"] or options["keep_source"]:
@@ -70,20 +96,33 @@ class Command(BaseCommand):
                 cleanup_delay=options["cleanup_delay"],
             )
             if options["keep_source"]:
-                mover.finish_keeping_source()
+                move = mover.finish_keeping_source()
                 self.stdout.write(f"move {move.id} ended; {move.source} keeps its fenced copy of {move.buckets}")
                 return
             if options["abort"]:
-                mover.abort()
+                move = mover.abort()
                 self.stdout.write(f"move {move.id} aborted: the range stays on {move.source}")
                 return
             try:
                 mover.run(stop_after=options["stop_after"])
             except MoveFailed as exc:
-                move.error = str(exc)
-                moves.move_save(move)
-                raise CommandError(f"move {move.id} stopped in {move.phase}: {exc}") from exc
-        except MoveConflict as exc:
+                raise CommandError(f"move {move.id} stopped in {mover.move.phase}: {exc}") from exc
+        except (MoveConflict, MoveBusy) as exc:
             raise CommandError(str(exc)) from exc
+        except MoveLost as exc:
+            raise CommandError(f"this process no longer runs the move: {exc}") from exc
         for line in status_lines(1):
             self.stdout.write(line)
+
+    def _evict(self) -> None:
+        move = moves.active_move()
+        if move is None:
+            raise CommandError("no move is active")
+        holder = evict(move.id)
+        if holder is None:
+            self.stdout.write(f"move {move.id}: no process held it")
+            return
+        self.stdout.write(
+            f"move {move.id}: the lease of {holder.describe()} has ended; that process can change nothing any more"
+            " and exits when it next looks. `move_buckets --resume` or `--abort` now takes the move."
+        )
