@@ -170,6 +170,9 @@ METRICS_DIR = DEVSTACK_DIR / "metrics"
 TRANSFER_MAX_WAIT_SECONDS = 30
 # How long a write waits while its buckets switch shards before answering 503 shard_moving.
 SHARD_MOVE_WAIT_SECONDS = float(ENV.optional("SHARDWALLET_SHARD_MOVE_WAIT_SECONDS", "5"))
+# A fence older than this on the shard the map still names (nobody serves those buckets) is an
+# alarm on /health, /metrics and the operations page.
+SHARD_FENCE_ALARM_SECONDS = float(ENV.optional("SHARDWALLET_SHARD_FENCE_ALARM_SECONDS", "60"))
 SAGA_MAX_RETRIES = int(ENV.optional("SHARDWALLET_SAGA_MAX_RETRIES", "12"))
 SAGA_RETRY_BASE_SECONDS = float(ENV.optional("SHARDWALLET_SAGA_RETRY_BASE_SECONDS", "0.5"))
 SAGA_RETRY_MAX_SECONDS = float(ENV.optional("SHARDWALLET_SAGA_RETRY_MAX_SECONDS", "30"))

@@ -9,6 +9,10 @@ balancer takes it out of rotation until it recovers).
 
 GET /health: each shard, the control database and Redis, each with its latency; `down` names the failing ones.
 
+`bucket_fences` names ranges that nobody serves because a move's fence stayed longer than
+`SHARD_FENCE_ALARM_SECONDS` on the shard the map still names, with the command that ends it;
+like `audit_cdc` it has its own `ok` and does not count towards `status`.
+
 Where a CDC process runs or died (its status file says it did not stop cleanly) or is expected (`AUDIT_CDC_EXPECTED`,
 set by `serve`), an `audit_cdc` component shows it, with its lag per shard and its own `ok`. It does not count towards
 `status`, `down` nor the HTTP status: the API serves without it, and a load balancer must
@@ -79,8 +83,26 @@ def health(request: HttpRequest) -> JsonResponse:
     status = read_status()
     if settings.AUDIT_CDC_EXPECTED or (status is not None and not status.get("stopped")):
         components["audit_cdc"] = health_component()
+    components["bucket_fences"] = _fences_component()
     body = {"status": "degraded" if down else "ok", "down": down, "components": components}
     return JsonResponse(body, status=503 if down else 200)
+
+
+def _fences_component() -> dict[str, Any]:
+    """Ranges nobody serves because a move's fence was left behind (its own `ok`, like `audit_cdc`)."""
+    from apps.sharding.fence_alarm import stranded_fences
+
+    try:
+        stranded, _unreadable = stranded_fences()
+    except Exception as exc:  # the control database down: the shards' components say so already
+        return {"ok": True, "unknown": f"{type(exc).__name__}: {exc}"}
+    component: dict[str, Any] = {"ok": not stranded}
+    if stranded:
+        component["error"] = "; ".join(f.advice for f in stranded)
+        component["ranges"] = [
+            {"shard": f.shard, "first": f.first, "last": f.last, "seconds": round(f.seconds)} for f in stranded
+        ]
+    return component
 
 
 def live(request: HttpRequest) -> JsonResponse:

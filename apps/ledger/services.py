@@ -158,8 +158,12 @@ def apply_entry(
     currency: str | None = None,
     allow_frozen: bool = False,
     now: datetime | None = None,
+    alias: str | None = None,
 ) -> AppliedEntry:
     """Apply one signed movement to a wallet exactly once per (reference, kind).
+
+    `alias`: the shard of the caller's open transaction (never looked up again in the middle
+    of one: a map refreshed in between would send this write elsewhere).
 
     Raises WalletNotFound, CurrencyMismatch, WalletFrozen or InsufficientFunds when
     the guard refuses (nothing changed), IdempotencyKeyReused when the reference
@@ -170,7 +174,7 @@ def apply_entry(
     Inside the caller's transaction it takes part in it, without a savepoint: there a
     duplicate (IntegrityError) is the caller's to handle, since the transaction is lost.
     """
-    alias = alias_for_id(wallet_id)
+    alias = alias or alias_for_id(wallet_id)
     keep_room = str(kind) in _KEEPS_ROOM
     params = {
         "delta": delta,
@@ -266,7 +270,7 @@ def wallet_movement(
                 )
             return MovementAnswer(cast(int, first.response_status), cast(str, first.response_body), replayed=True)
         try:
-            entry = apply_entry(wallet_id=wallet_id, reference=key, kind=kind, delta=delta)
+            entry = apply_entry(wallet_id=wallet_id, reference=key, kind=kind, delta=delta, alias=alias)
             status, body = 201, render(entry)
         except _MOVEMENT_REFUSALS as exc:
             status, body = exc.status, json.dumps(error_body(exc.code, exc.message, exc.param), separators=(",", ":"))
@@ -289,7 +293,13 @@ def wallet_debit(
 
 
 def wallet_credit(
-    *, wallet_id: uuid.UUID, transfer_id: uuid.UUID, amount_minor: int, currency: str, now: datetime | None = None
+    *,
+    wallet_id: uuid.UUID,
+    transfer_id: uuid.UUID,
+    amount_minor: int,
+    currency: str,
+    now: datetime | None = None,
+    alias: str | None = None,
 ) -> AppliedEntry:
     """Saga step: give a transfer's amount to its payee (active, same currency)."""
     return apply_entry(
@@ -299,10 +309,13 @@ def wallet_credit(
         delta=amount_minor,
         currency=currency,
         now=now,
+        alias=alias,
     )
 
 
-def wallet_refund(*, wallet_id: uuid.UUID, transfer_id: uuid.UUID, amount_minor: int) -> AppliedEntry:
+def wallet_refund(
+    *, wallet_id: uuid.UUID, transfer_id: uuid.UUID, amount_minor: int, alias: str | None = None
+) -> AppliedEntry:
     """Saga compensation: give a failed transfer's debit back to its payer, even if since frozen."""
     return apply_entry(
         wallet_id=wallet_id,
@@ -310,6 +323,7 @@ def wallet_refund(*, wallet_id: uuid.UUID, transfer_id: uuid.UUID, amount_minor:
         kind=EntryKind.REFUND,
         delta=amount_minor,
         allow_frozen=True,
+        alias=alias,
     )
 
 

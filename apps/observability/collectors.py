@@ -11,6 +11,7 @@ from prometheus_client.registry import Collector
 from apps.audit.slots import slot_states
 from apps.common.supervision import read_state, supervisor_state_file
 from apps.observability.cdc import cdc_lag
+from apps.sharding.fence_alarm import stranded_fences
 from apps.sharding.moves import move_overview
 from apps.sharding.routing import shard_aliases, shard_map
 
@@ -72,6 +73,18 @@ class ShardCollector(Collector):
                 lag.add_metric([str(view.move.id)], view.lag_bytes)
         yield active
         yield lag
+        stranded = GaugeMetricFamily(
+            "shardwallet_bucket_fence_stranded_seconds",
+            "Age of a fence nobody serves past (the map still names the fenced shard), by shard and range.",
+            labels=["shard", "buckets"],
+        )
+        try:
+            fences, _unreadable = stranded_fences()
+        except Exception:  # the control database down: the other gauges say so
+            fences = []
+        for fence in fences:
+            stranded.add_metric([fence.shard, f"{fence.first}..{fence.last}"], fence.seconds)
+        yield stranded
 
     def _cdc(self) -> Iterator[GaugeMetricFamily]:
         lags = cdc_lag()

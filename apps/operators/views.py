@@ -15,6 +15,7 @@ from django.utils.http import urlencode
 from apps.observability.cdc import cdc_lag
 from apps.operators.selectors import shard_overview, stuck_transfer_list
 from apps.sharding.admin import money_html
+from apps.sharding.fence_alarm import stranded_fences
 from apps.sharding.moves import move_overview
 from apps.sharding.routing import shard_map
 
@@ -59,6 +60,7 @@ def operations(request: HttpRequest) -> HttpResponse:
         "shards": shard_overview(),
         "map_epoch": shard_map().epoch,
         "moves": move_overview(),
+        "stranded_fences": stranded_fences()[0],
         "cdc_lag": cdc_lag(),
     }
     return TemplateResponse(request, "admin/operators/operations.html", context)

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from django.db import DatabaseError
 
 from apps.sharding.placement import FENCE_SQLSTATE
-from apps.sharding.routing import refresh_shard_map
+from apps.sharding.routing import one_map, refresh_shard_map
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,8 @@ def retry_while_fenced(step: Callable[[], T], *, wait_seconds: float) -> T:
     delay = 0.02
     while True:
         try:
-            return step()
+            with one_map():  # each run decides from one reading of the map
+                return step()
         except Exception as exc:
             if not is_fence_refusal(exc):
                 raise

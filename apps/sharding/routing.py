@@ -14,16 +14,44 @@ from apps.sharding.mapstore import live_map
 from apps.sharding.shardmap import ShardMap
 
 _scoped_shard: ContextVar[str | None] = ContextVar("scoped_shard", default=None)
+_operation_map: ContextVar[ShardMap | None] = ContextVar("operation_map", default=None)
 
 
 def shard_map() -> ShardMap:
-    """The map as this process last read it (see apps.sharding.mapstore)."""
-    return live_map.get()
+    """The map as this process last read it (see apps.sharding.mapstore), or the operation's own copy."""
+    pinned = _operation_map.get()
+    return pinned if pinned is not None else live_map.get()
 
 
 def refresh_shard_map() -> ShardMap:
-    """Re-read the map now: a shard refused a write for a bucket it no longer serves."""
-    return live_map.refresh(force=True)
+    """Re-read the map now: a shard refused a write for a bucket it no longer serves.
+
+    Inside `one_map()` the operation then follows the new copy: it asked for it, after its
+    transaction was refused and rolled back.
+    """
+    current = live_map.refresh(force=True)
+    if _operation_map.get() is not None:
+        _operation_map.set(current)
+    return current
+
+
+@contextmanager
+def one_map() -> Iterator[ShardMap]:
+    """Every routing decision inside the block reads one copy of the map.
+
+    The background refresh (once a second) can change the map between two lookups; an
+    operation that locks wallets on one shard and decides where a credit goes from a
+    second lookup could then split. Re-entrant: an enclosing block's copy holds.
+    """
+    pinned = _operation_map.get()
+    if pinned is not None:
+        yield pinned
+        return
+    token = _operation_map.set(live_map.get())
+    try:
+        yield shard_map()
+    finally:
+        _operation_map.reset(token)
 
 
 def shard_aliases() -> list[str]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from apps.common.errors import IdempotencyKeyInvalid, IdempotencyKeyMissing
-from apps.sharding.routing import alias_for_id
+from apps.sharding.routing import alias_for_id, one_map
 from apps.transfers.creation import ItemResult, Render, TransferRequest, run_group
 from apps.transfers.validation import Invalid, InvalidTransfer, parse_transfer_body, valid_idempotency_key
 
@@ -42,6 +42,11 @@ def parse_item(client_id: int, index: int, raw: object) -> TransferRequest | Ite
 
 def transfer_create_batch(*, client_id: int, items: list[object], render: Render) -> list[ItemResult]:
     """Create many transfers; returns one result per item, in the order given."""
+    with one_map():  # every group's shard and the wallets each locks: one reading of the map
+        return _create_batch(client_id=client_id, items=items, render=render)
+
+
+def _create_batch(*, client_id: int, items: list[object], render: Render) -> list[ItemResult]:
     results: dict[int, ItemResult] = {}
     rounds: list[dict[str, list[tuple[int, TransferRequest, bool]]]] = []
     seen: dict[tuple, int] = defaultdict(int)

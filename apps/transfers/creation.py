@@ -24,7 +24,7 @@ from django.utils import timezone
 from apps.common.errors import DomainError
 from apps.ledger.errors import CurrencyMismatch, WalletNotFound
 from apps.sharding.ids import bucket_of, new_id
-from apps.sharding.routing import alias_for_id
+from apps.sharding.routing import alias_for_id, one_map
 from apps.transfers import idempotency
 from apps.transfers.first_step import GroupPlan, lock_wallets, plan_first_step, wallets_to_lock, write_plan
 from apps.transfers.models import IdempotencyRecord, Transfer, TransferStatus
@@ -230,11 +230,12 @@ def transfer_create(request: TransferRequest, *, render: Render, defer_response:
     stored later (`transfer_store_response`); until then a repeat gets 409. Refusals are
     raised (WalletNotFound, CurrencyMismatch, IdempotencyKeyReused, IdempotencyRequestInProgress).
     """
-    alias = alias_for_id(request.payer_id)
-    [result] = run_group(
-        alias, request.client_id, [(0, request, defer_response)], render=render, key_param="Idempotency-Key",
-        look_first=False,
-    )  # fmt: skip
+    with one_map():  # the payer's shard, the wallets locked and same-shard or not: one reading
+        alias = alias_for_id(request.payer_id)
+        [result] = run_group(
+            alias, request.client_id, [(0, request, defer_response)], render=render, key_param="Idempotency-Key",
+            look_first=False,
+        )  # fmt: skip
     if result.error is not None:
         raise result.error
     return result

@@ -232,7 +232,7 @@ def write_plan(
 
 def run_stored_first_step(transfer: Transfer, now: datetime) -> None:
     """The first step of a transfer already stored as `pending` (locked by the caller), by the same rules."""
-    alias = alias_for_id(transfer.id)
+    alias = transfer._state.db or alias_for_id(transfer.id)  # the caller's transaction's shard
     touched, payees = wallets_to_lock(alias, [(transfer.payer_id, transfer.payee_id)])
     wallets = lock_wallets(alias, touched, payee_ids=payees)
     stored_status = transfer.status

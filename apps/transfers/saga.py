@@ -39,7 +39,7 @@ from apps.ledger.errors import (
 from apps.ledger.services import IN_FLIGHT_OUT_SQL, wallet_credit, wallet_refund
 from apps.observability.metrics import DRAINED_TRANSFERS, count_transition, time_saga_step, timed_saga_step
 from apps.sharding.ids import bucket_of, new_id
-from apps.sharding.routing import alias_for_id
+from apps.sharding.routing import alias_for_id, one_map
 from apps.transfers.errors import StaleTransition
 from apps.transfers.models import CreditOutcome, FailureReason, PayeeCredit, Transfer, TransferStatus
 
@@ -183,8 +183,9 @@ def count_events_on_commit(alias: str, histories: list[list[Event]]) -> None:
         transaction.on_commit(lambda: [count_transition(s, r, n) for (s, r), n in counts.items()], using=alias)  # type: ignore[func-returns-value]
 
 
-def _lock(transfer_id: uuid.UUID) -> Transfer:
-    return Transfer.objects.using(alias_for_id(transfer_id)).select_for_update().get(id=transfer_id)
+def _lock(alias: str, transfer_id: uuid.UUID) -> Transfer:
+    """The transfer's row, locked in the caller's transaction on `alias` (never looked up anew)."""
+    return Transfer.objects.using(alias).select_for_update().get(id=transfer_id)
 
 
 @timed_saga_step("payer")
@@ -192,8 +193,9 @@ def payer_step(transfer_id: uuid.UUID) -> Transfer:
     """The first step for a transfer stored as `pending`, by the rules of `first_step` (a no-op otherwise)."""
     from apps.transfers.first_step import run_stored_first_step
 
-    with transaction.atomic(using=alias_for_id(transfer_id)):
-        transfer = _lock(transfer_id)
+    alias = alias_for_id(transfer_id)
+    with transaction.atomic(using=alias):
+        transfer = _lock(alias, transfer_id)
         if transfer.status == TransferStatus.PENDING:
             run_stored_first_step(transfer, timezone.now())
     return transfer
@@ -246,6 +248,7 @@ def payee_step(transfer: Transfer) -> PayeeCredit:
                     transfer_id=transfer.id,
                     amount_minor=transfer.amount_minor,
                     currency=transfer.currency,
+                    alias=alias,
                 )
                 outcome, reason = CreditOutcome.CREDITED, None  # the payee became able meanwhile
             except REFUSALS as exc:
@@ -271,14 +274,16 @@ def finish_step(transfer_id: uuid.UUID, credit: PayeeCredit | None) -> Transfer:
     """Saga step 3 on the payer's shard: complete, or refund the payer and fail."""
     alias = alias_for_id(transfer_id)
     with transaction.atomic(using=alias):
-        transfer = _lock(transfer_id)
+        transfer = _lock(alias, transfer_id)
         if transfer.status == TransferStatus.DEBITED and credit is not None:
             if credit.outcome == CreditOutcome.CREDITED:
                 transition(transfer, TransferStatus.COMPLETED)
                 return transfer
             transition(transfer, TransferStatus.REFUNDING, reason=credit.reason)
         if transfer.status == TransferStatus.REFUNDING:
-            wallet_refund(wallet_id=transfer.payer_id, transfer_id=transfer.id, amount_minor=transfer.amount_minor)
+            wallet_refund(
+                wallet_id=transfer.payer_id, transfer_id=transfer.id, amount_minor=transfer.amount_minor, alias=alias
+            )
             transition(transfer, TransferStatus.FAILED)
     return transfer
 
@@ -288,6 +293,11 @@ def transfer_advance(transfer_id: uuid.UUID) -> Transfer:
 
     Each step commits on its own; transient errors propagate (the task retries them).
     """
+    with one_map():
+        return _advance(transfer_id)
+
+
+def _advance(transfer_id: uuid.UUID) -> Transfer:
     alias = alias_for_id(transfer_id)
     transfer = Transfer.objects.using(alias).get(id=transfer_id)
     while not transfer.is_terminal:
@@ -358,7 +368,8 @@ def drain_debited(alias: str, *, limit: int = 500) -> DrainResult:
         cursor.execute(_CLAIM_SQL, [limit])
         ids = [row[0] for row in cursor.fetchall()]
     try:
-        return _drain_claimed(alias, ids, now)
+        with one_map():  # where each payee's credit goes: one reading for the whole batch
+            return _drain_claimed(alias, ids, now)
     except DatabaseError:
         # The payer's shard failed (down, or the range was fenced for a move) after the claim
         # committed: each claimed transfer goes to its own task, which finds its shard anew.

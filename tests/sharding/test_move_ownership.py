@@ -319,3 +319,35 @@ def test_truncate_is_refused_while_a_move_involves_the_shard_and_the_move_does_n
     finally:
         raw_query("shard_00", "UPDATE sharding_bucket_owner SET state = 'owned' WHERE bucket = 5")
     assert sum(balance(w.id) for w in seeded) == 1200
+
+
+def test_a_fence_left_by_a_dead_mover_is_an_alarm_with_the_command_that_ends_it(
+    seeded: list[Any], tmp_path: Path, settings: Any
+) -> None:
+    from django.test import Client
+
+    from tests.operators.helpers import logged_in, make_staff
+
+    settings.SHARD_FENCE_ALARM_SECONDS = 0.5
+    assert Client().get("/health").json()["components"]["bucket_fences"] == {"ok": True}
+    marker = tmp_path / "crash"
+    marker.touch()
+    killed = run_mover_process("0", "63", "--to", "shard_01", crash_at=f"move_after_fence:{marker}")
+    assert killed.returncode != 0, _output(killed)
+    time.sleep(0.6)
+    component = Client().get("/health").json()["components"]["bucket_fences"]
+    assert component["ok"] is False
+    assert component["ranges"] == [
+        {"shard": "shard_00", "first": 0, "last": 63, "seconds": component["ranges"][0]["seconds"]}
+    ]
+    assert "no process runs move" in component["error"]
+    assert "move_buckets --resume" in component["error"]
+    metrics = Client().get("/metrics").content.decode()
+    assert 'shardwallet_bucket_fence_stranded_seconds{buckets="0..63",shard="shard_00"}' in metrics
+    page = logged_in(make_staff("olga", "viewers")).get("/admin/operations/").content.decode()
+    assert "Writes stopped: buckets 0..63 fenced on shard_00" in page
+    # The command it names ends it.
+    resumed = run_mover_process("--resume", "--cleanup-delay", "0")
+    assert resumed.returncode == 0, _output(resumed)
+    assert Client().get("/health").json()["components"]["bucket_fences"] == {"ok": True}
+    assert_owned_by(FIRST, LAST, "shard_01")
