@@ -8,14 +8,15 @@ import uuid
 from apps.common.db import fast_cursor
 from apps.ledger.errors import WalletNotFound
 from apps.ledger.models import LedgerEntry, Wallet
-from apps.sharding.routing import alias_for_id, read_by_id, shard_aliases
+from apps.sharding.fence import read_by_id
+from apps.sharding.routing import alias_for_id, shard_aliases
 
 
 def wallet_get(*, wallet_id: uuid.UUID, owner_id: int | None = None) -> Wallet:
     """The wallet, from its shard; WalletNotFound also when it belongs to another client."""
 
     def read(alias: str) -> Wallet | None:
-        wallets = Wallet.objects.using(alias).filter(id=wallet_id)
+        wallets = Wallet.objects.using(alias).filter(id=wallet_id).extra(where=["sharding_serves(ledger_wallet.id)"])
         if owner_id is not None:
             wallets = wallets.filter(owner_id=owner_id)
         return wallets.first()
@@ -31,7 +32,10 @@ def wallet_currency(*, wallet_id: uuid.UUID, owner_id: int) -> str:
 
     def read(alias: str) -> str | None:
         with fast_cursor(alias) as cursor:
-            cursor.execute("SELECT currency FROM ledger_wallet WHERE id = %s AND owner_id = %s", [wallet_id, owner_id])
+            cursor.execute(
+                "SELECT currency FROM ledger_wallet WHERE id = %s AND owner_id = %s AND sharding_serves(id)",
+                [wallet_id, owner_id],
+            )
             row = cursor.fetchone()
         return row[0] if row else None
 

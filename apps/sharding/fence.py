@@ -12,10 +12,10 @@ import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from django.db import DatabaseError
+from django.db import DatabaseError, connections
 
 from apps.sharding.placement import FENCE_SQLSTATE
-from apps.sharding.routing import one_map, refresh_shard_map
+from apps.sharding.routing import alias_for_id, one_map, refresh_shard_map
 
 log = logging.getLogger(__name__)
 
@@ -79,3 +79,30 @@ def retry_while_fenced(step: Callable[[], T], *, wait_seconds: float) -> T:
                 raise BucketsMoving(str(exc).splitlines()[0]) from exc
             time.sleep(delay)
             delay = min(delay * 2, 0.1)
+
+
+def _served_here(alias: str, row_id: uuid.UUID) -> bool:
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT sharding_serves(%s)", [row_id])
+        row = cursor.fetchone()
+    return bool(row and row[0])
+
+
+def read_by_id(row_id: uuid.UUID, read: Callable[[str], T | None]) -> T | None:
+    """`read(alias)` on the row's shard, trusting only a shard that serves the row's bucket.
+
+    `read` must return only rows its shard serves (`sharding_serves(id)` in its query), so
+    a frozen copy a move left behind is never an answer. Found nothing: a "not found" is
+    trusted where the shard serves the bucket; elsewhere the map is re-read and the owner
+    asked. Still no owner (a switch under way, or a map that cannot be refreshed while the
+    range moved): NotServedHere, which the API answers as 503 `shard_moving` after waiting.
+    """
+    for _ in range(2):
+        alias = alias_for_id(row_id)
+        found = read(alias)
+        if found is not None:
+            return found
+        if _served_here(alias, row_id):
+            return None
+        refresh_shard_map()
+    raise NotServedHere(f"{row_id}: no shard of this process's map serves its bucket now")

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import TypeVar
 
 from apps.sharding.ids import bucket_of
 from apps.sharding.mapstore import live_map
@@ -61,22 +60,6 @@ def shard_aliases() -> list[str]:
 def alias_for_id(row_id: uuid.UUID) -> str:
     """The shard alias holding the row with this id (and every row keyed by it)."""
     return shard_map().alias_for_bucket(bucket_of(row_id))
-
-
-T = TypeVar("T")
-
-
-def read_by_id(row_id: uuid.UUID, read: Callable[[str], T | None]) -> T | None:
-    """`read(alias)` on the row's shard; when it finds nothing and the map has changed since, on the new owner.
-
-    A process reads through a stale map for at most a second; this covers the rest (a
-    control database that did not answer, then a clean-up that already ran).
-    """
-    epoch = shard_map().epoch
-    found = read(alias_for_id(row_id))
-    if found is None and refresh_shard_map().epoch != epoch:
-        found = read(alias_for_id(row_id))
-    return found
 
 
 def random_bucket() -> int:

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import uuid
 
+from django.db.models import Case, Value, When
+
 from apps.ledger.services import in_flight_out_minor
-from apps.sharding.routing import alias_for_id, read_by_id
+from apps.sharding.fence import read_by_id
+from apps.sharding.routing import alias_for_id
 from apps.transfers.errors import TransferNotFound
-from apps.transfers.models import Transfer, TransferEvent
+from apps.transfers.models import Transfer, TransferEvent, TransferStatus
 from apps.transfers.saga import Event
 
 
 def transfer_get(*, transfer_id: uuid.UUID, client_id: int | None = None) -> Transfer:
 
     def read(alias: str) -> Transfer | None:
-        transfers = Transfer.objects.using(alias).filter(id=transfer_id)
+        transfers = (
+            Transfer.objects.using(alias).filter(id=transfer_id).extra(where=["sharding_serves(transfers_transfer.id)"])
+        )
         if client_id is not None:
             transfers = transfers.filter(client_id=client_id)
         return transfers.first()
@@ -25,8 +30,20 @@ def transfer_get(*, transfer_id: uuid.UUID, client_id: int | None = None) -> Tra
     return transfer
 
 
+# A transfer's statuses only ever move forward, each reached at most once: its history is
+# ordered by the status each event reached (then time), never by serial ids, which are per shard
+# (a transfer that moved to a shard of lower ids would list its later events first).
+_STATUS_ORDER = Case(
+    *(When(to_status=status, then=Value(rank)) for rank, status in enumerate(
+        [TransferStatus.PENDING, TransferStatus.DEBITED, TransferStatus.REFUNDING]
+    )),
+    default=Value(3),
+)  # fmt: skip
+
+
 def transfer_events(*, transfer_id: uuid.UUID) -> list[TransferEvent]:
-    return list(TransferEvent.objects.using(alias_for_id(transfer_id)).filter(transfer_id=transfer_id).order_by("id"))
+    events = TransferEvent.objects.using(alias_for_id(transfer_id)).filter(transfer_id=transfer_id)
+    return list(events.order_by(_STATUS_ORDER, "created_at", "id"))
 
 
 def transfer_history(*, transfer_id: uuid.UUID) -> list[Event]:

@@ -101,6 +101,7 @@ class WalletDetailView(APIView):
         parameters=[WALLET_ID],
         responses={200: WalletOut, **error_responses(WALLET_NOT_FOUND, NOT_FOUND)},
     )
+    @waits_out_moves  # a read of a range being switched waits for its new owner
     def get(self, request: Request, wallet_id: str) -> Response:
         return Response(WalletOut(owned_wallet(request, wallet_id)).data)
 
@@ -169,6 +170,7 @@ class EntryListView(APIView):
         responses={200: EntryPage, **error_responses(INVALID_PAGE, WALLET_NOT_FOUND, NOT_FOUND)},
         extensions=response_links(ENTRY_PAGE_LINKS, 200),
     )
+    @waits_out_moves  # a read of a range being switched waits for its new owner
     def get(self, request: Request, wallet_id: str) -> Response:
         wallet = owned_wallet(request, wallet_id)
         limit = page_limit(request)

@@ -200,6 +200,7 @@ class TransferDetailView(APIView):
         parameters=[TRANSFER_ID],
         responses={200: TransferOut, **error_responses(TRANSFER_NOT_FOUND, NOT_FOUND, BATCH_URL)},
     )
+    @waits_out_moves  # a read of a range being switched waits for its new owner
     def get(self, request: Request, transfer_id: str) -> Response:
         try:
             transfer = selectors.transfer_get(transfer_id=parse_transfer_id(transfer_id), client_id=request.user.id)
@@ -216,6 +217,7 @@ class WalletTransferListView(APIView):
         responses={200: TransferPage, **error_responses(INVALID_PAGE, WALLET_NOT_FOUND, NOT_FOUND)},
         extensions=response_links(TRANSFER_PAGE_LINKS, 200),
     )
+    @waits_out_moves  # a read of a range being switched waits for its new owner
     def get(self, request: Request, wallet_id: str) -> Response:
         wallet = owned_wallet(request, wallet_id)
         limit = page_limit(request)
@@ -231,6 +233,7 @@ class WalletBalanceView(APIView):
         parameters=[WALLET_ID],
         responses={200: BalanceOut, **error_responses(WALLET_NOT_FOUND, NOT_FOUND)},
     )
+    @waits_out_moves  # a read of a range being switched waits for its new owner
     def get(self, request: Request, wallet_id: str) -> Response:
         wallet = owned_wallet(request, wallet_id)
         pending_out = selectors.pending_out_minor(wallet_id=wallet.id)
