@@ -13,8 +13,9 @@ import uuid
 from collections.abc import Callable
 from typing import cast
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, User
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, connections, transaction
 from django.utils import timezone
 
 from apps.common.errors import DomainError
@@ -23,6 +24,7 @@ from apps.ledger.models import Wallet, WalletStatus
 from apps.ledger.services import wallet_set_status
 from apps.operators.errors import ReasonRequired
 from apps.operators.models import ActionKind, ActionOutcome, OperatorAction
+from apps.sharding.fence import check_missing_are_served, retry_while_fenced
 from apps.sharding.routing import alias_for_id
 from apps.transfers.errors import ShardUnavailable, TransferNotInFlight
 from apps.transfers.services import transfer_force_compensate, transfer_redrive
@@ -48,7 +50,8 @@ def _run(
             created_at=timezone.now(),
         )
     try:
-        record.detail = perform()
+        # A range being switched, or a copy a move left behind: wait for the owner, act there.
+        record.detail = retry_while_fenced(perform, wait_seconds=settings.SHARD_MOVE_WAIT_SECONDS)
         record.outcome = ActionOutcome.SUCCEEDED
     except DomainError as exc:
         unreachable = isinstance(exc, ShardUnavailable)
@@ -84,9 +87,13 @@ def _finish(record: OperatorAction, outcome: ActionOutcome, detail: str) -> None
 def _set_wallet_status(wallet_id: uuid.UUID, status: WalletStatus) -> str:
     alias = alias_for_id(wallet_id)
     with transaction.atomic(using=alias):
-        # Locked, so the status we report as the previous one is the one we changed.
-        wallet = Wallet.objects.using(alias).select_for_update().filter(id=wallet_id).first()
+        # Locked, so the status we report as the previous one is the one we changed. Only a
+        # shard that serves the wallet answers: a copy a move left behind may say "already".
+        served = ["sharding_serves(ledger_wallet.id)"]
+        wallet = Wallet.objects.using(alias).select_for_update().filter(id=wallet_id).extra(where=served).first()  # noqa: S610 (constant SQL)
         if wallet is None:
+            with connections[alias].cursor() as cursor:
+                check_missing_are_served(cursor, [wallet_id])  # not served here: look on the owner
             raise WalletNotFound()
         if wallet.status == status:
             return f"The wallet was already {status}; nothing changed."

@@ -10,6 +10,7 @@ from datetime import timedelta
 from django.db import IntegrityError, InterfaceError, OperationalError, connections, transaction
 from django.utils import timezone
 
+from apps.sharding.fence import check_missing_are_served
 from apps.sharding.routing import alias_for_id
 from apps.transfers.errors import ShardUnavailable, TransferNotFound, TransferNotInFlight
 from apps.transfers.models import (
@@ -138,8 +139,11 @@ def _fail_if_pending(transfer_id: uuid.UUID) -> tuple[Transfer, bool]:
     """pending -> failed under the row lock. Returns the transfer as it now stands and whether it was failed here."""
     alias = alias_for_id(transfer_id)
     with transaction.atomic(using=alias):
-        transfer = Transfer.objects.using(alias).select_for_update().filter(id=transfer_id).first()
+        served = ["sharding_serves(transfers_transfer.id)"]  # never decide from a copy a move left behind
+        transfer = Transfer.objects.using(alias).select_for_update().filter(id=transfer_id).extra(where=served).first()  # noqa: S610 (constant SQL)
         if transfer is None:
+            with connections[alias].cursor() as cursor:
+                check_missing_are_served(cursor, [transfer_id])
             raise TransferNotFound(param="transfer_id")
         if transfer.status != TransferStatus.PENDING:
             return transfer, False

@@ -89,3 +89,22 @@ def test_the_status_history_stays_in_order_after_the_transfer_moves_to_a_shard_o
     history = api_for(key).get(f"/v1/transfers/{transfer.id}").json()["status_history"]
     assert [h["status"] for h in history] == ["pending", "debited", "completed"]
     assert uuid.UUID(api_for(key).get(f"/v1/transfers/{transfer.id}").json()["id"]) == transfer.id
+
+
+def test_an_operator_action_that_finds_nothing_to_do_on_a_frozen_copy_looks_again_on_the_owner() -> None:
+    from apps.ledger.models import WalletStatus
+    from apps.ledger.services import wallet_set_status
+    from apps.operators.services import operator_unfreeze_wallet
+    from tests.operators.helpers import make_staff
+
+    owner, _key = make_client()
+    wallet = wallet_in_bucket(owner, 14, funded=10)
+    stale = shard_map()
+    move(0, 63, "shard_01", stop_after="switching")  # the active copy on shard_00 stays behind, frozen in time
+    wallet_set_status(wallet_id=wallet.id, status=WalletStatus.FROZEN)  # on the owner
+    _stale(stale)
+    action = operator_unfreeze_wallet(actor=make_staff("opal", "operators"), wallet_id=wallet.id, reason="ticket 7")
+    assert action.outcome == "succeeded", action.detail
+    assert action.detail == "The wallet is now active (was frozen)."
+    assert raw_query("shard_01", "SELECT status FROM ledger_wallet WHERE id = %s", [wallet.id]) == [("active",)]
+    Mover(moves.active_move(), cleanup_delay=0).run()
