@@ -108,3 +108,33 @@ def test_an_operator_action_that_finds_nothing_to_do_on_a_frozen_copy_looks_agai
     assert action.detail == "The wallet is now active (was frozen)."
     assert raw_query("shard_01", "SELECT status FROM ledger_wallet WHERE id = %s", [wallet.id]) == [("active",)]
     Mover(moves.active_move(), cleanup_delay=0).run()
+
+
+def test_a_waiting_request_whose_bucket_is_fenced_before_it_answers_gets_its_own_result(monkeypatch: Any) -> None:
+    import threading
+
+    from apps.transfers.api import views
+
+    owner, key = make_client()
+    payer = wallet_in_bucket(owner, 30, funded=100)
+    payee = wallet_in_bucket(owner, 31)
+    waited = views.wait_until_terminal
+
+    def then_a_switch_begins(transfer: Any, seconds: float) -> Any:
+        found = waited(transfer, seconds)
+        raw_query("shard_00", "UPDATE sharding_bucket_owner SET state = 'fenced' WHERE bucket = 30")
+        unfence = "UPDATE sharding_bucket_owner SET state = 'owned' WHERE bucket = 30"
+        threading.Timer(0.5, lambda: raw_query("shard_00", unfence)).start()
+        return found
+
+    monkeypatch.setattr(views, "wait_until_terminal", then_a_switch_begins)
+    body = {"from": str(payer.id), "to": str(payee.id), "amount_minor": 40, "currency": "USD"}
+    first = api_for(key).post("/v1/transfers?wait=5", body, format="json", HTTP_IDEMPOTENCY_KEY="w1")
+    monkeypatch.undo()
+    assert first.status_code == 201, first.content
+    assert first.json()["status"] == "completed"
+    again = api_for(key).post("/v1/transfers?wait=5", body, format="json", HTTP_IDEMPOTENCY_KEY="w1")
+    assert again.status_code == 201
+    assert again["Idempotent-Replayed"] == "true"
+    assert again.content == first.content
+    assert raw_query("shard_00", "SELECT balance_minor FROM ledger_wallet WHERE id = %s", [payer.id]) == [(60,)]

@@ -35,8 +35,9 @@ from apps.common.openapi import (
 )
 from apps.ledger.api.schema import WALLET_ID, WALLET_NOT_FOUND
 from apps.ledger.api.views import owned_wallet
+from apps.sharding.fence import is_fence_refusal, retry_while_fenced
 from apps.sharding.ids import InvalidId, parse_id
-from apps.sharding.routing import alias_for_id
+from apps.sharding.routing import alias_for_id, refresh_shard_map
 from apps.transfers import selectors
 from apps.transfers.api.schema import (
     BATCH_INVALID,
@@ -97,13 +98,32 @@ def wait_seconds(request: Request) -> float:
 
 
 def wait_until_terminal(transfer: Transfer, seconds: float) -> Transfer:
+    """The transfer once terminal, or as last read when the wait is over.
+
+    A switch of its bucket during the wait is only a pause: a read refused for it keeps the
+    last state read and tries again on the new owner.
+    """
     deadline = time.monotonic() + seconds
     pause = 0.005
     while not transfer.is_terminal and time.monotonic() < deadline:
         time.sleep(min(pause, max(deadline - time.monotonic(), 0)))
         pause = min(pause * 1.5, 0.1)
-        transfer = selectors.transfer_get(transfer_id=transfer.id)
+        try:
+            transfer = selectors.transfer_get(transfer_id=transfer.id)
+        except Exception as exc:
+            if not is_fence_refusal(exc):
+                raise
+            refresh_shard_map()
     return transfer
+
+
+def _store_waited_response(transfer: Transfer, record_id: int) -> tuple[int, str]:
+    """The waiting request's answer, stored on the record wherever its bucket now lives."""
+
+    def store() -> tuple[int, str]:
+        return transfer_store_response(alias_for_id(transfer.id), record_id, *render_transfer(transfer))
+
+    return retry_while_fenced(store, wait_seconds=settings.SHARD_MOVE_WAIT_SECONDS)
 
 
 class TransferCollectionView(APIView):
@@ -134,22 +154,24 @@ class TransferCollectionView(APIView):
         },
         extensions=response_links(TRANSFER_LINKS, 201, 202),
     )
-    @waits_out_moves
     def post(self, request: Request) -> HttpResponse:
         key = idempotency_key(request)
         wait = wait_seconds(request)
         transfer_request = parse_transfer_body(cast(int, request.user.id), request.data, key)
         if isinstance(transfer_request, Invalid):
             raise InvalidTransfer(transfer_request)
-        created = transfer_create(transfer_request, render=render_transfer, defer_response=wait > 0)
+        # Only the creation is re-run when a move refuses it: once this request's key is
+        # recorded, running it again would find its own record unanswered (409 to itself).
+        created = retry_while_fenced(
+            lambda: transfer_create(transfer_request, render=render_transfer, defer_response=wait > 0),
+            wait_seconds=settings.SHARD_MOVE_WAIT_SECONDS,
+        )
         status_code, body = created.status, created.body
         if status_code is None:  # a waiting request: answer once terminal (or when the wait is over)
             assert created.transfer is not None  # noqa: S101 - accepted
             assert created.record_id is not None  # noqa: S101
             transfer = wait_until_terminal(created.transfer, wait)
-            status_code, body = transfer_store_response(
-                alias_for_id(transfer.id), created.record_id, *render_transfer(transfer)
-            )
+            status_code, body = _store_waited_response(transfer, created.record_id)
         # The stored text itself, so every replay is byte-identical to the first response.
         response = HttpResponse(body, status=status_code, content_type="application/json")
         if created.outcome == "replayed":
