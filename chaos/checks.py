@@ -216,6 +216,8 @@ def check_bank(verdict: Verdict, ops: list[Op], snap: Snapshot, wallets: list[st
 
 def verify(history: History, snap: Snapshot, wallets: Wallets) -> Verdict:
     verdict = Verdict()
+    for duplicate in snap.duplicates:
+        verdict.fail("ownership", duplicate)
     ops = list(history.ops)
     by_transfer = check_keys(verdict, ops, snap)
     check_terminal(verdict, snap)

@@ -5,7 +5,8 @@ process); a shard crash is `pg_ctl stop -m immediate` (no checkpoint: the restar
 the WAL); a pause is SIGSTOP of the server and all its backends, so connections stay open
 and queries hang, as when a server's machine or disk stalls; a Redis FLUSHALL loses
 every queued and unacknowledged Celery message and the drain flags; a bucket move runs
-`move_buckets` as an operator would, its mover sometimes SIGKILLed (chaos/moves.py).
+`move_buckets` as operators and crashes would (chaos/moves.py: killed or stopped at a named
+phase, a second command beside it, `shard_add` during it).
 Restarts are the supervisor's job, not the nemesis's.
 """
 
@@ -27,6 +28,8 @@ from chaos.moves import MoveDriver
 from chaos.schedule import PlannedFault
 from chaos.supervisor import Supervisor, postmaster_pid
 from chaos.timeline import Timeline
+
+INJECT_TRIES = 15  # one a second
 
 
 class Nemesis(threading.Thread):
@@ -59,11 +62,16 @@ class Nemesis(threading.Thread):
         for fault in self.plan:
             if self.halt.wait(max(0.0, fault.at - self.timeline.now())):
                 return
-            try:
-                detail = self._inject[fault.kind](fault)
-            except Exception as exc:  # a fault that cannot be injected is logged, never fatal
-                detail = None
-                self.timeline.record("fault", f"{fault.kind} {fault.target} could not be injected: {exc}")
+            # A fault whose victim is not there right now (a program being restarted, a shard
+            # down) is tried again for a while: the run counts only faults that hit something.
+            for _ in range(INJECT_TRIES):
+                try:
+                    detail = self._inject[fault.kind](fault)
+                except Exception as exc:  # a fault that cannot be injected is logged, never fatal
+                    detail = None
+                    self.timeline.record("fault", f"{fault.kind} {fault.target} could not be injected: {exc}")
+                if detail is not None or self.halt.wait(1.0):
+                    break
             if detail is None:
                 self.skipped[fault.kind] += 1
                 continue
@@ -88,7 +96,11 @@ class Nemesis(threading.Thread):
         if pid is None:
             self._skip(fault, "not running (being restarted)")
             return None
-        os.kill(pid, signal.SIGKILL)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            self._skip(fault, f"pid {pid} exited first")
+            return None
         return self._log(fault, f"SIGKILL pid {pid}")
 
     def _kill_child(self, fault: PlannedFault, name: str) -> str | None:
@@ -97,8 +109,11 @@ class Nemesis(threading.Thread):
             self._skip(fault, "no child process")
             return None
         victim = children[fault.pick % len(children)]
-        with contextlib.suppress(psutil.NoSuchProcess):
+        try:
             victim.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            self._skip(fault, f"child pid {victim.pid} of {name} exited first")
+            return None
         return self._log(fault, f"SIGKILL child pid {victim.pid} of {name}")
 
     def _flush_redis(self, fault: PlannedFault) -> str | None:

@@ -1,8 +1,19 @@
-"""Bucket moves as faults: `manage.py move_buckets` run as an operator would, sometimes killed mid-way.
+"""Bucket moves as faults: `manage.py move_buckets` run as operators and crashes would run it.
 
-One move at a time (the service allows no more). A killed mover leaves its move active; the
-next move fault resumes it (`--resume`) instead of starting another, and the settle phase
-finishes whatever is left before the checks, which then see the final map.
+One move at a time (the service allows no more): a move fault waits for the previous one's
+scenario to end. Each fault is one scenario, chosen from the seed:
+
+- `complete`: a move to its end;
+- `kill@PHASE`: the mover is SIGKILLed at a named phase (the service's crash points, so the
+  kill is known to have hit a live mover there), and the next scenario resumes the move;
+- `second-beside-live`: while a mover runs, a second `--resume` and an `--abort` are tried and
+  must be refused (naming the live holder), and `shard_add` runs during the move;
+- `stopped@PHASE`: the mover stops itself (SIGSTOP) at a phase; an `--abort` beside it must
+  be refused; the operator evicts it and aborts (before the switch) or resumes (after); let
+  go, the stopped mover must exit saying the move is no longer its own.
+
+Whatever contradicts the ownership rules is a violation (`violations`), failing the run; so
+is a move that ends `stopped` or in an error, and a run where no move reached `done`.
 """
 
 from __future__ import annotations
@@ -11,6 +22,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -21,16 +33,40 @@ from chaos.timeline import Timeline
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = (16, 32, 64)  # buckets per move
+KILL_PHASES = (
+    "move_phase_copying", "move_copying", "move_phase_catching_up", "move_phase_verifying", "move_after_fence",
+    "move_after_own", "move_phase_cleaning", "move_cleaning_source",
+)  # fmt: skip
+STOP_PHASES = ("move_copying", "move_phase_verifying", "move_after_fence", "move_after_own")
+SWITCHED = ("move_after_own", "move_phase_cleaning", "move_cleaning_source")
+SCENARIOS = ("complete", "kill", "second-beside-live", "stopped")
+CLEANUP_DELAY = "1"
 
 
 def _manage(*args: str) -> list[str]:
     return [sys.executable, str(ROOT / "manage.py"), *args]
 
 
-def _active_move() -> bool:
+def _active_move_id() -> int | None:
     from apps.sharding.moves import active_move
 
-    return active_move() is not None
+    move = active_move()
+    return move.id if move is not None else None
+
+
+def _holder_pid(move_id: int) -> int | None:
+    from apps.sharding.lease import lease_holder
+
+    holder = lease_holder(move_id)
+    return holder.pid if holder is not None else None
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
 
 
 def pick_range(pick: int, target: str) -> tuple[int, int] | None:
@@ -48,68 +84,195 @@ def pick_range(pick: int, target: str) -> tuple[int, int] | None:
     return first, first + size - 1
 
 
+def scenario_of(pick: int) -> tuple[str, str | None]:
+    kind = SCENARIOS[pick % len(SCENARIOS)]
+    if kind == "kill":
+        return kind, KILL_PHASES[pick // 4 % len(KILL_PHASES)]
+    if kind == "stopped":
+        return kind, STOP_PHASES[pick // 4 % len(STOP_PHASES)]
+    return kind, None
+
+
+def _run(argv: list[str], *, timeout: float = 300, env: dict[str, str] | None = None) -> tuple[int, str]:
+    result = subprocess.run(  # noqa: S603 - our own command line
+        argv, capture_output=True, text=True, timeout=timeout, check=False, env=env, start_new_session=True
+    )
+    return result.returncode, (result.stdout + result.stderr).strip()
+
+
 class MoveDriver:
     def __init__(self, timeline: Timeline) -> None:
         self.timeline = timeline
         self.outcomes: Counter[str] = Counter()
+        self.violations: list[str] = []
         self._thread: threading.Thread | None = None
+        self._marker_dir = Path(tempfile.mkdtemp(prefix="chaos-moves-"))
 
     def busy(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def start(self, fault: PlannedFault) -> str | None:
-        if self.busy():
-            return None
-        if _active_move():
-            argv, what = _manage("move_buckets", "--resume", "--cleanup-delay", "2"), "resume the interrupted move"
+    def start(self, fault: PlannedFault, *, wait: float = 240) -> str | None:
+        """Start the fault's scenario once the previous one has ended (None: nothing to move)."""
+        if self._thread is not None:
+            self._thread.join(wait)
+            if self._thread.is_alive():
+                return None
+        kind, phase = scenario_of(fault.pick)
+        if _active_move_id() is not None:
+            argv, what = _manage("move_buckets", "--resume", "--cleanup-delay", CLEANUP_DELAY), "the interrupted move"
         else:
             chosen = pick_range(fault.pick, fault.target)
             if chosen is None:
                 return None
             first, last = chosen
-            argv = _manage("move_buckets", str(first), str(last), "--to", fault.target, "--cleanup-delay", "2")
-            what = f"move buckets {first}..{last} to {fault.target}"
-        kill_after = 1.5 + (fault.pick % 7) * 0.75 if fault.pick % 3 == 0 else None  # startup is ~1.5 s
-        self._thread = threading.Thread(target=self._run, args=(argv, what, kill_after), daemon=True)
+            argv = _manage(
+                "move_buckets", str(first), str(last), "--to", fault.target, "--cleanup-delay", CLEANUP_DELAY
+            )
+            what = f"buckets {first}..{last} to {fault.target}"
+        label = kind + (f"@{phase}" if phase else "")
+        self._thread = threading.Thread(target=self._scenario, args=(kind, phase, argv, what), daemon=True)
         self._thread.start()
-        return what + (f" (the mover is killed after {kill_after:g} s)" if kill_after else "")
+        return f"{label}: {what}"
 
-    def _run(self, argv: list[str], what: str, kill_after: float | None) -> None:
+    def _record(self, message: str) -> None:
+        self.timeline.record("fault", f"move_buckets: {message}")
+
+    def _violation(self, message: str) -> None:
+        self.violations.append(message)
+        self.timeline.record("fault", f"move_buckets VIOLATION: {message}")
+
+    def _scenario(self, kind: str, phase: str | None, argv: list[str], what: str) -> None:
+        try:
+            if kind == "kill":
+                self._killed_at(phase or KILL_PHASES[0], argv, what)
+            elif kind == "stopped":
+                self._stopped_at(phase or STOP_PHASES[0], argv, what)
+            elif kind == "second-beside-live":
+                self._second_beside_live(argv, what)
+            else:
+                self._finish(_run(argv), what)
+        except Exception as exc:  # never let the nemesis's helper die with it
+            self.outcomes["error"] += 1
+            self._violation(f"{what}: the scenario failed: {type(exc).__name__}: {exc}")
+
+    def _finish(self, result: tuple[int, str], what: str) -> None:
+        code, output = result
+        last = (output.splitlines() or [""])[-1][-300:]
+        if code == 0:
+            self.outcomes["done" if "done/done" in output else "aborted" if "aborted" in output else "ok"] += 1
+            self._record(f"{what}: exit 0: {last}")
+            return
+        self.outcomes["stopped"] += 1
+        self._violation(f"{what}: the mover stopped (exit {code}): {last}")
+
+    def _killed_at(self, phase: str, argv: list[str], what: str) -> None:
+        marker = self._marker_dir / f"kill-{time.monotonic_ns()}"
+        marker.touch()
+        code, output = _run(argv, env={**os.environ, "SHARDWALLET_CRASH_AT": f"{phase}:{marker}"})
+        if marker.exists():  # the mover never reached the phase: it ran to its end (or stopped)
+            marker.unlink()
+            self._record(f"kill@{phase} ({what}): the phase was not reached")
+            self._finish((code, output), what)
+            return
+        if code != -signal.SIGKILL:
+            self._violation(f"{what}: killed at {phase} but exited {code}")
+            return
+        self.outcomes[f"killed@{phase}"] += 1
+        self._record(f"{what}: mover SIGKILLed at {phase}")
+
+    def _second_beside_live(self, argv: list[str], what: str) -> None:
         proc = subprocess.Popen(  # noqa: S603 - our own command line
             argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
         )
+        holder = self._wait_for_holder(proc)
+        if holder is not None:
+            for command in ("--resume", "--abort"):
+                code, output = _run(_manage("move_buckets", command))
+                if code == 0:
+                    self._violation(f"{what}: a second `move_buckets {command}` ran beside live pid {holder}")
+                elif "is being run by" not in output:
+                    self._violation(
+                        f"{what}: `{command}` beside a live mover failed without naming it: {output[-300:]}"
+                    )
+                else:
+                    self.outcomes[f"refused-{command[2:]}-beside-live"] += 1
+            target = what.rsplit(" to ", 1)[-1] if " to " in what else None
+            if target:
+                # Registers the (existing) shard anew: a new epoch while the move takes its own.
+                code, output = _run(_manage("shard_add", target))
+                self.outcomes["shard_add-during-move" if code == 0 else "shard_add-failed"] += 1
+                self._record(f"shard_add {target} during the move: exit {code}: {output[-200:]}")
+        output, _ = proc.communicate(timeout=300)
+        self._finish((proc.returncode, output.strip()), what)
+
+    def _wait_for_holder(self, proc: subprocess.Popen[str], timeout: float = 30) -> int | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            move_id = _active_move_id()
+            pid = _holder_pid(move_id) if move_id is not None else None
+            if pid == proc.pid:
+                return pid
+            time.sleep(0.05)
+        return None
+
+    def _stopped_at(self, phase: str, argv: list[str], what: str) -> None:
+        marker = self._marker_dir / f"stop-{time.monotonic_ns()}"
+        marker.touch()
+        env = {**os.environ, "SHARDWALLET_STOP_AT": f"{phase}:{marker}"}
+        proc = subprocess.Popen(  # noqa: S603 - our own command line
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env
+        )
+        deadline = time.monotonic() + 120
+        while _state(proc.pid) != "T" and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if proc.poll() is not None or _state(proc.pid) != "T":  # it never reached the phase
+            output, _ = proc.communicate(timeout=300)
+            self._record(f"stopped@{phase} ({what}): the phase was not reached")
+            self._finish((proc.returncode or 0, output.strip()), what)
+            return
+        self._record(f"{what}: mover stopped (SIGSTOP) at {phase}")
         try:
-            output, _ = proc.communicate(timeout=kill_after)
+            code, output = _run(_manage("move_buckets", "--abort"))
+            if code == 0:
+                self._violation(f"{what}: `--abort` beside a stopped mover (pid {proc.pid}) was accepted")
+                return
+            self.outcomes["refused-abort-beside-stopped"] += 1
+            code, output = _run(_manage("move_buckets", "--evict"))
+            if code != 0:
+                self._violation(f"{what}: --evict failed: {output[-300:]}")
+                return
+            second = "--resume" if phase in SWITCHED else "--abort"
+            code, output = _run(_manage("move_buckets", second, "--cleanup-delay", CLEANUP_DELAY))
+            if code != 0 and second == "--abort" and "has switched" in output:
+                code, output = _run(_manage("move_buckets", "--resume", "--cleanup-delay", CLEANUP_DELAY))
+            self._finish((code, output), f"{what} ({second} after evicting the stopped mover)")
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+        try:
+            output, _ = proc.communicate(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
-            self.outcomes["killed"] += 1
-            self.timeline.record("fault", f"move_buckets: mover SIGKILLed ({what})")
+            self._violation(f"{what}: the mover let go after eviction did not exit within 60 s")
             return
-        except Exception as exc:  # never let the nemesis thread die with it
-            self.outcomes["error"] += 1
-            self.timeline.record("fault", f"move_buckets: {what}: {exc}")
-            return
-        outcome = "done" if proc.returncode == 0 else "stopped"
-        self.outcomes[outcome] += 1
-        last = (output.strip().splitlines() or [""])[-1]
-        self.timeline.record("fault", f"move_buckets: {what}: {outcome}: {last[-300:]}")
+        if proc.returncode == 0 or "no longer runs the move" not in output:
+            self._violation(f"{what}: the evicted mover, let go, exited {proc.returncode}: {output.strip()[-300:]}")
+        else:
+            self.outcomes["evicted-mover-exited"] += 1
 
     def finish(self, timeout: float = 300) -> str | None:
-        """After the load: wait for the mover, then resume an interrupted move to its end. None if done."""
+        """After the load: wait for the scenario, then resume an interrupted move to its end. None if done."""
         if self._thread is not None:
             self._thread.join(timeout)
         deadline = time.monotonic() + timeout
         last = ""
-        while _active_move():
+        while _active_move_id() is not None:
             if time.monotonic() > deadline:
                 return f"a move is still active after {timeout:g} s: {last}"
-            result = subprocess.run(  # noqa: S603 - our own command line
-                _manage("move_buckets", "--resume", "--cleanup-delay", "1"),
-                capture_output=True, text=True, check=False, timeout=timeout,
-            )  # fmt: skip
-            last = (result.stdout + result.stderr).strip()[-500:]
-            self.timeline.record("settle", f"move_buckets --resume: exit {result.returncode}")
-            if result.returncode != 0:
+            code, last = _run(_manage("move_buckets", "--resume", "--cleanup-delay", "1"), timeout=timeout)
+            self.timeline.record("settle", f"move_buckets --resume: exit {code}")
+            if code == 0:
+                self.outcomes["done"] += 1
+            else:
                 time.sleep(3)
         return None

@@ -22,7 +22,7 @@ from chaos.client import Client, Deadlines
 from chaos.faults import Nemesis
 from chaos.history import History, Op
 from chaos.schedule import PlannedFault, plan_faults
-from chaos.snapshot import take_snapshot
+from chaos.snapshot import ownership_problems, take_snapshot
 from chaos.stack import CHAOS
 from chaos.supervisor import Shard, Supervisor
 from chaos.timeline import Timeline
@@ -165,6 +165,9 @@ class ChaosRun:
         verdict = verify(self.history, snap, wallets)
         if unfinished_move:
             verdict.fail("move", unfinished_move)
+        self._check_faults_and_moves(verdict)
+        for problem in ownership_problems():
+            verdict.fail("ownership", problem)
         for client in self.clients:
             if client.crashed or client.is_alive():
                 verdict.fail("harness", f"{client.name}: {client.crashed or 'still running after the deadline'}")
@@ -183,6 +186,18 @@ class ChaosRun:
             "moves": dict(self.nemesis.mover.outcomes) if self.nemesis is not None else {},
         }
         return verdict, facts
+
+    def _check_faults_and_moves(self, verdict: Verdict) -> None:
+        """A run proves only what it did: every planned fault fired, and the moves went as operators expect."""
+        if self.nemesis is None:
+            return
+        for kind, count in self.nemesis.skipped.items():
+            verdict.fail("faults", f"{count} planned {kind} fault(s) never hit a live target")
+        for message in self.nemesis.mover.violations:
+            verdict.fail("move", message)
+        planned_moves = sum(1 for f in self.nemesis.plan if f.kind == "move_buckets")
+        if planned_moves and not self.nemesis.mover.outcomes["done"]:
+            verdict.fail("move", f"{planned_moves} move fault(s) planned but no move reached done")
 
     def teardown(self) -> None:
         """Stop faults, clients and every process, then the servers (their data deleted if the run passed)."""

@@ -10,10 +10,11 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 from django.db import DatabaseError, connections
 
-from apps.sharding.routing import shard_aliases
+from apps.sharding.routing import refresh_shard_map, shard_aliases
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class Snapshot:
     keys: dict[tuple[str, str], str] = field(default_factory=dict)  # (payer, idempotency key) -> transfer id
     entries: dict[str, list[EntryRow]] = field(default_factory=lambda: defaultdict(list))  # by reference
     balances: dict[str, tuple[int, str]] = field(default_factory=dict)  # wallet -> (balance, currency)
+    duplicates: list[str] = field(default_factory=list)  # rows served by two shards: two owners of one bucket
 
 
 def _rows(alias: str, sql: str, params: list[object] | None = None) -> list[tuple]:
@@ -73,9 +75,12 @@ def _read_shards(client_id: int) -> Snapshot:
     snap = Snapshot()
     for alias in shard_aliases():
         histories: dict[str, list[str]] = defaultdict(list)
+        # A transfer's statuses only move forward: its history in that order (serial ids are per shard).
         for tid, status in _rows(
             alias,
-            "SELECT transfer_id::text, to_status FROM transfers_event WHERE sharding_serves(transfer_id) ORDER BY id",
+            "SELECT transfer_id::text, to_status FROM transfers_event WHERE sharding_serves(transfer_id)"
+            " ORDER BY transfer_id, CASE to_status WHEN 'pending' THEN 0 WHEN 'debited' THEN 1"
+            " WHEN 'refunding' THEN 2 ELSE 3 END, created_at, id",
         ):
             histories[tid].append(status)
         for row in _rows(
@@ -83,14 +88,14 @@ def _read_shards(client_id: int) -> Snapshot:
             "SELECT id::text, payer_id::text, payee_id::text, amount_minor, currency, status, failure_reason,"
             " attempts, last_error, parked_at IS NOT NULL FROM transfers_transfer WHERE sharding_serves(id)",
         ):
-            snap.transfers[row[0]] = TransferRow(*row, history=tuple(histories[row[0]]))
+            _keep(snap, snap.transfers, row[0], TransferRow(*row, history=tuple(histories[row[0]])), alias)
         for payer, key, tid in _rows(
             alias,
             "SELECT payer_id::text, key, transfer_id::text FROM transfers_idempotency"
             " WHERE client_id = %s AND sharding_serves(payer_id)",
             [client_id],
         ):
-            snap.keys[(payer, key)] = tid
+            _keep(snap, snap.keys, (payer, key), tid, alias)
         for wallet, kind, amount, reference in _rows(
             alias,
             "SELECT wallet_id::text, kind, amount_minor, reference FROM ledger_entry WHERE sharding_serves(wallet_id)",
@@ -99,8 +104,32 @@ def _read_shards(client_id: int) -> Snapshot:
         for wallet, balance, currency in _rows(
             alias, "SELECT id::text, balance_minor, currency FROM ledger_wallet WHERE sharding_serves(id)"
         ):
-            snap.balances[wallet] = (balance, currency)
+            _keep(snap, snap.balances, wallet, (balance, currency), alias)
     return snap
+
+
+def _keep(snap: Snapshot, rows: dict[Any, Any], key: Any, value: Any, alias: str) -> None:
+    """A row the snapshot already holds from another shard is a violation, never overwritten."""
+    if key in rows:
+        snap.duplicates.append(f"{key} is served by two shards (again on {alias})")
+        return
+    rows[key] = value
+
+
+def ownership_problems() -> list[str]:
+    """Each bucket owned by exactly one shard, the one the control database's map names."""
+    current = refresh_shard_map()
+    owners: dict[int, list[str]] = defaultdict(list)
+    for alias in current.aliases:
+        for (bucket,) in _rows(alias, "SELECT bucket FROM sharding_bucket_owner WHERE state = 'owned'"):
+            owners[bucket].append(alias)
+    problems = []
+    for bucket in range(current.bucket_count):
+        if owners[bucket] != [current.alias_for_bucket(bucket)]:
+            problems.append(
+                f"bucket {bucket}: owned by {owners[bucket]}, the map says {current.alias_for_bucket(bucket)}"
+            )
+    return problems[:50]
 
 
 def in_flight() -> list[TransferRow]:

@@ -235,7 +235,7 @@ def test_unknown_route_and_wrong_method_have_the_error_shape(api) -> None:
 def test_health_reports_every_shard_the_control_database_and_redis(api) -> None:
     body = api.get("/health").json()
     assert body["status"] == "ok"
-    assert set(body["components"]) == {"default", "redis", *shard_aliases()}
+    assert set(body["components"]) == {"default", "redis", "bucket_fences", *shard_aliases()}
     assert all(c["ok"] for c in body["components"].values())
 
 

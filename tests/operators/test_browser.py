@@ -50,21 +50,26 @@ def scene() -> dict[str, Any]:
 
 
 @pytest.fixture
-def served(scene: dict[str, Any]) -> Iterator[str]:
+def served(scene: dict[str, Any], tmp_path: Path) -> Iterator[str]:
     """`manage.py serve` on a free port (reusing the test stack); stopped with Ctrl-C after the test."""
     port = free_port()
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "wallet_project.settings_test"}
-    proc = subprocess.Popen(
-        [sys.executable, "manage.py", "serve", "--port", str(port), "--keep-stack", "--workers", "1"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=settings.BASE_DIR,
-    )  # fmt: skip
+    # Its output goes to a file: a pipe nobody reads during the test fills up (the CDC it
+    # starts logs every change it streams) and then blocks the server mid-request.
+    log = tmp_path / "serve.log"
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "manage.py", "serve", "--port", str(port), "--keep-stack", "--workers", "1"],
+            env=env, stdout=sink, stderr=subprocess.STDOUT, text=True, cwd=settings.BASE_DIR,
+        )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_until_serving(base, proc, lambda: proc.stdout.read() if proc.stdout else "")
+        wait_until_serving(base, proc, log.read_text)
         yield base
     finally:
         proc.send_signal(signal.SIGINT)
-        output, _ = proc.communicate(timeout=30)
+        proc.wait(timeout=30)
+    output = log.read_text()
     assert proc.returncode == 0, output
     assert f"admin:      {base}/admin/" in output
 
