@@ -152,3 +152,14 @@ def timed_out(requests: list[Request]) -> list[str]:
 
 def groups(requests: list[Request], **predicates: Callable[[Request], bool]) -> dict[str, list[Request]]:
     return {name: [r for r in requests if r.kind == "transfer" and keep(r)] for name, keep in predicates.items()}
+
+
+def completed_between_shards(requests: list[Request], times: TransferTimes) -> int:
+    """Completed transfers whose payer and payee are on different shards."""
+    done = 0
+    for request in requests:
+        a = accepted(request) if request.kind == "transfer" else None
+        row = times.get(a.transfer_id or "") if a is not None else None
+        if row is not None and row[0] == "completed" and request.payer_shard != request.payee_shard:
+            done += 1
+    return done

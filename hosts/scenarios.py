@@ -22,7 +22,7 @@ from typing import Any
 from hosts import app, broker, figures, net, servers, sockets
 from hosts.client import REQUEST_TIMEOUT
 from hosts.figures import Window
-from hosts.layout import CLIENT, PARTITIONED_SHARD, RESULTS, SLOW_SHARD, host, relative
+from hosts.layout import APP, CLIENT, PARTITIONED_SHARD, POSTGRES_PORT, RESULTS, SLOW_SHARD, host, relative
 from hosts.records import LoadResult
 from hosts.stack import Stack
 
@@ -31,6 +31,11 @@ DEPOSIT = 100_000_000  # per wallet: transfers of 1..1000 never run one dry
 SETTLE_SECONDS = 90  # the bound for every transfer to end once the fault is over
 DRAIN_SECONDS = 120  # the bound for the broker's queue to empty after a scenario's checks
 WARMUP_SECONDS = 2  # left out of the windows that are compared
+# (a) must do real work: floors far under a slow hour's figures (docs/HOSTS.md: ~7,900 in 30 s).
+MIN_COMPLETED_A = 1000
+MIN_CROSS_A = 200
+# (b) attempts sent this close to the link's return may be answered once it is back.
+PARTITION_MARGIN_S = 5
 
 
 @dataclass
@@ -135,7 +140,7 @@ class Runner:
         def look() -> None:
             seen = sockets.snapshot()
             outcome.figures["connections"] = sockets.summary(seen)
-            for problem in sockets.problems(seen):
+            for problem in sockets.problems(seen) + sockets.missing(seen):
                 outcome.failures.append(f"sockets: {problem}")
 
         return look
@@ -175,7 +180,15 @@ class Runner:
         outcome = Outcome("a")
         result = self.load("a", self.options.seconds_a, [(5, "sockets looked at", self.socket_check(outcome))])
         checks = self.check("a", settle=SETTLE_SECONDS, reconcile=reconcile)
-        outcome.figures["load"] = figures.overall(result, checks["transfers"])
+        outcome.figures["load"] = load = figures.overall(result, checks["transfers"])
+        cross = figures.completed_between_shards(result.requests, checks["transfers"])
+        outcome.figures["completed_between_shards"] = cross
+        # A workload that did (almost) nothing proves nothing: floors far under a slow hour's figures.
+        outcome.require(
+            load["completed"] >= MIN_COMPLETED_A,
+            f"only {load['completed']} transfers completed (at least {MIN_COMPLETED_A} expected)",
+        )
+        outcome.require(cross >= MIN_CROSS_A, f"only {cross} cross-shard transfers completed (at least {MIN_CROSS_A})")
         self.verdict(outcome, checks, result)
         return outcome
 
@@ -186,6 +199,7 @@ class Runner:
         actions: list[Action] = [
             (5, "sockets looked at", self.socket_check(outcome)),
             (o.partition_at, f"{shard.name}'s link down", lambda: net.set_link(shard, up=False)),
+            (o.partition_at + 1, f"{shard.name} unreachable from the app host", self.link_check(outcome, shard)),
             (o.partition_at + o.partition_seconds, f"{shard.name}'s link up", lambda: net.set_link(shard, up=True)),
         ]
         seconds = o.partition_at + o.partition_seconds + o.after_partition
@@ -217,6 +231,7 @@ class Runner:
         outcome.figures["503_latency"] = figures.latency_summary(refused) | {
             "max_ms": figures.ms(max(refused, default=0))
         }
+        self.require_partition_felt(outcome, parts["payer_on_it"], times, down, up, result.ended)
         before = table["untouched"]["before"]["completed_per_s"]
         during = table["untouched"]["during"]["completed_per_s"]
         ratio = round(during / before, 2) if before else 0.0
@@ -235,6 +250,42 @@ class Runner:
             outcome.figures["terminal_after_link_up_s"] = round(max(row[2] for row in mine) - up, 1)
         self.verdict(outcome, checks, result)
         return outcome
+
+    def link_check(self, outcome: Outcome, shard: Any) -> Callable[[], None]:
+        """Prove the partition: a TCP connect from the app host to the shard must time out."""
+
+        def look() -> None:
+            probe = (
+                "import socket,sys\ntry:\n socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)\n"
+                "except OSError:\n sys.exit(0)\nsys.exit(1)"
+            )
+            argv = [sys.executable, "-c", probe, shard.address, str(POSTGRES_PORT)]
+            result = subprocess.run(net.on(APP, argv), capture_output=True, text=True, check=False)  # noqa: S603
+            outcome.figures["partition_proven"] = result.returncode == 0
+            outcome.require(result.returncode == 0, f"{shard.name} still answered a connect during its partition")
+
+        return look
+
+    def require_partition_felt(
+        self, outcome: Outcome, payers_on_it: list[Any], times: Any, down: float, up: float, ended: float
+    ) -> None:
+        """Its payers complete nothing while the link is down, are told 503, and complete again after."""
+        # A second's margin after the link goes down; attempts answered after it came back are not counted.
+        cut = Window("cut off", down + 1, up)
+        completed = figures.completions(payers_on_it, times, cut)
+        statuses = figures.status_counts(payers_on_it, Window("asked", down + 1, up - PARTITION_MARGIN_S))
+        accepted = sum(n for status, n in statuses.items() if status in ("201", "202"))
+        outcome.figures["payers_on_it_while_cut_off"] = {"completed": completed, "statuses": statuses}
+        outcome.require(
+            completed == 0, f"{completed} transfer(s) paid from the partitioned shard completed while cut off"
+        )
+        outcome.require(accepted == 0, f"{accepted} request(s) paid from the partitioned shard accepted while cut off")
+        outcome.require(
+            statuses.get("503 service_unavailable", 0) > 0,
+            f"its payers were not told 503 service_unavailable while cut off: {statuses}",
+        )
+        after = figures.completions(payers_on_it, times, Window("after", up, ended + SETTLE_SECONDS))
+        outcome.require(after > 0, "no transfer paid from the partitioned shard completed after the link came back")
 
     def scenario_c(self, *, reconcile: bool = False) -> Outcome:
         o = self.options

@@ -129,6 +129,34 @@ def problems(sockets: list[Socket]) -> list[str]:
     return found
 
 
+def _required() -> set[tuple[str, str, int]]:
+    """The edges a working deployment uses at every moment of a load (the others come and go)."""
+    edges = {
+        (APP.name, CONTROL.name, POSTGRES_PORT),
+        (APP.name, REDIS.name, REDIS_PORT),
+        (CLIENT.name, APP.name, API_PORT),
+    }
+    for shard in SHARD_HOSTS:
+        edges.add((APP.name, shard.name, RELAY_PORT if shard.name == SLOW_SHARD else POSTGRES_PORT))
+    return edges
+
+
+REQUIRED = _required()
+
+
+def missing(sockets: list[Socket]) -> list[str]:
+    """Required edges with no established connection: a check that sees nothing proves nothing."""
+    listening = {(s.host, s.local_port) for s in sockets if s.kind == "tcp" and s.state == "LISTEN"}
+    seen = set()
+    for s in sockets:
+        if s.kind != "tcp" or s.state != "ESTAB" or (s.host, s.local_port) in listening:
+            continue
+        peer = HOST_BY_ADDRESS.get(s.peer)
+        if peer is not None:
+            seen.add((s.host, peer.name, s.peer_port))
+    return [f"no connection {a} -> {b}:{port} while the load runs" for a, b, port in sorted(REQUIRED - seen)]
+
+
 def summary(sockets: list[Socket]) -> dict[str, int]:
     """Established connections per edge, for the report: e.g. `app->shard_00:5432`: 14."""
     counts: dict[str, int] = {}

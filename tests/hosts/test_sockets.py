@@ -76,3 +76,18 @@ def test_summary_counts_the_connections_each_host_makes() -> None:
         "client->app:8000": 1,
         f"{SLOW_SHARD}->{SLOW_SHARD}:5432": 1,
     }
+
+
+def test_a_required_connection_that_is_not_there_is_reported() -> None:
+    from hosts.layout import CONTROL
+    from hosts.sockets import missing
+
+    complete = [
+        *DEPLOYMENT,
+        *(conn(APP.name, APP.address, 41000 + i, s.address, 5432) for i, s in enumerate(SHARD_HOSTS) if s != SLOW),
+        conn(APP.name, APP.address, 41100, CONTROL.address, 5432),
+    ]
+    assert missing(complete) == []
+    without_control = [s for s in complete if s.peer != CONTROL.address]
+    assert missing(without_control) == [f"no connection app -> {CONTROL.name}:5432 while the load runs"]
+    assert len(missing([])) == len(SHARD_HOSTS) + 3  # an empty look proves nothing

@@ -232,12 +232,14 @@ def test_a_range_moves_while_transfers_run_into_out_of_and_within_it(workers: li
     stop = threading.Event()
     statuses: list[int] = []
     transfer_ids: list[uuid.UUID] = []
+    touching_range: list[tuple[float, float]] = []  # (sent, answered) of requests paying into or out of it
     lock = threading.Lock()
 
     def traffic(seed: int) -> None:
         rng = random.Random(seed)
         api = api_for(key)
         while not stop.is_set():
+            sent = time.monotonic()
             pairs = [rng.sample(wallets, 2) for _ in range(rng.choice([1, 1, 3]))]
             bodies = [
                 {"from": str(a.id), "to": str(b.id), "amount_minor": rng.randint(1, 50), "currency": "USD"}
@@ -253,20 +255,33 @@ def test_a_range_moves_while_transfers_run_into_out_of_and_within_it(workers: li
             with lock:
                 statuses.append(r.status_code)
                 transfer_ids.extend(uuid.UUID(t["id"]) for t in found)
+                if found and any(w in inside for pair in pairs for w in pair):
+                    touching_range.append((sent, time.monotonic()))
+
+    def wait_for_requests(count: int, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while len(statuses) < count:
+            assert time.monotonic() < deadline, f"only {len(statuses)} requests answered"
+            time.sleep(0.05)
 
     assert api_for(key).get("/v1/wallets").status_code == 200  # loads the schema checker once, before the threads
     threads = [threading.Thread(target=traffic, args=(seed,)) for seed in range(3)]
     for t in threads:
         t.start()
     try:
-        time.sleep(1.5)
+        wait_for_requests(15)  # traffic flows before the move starts
+        move_started = time.monotonic()
         done = move(0, 63, "shard_01")
-        time.sleep(1.5)
+        move_ended = time.monotonic()
+        wait_for_requests(len(statuses) + 15)  # and after it ends
     finally:
         stop.set()
         for t in threads:
             t.join()
     assert done.state == "done"
+    # The move really ran under load on its own range: requests touching it were answered during it.
+    during = [(a, b) for a, b in touching_range if a >= move_started and b <= move_ended]
+    assert during, f"no request touching the range was answered during the move ({len(touching_range)} in all)"
     assert statuses
     assert set(statuses) <= {200, 201, 202}, sorted(set(statuses))
     states = wait_terminal(transfer_ids, timeout=60)

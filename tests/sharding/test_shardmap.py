@@ -157,3 +157,36 @@ def test_connections_give_up_on_an_unreachable_server_within_seconds() -> None:
     assert options["tcp_user_timeout"] == 5000
     assert options["keepalives"] == 1
     assert "tcp_user_timeout=5000" in parse_shard_map(valid_map()).control.conninfo().replace("'", "")
+
+
+def test_a_connect_to_a_server_that_accepts_but_never_answers_gives_up_within_its_timeout() -> None:
+    """A real connect, timed: a server that hangs (stopped, or its machine stalled) after the
+    TCP handshake must not hang the caller; the kernel completes the handshake, nothing answers."""
+    import socket
+    import time
+
+    import psycopg
+
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(8)  # never accepted, never answered
+        port = hung.getsockname()[1]
+        data = valid_map()
+        data["shards"][0]["port"] = port
+        server = parse_shard_map(data).shards["shard_00"]
+        settings = server.django_settings()
+        for connect in (
+            lambda: psycopg.connect(server.conninfo()),  # the mover, the CDC, the lease
+            lambda: psycopg.connect(  # Django's connections, with the settings' options
+                host=settings["HOST"],
+                port=settings["PORT"],
+                dbname=settings["NAME"],
+                user=settings["USER"],
+                **{k: v for k, v in settings["OPTIONS"].items() if k != "options"},
+            ),
+        ):
+            started = time.monotonic()
+            with pytest.raises(psycopg.OperationalError):
+                connect()
+            waited = time.monotonic() - started
+            assert 1 <= waited < 15, waited  # its connect_timeout (3-5 s), not forever and not at once
