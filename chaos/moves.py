@@ -121,7 +121,10 @@ class MoveDriver:
                 return None
         kind, phase = scenario_of(self._started, fault.pick)
         if _active_move_id() is not None:
+            # A move left by a killed mover: this fault resumes it; the scenarios' turn waits.
             argv, what = _manage("move_buckets", "--resume", "--cleanup-delay", CLEANUP_DELAY), "the interrupted move"
+            kind, phase = "complete", None
+            self._started -= 1
         else:
             chosen = pick_range(fault.pick, fault.target)
             if chosen is None:
@@ -184,7 +187,7 @@ class MoveDriver:
         self._record(f"{what}: mover SIGKILLed at {phase}")
 
     def _second_beside_live(self, argv: list[str], what: str) -> None:
-        argv = [*argv[:-1], "4"]  # a longer clean-up delay: the mover stays alive for the second commands
+        argv = [*argv[:-1], "8"]  # a longer clean-up delay: the mover stays alive for the second commands
         proc = subprocess.Popen(  # noqa: S603 - our own command line
             argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
         )
