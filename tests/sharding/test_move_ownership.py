@@ -351,3 +351,30 @@ def test_a_fence_left_by_a_dead_mover_is_an_alarm_with_the_command_that_ends_it(
     assert resumed.returncode == 0, _output(resumed)
     assert Client().get("/health").json()["components"]["bucket_fences"] == {"ok": True}
     assert_owned_by(FIRST, LAST, "shard_01")
+
+
+def test_only_members_of_the_mover_role_bypass_the_fence(seeded: list[Any]) -> None:
+    from apps.sharding.fence_sql import MOVER_ROLE
+
+    wallet = seeded[0]  # bucket 3, on shard_00
+    db = shard_map().shards["shard_00"]
+    raw_query("shard_00", "DROP ROLE IF EXISTS sw_app_test")
+    raw_query("shard_00", "CREATE ROLE sw_app_test LOGIN")
+    raw_query("shard_00", "GRANT SELECT, UPDATE ON ledger_wallet TO sw_app_test")
+    raw_query("shard_00", "UPDATE sharding_bucket_owner SET state = 'fenced' WHERE bucket = 3")
+    try:
+        conninfo = f"host={db.host} port={db.port} dbname={db.name} user=sw_app_test"
+        update = "UPDATE ledger_wallet SET updated_at = now() WHERE id = %s"
+        with psycopg.connect(conninfo, autocommit=True) as app:
+            app.execute("SET shardwallet.mover = 'on'")  # anyone may set it...
+            with pytest.raises(psycopg.Error) as refused:
+                app.execute(update, [wallet.id])
+            assert refused.value.sqlstate == "SWF01"  # ...but it counts only for the mover's role
+        raw_query("shard_00", f"GRANT {MOVER_ROLE} TO sw_app_test")
+        with psycopg.connect(conninfo, autocommit=True) as mover:
+            mover.execute("SET shardwallet.mover = 'on'")
+            assert mover.execute(update, [wallet.id]).rowcount == 1
+    finally:
+        raw_query("shard_00", "UPDATE sharding_bucket_owner SET state = 'owned' WHERE bucket = 3")
+        raw_query("shard_00", "DROP OWNED BY sw_app_test")
+        raw_query("shard_00", "DROP ROLE sw_app_test")
