@@ -5,7 +5,7 @@ scenario to end. Each fault is one scenario, in turn (the phase chosen from the 
 
 - `complete`: a move to its end;
 - `kill@PHASE`: the mover is SIGKILLed at a named phase (the service's crash points, so the
-  kill is known to have hit a live mover there), and the next scenario resumes the move;
+  kill is known to have hit a live mover there); the operator resumes the move 5 s later;
 - `second-beside-live`: while a mover runs, a second `--resume` and an `--abort` are tried and
   must be refused (naming the live holder), and `shard_add` runs during the move;
 - `stopped@PHASE`: the mover stops itself (SIGSTOP) at a phase; an `--abort` beside it must
@@ -41,6 +41,7 @@ STOP_PHASES = ("move_copying", "move_phase_verifying", "move_after_fence", "move
 SWITCHED = ("move_after_own", "move_phase_cleaning", "move_cleaning_source")
 SCENARIOS = ("complete", "kill", "second-beside-live", "stopped")
 CLEANUP_DELAY = "1"
+OPERATOR_DELAY = 5.0  # seconds from a mover's death to the operator's `--resume`
 
 
 def _manage(*args: str) -> list[str]:
@@ -185,6 +186,9 @@ class MoveDriver:
             return
         self.outcomes[f"killed@{phase}"] += 1
         self._record(f"{what}: mover SIGKILLed at {phase}")
+        # The operator answers the alarm (a fence with no mover stops writes to the range): resume.
+        time.sleep(OPERATOR_DELAY)
+        self._finish(_run(_manage("move_buckets", "--resume", "--cleanup-delay", CLEANUP_DELAY)), f"{what} (resumed)")
 
     def _second_beside_live(self, argv: list[str], what: str) -> None:
         argv = [*argv[:-1], "8"]  # a longer clean-up delay: the mover stays alive for the second commands
