@@ -361,6 +361,7 @@ def test_only_members_of_the_mover_role_bypass_the_fence(seeded: list[Any]) -> N
     raw_query("shard_00", "DROP ROLE IF EXISTS sw_app_test")
     raw_query("shard_00", "CREATE ROLE sw_app_test LOGIN")
     raw_query("shard_00", "GRANT SELECT, UPDATE ON ledger_wallet TO sw_app_test")
+    raw_query("shard_00", "GRANT SELECT ON sharding_bucket_owner TO sw_app_test")
     raw_query("shard_00", "UPDATE sharding_bucket_owner SET state = 'fenced' WHERE bucket = 3")
     try:
         conninfo = f"host={db.host} port={db.port} dbname={db.name} user=sw_app_test"
