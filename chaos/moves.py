@@ -63,11 +63,9 @@ def _holder_pid(move_id: int) -> int | None:
 
 
 def _state(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return ""
+    from apps.sharding.lease import kernel_state
+
+    return kernel_state(pid)
 
 
 def pick_range(pick: int, target: str) -> tuple[int, int] | None:

@@ -22,9 +22,13 @@ def guard_sql(table: str, *, mover_role: str | None = None) -> str:
     if mover_role is not None:
         bypass = f"({bypass} AND pg_has_role(session_user, '{mover_role}', 'MEMBER'))"
     create = "CREATE OR REPLACE FUNCTION" if mover_role is not None else "CREATE FUNCTION"
-    trigger = "" if mover_role is not None else f"""
+    trigger = (
+        ""
+        if mover_role is not None
+        else f"""
 CREATE TRIGGER sharding_guard BEFORE INSERT OR UPDATE OR DELETE ON {table}
     FOR EACH ROW EXECUTE FUNCTION sharding_guard_{table}();"""
+    )
     return f"""
 {create} sharding_guard_{table}() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE

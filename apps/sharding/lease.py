@@ -54,10 +54,8 @@ class LeaseHolder:
         """'running', 'stopped' (SIGSTOP or a debugger) or 'unknown' (another host)."""
         if self.pid is None or self.host != socket.gethostname():
             return "unknown"
-        try:
-            with open(f"/proc/{self.pid}/stat") as stat:
-                state = stat.read().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
+        state = kernel_state(self.pid)
+        if not state:
             return "unknown"
         return "stopped" if state in ("T", "t") else "running"
 
@@ -66,6 +64,15 @@ class LeaseHolder:
         state = self.process_state
         alive = "" if state == "unknown" else f", {state}"
         return f"{where} (since {self.since:%Y-%m-%d %H:%M:%S %Z}{alive})"
+
+
+def kernel_state(pid: int) -> str:
+    """A local process's one-letter state as the kernel reports it ('T': stopped), '' when gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
 
 
 def _application_name() -> str:

@@ -13,6 +13,7 @@ from django.core.management import call_command
 from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 
+from apps.sharding.mapstore import live_map
 from apps.sharding.routing import refresh_shard_map, shard_map
 from tests.factories import raw_query
 from tests.sharding.moving import restore_file_layout
@@ -22,6 +23,14 @@ ADDED_SHARD = "shard_02"
 
 def added_shard_port() -> int:
     return settings.SHARD_MAP.control.port + 3
+
+
+@pytest.fixture
+def file_layout_afterwards(devstack: Any) -> Iterator[None]:
+    """Tests that move buckets: the file's layout back afterwards, and this process's map forgotten."""
+    yield
+    restore_file_layout()
+    live_map.forget()
 
 
 @pytest.fixture

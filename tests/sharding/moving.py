@@ -13,6 +13,7 @@ from django.conf import settings
 from apps.ledger.models import Wallet
 from apps.ledger.services import wallet_create, wallet_fund
 from apps.sharding import moves
+from apps.sharding.lease import kernel_state
 from apps.sharding.mover import Mover, plan_move
 from apps.sharding.moves import Move
 from apps.sharding.placement import BUCKET_COLUMNS, range_filter_sql
@@ -106,11 +107,7 @@ def start_mover_process(*args: str, stop_at: str | None = None, marker: Any = No
 
 def process_state(pid: int) -> str:
     """The kernel's one-letter state of a process ('T': stopped), '' once it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return ""
+    return kernel_state(pid)
 
 
 def owners_by_bucket(first: int, last: int) -> dict[int, list[str]]:

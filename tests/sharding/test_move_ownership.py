@@ -11,7 +11,6 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ import pytest
 
 from apps.sharding import moves
 from apps.sharding.lease import MoveBusy, evict, lease_holder
-from apps.sharding.mapstore import live_map
 from apps.sharding.mover import MoveFailed, Mover, plan_move
 from apps.sharding.moves import MoveConflict, MoveLost
 from apps.sharding.routing import shard_map
@@ -35,23 +33,19 @@ from tests.sharding.moving import (
     owner_states,
     process_state,
     range_rows,
-    restore_file_layout,
     run_manage,
     run_mover_process,
     start_mover_process,
     wallet_in_bucket,
 )
 
-pytestmark = [pytest.mark.django_db(transaction=True, databases=ALL_DATABASES), pytest.mark.slow]
+pytestmark = [
+    pytest.mark.django_db(transaction=True, databases=ALL_DATABASES),
+    pytest.mark.slow,
+    pytest.mark.usefixtures("file_layout_afterwards"),
+]
 
 FIRST, LAST = 0, 63
-
-
-@pytest.fixture(autouse=True)
-def file_layout_afterwards(devstack: Any) -> Iterator[None]:
-    yield
-    restore_file_layout()
-    live_map.forget()
 
 
 @pytest.fixture

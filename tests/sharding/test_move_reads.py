@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,16 +15,13 @@ from apps.sharding.mover import Mover
 from apps.sharding.routing import alias_for_id, shard_map
 from apps.transfers.saga import transfer_advance
 from tests.factories import ALL_DATABASES, api_for, create_transfer, make_client, raw_query
-from tests.sharding.moving import move, restore_file_layout, wallet_in_bucket
+from tests.sharding.moving import move, wallet_in_bucket
 
-pytestmark = [pytest.mark.django_db(transaction=True, databases=ALL_DATABASES), pytest.mark.slow]
-
-
-@pytest.fixture(autouse=True)
-def file_layout_afterwards(devstack: Any) -> Iterator[None]:
-    yield
-    restore_file_layout()
-    live_map.forget()
+pytestmark = [
+    pytest.mark.django_db(transaction=True, databases=ALL_DATABASES),
+    pytest.mark.slow,
+    pytest.mark.usefixtures("file_layout_afterwards"),
+]
 
 
 def _stale(copy: Any) -> None:

@@ -29,20 +29,16 @@ from tests.sharding.moving import (
     move,
     owner_states,
     range_rows,
-    restore_file_layout,
     run_mover_process,
     wallet_in_bucket,
 )
 from tests.workers import Worker, wait_terminal
 
-pytestmark = [pytest.mark.django_db(transaction=True, databases=ALL_DATABASES), pytest.mark.slow]
-
-
-@pytest.fixture(autouse=True)
-def file_layout_afterwards(devstack: Any) -> Iterator[None]:
-    yield
-    restore_file_layout()
-    live_map.forget()
+pytestmark = [
+    pytest.mark.django_db(transaction=True, databases=ALL_DATABASES),
+    pytest.mark.slow,
+    pytest.mark.usefixtures("file_layout_afterwards"),
+]
 
 
 def _raw_on(alias: str, sql: str, params: Any = None) -> None:
