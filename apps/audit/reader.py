@@ -420,6 +420,7 @@ class ShardReader(threading.Thread):
         decoder = Decoder()
         open_tx: Transaction | None = None
         origin: str | None = None  # the open transaction's replication origin
+        origin_rows = 0  # the open transaction's row changes dropped for its origin
         skipping = False  # leaving out the open transaction, as an operator asked
         batch: list[Transaction] = []
         batch_changes = 0
@@ -437,6 +438,10 @@ class ShardReader(threading.Thread):
                     last_status = now
                 timeout = self.batch_max_seconds if batch else 0.5
                 select.select([cur], [], [], timeout)
+                continue
+            if origin is not None and open_tx is not None and _is_skipped_row(decoder, message.payload):
+                # A move's copy or clean-up: millions of rows are dropped here, undecoded and unheld.
+                origin_rows += 1
                 continue
             try:
                 event = decoder.decode(message.payload)
@@ -468,7 +473,7 @@ class ShardReader(threading.Thread):
                     commit_lsn=commit_lsn,
                 ) from exc
             if isinstance(event, Begin):
-                open_tx, origin = done, None
+                open_tx, origin, origin_rows = done, None, 0
             elif isinstance(event, Origin):
                 origin = event.name
             elif isinstance(done, Transaction) and done is not open_tx:
@@ -476,6 +481,10 @@ class ShardReader(threading.Thread):
                 if not batch:
                     batch_since = now
                 batch.append(done)
+                batch_changes += 1
+                if self._flush_due(batch_changes, batch_since, now):
+                    self._flush(cur, batch)
+                    batch, batch_changes = [], 0
             elif isinstance(event, Commit):
                 assert open_tx is not None, "commit outside a transaction"  # noqa: S101
                 open_tx.commit_lsn, open_tx.end_lsn = event.commit_lsn, event.end_lsn
@@ -485,20 +494,32 @@ class ShardReader(threading.Thread):
                     skipping = False
                 elif self.skip is not None and open_tx.commit_lsn >= (self.skip.commit_lsn or 0):
                     self._refuse_skip("the stream decoded past it without a failure: nothing to leave out at")
+                self._note_held(len(open_tx.changes))
                 if origin is not None:
-                    self._skip_origin(open_tx, origin)
+                    self._skip_origin(open_tx, origin, origin_rows)
                 self._stamp(open_tx)
                 if not batch:
                     batch_since = now
                     self.board.update(self.shard, oldest_unwritten_commit=open_tx.commit_time.timestamp())
                 batch.append(open_tx)
-                batch_changes += len(open_tx.changes)
+                # An empty (skipped) transaction counts too: a long run of them is flushed, and
+                # its position confirmed, as it goes, not only once the stream falls quiet.
+                batch_changes += max(1, len(open_tx.changes))
                 open_tx = None
-                if batch_changes >= self.batch_max_changes:
+                if self._flush_due(batch_changes, batch_since, now):
                     self._flush(cur, batch)
                     batch, batch_changes = [], 0
         if batch:
             self._flush(cur, batch)  # a clean stop leaves nothing to re-send
+
+    def _flush_due(self, batch_changes: int, batch_since: float, now: float) -> bool:
+        """A batch is written when it is big enough or old enough, even while messages keep coming."""
+        return batch_changes >= self.batch_max_changes or now - batch_since >= self.batch_max_seconds
+
+    def _note_held(self, changes: int) -> None:
+        """The most changes one transaction has held in memory until its Commit (status)."""
+        if changes > self.board.shards[self.shard].held_changes_peak:
+            self.board.update(self.shard, held_changes_peak=changes)
 
     def _take(self, event: Any, open_tx: Transaction | None, data_start: int) -> Transaction | None:
         """Apply one decoded message; a Begin gives the new open transaction, a heartbeat an empty one."""
@@ -546,14 +567,16 @@ class ShardReader(threading.Thread):
         )
         self.skip = None
 
-    def _skip_origin(self, tx: Transaction, origin: str) -> None:
+    def _skip_origin(self, tx: Transaction, origin: str, dropped: int) -> None:
         """Leave out a replicated or mover transaction's rows; it stays in the batch (empty)
         so that its position is confirmed with the rest.
 
-        The move journal is kept whatever the origin: it is what stamps the epochs, and a
-        restarted reader reads it from the shard's table, which knows no origins.
+        Its row changes were dropped as they arrived (`_is_skipped_row`), all but the move
+        journal's, which is kept whatever the origin: it is what stamps the epochs, and a
+        restarted reader reads it from the shard's table, which knows no origins. A Truncate
+        under an origin is left out here.
         """
-        skipped = sum(change.table != MARKER_TABLE for change in tx.changes)
+        skipped = dropped + sum(change.table != MARKER_TABLE for change in tx.changes)
         tx.changes = [change for change in tx.changes if change.table == MARKER_TABLE]
         self.board.add(self.shard, origin_transactions_skipped=1)
         CDC_ORIGIN_TRANSACTIONS_SKIPPED.labels(shard=self.shard).inc()
@@ -611,6 +634,13 @@ class ShardReader(threading.Thread):
                 commit_time=tx.commit_time,
             )  # fmt: skip
             self.board.add(self.shard, truncations=1)
+
+
+def _is_skipped_row(decoder: Decoder, payload: bytes) -> bool:
+    """An Insert, Update or Delete of a table other than the move journal: what an origin's
+    transaction drops without decoding (its Relation was decoded before it)."""
+    relation = decoder.row_relation(payload)
+    return relation is not None and relation.name != MARKER_TABLE
 
 
 @dataclass(frozen=True)
