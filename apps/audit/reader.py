@@ -56,8 +56,10 @@ from apps.audit.stream_state import (
     deletion_version,
     ensure_registry,
     record_gap,
+    record_slot_release,
     register_slot,
     slot_owner,
+    slot_released_at,
     write_deletions,
 )
 from apps.common.faults import crash_point
@@ -71,6 +73,7 @@ SNAPSHOT_CHUNK_ROWS = 20_000
 HEARTBEAT_PREFIX = "shardwallet_heartbeat"
 HEARTBEATS_KEPT = 100
 MAX_BACKOFF_SECONDS = 10.0
+RELEASE_WAIT_SECONDS = 5.0
 
 
 class CdcError(RuntimeError):
@@ -150,6 +153,8 @@ class ShardReader(threading.Thread):
         self.epochs = StreamEpochs()
         self.skip: CdcRequest | None = None  # an operator's request to leave out one transaction
         self.stop_cause: str | None = None  # why the stream last stopped, for the gap an operator resolves
+        self.timeline = 0  # the shard's timeline (IDENTIFY_SYSTEM), recorded with each position
+        self.generation = 0  # of the store's snapshot the stream goes on from (StorePosition)
 
     def run(self) -> None:
         delay = 0.5
@@ -195,8 +200,11 @@ class ShardReader(threading.Thread):
         request = operator_requests.pending(self.shard)
         ensure_publication(self.server, self.publication, self.tables)
         conn = psycopg2.connect(conninfo(self.server), connection_factory=psycopg2.extras.LogicalReplicationConnection)
+        streaming = False
         try:
             cur = conn.cursor()
+            cur.execute("IDENTIFY_SYSTEM")
+            self.timeline = int(cur.fetchone()[1])  # type: ignore[index]
             # The stream restarts at the confirmed position: the markers the table holds now
             # stamp the re-sent transactions as the first pass did (a marker inserted after a
             # transaction's commit has a higher wal_lsn and does not count for it).
@@ -205,6 +213,8 @@ class ShardReader(threading.Thread):
             with psycopg.connect(conninfo(self.server), autocommit=True) as markers:
                 self.epochs.load(markers)
             self.board.update(self.shard, move_markers=len(self.epochs), slot=self.slot)
+            self._hold_slot()
+            streaming = True
             # status_interval: psycopg2 also answers keepalives and, once everything received
             # is confirmed, moves the confirmed position on to the server's WAL end (WAL with
             # nothing for the store: never past a message, so never past a heartbeat).
@@ -223,9 +233,39 @@ class ShardReader(threading.Thread):
         finally:
             self.board.update(self.shard, connected=False, disconnected_since=time.time())
             conn.close()
+            if streaming:
+                self._release_slot()
 
-    def _slot_state(self) -> tuple[tuple[Any, ...] | None, uuid.UUID | None, list[int]]:
-        """The slot (plugin, database, confirmed position, wal_status), its owner and recent heartbeats."""
+    def _hold_slot(self) -> None:
+        """From here the slot moves with this reader: no release position stands for it."""
+        with psycopg.connect(conninfo(self.server), autocommit=True) as conn:
+            record_slot_release(conn, self.slot, None)
+
+    def _release_slot(self) -> None:
+        """Note where the slot stands once this reader has let go of it, so that the next one
+        sees whether anyone moved it in between (`_prepare`). Best effort: a shard that is
+        down, or a reader that is killed, leaves none (the heartbeat check still applies)."""
+        try:
+            deadline = time.monotonic() + RELEASE_WAIT_SECONDS
+            with psycopg.connect(conninfo(self.server, connect_timeout=3), autocommit=True) as conn:
+                while time.monotonic() < deadline:
+                    row = conn.execute(
+                        "SELECT active, pg_wal_lsn_diff(confirmed_flush_lsn, '0/0')::bigint FROM pg_replication_slots"
+                        " WHERE slot_name = %s",
+                        [self.slot],
+                    ).fetchone()
+                    if row is None:
+                        return
+                    if not row[0]:
+                        record_slot_release(conn, self.slot, int(row[1]))
+                        return
+                    time.sleep(0.1)
+        except psycopg.Error as exc:
+            log.info("cdc could not note where %s's slot was released: %s", self.shard, exc)
+
+    def _slot_state(self) -> tuple[tuple[Any, ...] | None, uuid.UUID | None, list[int], int | None]:
+        """The slot (plugin, database, confirmed position, wal_status), its owner, recent
+        heartbeats and where its last reader released it."""
         with psycopg.connect(conninfo(self.server), autocommit=True) as conn:
             ensure_registry(conn)
             row = conn.execute(
@@ -234,13 +274,13 @@ class ShardReader(threading.Thread):
                 [self.slot],
             ).fetchone()
             owner, heartbeats = slot_owner(conn, self.slot)
-            return row, owner, heartbeats
+            return row, owner, heartbeats, slot_released_at(conn, self.slot)
 
     def _prepare(self, cur: Any, request: CdcRequest | None) -> None:
         """Check that the store can go on from the slot where it stopped; else stop. Carry
         out an operator's request; take the first snapshot; copy tables newly captured."""
         self.skip = request if request is not None and request.action == CdcAction.SKIP else None
-        slot, owner, heartbeats = self._slot_state()
+        slot, owner, heartbeats, released = self._slot_state()
         if slot is not None and owner != self.store:
             if request is not None and request.action == CdcAction.RESNAPSHOT:
                 operator_requests.finish(
@@ -280,7 +320,17 @@ class ShardReader(threading.Thread):
                 f" removed): the changes after {held}, where this store stopped, are lost to it",
                 lsn=position.confirmed_lsn,
             )
+        self._check_history(cur, position)
         confirmed = str_to_lsn(slot[2]) if slot[2] else 0
+        if released is not None and confirmed != released:
+            # Nobody but this store's reader may move the slot, and it left it at `released`.
+            raise SlotGap(
+                "slot_moved",
+                f"slot {self.slot} on {self.shard} has confirmed {slot[2]}, but this store's reader left it at"
+                f" {lsn_to_str(released)} (someone advanced it, or dropped and made it again): the changes after"
+                f" {held}, where this store stopped, may be lost to it",
+                lsn=position.confirmed_lsn,
+            )
         passed = [lsn for lsn in heartbeats if position.confirmed_lsn < lsn <= confirmed]
         if passed:
             # The slot can move on by itself only over WAL without messages, never past a heartbeat.
@@ -291,10 +341,32 @@ class ShardReader(threading.Thread):
                 " restored from a backup, or someone else read the slot): the changes in between are not in it",
                 lsn=position.confirmed_lsn,
             )
+        self.generation = position.generation
         added = [table for table in self.tables if table not in position.tables]
         if added:
             self._backfill(added, position)
         self.board.update(self.shard, confirmed_lsn=position.confirmed_lsn, stream_epoch=position.stream_epoch)
+
+    def _check_history(self, cur: Any, position: StorePosition) -> None:
+        """Stop if the shard's WAL history does not hold the store's position: it failed over
+        to a standby that was behind (its slot, if any, is behind the store), so the store
+        holds changes the shard never had and the positions after the switch mean other
+        changes. On the timeline the position was recorded on, a slot behind the store is
+        fine: a crash of the shard (or of the reader between recording a position and
+        confirming it) only sends again what the store holds."""
+        if not position.timeline or position.timeline == self.timeline:
+            return
+        switched = _timeline_switch(cur, self.timeline, position.timeline)
+        if switched is not None and position.confirmed_lsn <= switched:
+            return  # the history is the same up to the store's position
+        where = "never" if switched is None else f"only up to {lsn_to_str(switched)}"
+        raise SlotGap(
+            "slot_behind",
+            f"{self.shard} is on timeline {self.timeline}, whose history {where} shares timeline"
+            f" {position.timeline}, where this store recorded {lsn_to_str(position.confirmed_lsn)} (a failover to a"
+            " server that was behind): the store holds changes the shard does not, and its slot is behind the store",
+            lsn=position.confirmed_lsn,
+        )
 
     def _drop_legacy_slot(self) -> None:
         """A store made before slots carried the store's id read the slot named by the bare
@@ -308,7 +380,8 @@ class ShardReader(threading.Thread):
         self.sink.record_snapshot(self.shard, self.slot, 0, 0, completed=False)
         lsn, snapshot = self._new_slot_and_snapshot(cur)
         self.sink.record_snapshot(self.shard, self.slot, lsn, snapshot.rows, completed=True)
-        self.sink.record_position(StorePosition(self.shard, self.slot, lsn, snapshot.epoch, tuple(self.tables)))
+        self.generation = 0
+        self.sink.record_position(self._position(lsn, snapshot.epoch))
         self.board.update(
             self.shard, snapshot_rows=snapshot.rows, confirmed_lsn=lsn, server_wal_lsn=lsn, stream_epoch=snapshot.epoch
         )
@@ -338,7 +411,9 @@ class ShardReader(threading.Thread):
             Gap(self.shard, from_lsn, lsn, cause, "resnapshot", request.reason, request.requested_by),
         )
         self.sink.record_snapshot(self.shard, self.slot, lsn, snapshot.rows, completed=True)
-        self.sink.record_position(StorePosition(self.shard, self.slot, lsn, snapshot.epoch, tuple(self.tables)))
+        # A new generation: its position may be below the old one (a server that failed over).
+        self.generation = position.generation + 1 if position is not None else 0
+        self.sink.record_position(self._position(lsn, snapshot.epoch))
         self.board.update(self.shard, snapshot_rows=snapshot.rows, confirmed_lsn=lsn, stream_epoch=snapshot.epoch)
         self.board.add(self.shard, gaps_recorded=1)
         operator_requests.finish(
@@ -370,7 +445,7 @@ class ShardReader(threading.Thread):
         snapshot = self._copy_snapshot(None, position.confirmed_lsn + 1, tables)
         self.sink.record_position(
             StorePosition(self.shard, self.slot, position.confirmed_lsn, position.stream_epoch,
-                          tuple(dict.fromkeys([*position.tables, *tables])))
+                          tuple(dict.fromkeys([*position.tables, *tables])), self.timeline, position.generation)
         )  # fmt: skip
         log.info("cdc backfilled %s on %s: %d rows", ", ".join(tables), self.shard, snapshot.rows)
 
@@ -593,6 +668,10 @@ class ShardReader(threading.Thread):
                 self.board.update(self.shard, move_markers=len(self.epochs))
         tx.stream_epoch = self.epochs.at(tx.commit_lsn)
 
+    def _position(self, confirmed_lsn: int, stream_epoch: int) -> StorePosition:
+        return StorePosition(self.shard, self.slot, confirmed_lsn, stream_epoch, tuple(self.tables), self.timeline,
+                             self.generation)  # fmt: skip
+
     def _confirmed(self) -> int:
         return self.board.shards[self.shard].confirmed_lsn
 
@@ -604,7 +683,7 @@ class ShardReader(threading.Thread):
         last = batch[-1]
         confirm = last.confirm_lsn
         # The store records the position before the slot hears of it: a slot is never ahead of its store.
-        self.sink.record_position(StorePosition(self.shard, self.slot, confirm, last.stream_epoch, tuple(self.tables)))
+        self.sink.record_position(self._position(confirm, last.stream_epoch))
         cur.send_feedback(write_lsn=confirm, flush_lsn=confirm, force=True)
         fields: dict[str, Any] = {}
         beats = [tx.heartbeat_at for tx in batch if tx.heartbeat_at is not None]
@@ -649,6 +728,21 @@ class Snapshot:
     epoch: int
     served: list[int]  # the buckets the shard served in the snapshot
     time: datetime
+
+
+def _timeline_switch(cur: Any, current: int, earlier: int) -> int | None:
+    """Where the shard's history (timeline `current`) left timeline `earlier`; None if it
+    never was on it. Read from the server's timeline history file."""
+    if earlier > current:
+        return None
+    cur.execute(f"TIMELINE_HISTORY {int(current)}")
+    _name, content = cur.fetchone()
+    text = bytes(content).decode() if isinstance(content, bytes | memoryview) else str(content)
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and fields[0].isdigit() and int(fields[0]) == earlier:
+            return str_to_lsn(fields[1])
+    return None
 
 
 def _heartbeat_time(content: bytes) -> float | None:
