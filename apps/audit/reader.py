@@ -73,6 +73,9 @@ SNAPSHOT_CHUNK_ROWS = 20_000
 HEARTBEAT_PREFIX = "shardwallet_heartbeat"
 HEARTBEATS_KEPT = 100
 MAX_BACKOFF_SECONDS = 10.0
+# Snapshot and backfill rows are numbered from here, streamed changes below it: the two
+# never share a key (shard, commit_lsn, seq) in audit.changes, whatever their positions.
+SNAPSHOT_SEQ_BASE = 1 << 31
 RELEASE_WAIT_SECONDS = 5.0
 
 
@@ -100,6 +103,12 @@ def ensure_publication(server: DatabaseServer, publication: str, tables: list[st
         exists = conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", [publication]).fetchone()
         verb = "ALTER PUBLICATION {} SET TABLE {}" if exists else "CREATE PUBLICATION {} FOR TABLE {}"
         conn.execute(sql.SQL(verb).format(sql.Identifier(publication), table_list))
+
+
+def captured_tables(configured: list[str]) -> list[str]:
+    """The configured tables and, always, the move journal: without it the epochs that order a
+    moved row's versions would not be stamped, nor a TRUNCATE's buckets known."""
+    return [*configured, MARKER_TABLE] if MARKER_TABLE not in configured else list(configured)
 
 
 def drop_slot(server: DatabaseServer, slot: str, timeout: float = 10) -> bool:
@@ -146,7 +155,7 @@ class ShardReader(threading.Thread):
         self.slot = slot
         self.store = store
         self.publication = publication
-        self.tables = tables
+        self.tables = captured_tables(tables)
         self.batch_max_changes = batch_max_changes
         self.batch_max_seconds = batch_max_seconds
         self.stopped_retry_seconds = stopped_retry_seconds
@@ -442,7 +451,7 @@ class ShardReader(threading.Thread):
         """Copy the rows of tables newly captured. They are in the publication already, so
         their changes from now on stream; the copy, stamped at the store's position, sorts
         below every one of those."""
-        snapshot = self._copy_snapshot(None, position.confirmed_lsn + 1, tables)
+        snapshot = self._copy_snapshot(None, position.confirmed_lsn, tables)
         self.sink.record_position(
             StorePosition(self.shard, self.slot, position.confirmed_lsn, position.stream_epoch,
                           tuple(dict.fromkeys([*position.tables, *tables])), self.timeline, position.generation)
@@ -453,10 +462,12 @@ class ShardReader(threading.Thread):
         """Copy `tables` as of the slot's starting point (its exported snapshot), or as of
         now for a backfill.
 
-        Rows are stamped with the LSN just before the consistent point: they sort before,
-        and can never share a key with, the first streamed transaction; and with the stream
-        epoch at that point. Only the rows of buckets the shard serves are copied: a range
-        being copied in, or left behind by a move, is another shard's.
+        Rows are stamped with the LSN just before the consistent point (a backfill's: the
+        store's position), so they sort before every transaction streamed from there, and
+        with the stream epoch at that point; they are numbered from SNAPSHOT_SEQ_BASE, so no
+        streamed change can share their key whatever its position. Only the rows of buckets
+        the shard serves are copied: a range being copied in, or left behind by a move, is
+        another shard's.
         """
         stamp = consistent_lsn - 1
         seq = 0
@@ -484,7 +495,7 @@ class ShardReader(threading.Thread):
                         for values in chunk:
                             seq += 1
                             row = dict(zip(names, values, strict=True))
-                            tx.changes.append(Change(table, "snapshot", None, row, seq))
+                            tx.changes.append(Change(table, "snapshot", None, row, SNAPSHOT_SEQ_BASE + seq))
                         self.sink.write([tx])
             conn.rollback()
         return Snapshot(seq, epoch, served, snapshot_time)
@@ -606,6 +617,8 @@ class ShardReader(threading.Thread):
             table = TYPED_TABLES.get(event.relation.name)
             values = table.values(event.op, event.old, event.new) if table is not None else None
             seq = len(open_tx.changes) + 1
+            if seq >= SNAPSHOT_SEQ_BASE:
+                raise ValueError(f"a transaction of more than {SNAPSHOT_SEQ_BASE - 1} changes")
             open_tx.changes.append(Change(event.relation.name, event.op, event.old, event.new, seq, values))
         elif isinstance(event, Truncate):
             assert open_tx is not None, "truncate outside a transaction"  # noqa: S101

@@ -88,14 +88,18 @@ def peek(alias: str, slot: str, publication: str) -> list[Message]:
     return [Message(bytes(data), str_to_lsn(lsn)) for lsn, data in rows]
 
 
-def replay(sink: AuditSink, alias: str, messages: list[Message], **options: Any) -> tuple[ShardReader, ReplayCursor]:
-    """Run a reader of `alias` over `messages` until they are used up; the reader's last batch is flushed."""
-    stop = threading.Event()
-    reader = ShardReader(
-        shard_map().shards[alias], sink, StatusBoard([alias], "chdb", None), stop, slot="audit_replay",
+def in_process_reader(sink: AuditSink, alias: str, **options: Any) -> ShardReader:
+    """A reader of `alias` writing to `sink`, not started (its steps are called directly)."""
+    return ShardReader(
+        shard_map().shards[alias], sink, StatusBoard([alias], "chdb", None), threading.Event(), slot="audit_replay",
         store=uuid.uuid4(), publication="audit_replay", tables=list(settings.AUDIT_TABLES),
         **{"batch_max_changes": 20_000, "batch_max_seconds": 3600.0, **options},
     )  # fmt: skip
-    cursor = ReplayCursor(messages, stop)
+
+
+def replay(sink: AuditSink, alias: str, messages: list[Message], **options: Any) -> tuple[ShardReader, ReplayCursor]:
+    """Run a reader of `alias` over `messages` until they are used up; the reader's last batch is flushed."""
+    reader = in_process_reader(sink, alias, **options)
+    cursor = ReplayCursor(messages, reader.stop)
     reader._consume(cursor)  # the reader's loop itself is what is tested
     return reader, cursor
