@@ -34,7 +34,7 @@ from psycopg.abc import Buffer
 from psycopg.adapt import Loader
 
 from apps.audit import requests as operator_requests
-from apps.audit.epochs import MARKER_TABLE, StreamEpochs, row_version
+from apps.audit.epochs import MARKER_TABLE, StreamEpochs, row_version, served_at
 from apps.audit.models import CdcAction, CdcRequest
 from apps.audit.pgoutput import (
     Begin,
@@ -713,15 +713,17 @@ class ShardReader(threading.Thread):
 
     def _apply_truncations(self, batch: list[Transaction]) -> None:
         """A TRUNCATE of a captured table deletes its rows of this shard's buckets in the store,
-        as of the truncating change (rows the same transaction inserted after it stay)."""
+        as of the truncating change (rows the same transaction inserted after it stay). The
+        buckets are those served at the truncate's commit, not now: a range moved in since
+        (the reader may apply it long after) was not emptied by it."""
         truncations = [(tx, change) for tx in batch for change in tx.changes if change.op == "truncate"]
         if not truncations:
             return
         with psycopg.connect(conninfo(self.server), autocommit=True) as conn:
-            served = [b for (b,) in conn.execute("SELECT bucket FROM sharding_bucket_owner WHERE state = 'owned'")]
+            served = {tx.commit_lsn: served_at(conn, self.shard, tx.commit_lsn) for tx, _ in truncations}
         for tx, change in truncations:
             write_deletions(
-                self.sink, shard=self.shard, source_tables=[change.table], buckets=served,
+                self.sink, shard=self.shard, source_tables=[change.table], buckets=served[tx.commit_lsn],
                 version=row_version(tx.stream_epoch, tx.commit_lsn, change.seq), commit_lsn=tx.commit_lsn,
                 commit_time=tx.commit_time,
             )  # fmt: skip

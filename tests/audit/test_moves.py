@@ -315,3 +315,27 @@ def test_real_moves_there_and_back_keep_the_store_equal_to_the_shards(cdc: CdcPr
         ]  # fmt: skip
     finally:
         restore_file_layout()
+
+
+def test_a_truncate_applied_after_a_move_deletes_only_the_buckets_served_at_its_position(
+    cdc: CdcProcess, buckets: list[int]
+) -> None:
+    owner, _ = make_client()
+    kept = wallet_create(owner_id=owner.id, currency="USD", bucket=MOVED)
+    wallet_fund(wallet_id=kept.id, amount_minor=300, reference="before-the-truncate")
+    handed = wallet_create(owner_id=owner.id, currency="USD", bucket=HANDED_OVER)
+    wallet_fund(wallet_id=handed.id, amount_minor=200, reference="moved-before-the-truncate")
+    cdc.start()
+    client = cdc.client()
+    wait_until(lambda: caught_up(client), 20, "the first catch-up")
+    move_bucket("shard_00", "shard_01", HANDED_OVER)  # shard_01 serves it from a newer epoch than shard_00's
+    cdc.stop()
+    # While the CDC is down: shard_01 is truncated, then another bucket moves in. The reader
+    # applies the truncate afterwards, when shard_01 owns both buckets.
+    raw_query("shard_01", "TRUNCATE ledger_entry, ledger_wallet CASCADE")
+    move_bucket("shard_00", "shard_01", MOVED)
+    cdc.start()
+    wait_until(lambda: (cdc.status() or {})["shards"]["shard_01"]["truncations"] >= 2, 20, "the truncation")
+
+    assert balance_and_shard(client, handed.id) is None  # served by shard_01 at the truncate: emptied
+    assert balance_and_shard(client, kept.id) == (300, "shard_00")  # moved in after it: untouched
