@@ -425,12 +425,36 @@ class ShardReader(threading.Thread):
         self.sink.record_position(self._position(lsn, snapshot.epoch))
         self.board.update(self.shard, snapshot_rows=snapshot.rows, confirmed_lsn=lsn, stream_epoch=snapshot.epoch)
         self.board.add(self.shard, gaps_recorded=1)
+        also = self._moved_away_since(from_lsn) if from_lsn else []
+        for first, last, target in also:
+            log.error("cdc: buckets %s..%s moved from %s to %s during the gap: re-snapshot %s too", first, last,
+                      self.shard, target, target)  # fmt: skip
         operator_requests.finish(
             request,
             ok=True,
             result=f"new slot and snapshot at {lsn_to_str(lsn)} ({snapshot.rows} rows); gap recorded from"
-            f" {lsn_to_str(from_lsn)} to {lsn_to_str(lsn)}",
+            f" {lsn_to_str(from_lsn)} to {lsn_to_str(lsn)}"
+            + "".join(
+                f"; buckets {first}..{last} moved to {target} during the gap (this snapshot no longer has them):"
+                f" re-snapshot {target} too"
+                for first, last, target in also
+            ),
         )
+
+    def _moved_away_since(self, from_lsn: int) -> list[tuple[int, int, str]]:
+        """Ranges this shard fenced for a move after `from_lsn` and did not take back: their
+        rows in the store miss this shard's changes in a gap, and only their new owner's
+        snapshot has them now."""
+        with psycopg.connect(conninfo(self.server), autocommit=True) as conn:
+            rows = conn.execute(
+                f"SELECT DISTINCT f.first_bucket, f.last_bucket, f.target FROM {MARKER_TABLE} f"  # noqa: S608
+                " WHERE f.kind = 'fence' AND f.source = %s AND f.wal_lsn > %s::pg_lsn AND NOT EXISTS"
+                f" (SELECT 1 FROM {MARKER_TABLE} u WHERE u.kind = 'unfence' AND u.move_id = f.move_id"
+                "  AND u.wal_lsn > f.wal_lsn)"
+                " ORDER BY 1",
+                [self.shard, lsn_to_str(from_lsn)],
+            ).fetchall()
+        return [(int(first), int(last), str(target)) for first, last, target in rows]
 
     def _new_slot_and_snapshot(self, cur: Any) -> tuple[int, Snapshot]:
         """A new slot, registered to this store first, and a copy of the tables as of its start."""

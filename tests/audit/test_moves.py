@@ -18,6 +18,7 @@ from django.test import Client
 from psycopg import sql
 
 from apps.audit.epochs import EPOCH_SHIFT
+from apps.audit.reader import drop_slot
 from apps.audit.reconcile import reconcile
 from apps.ledger.services import wallet_create, wallet_fund, wallet_withdraw
 from apps.sharding.placement import range_filter_sql
@@ -339,3 +340,26 @@ def test_a_truncate_applied_after_a_move_deletes_only_the_buckets_served_at_its_
 
     assert balance_and_shard(client, handed.id) is None  # served by shard_01 at the truncate: emptied
     assert balance_and_shard(client, kept.id) == (300, "shard_00")  # moved in after it: untouched
+
+
+def test_a_resnapshot_after_a_range_moved_away_during_the_gap_names_the_shard_to_resnapshot_too(
+    cdc: CdcProcess, buckets: list[int]
+) -> None:
+    owner, _ = make_client()
+    wallet = wallet_create(owner_id=owner.id, currency="USD", bucket=MOVED)
+    wallet_fund(wallet_id=wallet.id, amount_minor=100, reference="streamed")
+    cdc.start()
+    wait_until(lambda: caught_up(cdc.client()), 20, "the first catch-up")
+    cdc.stop()
+    assert drop_slot(shard_map().shards["shard_00"], cdc.slot)
+    # In the gap: a change the store never sees, then the range moves to shard_01.
+    wallet_fund(wallet_id=wallet.id, amount_minor=5, reference="in-the-gap")
+    move_bucket("shard_00", "shard_01", MOVED)
+
+    cdc.start(wait=False)
+    wait_until(lambda: ((cdc.status() or {}).get("shards") or {}).get("shard_00", {}).get("stopped") == "slot_missing",
+               40, "the stop")  # fmt: skip
+    out = StringIO()
+    call_command("cdc_resnapshot", "shard_00", "--reason", "test", "--wait", "60", stdout=out)
+    assert f"buckets {MOVED}..{MOVED} moved to shard_01 during the gap" in out.getvalue()
+    assert "re-snapshot shard_01 too" in out.getvalue()
