@@ -65,6 +65,7 @@ from apps.audit.stream_state import (
 from apps.common.faults import crash_point
 from apps.observability.metrics import CDC_ORIGIN_TRANSACTIONS_SKIPPED
 from apps.sharding.placement import BUCKET_COLUMNS
+from apps.sharding.routing import shard_map
 from apps.sharding.shardmap import DatabaseServer
 
 log = logging.getLogger(__name__)
@@ -504,12 +505,17 @@ class ShardReader(threading.Thread):
             self.epochs.load(conn)
             epoch = self.epochs.at(consistent_lsn)
             served = [b for (b,) in conn.execute("SELECT bucket FROM sharding_bucket_owner WHERE state = 'owned'")]
+            unowned = self._fenced_unowned(conn)
             for table in tables:
                 query = sql.SQL("SELECT * FROM {} ORDER BY 1").format(sql.Identifier(table))
                 if table in BUCKET_COLUMNS:
-                    query = sql.SQL("SELECT * FROM {} WHERE sharding_serves({}) ORDER BY 1").format(
-                        sql.Identifier(table), sql.Identifier(BUCKET_COLUMNS[table])
-                    )
+                    query = sql.SQL(
+                        "SELECT * FROM {table} WHERE sharding_serves({column})"
+                        " OR sharding_bucket({column}) = ANY({unowned}) ORDER BY 1"
+                    ).format(
+                        table=sql.Identifier(table), column=sql.Identifier(BUCKET_COLUMNS[table]),
+                        unowned=sql.Literal(unowned),
+                    )  # fmt: skip
                 with conn.cursor(name=f"cdc_snapshot_{table}") as cursor:
                     cursor.itersize = SNAPSHOT_CHUNK_ROWS
                     cursor.execute(query)
@@ -523,6 +529,55 @@ class ShardReader(threading.Thread):
                         self.sink.write([tx])
             conn.rollback()
         return Snapshot(seq, epoch, served, snapshot_time)
+
+    def _fenced_unowned(self, conn: psycopg.Connection[Any]) -> list[int]:
+        """The buckets this shard keeps fenced for a move whose target's snapshot in this store
+        will not hold them: the target has not switched yet (no shard serves them: this
+        fenced copy, which no one may change, is the only one), or its snapshot was taken
+        before the switch. The target's changes after the switch stream at a higher epoch."""
+        fences = conn.execute(
+            f"SELECT DISTINCT ON (o.bucket) o.bucket, m.move_id, m.target FROM sharding_bucket_owner o"  # noqa: S608
+            f" JOIN {MARKER_TABLE} m ON m.kind = 'fence' AND m.source = %s"
+            "  AND o.bucket BETWEEN m.first_bucket AND m.last_bucket"
+            " WHERE o.state = 'fenced' ORDER BY o.bucket, m.wal_lsn DESC",
+            [self.shard],
+        ).fetchall()
+        unowned: list[int] = []
+        verdicts: dict[tuple[int, str], bool] = {}
+        for bucket, move_id, target in fences:
+            key = (int(move_id), str(target))
+            if key not in verdicts:
+                verdicts[key] = not self._target_snapshot_has(*key)
+            if verdicts[key]:
+                unowned.append(int(bucket))
+        if unowned:
+            log.info("cdc snapshot of %s takes %d fenced bucket(s) no other snapshot holds", self.shard, len(unowned))
+        return unowned
+
+    def _target_snapshot_has(self, move_id: int, target: str) -> bool:
+        """Whether the target of move `move_id` switched before its snapshot in this store
+        (taken, under way, or still to come)."""
+        server = shard_map().shards.get(target)
+        if server is None:
+            return False
+        with psycopg.connect(conninfo(server), autocommit=True) as conn:
+            own = conn.execute(
+                f"SELECT pg_wal_lsn_diff(max(wal_lsn), '0/0')::bigint FROM {MARKER_TABLE}"  # noqa: S608
+                " WHERE kind = 'own' AND move_id = %s",
+                [move_id],
+            ).fetchone()
+            if own is None or own[0] is None:
+                return False  # not switched: no shard serves the range
+            point = self.sink.snapshot_point(target, self.slot)
+            if point is None:
+                # Not complete: an unfinished snapshot's slot still stands at its consistent point.
+                slot = conn.execute(
+                    "SELECT pg_wal_lsn_diff(confirmed_flush_lsn, '0/0')::bigint FROM pg_replication_slots"
+                    " WHERE slot_name = %s",
+                    [self.slot],
+                ).fetchone()
+                point = int(slot[0]) if slot is not None and slot[0] is not None else None
+        return point is None or point > int(own[0])  # None: its snapshot is still to come, after the switch
 
     # -- streaming -----------------------------------------------------------------------
 

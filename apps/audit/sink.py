@@ -287,6 +287,16 @@ class AuditSink:
             ).result_rows
         return bool(rows and rows[0][0])
 
+    def snapshot_point(self, shard: str, slot_name: str) -> int | None:
+        """The consistent point of this store's complete snapshot of `slot_name` on `shard`, if any."""
+        with self.lock:
+            rows = self.client.query(
+                "SELECT consistent_lsn FROM audit.cdc_snapshots FINAL"
+                " WHERE shard = {shard:String} AND slot_name = {slot:String} AND completed = 1",
+                parameters={"shard": shard, "slot": slot_name},
+            ).result_rows
+        return int(rows[0][0]) if rows else None
+
     def record_snapshot(self, shard: str, slot_name: str, consistent_lsn: int, rows: int, *, completed: bool) -> None:
         """Mark a snapshot as started (before the copy) or completed (after it)."""
         with self.lock:

@@ -27,9 +27,12 @@ from tests.audit.cdc import CdcProcess, wait_until
 from tests.audit.helpers import caught_up, count
 from tests.audit.moves import (
     connect,
+    control_epoch,
     copy_bucket,
     delete_bucket,
+    fence,
     move_bucket,
+    own,
     push_wal_past,
     restore_buckets,
     wal_lsn,
@@ -363,3 +366,26 @@ def test_a_resnapshot_after_a_range_moved_away_during_the_gap_names_the_shard_to
     call_command("cdc_resnapshot", "shard_00", "--reason", "test", "--wait", "60", stdout=out)
     assert f"buckets {MOVED}..{MOVED} moved to shard_01 during the gap" in out.getvalue()
     assert "re-snapshot shard_01 too" in out.getvalue()
+
+
+def test_a_first_snapshot_while_a_range_is_fenced_and_owned_by_no_shard_still_captures_it(
+    cdc: CdcProcess, buckets: list[int]
+) -> None:
+    owner, _ = make_client()
+    wallet = wallet_create(owner_id=owner.id, currency="USD", bucket=MOVED)
+    wallet_fund(wallet_id=wallet.id, amount_minor=700, reference="on-the-source")
+    epoch = control_epoch() + 1
+    copy_bucket("shard_00", "shard_01", MOVED)
+    fence("shard_00", "shard_01", MOVED, epoch)  # mid-switch: neither shard serves the bucket
+
+    cdc.start()  # a new store: its first snapshots now
+    client = cdc.client()
+    own("shard_00", "shard_01", MOVED, epoch)  # the switch, after both snapshots
+    wallet_fund(wallet_id=wallet.id, amount_minor=1, reference="on-the-target")
+
+    wait_until(lambda: balance_and_shard(client, wallet.id) == (701, "shard_01"), 20, "the target's change")
+    snapshot = count(client, "SELECT count() FROM audit.changes FINAL WHERE op = 'snapshot' AND shard = 'shard_00'"
+                     " AND JSONExtractString(new_row, 'id') = {id:String}", {"id": str(wallet.id)})  # fmt: skip
+    assert snapshot == 1  # from the fenced source: the only copy no one could change
+    entries = "SELECT count() FROM audit.ledger_entries FINAL WHERE wallet_id = {id:UUID} AND is_deleted = 0"
+    assert count(client, entries, {"id": str(wallet.id)}) == 2  # the source's entry and the target's
