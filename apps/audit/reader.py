@@ -332,8 +332,10 @@ class ShardReader(threading.Thread):
             )
         self._check_history(cur, position)
         confirmed = str_to_lsn(slot[2]) if slot[2] else 0
-        if released is not None and confirmed != released:
-            # Nobody but this store's reader may move the slot, and it left it at `released`.
+        if released is not None and confirmed > released:
+            # Nobody but this store's reader may move the slot on, and it left it at `released`
+            # (behind it is no move: a shard that crashed since brings back the position its
+            # last checkpoint saved, and sends again what the store holds).
             raise SlotGap(
                 "slot_moved",
                 f"slot {self.slot} on {self.shard} has confirmed {slot[2]}, but this store's reader left it at"

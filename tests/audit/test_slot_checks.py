@@ -6,14 +6,18 @@ Real shards, `run_cdc`, chDB."""
 from __future__ import annotations
 
 from io import StringIO
+from pathlib import Path
 from typing import Any
 
+import psycopg2
+import psycopg2.extras
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import Client
 
-from apps.audit.reader import drop_slot
+from apps.audit.pgoutput import str_to_lsn
+from apps.audit.reader import _timeline_switch, conninfo, drop_slot
 from tests.audit.cdc import CdcProcess, wait_until
 from tests.audit.helpers import caught_up
 from tests.audit.store_edit import write_store
@@ -88,3 +92,23 @@ def test_a_shard_whose_history_lacks_the_stores_position_stops_the_stream(cdc: C
     assert "is on timeline 1, whose history never shares timeline 7" in status["stopped_detail"]
     cdc.wait_connected(["shard_01"])
     assert_stopped_everywhere(cdc, settings, "shard_00", "slot_behind")
+
+
+def test_the_timeline_history_says_where_the_shards_history_left_an_earlier_timeline() -> None:
+    """`TIMELINE_HISTORY` on a replication connection, as a promoted standby answers it (its
+    history file is written here by hand: no standby is promoted on the test stack)."""
+    [(data_dir,)] = raw_query("shard_00", "SHOW data_directory")
+    history = Path(data_dir) / "pg_wal" / "00000009.history"
+    history.write_text("1\t0/3000000\tno recovery target specified\n4\t0/5A00000\tafter a failover\n")
+    conn = psycopg2.connect(
+        conninfo(server("shard_00")), connection_factory=psycopg2.extras.LogicalReplicationConnection
+    )
+    try:
+        cur = conn.cursor()
+        assert _timeline_switch(cur, 9, 4) == str_to_lsn("0/5A00000")
+        assert _timeline_switch(cur, 9, 1) == str_to_lsn("0/3000000")
+        assert _timeline_switch(cur, 9, 2) is None  # never on its history
+        assert _timeline_switch(cur, 9, 12) is None  # a later timeline than the shard's
+    finally:
+        conn.close()
+        history.unlink()
