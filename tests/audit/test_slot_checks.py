@@ -94,6 +94,22 @@ def test_a_shard_whose_history_lacks_the_stores_position_stops_the_stream(cdc: C
     assert_stopped_everywhere(cdc, settings, "shard_00", "slot_behind")
 
 
+def test_a_slot_behind_the_store_on_the_same_timeline_streams_on(cdc: CdcProcess) -> None:
+    """What a crash of the shard leaves (a slot's position is saved at checkpoints): the slot
+    sends again what the store holds, which collapses; no stop."""
+    started_and_stopped(cdc, "shard_01")
+    write_store(
+        cdc,
+        "INSERT INTO audit.stream_positions SELECT shard, slot_name, confirmed_lsn + 64, stream_epoch, tables,"
+        " timeline, generation, version + 64, now64(6) FROM audit.stream_positions FINAL WHERE shard = 'shard_01'",
+        env=FAST,
+    )  # fmt: skip
+    owner, _ = make_client()
+    make_wallet(owner, funded=70, shard="shard_01")
+    wait_until(lambda: caught_up(cdc.client()), 20, "changes after the restart")
+    assert "STOPPED" not in cdc.log_text()
+
+
 def test_the_timeline_history_says_where_the_shards_history_left_an_earlier_timeline() -> None:
     """`TIMELINE_HISTORY` on a replication connection, as a promoted standby answers it (its
     history file is written here by hand: no standby is promoted on the test stack)."""
