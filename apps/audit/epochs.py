@@ -82,3 +82,24 @@ class StreamEpochs:
         ).fetchall()
         for marker_id, kind, wal_lsn, epoch in rows:
             self.add({"id": marker_id, "kind": kind, "wal_lsn": wal_lsn, "epoch": epoch})
+
+
+def served_at(conn: psycopg.Connection[Any], shard: str, lsn: int) -> list[int]:
+    """The buckets `shard` served at WAL position `lsn`: those it owns now, with the moves
+    its journal recorded after `lsn` undone, latest first (an 'own' gave it a range, a
+    'fence' took one away, an 'unfence' gave a fenced one back). Read in one snapshot."""
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        served = {b for (b,) in conn.execute("SELECT bucket FROM sharding_bucket_owner WHERE state = 'owned'")}
+        later = conn.execute(
+            f"SELECT kind, first_bucket, last_bucket, source, target FROM {MARKER_TABLE}"  # noqa: S608
+            " WHERE wal_lsn > %s::pg_lsn ORDER BY wal_lsn DESC, id DESC",
+            [f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"],
+        ).fetchall()
+    for kind, first, last, source, target in later:
+        moved = set(range(first, last + 1))
+        if (kind == "own" and target == shard) or (kind == "unfence" and source == shard):
+            served -= moved
+        elif kind == "fence" and source == shard:
+            served |= moved
+    return sorted(served)

@@ -191,6 +191,14 @@ class Decoder:
             return None
         raise PgOutputError(f"unknown pgoutput message type {kind!r}")
 
+    def row_relation(self, payload: bytes) -> Relation | None:
+        """The relation an Insert, Update or Delete refers to, without decoding its tuples;
+        None for any other message (or a relation not described yet: decode() says why)."""
+        if payload[:1] not in (b"I", b"U", b"D"):
+            return None
+        (relid,) = _UINT32.unpack_from(payload, 1)
+        return self.relations.get(relid)
+
     # -- messages -----------------------------------------------------------------------
 
     def _relation(self, buf: bytes) -> Relation:

@@ -109,8 +109,8 @@ class StorePosition:
 
 
 def store_positions(client: Any) -> dict[str, StorePosition]:
-    """Per shard, the position up to which the store holds every change (`audit.cdc_positions`)."""
-    rows = client.query("SELECT shard, confirmed_lsn, tables FROM audit.cdc_positions FINAL").result_rows
+    """Per shard, the position up to which the store holds every change (`audit.stream_positions`)."""
+    rows = client.query("SELECT shard, confirmed_lsn, tables FROM audit.stream_positions FINAL").result_rows
     return {shard: StorePosition(int(lsn), tuple(tables)) for shard, lsn, tables in rows}
 
 

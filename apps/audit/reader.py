@@ -34,7 +34,7 @@ from psycopg.abc import Buffer
 from psycopg.adapt import Loader
 
 from apps.audit import requests as operator_requests
-from apps.audit.epochs import MARKER_TABLE, StreamEpochs, row_version
+from apps.audit.epochs import MARKER_TABLE, StreamEpochs, row_version, served_at
 from apps.audit.models import CdcAction, CdcRequest
 from apps.audit.pgoutput import (
     Begin,
@@ -56,13 +56,16 @@ from apps.audit.stream_state import (
     deletion_version,
     ensure_registry,
     record_gap,
+    record_slot_release,
     register_slot,
     slot_owner,
+    slot_released_at,
     write_deletions,
 )
 from apps.common.faults import crash_point
 from apps.observability.metrics import CDC_ORIGIN_TRANSACTIONS_SKIPPED
 from apps.sharding.placement import BUCKET_COLUMNS
+from apps.sharding.routing import shard_map
 from apps.sharding.shardmap import DatabaseServer
 
 log = logging.getLogger(__name__)
@@ -71,6 +74,10 @@ SNAPSHOT_CHUNK_ROWS = 20_000
 HEARTBEAT_PREFIX = "shardwallet_heartbeat"
 HEARTBEATS_KEPT = 100
 MAX_BACKOFF_SECONDS = 10.0
+# Snapshot and backfill rows are numbered from here, streamed changes below it: the two
+# never share a key (shard, commit_lsn, seq) in audit.changes, whatever their positions.
+SNAPSHOT_SEQ_BASE = 1 << 31
+RELEASE_WAIT_SECONDS = 5.0
 
 
 class CdcError(RuntimeError):
@@ -97,6 +104,12 @@ def ensure_publication(server: DatabaseServer, publication: str, tables: list[st
         exists = conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", [publication]).fetchone()
         verb = "ALTER PUBLICATION {} SET TABLE {}" if exists else "CREATE PUBLICATION {} FOR TABLE {}"
         conn.execute(sql.SQL(verb).format(sql.Identifier(publication), table_list))
+
+
+def captured_tables(configured: list[str]) -> list[str]:
+    """The configured tables and, always, the move journal: without it the epochs that order a
+    moved row's versions would not be stamped, nor a TRUNCATE's buckets known."""
+    return [*configured, MARKER_TABLE] if MARKER_TABLE not in configured else list(configured)
 
 
 def drop_slot(server: DatabaseServer, slot: str, timeout: float = 10) -> bool:
@@ -143,13 +156,15 @@ class ShardReader(threading.Thread):
         self.slot = slot
         self.store = store
         self.publication = publication
-        self.tables = tables
+        self.tables = captured_tables(tables)
         self.batch_max_changes = batch_max_changes
         self.batch_max_seconds = batch_max_seconds
         self.stopped_retry_seconds = stopped_retry_seconds
         self.epochs = StreamEpochs()
         self.skip: CdcRequest | None = None  # an operator's request to leave out one transaction
         self.stop_cause: str | None = None  # why the stream last stopped, for the gap an operator resolves
+        self.timeline = 0  # the shard's timeline (IDENTIFY_SYSTEM), recorded with each position
+        self.generation = 0  # of the store's snapshot the stream goes on from (StorePosition)
 
     def run(self) -> None:
         delay = 0.5
@@ -195,8 +210,11 @@ class ShardReader(threading.Thread):
         request = operator_requests.pending(self.shard)
         ensure_publication(self.server, self.publication, self.tables)
         conn = psycopg2.connect(conninfo(self.server), connection_factory=psycopg2.extras.LogicalReplicationConnection)
+        streaming = False
         try:
             cur = conn.cursor()
+            cur.execute("IDENTIFY_SYSTEM")
+            self.timeline = int(cur.fetchone()[1])  # type: ignore[index]
             # The stream restarts at the confirmed position: the markers the table holds now
             # stamp the re-sent transactions as the first pass did (a marker inserted after a
             # transaction's commit has a higher wal_lsn and does not count for it).
@@ -205,6 +223,8 @@ class ShardReader(threading.Thread):
             with psycopg.connect(conninfo(self.server), autocommit=True) as markers:
                 self.epochs.load(markers)
             self.board.update(self.shard, move_markers=len(self.epochs), slot=self.slot)
+            self._hold_slot()
+            streaming = True
             # status_interval: psycopg2 also answers keepalives and, once everything received
             # is confirmed, moves the confirmed position on to the server's WAL end (WAL with
             # nothing for the store: never past a message, so never past a heartbeat).
@@ -223,9 +243,39 @@ class ShardReader(threading.Thread):
         finally:
             self.board.update(self.shard, connected=False, disconnected_since=time.time())
             conn.close()
+            if streaming:
+                self._release_slot()
 
-    def _slot_state(self) -> tuple[tuple[Any, ...] | None, uuid.UUID | None, list[int]]:
-        """The slot (plugin, database, confirmed position, wal_status), its owner and recent heartbeats."""
+    def _hold_slot(self) -> None:
+        """From here the slot moves with this reader: no release position stands for it."""
+        with psycopg.connect(conninfo(self.server), autocommit=True) as conn:
+            record_slot_release(conn, self.slot, None)
+
+    def _release_slot(self) -> None:
+        """Note where the slot stands once this reader has let go of it, so that the next one
+        sees whether anyone moved it in between (`_prepare`). Best effort: a shard that is
+        down, or a reader that is killed, leaves none (the heartbeat check still applies)."""
+        try:
+            deadline = time.monotonic() + RELEASE_WAIT_SECONDS
+            with psycopg.connect(conninfo(self.server, connect_timeout=3), autocommit=True) as conn:
+                while time.monotonic() < deadline:
+                    row = conn.execute(
+                        "SELECT active, pg_wal_lsn_diff(confirmed_flush_lsn, '0/0')::bigint FROM pg_replication_slots"
+                        " WHERE slot_name = %s",
+                        [self.slot],
+                    ).fetchone()
+                    if row is None:
+                        return
+                    if not row[0]:
+                        record_slot_release(conn, self.slot, int(row[1]))
+                        return
+                    time.sleep(0.1)
+        except psycopg.Error as exc:
+            log.info("cdc could not note where %s's slot was released: %s", self.shard, exc)
+
+    def _slot_state(self) -> tuple[tuple[Any, ...] | None, uuid.UUID | None, list[int], int | None]:
+        """The slot (plugin, database, confirmed position, wal_status), its owner, recent
+        heartbeats and where its last reader released it."""
         with psycopg.connect(conninfo(self.server), autocommit=True) as conn:
             ensure_registry(conn)
             row = conn.execute(
@@ -234,13 +284,13 @@ class ShardReader(threading.Thread):
                 [self.slot],
             ).fetchone()
             owner, heartbeats = slot_owner(conn, self.slot)
-            return row, owner, heartbeats
+            return row, owner, heartbeats, slot_released_at(conn, self.slot)
 
     def _prepare(self, cur: Any, request: CdcRequest | None) -> None:
         """Check that the store can go on from the slot where it stopped; else stop. Carry
         out an operator's request; take the first snapshot; copy tables newly captured."""
         self.skip = request if request is not None and request.action == CdcAction.SKIP else None
-        slot, owner, heartbeats = self._slot_state()
+        slot, owner, heartbeats, released = self._slot_state()
         if slot is not None and owner != self.store:
             if request is not None and request.action == CdcAction.RESNAPSHOT:
                 operator_requests.finish(
@@ -280,7 +330,19 @@ class ShardReader(threading.Thread):
                 f" removed): the changes after {held}, where this store stopped, are lost to it",
                 lsn=position.confirmed_lsn,
             )
+        self._check_history(cur, position)
         confirmed = str_to_lsn(slot[2]) if slot[2] else 0
+        if released is not None and confirmed > released:
+            # Nobody but this store's reader may move the slot on, and it left it at `released`
+            # (behind it is no move: a shard that crashed since brings back the position its
+            # last checkpoint saved, and sends again what the store holds).
+            raise SlotGap(
+                "slot_moved",
+                f"slot {self.slot} on {self.shard} has confirmed {slot[2]}, but this store's reader left it at"
+                f" {lsn_to_str(released)} (someone advanced it, or dropped and made it again): the changes after"
+                f" {held}, where this store stopped, may be lost to it",
+                lsn=position.confirmed_lsn,
+            )
         passed = [lsn for lsn in heartbeats if position.confirmed_lsn < lsn <= confirmed]
         if passed:
             # The slot can move on by itself only over WAL without messages, never past a heartbeat.
@@ -291,10 +353,32 @@ class ShardReader(threading.Thread):
                 " restored from a backup, or someone else read the slot): the changes in between are not in it",
                 lsn=position.confirmed_lsn,
             )
+        self.generation = position.generation
         added = [table for table in self.tables if table not in position.tables]
         if added:
             self._backfill(added, position)
         self.board.update(self.shard, confirmed_lsn=position.confirmed_lsn, stream_epoch=position.stream_epoch)
+
+    def _check_history(self, cur: Any, position: StorePosition) -> None:
+        """Stop if the shard's WAL history does not hold the store's position: it failed over
+        to a standby that was behind (its slot, if any, is behind the store), so the store
+        holds changes the shard never had and the positions after the switch mean other
+        changes. On the timeline the position was recorded on, a slot behind the store is
+        fine: a crash of the shard (or of the reader between recording a position and
+        confirming it) only sends again what the store holds."""
+        if not position.timeline or position.timeline == self.timeline:
+            return
+        switched = _timeline_switch(cur, self.timeline, position.timeline)
+        if switched is not None and position.confirmed_lsn <= switched:
+            return  # the history is the same up to the store's position
+        where = "never" if switched is None else f"only up to {lsn_to_str(switched)}"
+        raise SlotGap(
+            "slot_behind",
+            f"{self.shard} is on timeline {self.timeline}, whose history {where} shares timeline"
+            f" {position.timeline}, where this store recorded {lsn_to_str(position.confirmed_lsn)} (a failover to a"
+            " server that was behind): the store holds changes the shard does not, and its slot is behind the store",
+            lsn=position.confirmed_lsn,
+        )
 
     def _drop_legacy_slot(self) -> None:
         """A store made before slots carried the store's id read the slot named by the bare
@@ -308,7 +392,8 @@ class ShardReader(threading.Thread):
         self.sink.record_snapshot(self.shard, self.slot, 0, 0, completed=False)
         lsn, snapshot = self._new_slot_and_snapshot(cur)
         self.sink.record_snapshot(self.shard, self.slot, lsn, snapshot.rows, completed=True)
-        self.sink.record_position(StorePosition(self.shard, self.slot, lsn, snapshot.epoch, tuple(self.tables)))
+        self.generation = 0
+        self.sink.record_position(self._position(lsn, snapshot.epoch))
         self.board.update(
             self.shard, snapshot_rows=snapshot.rows, confirmed_lsn=lsn, server_wal_lsn=lsn, stream_epoch=snapshot.epoch
         )
@@ -338,15 +423,41 @@ class ShardReader(threading.Thread):
             Gap(self.shard, from_lsn, lsn, cause, "resnapshot", request.reason, request.requested_by),
         )
         self.sink.record_snapshot(self.shard, self.slot, lsn, snapshot.rows, completed=True)
-        self.sink.record_position(StorePosition(self.shard, self.slot, lsn, snapshot.epoch, tuple(self.tables)))
+        # A new generation: its position may be below the old one (a server that failed over).
+        self.generation = position.generation + 1 if position is not None else 0
+        self.sink.record_position(self._position(lsn, snapshot.epoch))
         self.board.update(self.shard, snapshot_rows=snapshot.rows, confirmed_lsn=lsn, stream_epoch=snapshot.epoch)
         self.board.add(self.shard, gaps_recorded=1)
+        also = self._moved_away_since(from_lsn) if from_lsn else []
+        for first, last, target in also:
+            log.error("cdc: buckets %s..%s moved from %s to %s during the gap: re-snapshot %s too", first, last,
+                      self.shard, target, target)  # fmt: skip
         operator_requests.finish(
             request,
             ok=True,
             result=f"new slot and snapshot at {lsn_to_str(lsn)} ({snapshot.rows} rows); gap recorded from"
-            f" {lsn_to_str(from_lsn)} to {lsn_to_str(lsn)}",
+            f" {lsn_to_str(from_lsn)} to {lsn_to_str(lsn)}"
+            + "".join(
+                f"; buckets {first}..{last} moved to {target} during the gap (this snapshot no longer has them):"
+                f" re-snapshot {target} too"
+                for first, last, target in also
+            ),
         )
+
+    def _moved_away_since(self, from_lsn: int) -> list[tuple[int, int, str]]:
+        """Ranges this shard fenced for a move after `from_lsn` and did not take back: their
+        rows in the store miss this shard's changes in a gap, and only their new owner's
+        snapshot has them now."""
+        with psycopg.connect(conninfo(self.server), autocommit=True) as conn:
+            rows = conn.execute(
+                f"SELECT DISTINCT f.first_bucket, f.last_bucket, f.target FROM {MARKER_TABLE} f"  # noqa: S608
+                " WHERE f.kind = 'fence' AND f.source = %s AND f.wal_lsn > %s::pg_lsn AND NOT EXISTS"
+                f" (SELECT 1 FROM {MARKER_TABLE} u WHERE u.kind = 'unfence' AND u.move_id = f.move_id"
+                "  AND u.wal_lsn > f.wal_lsn)"
+                " ORDER BY 1",
+                [self.shard, lsn_to_str(from_lsn)],
+            ).fetchall()
+        return [(int(first), int(last), str(target)) for first, last, target in rows]
 
     def _new_slot_and_snapshot(self, cur: Any) -> tuple[int, Snapshot]:
         """A new slot, registered to this store first, and a copy of the tables as of its start."""
@@ -367,10 +478,10 @@ class ShardReader(threading.Thread):
         """Copy the rows of tables newly captured. They are in the publication already, so
         their changes from now on stream; the copy, stamped at the store's position, sorts
         below every one of those."""
-        snapshot = self._copy_snapshot(None, position.confirmed_lsn + 1, tables)
+        snapshot = self._copy_snapshot(None, position.confirmed_lsn, tables)
         self.sink.record_position(
             StorePosition(self.shard, self.slot, position.confirmed_lsn, position.stream_epoch,
-                          tuple(dict.fromkeys([*position.tables, *tables])))
+                          tuple(dict.fromkeys([*position.tables, *tables])), self.timeline, position.generation)
         )  # fmt: skip
         log.info("cdc backfilled %s on %s: %d rows", ", ".join(tables), self.shard, snapshot.rows)
 
@@ -378,10 +489,12 @@ class ShardReader(threading.Thread):
         """Copy `tables` as of the slot's starting point (its exported snapshot), or as of
         now for a backfill.
 
-        Rows are stamped with the LSN just before the consistent point: they sort before,
-        and can never share a key with, the first streamed transaction; and with the stream
-        epoch at that point. Only the rows of buckets the shard serves are copied: a range
-        being copied in, or left behind by a move, is another shard's.
+        Rows are stamped with the LSN just before the consistent point (a backfill's: the
+        store's position), so they sort before every transaction streamed from there, and
+        with the stream epoch at that point; they are numbered from SNAPSHOT_SEQ_BASE, so no
+        streamed change can share their key whatever its position. Only the rows of buckets
+        the shard serves are copied: a range being copied in, or left behind by a move, is
+        another shard's.
         """
         stamp = consistent_lsn - 1
         seq = 0
@@ -394,12 +507,17 @@ class ShardReader(threading.Thread):
             self.epochs.load(conn)
             epoch = self.epochs.at(consistent_lsn)
             served = [b for (b,) in conn.execute("SELECT bucket FROM sharding_bucket_owner WHERE state = 'owned'")]
+            unowned = self._fenced_unowned(conn)
             for table in tables:
                 query = sql.SQL("SELECT * FROM {} ORDER BY 1").format(sql.Identifier(table))
                 if table in BUCKET_COLUMNS:
-                    query = sql.SQL("SELECT * FROM {} WHERE sharding_serves({}) ORDER BY 1").format(
-                        sql.Identifier(table), sql.Identifier(BUCKET_COLUMNS[table])
-                    )
+                    query = sql.SQL(
+                        "SELECT * FROM {table} WHERE sharding_serves({column})"
+                        " OR sharding_bucket({column}) = ANY({unowned}) ORDER BY 1"
+                    ).format(
+                        table=sql.Identifier(table), column=sql.Identifier(BUCKET_COLUMNS[table]),
+                        unowned=sql.Literal(unowned),
+                    )  # fmt: skip
                 with conn.cursor(name=f"cdc_snapshot_{table}") as cursor:
                     cursor.itersize = SNAPSHOT_CHUNK_ROWS
                     cursor.execute(query)
@@ -409,10 +527,59 @@ class ShardReader(threading.Thread):
                         for values in chunk:
                             seq += 1
                             row = dict(zip(names, values, strict=True))
-                            tx.changes.append(Change(table, "snapshot", None, row, seq))
+                            tx.changes.append(Change(table, "snapshot", None, row, SNAPSHOT_SEQ_BASE + seq))
                         self.sink.write([tx])
             conn.rollback()
         return Snapshot(seq, epoch, served, snapshot_time)
+
+    def _fenced_unowned(self, conn: psycopg.Connection[Any]) -> list[int]:
+        """The buckets this shard keeps fenced for a move whose target's snapshot in this store
+        will not hold them: the target has not switched yet (no shard serves them: this
+        fenced copy, which no one may change, is the only one), or its snapshot was taken
+        before the switch. The target's changes after the switch stream at a higher epoch."""
+        fences = conn.execute(
+            f"SELECT DISTINCT ON (o.bucket) o.bucket, m.move_id, m.target FROM sharding_bucket_owner o"  # noqa: S608
+            f" JOIN {MARKER_TABLE} m ON m.kind = 'fence' AND m.source = %s"
+            "  AND o.bucket BETWEEN m.first_bucket AND m.last_bucket"
+            " WHERE o.state = 'fenced' ORDER BY o.bucket, m.wal_lsn DESC",
+            [self.shard],
+        ).fetchall()
+        unowned: list[int] = []
+        verdicts: dict[tuple[int, str], bool] = {}
+        for bucket, move_id, target in fences:
+            key = (int(move_id), str(target))
+            if key not in verdicts:
+                verdicts[key] = not self._target_snapshot_has(*key)
+            if verdicts[key]:
+                unowned.append(int(bucket))
+        if unowned:
+            log.info("cdc snapshot of %s takes %d fenced bucket(s) no other snapshot holds", self.shard, len(unowned))
+        return unowned
+
+    def _target_snapshot_has(self, move_id: int, target: str) -> bool:
+        """Whether the target of move `move_id` switched before its snapshot in this store
+        (taken, under way, or still to come)."""
+        server = shard_map().shards.get(target)
+        if server is None:
+            return False
+        with psycopg.connect(conninfo(server), autocommit=True) as conn:
+            own = conn.execute(
+                f"SELECT pg_wal_lsn_diff(max(wal_lsn), '0/0')::bigint FROM {MARKER_TABLE}"  # noqa: S608
+                " WHERE kind = 'own' AND move_id = %s",
+                [move_id],
+            ).fetchone()
+            if own is None or own[0] is None:
+                return False  # not switched: no shard serves the range
+            point = self.sink.snapshot_point(target, self.slot)
+            if point is None:
+                # Not complete: an unfinished snapshot's slot still stands at its consistent point.
+                slot = conn.execute(
+                    "SELECT pg_wal_lsn_diff(confirmed_flush_lsn, '0/0')::bigint FROM pg_replication_slots"
+                    " WHERE slot_name = %s",
+                    [self.slot],
+                ).fetchone()
+                point = int(slot[0]) if slot is not None and slot[0] is not None else None
+        return point is None or point > int(own[0])  # None: its snapshot is still to come, after the switch
 
     # -- streaming -----------------------------------------------------------------------
 
@@ -420,6 +587,7 @@ class ShardReader(threading.Thread):
         decoder = Decoder()
         open_tx: Transaction | None = None
         origin: str | None = None  # the open transaction's replication origin
+        origin_rows = 0  # the open transaction's row changes dropped for its origin
         skipping = False  # leaving out the open transaction, as an operator asked
         batch: list[Transaction] = []
         batch_changes = 0
@@ -437,6 +605,10 @@ class ShardReader(threading.Thread):
                     last_status = now
                 timeout = self.batch_max_seconds if batch else 0.5
                 select.select([cur], [], [], timeout)
+                continue
+            if origin is not None and open_tx is not None and _is_skipped_row(decoder, message.payload):
+                # A move's copy or clean-up: millions of rows are dropped here, undecoded and unheld.
+                origin_rows += 1
                 continue
             try:
                 event = decoder.decode(message.payload)
@@ -468,7 +640,7 @@ class ShardReader(threading.Thread):
                     commit_lsn=commit_lsn,
                 ) from exc
             if isinstance(event, Begin):
-                open_tx, origin = done, None
+                open_tx, origin, origin_rows = done, None, 0
             elif isinstance(event, Origin):
                 origin = event.name
             elif isinstance(done, Transaction) and done is not open_tx:
@@ -476,6 +648,10 @@ class ShardReader(threading.Thread):
                 if not batch:
                     batch_since = now
                 batch.append(done)
+                batch_changes += 1
+                if self._flush_due(batch_changes, batch_since, now):
+                    self._flush(cur, batch)
+                    batch, batch_changes = [], 0
             elif isinstance(event, Commit):
                 assert open_tx is not None, "commit outside a transaction"  # noqa: S101
                 open_tx.commit_lsn, open_tx.end_lsn = event.commit_lsn, event.end_lsn
@@ -485,20 +661,32 @@ class ShardReader(threading.Thread):
                     skipping = False
                 elif self.skip is not None and open_tx.commit_lsn >= (self.skip.commit_lsn or 0):
                     self._refuse_skip("the stream decoded past it without a failure: nothing to leave out at")
+                self._note_held(len(open_tx.changes))
                 if origin is not None:
-                    self._skip_origin(open_tx, origin)
+                    self._skip_origin(open_tx, origin, origin_rows)
                 self._stamp(open_tx)
                 if not batch:
                     batch_since = now
                     self.board.update(self.shard, oldest_unwritten_commit=open_tx.commit_time.timestamp())
                 batch.append(open_tx)
-                batch_changes += len(open_tx.changes)
+                # An empty (skipped) transaction counts too: a long run of them is flushed, and
+                # its position confirmed, as it goes, not only once the stream falls quiet.
+                batch_changes += max(1, len(open_tx.changes))
                 open_tx = None
-                if batch_changes >= self.batch_max_changes:
+                if self._flush_due(batch_changes, batch_since, now):
                     self._flush(cur, batch)
                     batch, batch_changes = [], 0
         if batch:
             self._flush(cur, batch)  # a clean stop leaves nothing to re-send
+
+    def _flush_due(self, batch_changes: int, batch_since: float, now: float) -> bool:
+        """A batch is written when it is big enough or old enough, even while messages keep coming."""
+        return batch_changes >= self.batch_max_changes or now - batch_since >= self.batch_max_seconds
+
+    def _note_held(self, changes: int) -> None:
+        """The most changes one transaction has held in memory until its Commit (status)."""
+        if changes > self.board.shards[self.shard].held_changes_peak:
+            self.board.update(self.shard, held_changes_peak=changes)
 
     def _take(self, event: Any, open_tx: Transaction | None, data_start: int) -> Transaction | None:
         """Apply one decoded message; a Begin gives the new open transaction, a heartbeat an empty one."""
@@ -510,6 +698,8 @@ class ShardReader(threading.Thread):
             table = TYPED_TABLES.get(event.relation.name)
             values = table.values(event.op, event.old, event.new) if table is not None else None
             seq = len(open_tx.changes) + 1
+            if seq >= SNAPSHOT_SEQ_BASE:
+                raise ValueError(f"a transaction of more than {SNAPSHOT_SEQ_BASE - 1} changes")
             open_tx.changes.append(Change(event.relation.name, event.op, event.old, event.new, seq, values))
         elif isinstance(event, Truncate):
             assert open_tx is not None, "truncate outside a transaction"  # noqa: S101
@@ -546,14 +736,16 @@ class ShardReader(threading.Thread):
         )
         self.skip = None
 
-    def _skip_origin(self, tx: Transaction, origin: str) -> None:
+    def _skip_origin(self, tx: Transaction, origin: str, dropped: int) -> None:
         """Leave out a replicated or mover transaction's rows; it stays in the batch (empty)
         so that its position is confirmed with the rest.
 
-        The move journal is kept whatever the origin: it is what stamps the epochs, and a
-        restarted reader reads it from the shard's table, which knows no origins.
+        Its row changes were dropped as they arrived (`_is_skipped_row`), all but the move
+        journal's, which is kept whatever the origin: it is what stamps the epochs, and a
+        restarted reader reads it from the shard's table, which knows no origins. A Truncate
+        under an origin is left out here.
         """
-        skipped = sum(change.table != MARKER_TABLE for change in tx.changes)
+        skipped = dropped + sum(change.table != MARKER_TABLE for change in tx.changes)
         tx.changes = [change for change in tx.changes if change.table == MARKER_TABLE]
         self.board.add(self.shard, origin_transactions_skipped=1)
         CDC_ORIGIN_TRANSACTIONS_SKIPPED.labels(shard=self.shard).inc()
@@ -570,6 +762,10 @@ class ShardReader(threading.Thread):
                 self.board.update(self.shard, move_markers=len(self.epochs))
         tx.stream_epoch = self.epochs.at(tx.commit_lsn)
 
+    def _position(self, confirmed_lsn: int, stream_epoch: int) -> StorePosition:
+        return StorePosition(self.shard, self.slot, confirmed_lsn, stream_epoch, tuple(self.tables), self.timeline,
+                             self.generation)  # fmt: skip
+
     def _confirmed(self) -> int:
         return self.board.shards[self.shard].confirmed_lsn
 
@@ -581,7 +777,7 @@ class ShardReader(threading.Thread):
         last = batch[-1]
         confirm = last.confirm_lsn
         # The store records the position before the slot hears of it: a slot is never ahead of its store.
-        self.sink.record_position(StorePosition(self.shard, self.slot, confirm, last.stream_epoch, tuple(self.tables)))
+        self.sink.record_position(self._position(confirm, last.stream_epoch))
         cur.send_feedback(write_lsn=confirm, flush_lsn=confirm, force=True)
         fields: dict[str, Any] = {}
         beats = [tx.heartbeat_at for tx in batch if tx.heartbeat_at is not None]
@@ -598,19 +794,28 @@ class ShardReader(threading.Thread):
 
     def _apply_truncations(self, batch: list[Transaction]) -> None:
         """A TRUNCATE of a captured table deletes its rows of this shard's buckets in the store,
-        as of the truncating change (rows the same transaction inserted after it stay)."""
+        as of the truncating change (rows the same transaction inserted after it stay). The
+        buckets are those served at the truncate's commit, not now: a range moved in since
+        (the reader may apply it long after) was not emptied by it."""
         truncations = [(tx, change) for tx in batch for change in tx.changes if change.op == "truncate"]
         if not truncations:
             return
         with psycopg.connect(conninfo(self.server), autocommit=True) as conn:
-            served = [b for (b,) in conn.execute("SELECT bucket FROM sharding_bucket_owner WHERE state = 'owned'")]
+            served = {tx.commit_lsn: served_at(conn, self.shard, tx.commit_lsn) for tx, _ in truncations}
         for tx, change in truncations:
             write_deletions(
-                self.sink, shard=self.shard, source_tables=[change.table], buckets=served,
+                self.sink, shard=self.shard, source_tables=[change.table], buckets=served[tx.commit_lsn],
                 version=row_version(tx.stream_epoch, tx.commit_lsn, change.seq), commit_lsn=tx.commit_lsn,
                 commit_time=tx.commit_time,
             )  # fmt: skip
             self.board.add(self.shard, truncations=1)
+
+
+def _is_skipped_row(decoder: Decoder, payload: bytes) -> bool:
+    """An Insert, Update or Delete of a table other than the move journal: what an origin's
+    transaction drops without decoding (its Relation was decoded before it)."""
+    relation = decoder.row_relation(payload)
+    return relation is not None and relation.name != MARKER_TABLE
 
 
 @dataclass(frozen=True)
@@ -619,6 +824,21 @@ class Snapshot:
     epoch: int
     served: list[int]  # the buckets the shard served in the snapshot
     time: datetime
+
+
+def _timeline_switch(cur: Any, current: int, earlier: int) -> int | None:
+    """Where the shard's history (timeline `current`) left timeline `earlier`; None if it
+    never was on it. Read from the server's timeline history file."""
+    if earlier > current:
+        return None
+    cur.execute(f"TIMELINE_HISTORY {int(current)}")
+    _name, content = cur.fetchone()
+    text = bytes(content).decode() if isinstance(content, bytes | memoryview) else str(content)
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and fields[0].isdigit() and int(fields[0]) == earlier:
+            return str_to_lsn(fields[1])
+    return None
 
 
 def _heartbeat_time(content: bytes) -> float | None:

@@ -191,7 +191,10 @@ TYPED_TABLES: dict[str, TypedTable] = {
     )
 }  # fmt: skip
 
-POSITION_COLUMNS = ["shard", "slot_name", "confirmed_lsn", "stream_epoch", "tables", "updated_at"]
+POSITION_COLUMNS = [
+    "shard", "slot_name", "confirmed_lsn", "stream_epoch", "tables", "timeline", "generation", "version", "updated_at",
+]  # fmt: skip
+POSITIONS_TABLE = "audit.stream_positions"
 
 
 @dataclass(frozen=True)
@@ -203,10 +206,17 @@ class StorePosition:
     confirmed_lsn: int
     stream_epoch: int
     tables: tuple[str, ...]
+    timeline: int = 0  # the shard's timeline when recorded (0: not known)
+    generation: int = 0  # the store's snapshots of the shard before this one's slot
+
+    @property
+    def version(self) -> int:
+        """What orders a shard's positions: never the wall clock, which can step back."""
+        return (self.generation << 64) | self.confirmed_lsn
 
     def row(self) -> list[Any]:
-        return [self.shard, self.slot_name, self.confirmed_lsn, self.stream_epoch, list(self.tables),
-                datetime.now(tz=UTC)]  # fmt: skip
+        return [self.shard, self.slot_name, self.confirmed_lsn, self.stream_epoch, list(self.tables), self.timeline,
+                self.generation, self.version, datetime.now(tz=UTC)]  # fmt: skip
 
 
 CHANGE_COLUMNS = ["shard", "commit_lsn", "seq", "xid", "commit_time", "table_name", "op", "old_row", "new_row"]
@@ -252,20 +262,20 @@ class AuditSink:
 
     def record_position(self, position: StorePosition) -> None:
         with self.lock:
-            self.client.insert("audit.cdc_positions", [position.row()], column_names=POSITION_COLUMNS)
+            self.client.insert(POSITIONS_TABLE, [position.row()], column_names=POSITION_COLUMNS)
 
     def position(self, shard: str) -> StorePosition | None:
         """Up to where this store holds the shard's changes; None if it never completed a snapshot of it."""
         with self.lock:
             rows = self.client.query(
-                "SELECT shard, slot_name, confirmed_lsn, stream_epoch, tables FROM audit.cdc_positions FINAL"
-                " WHERE shard = {shard:String}",
+                "SELECT shard, slot_name, confirmed_lsn, stream_epoch, tables, timeline, generation"
+                " FROM audit.stream_positions FINAL WHERE shard = {shard:String}",
                 parameters={"shard": shard},
             ).result_rows
         if not rows:
             return None
-        shard, slot_name, lsn, epoch, tables = rows[0]
-        return StorePosition(shard, slot_name, int(lsn), int(epoch), tuple(tables))
+        shard, slot_name, lsn, epoch, tables, timeline, generation = rows[0]
+        return StorePosition(shard, slot_name, int(lsn), int(epoch), tuple(tables), int(timeline), int(generation))
 
     def snapshot_complete(self, shard: str, slot_name: str) -> bool:
         """Whether this store holds the complete initial snapshot of `slot_name` on `shard`."""
@@ -276,6 +286,16 @@ class AuditSink:
                 parameters={"shard": shard, "slot": slot_name},
             ).result_rows
         return bool(rows and rows[0][0])
+
+    def snapshot_point(self, shard: str, slot_name: str) -> int | None:
+        """The consistent point of this store's complete snapshot of `slot_name` on `shard`, if any."""
+        with self.lock:
+            rows = self.client.query(
+                "SELECT consistent_lsn FROM audit.cdc_snapshots FINAL"
+                " WHERE shard = {shard:String} AND slot_name = {slot:String} AND completed = 1",
+                parameters={"shard": shard, "slot": slot_name},
+            ).result_rows
+        return int(rows[0][0]) if rows else None
 
     def record_snapshot(self, shard: str, slot_name: str, consistent_lsn: int, rows: int, *, completed: bool) -> None:
         """Mark a snapshot as started (before the copy) or completed (after it)."""

@@ -37,6 +37,7 @@ class ShardStatus:
     transactions_written: int = 0
     changes_written: int = 0
     origin_transactions_skipped: int = 0  # a bucket move's copy or clean-up: no money moving
+    held_changes_peak: int = 0  # the most changes one transaction held in memory until its Commit
     move_markers: int = 0  # the shard's 'own' markers the reader knows
     stream_epoch: int = 0  # of the last transaction written (apps.audit.epochs)
     reconnects: int = 0

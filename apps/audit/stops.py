@@ -5,7 +5,8 @@ stream (the others go on), says why in the log, the status file, /metrics, /heal
 the operations page, and waits for an operator (docs/ARCHITECTURE.md, "Operating the
 audit stream"):
 
-- the slot the store followed is gone, invalidated or ahead of the store (`SlotGap`): the
+- the slot the store followed is gone, invalidated, ahead of the store, moved by someone
+  else, or on a shard whose history no longer holds the store's position (`SlotGap`): the
   changes in between are lost to this store; `manage.py cdc_resnapshot` takes a new
   snapshot and records the gap;
 - a slot on the shard belongs to another store (`SlotGap`, cause `foreign_slot`);
@@ -46,7 +47,7 @@ class StreamStopped(Exception):
 
 
 class SlotGap(StreamStopped):
-    """slot_missing | slot_lost | slot_ahead | foreign_slot."""
+    """slot_missing | slot_lost | slot_ahead | slot_moved | slot_behind | foreign_slot."""
 
 
 class SchemaDrift(StreamStopped):

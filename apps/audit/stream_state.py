@@ -29,6 +29,9 @@ SLOT_REGISTRY_DDL = [
         created_at timestamptz NOT NULL DEFAULT now())""",
     # The positions of the last heartbeats written for the slot (apps.audit.reader).
     "ALTER TABLE shardwallet_cdc_slot ADD COLUMN IF NOT EXISTS heartbeat_lsns pg_lsn[] NOT NULL DEFAULT '{}'",
+    # The slot's confirmed position when its reader last let go of it (NULL while a reader
+    # streams, or after one was killed): a slot found elsewhere was moved by someone else.
+    "ALTER TABLE shardwallet_cdc_slot ADD COLUMN IF NOT EXISTS released_lsn pg_lsn",
 ]
 
 
@@ -60,7 +63,7 @@ def register_slot(conn: psycopg.Connection[Any], slot: str, store: uuid.UUID) ->
     conn.execute(
         "INSERT INTO shardwallet_cdc_slot (slot_name, store_id) VALUES (%s, %s)"
         " ON CONFLICT (slot_name) DO UPDATE SET store_id = EXCLUDED.store_id, created_at = now(),"
-        " heartbeat_lsns = '{}'",
+        " heartbeat_lsns = '{}', released_lsn = NULL",
         [slot, store],
     )
 
@@ -76,6 +79,21 @@ def slot_owner(conn: psycopg.Connection[Any], slot: str) -> tuple[uuid.UUID | No
     return (row[0], [int(lsn) for lsn in row[1]]) if row else (None, [])
 
 
+def slot_released_at(conn: psycopg.Connection[Any], slot: str) -> int | None:
+    """Where `slot` was when its reader last let go of it; None while one reads it, or if
+    that reader was killed (or the slot was made before this was recorded)."""
+    row = conn.execute(
+        "SELECT pg_wal_lsn_diff(released_lsn, '0/0')::bigint FROM shardwallet_cdc_slot WHERE slot_name = %s", [slot]
+    ).fetchone()
+    return int(row[0]) if row and row[0] is not None else None
+
+
+def record_slot_release(conn: psycopg.Connection[Any], slot: str, released: int | None) -> None:
+    """Note where the reader left `slot` (None: a reader holds it now)."""
+    lsn = None if released is None else f"{released >> 32:X}/{released & 0xFFFFFFFF:X}"
+    conn.execute("UPDATE shardwallet_cdc_slot SET released_lsn = %s::pg_lsn WHERE slot_name = %s", [lsn, slot])
+
+
 @dataclass(frozen=True)
 class Gap:
     """A range of one shard's WAL whose changes the store does not hold."""
@@ -83,7 +101,7 @@ class Gap:
     shard: str
     from_lsn: int
     to_lsn: int
-    cause: str  # slot_missing | slot_lost | slot_ahead | undecodable
+    cause: str  # slot_missing | slot_lost | slot_ahead | slot_moved | slot_behind | undecodable
     resolution: str  # resnapshot | skip
     detail: str
     requested_by: str

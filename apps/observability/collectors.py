@@ -100,7 +100,7 @@ class ShardCollector(Collector):
         stopped = GaugeMetricFamily(
             "shardwallet_cdc_stream_stopped",
             "1 while a shard's change stream waits for an operator (cause: slot_missing, slot_lost, slot_ahead,"
-            " foreign_slot, schema_drift, undecodable); see `manage.py cdc_status`.",
+            " slot_moved, slot_behind, foreign_slot, schema_drift, undecodable); see `manage.py cdc_status`.",
             labels=["shard", "cause"],
         )
         for alias, lag in (lags or {}).items():

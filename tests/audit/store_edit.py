@@ -22,7 +22,7 @@ for statement in json.loads(sys.argv[1]):
 """
 
 
-def write_store(cdc: CdcProcess, *statements: str, env: dict[str, str] | None = None) -> None:
+def write_store(cdc: CdcProcess, *statements: str, env: dict[str, str] | None = None, wait: bool = True) -> None:
     cdc.stop()
     done = subprocess.run(
         [sys.executable, "-c", _WRITE, json.dumps(statements)],
@@ -34,4 +34,4 @@ def write_store(cdc: CdcProcess, *statements: str, env: dict[str, str] | None = 
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    cdc.start(env=env)
+    cdc.start(env=env, wait=wait)

@@ -18,6 +18,7 @@ from django.test import Client
 from psycopg import sql
 
 from apps.audit.epochs import EPOCH_SHIFT
+from apps.audit.reader import drop_slot
 from apps.audit.reconcile import reconcile
 from apps.ledger.services import wallet_create, wallet_fund, wallet_withdraw
 from apps.sharding.placement import range_filter_sql
@@ -26,9 +27,12 @@ from tests.audit.cdc import CdcProcess, wait_until
 from tests.audit.helpers import caught_up, count
 from tests.audit.moves import (
     connect,
+    control_epoch,
     copy_bucket,
     delete_bucket,
+    fence,
     move_bucket,
+    own,
     push_wal_past,
     restore_buckets,
     wal_lsn,
@@ -315,3 +319,73 @@ def test_real_moves_there_and_back_keep_the_store_equal_to_the_shards(cdc: CdcPr
         ]  # fmt: skip
     finally:
         restore_file_layout()
+
+
+def test_a_truncate_applied_after_a_move_deletes_only_the_buckets_served_at_its_position(
+    cdc: CdcProcess, buckets: list[int]
+) -> None:
+    owner, _ = make_client()
+    kept = wallet_create(owner_id=owner.id, currency="USD", bucket=MOVED)
+    wallet_fund(wallet_id=kept.id, amount_minor=300, reference="before-the-truncate")
+    handed = wallet_create(owner_id=owner.id, currency="USD", bucket=HANDED_OVER)
+    wallet_fund(wallet_id=handed.id, amount_minor=200, reference="moved-before-the-truncate")
+    cdc.start()
+    client = cdc.client()
+    wait_until(lambda: caught_up(client), 20, "the first catch-up")
+    move_bucket("shard_00", "shard_01", HANDED_OVER)  # shard_01 serves it from a newer epoch than shard_00's
+    cdc.stop()
+    # While the CDC is down: shard_01 is truncated, then another bucket moves in. The reader
+    # applies the truncate afterwards, when shard_01 owns both buckets.
+    raw_query("shard_01", "TRUNCATE ledger_entry, ledger_wallet CASCADE")
+    move_bucket("shard_00", "shard_01", MOVED)
+    cdc.start()
+    wait_until(lambda: (cdc.status() or {})["shards"]["shard_01"]["truncations"] >= 2, 20, "the truncation")
+
+    assert balance_and_shard(client, handed.id) is None  # served by shard_01 at the truncate: emptied
+    assert balance_and_shard(client, kept.id) == (300, "shard_00")  # moved in after it: untouched
+
+
+def test_a_resnapshot_after_a_range_moved_away_during_the_gap_names_the_shard_to_resnapshot_too(
+    cdc: CdcProcess, buckets: list[int]
+) -> None:
+    owner, _ = make_client()
+    wallet = wallet_create(owner_id=owner.id, currency="USD", bucket=MOVED)
+    wallet_fund(wallet_id=wallet.id, amount_minor=100, reference="streamed")
+    cdc.start()
+    wait_until(lambda: caught_up(cdc.client()), 20, "the first catch-up")
+    cdc.stop()
+    assert drop_slot(shard_map().shards["shard_00"], cdc.slot)
+    # In the gap: a change the store never sees, then the range moves to shard_01.
+    wallet_fund(wallet_id=wallet.id, amount_minor=5, reference="in-the-gap")
+    move_bucket("shard_00", "shard_01", MOVED)
+
+    cdc.start(wait=False)
+    wait_until(lambda: ((cdc.status() or {}).get("shards") or {}).get("shard_00", {}).get("stopped") == "slot_missing",
+               40, "the stop")  # fmt: skip
+    out = StringIO()
+    call_command("cdc_resnapshot", "shard_00", "--reason", "test", "--wait", "60", stdout=out)
+    assert f"buckets {MOVED}..{MOVED} moved to shard_01 during the gap" in out.getvalue()
+    assert "re-snapshot shard_01 too" in out.getvalue()
+
+
+def test_a_first_snapshot_while_a_range_is_fenced_and_owned_by_no_shard_still_captures_it(
+    cdc: CdcProcess, buckets: list[int]
+) -> None:
+    owner, _ = make_client()
+    wallet = wallet_create(owner_id=owner.id, currency="USD", bucket=MOVED)
+    wallet_fund(wallet_id=wallet.id, amount_minor=700, reference="on-the-source")
+    epoch = control_epoch() + 1
+    copy_bucket("shard_00", "shard_01", MOVED)
+    fence("shard_00", "shard_01", MOVED, epoch)  # mid-switch: neither shard serves the bucket
+
+    cdc.start()  # a new store: its first snapshots now
+    client = cdc.client()
+    own("shard_00", "shard_01", MOVED, epoch)  # the switch, after both snapshots
+    wallet_fund(wallet_id=wallet.id, amount_minor=1, reference="on-the-target")
+
+    wait_until(lambda: balance_and_shard(client, wallet.id) == (701, "shard_01"), 20, "the target's change")
+    snapshot = count(client, "SELECT count() FROM audit.changes FINAL WHERE op = 'snapshot' AND shard = 'shard_00'"
+                     " AND JSONExtractString(new_row, 'id') = {id:String}", {"id": str(wallet.id)})  # fmt: skip
+    assert snapshot == 1  # from the fenced source: the only copy no one could change
+    entries = "SELECT count() FROM audit.ledger_entries FINAL WHERE wallet_id = {id:UUID} AND is_deleted = 0"
+    assert count(client, entries, {"id": str(wallet.id)}) == 2  # the source's entry and the target's

@@ -63,6 +63,7 @@ class Command(BaseCommand):
                     f"{shard['changes_written']} changes written, last commit {shard['last_commit_time']}, "
                     f"stream epoch {shard.get('stream_epoch', 0)}, "
                     f"{shard.get('origin_transactions_skipped', 0)} replicated transactions skipped, "
+                    f"at most {shard.get('held_changes_peak', 0)} changes held for one transaction, "
                     f"{shard.get('gaps_recorded', 0)} gaps recorded, {shard.get('truncations', 0)} truncations, "
                     f"reconnects {shard['reconnects']}"
                 )
