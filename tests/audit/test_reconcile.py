@@ -22,6 +22,7 @@ from apps.ledger.models import WalletStatus
 from apps.ledger.services import wallet_create, wallet_fund, wallet_set_status
 from apps.sharding.ids import bucket_of
 from apps.transfers.saga import transfer_advance
+from apps.transfers.selectors import transfer_get
 from apps.transfers.services import transfer_park
 from tests.audit.cdc import CdcProcess, wait_until
 from tests.audit.helpers import caught_up
@@ -100,9 +101,11 @@ def test_reconcile_agrees_while_deposits_and_cross_shard_transfers_keep_coming(
         wait_terminal(made, timeout=30)
     except AssertionError:
         # A drain can leave a transfer it claimed but could not lock for the sweeper (beat,
-        # not run here: its stall window is a minute); do the sweeper's job.
-        for transfer_id in made:
-            transfer_advance(transfer_id)
+        # not run here: its stall window is a minute); do the sweeper's job, for those few only.
+        in_flight = [t for t in made if not transfer_get(transfer_id=t).is_terminal]
+        assert len(in_flight) <= max(3, len(made) // 50), f"{len(in_flight)} of {len(made)} transfers never ended"
+        for transfer_id in in_flight:
+            assert transfer_advance(transfer_id).is_terminal
     wait_until(lambda: caught_up(client), 30, "the final catch-up")
     final = reconcile(client, wait=20)
     assert final.ok, final.differences
