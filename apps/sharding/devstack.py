@@ -289,6 +289,7 @@ class Devstack:
                 report.append("redis: stopped")
             except ProcessLookupError:
                 pass
+            _wait_gone(pid)  # it still writes into its directory while it shuts down
             self.redis_pidfile.unlink(missing_ok=True)
         if purge and self.stack_dir.exists():
             shutil.rmtree(self.stack_dir)
@@ -339,3 +340,12 @@ class Devstack:
 
     def write_state(self) -> None:
         self.state_file.write_text(json.dumps(self.status(), indent=2))
+
+
+def _wait_gone(pid: int, timeout: float = 10.0) -> None:
+    """Until the process has exited (or is a zombie nobody reaps), at most `timeout` seconds."""
+    from apps.sharding.lease import kernel_state
+
+    deadline = time.monotonic() + timeout
+    while kernel_state(pid) not in ("", "Z", "X") and time.monotonic() < deadline:
+        time.sleep(0.05)

@@ -609,6 +609,7 @@ class Mover:
                 conn, "UPDATE sharding_map_state SET epoch = epoch + 1, changed_at = now() WHERE id = 1 RETURNING epoch"
             )
             self.move.phase = "cleaning"
+            self.move.detail.pop("waiting_on", None)  # the switch's wait is over
             self.move.detail["switched_at"] = time.time()
             self.move.detail["map_epoch"] = int(map_epoch)
             self._save()

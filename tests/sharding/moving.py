@@ -145,3 +145,19 @@ def move_objects(alias: str) -> list[str]:
         rows = raw_query(alias, f"SELECT {column} FROM {catalog} WHERE {column} LIKE 'shardwallet_move_%%'")  # noqa: S608
         found += [f"{catalog}:{name}" for (name,) in rows]
     return found
+
+
+def move_command(*args: str) -> subprocess.CompletedProcess[str]:
+    """`move_buckets ...` run in this process (its own connections, so its own lease), as a
+    second operator command beside a mover: faster than a process of its own."""
+    from io import StringIO
+
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    out = StringIO()
+    try:
+        call_command("move_buckets", *args, stdout=out)
+    except CommandError as exc:
+        return subprocess.CompletedProcess(["move_buckets", *args], 1, out.getvalue(), f"CommandError: {exc}")
+    return subprocess.CompletedProcess(["move_buckets", *args], 0, out.getvalue(), "")

@@ -29,6 +29,7 @@ from tests.sharding.conftest import added_shard_port
 from tests.sharding.moving import (
     assert_at_most_one_owner,
     assert_owned_by,
+    move_command,
     move_objects,
     owner_states,
     process_state,
@@ -89,26 +90,26 @@ def test_a_second_command_beside_a_stopped_mover_is_refused_and_after_eviction_t
         assert_at_most_one_owner(FIRST, LAST)
         # An operator who thinks it stuck: both commands are refused, naming the live holder.
         for command in ("--resume", "--abort"):
-            refused = run_mover_process(command, "--cleanup-delay", "0.3")
+            refused = move_command(command, "--cleanup-delay", "0.3")
             assert refused.returncode != 0, _output(refused)
             assert f"pid {first.pid}" in _output(refused), _output(refused)
             assert "stopped" in _output(refused), _output(refused)
-        status = run_mover_process("--status")
+        status = move_command("--status")
         assert f"pid {first.pid}" in status.stdout, status.stdout
         assert "STOPPED" in status.stdout, status.stdout
         assert_at_most_one_owner(FIRST, LAST)
 
         # The operator ends its lease instead, and finishes or undoes the move.
-        evicted = run_mover_process("--evict")
+        evicted = move_command("--evict")
         assert evicted.returncode == 0, _output(evicted)
         assert f"pid {first.pid}" in evicted.stdout, _output(evicted)
         if second == "abort":
-            done = run_mover_process("--abort", "--cleanup-delay", "0.3")
+            done = move_command("--abort", "--cleanup-delay", "0.3")
         else:
-            refused = run_mover_process("--abort")
+            refused = move_command("--abort")
             assert refused.returncode != 0, _output(refused)
             assert "has switched" in _output(refused), _output(refused)
-            done = run_mover_process("--resume", "--cleanup-delay", "0.3")
+            done = move_command("--resume", "--cleanup-delay", "0.3")
         assert done.returncode == 0, _output(done)
         assert_owned_by(FIRST, LAST, owner)
     finally:
@@ -146,11 +147,11 @@ def test_a_killed_mover_leaves_a_move_that_can_be_finished_or_undone(
     assert_at_most_one_owner(FIRST, LAST)
     assert lease_holder(moves.active_move().id) is None  # the lease died with it
     if second == "abort-then-resume":
-        refused = run_mover_process("--abort")
+        refused = move_command("--abort")
         assert refused.returncode != 0, _output(refused)
         assert "has switched" in _output(refused), _output(refused)
         second = "resume"
-    done = run_mover_process(f"--{second}", "--cleanup-delay", "0.3")
+    done = move_command(f"--{second}", "--cleanup-delay", "0.3")
     assert done.returncode == 0, _output(done)
     assert_owned_by(FIRST, LAST, owner)
     assert move_objects("shard_00") == move_objects("shard_01") == []
@@ -169,10 +170,10 @@ def test_an_abort_killed_half_way_is_finished_by_the_next_abort_and_refuses_a_re
     assert killed.returncode != 0, _output(killed)
     assert not marker.exists(), _output(killed)
     assert moves.move_get(planned.id).phase == moves.ABORTING
-    resumed = run_mover_process("--resume")
+    resumed = move_command("--resume")
     assert resumed.returncode != 0, _output(resumed)
     assert "being aborted" in _output(resumed), _output(resumed)
-    done = run_mover_process("--abort")
+    done = move_command("--abort")
     assert done.returncode == 0, _output(done)
     assert moves.move_get(planned.id).state == "aborted"
     assert_owned_by(FIRST, LAST, "shard_00")
@@ -192,12 +193,12 @@ def test_a_running_mover_holds_its_move_and_a_second_one_is_refused_until_it_end
     thread = threading.Thread(target=run)
     thread.start()
     try:
-        _wait_for(lambda: moves.active_move().phase == "cleaning", "the switch")
-        refused = run_mover_process("--resume")
+        _wait_for(lambda: "clean-up delay" in moves.active_move().detail.get("waiting_on", ""), "the clean-up delay")
+        refused = move_command("--resume")
         assert refused.returncode != 0, _output(refused)
         assert "is being run by" in _output(refused), _output(refused)
         assert "running" in _output(refused), _output(refused)
-        status = run_mover_process("--status")
+        status = move_command("--status")
         assert "waiting on the clean-up delay" in status.stdout, status.stdout
         with pytest.raises(MoveBusy):
             Mover(moves.active_move()).abort()
@@ -212,7 +213,7 @@ def test_a_running_mover_holds_its_move_and_a_second_one_is_refused_until_it_end
     assert isinstance(outcome[0], MoveLost), outcome
     assert range_rows("shard_00", FIRST, LAST)["ledger_wallet"] == 3  # nothing cleaned
     assert_owned_by(FIRST, LAST, "shard_01")
-    finished = run_mover_process("--resume", "--cleanup-delay", "0")
+    finished = move_command("--resume", "--cleanup-delay", "0")
     assert finished.returncode == 0, _output(finished)
     assert sum(range_rows("shard_00", FIRST, LAST).values()) == 0
 
@@ -341,7 +342,7 @@ def test_a_fence_left_by_a_dead_mover_is_an_alarm_with_the_command_that_ends_it(
     page = logged_in(make_staff("olga", "viewers")).get("/admin/operations/").content.decode()
     assert "Writes stopped: buckets 0..63 fenced on shard_00" in page
     # The command it names ends it.
-    resumed = run_mover_process("--resume", "--cleanup-delay", "0")
+    resumed = move_command("--resume", "--cleanup-delay", "0")
     assert resumed.returncode == 0, _output(resumed)
     assert Client().get("/health").json()["components"]["bucket_fences"] == {"ok": True}
     assert_owned_by(FIRST, LAST, "shard_01")

@@ -134,3 +134,32 @@ def test_a_waiting_request_whose_bucket_is_fenced_before_it_answers_gets_its_own
     assert again["Idempotent-Replayed"] == "true"
     assert again.content == first.content
     assert raw_query("shard_00", "SELECT balance_minor FROM ledger_wallet WHERE id = %s", [payer.id]) == [(60,)]
+
+
+def test_a_process_that_cannot_refresh_its_map_answers_503_for_a_range_that_moved_not_the_old_data(
+    monkeypatch: Any,
+) -> None:
+    from django.db import DatabaseError
+
+    from apps.sharding import mapstore
+
+    owner, key = make_client()
+    wallet = wallet_in_bucket(owner, 15, funded=100)
+    stale = shard_map()
+    move(0, 63, "shard_01", stop_after="switching")  # the old owner's frozen copy is still there
+
+    def control_database_down() -> int:
+        raise DatabaseError("the control database does not answer")
+
+    monkeypatch.setattr(mapstore, "read_epoch", control_database_down)
+    _stale(stale)
+    live_map._checked_at = float("-inf")  # it tries to refresh, and cannot
+    with override_settings(SHARD_MOVE_WAIT_SECONDS=0.3):
+        r = api_for(key).get(f"/v1/wallets/{wallet.id}")
+    assert r.status_code == 503, r.content  # not the frozen copy's 200
+    assert r.json()["error"]["code"] == "shard_moving"
+    assert alias_for_id(wallet.id) == "shard_00"  # still the stale map: it never reached the control database
+    monkeypatch.undo()
+    live_map.forget()
+    assert api_for(key).get(f"/v1/wallets/{wallet.id}").json()["balance_minor"] == 100
+    Mover(moves.active_move(), cleanup_delay=0).run()
