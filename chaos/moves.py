@@ -41,6 +41,8 @@ STOP_PHASES = ("move_copying", "move_phase_verifying", "move_after_fence", "move
 SWITCHED = ("move_after_own", "move_phase_cleaning", "move_cleaning_source")
 SCENARIOS = ("complete", "kill", "second-beside-live", "stopped")
 CLEANUP_DELAY = "1"
+ABORTING = "aborting"  # apps.sharding.moves.ABORTING
+UNREACHABLE = "a database could not be reached"  # move_buckets' words for a shard down mid-step
 OPERATOR_DELAY = 5.0  # seconds from a mover's death to the operator's `--resume`
 
 
@@ -53,6 +55,13 @@ def _active_move_id() -> int | None:
 
     move = active_move()
     return move.id if move is not None else None
+
+
+def _active_phase() -> str | None:
+    from apps.sharding.moves import active_move
+
+    move = active_move()
+    return move.phase if move is not None else None
 
 
 def _holder_pid(move_id: int) -> int | None:
@@ -120,8 +129,9 @@ class MoveDriver:
                 return None
         kind, phase = scenario_of(self._started, fault.pick)
         if _active_move_id() is not None:
-            # A move left by a killed mover: this fault resumes it; the scenarios' turn waits.
-            argv, what = _manage("move_buckets", "--resume", "--cleanup-delay", CLEANUP_DELAY), "the interrupted move"
+            # A move left by a killed mover: this fault ends it; the scenarios' turn waits.
+            command = "--abort" if _active_phase() == ABORTING else "--resume"
+            argv, what = _manage("move_buckets", command, "--cleanup-delay", CLEANUP_DELAY), "the interrupted move"
             kind, phase = "complete", None
             self._started -= 1
         else:
@@ -162,6 +172,10 @@ class MoveDriver:
 
     def _finish(self, result: tuple[int, str], what: str) -> None:
         code, output = result
+        if code != 0 and UNREACHABLE in output:
+            # A shard was down under the mover (another fault): the operator runs it again.
+            self._record(f"{what}: a shard was unreachable; the operator runs the move again")
+            code, output = self._operator_ends_the_move()
         last = (output.splitlines() or [""])[-1][-300:]
         if code == 0:
             self.outcomes["done" if "done/done" in output else "aborted" if "aborted" in output else "ok"] += 1
@@ -271,6 +285,19 @@ class MoveDriver:
         else:
             self.outcomes["evicted-mover-exited"] += 1
 
+    def _operator_ends_the_move(self, timeout: float = 120) -> tuple[int, str]:
+        """What an operator does with an active move: `--abort` one being aborted, `--resume` the
+        others, again while a shard is unreachable."""
+        deadline = time.monotonic() + timeout
+        code, output = 0, "no move is active"
+        while _active_move_id() is not None and time.monotonic() < deadline:
+            command = "--abort" if _active_phase() == ABORTING else "--resume"
+            code, output = _run(_manage("move_buckets", command, "--cleanup-delay", CLEANUP_DELAY))
+            if code == 0 or UNREACHABLE not in output:
+                return code, output
+            time.sleep(3)
+        return code, output
+
     def finish(self, timeout: float = 300) -> str | None:
         """After the load: wait for the scenario, then resume an interrupted move to its end. None if done."""
         if self._thread is not None:
@@ -280,8 +307,9 @@ class MoveDriver:
         while _active_move_id() is not None:
             if time.monotonic() > deadline:
                 return f"a move is still active after {timeout:g} s: {last}"
-            code, last = _run(_manage("move_buckets", "--resume", "--cleanup-delay", "1"), timeout=timeout)
-            self.timeline.record("settle", f"move_buckets --resume: exit {code}")
+            command = "--abort" if _active_phase() == ABORTING else "--resume"
+            code, last = _run(_manage("move_buckets", command, "--cleanup-delay", "1"), timeout=timeout)
+            self.timeline.record("settle", f"move_buckets {command}: exit {code}")
             if code == 0:
                 self.outcomes["done"] += 1
             else:

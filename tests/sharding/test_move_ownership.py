@@ -374,3 +374,26 @@ def test_only_members_of_the_mover_role_bypass_the_fence(seeded: list[Any]) -> N
         raw_query("shard_00", "UPDATE sharding_bucket_owner SET state = 'owned' WHERE bucket = 3")
         raw_query("shard_00", "DROP OWNED BY sw_app_test")
         raw_query("shard_00", "DROP ROLE sw_app_test")
+
+
+def test_an_abort_cut_short_by_a_shard_going_down_says_so_and_finishes_when_run_again(
+    seeded: list[Any], payee_shard: Any
+) -> None:
+    planned = plan_move(FIRST, LAST, "shard_01")
+    Mover(planned).run(stop_after="verifying")
+    payee_shard.stop()  # the target goes down in the middle of the operator's abort
+    try:
+        cut_short = move_command("--abort")
+    finally:
+        payee_shard.start()
+    assert cut_short.returncode == 1
+    assert "a database could not be reached" in cut_short.stderr, cut_short.stderr
+    assert "run the same command again" in cut_short.stderr
+    assert_at_most_one_owner(FIRST, LAST)
+    refused = move_command("--resume")
+    assert "being aborted" in refused.stderr, refused.stderr
+    done = move_command("--abort")
+    assert done.returncode == 0, done.stderr
+    assert moves.move_get(planned.id).state == "aborted"
+    assert_owned_by(FIRST, LAST, "shard_00")
+    assert move_objects("shard_00") == move_objects("shard_01") == []

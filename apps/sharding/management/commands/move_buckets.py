@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from apps.sharding import moves
@@ -111,6 +112,13 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         except MoveLost as exc:
             raise CommandError(f"this process no longer runs the move: {exc}") from exc
+        except psycopg.OperationalError as exc:
+            # A shard or the control database down mid-step: every step is guarded and
+            # idempotent, so the same command, run again once it is back, goes on from here.
+            why = str(exc).splitlines()[0]
+            raise CommandError(
+                f"a database could not be reached ({why}): run the same command again once it is back"
+            ) from exc
         for line in status_lines(1):
             self.stdout.write(line)
 
