@@ -144,28 +144,29 @@ def _required() -> set[tuple[str, str, int]]:
 REQUIRED = _required()
 
 
-def missing(sockets: list[Socket]) -> list[str]:
-    """Required edges with no established connection: a check that sees nothing proves nothing."""
+def _outgoing(sockets: list[Socket]) -> list[tuple[str, str, int]]:
+    """(client host, server host, server port) of each established connection a host made."""
     listening = {(s.host, s.local_port) for s in sockets if s.kind == "tcp" and s.state == "LISTEN"}
-    seen = set()
+    found = []
     for s in sockets:
         if s.kind != "tcp" or s.state != "ESTAB" or (s.host, s.local_port) in listening:
             continue
         peer = HOST_BY_ADDRESS.get(s.peer)
         if peer is not None:
-            seen.add((s.host, peer.name, s.peer_port))
+            found.append((s.host, peer.name, s.peer_port))
+    return found
+
+
+def missing(sockets: list[Socket]) -> list[str]:
+    """Required edges with no established connection: a check that sees nothing proves nothing."""
+    seen = set(_outgoing(sockets))
     return [f"no connection {a} -> {b}:{port} while the load runs" for a, b, port in sorted(REQUIRED - seen)]
 
 
 def summary(sockets: list[Socket]) -> dict[str, int]:
     """Established connections per edge, for the report: e.g. `app->shard_00:5432`: 14."""
     counts: dict[str, int] = {}
-    listening = {(s.host, s.local_port) for s in sockets if s.kind == "tcp" and s.state == "LISTEN"}
-    for s in sockets:
-        if s.kind != "tcp" or s.state != "ESTAB" or (s.host, s.local_port) in listening:
-            continue
-        peer = HOST_BY_ADDRESS.get(s.peer)
-        if peer is not None:
-            name = f"{s.host}->{peer.name}:{s.peer_port}"
-            counts[name] = counts.get(name, 0) + 1
+    for client, server, port in _outgoing(sockets):
+        name = f"{client}->{server}:{port}"
+        counts[name] = counts.get(name, 0) + 1
     return dict(sorted(counts.items()))
