@@ -24,8 +24,9 @@ def transfer_pairing_sql(transfers: str, entries_filter: str = "1") -> str:
     - completed: exactly one debit (-amount on the payer) and one credit (+amount on the
       payee), no refund;
     - failed: no entries at all, or exactly one debit and one refund (+amount on the payer).
-    An entry's `reference` is its transfer's id; a debit is negative, a credit and a
-    refund positive (the shards' CHECK ties the sign to the kind)."""
+    An entry's `reference` is its transfer's id (audit.transfer_entries holds them keyed by
+    it); a debit is negative, a credit and a refund positive (the shards' CHECK ties the
+    sign to the kind)."""
     return f"""
 SELECT
     t.transfer_id AS transfer_id,
@@ -48,7 +49,7 @@ FROM ({transfers}) AS t
 LEFT JOIN
 (
     SELECT
-        reference,
+        transfer_id,
         countIf(kind = 'debit') AS debits,
         countIf(kind = 'credit') AS credits,
         countIf(kind = 'refund') AS refunds,
@@ -58,10 +59,10 @@ LEFT JOIN
         sumIf(toInt128(amount_minor), kind = 'debit') AS debit_minor,
         sumIf(toInt128(amount_minor), kind = 'credit') AS credit_minor,
         sumIf(toInt128(amount_minor), kind = 'refund') AS refund_minor
-    FROM audit.ledger_entries FINAL
-    WHERE is_deleted = 0 AND kind IN ('debit', 'credit', 'refund') AND ({entries_filter})
-    GROUP BY reference
-) AS e ON e.reference = toString(t.transfer_id)
+    FROM audit.transfer_entries FINAL
+    WHERE is_deleted = 0 AND ({entries_filter})
+    GROUP BY transfer_id
+) AS e ON e.transfer_id = t.transfer_id
 """  # noqa: S608
 
 

@@ -46,7 +46,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from apps.audit import fingerprints
 from apps.audit.fingerprints import TABLES, Table
 from apps.audit.points import (
     ShardPoint,
@@ -69,7 +68,7 @@ UNSETTLED_PER_BUCKET = 2_000  # rows changed after L, per bucket and table, excl
 DRILL_BUCKETS = 16  # buckets drilled into per report
 ROW_LINES = 20  # rows listed per table and shard
 TRANSFER_LINES = 20
-DRILL_CHUNK = 5_000
+DRILL_CHUNK = 5_000  # rows fetched at a time from a shard's cursor when drilling
 TRANSFERS_PER_CHECK = 1_000_000  # transfers paired per store query (bounds the store's memory)
 ROWS_PER_STORE_QUERY = 4_000_000  # rows a fingerprint query of the store reads at most (about)
 
@@ -479,12 +478,7 @@ class Round:
         as_of = self._as_of()
         transfers = _TABLE["transfers"]
         [(stored,)] = self.client.query(f"SELECT count() FROM {transfers.ch_table}").result_rows  # noqa: S608
-        ranges = zip(
-            key_ranges("transfer_id", int(stored), TRANSFERS_PER_CHECK),
-            key_ranges("toUUIDOrZero(reference)", int(stored), TRANSFERS_PER_CHECK),
-            strict=True,
-        )
-        for where, entries in ranges:
+        for where in key_ranges("transfer_id", int(stored), TRANSFERS_PER_CHECK):
             source = (
                 "SELECT transfer_id, status, amount_minor, currency, payer_id, payee_id"  # noqa: S608
                 f" FROM ({as_of.projection(transfers, where)}) WHERE o > 0 AND live"
@@ -493,7 +487,7 @@ class Round:
             sql = (
                 "SELECT count(), groupArrayIf"  # noqa: S608
                 f"({TRANSFER_LINES * 5})((transfer_id, status, amount_minor, currency, debits, credits, refunds),"
-                f" NOT paired) FROM ({transfer_pairing_sql(source, entries.removeprefix('WHERE ') or '1')})"
+                f" NOT paired) FROM ({transfer_pairing_sql(source, where.removeprefix('WHERE ') or '1')})"
             )
             [(checked, unpaired)] = self.client.query(sql, parameters=as_of.params).result_rows
             self.result.transfers += int(checked)
@@ -582,26 +576,18 @@ class Round:
                 yield tuple(row[: len(keys)]), tuple(row[len(keys) :])
 
     def _store_rows(self, table: Table, buckets: list[int]) -> Iterator[tuple[tuple[Any, ...], Any]]:
+        """One query, streamed: the store orders by the PostgreSQL key only the rows of `buckets`
+        (a bucket is not a range of the store's sort key, so pages would each read the table)."""
         as_of = self._as_of()
         texts = ", ".join(f"{f.ch_text()} AS t_{i}" for i, f in enumerate(table.fields))
-        key_cols = ", ".join(table.key)
-        after: tuple[Any, ...] | None = None
-        while True:
-            condition = ""
-            if after is not None:
-                last = ", ".join(_ch_literal(table, k, v) for k, v in zip(table.key, after, strict=True))
-                condition = f" AND ({table.ch_order()}) > ({last})"
-            sql = (
-                f"SELECT {key_cols}, asof, is_deleted, {texts} FROM ({as_of.projection(table)})"  # noqa: S608
-                f" WHERE has({_ints(buckets)}, b){condition} ORDER BY {table.ch_order()} LIMIT {DRILL_CHUNK}"
-            )
-            rows = self.client.query(sql, parameters=as_of.params).result_rows
+        sql = (
+            f"SELECT {', '.join(table.key)}, asof, is_deleted, {texts} FROM ({as_of.projection(table)})"  # noqa: S608
+            f" WHERE has({_ints(buckets)}, b) ORDER BY {table.ch_order()}"
+        )
+        n = len(table.key)
+        with self.client.query_rows_stream(sql, parameters=as_of.params) as rows:
             for row in rows:
-                n = len(table.key)
                 yield tuple(row[:n]), (tuple(row[n + 2 :]), bool(row[n]), bool(row[n + 1]))
-            if len(rows) < DRILL_CHUNK:
-                return
-            after = tuple(rows[-1][: len(table.key)])
 
 
 _TABLE = {t.name: t for t in TABLES}
@@ -670,12 +656,6 @@ def _ints(values: list[int]) -> str:
 def _describe(fingerprint: Fingerprint) -> str:
     rows, money, _ = fingerprint
     return f"{rows} row(s) summing {money}"
-
-
-def _ch_literal(table: Table, label: str, value: Any) -> str:
-    if table.field(label).kind == fingerprints.UUID:
-        return f"toUInt128(toUUID('{value}'))"
-    return str(int(value))
 
 
 def _merge(

@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 from io import StringIO
+from typing import Any
 
 import pytest
 from django.conf import settings
@@ -253,6 +254,68 @@ def test_the_transfer_check_catches_a_completed_transfer_without_its_credit(
     ]
     [usd] = query_rows(cdc, "conservation")
     assert (usd["completed_unpaired"], usd["paired"], usd["conserved"], usd["holds"]) == ("1", "0", "1", "0")
+
+
+HISTORY = 200_000  # deleted entries: read by every query of the table, counted by none
+
+
+def store_reads(client: Any, marker: str) -> list[int]:
+    """read_rows of the queries this test's auditor sent whose text holds `marker` (audit.query_log)."""
+    result = client.query(
+        "SELECT read_rows FROM audit.query_log WHERE position(query, {marker:String}) > 0 ORDER BY time",
+        parameters={"marker": marker},
+    )
+    return [int(r) for (r,) in result.result_rows]
+
+
+def test_pairing_in_ranges_and_drilling_read_the_store_once_not_once_per_range_or_page(
+    cdc: CdcProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long history makes the entries table big: the transfer check pairs ranges of transfer
+    ids through a table keyed by transfer, and a drill streams one query, so neither reads the
+    whole entries table again per range of transfers or per page of rows."""
+    monkeypatch.setattr(reconcile_module, "TRANSFERS_PER_CHECK", 2)
+    monkeypatch.setattr(reconcile_module, "DRILL_CHUNK", HISTORY // 4)
+    owner, _ = make_client()
+    payer = make_wallet(owner, funded=10_000, shard="shard_00")
+    payee = make_wallet(owner, shard="shard_01")
+    for _ in range(8):
+        assert transfer_advance(create_transfer(owner, payer, payee.id, 10).id).status == "completed"
+    cdc.start(env=FAST)
+    client = cdc.client()
+    wait_until(lambda: caught_up(client), 20, "catch-up")
+    # History in the payee's bucket, all of it deleted rows (a moved-away range's, say): in the
+    # store's tables, in no fingerprint and no pairing.
+    write_store(
+        cdc,
+        "INSERT INTO audit.ledger_entries SELECT 'shard_01', generateUUIDv4(number),"  # noqa: S608
+        f" toUUID('{payee.id}'), 1000 + number, toString(generateUUIDv4(number + {HISTORY})), 'debit', -1, 0,"
+        f" now64(6), 1, 0, now64(6), toUInt128(1), 1 FROM numbers({HISTORY})",
+        env=FAST,
+    )
+    client = cdc.client()
+    assert reconcile(client, wait=10).ok
+    # An entry the store never hears of, in the payee's bucket: its entries are drilled into.
+    [(entry_id,)] = raw_query("shard_01", "SELECT id FROM ledger_entry WHERE wallet_id = %s LIMIT 1", [payee.id])
+    with mover_session("shard_01") as conn:
+        conn.execute(
+            "INSERT INTO ledger_entry (id, wallet_id, seq, reference, kind, amount_minor, balance_after_minor,"
+            " created_at) SELECT %s, wallet_id, 99, 'unseen', 'deposit', 5, 85, now() FROM ledger_entry"
+            " WHERE id = %s",
+            [uuid.UUID(int=entry_id.int + 1), entry_id],
+        )
+    report = reconcile(client, wait=10)
+    assert not report.ok
+    assert report.transfers == 8
+    assert any(f"entry {uuid.UUID(int=entry_id.int + 1)} " in line for line in report.differences)
+
+    marker = "currency, debits, credits, refunds"
+    pairing = wait_until(lambda: len(r := store_reads(client, marker)) >= 3 * 4 and r, 10, "the query log")
+    drills = wait_until(lambda: store_reads(client, " AS t_0"), 10, "the query log")
+    # Three rounds (one, then two) each pair their transfers in 4 ranges, each with that range's
+    # entries only (plus the granules at its edges); the drill reads the entries table once.
+    assert max(pairing) < HISTORY / 2, pairing
+    assert sum(drills) < 1.5 * HISTORY, drills
 
 
 def test_conservation_holds_with_money_in_flight_and_fails_without_a_deposit(cdc: CdcProcess) -> None:
