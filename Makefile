@@ -30,7 +30,12 @@ venv: $(VENV)/.installed ## create the virtualenv and install pinned requirement
 run: $(VENV)/.installed ## start PostgreSQL shards, Redis and the API on http://127.0.0.1:$(PORT) (Ctrl-C stops all)
 	$(PY) manage.py serve --port $(PORT)
 
-test: $(VENV)/.installed ## run the test suite against its own throw-away stack
+# Test processes in parallel (pytest-xdist), one per core up to 4, each on a throw-away stack of
+# its own (wallet_project/settings_test.py); PYTEST_ARGS="-n 0 ..." runs one process.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
+PYTEST_ARGS ?= -n $(TEST_WORKERS) --dist loadfile
+
+test: $(VENV)/.installed ## run the test suite against its own throw-away stacks, in parallel
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed ## ruff lint and format check, mypy on apps/ (django-stubs, drf-stubs)

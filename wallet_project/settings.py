@@ -28,7 +28,7 @@ SECRET_KEY = ENV.get("SHARDWALLET_SECRET_KEY", "dev-only-insecure-secret-key-cha
 DEBUG = ENV.flag("SHARDWALLET_DEBUG", False)
 if DEBUG and ENV.production:
     ENV.refuse("SHARDWALLET_DEBUG=1 is refused in production: it shows settings and SQL in error pages")
-for _fault_variable in ("SHARDWALLET_CRASH_AT", "SHARDWALLET_STOP_AT"):
+for _fault_variable in ("SHARDWALLET_CRASH_AT", "SHARDWALLET_STOP_AT", "SHARDWALLET_HOLD_AT"):
     if ENV.production and ENV.value(_fault_variable):
         ENV.refuse(f"{_fault_variable} (the fault tests' crash points) is refused in production")
 ALLOWED_HOSTS = ENV.get("SHARDWALLET_ALLOWED_HOSTS", "127.0.0.1,localhost,testserver").split(",")

@@ -3,10 +3,50 @@
 import os
 
 os.environ["SHARDWALLET_ENV"] = "test"  # whatever the shell exported: these are the tests' settings
-os.environ.setdefault("SHARDWALLET_SHARDS_FILE", "tests/shards.test.yaml")
-os.environ.setdefault("SHARDWALLET_DEVSTACK_DIR", "var/test")
-os.environ.setdefault("SHARDWALLET_REDIS_URL", "redis://127.0.0.1:26379/0")
-os.environ.setdefault("SHARDWALLET_AUDIT_HTTP_PORT", "26123")
+
+
+def _worker_stack() -> None:
+    """The throw-away stack's variables, where none were exported. Under pytest-xdist each
+    worker (gwN) runs a stack of its own: ports shifted by 10 per worker, its own directory,
+    and a copy of the map under it (gw0 and a run without xdist keep the defaults). The
+    values chosen here are marked, so that a worker started by a process that chose them
+    for itself (the xdist controller) chooses again, and processes the tests start (workers,
+    movers, the CDC) inherit their test's stack."""
+    from pathlib import Path
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    chosen_for, _, names = os.environ.get("SHARDWALLET_TEST_STACK_CHOSEN", "").partition(":")
+    if names and chosen_for != worker:
+        for name in names.split(","):
+            os.environ.pop(name, None)
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    shift = 10 * index
+    root = Path(__file__).resolve().parent.parent
+    stack_dir = "var/test" if not index else f"var/test-{worker}"
+    shards_file = "tests/shards.test.yaml"
+    if index and "SHARDWALLET_SHARDS_FILE" not in os.environ:
+        import yaml
+
+        layout = yaml.safe_load((root / shards_file).read_text())
+        for server in (layout["control"], *layout["shards"]):
+            server["port"] += shift
+        (root / stack_dir).mkdir(parents=True, exist_ok=True)
+        shards_file = f"{stack_dir}/shards.test.yaml"
+        (root / shards_file).write_text(yaml.safe_dump(layout, sort_keys=False))
+    defaults = {
+        "SHARDWALLET_SHARDS_FILE": shards_file,
+        "SHARDWALLET_DEVSTACK_DIR": stack_dir,
+        "SHARDWALLET_REDIS_URL": f"redis://127.0.0.1:{26379 + shift}/0",
+        "SHARDWALLET_AUDIT_HTTP_PORT": str(26123 + shift),
+    }
+    chosen = [name for name in defaults if name not in os.environ]
+    for name in chosen:
+        os.environ[name] = defaults[name]
+    if chosen:
+        os.environ["SHARDWALLET_TEST_STACK_CHOSEN"] = f"{worker}:{','.join(chosen)}"
+
+
+_worker_stack()
 # The test stack's auditor account: the CDC processes the tests start inherit it, and the
 # tests' own clients (tests/audit/cdc.py) log in with it.
 os.environ.setdefault("SHARDWALLET_AUDIT_AUDITORS", "auditor:test-only-auditor-secret")

@@ -8,12 +8,17 @@ use it to kill a real Celery worker between two committed saga steps.
 SHARDWALLET_STOP_AT="<point>:<marker file>" instead stops the process itself by SIGSTOP
 there, once (a process that hangs: it keeps its connections, locks and leases until a
 SIGCONT or a kill).
+
+SHARDWALLET_HOLD_AT="<point>:<marker file>" makes the process wait there, alive, for as long
+as the marker file exists (a slow step: the process runs, its lease is held; the test
+removes the file to let it go on; `<marker file>.held` appears when it gets there).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 
@@ -30,6 +35,13 @@ def _claim(spec: str, point: str) -> bool:
 
 
 def crash_point(point: str) -> None:
+    hold = os.environ.get("SHARDWALLET_HOLD_AT")
+    if hold:
+        wanted, _, marker = hold.partition(":")
+        if wanted == point and marker and Path(marker).exists():
+            Path(f"{marker}.held").touch()  # the test's sign that the process got here
+            while Path(marker).exists():
+                time.sleep(0.05)
     stop = os.environ.get("SHARDWALLET_STOP_AT")
     if stop and _claim(stop, point):
         os.kill(os.getpid(), signal.SIGSTOP)

@@ -78,12 +78,13 @@ def test_manage_py_refuses_to_start_in_production_without_its_variables() -> Non
 
 
 def test_debug_is_refused_in_production_and_a_complete_environment_starts() -> None:
-    faults = {"SHARDWALLET_CRASH_AT": "x:always", "SHARDWALLET_STOP_AT": "x:/tmp/y"}
+    faults = {"SHARDWALLET_CRASH_AT": "x:always", "SHARDWALLET_STOP_AT": "x:/tmp/y", "SHARDWALLET_HOLD_AT": "x:/tmp/y"}
     refused = _manage_check({**PRODUCTION_REQUIRED, "SHARDWALLET_DEBUG": "1", **faults})
     assert refused.returncode == 1
     assert "SHARDWALLET_DEBUG=1 is refused in production" in refused.stderr
     assert "SHARDWALLET_CRASH_AT (the fault tests' crash points) is refused in production" in refused.stderr
     assert "SHARDWALLET_STOP_AT (the fault tests' crash points) is refused in production" in refused.stderr
+    assert "SHARDWALLET_HOLD_AT (the fault tests' crash points) is refused in production" in refused.stderr
     started = _manage_check(PRODUCTION_REQUIRED)
     assert started.returncode == 0, started.stderr
 

@@ -92,12 +92,17 @@ def map_owner(bucket: int) -> str:
     return refresh_shard_map().alias_for_bucket(bucket) if shard_map() else ""
 
 
-def start_mover_process(*args: str, stop_at: str | None = None, marker: Any = None) -> subprocess.Popen[str]:
-    """`manage.py move_buckets ...` running in the background; with `stop_at`, it stops itself (SIGSTOP) there."""
+def start_mover_process(
+    *args: str, stop_at: str | None = None, hold_at: str | None = None, marker: Any = None
+) -> subprocess.Popen[str]:
+    """`manage.py move_buckets ...` running in the background; with `stop_at`, it stops itself
+    (SIGSTOP) there; with `hold_at`, it waits there, running, while `marker` exists."""
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "wallet_project.settings_test"}
     env.pop("SHARDWALLET_CRASH_AT", None)
     if stop_at:
         env["SHARDWALLET_STOP_AT"] = f"{stop_at}:{marker}"
+    if hold_at:
+        env["SHARDWALLET_HOLD_AT"] = f"{hold_at}:{marker}"
     return subprocess.Popen(
         [sys.executable, "manage.py", "move_buckets", *args],
         env=env, cwd=settings.BASE_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

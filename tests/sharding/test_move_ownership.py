@@ -126,6 +126,40 @@ def test_a_second_command_beside_a_stopped_mover_is_refused_and_after_eviction_t
     assert check_ledger().violations == []
 
 
+@pytest.mark.parametrize("hold_at", [point for point, _, _ in STOP_POINTS])
+def test_a_second_command_beside_a_live_mover_at_any_phase_is_refused_and_the_first_finishes(
+    hold_at: str, seeded: list[Any], tmp_path: Path
+) -> None:
+    """The same operator, beside a mover that is alive and only slow at that phase."""
+    marker = tmp_path / "hold"
+    marker.touch()
+    total = sum(balance(w.id) for w in seeded)
+    first = start_mover_process("0", "63", "--to", "shard_01", "--cleanup-delay", "0.3", hold_at=hold_at, marker=marker)
+    try:
+        _wait_for(lambda: Path(f"{marker}.held").exists(), f"the mover to reach {hold_at}")
+        assert process_state(first.pid) not in ("", "T")
+        assert_at_most_one_owner(FIRST, LAST)
+        for command in ("--resume", "--abort"):
+            refused = move_command(command, "--cleanup-delay", "0.3")
+            assert refused.returncode != 0, _output(refused)
+            assert f"pid {first.pid}" in _output(refused), _output(refused)
+            assert "running" in _output(refused), _output(refused)
+        status = move_command("--status")
+        assert f"pid {first.pid}" in status.stdout, status.stdout
+        assert "STOPPED" not in status.stdout, status.stdout
+        assert_at_most_one_owner(FIRST, LAST)
+    finally:
+        marker.unlink(missing_ok=True)
+    # Refused commands changed nothing: let go, the first mover finishes the move.
+    out, _ = first.communicate(timeout=60)
+    assert first.returncode == 0, out
+    assert_owned_by(FIRST, LAST, "shard_01")
+    assert sum(range_rows("shard_00", FIRST, LAST).values()) == 0
+    assert move_objects("shard_00") == move_objects("shard_01") == []
+    assert sum(balance(w.id) for w in seeded) == total
+    assert check_ledger().violations == []
+
+
 KILL_POINTS = [
     ("move_copying", "abort", "shard_00"),
     ("move_after_fence", "abort", "shard_00"),
