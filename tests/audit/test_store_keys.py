@@ -66,7 +66,8 @@ def test_backfilled_rows_never_share_a_key_with_a_change_streamed_at_the_stores_
     # The store stood at `at` when ledger_wallet joined the captured set; the next transaction
     # streamed may commit exactly there (its commit record starts where the last one ended).
     reader._backfill(["ledger_wallet"], StorePosition("shard_00", reader.slot, at, 0, ("ledger_entry",)))
-    streamed = Transaction("shard_00", 1, at, at + 64, datetime.now(tz=UTC))
+    # Streamed in the shard's stream epoch at that position (moves earlier in the session raised it).
+    streamed = Transaction("shard_00", 1, at, at + 64, datetime.now(tz=UTC), stream_epoch=reader.epochs.at(at))
     for seq, wallet in enumerate(wallets, start=1):
         row = {"id": wallet.id, "owner_id": owner.id, "currency": "USD", "balance_minor": 11, "status": "active",
                "last_entry_seq": 2, "created_at": wallet.created_at, "updated_at": datetime.now(tz=UTC)}  # fmt: skip
