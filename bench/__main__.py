@@ -34,6 +34,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--saga-workers", type=int, default=2)
     parser.add_argument("--ceiling-seconds", type=int, default=8)
     parser.add_argument("--ceiling-clients", default="4,8,16", help="total pgbench clients to try")
+    parser.add_argument(
+        "--set-ceiling-clients", default="2,4,8", help="total pgbench clients to try for the set-based ceiling"
+    )
     parser.add_argument("--skip-open-loop", action="store_true", help="skip the latency phase at half rate")
     parser.add_argument(
         "--phases",
@@ -210,15 +213,23 @@ def main(argv: list[str]) -> int:
 
         servers = [settings.SHARD_MAP.shards[a] for a in settings.SHARD_MAP.aliases]
         clients = [int(c) for c in args.ceiling_clients.split(",")]
+        set_clients = [int(c) for c in args.set_ceiling_clients.split(",")]
+        set_size = args.batch_size if "batch" in args.phases else 0
         print(f"raw-SQL ceiling: pgbench on every shard, clients {clients}, {args.ceiling_seconds}s each", flush=True)
-        ceil = ceiling.measure(
+        if set_size:
+            print(f"  then set-based, {set_size} transfers per transaction, clients {set_clients}", flush=True)
+        ceil, set_ceil = ceiling.measure(
             servers,
             wallets_per_shard=max(args.wallets // args.shards, 10),
             seconds=args.ceiling_seconds,
             client_counts=clients,
             workdir=stack.BENCH_DIR,
+            set_size=set_size,
+            set_client_counts=set_clients,
         )
         print(f"  ceiling {ceil.transfers_per_second:.0f} transfers/s ({ceil.by_clients})", flush=True)
+        if set_ceil is not None:
+            print(f"  set-based ceiling {set_ceil.transfers_per_second:.0f} transfers/s ({set_ceil.by_clients})")
 
         results = []
         phases = [p.strip() for p in args.phases.split(",") if p.strip()]
@@ -262,6 +273,14 @@ def main(argv: list[str]) -> int:
                 "clients": ceil.clients,
                 "by_clients": ceil.by_clients,
             },
+            "set_ceiling": None
+            if set_ceil is None
+            else {
+                "transfers_per_second": set_ceil.transfers_per_second,
+                "transfers_per_transaction": set_size,
+                "clients": set_ceil.clients,
+                "by_clients": set_ceil.by_clients,
+            },
             "ledger_ok": True,
             "move": move_summary,
             "cdc": cdc,
@@ -270,15 +289,19 @@ def main(argv: list[str]) -> int:
         }
         json_path, png_path = report.write_outputs(stack.BENCH_DIR, document, results)
         print()
-        print(report.table(results, ceil.transfers_per_second))
+        ceilings = report.Ceilings(ceil.transfers_per_second, set_ceil.transfers_per_second if set_ceil else None)
+        print(report.table(results, ceilings))
         print()
         print(report.cpu_table(results))
+        print()
+        print(report.cpu_per_transfer_table(results))
         print()
         for r in results:
             if r.failed_by_reason or r.rejected:
                 print(f"{r.name}: failed {r.failed_by_reason} rejected {r.rejected}")
         for r in results:
-            print(f"RATIO {r.name}: {r.completed_per_second / ceil.transfers_per_second:.2f}")
+            against, value = ceilings.for_phase(r.name)
+            print(f"RATIO {r.name}: {r.completed_per_second / value:.2f} of the {against} ceiling")
         if move_summary is not None:
             print("MOVE:", json.dumps(move_summary, indent=1))
         if cdc is not None:

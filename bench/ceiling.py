@@ -1,9 +1,18 @@
-"""The raw-SQL ceiling: the SQL a cross-shard transfer needs, run by pgbench on the same servers.
+"""The raw-SQL ceilings: the SQL transfers need, run by pgbench on the same servers.
 
-Per transfer: a debit transaction (guarded balance update + ledger entry + transfer row + its
-events), a credit transaction (guarded balance update + ledger entry + payee outcome) and a
-completion transaction (guarded status update + event): three commits, as in the saga. The
-tables are copies of the real ones (same columns, indexes and constraints) in a `bench`
+Per transfer (`SCRIPT`, against which single requests are measured): a debit transaction
+(guarded balance update + ledger entry + transfer row + its events), a credit transaction
+(guarded balance update + ledger entry + payee outcome) and a completion transaction
+(guarded status update + event): three commits, as in the saga.
+
+Set-based (`SET_SCRIPT`, against which batches are measured): the same three transactions
+for N transfers at once (N = the batch size), each a handful of set-based statements: the
+debit locks the payers in id order, updates each payer once for all its transfers, inserts
+the entries, transfers and events; the credit locks the payees, updates them, inserts the
+entries and payee outcomes (guarded: not credited yet); the completion updates the N
+transfers and inserts their events. Three commits per N transfers.
+
+The tables are copies of the real ones (same columns, indexes and constraints) in a `bench`
 schema, so the run leaves the ledger untouched. Same servers, same durability settings.
 """
 
@@ -65,6 +74,59 @@ COMMIT;
 """
 
 
+# N transfers per iteration (`-D n=...`); `batch` is a temporary table of this session.
+SET_SCRIPT = """
+BEGIN;
+CREATE TEMP TABLE IF NOT EXISTS batch (tid uuid, payer uuid, payee uuid, debit uuid, credit uuid);
+DELETE FROM batch;
+INSERT INTO batch
+SELECT gen_random_uuid(), p.id, q.id, gen_random_uuid(), gen_random_uuid()
+FROM (SELECT a, 1 + (a + floor(random() * (:wallets - 1))::int) % :wallets AS b
+      FROM (SELECT 1 + floor(random() * :wallets)::int AS a FROM generate_series(1, :n)) AS r) AS pair
+JOIN bench_ids p ON p.n = pair.a JOIN bench_ids q ON q.n = pair.b;
+SELECT count(*) FROM (SELECT id FROM ledger_wallet WHERE id IN (SELECT payer FROM batch) ORDER BY id FOR UPDATE) AS l;
+WITH per_payer AS (SELECT payer, count(*) AS k FROM batch GROUP BY payer),
+moved AS (
+  UPDATE ledger_wallet w SET balance_minor = balance_minor - k, last_entry_seq = last_entry_seq + k, updated_at = now()
+    FROM per_payer WHERE w.id = per_payer.payer AND w.balance_minor >= k AND w.status = 'active'
+  RETURNING w.id, w.balance_minor, w.last_entry_seq, k),
+numbered AS (SELECT b.*, row_number() OVER (PARTITION BY b.payer ORDER BY b.tid) AS i FROM batch b)
+INSERT INTO ledger_entry (id, wallet_id, seq, reference, kind, amount_minor, balance_after_minor, created_at)
+SELECT n.debit, n.payer, m.last_entry_seq - m.k + n.i, n.tid::text, 'debit', -1, m.balance_minor + m.k - n.i, now()
+FROM numbered n JOIN moved m ON m.id = n.payer;
+INSERT INTO transfers_transfer (id, client_id, payer_id, payee_id, amount_minor, currency, status,
+   request_fingerprint, attempts, last_error, created_at, updated_at)
+SELECT tid, 1, payer, payee, 1, 'USD', 'debited', 'x', 0, '', now(), now() FROM batch;
+INSERT INTO transfers_event (transfer_id, from_status, to_status, created_at)
+SELECT tid, s.f, s.t, now() FROM batch, (VALUES (NULL, 'pending'), ('pending', 'debited')) AS s(f, t);
+COMMIT;
+BEGIN;
+SELECT count(*) FROM (SELECT id FROM ledger_wallet WHERE id IN (SELECT payee FROM batch) ORDER BY id FOR UPDATE) AS l;
+WITH todo AS (
+  SELECT b.* FROM batch b WHERE NOT EXISTS (SELECT 1 FROM transfers_payee_credit pc WHERE pc.transfer_id = b.tid)),
+per_payee AS (SELECT payee, count(*) AS k FROM todo GROUP BY payee),
+moved AS (
+  UPDATE ledger_wallet w SET balance_minor = balance_minor + k, last_entry_seq = last_entry_seq + k, updated_at = now()
+    FROM per_payee WHERE w.id = per_payee.payee AND w.status = 'active'
+  RETURNING w.id, w.balance_minor, w.last_entry_seq, k),
+numbered AS (SELECT t.*, row_number() OVER (PARTITION BY t.payee ORDER BY t.tid) AS i FROM todo t),
+entries AS (
+  INSERT INTO ledger_entry (id, wallet_id, seq, reference, kind, amount_minor, balance_after_minor, created_at)
+  SELECT n.credit, n.payee, m.last_entry_seq - m.k + n.i, n.tid::text, 'credit', 1, m.balance_minor - m.k + n.i, now()
+  FROM numbered n JOIN moved m ON m.id = n.payee RETURNING reference)
+INSERT INTO transfers_payee_credit (transfer_id, payee_id, amount_minor, outcome, created_at)
+SELECT n.tid, n.payee, 1, 'credited', now() FROM numbered n JOIN moved m ON m.id = n.payee;
+COMMIT;
+BEGIN;
+WITH done AS (
+  UPDATE transfers_transfer t SET status = 'completed', updated_at = now()
+    FROM batch b WHERE t.id = b.tid AND t.status = 'debited' RETURNING t.id)
+INSERT INTO transfers_event (transfer_id, from_status, to_status, created_at)
+SELECT id, 'debited', 'completed', now() FROM done;
+COMMIT;
+"""
+
+
 @dataclass
 class CeilingResult:
     transfers_per_second: float
@@ -109,7 +171,10 @@ def drop(servers: list[DatabaseServer]) -> None:
             conn.execute("DROP SCHEMA IF EXISTS bench CASCADE")
 
 
-def _run(servers: list[DatabaseServer], clients: int, seconds: int, wallets: int, script: Path) -> float:
+def _run(
+    servers: list[DatabaseServer], clients: int, seconds: int, wallets: int, script: Path, per_iteration: int = 1
+) -> float:
+    """Transfers per second over all shards: pgbench's iterations per second times `per_iteration`."""
     pgbench = shutil.which("pgbench") or str(postgres_bindir() / "pgbench")
     per_shard = max(1, clients // len(servers))
     procs = []
@@ -117,9 +182,9 @@ def _run(servers: list[DatabaseServer], clients: int, seconds: int, wallets: int
         args = [
             pgbench, "-n", "-h", server.host, "-p", str(server.port), "-U", server.user,
             "-c", str(per_shard), "-j", str(min(per_shard, 2)), "-T", str(seconds), "-M", "prepared",
-            "-D", f"wallets={wallets}", "-f", str(script), server.name,
+            "-D", f"wallets={wallets}", "-D", f"n={per_iteration}", "-f", str(script), server.name,
         ]  # fmt: skip
-        env = {"PGOPTIONS": "-c search_path=bench", "PATH": "/usr/bin:/bin"}
+        env = {"PGOPTIONS": "-c search_path=bench -c client_min_messages=warning", "PATH": "/usr/bin:/bin"}
         procs.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
     total = 0.0
     for proc in procs:
@@ -128,19 +193,38 @@ def _run(servers: list[DatabaseServer], clients: int, seconds: int, wallets: int
         if proc.returncode != 0 or not match:
             raise RuntimeError(f"pgbench failed: {err or out}")
         total += float(match.group(1))
-    return total
+    return total * per_iteration
 
 
 def measure(
-    servers: list[DatabaseServer], *, wallets_per_shard: int, seconds: int, client_counts: list[int], workdir: Path
-) -> CeilingResult:
-    """Run the transfer script on every shard at once for each client count; the best total wins."""
+    servers: list[DatabaseServer],
+    *,
+    wallets_per_shard: int,
+    seconds: int,
+    client_counts: list[int],
+    workdir: Path,
+    set_size: int = 0,
+    set_client_counts: list[int] | None = None,
+) -> tuple[CeilingResult, CeilingResult | None]:
+    """Run the per-transfer script on every shard at once for each client count (the best
+    total wins), then, with `set_size`, the set-based script of that many transfers."""
     script = workdir / "ceiling.sql"
     script.write_text(SCRIPT)
+    set_script = workdir / "ceiling-set.sql"
+    set_script.write_text(SET_SCRIPT)
     prepare(servers, wallets_per_shard)
     try:
         by_clients = {c: _run(servers, c, seconds, wallets_per_shard, script) for c in client_counts}
+        by_set_clients = {
+            c: _run(servers, c, seconds, wallets_per_shard, set_script, per_iteration=set_size)
+            for c in (set_client_counts or client_counts)
+            if set_size
+        }
     finally:
         drop(servers)
+    return _best(by_clients), _best(by_set_clients) if by_set_clients else None
+
+
+def _best(by_clients: dict[int, float]) -> CeilingResult:
     best = max(by_clients, key=lambda c: by_clients[c])
     return CeilingResult(transfers_per_second=by_clients[best], clients=best, by_clients=by_clients)

@@ -22,6 +22,15 @@ class Sent:
     http_status: int
     error_code: str | None = None
     wallets: tuple[str, ...] = ()  # payer and payee of a single request
+    server_ms: float | None = None  # the API's own time (its Server-Timing header), queueing excluded
+
+
+def server_ms(response: aiohttp.ClientResponse) -> float | None:
+    """`app;dur=<ms>` from the Server-Timing header, if the server sent it."""
+    for part in response.headers.get("Server-Timing", "").split(";"):
+        if part.strip().startswith("dur="):
+            return float(part.strip()[4:])
+    return None
 
 
 @dataclass
@@ -31,6 +40,12 @@ class PhaseLoad:
     ended: float = 0.0
     requests: int = 0
     sent: list[Sent] = field(default_factory=list)
+    server_ms: list[float] = field(default_factory=list)  # per batch request (singles carry theirs)
+
+    def api_times_ms(self) -> list[float]:
+        """The API's own time per request, as its Server-Timing header said."""
+        own = [s.server_ms for s in self.sent if s.server_ms is not None]
+        return own + self.server_ms
 
     @property
     def accepted(self) -> list[Sent]:
@@ -77,11 +92,12 @@ class Client:
         elapsed = time.perf_counter() - started
         phase.requests += 1
         pair = (str(body["from"]), str(body["to"]))
+        app = server_ms(response)
         if response.status in (201, 202):
-            phase.sent.append(Sent(payload["id"], submitted, elapsed, response.status, wallets=pair))
+            phase.sent.append(Sent(payload["id"], submitted, elapsed, response.status, wallets=pair, server_ms=app))
         else:
             code = payload.get("error", {}).get("code")
-            phase.sent.append(Sent(None, submitted, elapsed, response.status, code, wallets=pair))
+            phase.sent.append(Sent(None, submitted, elapsed, response.status, code, wallets=pair, server_ms=app))
 
     async def batch(self, workload: Workload, phase: PhaseLoad, size: int) -> None:
         items = [{**workload.body(), "idempotency_key": str(uuid.uuid4())} for _ in range(size)]
@@ -92,6 +108,7 @@ class Client:
             payload = await response.json()
         elapsed = time.perf_counter() - started
         phase.requests += 1
+        phase.server_ms.append(server_ms(response) or 0.0)
         if response.status != 200:
             code = payload.get("error", {}).get("code")
             phase.sent.extend(Sent(None, submitted, elapsed, response.status, code) for _ in items)

@@ -31,6 +31,10 @@ if DEBUG and ENV.production:
 for _fault_variable in ("SHARDWALLET_CRASH_AT", "SHARDWALLET_STOP_AT", "SHARDWALLET_HOLD_AT"):
     if ENV.production and ENV.value(_fault_variable):
         ENV.refuse(f"{_fault_variable} (the fault tests' crash points) is refused in production")
+# `Server-Timing: app;dur=<ms>` on every response: the application's own time, for benchmarks
+# and browsers' developer tools; off in production unless asked for (it tells clients how long
+# the server worked).
+SERVER_TIMING_HEADER = ENV.flag("SHARDWALLET_SERVER_TIMING", not ENV.production)
 ALLOWED_HOSTS = ENV.get("SHARDWALLET_ALLOWED_HOSTS", "127.0.0.1,localhost,testserver").split(",")
 # The admin behind a TLS-terminating proxy: its public origin, e.g. https://wallet.example.com.
 CSRF_TRUSTED_ORIGINS = [o for o in ENV.optional("SHARDWALLET_CSRF_TRUSTED_ORIGINS", "").split(",") if o]

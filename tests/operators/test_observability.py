@@ -176,3 +176,15 @@ def test_logs_are_json_lines_carrying_transfer_and_wallet_ids() -> None:
     assert (line["transfer_id"], line["wallet_id"], line["attempt"]) == ("t-1", "w-1", 2)
     assert line["time"]
     assert settings.LOGGING["handlers"]["console"]["formatter"] == "json"
+
+
+def test_each_response_says_how_long_the_application_worked_on_it_unless_turned_off(settings) -> None:
+    """`Server-Timing: app;dur=<ms>`: what the bench reads to tell the API's own time from queueing."""
+    _, key = make_client()
+    response = api_for(key).get("/v1/wallets")
+    assert response.status_code == 200
+    name, _, duration = response["Server-Timing"].partition(";dur=")
+    assert name == "app"
+    assert 0 < float(duration) < 60_000
+    settings.SERVER_TIMING_HEADER = False  # read when the middleware is built: a new client builds it
+    assert "Server-Timing" not in api_for(key).get("/v1/wallets")
