@@ -124,6 +124,32 @@ def terminal_states(since: float) -> dict[str, tuple[str, str | None, float, int
     return states
 
 
+def step_times(since: float) -> dict[str, tuple[float, float | None]]:
+    """Per transfer created since `since`: when its first step ran (its created_at) and, for a
+    cross-shard one, when the payee's shard credited it (the payee outcome's created_at)."""
+    from django.db import connections
+
+    from apps.sharding.routing import shard_aliases
+
+    created: dict[str, float] = {}
+    credited: dict[str, float] = {}
+    for alias in shard_aliases():
+        with connections[alias].cursor() as cursor:
+            cursor.execute(
+                "SELECT id::text, extract(epoch FROM created_at) FROM transfers_transfer"
+                " WHERE created_at >= to_timestamp(%s)",
+                [since],
+            )
+            created.update((tid, float(at)) for tid, at in cursor.fetchall())
+            cursor.execute(
+                "SELECT transfer_id::text, extract(epoch FROM created_at) FROM transfers_payee_credit"
+                " WHERE created_at >= to_timestamp(%s)",
+                [since],
+            )
+            credited.update((tid, float(at)) for tid, at in cursor.fetchall())
+    return {tid: (at, credited.get(tid)) for tid, at in created.items()}
+
+
 def wait_until_terminal(since: float, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while (left := in_flight(since)) and time.monotonic() < deadline:
@@ -296,6 +322,8 @@ def main(argv: list[str]) -> int:
         print()
         print(report.cpu_per_transfer_table(results))
         print()
+        print(report.slowest_table(results))
+        print()
         for r in results:
             if r.failed_by_reason or r.rejected:
                 print(f"{r.name}: failed {r.failed_by_reason} rejected {r.rejected}")
@@ -389,7 +417,7 @@ def run_measured_phase(args: argparse.Namespace, key: str, wallets: list[str], n
     load = asyncio.run(run_phase(args, key, wallets, name, **kw))
     wait_until_terminal(load.started)
     after = cpu_snapshot()
-    result = report.summarize(load, terminal_states(load.started))
+    result = report.summarize(load, terminal_states(load.started), step_times(load.started))
     result.cpu_seconds = {k: after.get(k, 0) - before.get(k, 0) for k in after}
     print(
         f"  {name}: {result.accepted} accepted, {result.completed_per_second:.0f} completed/s, "

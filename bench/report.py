@@ -44,11 +44,50 @@ class PhaseResult:
     terminal_latency_ms: dict[str, float]
     retries: int
     cpu_seconds: dict[str, float] = field(default_factory=dict)
+    # Where the slowest 1% (by submit-to-terminal) spent their time, mean ms per segment.
+    slowest: dict[str, float] = field(default_factory=dict)
     completions_per_second_series: list[int] = field(default_factory=list)
 
 
-def summarize(load: PhaseLoad, terminal: dict[str, tuple[str, str | None, float, int]]) -> PhaseResult:
-    """`terminal`: transfer id -> (status, reason, terminal wall time, attempts), read from the shards."""
+def slowest_segments(
+    load: PhaseLoad,
+    terminal: dict[str, tuple[str, str | None, float, int]],
+    steps: dict[str, tuple[float, float | None]],
+    share: float = 0.01,
+) -> dict[str, float]:
+    """For the slowest `share` of accepted transfers: mean ms from the client's send to the
+    first step (HTTP queueing and the API), from there to the payee's credit (cross-shard:
+    the hand-off to a drain and its run), and from the credit (or the first step) to the
+    terminal state; and the share of them that were cross-shard."""
+    timed = [
+        (terminal[s.transfer_id][2] - s.submitted, s.submitted, *steps[s.transfer_id], terminal[s.transfer_id][2])
+        for s in load.accepted
+        if s.transfer_id in terminal and s.transfer_id in steps
+    ]
+    if not timed:
+        return {}
+    timed.sort(reverse=True)
+    slow = timed[: max(1, int(len(timed) * share))]
+    to_first = [(first - sent) * 1000 for _, sent, first, _, _ in slow]
+    to_credit = [(credit - first) * 1000 for _, _, first, credit, _ in slow if credit is not None]
+    to_end = [(end - (credit if credit is not None else first)) * 1000 for _, _, first, credit, end in slow]
+    return {
+        "transfers": len(slow),
+        "total_ms": mean([t * 1000 for t, *_ in slow]),
+        "send_to_first_step_ms": mean(to_first),
+        "first_step_to_credit_ms": mean(to_credit),
+        "credit_to_terminal_ms": mean(to_end),
+        "cross_shard_share": len(to_credit) / len(slow),
+    }
+
+
+def summarize(
+    load: PhaseLoad,
+    terminal: dict[str, tuple[str, str | None, float, int]],
+    steps: dict[str, tuple[float, float | None]] | None = None,
+) -> PhaseResult:
+    """`terminal`: transfer id -> (status, reason, terminal wall time, attempts), read from the
+    shards; `steps`: transfer id -> (first step's time, payee credit's time or None)."""
     accepted = load.accepted
     submit_window = max(load.ended - load.started, 1e-9)
     statuses = Counter(terminal[s.transfer_id][0] for s in accepted if s.transfer_id in terminal)
@@ -74,6 +113,7 @@ def summarize(load: PhaseLoad, terminal: dict[str, tuple[str, str | None, float,
         # attempts counts every run of the saga's steps, the first included (a drain's claim)
         retries=sum(max(terminal[s.transfer_id][3] - 1, 0) for s in accepted if s.transfer_id in terminal),
         completions_per_second_series=[series.get(i, 0) for i in range(max(series, default=-1) + 1)],
+        slowest=slowest_segments(load, terminal, steps or {}),
     )
 
 
@@ -131,6 +171,23 @@ def cpu_per_transfer_table(results: list[PhaseResult]) -> str:
         done = max(r.completed, 1)
         per = {k: r.cpu_seconds.get(k, 0) * 1000 / done for k in kinds}
         lines.append(f"{r.name:<16}" + "".join(f"{per[k]:>10.2f}" for k in kinds) + f"{sum(per.values()):>10.2f}")
+    return "\n".join(lines)
+
+
+def slowest_table(results: list[PhaseResult]) -> str:
+    lines = [
+        f"{'slowest 1%':<14}{'n':>6}{'mean ms':>9}{'send->1st':>11}{'1st->credit':>13}{'->terminal':>12}{'x-shard':>9}"
+    ]
+    for r in results:
+        w = r.slowest
+        if not w:
+            continue
+        lines.append(
+            f"{r.name:<14}{w['transfers']:>6.0f}{w['total_ms']:>9.1f}{w['send_to_first_step_ms']:>11.1f}"
+            f"{w['first_step_to_credit_ms']:>13.1f}{w['credit_to_terminal_ms']:>12.1f}{w['cross_shard_share']:>9.0%}"
+        )
+    lines.append("(send->1st: HTTP queueing and the API; 1st->credit: the hand-off to a drain and its credit,")
+    lines.append(" cross-shard transfers only; ->terminal: from the credit, or the first step, to completed/failed)")
     return "\n".join(lines)
 
 

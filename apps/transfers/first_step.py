@@ -19,8 +19,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from django.db import connections
-
+from apps.common.db import fast_cursor
 from apps.ledger.models import WalletStatus
 from apps.ledger.services import IN_FLIGHT_OUT_BY_PAYER_SQL, MAX_BALANCE_MINOR
 from apps.sharding.fence import check_missing_are_served
@@ -63,7 +62,7 @@ def lock_wallets(alias: str, wallet_ids: set[uuid.UUID], *, payee_ids: set[uuid.
     COMMITTED it then sees every debit committed before we got the lock (a debit needs the
     wallet's lock), so balance + in flight is exact for as long as we hold it.
     """
-    with connections[alias].cursor() as cursor:
+    with fast_cursor(alias) as cursor:
         cursor.execute(
             "SELECT id, owner_id, currency, status, balance_minor, last_entry_seq FROM ledger_wallet"
             " WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
@@ -216,11 +215,8 @@ def write_plan(
         for t in (p.transfer for p in plan.planned)
     ]  # fmt: skip
     events = [(p.transfer.id, e.from_status, e.to_status, e.reason, e.at) for p in plan.planned for e in p.events]
-    connection = connections[alias]
-    connection.ensure_connection()
-    raw = connection.connection
-    # wrap_database_errors: psycopg's errors become Django's (IntegrityError...), as for ORM queries.
-    with connection.wrap_database_errors, raw.pipeline(), raw.cursor() as cursor:
+    # One pipeline: the five statements go out together, one round trip.
+    with fast_cursor(alias) as cursor, cursor.connection.pipeline():
         _write_money(cursor, plan, wallets, now)
         cursor.execute(_INSERT_TRANSFERS, _columns(transfers))
         cursor.execute(_INSERT_EVENTS, _columns(events))
@@ -238,8 +234,7 @@ def run_stored_first_step(transfer: Transfer, now: datetime) -> None:
     stored_status = transfer.status
     plan = GroupPlan()
     plan_first_step(transfer, wallets, plan, now, stored=True)
-    connection = connections[alias]
-    with connection.wrap_database_errors, connection.connection.cursor() as cursor:
+    with fast_cursor(alias) as cursor:
         _write_money(cursor, plan, wallets, now)
     transfer.status = stored_status
     for event in plan.planned[0].events:
