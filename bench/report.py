@@ -56,9 +56,10 @@ def slowest_segments(
     share: float = 0.01,
 ) -> dict[str, float]:
     """For the slowest `share` of accepted transfers: mean ms from the client's send to the
-    first step (HTTP queueing and the API), from there to the payee's credit (cross-shard:
-    the hand-off to a drain and its run), and from the credit (or the first step) to the
-    terminal state; and the share of them that were cross-shard."""
+    first step (HTTP queueing and the API), from there to the start of the drain run that
+    credited the payee (cross-shard: the hand-off; a drain stamps its credits with its start),
+    and from then (or the first step) to the terminal state (the drain's run: completions are
+    stamped when they happen); and the share of them that were cross-shard."""
     timed = [
         (terminal[s.transfer_id][2] - s.submitted, s.submitted, *steps[s.transfer_id], terminal[s.transfer_id][2])
         for s in load.accepted
@@ -186,8 +187,8 @@ def slowest_table(results: list[PhaseResult]) -> str:
             f"{r.name:<14}{w['transfers']:>6.0f}{w['total_ms']:>9.1f}{w['send_to_first_step_ms']:>11.1f}"
             f"{w['first_step_to_credit_ms']:>13.1f}{w['credit_to_terminal_ms']:>12.1f}{w['cross_shard_share']:>9.0%}"
         )
-    lines.append("(send->1st: HTTP queueing and the API; 1st->credit: the hand-off to a drain and its credit,")
-    lines.append(" cross-shard transfers only; ->terminal: from the credit, or the first step, to completed/failed)")
+    lines.append("(send->1st: HTTP queueing and the API; 1st->credit: until the drain run that credited it started")
+    lines.append(" (cross-shard only: the hand-off); ->terminal: from there, or the first step, to completed/failed)")
     return "\n".join(lines)
 
 

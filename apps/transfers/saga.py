@@ -113,14 +113,16 @@ RETURNING transfer_id
 # money in flight cannot miss a debit that committed while it waited (see ledger.services).
 _LOCK_PAYEES_SQL = "SELECT 1 FROM ledger_wallet WHERE id = ANY(%s) ORDER BY id FOR UPDATE"
 
+# Stamped with the statement's own time, not the drain's start: a transfer's `updated_at`
+# says when it completed, so submit-to-terminal latency includes the drain's run.
 _COMPLETE_SQL = """
 WITH done AS (
-    UPDATE transfers_transfer SET status = 'completed', updated_at = %(now)s
+    UPDATE transfers_transfer SET status = 'completed', updated_at = clock_timestamp()
      WHERE id = ANY(%(ids)s) AND status = 'debited'
- RETURNING id
+ RETURNING id, updated_at
 )
 INSERT INTO transfers_event (transfer_id, from_status, to_status, reason, created_at)
-SELECT id, 'debited', 'completed', NULL, %(now)s FROM done
+SELECT id, 'debited', 'completed', NULL, updated_at FROM done
 """
 
 
@@ -402,7 +404,7 @@ def _drain_claimed(alias: str, ids: list[uuid.UUID], now: datetime) -> DrainResu
                 transient += [t.id for t in group]
         if credited:
             with connections[alias].cursor() as cursor:
-                cursor.execute(_COMPLETE_SQL, {"ids": list(credited), "now": now})
+                cursor.execute(_COMPLETE_SQL, {"ids": list(credited)})
                 completed = cursor.rowcount
             transaction.on_commit(lambda: count_transition(TransferStatus.COMPLETED, None, completed), using=alias)
     left_over = [t.id for t in claimed if t.id not in credited]
