@@ -47,6 +47,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--move-seconds", type=float, default=45, help="duration of the move phase")
     parser.add_argument("--no-cdc", action="store_true", help="do not run the audit CDC reader during the load")
     parser.add_argument(
+        "--credit-inline",
+        action="store_true",
+        help="the API runs a cross-shard transfer's credit in the request (SHARDWALLET_TRANSFER_CREDIT_INLINE=1)",
+    )
+    parser.add_argument(
         "--reconcile-during-load",
         action="store_true",
         help="run `reconcile` against the audit store while the closed-loop phases run (needs the CDC)",
@@ -210,6 +215,8 @@ async def run_phase(args: argparse.Namespace, key: str, wallets: list[str], name
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     stack.configure_environment(args.shards)
+    if args.credit_inline:
+        os.environ["SHARDWALLET_TRANSFER_CREDIT_INLINE"] = "1"  # the API processes started below inherit it
     stack.reset_bench_dir()
     import django
 

@@ -173,6 +173,10 @@ METRICS_DIR = DEVSTACK_DIR / "metrics"
 # Transfers and the saga.
 TRANSFER_MAX_WAIT_SECONDS = 30
 # How long a write waits while its buckets switch shards before answering 503 shard_moving.
+# POST /v1/transfers runs a cross-shard transfer's credit and completion in the request
+# (answering 201 when they commit) instead of handing it to a drain; a step that cannot run
+# then is left to the saga as before. Off by default while it is measured (docs/PERFORMANCE.md).
+TRANSFER_CREDIT_INLINE = ENV.flag("SHARDWALLET_TRANSFER_CREDIT_INLINE", False)
 SHARD_MOVE_WAIT_SECONDS = float(ENV.optional("SHARDWALLET_SHARD_MOVE_WAIT_SECONDS", "5"))
 # A fence older than this on the shard the map still names (nobody serves those buckets) is an
 # alarm on /health, /metrics and the operations page.

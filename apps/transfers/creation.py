@@ -189,11 +189,14 @@ def run_group(
     render: Render,
     key_param: str,
     look_first: bool = True,
+    drain: bool = True,
 ) -> list[ItemResult]:
     """Create the transfers of `items` (index, request, defer the response?), all paid from `alias`.
 
     Keys already recorded get their repeat's answer. With `look_first` False (one request:
-    a repeat is rare) the records are only read if the insert finds the key taken.
+    a repeat is rare) the records are only read if the insert finds the key taken. With
+    `drain` False the caller runs the saga of what it created itself (and asks for a drain
+    if it cannot).
     """
     for attempt in range(_GROUP_ATTEMPTS):
         records = _existing_records(alias, client_id, [r for _, r, _ in items]) if look_first or attempt else {}
@@ -214,28 +217,50 @@ def run_group(
             record = records.get((request.payer_id, request.idempotency_key))
             if record is not None:
                 results.append(_repeat(alias, index, request, record, render, key_param))
-        if any(r.transfer is not None and r.transfer.status == TransferStatus.DEBITED for r in results):
+        if drain and any(r.transfer is not None and r.transfer.status == TransferStatus.DEBITED for r in results):
             request_drain(alias)
         return results
     raise AssertionError("unreachable")
 
 
-def transfer_create(request: TransferRequest, *, render: Render, defer_response: bool = False) -> ItemResult:
+def transfer_create(
+    request: TransferRequest, *, render: Render, defer_response: bool = False, drain: bool = True
+) -> ItemResult:
     """Create one transfer on the payer's shard, its first step in the same transaction.
 
     The transaction debits the payer (and, on one shard, credits the payee), inserts the
     transfer in the status that reached with its events, and inserts the idempotency record
     with the response: a repeat (even a concurrent one, which waits on the record's unique
     index and then rolls back) replays that response. With `defer_response` the response is
-    stored later (`transfer_store_response`); until then a repeat gets 409. Refusals are
-    raised (WalletNotFound, CurrencyMismatch, IdempotencyKeyReused, IdempotencyRequestInProgress).
+    stored later (`transfer_store_response`); until then a repeat gets 409. With `drain`
+    False no drain is asked for: the caller advances the transfer itself (`advance_inline`).
+    Refusals are raised (WalletNotFound, CurrencyMismatch, IdempotencyKeyReused,
+    IdempotencyRequestInProgress).
     """
     with one_map():  # the payer's shard, the wallets locked and same-shard or not: one reading
         alias = alias_for_id(request.payer_id)
         [result] = run_group(
             alias, request.client_id, [(0, request, defer_response)], render=render, key_param="Idempotency-Key",
-            look_first=False,
+            look_first=False, drain=drain,
         )  # fmt: skip
     if result.error is not None:
         raise result.error
     return result
+
+
+def advance_inline(transfer: Transfer) -> Transfer:
+    """Run a just-debited transfer's remaining steps in this process (the payee's credit and
+    the completion, each its own transaction, guarded like every saga step), instead of
+    handing it to a drain: no Celery hop, no wait for a worker. If a step cannot run now
+    (a shard down, a move's fence, a race), a drain is asked for and the transfer is
+    returned as last read; the saga finishes it as it would any other."""
+    from apps.transfers.saga import transfer_advance
+
+    try:
+        return transfer_advance(transfer.id)
+    except Exception:
+        log.info(
+            "inline advance did not finish; handed to a drain", extra={"transfer_id": str(transfer.id)}, exc_info=True
+        )
+        request_drain(alias_for_id(transfer.id))
+        return transfer

@@ -66,10 +66,10 @@ from apps.transfers.api.serializers import (
     transfer_out,
 )
 from apps.transfers.batch import MAX_BATCH, transfer_create_batch
-from apps.transfers.creation import transfer_create, transfer_store_response
+from apps.transfers.creation import advance_inline, transfer_create, transfer_store_response
 from apps.transfers.errors import TransferNotFound
 from apps.transfers.idempotency import refusal_of
-from apps.transfers.models import Transfer
+from apps.transfers.models import Transfer, TransferStatus
 from apps.transfers.saga import Event
 from apps.transfers.validation import Invalid, InvalidTransfer, parse_transfer_body
 
@@ -162,15 +162,24 @@ class TransferCollectionView(APIView):
             raise InvalidTransfer(transfer_request)
         # Only the creation is re-run when a move refuses it: once this request's key is
         # recorded, running it again would find its own record unanswered (409 to itself).
+        # Same-shard transfers end in their first step: only a cross-shard one is advanced here.
+        inline = settings.TRANSFER_CREDIT_INLINE and alias_for_id(transfer_request.payer_id) != alias_for_id(
+            transfer_request.payee_id
+        )
         created = retry_while_fenced(
-            lambda: transfer_create(transfer_request, render=render_transfer, defer_response=wait > 0),
+            lambda: transfer_create(
+                transfer_request, render=render_transfer, defer_response=wait > 0 or inline, drain=not inline
+            ),
             wait_seconds=settings.SHARD_MOVE_WAIT_SECONDS,
         )
         status_code, body = created.status, created.body
-        if status_code is None:  # a waiting request: answer once terminal (or when the wait is over)
+        if status_code is None:  # answered once advanced here, or terminal, or when the wait is over
             assert created.transfer is not None  # noqa: S101 - accepted
             assert created.record_id is not None  # noqa: S101
-            transfer = wait_until_terminal(created.transfer, wait)
+            transfer = created.transfer
+            if inline and transfer.status == TransferStatus.DEBITED:
+                transfer = advance_inline(transfer)
+            transfer = wait_until_terminal(transfer, wait)
             status_code, body = _store_waited_response(transfer, created.record_id)
         # The stored text itself, so every replay is byte-identical to the first response.
         response = HttpResponse(body, status=status_code, content_type="application/json")

@@ -1,0 +1,85 @@
+"""POST /v1/transfers running a cross-shard transfer's credit in the request
+(SHARDWALLET_TRANSFER_CREDIT_INLINE): no hand-off to a drain when both shards answer, the
+saga as before when one does not, and the idempotency record's answer is the one sent."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+import redis
+from django.conf import settings as django_settings
+from django.db import connections
+
+from apps.transfers.checks import check_ledger
+from tests.factories import ALL_DATABASES, api_for, entry_kinds, make_client, make_wallet
+from tests.factories import wallet_balance as balance
+from tests.workers import Worker, flush_redis, wait_terminal
+
+pytestmark = pytest.mark.django_db(transaction=True, databases=ALL_DATABASES)
+
+
+def post(key: str, payer: Any, payee: Any, amount: int, idempotency_key: str) -> Any:
+    body = {"from": str(payer.id), "to": str(payee.id), "amount_minor": amount, "currency": "USD"}
+    return api_for(key).post("/v1/transfers", body, format="json", HTTP_IDEMPOTENCY_KEY=idempotency_key)
+
+
+def queued_messages() -> int:
+    """Celery messages waiting in Redis (the default queue)."""
+    return int(redis.Redis.from_url(django_settings.REDIS_URL).llen("celery"))
+
+
+@pytest.fixture
+def inline(settings: Any) -> None:
+    settings.TRANSFER_CREDIT_INLINE = True
+    flush_redis()
+
+
+@pytest.mark.usefixtures("inline")
+def test_a_cross_shard_transfer_completes_in_its_request_and_a_replay_is_the_same_answer() -> None:
+    owner, key = make_client()
+    payer = make_wallet(owner, funded=1_000, shard="shard_00")
+    payee = make_wallet(owner, shard="shard_01")
+    idempotency_key = str(uuid.uuid4())
+
+    first = post(key, payer, payee, 300, idempotency_key)
+    assert first.status_code == 201, first.content
+    assert first.json()["status"] == "completed"
+    assert (balance(payer.id), balance(payee.id)) == (700, 300)
+    assert entry_kinds(payee.id) == ["credit"]
+    assert queued_messages() == 0  # no drain was asked for: nothing was left to the saga
+
+    replay = post(key, payer, payee, 300, idempotency_key)
+    assert replay.status_code == 201
+    assert replay["Idempotent-Replayed"] == "true"
+    assert replay.content == first.content
+    assert (balance(payer.id), balance(payee.id)) == (700, 300)
+    assert check_ledger().violations == []
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("inline")
+def test_with_the_payee_shard_down_it_answers_in_flight_and_the_saga_finishes_it(
+    workers: Any, payee_shard: Any
+) -> None:
+    owner, key = make_client()
+    payer = make_wallet(owner, funded=1_000, shard="shard_00")
+    payee = make_wallet(owner, shard="shard_01")
+    idempotency_key = str(uuid.uuid4())
+    payee_shard.stop()
+
+    first = post(key, payer, payee, 250, idempotency_key)
+    assert first.status_code == 202, first.content
+    assert first.json()["status"] == "debited"
+    assert queued_messages() == 1  # the drain it asked for instead
+
+    payee_shard.start()
+    connections["shard_01"].close()
+    workers.append(Worker())
+    transfer_id = uuid.UUID(first.json()["id"])
+    assert wait_terminal([transfer_id], timeout=60)[transfer_id].status == "completed"
+    assert (balance(payer.id), balance(payee.id)) == (750, 250)
+    replay = post(key, payer, payee, 250, idempotency_key)
+    assert (replay.status_code, replay.content) == (202, first.content)  # the answer sent is the one kept
+    assert check_ledger().violations == []
