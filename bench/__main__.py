@@ -52,6 +52,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="the API runs a cross-shard transfer's credit in the request (SHARDWALLET_TRANSFER_CREDIT_INLINE=1)",
     )
     parser.add_argument(
+        "--drain-in-api",
+        action="store_true",
+        help="drains run in the API processes, one thread per shard (SHARDWALLET_TRANSFER_DRAIN_IN_API=1)",
+    )
+    parser.add_argument(
         "--reconcile-during-load",
         action="store_true",
         help="run `reconcile` against the audit store while the closed-loop phases run (needs the CDC)",
@@ -217,6 +222,8 @@ def main(argv: list[str]) -> int:
     stack.configure_environment(args.shards)
     if args.credit_inline:
         os.environ["SHARDWALLET_TRANSFER_CREDIT_INLINE"] = "1"  # the API processes started below inherit it
+    if args.drain_in_api:
+        os.environ["SHARDWALLET_TRANSFER_DRAIN_IN_API"] = "1"
     stack.reset_bench_dir()
     import django
 

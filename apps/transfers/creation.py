@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import cast
 
+from django.conf import settings
 from django.db import IntegrityError, OperationalError, connections, transaction
 from django.utils import timezone
 
@@ -78,7 +79,13 @@ class ItemResult:
 
 
 def request_drain(alias: str) -> None:
-    """Ask a worker to run the saga for the debited transfers of `alias` (best effort)."""
+    """Have the saga run for the debited transfers of `alias` (best effort): in this process
+    with DRAIN_IN_API, else by a worker."""
+    if settings.TRANSFER_DRAIN_IN_API:
+        from apps.transfers import local_drain
+
+        local_drain.wake(alias)
+        return
     from apps.transfers.tasks import request_drain as trigger
 
     trigger(alias)

@@ -137,24 +137,30 @@ def drain_transfers(self: Task, alias: str) -> int:
     """Run the saga for the debited transfers of one payer shard, many per transaction."""
     with contextlib.suppress(redis.RedisError):
         _flags().delete(_drain_flag(alias))  # from here on, a new transfer asks for a new drain
-    done = 0
     try:
-        while True:
-            result = saga.drain_debited(alias, limit=DRAIN_BATCH)
-            done += result.completed
-            for transfer_id in result.left_over:
-                if transfer_id in result.transient:
-                    _hand_over(transfer_id, "payee shard unavailable during a drain")
-                else:
-                    _advance_now(transfer_id)
-            if result.claimed < DRAIN_BATCH:
-                return done
+        return drain_shard(alias)
     except TRANSIENT_ERRORS as exc:
         raise self.retry(exc=exc, countdown=retry_delay(self.request.retries)) from exc
     except DatabaseError as exc:
         if not is_fence_refusal(exc):
             raise
         raise self.retry(exc=exc, countdown=0.2) from exc  # a move fenced the range mid-claim
+
+
+def drain_shard(alias: str) -> int:
+    """Drain `alias` until a round claims less than a full batch; left-overs go one by one.
+    Returns how many completed. Errors of the drain itself propagate (the caller retries)."""
+    done = 0
+    while True:
+        result = saga.drain_debited(alias, limit=DRAIN_BATCH)
+        done += result.completed
+        for transfer_id in result.left_over:
+            if transfer_id in result.transient:
+                _hand_over(transfer_id, "payee shard unavailable during a drain")
+            else:
+                _advance_now(transfer_id)
+        if result.claimed < DRAIN_BATCH:
+            return done
 
 
 def drain_moved_transfers(move: Move) -> None:

@@ -1,6 +1,7 @@
-"""POST /v1/transfers running a cross-shard transfer's credit in the request
-(SHARDWALLET_TRANSFER_CREDIT_INLINE): no hand-off to a drain when both shards answer, the
-saga as before when one does not, and the idempotency record's answer is the one sent."""
+"""Shorter hand-offs for cross-shard transfers: the credit run in the request
+(SHARDWALLET_TRANSFER_CREDIT_INLINE: no hand-off to a drain when both shards answer, the saga
+as before when one does not, the idempotency record's answer is the one sent), and drains run
+in the API process (SHARDWALLET_TRANSFER_DRAIN_IN_API: no Celery message, no worker)."""
 
 from __future__ import annotations
 
@@ -82,4 +83,27 @@ def test_with_the_payee_shard_down_it_answers_in_flight_and_the_saga_finishes_it
     assert (balance(payer.id), balance(payee.id)) == (750, 250)
     replay = post(key, payer, payee, 250, idempotency_key)
     assert (replay.status_code, replay.content) == (202, first.content)  # the answer sent is the one kept
+    assert check_ledger().violations == []
+
+
+def test_with_drains_in_the_api_a_cross_shard_transfer_completes_without_a_worker_or_a_message(
+    settings: Any,
+) -> None:
+    """SHARDWALLET_DRAIN_IN_API: the request answers as before (202, stored at its first step)
+    and a thread of this process drains the payer's shard at once."""
+    settings.TRANSFER_DRAIN_IN_API = True
+    flush_redis()
+    owner, key = make_client()
+    payer = make_wallet(owner, funded=1_000, shard="shard_00")
+    payee = make_wallet(owner, shard="shard_01")
+    idempotency_key = str(uuid.uuid4())
+
+    first = post(key, payer, payee, 400, idempotency_key)
+    assert first.status_code == 202, first.content
+    transfer_id = uuid.UUID(first.json()["id"])
+    assert wait_terminal([transfer_id], timeout=15)[transfer_id].status == "completed"
+    assert (balance(payer.id), balance(payee.id)) == (600, 400)
+    assert queued_messages() == 0
+    replay = post(key, payer, payee, 400, idempotency_key)
+    assert (replay.status_code, replay.content) == (202, first.content)
     assert check_ledger().violations == []
