@@ -52,9 +52,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="the API runs a cross-shard transfer's credit in the request (SHARDWALLET_TRANSFER_CREDIT_INLINE=1)",
     )
     parser.add_argument(
-        "--drain-in-api",
+        "--drains-in-workers",
         action="store_true",
-        help="drains run in the API processes, one thread per shard (SHARDWALLET_TRANSFER_DRAIN_IN_API=1)",
+        help="drains run in Celery workers, a message per drain, not in the API processes"
+        " (SHARDWALLET_TRANSFER_DRAIN_IN_API=0)",
     )
     parser.add_argument(
         "--reconcile-during-load",
@@ -222,8 +223,7 @@ def main(argv: list[str]) -> int:
     stack.configure_environment(args.shards)
     if args.credit_inline:
         os.environ["SHARDWALLET_TRANSFER_CREDIT_INLINE"] = "1"  # the API processes started below inherit it
-    if args.drain_in_api:
-        os.environ["SHARDWALLET_TRANSFER_DRAIN_IN_API"] = "1"
+    os.environ["SHARDWALLET_TRANSFER_DRAIN_IN_API"] = "0" if args.drains_in_workers else "1"
     stack.reset_bench_dir()
     import django
 

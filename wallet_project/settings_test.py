@@ -55,6 +55,9 @@ os.environ.setdefault("SHARDWALLET_SAGA_RETRY_BASE_SECONDS", "0.2")
 os.environ.setdefault("SHARDWALLET_SAGA_RETRY_MAX_SECONDS", "1")
 os.environ.setdefault("SHARDWALLET_SAGA_STALLED_AFTER_SECONDS", "2")
 os.environ.setdefault("SHARDWALLET_SAGA_SWEEP_INTERVAL_SECONDS", "1")
+# The saga's steps run where a test puts them (its workers, or in-process calls), not in a
+# background thread of the test process: the tests of drains in the API turn it on themselves.
+os.environ.setdefault("SHARDWALLET_TRANSFER_DRAIN_IN_API", "0")
 
 
 def _metrics_dir() -> str:
