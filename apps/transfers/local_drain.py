@@ -2,7 +2,9 @@
 
 A request that leaves transfers `debited` wakes its shard's thread instead of sending a
 Celery message: the drain starts at once (no broker hop, no wait for a free worker) and
-still credits and completes many transfers per transaction. Requests that arrive while it
+still credits and completes many transfers per transaction. What a drain leaves over (a
+refusal, a race) goes to the workers, each transfer in its own task, so the thread is never
+held up by one transfer's step. Requests that arrive while it
 runs make it run again when it ends, so nothing waits for a next trigger. It is the same
 drain as the Celery task's (`tasks.drain_shard`); if it fails, the shard is handed to a
 Celery drain. The database stays the source of truth: a process that dies mid-drain leaves
@@ -38,7 +40,7 @@ class ShardDrainer:
             self._wanted.wait()
             self._wanted.clear()  # a wake from here on runs the drain again
             try:
-                drain_shard(self.alias)
+                drain_shard(self.alias, left_overs_here=False)
             except Exception:
                 log.warning("in-process drain failed; handed to a worker", extra={"shard": self.alias}, exc_info=True)
                 for connection in connections.all(initialized_only=True):

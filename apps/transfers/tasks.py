@@ -147,9 +147,10 @@ def drain_transfers(self: Task, alias: str) -> int:
         raise self.retry(exc=exc, countdown=0.2) from exc  # a move fenced the range mid-claim
 
 
-def drain_shard(alias: str) -> int:
-    """Drain `alias` until a round claims less than a full batch; left-overs go one by one.
-    Returns how many completed. Errors of the drain itself propagate (the caller retries)."""
+def drain_shard(alias: str, *, left_overs_here: bool = True) -> int:
+    """Drain `alias` until a round claims less than a full batch; left-overs go one by one,
+    here or (`left_overs_here` False: a drain that must stay quick, as the API's) each in
+    its own task. Returns how many completed. Errors of the drain itself propagate."""
     done = 0
     while True:
         result = saga.drain_debited(alias, limit=DRAIN_BATCH)
@@ -157,8 +158,12 @@ def drain_shard(alias: str) -> int:
         for transfer_id in result.left_over:
             if transfer_id in result.transient:
                 _hand_over(transfer_id, "payee shard unavailable during a drain")
-            else:
+            elif left_overs_here:
                 _advance_now(transfer_id)
+            else:
+                # One by one here could wait out a move for seconds each, holding up the
+                # drains of every transfer that arrives meanwhile.
+                advance_transfer.apply_async(args=[str(transfer_id)])
         if result.claimed < DRAIN_BATCH:
             return done
 
