@@ -179,7 +179,8 @@ TRANSFER_MAX_WAIT_SECONDS = 30
 TRANSFER_CREDIT_INLINE = ENV.flag("SHARDWALLET_TRANSFER_CREDIT_INLINE", False)
 # Drains of what a request left `debited` run in the API process, one thread per payer shard
 # (apps/transfers/local_drain.py), instead of a Celery message per drain: p99 to terminal at
-# half load ~40-60 ms instead of ~150-180, at the same or better throughput (PERFORMANCE.md).
+# half load 38-123 ms against 146-395 with drains in workers, at the same or better
+# throughput (docs/PERFORMANCE.md).
 # Celery workers still run the sweeper, retries, left-overs and a drain this one hands over.
 TRANSFER_DRAIN_IN_API = ENV.flag("SHARDWALLET_TRANSFER_DRAIN_IN_API", True)
 SHARD_MOVE_WAIT_SECONDS = float(ENV.optional("SHARDWALLET_SHARD_MOVE_WAIT_SECONDS", "5"))
