@@ -101,64 +101,52 @@ def cpu_snapshot() -> dict[str, float]:
 
 
 def in_flight(since: float) -> int:
+    rows = every_shard(
+        "SELECT count(*) FROM transfers_transfer WHERE created_at >= to_timestamp(%s)"
+        " AND status IN ('pending', 'debited', 'refunding')",
+        [since],
+    )
+    return sum(count for (count,) in rows)
+
+
+def every_shard(sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+    """The rows of `sql` on every shard of the map, one after another."""
     from django.db import connections
 
     from apps.sharding.routing import shard_aliases
 
-    total = 0
+    rows: list[tuple[Any, ...]] = []
     for alias in shard_aliases():
         with connections[alias].cursor() as cursor:
-            cursor.execute(
-                "SELECT count(*) FROM transfers_transfer WHERE created_at >= to_timestamp(%s)"
-                " AND status IN ('pending', 'debited', 'refunding')",
-                [since],
-            )
-            total += cursor.fetchone()[0]
-    return total
+            cursor.execute(sql, params)
+            rows += cursor.fetchall()
+    return rows
 
 
 def terminal_states(since: float) -> dict[str, tuple[str, str | None, float, int]]:
-    from django.db import connections
-
-    from apps.sharding.routing import shard_aliases
-
-    states: dict[str, tuple[str, str | None, float, int]] = {}
-    for alias in shard_aliases():
-        with connections[alias].cursor() as cursor:
-            cursor.execute(
-                "SELECT id::text, status, failure_reason, extract(epoch FROM updated_at), attempts"
-                " FROM transfers_transfer WHERE created_at >= to_timestamp(%s)",
-                [since],
-            )
-            for tid, status, reason, finished, attempts in cursor.fetchall():
-                states[tid] = (status, reason, float(finished), attempts)
-    return states
+    rows = every_shard(
+        "SELECT id::text, status, failure_reason, extract(epoch FROM updated_at), attempts"
+        " FROM transfers_transfer WHERE created_at >= to_timestamp(%s)",
+        [since],
+    )
+    return {tid: (status, reason, float(finished), attempts) for tid, status, reason, finished, attempts in rows}
 
 
 def step_times(since: float) -> dict[str, tuple[float, float | None]]:
     """Per transfer created since `since`: when its first step ran (its created_at) and, for a
     cross-shard one, when the payee's shard credited it (the payee outcome's created_at)."""
-    from django.db import connections
-
-    from apps.sharding.routing import shard_aliases
-
-    created: dict[str, float] = {}
-    credited: dict[str, float] = {}
-    for alias in shard_aliases():
-        with connections[alias].cursor() as cursor:
-            cursor.execute(
-                "SELECT id::text, extract(epoch FROM created_at) FROM transfers_transfer"
-                " WHERE created_at >= to_timestamp(%s)",
-                [since],
-            )
-            created.update((tid, float(at)) for tid, at in cursor.fetchall())
-            cursor.execute(
-                "SELECT transfer_id::text, extract(epoch FROM created_at) FROM transfers_payee_credit"
-                " WHERE created_at >= to_timestamp(%s)",
-                [since],
-            )
-            credited.update((tid, float(at)) for tid, at in cursor.fetchall())
-    return {tid: (at, credited.get(tid)) for tid, at in created.items()}
+    created = every_shard(
+        "SELECT id::text, extract(epoch FROM created_at) FROM transfers_transfer WHERE created_at >= to_timestamp(%s)",
+        [since],
+    )
+    credited = dict(
+        every_shard(
+            "SELECT transfer_id::text, extract(epoch FROM created_at) FROM transfers_payee_credit"
+            " WHERE created_at >= to_timestamp(%s)",
+            [since],
+        )
+    )
+    return {tid: (float(at), float(credited[tid]) if tid in credited else None) for tid, at in created}
 
 
 def wait_until_terminal(since: float, timeout: float = 180) -> None:

@@ -56,6 +56,8 @@ def wake(alias: str) -> None:
     """Start (or re-run) the drain of `alias` in this process."""
     drainer = _drainers.get(alias)
     if drainer is None:
-        with _lock:
-            drainer = _drainers.get(alias) or _drainers.setdefault(alias, ShardDrainer(alias))
+        with _lock:  # one thread per shard, however many requests ask at once
+            if alias not in _drainers:
+                _drainers[alias] = ShardDrainer(alias)
+            drainer = _drainers[alias]
     drainer.wake()

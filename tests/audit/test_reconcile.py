@@ -51,6 +51,20 @@ def query_rows(cdc: CdcProcess, name: str, *params: str) -> list[dict[str, str]]
     return [dict(zip(header, (c.strip() for c in line.split("|")), strict=True)) for line in lines[2:-1]]
 
 
+def unseen_entry(alias: str, beside: uuid.UUID, *, seq: int, balance_after: int) -> uuid.UUID:
+    """A deposit of 5 in `beside`'s wallet written under the mover's replication origin, so the
+    CDC never streams it; its id is `beside`'s plus one."""
+    entry = uuid.UUID(int=beside.int + 1)
+    with mover_session(alias) as conn:
+        conn.execute(
+            "INSERT INTO ledger_entry (id, wallet_id, seq, reference, kind, amount_minor, balance_after_minor,"
+            " created_at) SELECT %s, wallet_id, %s, 'unseen', 'deposit', 5, %s, now() FROM ledger_entry"
+            " WHERE id = %s",
+            [entry, seq, balance_after, beside],
+        )
+    return entry
+
+
 def test_reconcile_agrees_while_deposits_and_cross_shard_transfers_keep_coming(
     cdc: CdcProcess, workers: list[Worker]
 ) -> None:
@@ -186,13 +200,7 @@ def test_a_row_only_the_store_holds_and_a_row_it_lacks_are_both_named(cdc: CdcPr
     [(entry_id,)] = raw_query("shard_01", "SELECT id FROM ledger_entry WHERE wallet_id = %s", [wallet.id])
     bucket = bucket_of(wallet.id)
     # A deposit the store never hears of; and an entry of the same bucket only the store holds.
-    with mover_session("shard_01") as conn:
-        conn.execute(
-            "INSERT INTO ledger_entry (id, wallet_id, seq, reference, kind, amount_minor, balance_after_minor,"
-            " created_at) SELECT %s, wallet_id, 2, 'unseen', 'deposit', 5, 1005, now() FROM ledger_entry"
-            " WHERE id = %s",
-            [uuid.UUID(int=entry_id.int + 1), entry_id],
-        )
+    unseen_entry("shard_01", entry_id, seq=2, balance_after=1005)
     ghost = uuid.UUID(int=entry_id.int + 2)
     write_store(
         cdc,
@@ -297,17 +305,11 @@ def test_pairing_in_ranges_and_drilling_read_the_store_once_not_once_per_range_o
     assert reconcile(client, wait=10).ok
     # An entry the store never hears of, in the payee's bucket: its entries are drilled into.
     [(entry_id,)] = raw_query("shard_01", "SELECT id FROM ledger_entry WHERE wallet_id = %s LIMIT 1", [payee.id])
-    with mover_session("shard_01") as conn:
-        conn.execute(
-            "INSERT INTO ledger_entry (id, wallet_id, seq, reference, kind, amount_minor, balance_after_minor,"
-            " created_at) SELECT %s, wallet_id, 99, 'unseen', 'deposit', 5, 85, now() FROM ledger_entry"
-            " WHERE id = %s",
-            [uuid.UUID(int=entry_id.int + 1), entry_id],
-        )
+    unseen = unseen_entry("shard_01", entry_id, seq=99, balance_after=85)
     report = reconcile(client, wait=10)
     assert not report.ok
     assert report.transfers == 8
-    assert any(f"entry {uuid.UUID(int=entry_id.int + 1)} " in line for line in report.differences)
+    assert any(f"entry {unseen} " in line for line in report.differences)
 
     marker = "currency, debits, credits, refunds"
     pairing = wait_until(lambda: len(r := store_reads(client, marker)) >= 3 * 4 and r, 10, "the query log")

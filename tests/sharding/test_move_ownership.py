@@ -66,6 +66,19 @@ def _output(result: Any) -> str:
     return result.stdout + result.stderr
 
 
+def _assert_second_commands_refused(pid: int, state: str) -> None:
+    """An operator who thinks the mover stuck: `--resume` and `--abort` are refused, naming the
+    holder and its `state` ('running' or 'stopped'); `--status` names it (STOPPED or not)."""
+    for command in ("--resume", "--abort"):
+        refused = move_command(command, "--cleanup-delay", "0.3")
+        assert refused.returncode != 0, _output(refused)
+        assert f"pid {pid}" in _output(refused), _output(refused)
+        assert state in _output(refused), _output(refused)
+    status = move_command("--status")
+    assert f"pid {pid}" in status.stdout, status.stdout
+    assert ("STOPPED" in status.stdout) == (state == "stopped"), status.stdout
+
+
 # Where the first mover is stopped, and who owns the range once the second command is done.
 STOP_POINTS = [
     ("move_phase_copying", "abort", "shard_00"),
@@ -88,15 +101,7 @@ def test_a_second_command_beside_a_stopped_mover_is_refused_and_after_eviction_t
     try:
         _wait_for(lambda: process_state(first.pid) == "T", f"the mover to stop at {stop_at}")
         assert_at_most_one_owner(FIRST, LAST)
-        # An operator who thinks it stuck: both commands are refused, naming the live holder.
-        for command in ("--resume", "--abort"):
-            refused = move_command(command, "--cleanup-delay", "0.3")
-            assert refused.returncode != 0, _output(refused)
-            assert f"pid {first.pid}" in _output(refused), _output(refused)
-            assert "stopped" in _output(refused), _output(refused)
-        status = move_command("--status")
-        assert f"pid {first.pid}" in status.stdout, status.stdout
-        assert "STOPPED" in status.stdout, status.stdout
+        _assert_second_commands_refused(first.pid, "stopped")
         assert_at_most_one_owner(FIRST, LAST)
 
         # The operator ends its lease instead, and finishes or undoes the move.
@@ -139,14 +144,7 @@ def test_a_second_command_beside_a_live_mover_at_any_phase_is_refused_and_the_fi
         _wait_for(lambda: Path(f"{marker}.held").exists(), f"the mover to reach {hold_at}")
         assert process_state(first.pid) not in ("", "T")
         assert_at_most_one_owner(FIRST, LAST)
-        for command in ("--resume", "--abort"):
-            refused = move_command(command, "--cleanup-delay", "0.3")
-            assert refused.returncode != 0, _output(refused)
-            assert f"pid {first.pid}" in _output(refused), _output(refused)
-            assert "running" in _output(refused), _output(refused)
-        status = move_command("--status")
-        assert f"pid {first.pid}" in status.stdout, status.stdout
-        assert "STOPPED" not in status.stdout, status.stdout
+        _assert_second_commands_refused(first.pid, "running")
         assert_at_most_one_owner(FIRST, LAST)
     finally:
         marker.unlink(missing_ok=True)

@@ -31,6 +31,14 @@ def queued_messages() -> int:
     return int(redis.Redis.from_url(django_settings.REDIS_URL).llen("celery"))
 
 
+def cross_shard(funded: int = 1_000) -> tuple[str, Any, Any, str]:
+    """A client's key, a funded payer on shard_00, a payee on shard_01 and a fresh idempotency key."""
+    owner, key = make_client()
+    payer = make_wallet(owner, funded=funded, shard="shard_00")
+    payee = make_wallet(owner, shard="shard_01")
+    return key, payer, payee, str(uuid.uuid4())
+
+
 @pytest.fixture
 def inline(settings: Any) -> None:
     settings.TRANSFER_CREDIT_INLINE = True
@@ -39,10 +47,7 @@ def inline(settings: Any) -> None:
 
 @pytest.mark.usefixtures("inline")
 def test_a_cross_shard_transfer_completes_in_its_request_and_a_replay_is_the_same_answer() -> None:
-    owner, key = make_client()
-    payer = make_wallet(owner, funded=1_000, shard="shard_00")
-    payee = make_wallet(owner, shard="shard_01")
-    idempotency_key = str(uuid.uuid4())
+    key, payer, payee, idempotency_key = cross_shard()
 
     first = post(key, payer, payee, 300, idempotency_key)
     assert first.status_code == 201, first.content
@@ -64,10 +69,7 @@ def test_a_cross_shard_transfer_completes_in_its_request_and_a_replay_is_the_sam
 def test_with_the_payee_shard_down_it_answers_in_flight_and_the_saga_finishes_it(
     workers: Any, payee_shard: Any
 ) -> None:
-    owner, key = make_client()
-    payer = make_wallet(owner, funded=1_000, shard="shard_00")
-    payee = make_wallet(owner, shard="shard_01")
-    idempotency_key = str(uuid.uuid4())
+    key, payer, payee, idempotency_key = cross_shard()
     payee_shard.stop()
 
     first = post(key, payer, payee, 250, idempotency_key)
@@ -93,10 +95,7 @@ def test_with_drains_in_the_api_a_cross_shard_transfer_completes_without_a_worke
     and a thread of this process drains the payer's shard at once."""
     settings.TRANSFER_DRAIN_IN_API = True
     flush_redis()
-    owner, key = make_client()
-    payer = make_wallet(owner, funded=1_000, shard="shard_00")
-    payee = make_wallet(owner, shard="shard_01")
-    idempotency_key = str(uuid.uuid4())
+    key, payer, payee, idempotency_key = cross_shard()
 
     first = post(key, payer, payee, 400, idempotency_key)
     assert first.status_code == 202, first.content
