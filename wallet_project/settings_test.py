@@ -84,6 +84,15 @@ def _metrics_dir() -> str:
 
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir()
+    # Marked like the stack's variables: an xdist worker chooses its own, under its own stack
+    # directory, rather than the controller's under var/test, which the first worker to end
+    # deletes with its stack while the others still write there.
+    _chosen_for, _, _names = os.environ.get("SHARDWALLET_TEST_STACK_CHOSEN", "").partition(":")
+    _worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    _names = _names if _chosen_for == _worker else ""
+    os.environ["SHARDWALLET_TEST_STACK_CHOSEN"] = (
+        f"{_worker}:{','.join(filter(None, [_names, 'PROMETHEUS_MULTIPROC_DIR']))}"
+    )
 
 from wallet_project.settings import *  # noqa: E402, F403
 
