@@ -15,11 +15,13 @@ from apps.sharding.fence_alarm import stranded_fences
 from apps.sharding.moves import move_overview
 from apps.sharding.routing import shard_aliases, shard_map
 
-# One scan per shard. Fine at this size; at production size keep per-status counters in a table.
-_TRANSFERS_SQL = """
-SELECT status, COALESCE(failure_reason, ''), count(*),
-       count(*) FILTER (WHERE parked_at IS NOT NULL AND status IN ('pending', 'debited', 'refunding'))
-  FROM transfers_transfer WHERE sharding_serves(id) GROUP BY 1, 2
+# Only transfers in flight, read through the partial index `transfer_in_flight`: a scrape
+# costs what is in flight, not what the shard has ever stored. Terminal outcomes are
+# counted by the processes that reach them (shardwallet_transfer_transitions_total).
+_IN_FLIGHT_SQL = """
+SELECT status, count(*), count(*) FILTER (WHERE parked_at IS NOT NULL)
+  FROM transfers_transfer
+ WHERE status IN ('pending', 'debited', 'refunding') AND sharding_serves(id) GROUP BY 1
 """
 
 
@@ -27,9 +29,9 @@ class ShardCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         up = GaugeMetricFamily("shardwallet_shard_up", "1 if the shard answered this scrape.", labels=["shard"])
         transfers = GaugeMetricFamily(
-            "shardwallet_transfers",
-            "Transfers stored on each shard, by status and failure reason.",
-            labels=["shard", "status", "reason"],
+            "shardwallet_transfers_in_flight",
+            "Transfers in flight on each shard, by status (pending, debited, refunding).",
+            labels=["shard", "status"],
         )
         parked = GaugeMetricFamily(
             "shardwallet_transfers_parked", "In-flight transfers parked for an operator.", labels=["shard"]
@@ -37,16 +39,16 @@ class ShardCollector(Collector):
         for alias in shard_aliases():
             try:
                 with connections[alias].cursor() as cursor:
-                    cursor.execute(_TRANSFERS_SQL)
+                    cursor.execute(_IN_FLIGHT_SQL)
                     rows = cursor.fetchall()
             except DatabaseError:
                 connections[alias].close()  # do not keep a broken persistent connection
                 up.add_metric([alias], 0)
                 continue
             up.add_metric([alias], 1)
-            for status, reason, count, _ in rows:
-                transfers.add_metric([alias, status, reason], count)
-            parked.add_metric([alias], sum(row[3] for row in rows))
+            for status, count, _ in rows:
+                transfers.add_metric([alias, status], count)
+            parked.add_metric([alias], sum(row[2] for row in rows))
         yield up
         yield transfers
         yield parked

@@ -8,17 +8,23 @@
 - per currency: sum(balances) = deposits - withdrawals - money in flight, where money in
   flight is computed from the transfers (debited, neither credited nor refunded).
 
-It reads everything into memory, which is fine for tests and benchmarks; production-size
-audits run in the audit store (ClickHouse) instead.
+It streams: each shard's transfers, transfer entries and payee outcomes are read through
+server-side cursors ordered by transfer id (one REPEATABLE READ snapshot per shard) and
+merged, so memory stays flat whatever the ledger's size (10 million entries: see
+docs/PERFORMANCE.md); wallets are checked by one aggregate per shard, streamed likewise.
 """
 
 from __future__ import annotations
 
+import heapq
 import uuid
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from itertools import groupby
 
-from django.db import connections
+from django.db import connections, transaction
 
 from apps.sharding.ids import bucket_of
 from apps.sharding.moves import buckets_ever_moved
@@ -47,16 +53,28 @@ class LedgerReport:
     entries: int = 0
     transfers: int = 0
     transfers_by_status: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    violation_count: int = 0
 
     @property
     def ok(self) -> bool:
-        return not self.violations
+        return self.violation_count == 0
+
+    def add(self, violation: str) -> None:
+        self.violation_count += 1
+        if len(self.violations) < MAX_VIOLATIONS_LISTED:
+            self.violations.append(violation)
 
 
-def _rows(alias: str, sql: str) -> list[tuple]:
-    with connections[alias].cursor() as cursor:
+MAX_VIOLATIONS_LISTED = 1000  # beyond this a report counts them: a broken ledger must not exhaust memory
+_FETCH = 5000
+
+
+def _rows(alias: str, sql: str) -> Iterator[tuple]:
+    """The rows of `sql` on `alias`, fetched in chunks from a server-side cursor."""
+    with connections[alias].chunked_cursor() as cursor:
         cursor.execute(sql)
-        return cursor.fetchall()
+        while chunk := cursor.fetchmany(_FETCH):
+            yield from chunk
 
 
 @dataclass
@@ -67,52 +85,92 @@ class _Movement:
     currency: str
 
 
+# Each stream is ordered by the transfer id as text: a UUID's canonical text sorts as its
+# bytes do, and COLLATE "C" keeps the entries' text references in the same order whatever
+# the database's collation, so the streams of every shard merge in one pass.
+_TRANSFERS_SQL = (
+    "SELECT t.id::text AS key, t.id, t.payer_id, t.payee_id, t.amount_minor, t.currency, t.status"
+    " FROM transfers_transfer t WHERE sharding_serves(t.id) ORDER BY t.id"
+)
+_MOVEMENTS_SQL = (
+    "SELECT e.reference, e.kind, e.wallet_id, e.amount_minor, w.currency FROM ledger_entry e"
+    " JOIN ledger_wallet w ON w.id = e.wallet_id WHERE e.kind IN ('debit', 'credit', 'refund')"
+    ' AND sharding_serves(w.id) ORDER BY e.reference COLLATE "C"'
+)
+_OUTCOMES_SQL = (
+    "SELECT c.transfer_id::text AS key, c.payee_id, c.outcome FROM transfers_payee_credit c"
+    " WHERE sharding_serves(c.payee_id) ORDER BY c.transfer_id"
+)
+_TRANSFER, _MOVEMENT, _OUTCOME = 0, 1, 2
+
+
+def _tagged(alias: str, sql: str, tag: int) -> Iterator[tuple[str, int, str, tuple]]:
+    for row in _rows(alias, sql):
+        yield row[0], tag, alias, row[1:]
+
+
+@contextmanager
+def _snapshots(aliases: list[str]) -> Iterator[None]:
+    """One transaction per shard, REPEATABLE READ where this call opens it: a shard's
+    streams then read one snapshot (its server-side cursors need a transaction anyway)."""
+    with ExitStack() as stack:
+        for alias in aliases:
+            opens = not connections[alias].in_atomic_block
+            stack.enter_context(transaction.atomic(using=alias))
+            if opens:
+                with connections[alias].cursor() as cursor:
+                    cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        yield
+
+
 def check_ledger() -> LedgerReport:
     report = LedgerReport()
-    movements: dict[str, list[_Movement]] = defaultdict(list)
-    outcomes: dict[str, tuple[uuid.UUID, str]] = {}
-    transfers: list[tuple] = []
-    for alias in shard_aliases():
-        _check_wallets(alias, report)
-        for reference, kind, wallet_id, amount, currency in _rows(
-            alias,
-            "SELECT e.reference, e.kind, e.wallet_id, e.amount_minor, w.currency FROM ledger_entry e"
-            " JOIN ledger_wallet w ON w.id = e.wallet_id WHERE e.kind IN ('debit', 'credit', 'refund')"
-            " AND sharding_serves(w.id)",
-        ):
-            movements[reference].append(_Movement(kind, wallet_id, amount, currency))
-        for transfer_id, payee_id, outcome in _rows(
-            alias, "SELECT transfer_id, payee_id, outcome FROM transfers_payee_credit WHERE sharding_serves(payee_id)"
-        ):
-            outcomes[str(transfer_id)] = (payee_id, outcome)
-        for row in _rows(
-            alias,
-            "SELECT id, payer_id, payee_id, amount_minor, currency, status FROM transfers_transfer"
-            " WHERE sharding_serves(id)",
-        ):
-            if alias_for_id(row[0]) != alias or alias_for_id(row[1]) != alias:
-                report.violations.append(f"transfer {row[0]} is on {alias}, not on its payer's shard")
-            transfers.append(row)
-
+    aliases = shard_aliases()
     moved_buckets = buckets_ever_moved()
-    for transfer_id, payer_id, payee_id, amount, currency, status in transfers:
-        report.transfers += 1
-        report.transfers_by_status[status] += 1
-        moves = movements.pop(str(transfer_id), [])
-        _check_transfer(
-            report, transfer_id, payer_id, payee_id, amount, currency, status, moves, outcomes, moved_buckets
-        )  # fmt: skip
-    for reference, moves in movements.items():
-        kinds = sorted(m.kind for m in moves)
-        report.violations.append(f"entries {kinds} reference {reference}, which is no transfer")
+    with _snapshots(aliases):
+        for alias in aliases:
+            _check_wallets(alias, report)
+        streams = [
+            _tagged(alias, sql, tag)
+            for alias in aliases
+            for sql, tag in ((_TRANSFERS_SQL, _TRANSFER), (_MOVEMENTS_SQL, _MOVEMENT), (_OUTCOMES_SQL, _OUTCOME))
+        ]
+        merged = heapq.merge(*streams, key=lambda item: item[0])
+        for reference, items in groupby(merged, key=lambda item: item[0]):
+            _check_reference(report, reference, list(items), moved_buckets)
 
     for currency, totals in sorted(report.totals.items()):
         if totals.balances != totals.expected_balances:
-            report.violations.append(
+            report.add(
                 f"{currency}: balances {totals.balances} != deposits {totals.deposits} - withdrawals "
                 f"{totals.withdrawals} - in flight {totals.in_flight} = {totals.expected_balances}"
             )
     return report
+
+
+def _check_reference(
+    report: LedgerReport, reference: str, items: list[tuple[str, int, str, tuple]], moved_buckets: set[int]
+) -> None:
+    """Everything every shard holds about one transfer id: its row, its entries, its payee outcome."""
+    transfers = [(alias, row) for _, tag, alias, row in items if tag == _TRANSFER]
+    moves = [_Movement(*row) for _, tag, _, row in items if tag == _MOVEMENT]
+    outcomes = [row for _, tag, _, row in items if tag == _OUTCOME]
+    if not transfers:
+        if moves:
+            kinds = sorted(m.kind for m in moves)
+            report.add(f"entries {kinds} reference {reference}, which is no transfer")
+        return
+    if len(transfers) > 1:
+        report.add(f"transfer {reference} is stored on {sorted(alias for alias, _ in transfers)}")
+    if len(outcomes) > 1:
+        report.add(f"transfer {reference} has {len(outcomes)} payee outcomes")
+    outcome = outcomes[0] if outcomes else None
+    alias, (transfer_id, payer_id, payee_id, amount, currency, status) = transfers[0]
+    if alias_for_id(transfer_id) != alias or alias_for_id(payer_id) != alias:
+        report.add(f"transfer {transfer_id} is on {alias}, not on its payer's shard")
+    report.transfers += 1
+    report.transfers_by_status[status] += 1
+    _check_transfer(report, transfer_id, payer_id, payee_id, amount, currency, status, moves, outcome, moved_buckets)
 
 
 def _check_wallets(alias: str, report: LedgerReport) -> None:
@@ -127,15 +185,13 @@ def _check_wallets(alias: str, report: LedgerReport) -> None:
         report.entries += count
         report.totals[currency].balances += balance
         if balance < 0:
-            report.violations.append(f"wallet {wallet_id} has a negative balance {balance}")
+            report.add(f"wallet {wallet_id} has a negative balance {balance}")
         if balance != total:
-            report.violations.append(f"wallet {wallet_id}: balance {balance} != sum of entries {total}")
+            report.add(f"wallet {wallet_id}: balance {balance} != sum of entries {total}")
         if not last_seq == count == max_seq:
-            report.violations.append(
-                f"wallet {wallet_id}: entry sequence broken (last {last_seq}, count {count}, max {max_seq})"
-            )
+            report.add(f"wallet {wallet_id}: entry sequence broken (last {last_seq}, count {count}, max {max_seq})")
         if alias_for_id(wallet_id) != alias:
-            report.violations.append(f"wallet {wallet_id} is on {alias}, not on the shard of its bucket")
+            report.add(f"wallet {wallet_id} is on {alias}, not on the shard of its bucket")
     for currency, kind, total in _rows(
         alias,
         "SELECT w.currency, e.kind, sum(e.amount_minor) FROM ledger_entry e"
@@ -167,7 +223,7 @@ def _check_transfer(
     currency: str,
     status: str,
     moves: list[_Movement],
-    outcomes: dict[str, tuple[uuid.UUID, str]],
+    outcome: tuple[uuid.UUID, str] | None,
     moved_buckets: set[int],
 ) -> None:
     expected = {"debit": (payer_id, -amount), "credit": (payee_id, amount), "refund": (payer_id, amount)}
@@ -175,25 +231,24 @@ def _check_transfer(
     for move in moves:
         counts[move.kind] += 1
         if (move.wallet_id, move.amount) != expected[move.kind] or move.currency != currency:
-            report.violations.append(
+            report.add(
                 f"transfer {transfer_id}: {move.kind} of {move.amount} {move.currency} on {move.wallet_id}"
                 f" does not match the transfer"
             )
     shape = (counts["debit"], counts["credit"], counts["refund"])
     if shape not in _ALLOWED_COUNTS[status]:
-        report.violations.append(
+        report.add(
             f"transfer {transfer_id} is {status} but has {shape[0]} debit(s), {shape[1]} credit(s),"
             f" {shape[2]} refund(s)"
         )
     if shape[0] == 1 and shape[1] == 0 and shape[2] == 0:
         report.totals[currency].in_flight += amount
-    outcome = outcomes.get(str(transfer_id))
     # Payer and payee on one shard when the transfer ran: no payee outcome was written. A
     # move may since have put them on different shards; then only a recorded outcome is held.
     moved = bucket_of(payer_id) in moved_buckets or bucket_of(payee_id) in moved_buckets
     if alias_for_id(payer_id) != alias_for_id(payee_id) and not (moved and outcome is None and shape[2] == 0):
         credited = outcome is not None and outcome[1] == "credited"
         if credited != (shape[1] == 1):
-            report.violations.append(f"transfer {transfer_id}: payee outcome {outcome} disagrees with its entries")
+            report.add(f"transfer {transfer_id}: payee outcome {outcome} disagrees with its entries")
         if status == "failed" and shape[2] == 1 and (outcome is None or outcome[1] != "rejected"):
-            report.violations.append(f"transfer {transfer_id} was refunded without a recorded payee rejection")
+            report.add(f"transfer {transfer_id} was refunded without a recorded payee rejection")

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 from django.conf import settings
-from django.db import DatabaseError, connections
+from django.db import DatabaseError, connections, transaction
 from django.test import Client
 
 from apps.observability.jsonlog import JsonFormatter
@@ -75,8 +75,8 @@ def test_metrics_move_when_transfers_run_in_worker_processes(workers) -> None:
     # Counted in this process (the API ran in-process): debited at creation.
     assert moved("shardwallet_transfer_transitions_total", status="debited") == 3
     assert moved("shardwallet_http_request_seconds_count", route="v1/transfers", status="202") == 3
-    # Read from the shards at scrape time.
-    assert total(after, "shardwallet_transfers", shard="shard_00", status="completed") == 3
+    # Read from the shards at scrape time: nothing of these is in flight any more.
+    assert total(after, "shardwallet_transfers_in_flight", shard="shard_00") == 0
     assert total(after, "shardwallet_shard_up", shard="shard_01") == 1
     # The CDC placeholder until the audit app reports lag.
     assert total(after, "shardwallet_cdc_up") == 0
@@ -99,7 +99,9 @@ def test_failed_transfers_are_counted_by_reason_and_parked_ones_gauged() -> None
         - total(before, "shardwallet_transfer_transitions_total", **reason)
         == 1
     )
-    assert total(after, "shardwallet_transfers", shard="shard_00", **reason) == 1
+    # The shards' gauge counts what is in flight only: the parked one, not the failed one.
+    assert total(after, "shardwallet_transfers_in_flight", shard="shard_00", status="debited") == 1
+    assert total(after, "shardwallet_transfers_in_flight", shard="shard_00") == 1
     assert total(after, "shardwallet_transfers_parked", shard="shard_00") == 1
     assert total(after, "shardwallet_transfers_parked", shard="shard_01") == 0
 
@@ -188,3 +190,16 @@ def test_each_response_says_how_long_the_application_worked_on_it_unless_turned_
     assert 0 < float(duration) < 60_000
     settings.SERVER_TIMING_HEADER = False  # read when the middleware is built: a new client builds it
     assert "Server-Timing" not in api_for(key).get("/v1/wallets")
+
+
+def test_the_in_flight_gauge_reads_an_index_not_every_transfer() -> None:
+    """A scrape must cost what is in flight, not what the shard ever stored: its query can be
+    answered from the partial index of in-flight transfers."""
+    from apps.observability.collectors import _IN_FLIGHT_SQL
+
+    with transaction.atomic(using="shard_00"), connections["shard_00"].cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute("EXPLAIN " + _IN_FLIGHT_SQL)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "transfer_in_flight" in plan, plan
+    assert "Seq Scan" not in plan, plan

@@ -220,6 +220,28 @@ def test_check_ledger_reports_tampering(owner) -> None:
     assert any(str(transfer.id) in v and "credit" in v for v in violations)
 
 
+def test_check_ledger_pairs_each_credit_with_its_transfer_across_shards(owner) -> None:
+    """The shards' streams are merged by transfer id: a credit that moved to another
+    reference is found as an orphan, and its transfer as uncredited; the others pair."""
+    payer = make_wallet(owner, funded=1000, shard="shard_00")
+    payee = make_wallet(owner, shard="shard_01")
+    transfers = [saga.transfer_advance(create_transfer(owner, payer, payee.id, 10 + i).id) for i in range(5)]
+    assert [t.status for t in transfers] == ["completed"] * 5
+    assert_ledger_ok()
+    tampered, stranger = transfers[2], uuid.uuid4()
+    raw_query(
+        "shard_01",
+        "UPDATE ledger_entry SET reference = %s WHERE reference = %s AND kind = 'credit'",
+        [str(stranger), str(tampered.id)],
+    )
+    report = check_ledger()
+    assert f"entries ['credit'] reference {stranger}, which is no transfer" in report.violations
+    assert any(str(tampered.id) in v and "0 credit(s)" in v for v in report.violations)
+    others = [str(t.id) for t in transfers if t.id != tampered.id]
+    assert not [v for v in report.violations if any(other in v for other in others)]
+    assert report.transfers == 5
+
+
 def test_check_ledger_command_exits_non_zero_with_a_report_on_violation(owner) -> None:
     from io import StringIO
 

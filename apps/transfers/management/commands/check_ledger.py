@@ -26,4 +26,6 @@ class Command(BaseCommand):
             return
         for violation in report.violations:
             self.stderr.write(f"VIOLATION: {violation}")
-        raise CommandError(f"{len(report.violations)} violation(s)")
+        if report.violation_count > len(report.violations):
+            self.stderr.write(f"... and {report.violation_count - len(report.violations)} more")
+        raise CommandError(f"{report.violation_count} violation(s)")
