@@ -58,6 +58,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         " (SHARDWALLET_TRANSFER_DRAIN_IN_API=0)",
     )
     parser.add_argument(
+        "--history",
+        type=int,
+        default=0,
+        metavar="ENTRIES",
+        help="first fill the shards set-based with a consistent history of about ENTRIES ledger entries"
+        " (a tenth as many wallets; e.g. 10000000), and pay between a sample of its wallets too",
+    )
+    parser.add_argument("--history-sample", type=int, default=100_000, help="history wallets the phases pay between")
+    parser.add_argument(
         "--reconcile-during-load",
         action="store_true",
         help="run `reconcile` against the audit store while the closed-loop phases run (needs the CDC)",
@@ -100,6 +109,14 @@ def cpu_snapshot() -> dict[str, float]:
     return totals
 
 
+def since_id(since: float) -> str:
+    """The smallest UUIDv7 of a time: ids carry their creation millisecond first, so a phase's
+    transfers are found through the primary key however many transfers came before."""
+    import uuid
+
+    return str(uuid.UUID(int=int(since * 1000) << 80))
+
+
 def in_flight(since: float) -> int:
     rows = every_shard(
         "SELECT count(*) FROM transfers_transfer WHERE created_at >= to_timestamp(%s)"
@@ -126,8 +143,8 @@ def every_shard(sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
 def terminal_states(since: float) -> dict[str, tuple[str, str | None, float, int]]:
     rows = every_shard(
         "SELECT id::text, status, failure_reason, extract(epoch FROM updated_at), attempts"
-        " FROM transfers_transfer WHERE created_at >= to_timestamp(%s)",
-        [since],
+        " FROM transfers_transfer WHERE id >= %s::uuid AND created_at >= to_timestamp(%s)",
+        [since_id(since), since],
     )
     return {tid: (status, reason, float(finished), attempts) for tid, status, reason, finished, attempts in rows}
 
@@ -136,14 +153,15 @@ def step_times(since: float) -> dict[str, tuple[float, float | None]]:
     """Per transfer created since `since`: when its first step ran (its created_at) and, for a
     cross-shard one, when the payee's shard credited it (the payee outcome's created_at)."""
     created = every_shard(
-        "SELECT id::text, extract(epoch FROM created_at) FROM transfers_transfer WHERE created_at >= to_timestamp(%s)",
-        [since],
+        "SELECT id::text, extract(epoch FROM created_at) FROM transfers_transfer"
+        " WHERE id >= %s::uuid AND created_at >= to_timestamp(%s)",
+        [since_id(since), since],
     )
     credited = dict(
         every_shard(
             "SELECT transfer_id::text, extract(epoch FROM created_at) FROM transfers_payee_credit"
-            " WHERE created_at >= to_timestamp(%s)",
-            [since],
+            " WHERE transfer_id >= %s::uuid AND created_at >= to_timestamp(%s)",
+            [since_id(since), since],
         )
     )
     return {tid: (float(at), float(credited[tid]) if tid in credited else None) for tid, at in created}
@@ -182,17 +200,25 @@ def cdc_catch_up(timeout: float = 120) -> dict[str, Any]:
     }
 
 
-def setup_wallets(count: int) -> tuple[str, list[str]]:
+def setup_wallets(count: int, history_entries: int = 0, history_sample: int = 0) -> tuple[str, list[str], Any]:
+    """The bench's API client and its funded wallets; with a history, first the history (its
+    wallets the client's too) and a sample of its wallets among those the phases pay between."""
     from apps.accounts.services import api_client_create
     from apps.ledger.services import wallet_create, wallet_fund
+    from bench import history
 
     client, key = api_client_create(name="bench")
+    loaded = None
     ids = []
+    if history_entries:
+        loaded = history.load_history(history_entries, owner=client.id)
+        ids += history.sample_wallets(history_sample)
+        loaded["sampled_wallets"] = len(ids)
     for i in range(count):
         wallet = wallet_create(owner_id=client.id, currency="USD")
         wallet_fund(wallet_id=wallet.id, amount_minor=10**12, reference=f"bench-seed-{i}")
         ids.append(str(wallet.id))
-    return key, ids
+    return key, ids, loaded
 
 
 async def run_phase(args: argparse.Namespace, key: str, wallets: list[str], name: str, **kw: Any) -> Any:
@@ -235,9 +261,14 @@ def main(argv: list[str]) -> int:
     try:
         call_command("migrate_shards", verbosity=0)
         print(f"creating and funding {args.wallets} wallets", flush=True)
-        key, wallets = setup_wallets(args.wallets)
+        key, wallets, loaded = setup_wallets(args.wallets, args.history, args.history_sample)
         connections.close_all()
         services.start()
+        if loaded is not None and not args.no_cdc:
+            from bench import history
+
+            loaded["cdc_snapshot_seconds"] = history.wait_for_snapshot(stack.AUDIT_HTTP_PORT)
+            print(f"  the CDC took its snapshot of the history in {loaded['cdc_snapshot_seconds']} s", flush=True)
 
         servers = [settings.SHARD_MAP.shards[a] for a in settings.SHARD_MAP.aliases]
         clients = [int(c) for c in args.ceiling_clients.split(",")]
@@ -291,6 +322,12 @@ def main(argv: list[str]) -> int:
             return 1
         print(f"  ledger OK: {ledger.wallets} wallets, {ledger.transfers} transfers", flush=True)
         cdc = None if args.no_cdc else cdc_catch_up()
+        from bench import history
+
+        sizes = history.table_sizes()
+        size_figures = history.at_size(
+            f"http://127.0.0.1:{stack.API_PORT}", None if args.no_cdc else stack.AUDIT_HTTP_PORT
+        )
 
         document = {
             "command": "python -m bench " + " ".join(argv),
@@ -310,6 +347,9 @@ def main(argv: list[str]) -> int:
                 "by_clients": set_ceil.by_clients,
             },
             "ledger_ok": True,
+            "history": loaded,
+            "table_sizes": sizes,
+            "at_size": size_figures,
             "move": move_summary,
             "cdc": cdc,
             "reconcile_during_load": during.outcomes if during is not None else None,
@@ -332,6 +372,10 @@ def main(argv: list[str]) -> int:
         for r in results:
             against, value = ceilings.for_phase(r.name)
             print(f"RATIO {r.name}: {r.completed_per_second / value:.2f} of the {against} ceiling")
+        print(history.sizes_table(sizes))
+        print(history.at_size_line(size_figures))
+        if loaded is not None:
+            print("HISTORY:", json.dumps(loaded))
         if move_summary is not None:
             print("MOVE:", json.dumps(move_summary, indent=1))
         if cdc is not None:

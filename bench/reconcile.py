@@ -49,7 +49,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 # -- generation -----------------------------------------------------------------------------
 
 
-def generation_sql(*, shard: int, shards: int, wallets: int, transfers: int, buckets: list[list[int]]) -> list[str]:
+def generation_sql(
+    *, shard: int, shards: int, wallets: int, transfers: int, buckets: list[list[int]], owner: int = 1
+) -> list[str]:
     """The statements that fill shard number `shard` (of `shards`).
 
     Wallet i lives on shard i % shards, in bucket buckets[i % shards][(i // shards) % len];
@@ -97,8 +99,8 @@ def generation_sql(*, shard: int, shards: int, wallets: int, transfers: int, buc
            SELECT k, payee, 'credit', amount, id FROM tr WHERE payee % {n} = {s}""",
         f"""INSERT INTO ledger_wallet (id, owner_id, currency, balance_minor, status, last_entry_seq, created_at,
                                       updated_at)
-           SELECT pg_temp.wallet_id(i), 1, 'USD', {DEPOSIT} + coalesce(m.total, 0), 'active', 1 + coalesce(m.moves, 0),
-                  now(), now()
+           SELECT pg_temp.wallet_id(i), {int(owner)}, 'USD', {DEPOSIT} + coalesce(m.total, 0), 'active',
+                  1 + coalesce(m.moves, 0), now(), now()
              FROM generate_series({s}::bigint, {w - 1}::bigint, {n}) i
              LEFT JOIN (SELECT wallet, sum(delta) AS total, count(*) AS moves FROM mv GROUP BY wallet) m
                ON m.wallet = i""",
@@ -116,8 +118,8 @@ def generation_sql(*, shard: int, shards: int, wallets: int, transfers: int, buc
         f"""INSERT INTO transfers_transfer (id, client_id, payer_id, payee_id, amount_minor, currency, status,
                                            failure_reason, request_fingerprint, attempts, last_error, parked_at,
                                            created_at, updated_at)
-           SELECT id, 1, pg_temp.wallet_id(payer), pg_temp.wallet_id(payee), amount, 'USD', 'completed', NULL,
-                  'bench', 1, '', NULL, now(), now()
+           SELECT id, {int(owner)}, pg_temp.wallet_id(payer), pg_temp.wallet_id(payee), amount, 'USD',
+                  'completed', NULL, 'bench', 1, '', NULL, now(), now()
              FROM tr WHERE payer % {n} = {s}""",
         f"""INSERT INTO transfers_event (transfer_id, from_status, to_status, reason, created_at)
            SELECT tr.id, v.from_status, v.to_status, NULL, now()
@@ -133,7 +135,7 @@ def generation_sql(*, shard: int, shards: int, wallets: int, transfers: int, buc
     ]
 
 
-def generate(servers: list[Any], buckets: list[list[int]], wallets: int, transfers: int) -> None:
+def generate(servers: list[Any], buckets: list[list[int]], wallets: int, transfers: int, owner: int = 1) -> None:
     import psycopg
 
     errors: list[BaseException] = []
@@ -142,7 +144,12 @@ def generate(servers: list[Any], buckets: list[list[int]], wallets: int, transfe
         try:
             with psycopg.connect(servers[index].conninfo(), autocommit=True) as conn:
                 for statement in generation_sql(
-                    shard=index, shards=len(servers), wallets=wallets, transfers=transfers, buckets=buckets
+                    shard=index,
+                    shards=len(servers),
+                    wallets=wallets,
+                    transfers=transfers,
+                    buckets=buckets,
+                    owner=owner,
                 ):
                     conn.execute(statement)
         except BaseException as exc:
