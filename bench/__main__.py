@@ -29,6 +29,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=200, help="transfers per batch request")
     parser.add_argument("--batch-concurrency", type=int, default=4, help="closed-loop clients, batch requests")
     parser.add_argument("--hot-share", type=float, default=0.0, help="share of transfers paying one hot wallet")
+    parser.add_argument("--hot-payer-share", type=float, default=0.0, help="share of transfers paid by one hot wallet")
     parser.add_argument("--api-workers", type=int, default=2)
     parser.add_argument("--api-threads", type=int, default=8)
     parser.add_argument("--saga-workers", type=int, default=2)
@@ -224,7 +225,7 @@ def setup_wallets(count: int, history_entries: int = 0, history_sample: int = 0)
 async def run_phase(args: argparse.Namespace, key: str, wallets: list[str], name: str, **kw: Any) -> Any:
     from bench.load import Client, Workload, closed_loop, open_loop
 
-    workload = Workload(wallets, hot_share=args.hot_share)
+    workload = Workload(wallets, hot_share=args.hot_share, hot_payer_share=args.hot_payer_share)
     connections = max(args.concurrency, args.batch_concurrency) + 8
     async with Client(f"http://127.0.0.1:{stack.API_PORT}", key, connections) as client:
         if "rate" in kw:

@@ -161,6 +161,7 @@ def at_size(api_url: str, audit_http_port: int | None) -> dict[str, Any]:
             lambda: urllib.request.urlopen(f"{api_url}/metrics", timeout=60).read()  # noqa: S310 (our own http URL)
         ),
     }
+    out["admin_changelist_ms"] = admin_changelists()
     connections.close_all()
     manage = [sys.executable, str(ROOT / "manage.py")]
     logs = ROOT / "var" / "bench"
@@ -174,11 +175,30 @@ def at_size(api_url: str, audit_http_port: int | None) -> dict[str, Any]:
     return out
 
 
+def admin_changelists() -> dict[str, float]:
+    """Milliseconds to render the first page of the sharded changelists, as a superuser."""
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    user, _ = get_user_model().objects.get_or_create(
+        username="bench-admin", defaults={"is_staff": True, "is_superuser": True}
+    )
+    browser = Client()
+    browser.force_login(user)
+    timings = {}
+    for page in ("ledger/wallet", "ledger/ledgerentry", "transfers/transfer"):
+        started = time.perf_counter()
+        response = browser.get(f"/admin/{page}/")
+        timings[page] = round((time.perf_counter() - started) * 1000, 1) if response.status_code == 200 else -1.0
+    return timings
+
+
 def at_size_line(figures: dict[str, Any]) -> str:
     drains = ", ".join(f"{a} {ms} ms" for a, ms in figures["empty_drain_ms"].items())
     text = (
         f"at this size: sweeper {figures['sweeper_ms']} ms; a drain with nothing to claim: {drains};"
-        f" /metrics {figures['metrics_scrape_ms']} ms; check_ledger {figures['check_ledger']['seconds']} s"
+        f" /metrics {figures['metrics_scrape_ms']} ms; admin lists {figures['admin_changelist_ms']} ms;"
+        f" check_ledger {figures['check_ledger']['seconds']} s"
         f" (max RSS {figures['check_ledger']['max_rss_mb']} MB, exit {figures['check_ledger']['exit']})"
     )
     if "reconcile" in figures:

@@ -54,18 +54,24 @@ class PhaseLoad:
 
 @dataclass
 class Workload:
-    """Which wallets pay which: random pairs, with a share of transfers to one hot payee."""
+    """Which wallets pay which: random pairs, with a share of transfers to one hot payee
+    (`hot_share`, the first wallet) and a share paid by one hot payer (`hot_payer_share`, the second)."""
 
     wallet_ids: list[str]
     hot_share: float
     amount: int = 1
     rng: random.Random = field(default_factory=lambda: random.Random(7))  # noqa: S311 - load, not secrets
+    hot_payer_share: float = 0.0
 
     def body(self) -> dict[str, object]:
-        payer = self.rng.choice(self.wallet_ids)
+        hot_payer = self.rng.random() < self.hot_payer_share
+        payer = self.wallet_ids[1] if hot_payer else self.rng.choice(self.wallet_ids)
         payee = self.wallet_ids[0] if self.rng.random() < self.hot_share else self.rng.choice(self.wallet_ids)
         while payee == payer:
-            payer = self.rng.choice(self.wallet_ids)
+            if hot_payer:
+                payee = self.rng.choice(self.wallet_ids)
+            else:
+                payer = self.rng.choice(self.wallet_ids)
         return {"from": payer, "to": payee, "amount_minor": self.amount, "currency": "USD"}
 
 

@@ -176,3 +176,27 @@ def test_with_a_shard_down_the_lists_show_the_others_and_say_what_is_missing(vie
     assert shards["shard_00"].rows["wallets"] == 1
     assert "shard_01" in operations.context["unreachable"]
     assert len(listed_ids(viewer.get("/admin/ledger/wallet/"))) == 2  # back
+
+
+def test_a_large_shard_is_counted_by_the_planners_estimate_not_a_scan(viewer, monkeypatch) -> None:
+    """A page view must not COUNT millions of rows: above the threshold the changelist's count
+    is PostgreSQL's estimate; a shard holding few rows is still counted exactly."""
+    from apps.sharding import admin as sharded_admin
+
+    owner, _ = make_client()
+    for _ in range(12):
+        make_wallet(owner, shard="shard_00")
+    make_wallet(owner, shard="shard_01")
+    for alias in ("shard_00", "shard_01"):
+        with connections[alias].cursor() as cursor:
+            cursor.execute("ANALYZE ledger_wallet")
+    monkeypatch.setattr(sharded_admin, "EXACT_COUNT_UP_TO", 5)
+    with (
+        CaptureQueriesContext(connections["shard_00"]) as on_large,
+        CaptureQueriesContext(connections["shard_01"]) as on_small,
+    ):
+        response = viewer.get("/admin/ledger/wallet/")
+    assert response.status_code == 200
+    assert response.context["cl"].result_count == 13  # 12 estimated (fresh statistics) + 1 counted
+    assert not [q["sql"] for q in on_large.captured_queries if "COUNT(" in q["sql"].upper()]
+    assert [q["sql"] for q in on_small.captured_queries if "COUNT(" in q["sql"].upper()]
