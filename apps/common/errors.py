@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django.db import InterfaceError, OperationalError, close_old_connections
@@ -10,6 +11,8 @@ from rest_framework import exceptions as drf
 from rest_framework.response import Response
 
 from apps.sharding.fence import BucketsMoving, is_fence_refusal
+
+log = logging.getLogger(__name__)
 
 
 class DomainError(Exception):
@@ -101,6 +104,8 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     if isinstance(exc, OperationalError | InterfaceError):
         # A shard (or the control database) is down or the connection dropped. Nothing was
         # committed or the commit is durable; either way a retry with the same key is safe.
+        # The client gets the code; the cause (which server, lock timeout or lost connection) goes to the log.
+        log.warning("database unavailable: %s: %s", type(exc).__name__, str(exc).strip()[:500])
         close_old_connections()
         body = error_body("service_unavailable", "A database is unavailable; retry with the same Idempotency-Key.")
         return Response(body, status=503, headers={"Retry-After": "1"})

@@ -407,7 +407,10 @@ def _drain_claimed(alias: str, ids: list[uuid.UUID], now: datetime) -> DrainResu
                 cursor.execute(_COMPLETE_SQL, {"ids": list(credited)})
                 completed = cursor.rowcount
             transaction.on_commit(lambda: count_transition(TransferStatus.COMPLETED, None, completed), using=alias)
-    left_over = [t.id for t in claimed if t.id not in credited]
+    # Every claimed transfer not credited here goes on, including those the lock above skipped
+    # (another transaction held them for a moment): their claim counted as an attempt, so no
+    # later drain takes them, and dropping them would leave them to the sweeper's stall window.
+    left_over = [transfer_id for transfer_id in ids if transfer_id not in credited]
     DRAINED_TRANSFERS.labels(outcome="completed").inc(len(credited))
     DRAINED_TRANSFERS.labels(outcome="left_over").inc(len(left_over))
     return DrainResult(len(claimed), len(credited), left_over, transient)

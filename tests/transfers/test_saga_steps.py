@@ -1,9 +1,12 @@
 """The saga's steps called directly (no worker): outcomes, idempotency, compensation."""
 
+import threading
 import uuid
 from datetime import timedelta
 
+import psycopg
 import pytest
+from django.conf import settings
 from django.utils import timezone
 
 from apps.ledger.models import WalletStatus
@@ -282,6 +285,47 @@ def test_drain_completes_many_debited_transfers_in_a_batch_and_leaves_refusals(o
     again = saga.drain_debited("shard_00")
     assert (again.claimed, again.completed) == (0, 0)
     assert wallet_balance(payer.id) == 10_000 - sum(100 + i for i in range(9))
+    assert_ledger_ok()
+
+
+def test_a_claimed_transfer_the_drain_cannot_lock_is_handed_over_not_dropped(owner, monkeypatch) -> None:
+    """The drain's claim commits an attempt, then it locks the claimed rows skipping locked
+    ones: a row another transaction holds at that instant must come back as a left-over
+    (run by its own task), not wait for the sweeper's stall window."""
+    payer = make_wallet(owner, funded=1000, shard="shard_00")
+    payee = make_wallet(owner, shard="shard_01")
+    held, free = create_transfer(owner, payer, payee.id, 100), create_transfer(owner, payer, payee.id, 50)
+    db = settings.DATABASES["shard_00"]
+    conninfo = f"host={db['HOST']} port={db['PORT']} dbname={db['NAME']} user={db['USER']}"
+    claimed, locked, release = threading.Event(), threading.Event(), threading.Event()
+
+    def hold_row() -> None:  # between the claim's commit and the drain's lock
+        assert claimed.wait(30)
+        with psycopg.connect(conninfo) as conn:
+            conn.execute("SELECT 1 FROM transfers_transfer WHERE id = %s FOR KEY SHARE", [held.id])
+            locked.set()
+            release.wait(30)
+
+    original = saga._drain_claimed
+
+    def after_the_claim(alias, ids, now):
+        claimed.set()
+        assert locked.wait(10)
+        return original(alias, ids, now)
+
+    monkeypatch.setattr(saga, "_drain_claimed", after_the_claim)
+    holder = threading.Thread(target=hold_row)
+    holder.start()
+    try:
+        result = saga.drain_debited("shard_00")
+    finally:
+        claimed.set()
+        release.set()
+        holder.join()
+    assert (result.claimed, result.completed) == (1, 1)  # both claimed; one locked and credited
+    assert result.left_over == [held.id]
+    assert Transfer.objects.using("shard_00").get(id=free.id).status == "completed"
+    assert saga.transfer_advance(held.id).status == "completed"
     assert_ledger_ok()
 
 
