@@ -30,3 +30,8 @@ def fast_cursor(alias: str) -> Iterator[psycopg.Cursor]:
         raw.prepare_threshold = PREPARE_AFTER
     with connection.wrap_database_errors, psycopg.Cursor(raw) as cursor:
         yield cursor
+
+
+# Above this many rows (by the planner's statistics) an operator's page shows a table's
+# estimated size instead of counting it: an exact count of millions of rows is a scan per view.
+EXACT_COUNT_UP_TO = 100_000

@@ -34,6 +34,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from apps.accounts.selectors import api_client_ids_matching, api_client_names
+from apps.common.db import EXACT_COUNT_UP_TO
 from apps.ledger.currencies import format_minor
 from apps.sharding.ids import InvalidId, parse_id
 from apps.sharding.placement import BUCKET_COLUMNS
@@ -41,10 +42,6 @@ from apps.sharding.routing import alias_for_id, shard_aliases, use_shard
 from apps.sharding.shardmap import ShardMapError
 
 _T = TypeVar("_T")
-
-# Above this many rows on a shard (by the planner's estimate) a changelist's count is that
-# estimate: exact counts of large tables scan them, and a page view must not.
-EXACT_COUNT_UP_TO = 100_000
 
 
 def served_only(queryset: QuerySet) -> QuerySet:

@@ -52,11 +52,31 @@ def test_shows_the_shard_map_with_buckets_and_rows_and_says_no_cdc_is_running() 
     shards = {info.alias: info for info in response.context["shards"]}
     assert shards["shard_00"].bucket_ranges == [(0, 511)]
     assert shards["shard_01"].bucket_count == 512
-    assert shards["shard_00"].rows == {"wallets": 1, "ledger entries": 1, "transfers": 0, "payee outcomes": 0}
-    assert shards["shard_01"].rows["wallets"] == 1
+    assert shards["shard_00"].rows == {"wallets": "1", "ledger entries": "1", "transfers": "0", "payee outcomes": "0"}
+    assert shards["shard_01"].rows["wallets"] == "1"
     html = response.content.decode()
     assert "0-511" in html
     assert "CDC not running" in html
+
+
+def test_large_tables_are_shown_by_estimate_without_counting_them(monkeypatch) -> None:
+    from django.db import connections
+    from django.test.utils import CaptureQueriesContext
+
+    from apps.operators import selectors
+
+    owner, _ = make_client()
+    cross_shard_pair(owner, funded=1000)
+    with connections["shard_00"].cursor() as cursor:
+        cursor.execute("ANALYZE ledger_wallet")
+        cursor.execute("ANALYZE ledger_entry")
+    monkeypatch.setattr(selectors, "EXACT_COUNT_UP_TO", 0)
+    with CaptureQueriesContext(connections["shard_00"]) as queries:
+        response = logged_in(make_staff("vera", "viewers")).get("/admin/operations/")
+    shards = {info.alias: info for info in response.context["shards"]}
+    assert shards["shard_00"].rows["wallets"] == "~1"
+    assert shards["shard_00"].rows["ledger entries"] == "~1"
+    assert not [q["sql"] for q in queries.captured_queries if "count(*) FROM ledger_" in q["sql"]]
 
 
 def test_a_viewer_sees_the_page_without_action_buttons() -> None:
