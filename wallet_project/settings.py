@@ -57,7 +57,7 @@ for _database in DATABASES.values():
     # Django's PostgreSQL backend, counting connection and query errors per alias for /metrics.
     _database["ENGINE"] = "apps.observability.backend"
 DATABASE_ROUTERS = ["apps.sharding.router.ShardRouter"]
-SHARDED_APPS = {"ledger", "transfers"}
+SHARDED_APPS = {"ledger", "transfers", "holds"}
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -73,6 +73,7 @@ INSTALLED_APPS = [
     "apps.accounts",
     "apps.ledger",
     "apps.transfers",
+    "apps.holds",
     "apps.audit",
     "apps.observability",
     "apps.operators",  # last: its post_migrate hook sets up the staff groups once every app's permissions exist
@@ -216,7 +217,8 @@ AUDIT_PUBLICATION = ENV.optional("SHARDWALLET_AUDIT_PUBLICATION", "shardwallet_a
 # and the shard's journal of bucket moves (sharding_move_marker, into audit.move_journal).
 AUDIT_TABLES = ENV.optional(
     "SHARDWALLET_AUDIT_TABLES",
-    "ledger_wallet,ledger_entry,transfers_transfer,transfers_event,transfers_payee_credit,sharding_move_marker",
+    "ledger_wallet,ledger_entry,transfers_transfer,transfers_event,transfers_payee_credit,holds_hold,"
+    "sharding_move_marker",
 ).split(",")
 AUDIT_BATCH_MAX_CHANGES = int(ENV.optional("SHARDWALLET_AUDIT_BATCH_MAX_CHANGES", "20000"))
 AUDIT_BATCH_MAX_SECONDS = float(ENV.optional("SHARDWALLET_AUDIT_BATCH_MAX_SECONDS", "0.2"))
@@ -278,6 +280,11 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 4
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # Publishing must not hang an API request when Redis is down: the sweeper catches up.
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+# Holds: how long one lasts when the request names no expiry, and the longest it may last.
+HOLD_DEFAULT_SECONDS = int(ENV.optional("SHARDWALLET_HOLD_DEFAULT_SECONDS", str(7 * 24 * 3600)))
+HOLD_MAX_SECONDS = int(ENV.optional("SHARDWALLET_HOLD_MAX_SECONDS", str(30 * 24 * 3600)))
+HOLD_EXPIRY_INTERVAL_SECONDS = float(ENV.optional("SHARDWALLET_HOLD_EXPIRY_INTERVAL_SECONDS", "10"))
+
 CELERY_BEAT_SCHEDULE = {
     "sweep-stalled-transfers": {
         "task": "apps.transfers.tasks.sweep_stalled_transfers",
@@ -286,6 +293,10 @@ CELERY_BEAT_SCHEDULE = {
     "purge-idempotency-records": {
         "task": "apps.transfers.tasks.purge_idempotency_records",
         "schedule": 3600.0,
+    },
+    "expire-holds": {
+        "task": "apps.holds.tasks.expire_holds",
+        "schedule": HOLD_EXPIRY_INTERVAL_SECONDS,
     },
 }
 

@@ -22,10 +22,12 @@ class EntryKind(models.TextChoices):
     DEBIT = "debit"  # a transfer takes money from its payer
     CREDIT = "credit"  # a transfer gives money to its payee
     REFUND = "refund"  # a failed transfer gives its debit back to the payer
+    HOLD = "hold"  # a hold reserves money: out of the available balance, still the payer's
+    RELEASE = "release"  # a hold's void, expiry or capture gives the reserved amount back
 
 
-INFLOWS = [EntryKind.DEPOSIT, EntryKind.CREDIT, EntryKind.REFUND]
-OUTFLOWS = [EntryKind.WITHDRAWAL, EntryKind.DEBIT]
+INFLOWS = [EntryKind.DEPOSIT, EntryKind.CREDIT, EntryKind.REFUND, EntryKind.RELEASE]
+OUTFLOWS = [EntryKind.WITHDRAWAL, EntryKind.DEBIT, EntryKind.HOLD]
 
 
 class Wallet(models.Model):

@@ -13,6 +13,7 @@ MONEY_COLUMNS = {
     "ledger_movement_key": "amount_minor",
     "transfers_transfer": "amount_minor",
     "transfers_payee_credit": "amount_minor",
+    "holds_hold": "amount_minor",
 }
 
 # (table, bucket) -> (rows, money, hash)

@@ -105,6 +105,7 @@ PRIMARY_KEYS = {
     "transfers_event": "id",
     "transfers_idempotency": "id",
     "transfers_payee_credit": "transfer_id",
+    "holds_hold": "id",
 }
 
 

@@ -1,9 +1,9 @@
 """Which column of each sharded table carries the row's bucket, and the SQL names built on it.
 
 Every row of a bucket moves with it: a wallet and its entries and movement keys, a transfer
-(its id carries its payer's bucket) and its events and idempotency records, and the payee
-credits kept on the payee's shard. The fence, the mover's copy filter, its verification and
-its clean-up all read this one table.
+(its id carries its payer's bucket) and its events and idempotency records, the payee
+credits kept on the payee's shard, and a hold (its id carries its payer's bucket). The fence,
+the mover's copy filter, its verification and its clean-up all read this one table.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ BUCKET_COLUMNS: dict[str, str] = {
     "transfers_event": "transfer_id",
     "transfers_idempotency": "payer_id",
     "transfers_payee_credit": "payee_id",
+    "holds_hold": "id",  # a hold lives on its payer's shard, with the payer's bucket in its id
 }
 
 # SQLSTATE raised by the fence when a write reaches a shard for a bucket it does not serve.

@@ -39,10 +39,11 @@ class CurrencyTotals:
     deposits: int = 0
     withdrawals: int = 0
     in_flight: int = 0
+    held: int = 0  # open holds: out of their wallets' balances, still their payers' money
 
     @property
     def expected_balances(self) -> int:
-        return self.deposits - self.withdrawals - self.in_flight
+        return self.deposits - self.withdrawals - self.in_flight - self.held
 
 
 @dataclass
@@ -52,6 +53,7 @@ class LedgerReport:
     wallets: int = 0
     entries: int = 0
     transfers: int = 0
+    holds: int = 0
     transfers_by_status: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     violation_count: int = 0
 
@@ -130,6 +132,7 @@ def check_ledger() -> LedgerReport:
     with _snapshots(aliases):
         for alias in aliases:
             _check_wallets(alias, report)
+            _check_holds(alias, report)
         streams = [
             _tagged(alias, sql, tag)
             for alias in aliases
@@ -143,7 +146,7 @@ def check_ledger() -> LedgerReport:
         if totals.balances != totals.expected_balances:
             report.add(
                 f"{currency}: balances {totals.balances} != deposits {totals.deposits} - withdrawals "
-                f"{totals.withdrawals} - in flight {totals.in_flight} = {totals.expected_balances}"
+                f"{totals.withdrawals} - in flight {totals.in_flight} - held {totals.held} = {totals.expected_balances}"
             )
     return report
 
@@ -202,6 +205,40 @@ def _check_wallets(alias: str, report: LedgerReport) -> None:
             report.totals[currency].deposits += total
         else:
             report.totals[currency].withdrawals -= total
+
+
+# A hold's own entries, per status: (hold entries, release entries).
+_HOLD_ENTRIES = {"held": (1, 0), "captured": (1, 1), "voided": (1, 1), "expired": (1, 1), "failed": (0, 0)}
+_HOLDS_SQL = """
+SELECT h.id, h.status, h.amount_minor, h.currency,
+       count(e.id) FILTER (WHERE e.kind = 'hold'), COALESCE(sum(e.amount_minor) FILTER (WHERE e.kind = 'hold'), 0),
+       count(e.id) FILTER (WHERE e.kind = 'release'),
+       COALESCE(sum(e.amount_minor) FILTER (WHERE e.kind = 'release'), 0)
+  FROM holds_hold h
+  LEFT JOIN ledger_entry e ON e.wallet_id = h.payer_id AND e.reference = h.id::text AND e.kind IN ('hold', 'release')
+ WHERE sharding_serves(h.id)
+ GROUP BY h.id
+"""
+# Hold and release entries whose hold is not on this shard (their references are hold ids).
+_ORPHAN_HOLD_ENTRIES_SQL = """
+SELECT e.reference, e.kind FROM ledger_entry e
+ WHERE e.kind IN ('hold', 'release') AND sharding_serves(e.wallet_id)
+   AND NOT EXISTS (SELECT 1 FROM holds_hold h WHERE h.id = e.reference::uuid AND h.payer_id = e.wallet_id)
+"""
+
+
+def _check_holds(alias: str, report: LedgerReport) -> None:
+    """Each hold's entries match its status and amount; open holds count as held money."""
+    for hold_id, status, amount, currency, holds, held, releases, released in _rows(alias, _HOLDS_SQL):
+        report.holds += 1
+        if (holds, releases) != _HOLD_ENTRIES[status]:
+            report.add(f"hold {hold_id} is {status} but has {holds} hold and {releases} release entries")
+        elif (holds and held != -amount) or (releases and released != amount):
+            report.add(f"hold {hold_id}: entries of {held} and {released} do not match its amount {amount}")
+        if status == "held":
+            report.totals[currency].held += amount
+    for reference, kind in _rows(alias, _ORPHAN_HOLD_ENTRIES_SQL):
+        report.add(f"a {kind} entry references {reference}, which is no hold of its wallet")
 
 
 # Allowed (debits, credits, refunds) counts per status.

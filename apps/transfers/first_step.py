@@ -104,10 +104,17 @@ def payee_refusal(transfer: Transfer, payee: LockedWallet | None) -> FailureReas
 
 
 def _entry(wallet_id: uuid.UUID, wallet: LockedWallet, delta: int, transfer: Transfer, kind: str, now: datetime):
+    return money_entry(wallet_id, wallet, delta, str(transfer.id), kind, now)
+
+
+def money_entry(
+    wallet_id: uuid.UUID, wallet: LockedWallet, delta: int, reference: str, kind: str, now: datetime
+) -> tuple:
+    """Move a locked wallet's balance by `delta` in memory; the ledger entry row that records it."""
     wallet.balance += delta
     wallet.seq += 1
     wallet.changed = True
-    return (new_id(bucket_of(wallet_id)), wallet_id, wallet.seq, str(transfer.id), kind, delta, wallet.balance, now)
+    return (new_id(bucket_of(wallet_id)), wallet_id, wallet.seq, reference, kind, delta, wallet.balance, now)
 
 
 def plan_first_step(
@@ -189,7 +196,7 @@ def _columns(rows: list[tuple]) -> list[list]:
     return [list(column) for column in zip(*rows, strict=True)] if rows else []
 
 
-def _write_money(cursor, plan: GroupPlan, wallets: dict[uuid.UUID, LockedWallet], now: datetime) -> None:
+def write_money(cursor, plan: GroupPlan, wallets: dict[uuid.UUID, LockedWallet], now: datetime) -> None:
     if plan.entries:
         cursor.execute(_INSERT_ENTRIES, _columns(plan.entries))
     changed = [(wid, w.balance, w.seq) for wid, w in wallets.items() if w.changed]
@@ -217,11 +224,13 @@ def write_plan(
     events = [(p.transfer.id, e.from_status, e.to_status, e.reason, e.at) for p in plan.planned for e in p.events]
     # One pipeline: the five statements go out together, one round trip.
     with fast_cursor(alias) as cursor, cursor.connection.pipeline():
-        _write_money(cursor, plan, wallets, now)
+        write_money(cursor, plan, wallets, now)
         cursor.execute(_INSERT_TRANSFERS, _columns(transfers))
         cursor.execute(_INSERT_EVENTS, _columns(events))
-        cursor.execute(_INSERT_RECORDS, _columns(records))
-        record_ids = {(payer_id, key): record_id for payer_id, key, record_id in cursor.fetchall()}
+        record_ids: dict[tuple[uuid.UUID, str], int] = {}
+        if records:  # a hold's capture keeps its own record: the hold itself
+            cursor.execute(_INSERT_RECORDS, _columns(records))
+            record_ids = {(payer_id, key): record_id for payer_id, key, record_id in cursor.fetchall()}
     count_events_on_commit(alias, [p.events for p in plan.planned])
     return record_ids
 
@@ -235,7 +244,7 @@ def run_stored_first_step(transfer: Transfer, now: datetime) -> None:
     plan = GroupPlan()
     plan_first_step(transfer, wallets, plan, now, stored=True)
     with fast_cursor(alias) as cursor:
-        _write_money(cursor, plan, wallets, now)
+        write_money(cursor, plan, wallets, now)
     transfer.status = stored_status
     for event in plan.planned[0].events:
         transition(transfer, TransferStatus(event.to_status), reason=event.reason, now=event.at)

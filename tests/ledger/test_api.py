@@ -53,6 +53,7 @@ def test_walkthrough_create_fund_withdraw_balance_entries(api) -> None:
         "currency": "USD",
         "posted": 3800,
         "pending_out": 0,
+        "held": 0,
         "available": 3800,
     }
     assert api.get(f"/v1/wallets/{wallet['id']}").json()["balance_minor"] == 3800

@@ -108,7 +108,10 @@ class BalanceOut(serializers.Serializer):
     currency = CurrencyField()
     posted = serializers.IntegerField(min_value=0, help_text="Balance counting settled movements only.")
     pending_out = serializers.IntegerField(min_value=0, help_text="Debited by transfers not yet completed or refunded.")
-    available = serializers.IntegerField(min_value=0, help_text="What the wallet can pay now: posted - pending_out.")
+    held = serializers.IntegerField(min_value=0, help_text="Reserved by holds not yet captured, voided or expired.")
+    available = serializers.IntegerField(
+        min_value=0, help_text="What the wallet can pay now: posted - pending_out - held."
+    )
 
 
 class TransferBatchItemIn(TransferCreateIn):

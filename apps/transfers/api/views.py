@@ -33,6 +33,7 @@ from apps.common.openapi import (
     replayed_header,
     response_links,
 )
+from apps.holds.selectors import held_minor
 from apps.ledger.api.schema import WALLET_ID, WALLET_NOT_FOUND
 from apps.ledger.api.views import owned_wallet
 from apps.sharding.fence import is_fence_refusal, retry_while_fenced
@@ -268,11 +269,13 @@ class WalletBalanceView(APIView):
     def get(self, request: Request, wallet_id: str) -> Response:
         wallet = owned_wallet(request, wallet_id)
         pending_out = selectors.pending_out_minor(wallet_id=wallet.id)
+        held = held_minor(wallet_id=wallet.id)
         body = {
             "wallet_id": wallet.id,
             "currency": wallet.currency,
-            "posted": wallet.balance_minor + pending_out,
+            "posted": wallet.balance_minor + pending_out + held,
             "pending_out": pending_out,
+            "held": held,
             "available": wallet.balance_minor,
         }
         return Response(BalanceOut(body).data)

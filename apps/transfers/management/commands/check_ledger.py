@@ -14,12 +14,13 @@ class Command(BaseCommand):
         report = check_ledger()
         statuses = ", ".join(f"{s} {n}" for s, n in sorted(report.transfers_by_status.items())) or "none"
         self.stdout.write(
-            f"wallets {report.wallets}, entries {report.entries}, transfers {report.transfers} ({statuses})"
+            f"wallets {report.wallets}, entries {report.entries}, transfers {report.transfers} ({statuses}),"
+            f" holds {report.holds}"
         )
         for currency, totals in sorted(report.totals.items()):
             self.stdout.write(
                 f"{currency}: balances {totals.balances} = deposits {totals.deposits} - withdrawals"
-                f" {totals.withdrawals} - in flight {totals.in_flight}"
+                f" {totals.withdrawals} - in flight {totals.in_flight} - held {totals.held}"
             )
         if report.ok:
             self.stdout.write("ledger OK")
