@@ -16,6 +16,7 @@ urlpatterns = [
     path("v1/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("v1/", include("apps.transfers.api.urls")),
     path("v1/", include("apps.ledger.api.urls")),
+    path("v1/", include("apps.holds.api.urls")),
 ]
 
 handler404 = "apps.common.errors.json_not_found"

@@ -59,6 +59,7 @@ class HoldRequest:
     currency: str
     expires_at: datetime
     idempotency_key: str
+    expiry_given: bool = True  # False: the default expiry, which a repeat computes anew
 
     @property
     def fingerprint(self) -> str:
@@ -67,7 +68,7 @@ class HoldRequest:
             "to": str(self.payee_id),
             "amount_minor": self.amount_minor,
             "currency": self.currency,
-            "expires_at": self.expires_at.isoformat(),
+            "expires_at": self.expires_at.isoformat() if self.expiry_given else None,
         }
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
