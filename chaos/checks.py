@@ -10,8 +10,12 @@ What must hold (the mission's invariants, seen from outside):
 - each transfer's ledger entries match its status: completed, a debit and a credit; failed
   after its debit, the debit and a refund; failed before it, nothing;
 - each acknowledged deposit or withdrawal is applied exactly once, a refused one not at all;
+- each hold is created once per key and ends as its client saw it: a capture answered 200
+  captured the amount asked, by a transfer that exists; a void answered 200 voided it; a
+  hold left alone is expired or still held, never captured or voided;
 - the bank test: every wallet's balance is what the acknowledged deposits, withdrawals and
-  completed transfers make it, so money is conserved to the unit (nothing is in flight).
+  completed transfers make it, less what its open holds reserve, so money is conserved to
+  the unit (nothing is in flight).
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from chaos.history import History, Op
-from chaos.snapshot import EntryRow, Snapshot, TransferRow
+from chaos.history import Answer, History, Op
+from chaos.snapshot import EntryRow, HoldRow, Snapshot, TransferRow
 from chaos.workload import Wallets
 
 # How each kind of transfer must end: (status, failure reason). The payer is debited before
@@ -83,7 +87,7 @@ def check_keys(verdict: Verdict, ops: list[Op], snap: Snapshot) -> dict[str, Op]
     for (payer, key), tid in snap.keys.items():
         if (payer, key) not in sent:
             verdict.fail("one key, one transfer", f"transfer {tid} has key {key}, which no client sent from {payer}")
-    keyed = set(snap.keys.values())
+    keyed = set(snap.keys.values()) | {h.transfer_id for h in snap.holds.values() if h.transfer_id}
     for tid in snap.transfers:
         if tid not in keyed:
             verdict.fail("one key, one transfer", f"transfer {tid} has no idempotency record of the run's client")
@@ -154,7 +158,7 @@ def check_entries(verdict: Verdict, ops: list[Op], snap: Snapshot) -> None:
             verdict.fail("entries match the status", f"transfer {row.id} is {row.status} {row.history} with {kinds}")
     movement_keys = set()
     for op in ops:
-        if op.kind == "transfer":
+        if op.kind not in ("deposit", "withdrawal"):
             continue
         movement_keys.add(op.key)
         found = [e for e in snap.entries.get(op.key, []) if e.kind == op.kind]
@@ -187,7 +191,7 @@ def check_bank(verdict: Verdict, ops: list[Op], snap: Snapshot, wallets: list[st
         if wallet not in currency:
             verdict.fail("balances as the clients' records make them", f"wallet {wallet} is not one of the run's")
     for op in ops:
-        if op.kind == "transfer" or op.final is None or op.final.status != 201:
+        if op.kind not in ("deposit", "withdrawal") or op.final is None or op.final.status != 201:
             continue
         delta = op.amount if op.kind == "deposit" else -op.amount
         expected[op.wallet] += delta
@@ -196,6 +200,10 @@ def check_bank(verdict: Verdict, ops: list[Op], snap: Snapshot, wallets: list[st
         if row.status == "completed":
             expected[row.payer] -= row.amount
             expected[row.payee] += row.amount
+    for hold in snap.holds.values():
+        if hold.status == "held":  # reserved: out of the balance, still the payer's money
+            expected[hold.payer] -= hold.amount
+            totals[currency.get(hold.payer, "?")]["held"] += hold.amount
     for wallet in sorted(set(wallets) | set(snap.balances)):
         balance, cur = snap.balances.get(wallet, (None, "?"))
         totals[cur]["balances"] += balance or 0
@@ -205,13 +213,75 @@ def check_bank(verdict: Verdict, ops: list[Op], snap: Snapshot, wallets: list[st
                 f"wallet {wallet} holds {balance}, expected {expected[wallet]} from acknowledged requests",
             )
     for cur, t in sorted(totals.items()):
-        if t["balances"] != t["deposits"] - t["withdrawals"]:
+        if t["balances"] + t["held"] != t["deposits"] - t["withdrawals"]:
             verdict.fail(
                 "money conserved",
-                f"{cur}: balances {t['balances']} != deposits {t['deposits']} - withdrawals {t['withdrawals']}"
-                f" (off by {t['balances'] - t['deposits'] + t['withdrawals']})",
+                f"{cur}: balances {t['balances']} + held {t['held']} != deposits {t['deposits']} - withdrawals"
+                f" {t['withdrawals']} (off by {t['balances'] + t['held'] - t['deposits'] + t['withdrawals']})",
             )
     return {cur: dict(t) for cur, t in totals.items()}
+
+
+def check_holds(verdict: Verdict, ops: list[Op], snap: Snapshot) -> None:
+    holds_by_key = {(h.payer, h.key): h for h in snap.holds.values()}
+    resolutions = {op.hold_id: op for op in ops if op.kind in ("capture", "void")}
+    sent = set()
+    for op in (o for o in ops if o.kind == "hold"):
+        sent.add((op.wallet, op.key))
+        final, stored = op.final, holds_by_key.get((op.wallet, op.key))
+        if final is None:
+            verdict.fail("every request answered", f"hold {op.key} got no definitive answer: {op.answers[-1:]}")
+            continue
+        if len(op.object_ids) > 1:
+            verdict.fail("one key, one hold", f"hold key {op.key} was answered with holds {sorted(op.object_ids)}")
+        if final.status != 201:
+            if stored is not None:
+                verdict.fail("one key, one hold", f"hold key {op.key} was refused ({final.error}) but has a hold")
+            continue
+        if stored is None or stored.id != final.object_id:
+            verdict.fail("one key, one hold", f"hold key {op.key}: answered {final.object_id}, stored {stored}")
+            continue
+        if (stored.payee, stored.amount) != (op.payee, op.amount):
+            verdict.fail("one key, one hold", f"hold {stored.id} does not match the request of key {op.key}")
+        if op.intent == "too_large" and (stored.status, stored.reason) != ("failed", "insufficient_funds"):
+            verdict.fail("holds end as answered", f"hold {stored.id} for more than the payer has is {stored.status}")
+        resolution = resolutions.get(stored.id)
+        done = resolution.final if resolution is not None else None
+        if resolution is not None and done is None:
+            verdict.fail("every request answered", f"{resolution.kind} of hold {stored.id} got no definitive answer")
+        if done is not None:
+            _check_resolution(verdict, snap, stored, resolution, done)  # type: ignore[arg-type]
+        elif resolution is None and stored.status in ("captured", "voided"):
+            verdict.fail("holds end as answered", f"hold {stored.id} nobody resolved is {stored.status}")
+    for (payer, key), hold in holds_by_key.items():
+        if (payer, key) not in sent:
+            verdict.fail("one key, one hold", f"hold {hold.id} has key {key}, which no client sent")
+
+
+def _check_resolution(verdict: Verdict, snap: Snapshot, stored: HoldRow, resolution: Op, done: Answer) -> None:
+    """Only its client resolves a hold (its expiry is an hour away): 200, or 409 `hold_not_held`
+    after an attempt whose answer was lost, both mean the client's resolution is the one that won."""
+    wanted = {"capture": "captured", "void": "voided"}[resolution.kind]
+    if not (done.status == 200 or (done.status == 409 and done.error == "hold_not_held")):
+        verdict.fail(
+            "holds end as answered", f"{resolution.kind} of hold {stored.id} answered {done.status} {done.error}"
+        )
+        return
+    if stored.status != wanted:
+        verdict.fail(
+            "holds end as answered", f"hold {stored.id}: {resolution.kind} answered {done.status}, is {stored.status}"
+        )
+        return
+    if wanted != "captured":
+        return
+    if stored.captured != resolution.amount or (done.status == 200 and stored.transfer_id != done.object_id):
+        verdict.fail(
+            "holds end as answered",
+            f"hold {stored.id} captured {stored.captured} by {stored.transfer_id}; the client asked"
+            f" {resolution.amount} and was answered {done.object_id}",
+        )
+    if stored.transfer_id not in snap.transfers:
+        verdict.fail("holds end as answered", f"hold {stored.id}'s transfer {stored.transfer_id} is on no shard")
 
 
 def verify(history: History, snap: Snapshot, wallets: Wallets) -> Verdict:
@@ -223,10 +293,12 @@ def verify(history: History, snap: Snapshot, wallets: Wallets) -> Verdict:
     check_terminal(verdict, snap)
     check_seen(verdict, by_transfer, history, snap)
     check_entries(verdict, ops, snap)
+    check_holds(verdict, ops, snap)
     verdict.counts["money"] = check_bank(verdict, ops, snap, list(wallets.shard_of))
     statuses = Counter(f"{r.status}/{r.reason}" if r.reason else r.status for r in snap.transfers.values())
     verdict.counts["transfers"] = dict(sorted(statuses.items()))
     verdict.counts["transfers_checked"] = len(snap.transfers)
+    verdict.counts["holds"] = dict(sorted(Counter(h.status for h in snap.holds.values()).items()))
     verdict.counts["cross_shard_transfers"] = sum(
         1 for r in snap.transfers.values() if wallets.shard_of.get(r.payer) != wallets.shard_of.get(r.payee)
     )

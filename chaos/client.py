@@ -15,7 +15,7 @@ import time
 from chaos.api import ApiClient, NoAnswer, Response
 from chaos.history import Answer, History, Op, Read
 from chaos.timeline import Timeline
-from chaos.workload import Batch, ReadStep, Resend, Single, Step, Workload, ops_of
+from chaos.workload import Batch, HoldStep, ReadStep, Resend, Single, Step, Workload, ops_of
 
 SINGLE_TIMEOUT = 10.0  # seconds without an answer before the client gives up on one attempt
 BATCH_TIMEOUT = 30.0
@@ -71,6 +71,9 @@ class Client(threading.Thread):
     def execute(self, step: Step) -> None:
         if isinstance(step, ReadStep):
             self._read(step)
+            return
+        if isinstance(step, HoldStep):
+            self._hold(step)
             return
         if isinstance(step, Resend):
             # Its operations are in the history already: only new answers are added.
@@ -187,6 +190,46 @@ class Client(threading.Thread):
                 return
             self._backoff(attempt)
             attempt += 1
+
+    def _until_definitive(self, op: Op, method: str, path: str, answer_of: object) -> Answer:
+        """Send `op` (same key, same body) until a definitive answer; returns the last answer."""
+        attempt = 0
+        while True:
+            got = self._send(op.via, method, path, body=op.body(), key=op.key if op.kind == "hold" else None,
+                             timeout=SINGLE_TIMEOUT)  # fmt: skip
+            now = self.timeline.now()
+            answer = Answer(now, None, error=got) if isinstance(got, str) else answer_of(now, got)  # type: ignore[operator]
+            op.answers.append(answer)
+            if answer.definitive or self.deadlines.giving_up:
+                return answer
+            self._backoff(attempt)
+            attempt += 1
+
+    def _hold(self, step: HoldStep) -> None:
+        """Create the hold, then capture part of it, void it or leave it to expire. A capture or
+        void retried after a lost answer may find its own earlier attempt won: 409 with the state."""
+        self.history.add_op(step.op)
+
+        def created(now: float, got: Response) -> Answer:
+            if got.status == 201 and isinstance(got.body, dict):
+                body = got.body
+                return Answer(now, 201, body["id"], body["status"], body.get("failure_reason"), replayed=got.replayed)
+            return Answer(now, got.status, error=got.error_code)
+
+        answer = self._until_definitive(step.op, "POST", "/v1/holds", created)
+        if answer.status != 201 or answer.state != "held" or step.then == "expire":
+            return
+        hold_id = answer.object_id
+        op = Op(step.op.key, step.then, step.then, "normal", step.op.wallet, step.part if step.then == "capture" else 0,
+                "USD", payee=step.op.payee, hold_id=hold_id)  # fmt: skip
+        self.history.add_op(op)
+
+        def resolved(now: float, got: Response) -> Answer:
+            if got.status == 200 and isinstance(got.body, dict):
+                return Answer(now, 200, got.body.get("transfer_id"), got.body["status"], replayed=got.replayed)
+            return Answer(now, got.status, error=got.error_code)
+
+        self._until_definitive(op, "POST", f"/v1/holds/{hold_id}/{step.then}", resolved)
 
     def _read(self, step: ReadStep) -> None:
         if step.what == "transfer":

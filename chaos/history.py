@@ -38,16 +38,19 @@ class Answer:
 
 @dataclass
 class Op:
-    """One key: a transfer, a deposit or a withdrawal, with every answer it got."""
+    """One key: a transfer, a deposit, a withdrawal or a hold, with every answer it got; or a
+    hold's capture or void (`key` the hold's), which is answered once and refused after."""
 
     key: str
-    kind: str  # transfer | deposit | withdrawal
-    via: str  # single | single_wait | batch | deposit | withdrawal
+    kind: str  # transfer | deposit | withdrawal | hold | capture | void
+    via: str  # single | single_wait | batch | deposit | withdrawal | hold | capture | void
     intent: str  # normal | frozen_payee | currency_payee | too_large
     wallet: str  # the payer, or the wallet funded / withdrawn from
     amount: int
     currency: str
     payee: str | None = None
+    expires_at: str | None = None  # a hold's, fixed when the step is drawn: every retry sends the same body
+    hold_id: str | None = None  # a capture's or void's hold
     answers: list[Answer] = field(default_factory=list)
 
     @property
@@ -67,6 +70,11 @@ class Op:
     def body(self) -> dict[str, Any]:
         if self.kind == "transfer":
             return {"from": self.wallet, "to": self.payee, "amount_minor": self.amount, "currency": self.currency}
+        if self.kind == "hold":
+            body = {"from": self.wallet, "to": self.payee, "amount_minor": self.amount, "currency": self.currency}
+            return {**body, "expires_at": self.expires_at}
+        if self.kind == "void":
+            return {}
         return {"amount_minor": self.amount}
 
     def as_dict(self) -> dict[str, Any]:
@@ -78,6 +86,7 @@ class Op:
             "wallet": self.wallet,
             "payee": self.payee,
             "amount": self.amount,
+            **({"hold_id": self.hold_id} if self.hold_id else {}),
             "answers": [a.as_dict() for a in self.answers],
         }
 

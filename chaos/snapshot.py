@@ -43,6 +43,19 @@ class EntryRow:
     amount: int  # signed: debits and withdrawals are negative
 
 
+@dataclass(frozen=True)
+class HoldRow:
+    id: str
+    payer: str
+    payee: str
+    amount: int
+    status: str
+    reason: str | None
+    captured: int | None
+    transfer_id: str | None
+    key: str
+
+
 @dataclass
 class Snapshot:
     transfers: dict[str, TransferRow] = field(default_factory=dict)
@@ -50,6 +63,7 @@ class Snapshot:
     entries: dict[str, list[EntryRow]] = field(default_factory=lambda: defaultdict(list))  # by reference
     balances: dict[str, tuple[int, str]] = field(default_factory=dict)  # wallet -> (balance, currency)
     duplicates: list[str] = field(default_factory=list)  # rows served by two shards: two owners of one bucket
+    holds: dict[str, HoldRow] = field(default_factory=dict)
 
 
 def _rows(alias: str, sql: str, params: list[object] | None = None) -> list[tuple]:
@@ -105,6 +119,12 @@ def _read_shards(client_id: int) -> Snapshot:
             alias, "SELECT id::text, balance_minor, currency FROM ledger_wallet WHERE sharding_serves(id)"
         ):
             _keep(snap, snap.balances, wallet, (balance, currency), alias)
+        for row in _rows(
+            alias,
+            "SELECT id::text, payer_id::text, payee_id::text, amount_minor, status, failure_reason, captured_minor,"
+            " transfer_id::text, idempotency_key FROM holds_hold WHERE sharding_serves(id)",
+        ):
+            _keep(snap, snap.holds, row[0], HoldRow(*row), alias)
     return snap
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 from chaos.history import Op
 
@@ -34,6 +35,7 @@ STEP_WEIGHTS = {
     "read_transfer": 8,
     "read_balance": 4,
     "resend": 5,
+    "hold": 8,
 }
 TWIN_SHARE = 0.1  # of single transfers, sent by two connections at once
 SWITCH_SHARE = 0.3  # of resent transfers, sent through the other endpoint (single <-> batch)
@@ -70,6 +72,15 @@ class Batch:
 
 
 @dataclass
+class HoldStep:
+    """A hold, then what the client does with it: capture part of it, void it, or let it expire."""
+
+    op: Op
+    then: str  # capture | void | expire
+    part: int  # what a capture takes (at most the amount)
+
+
+@dataclass
 class ReadStep:
     what: str  # transfer | balance
     target: str | None  # None: a transfer this client created, chosen when the step runs
@@ -83,7 +94,8 @@ class Resend:
     switch: bool = False  # a single transfer as a one-item batch, a batch's items as single requests
 
 
-Step = Single | Batch | Op | ReadStep | Resend
+Step = Single | Batch | Op | ReadStep | Resend | HoldStep
+HOLD_THEN = {"capture": 50, "void": 30, "expire": 20}
 
 
 def ops_of(step: Single | Batch | Op) -> list[Op]:
@@ -132,9 +144,26 @@ class Workload:
             if not self.sent:
                 return ReadStep("transfer", None)
             return Resend(self.rng.choice(self.sent), switch=self.rng.random() < SWITCH_SHARE)
+        if kind == "hold":
+            return self.hold()
         step = self._new_step(kind)
         self.sent.append(step)
         return step
+
+    def hold(self) -> HoldStep:
+        w = self.wallets
+        payer = self.rng.choice(w.payers)
+        payee = self.rng.choice([p for p in w.usd_payees if p != payer])
+        too_large = self.rng.random() < 0.1
+        amount = TOO_LARGE if too_large else self.rng.randint(1, 20_000)
+        then = self.rng.choices(list(HOLD_THEN), weights=list(HOLD_THEN.values()))[0]
+        # Expiring ones soon, so that the expiry job releases them during the run; the others
+        # far enough away that no retry of theirs meets an expiry.
+        seconds = self.rng.randint(3, 15) if then == "expire" else 3600
+        expires = (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat()
+        op = Op(self._key(), "hold", "hold", "too_large" if too_large else "normal", payer, amount, "USD", payee=payee,
+                expires_at=expires)  # fmt: skip
+        return HoldStep(op, then, self.rng.randint(1, max(1, min(amount, 20_000))))
 
     def _new_step(self, kind: str) -> Single | Batch | Op:
         if kind == "single":

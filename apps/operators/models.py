@@ -12,6 +12,7 @@ class ActionKind(models.TextChoices):
     UNFREEZE_WALLET = "unfreeze_wallet"
     REDRIVE_TRANSFER = "redrive_transfer"
     COMPENSATE_TRANSFER = "compensate_transfer"
+    VOID_HOLD = "void_hold"
 
 
 class ActionOutcome(models.TextChoices):
@@ -28,7 +29,7 @@ class OperatorAction(models.Model):
     actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     actor_username = models.CharField(max_length=150, help_text="Kept if the user is deleted.")
     action = models.CharField(max_length=32, choices=ActionKind.choices)
-    target_id = models.UUIDField(help_text="The wallet or transfer acted on.")
+    target_id = models.UUIDField(help_text="The wallet, transfer or hold acted on.")
     shard = models.CharField(max_length=32)
     reason = models.TextField()
     outcome = models.CharField(max_length=12, choices=ActionOutcome.choices, default=ActionOutcome.PENDING)
@@ -44,6 +45,7 @@ class OperatorAction(models.Model):
             ("freeze_wallet", "Can freeze and unfreeze wallets"),
             ("redrive_transfer", "Can re-drive stalled or parked transfers"),
             ("compensate_transfer", "Can force-compensate transfers"),
+            ("void_hold", "Can void holds"),
         ]
 
     def __str__(self) -> str:

@@ -20,6 +20,7 @@ VIEW_PERMISSIONS = [
     "ledger.view_wallet",
     "ledger.view_ledgerentry",
     "transfers.view_transfer",
+    "holds.view_hold",
     "operators.view_operatoraction",
     "accounts.view_apiclient",
 ]
@@ -27,6 +28,7 @@ ACTION_PERMISSIONS = [
     "operators.freeze_wallet",
     "operators.redrive_transfer",
     "operators.compensate_transfer",
+    "operators.void_hold",
 ]
 ROLES: dict[str, list[str]] = {
     OPERATORS: VIEW_PERMISSIONS + ACTION_PERMISSIONS,

@@ -72,10 +72,15 @@ def _run(
             "shard": record.shard,
             "actor": record.actor_username,
             "outcome": str(record.outcome),
-            **({"wallet_id": str(target_id)} if action.endswith("wallet") else {"transfer_id": str(target_id)}),
+            **_target_field(action, target_id),
         },
     )
     return record
+
+
+def _target_field(action: str, target_id: uuid.UUID) -> dict[str, str]:
+    kind = "wallet" if action.endswith("wallet") else "hold" if action.endswith("hold") else "transfer"
+    return {f"{kind}_id": str(target_id)}
 
 
 def _finish(record: OperatorAction, outcome: ActionOutcome, detail: str) -> None:
@@ -160,4 +165,22 @@ def operator_compensate_transfer(*, actor: AbstractBaseUser, transfer_id: uuid.U
         target_id=transfer_id,
         reason=reason,
         perform=lambda: _compensate(transfer_id),
+    )
+
+
+def _void_hold(hold_id: uuid.UUID, reason: str) -> str:
+    from apps.holds.services import hold_void
+
+    hold = hold_void(hold_id, client_id=None, note=f"operator: {reason}")
+    return f"Voided: {hold.amount_minor} released to the payer's wallet."
+
+
+def operator_void_hold(*, actor: AbstractBaseUser, hold_id: uuid.UUID, reason: str) -> OperatorAction:
+    """Release a hold the client cannot or will not resolve (a capture or an expiry that came first wins)."""
+    return _run(
+        actor=actor,
+        action=ActionKind.VOID_HOLD,
+        target_id=hold_id,
+        reason=reason,
+        perform=lambda: _void_hold(hold_id, reason),
     )

@@ -48,6 +48,7 @@ RULES_BEYOND_THE_SCHEMA = {
     ("parameter_invalid", "from"),  # a UUIDv7 whose bucket this deployment does not have
     ("parameter_invalid", "to"),
     ("invalid_request", "cursor"),  # a string, but not a cursor this API returned
+    ("parameter_invalid", "expires_at"),  # a date-time Python cannot hold (a leap second, year 0)
 }
 
 

@@ -8,7 +8,6 @@ from typing import cast
 
 from django.http import HttpResponse
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
 from rest_framework.views import APIView
@@ -27,7 +26,9 @@ from apps.common.openapi import (
     ErrorCode,
     error_responses,
     id_parameter,
+    link,
     replayed_header,
+    response_links,
 )
 from apps.holds.api.serializers import HoldCaptureIn, HoldCreateIn, HoldOut, HoldVoidIn
 from apps.holds.errors import CaptureExceedsHold, HoldExpired, HoldNotFound, HoldNotHeld
@@ -49,9 +50,19 @@ HOLD_NOT_HELD = ErrorCode.of(
 HOLD_EXPIRED = ErrorCode.of(HoldExpired, "the hold's `expires_at` has passed: it is released, not capturable")
 PAYER_FROZEN = ErrorCode.of(WalletFrozen, "the paying wallet is frozen: the hold stays held")
 CAPTURE_EXCEEDS = ErrorCode.of(CaptureExceedsHold, "`amount_minor` is more than the amount held")
-EXPIRES_INVALID = ErrorCode(
-    400, "parameter_invalid", "a field is malformed, or `expires_at` is not an ISO 8601 time in the allowed window"
+EXPIRES_UNREADABLE = ErrorCode(
+    400,
+    "parameter_invalid",
+    "a field is malformed, or `expires_at` is a date-time this API cannot read (a leap second)",
 )
+EXPIRES_OUT_OF_RANGE = ErrorCode(
+    422, "expires_at_out_of_range", "`expires_at` is past, or further away than the longest hold (30 days by default)"
+)
+HOLD_LINKS = {
+    "GetHold": link("holds_retrieve", "The hold.", hold_id="$response.body#/id"),
+    "CaptureHold": link("holds_capture", "Capture it.", hold_id="$response.body#/id"),
+    "VoidHold": link("holds_void", "Release it.", hold_id="$response.body#/id"),
+}
 HOLD_KEY_REUSED = ErrorCode.of(IdempotencyKeyReused, "this key was used with another hold from this wallet")
 
 
@@ -66,12 +77,15 @@ def _expires_at(raw: dict, now: datetime) -> datetime:
     if "expires_at" not in raw:
         return default_expiry(now)
     value = raw["expires_at"]
-    parsed = parse_datetime(value) if isinstance(value, str) else None
+    try:  # RFC 3339 allows a lower-case "t" and "z"
+        parsed = datetime.fromisoformat(value.upper()) if isinstance(value, str) else None
+    except ValueError:
+        parsed = None
     if parsed is None or parsed.tzinfo is None:
-        raise InvalidTransfer(Invalid("parameter_invalid", "An ISO 8601 time with its offset.", "expires_at"))
+        raise InvalidTransfer(Invalid("parameter_invalid", "An ISO 8601 date-time with its offset.", "expires_at"))
     if not now < parsed <= latest_expiry(now):
         message = f"Must be in the future and at most {int((latest_expiry(now) - now).total_seconds())} s away."
-        raise InvalidTransfer(Invalid("parameter_invalid", message, "expires_at"))
+        raise InvalidTransfer(Invalid("expires_at_out_of_range", message, "expires_at", status=422))
     return parsed
 
 
@@ -114,13 +128,15 @@ class HoldCollectionView(APIView):
                 INVALID_AMOUNT,
                 UNSUPPORTED_CURRENCY,
                 SAME_WALLET,
-                EXPIRES_INVALID,
+                EXPIRES_UNREADABLE,
                 *JSON_BODY_ERRORS,
                 PAYER_NOT_FOUND,
                 HOLD_KEY_REUSED,
                 PAYER_CURRENCY_MISMATCH,
+                EXPIRES_OUT_OF_RANGE,
             ),
         },
+        extensions=response_links(HOLD_LINKS, 201),
     )
     @waits_out_moves
     def post(self, request: Request) -> HttpResponse:
