@@ -229,3 +229,19 @@ def test_capture_void_and_expiry_racing_resolve_each_hold_once(owner) -> None:
     assert wallet_balance(payer.id) == 10_000 - captured
     assert wallet_balance(payee.id) == captured
     ledger_ok()
+
+
+def test_a_capture_to_a_payee_frozen_meanwhile_fails_its_transfer_and_refunds_the_payer(owner) -> None:
+    """Documented: the hold is consumed by the capture (status `captured`); its transfer fails
+    `payee_frozen` and the captured amount comes back to the payer's available balance."""
+    payer = make_wallet(owner, funded=1000, shard="shard_00")
+    payee = make_wallet(owner, shard="shard_01")
+    held = hold(owner, payer, payee, 300).hold
+    wallet_set_status(wallet_id=payee.id, status=WalletStatus.FROZEN)
+    captured = hold_capture(held.id, client_id=owner.id, amount_minor=200)
+    transfer = saga.transfer_advance(captured.transfer_id)
+    assert (transfer.status, transfer.failure_reason) == ("failed", "payee_frozen")
+    assert stored(held.id).status == "captured"
+    assert (wallet_balance(payer.id), wallet_balance(payee.id)) == (1000, 0)
+    assert entry_kinds(payer.id) == ["deposit", "hold", "release", "debit", "refund"]
+    ledger_ok()
