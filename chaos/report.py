@@ -40,11 +40,12 @@ def summary(document: dict[str, Any], verdict: Verdict) -> str:
         f" {counts.get('replays_seen', 0)} replays",
         f"  transfers checked: {counts.get('transfers_checked', 0)}, {counts.get('cross_shard_transfers', 0)} of them"
         f" between shards ({_counts(counts.get('transfers', {}))})",
+        f"  holds: {_counts(counts.get('holds', {}))}",
     ]
     for currency, money in sorted(counts.get("money", {}).items()):
         lines.append(
-            f"  money {currency}: balances {money.get('balances', 0)} = deposits {money.get('deposits', 0)}"
-            f" - withdrawals {money.get('withdrawals', 0)}"
+            f"  money {currency}: balances {money.get('balances', 0)} + held {money.get('held', 0)}"
+            f" = deposits {money.get('deposits', 0)} - withdrawals {money.get('withdrawals', 0)}"
         )
     if d["saga_metrics"]:
         saga = {k.removeprefix("shardwallet_"): int(v) for k, v in d["saga_metrics"].items()}
