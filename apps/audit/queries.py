@@ -178,7 +178,8 @@ ORDER BY day, currency
             "conservation",
             "Per currency, two checks that can fail. Money: the wallets' balances = deposits - withdrawals "
             "(from the entries) - money in flight (from the transfers: debited or refunding, and not credited "
-            "to the payee). Pairing: every completed transfer has one debit of its amount on its payer and one "
+            "to the payee) - money held (open holds: their hold entries not yet matched by a release). "
+            "Pairing: every completed transfer has one debit of its amount on its payer and one "
             "credit of it on its payee, every failed one no entries or a debit and its refund. `holds` is 1 "
             "where both do; run it when the stream has caught up (the shards are followed one by one, so "
             "under traffic the store can hold a debit before the matching credit).",
@@ -190,7 +191,8 @@ SELECT
     coalesce(m.deposits_minor, toInt128(0)) AS deposits_minor,
     coalesce(m.withdrawals_minor, toInt128(0)) AS withdrawals_minor,
     coalesce(f.in_flight_minor, toInt128(0)) AS in_flight_minor,
-    deposits_minor - withdrawals_minor - in_flight_minor AS expected_balances_minor,
+    coalesce(m.held_minor, toInt128(0)) AS held_minor,
+    deposits_minor - withdrawals_minor - in_flight_minor - held_minor AS expected_balances_minor,
     balances_minor = expected_balances_minor AS conserved,
     coalesce(p.completed, toUInt64(0)) AS completed_transfers,
     coalesce(p.completed_unpaired, toUInt64(0)) AS completed_unpaired,
@@ -205,13 +207,16 @@ FROM
 ) AS b
 LEFT JOIN
 (
-    SELECT w.currency AS currency, sum(e.deposits) AS deposits_minor, sum(e.withdrawals) AS withdrawals_minor
+    SELECT w.currency AS currency, sum(e.deposits) AS deposits_minor, sum(e.withdrawals) AS withdrawals_minor,
+           sum(e.held) AS held_minor
     FROM
     (
+        -- A hold entry is negative, its release positive: what they leave is still held.
         SELECT wallet_id, sumIf(toInt128(amount_minor), kind = 'deposit') AS deposits,
-               -sumIf(toInt128(amount_minor), kind = 'withdrawal') AS withdrawals
+               -sumIf(toInt128(amount_minor), kind = 'withdrawal') AS withdrawals,
+               -sumIf(toInt128(amount_minor), kind IN ('hold', 'release')) AS held
         FROM audit.ledger_entries FINAL
-        WHERE is_deleted = 0 AND kind IN ('deposit', 'withdrawal')
+        WHERE is_deleted = 0 AND kind IN ('deposit', 'withdrawal', 'hold', 'release')
         GROUP BY wallet_id
     ) AS e
     INNER JOIN (SELECT wallet_id, currency FROM audit.wallets FINAL WHERE is_deleted = 0) AS w
@@ -255,6 +260,26 @@ LIMIT {{limit:UInt32}}
 """,  # noqa: S608
             {"limit": "at most this many transfers (default 100)"},
             {"limit": "100"},
+        ),
+        AuditQuery(
+            "open_holds",
+            "Holds not yet captured, voided or expired, oldest first, with their age: from the wallets' entries "
+            "(a hold entry not matched by a release). `older_than_seconds` (default 0) keeps the older ones.",
+            """
+SELECT
+    toUUIDOrZero(reference) AS hold_id,
+    any(wallet_id) AS wallet_id,
+    -sumIf(toInt128(amount_minor), kind = 'hold') AS amount_minor,
+    minIf(created_at, kind = 'hold') AS held_since,
+    dateDiff('second', held_since, now64(6)) AS age_seconds
+FROM audit.ledger_entries FINAL
+WHERE is_deleted = 0 AND kind IN ('hold', 'release')
+GROUP BY reference
+HAVING countIf(kind = 'release') = 0 AND age_seconds >= {older_than_seconds:UInt32}
+ORDER BY held_since
+""",
+            {"older_than_seconds": "only holds at least this old (default 0)"},
+            {"older_than_seconds": "0"},
         ),
         AuditQuery(
             "bucket_moves",

@@ -264,6 +264,35 @@ def test_the_transfer_check_catches_a_completed_transfer_without_its_credit(
     assert (usd["completed_unpaired"], usd["paired"], usd["conserved"], usd["holds"]) == ("1", "0", "1", "0")
 
 
+def test_the_store_counts_open_holds_in_conservation_and_lists_them(cdc: CdcProcess) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from apps.holds.services import HoldRequest, hold_capture, hold_create, hold_void
+
+    owner, _ = make_client()
+    payer = make_wallet(owner, funded=1000, shard="shard_00")
+    payee = make_wallet(owner, shard="shard_01")
+
+    def hold(amount: int) -> Any:
+        request = HoldRequest(owner.id, payer.id, payee.id, amount, "USD", timezone.now() + timedelta(hours=1),
+                              str(uuid.uuid4()))  # fmt: skip
+        return hold_create(request).hold
+
+    kept, voided, captured = hold(300), hold(100), hold(50)
+    hold_void(voided.id, client_id=owner.id)
+    transfer_advance(hold_capture(captured.id, client_id=owner.id, amount_minor=20).transfer_id)
+    cdc.start(env=FAST)
+    client = cdc.client()
+    wait_until(lambda: caught_up(client), 20, "catch-up")
+    [usd] = query_rows(cdc, "conservation")
+    assert (usd["held_minor"], usd["conserved"], usd["holds"]) == ("300", "1", "1")
+    rows = query_rows(cdc, "open_holds")
+    assert [(r["hold_id"], r["wallet_id"], r["amount_minor"]) for r in rows] == [(str(kept.id), str(payer.id), "300")]
+    assert reconcile(client, wait=10).ok
+
+
 HISTORY = 200_000  # deleted entries: read by every query of the table, counted by none
 
 
