@@ -49,9 +49,9 @@ class Op:
     amount: int
     currency: str
     payee: str | None = None
+    answers: list[Answer] = field(default_factory=list)
     expires_at: str | None = None  # a hold's, fixed when the step is drawn: every retry sends the same body
     hold_id: str | None = None  # a capture's or void's hold
-    answers: list[Answer] = field(default_factory=list)
 
     @property
     def final(self) -> Answer | None:

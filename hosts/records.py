@@ -57,7 +57,7 @@ class Request:
         via = "single" if self.kind == "transfer" else "deposit"
         return Op(
             self.key, self.kind, via, "normal", self.payer, self.amount, "USD", self.payee,
-            [a.answer() for a in self.attempts],
+            answers=[a.answer() for a in self.attempts],
         )  # fmt: skip
 
     @classmethod
