@@ -19,7 +19,8 @@ class HoldNotHeld(DomainError):
     default_message = "The hold is no longer held."
 
     def __init__(self, hold: Any) -> None:
-        super().__init__(f"The hold is {hold.status}; it was resolved at {hold.resolved_at:%Y-%m-%dT%H:%M:%S.%fZ}.")
+        when = f" at {hold.resolved_at:%Y-%m-%dT%H:%M:%S.%fZ}" if hold.resolved_at is not None else ""
+        super().__init__(f"The hold is {hold.status}; it was resolved{when}.")
         self.hold = hold
 
 

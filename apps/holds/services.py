@@ -50,6 +50,10 @@ from apps.transfers.models import TransferStatus
 _CREATE_ATTEMPTS = 3
 
 
+class HoldNotDue(Exception):
+    """The expiry job found a hold whose time has not come by this process's clock: left for a later run."""
+
+
 @dataclass(frozen=True)
 class HoldRequest:
     client_id: int
@@ -175,7 +179,7 @@ def hold_void(hold_id: uuid.UUID, *, client_id: int | None, note: str = "", expi
             hold = _locked_hold(alias, hold_id, client_id)
             now = timezone.now()
             if expired and hold.expires_at > now:
-                raise HoldNotHeld(hold)  # not due: nothing to expire (the caller's scan raced a change)
+                raise HoldNotDue(str(hold.id))  # the database's clock said due, ours not yet
             wallets = lock_wallets(alias, {hold.payer_id}, payee_ids=set())
             plan = GroupPlan()
             _release(hold, wallets, plan, now)
@@ -236,6 +240,6 @@ def holds_expire_due(alias: str, *, limit: int = 500) -> int:
         try:
             hold_void(hold_id, client_id=None, note="expired", expired=True)
             expired += 1
-        except (HoldNotHeld, HoldNotFound):
-            pass  # resolved meanwhile (captured or voided first): the first resolution won
+        except (HoldNotHeld, HoldNotFound, HoldNotDue):
+            pass  # resolved meanwhile (captured or voided first: the first resolution won), or not yet due
     return expired

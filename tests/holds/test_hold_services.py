@@ -245,3 +245,17 @@ def test_a_capture_to_a_payee_frozen_meanwhile_fails_its_transfer_and_refunds_th
     assert (wallet_balance(payer.id), wallet_balance(payee.id)) == (1000, 0)
     assert entry_kinds(payer.id) == ["deposit", "hold", "release", "debit", "refund"]
     ledger_ok()
+
+
+def test_the_expiry_of_a_hold_not_yet_due_changes_nothing(owner) -> None:
+    from apps.holds.services import HoldNotDue
+
+    payer = make_wallet(owner, funded=1000, shard="shard_00")
+    payee = make_wallet(owner, shard="shard_01")
+    held = hold(owner, payer, payee, 300).hold
+    with pytest.raises(HoldNotDue):
+        hold_void(held.id, client_id=None, expired=True)
+    assert stored(held.id).status == "held"
+    assert wallet_balance(payer.id) == 700
+    # A refusal names the state it found, resolved or not.
+    assert "held" in HoldNotHeld(stored(held.id)).message
