@@ -366,7 +366,8 @@ def test_conservation_holds_with_money_in_flight_and_fails_without_a_deposit(cdc
     [usd] = query_rows(cdc, "conservation")
     assert usd == {
         "currency": "USD", "wallets": "3", "balances_minor": "10250", "deposits_minor": "10500",
-        "withdrawals_minor": "0", "in_flight_minor": "250", "expected_balances_minor": "10250", "conserved": "1",
+        "withdrawals_minor": "0", "in_flight_minor": "250", "held_minor": "0", "expected_balances_minor": "10250",
+        "conserved": "1",
         "completed_transfers": "1", "completed_unpaired": "0", "failed_transfers": "1", "failed_unpaired": "0",
         "paired": "1", "holds": "1",
     }  # fmt: skip
