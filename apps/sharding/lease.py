@@ -13,6 +13,7 @@ can no longer change anything when it wakes up: it finds out and exits.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -180,6 +181,10 @@ class MoveLease:
     def release(self) -> None:
         if self._conn is not None:
             try:
-                self._conn.close()  # closing the session releases the advisory lock
+                # Unlocked before the close: the server ends a closed session's backend (and its
+                # locks) a moment later, and an operator's next command must find the lease free.
+                with contextlib.suppress(psycopg.Error):
+                    self._conn.execute("SELECT pg_advisory_unlock(%s, %s)", [LEASE_LOCK_CLASS, self.move_id])
+                self._conn.close()  # closing the session releases the advisory lock in any case
             finally:
                 self._conn = None
