@@ -7,13 +7,11 @@ from datetime import datetime
 from typing import Any
 
 from apps.holds.models import Hold, HoldStatus
+from apps.transfers.api.serializers import iso_utc
 
 
 def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    text = value.isoformat()
-    return text[:-6] + "Z" if text.endswith("+00:00") else text
+    return None if value is None else iso_utc(value)
 
 
 def hold_out(hold: Hold) -> dict[str, Any]:

@@ -15,8 +15,6 @@ wallets in id order, as every transfer takes them.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -45,6 +43,7 @@ from apps.transfers.first_step import (
     write_money,
     write_plan,
 )
+from apps.transfers.idempotency import fingerprint_of
 from apps.transfers.models import TransferStatus
 
 _CREATE_ATTEMPTS = 3
@@ -74,7 +73,7 @@ class HoldRequest:
             "currency": self.currency,
             "expires_at": self.expires_at.isoformat() if self.expiry_given else None,
         }
-        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        return fingerprint_of(body)
 
 
 @dataclass(frozen=True)
@@ -135,7 +134,7 @@ def _create(alias: str, request: HoldRequest) -> HoldCreated:
         status=HoldStatus.HELD, idempotency_key=request.idempotency_key, request_fingerprint=request.fingerprint,
         expires_at=request.expires_at, created_at=now, updated_at=now,
     )  # fmt: skip
-    refusal = _payer_refusal(hold, payer)
+    refusal = payer_refusal(payer, hold.amount_minor, hold.currency)
     plan = GroupPlan()
     if refusal is not None:
         hold.status, hold.failure_reason = HoldStatus.FAILED, refusal
@@ -146,15 +145,6 @@ def _create(alias: str, request: HoldRequest) -> HoldCreated:
         write_money(cursor, plan, wallets, now)
     hold.save(using=alias, force_insert=True)
     return HoldCreated(hold, hold.response_status, hold.response_body, replayed=False)
-
-
-def _payer_refusal(hold: Hold, payer: object) -> str | None:
-    # The transfer's own rules for a payer, on a stand-in carrying the hold's amount and currency.
-    probe = new_transfer(
-        TransferRequest(hold.client_id, hold.payer_id, hold.payee_id, hold.amount_minor, hold.currency, "")
-    )
-    reason = payer_refusal(probe, payer)  # type: ignore[arg-type]
-    return None if reason is None else str(reason)
 
 
 def _locked_hold(alias: str, hold_id: uuid.UUID, client_id: int | None) -> Hold:

@@ -9,8 +9,6 @@ timeout, a deadlock) is rolled back and redone against the records then committe
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import uuid
 from collections.abc import Callable
@@ -57,7 +55,7 @@ class TransferRequest:
             "amount_minor": self.amount_minor,
             "currency": self.currency,
         }
-        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        return idempotency.fingerprint_of(body)
 
 
 @dataclass

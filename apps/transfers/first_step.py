@@ -79,14 +79,15 @@ def lock_wallets(alias: str, wallet_ids: set[uuid.UUID], *, payee_ids: set[uuid.
     return wallets
 
 
-def payer_refusal(transfer: Transfer, payer: LockedWallet | None) -> FailureReason | None:
+def payer_refusal(payer: LockedWallet | None, amount_minor: int, currency: str) -> FailureReason | None:
+    """Why a locked wallet cannot pay `amount_minor` of `currency` (a transfer's debit, a hold), if it cannot."""
     if payer is None:
         return FailureReason.PAYER_NOT_FOUND
-    if payer.currency != transfer.currency:
+    if payer.currency != currency:
         return FailureReason.PAYER_CURRENCY_MISMATCH
     if payer.status != WalletStatus.ACTIVE:
         return FailureReason.PAYER_FROZEN
-    if payer.balance < transfer.amount_minor:
+    if payer.balance < amount_minor:
         return FailureReason.INSUFFICIENT_FUNDS
     return None
 
@@ -139,7 +140,7 @@ def plan_first_step(
     payer = wallets.get(transfer.payer_id)
     same_shard = alias_for_id(transfer.payee_id) == alias_for_id(transfer.payer_id)
     payee = wallets.get(transfer.payee_id)
-    refusal = payer_refusal(transfer, payer)
+    refusal = payer_refusal(payer, transfer.amount_minor, transfer.currency)
     if refusal is None and same_shard:
         refusal = payee_refusal(transfer, payee)
     if refusal is not None:

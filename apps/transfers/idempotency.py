@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -24,6 +26,11 @@ from django.utils import timezone
 from apps.common.errors import DomainError, IdempotencyKeyReused
 from apps.sharding.routing import shard_aliases
 from apps.transfers.errors import IdempotencyRequestInProgress
+
+
+def fingerprint_of(body: dict[str, object]) -> str:
+    """What a repeat of an Idempotency-Key is compared by: the request's fields, canonically hashed."""
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def key_ttl() -> timedelta:

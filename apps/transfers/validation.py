@@ -50,6 +50,13 @@ def valid_idempotency_key(key: object) -> bool:
     return isinstance(key, str) and 1 <= len(key) <= 255 and all(32 <= ord(c) < 127 for c in key)
 
 
+def parse_amount(amount: object) -> int | Invalid:
+    """An `amount_minor`: a JSON integer (not a boolean) in 1..2^63-1."""
+    if isinstance(amount, bool) or not isinstance(amount, int) or not 1 <= amount <= MAX_MINOR_AMOUNT:
+        return Invalid("invalid_amount", "Must be a JSON integer from 1 to 2^63-1, in minor units.", "amount_minor")
+    return amount
+
+
 def parse_transfer_body(client_id: int, raw: object, key: str) -> TransferRequest | Invalid:
     if not isinstance(raw, dict):
         return Invalid("parameter_invalid", "The body must be a JSON object.", None)
@@ -61,9 +68,9 @@ def parse_transfer_body(client_id: int, raw: object, key: str) -> TransferReques
         return Invalid("parameter_invalid", "Not a wallet id.", "from")
     if payee_id is None:
         return Invalid("parameter_invalid", "Not a wallet id.", "to")
-    amount = raw["amount_minor"]
-    if isinstance(amount, bool) or not isinstance(amount, int) or not 1 <= amount <= MAX_MINOR_AMOUNT:
-        return Invalid("invalid_amount", "Must be a JSON integer from 1 to 2^63-1, in minor units.", "amount_minor")
+    amount = parse_amount(raw["amount_minor"])
+    if isinstance(amount, Invalid):
+        return amount
     currency = raw["currency"]
     if not isinstance(currency, str) or not is_supported_currency(currency):
         return Invalid("unsupported_currency", f"{currency!r} is not an ISO 4217 currency code.", "currency")

@@ -12,7 +12,7 @@ from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
-from apps.common.api import MAX_MINOR_AMOUNT, idempotency_key, waits_out_moves
+from apps.common.api import idempotency_key, waits_out_moves
 from apps.common.errors import IdempotencyKeyReused
 from apps.common.openapi import (
     IDEMPOTENCY_KEY_HEADER,
@@ -40,7 +40,7 @@ from apps.sharding.fence import read_by_id
 from apps.sharding.ids import InvalidId, bucket_of, parse_id
 from apps.sharding.routing import shard_map
 from apps.transfers.api.schema import NOT_A_WALLET_ID, PAYER_CURRENCY_MISMATCH, PAYER_NOT_FOUND, SAME_WALLET
-from apps.transfers.validation import Invalid, InvalidTransfer, parse_transfer_body
+from apps.transfers.validation import Invalid, InvalidTransfer, parse_amount, parse_transfer_body
 
 HOLD_ID = id_parameter("hold_id", "One of your holds.")
 HOLD_NOT_FOUND = ErrorCode.of(HoldNotFound, "no such hold, or another client's")
@@ -102,11 +102,9 @@ def parse_hold_id(raw: str) -> uuid.UUID:
 def _amount(raw: object) -> int | None:
     if not isinstance(raw, dict) or "amount_minor" not in raw:
         return None
-    amount = raw["amount_minor"]
-    if isinstance(amount, bool) or not isinstance(amount, int) or not 1 <= amount <= MAX_MINOR_AMOUNT:
-        raise InvalidTransfer(
-            Invalid("invalid_amount", "Must be a JSON integer from 1 to 2^63-1, in minor units.", "amount_minor")
-        )
+    amount = parse_amount(raw["amount_minor"])
+    if isinstance(amount, Invalid):
+        raise InvalidTransfer(amount)
     return amount
 
 

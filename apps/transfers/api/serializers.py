@@ -79,7 +79,7 @@ class TransferOut(TransferSummaryOut):
         return fields
 
 
-def _iso(value: datetime) -> str:
+def iso_utc(value: datetime) -> str:
     # As DRF's DateTimeField renders it (UTC as "Z"), so every endpoint shows the same text.
     text = value.isoformat()
     return text[:-6] + "Z" if text.endswith("+00:00") else text
@@ -93,13 +93,13 @@ def transfer_out(transfer: Transfer, events: list[Event] | None = None) -> dict[
         "currency": transfer.currency,
         "status": transfer.status,
         "failure_reason": transfer.failure_reason,
-        "created_at": _iso(transfer.created_at),
-        "updated_at": _iso(transfer.updated_at),
+        "created_at": iso_utc(transfer.created_at),
+        "updated_at": iso_utc(transfer.updated_at),
         "from": str(transfer.payer_id),
         "to": str(transfer.payee_id),
     }
     if events is not None:
-        body["status_history"] = [{"status": e.to_status, "reason": e.reason, "at": _iso(e.at)} for e in events]
+        body["status_history"] = [{"status": e.to_status, "reason": e.reason, "at": iso_utc(e.at)} for e in events]
     return body
 
 
