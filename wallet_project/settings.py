@@ -57,7 +57,7 @@ for _database in DATABASES.values():
     # Django's PostgreSQL backend, counting connection and query errors per alias for /metrics.
     _database["ENGINE"] = "apps.observability.backend"
 DATABASE_ROUTERS = ["apps.sharding.router.ShardRouter"]
-SHARDED_APPS = {"ledger", "transfers", "holds"}
+SHARDED_APPS = {"ledger", "transfers", "holds", "refunds"}
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -74,6 +74,7 @@ INSTALLED_APPS = [
     "apps.ledger",
     "apps.transfers",
     "apps.holds",
+    "apps.refunds",
     "apps.audit",
     "apps.observability",
     "apps.operators",  # last: its post_migrate hook sets up the staff groups once every app's permissions exist
@@ -218,7 +219,7 @@ AUDIT_PUBLICATION = ENV.optional("SHARDWALLET_AUDIT_PUBLICATION", "shardwallet_a
 AUDIT_TABLES = ENV.optional(
     "SHARDWALLET_AUDIT_TABLES",
     "ledger_wallet,ledger_entry,transfers_transfer,transfers_event,transfers_payee_credit,holds_hold,"
-    "sharding_move_marker",
+    "refunds_refund,sharding_move_marker",
 ).split(",")
 AUDIT_BATCH_MAX_CHANGES = int(ENV.optional("SHARDWALLET_AUDIT_BATCH_MAX_CHANGES", "20000"))
 AUDIT_BATCH_MAX_SECONDS = float(ENV.optional("SHARDWALLET_AUDIT_BATCH_MAX_SECONDS", "0.2"))
@@ -284,6 +285,10 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "inte
 HOLD_DEFAULT_SECONDS = int(ENV.optional("SHARDWALLET_HOLD_DEFAULT_SECONDS", str(7 * 24 * 3600)))
 HOLD_MAX_SECONDS = int(ENV.optional("SHARDWALLET_HOLD_MAX_SECONDS", str(30 * 24 * 3600)))
 HOLD_EXPIRY_INTERVAL_SECONDS = float(ENV.optional("SHARDWALLET_HOLD_EXPIRY_INTERVAL_SECONDS", "10"))
+# Refunds: a refund still pending this long after its request (the request died between its
+# steps, or a refused debit was not settled) is carried on by a beat job, as its repeat would.
+REFUND_RESUME_AFTER_SECONDS = float(ENV.optional("SHARDWALLET_REFUND_RESUME_AFTER_SECONDS", "30"))
+REFUND_RESUME_INTERVAL_SECONDS = float(ENV.optional("SHARDWALLET_REFUND_RESUME_INTERVAL_SECONDS", "10"))
 
 CELERY_BEAT_SCHEDULE = {
     "sweep-stalled-transfers": {
@@ -297,6 +302,10 @@ CELERY_BEAT_SCHEDULE = {
     "expire-holds": {
         "task": "apps.holds.tasks.expire_holds",
         "schedule": HOLD_EXPIRY_INTERVAL_SECONDS,
+    },
+    "resume-stalled-refunds": {
+        "task": "apps.refunds.tasks.resume_stalled_refunds",
+        "schedule": REFUND_RESUME_INTERVAL_SECONDS,
     },
 }
 

@@ -17,6 +17,7 @@ urlpatterns = [
     path("v1/", include("apps.transfers.api.urls")),
     path("v1/", include("apps.ledger.api.urls")),
     path("v1/", include("apps.holds.api.urls")),
+    path("v1/", include("apps.refunds.api.urls")),
 ]
 
 handler404 = "apps.common.errors.json_not_found"

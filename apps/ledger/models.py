@@ -39,6 +39,11 @@ class Wallet(models.Model):
     last_entry_seq = models.BigIntegerField(default=0, help_text="Sequence number of the newest entry.")
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField()
+    payer_may_refund = models.BooleanField(
+        default=False,
+        db_default=False,
+        help_text="Set by the owner: the client that paid a transfer into this wallet may refund it from here.",
+    )
 
     class Meta:
         db_table = "ledger_wallet"

@@ -207,14 +207,30 @@ def apply_entry(
     raise _why_not_applied(alias, wallet_id, delta, currency, str(kind))
 
 
-def wallet_create(*, owner_id: int, currency: str, bucket: int | None = None) -> Wallet:
+def wallet_create(*, owner_id: int, currency: str, bucket: int | None = None, payer_may_refund: bool = False) -> Wallet:
     """Create an empty wallet in a random bucket (or the one given), on that bucket's shard."""
     bucket = random_bucket() if bucket is None else bucket
     alias = shard_map().alias_for_bucket(bucket)
     now = timezone.now()
-    wallet = Wallet(id=new_id(bucket), owner_id=owner_id, currency=currency, created_at=now, updated_at=now)
+    wallet = Wallet(
+        id=new_id(bucket), owner_id=owner_id, currency=currency, payer_may_refund=payer_may_refund, created_at=now,
+        updated_at=now,
+    )  # fmt: skip
     with transaction.atomic(using=alias):
         wallet.save(using=alias, force_insert=True)
+    return wallet
+
+
+def wallet_set_payer_may_refund(*, wallet_id: uuid.UUID, owner_id: int, allowed: bool) -> Wallet:
+    """The owner's say on refunds by payers (see apps.refunds.services); WalletNotFound if not its wallet."""
+    alias = alias_for_id(wallet_id)
+    with transaction.atomic(using=alias):
+        wallet = Wallet.objects.using(alias).select_for_update().filter(id=wallet_id, owner_id=owner_id).first()
+        if wallet is None:
+            raise WalletNotFound(param="wallet_id")
+        if wallet.payer_may_refund != allowed:
+            wallet.payer_may_refund, wallet.updated_at = allowed, timezone.now()
+            wallet.save(using=alias, update_fields=["payer_may_refund", "updated_at"])
     return wallet
 
 

@@ -14,6 +14,7 @@ MONEY_COLUMNS = {
     "transfers_transfer": "amount_minor",
     "transfers_payee_credit": "amount_minor",
     "holds_hold": "amount_minor",
+    "refunds_refund": "amount_minor",
 }
 
 # (table, bucket) -> (rows, money, hash)

@@ -106,6 +106,7 @@ PRIMARY_KEYS = {
     "transfers_idempotency": "id",
     "transfers_payee_credit": "transfer_id",
     "holds_hold": "id",
+    "refunds_refund": "id",
 }
 
 

@@ -18,6 +18,7 @@ BUCKET_COLUMNS: dict[str, str] = {
     "transfers_idempotency": "payer_id",
     "transfers_payee_credit": "payee_id",
     "holds_hold": "id",  # a hold lives on its payer's shard, with the payer's bucket in its id
+    "refunds_refund": "id",  # a refund's record lives beside the original transfer, with its bucket
 }
 
 # SQLSTATE raised by the fence when a write reaches a shard for a bucket it does not serve.

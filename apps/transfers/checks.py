@@ -6,7 +6,10 @@
   refunded only if debited and never credited), and no debit/credit/refund lacks a transfer;
 - a cross-shard credit agrees with the payee's recorded outcome;
 - per currency: sum(balances) = deposits - withdrawals - money in flight, where money in
-  flight is computed from the transfers (debited, neither credited nor refunded).
+  flight is computed from the transfers (debited, neither credited nor refunded);
+- refunds: a transfer's `amount_refunded` is the sum of its refunds that did not fail, each
+  refund's record agrees with its refund transfer (original, amount, and no settled record
+  contradicting a terminal transfer: a succeeded refund whose transfer failed, or the reverse).
 
 It streams: each shard's transfers, transfer entries and payee outcomes are read through
 server-side cursors ordered by transfer id (one REPEATABLE READ snapshot per shard) and
@@ -54,6 +57,7 @@ class LedgerReport:
     entries: int = 0
     transfers: int = 0
     holds: int = 0
+    refunds: int = 0
     transfers_by_status: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     violation_count: int = 0
 
@@ -91,8 +95,13 @@ class _Movement:
 # bytes do, and COLLATE "C" keeps the entries' text references in the same order whatever
 # the database's collation, so the streams of every shard merge in one pass.
 _TRANSFERS_SQL = (
-    "SELECT t.id::text AS key, t.id, t.payer_id, t.payee_id, t.amount_minor, t.currency, t.status"
+    "SELECT t.id::text AS key, t.id, t.payer_id, t.payee_id, t.amount_minor, t.currency, t.status, t.refund_of"
     " FROM transfers_transfer t WHERE sharding_serves(t.id) ORDER BY t.id"
+)
+# Refund records, keyed by their refund transfer's id (on the original's shard, often another).
+_REFUNDS_SQL = (
+    "SELECT r.transfer_id::text AS key, r.original_id, r.amount_minor, r.status FROM refunds_refund r"
+    " WHERE sharding_serves(r.id) ORDER BY r.transfer_id"
 )
 _MOVEMENTS_SQL = (
     "SELECT e.reference, e.kind, e.wallet_id, e.amount_minor, w.currency FROM ledger_entry e"
@@ -103,7 +112,7 @@ _OUTCOMES_SQL = (
     "SELECT c.transfer_id::text AS key, c.payee_id, c.outcome FROM transfers_payee_credit c"
     " WHERE sharding_serves(c.payee_id) ORDER BY c.transfer_id"
 )
-_TRANSFER, _MOVEMENT, _OUTCOME = 0, 1, 2
+_TRANSFER, _MOVEMENT, _OUTCOME, _REFUND = 0, 1, 2, 3
 
 
 def _tagged(alias: str, sql: str, tag: int) -> Iterator[tuple[str, int, str, tuple]]:
@@ -133,10 +142,16 @@ def check_ledger() -> LedgerReport:
         for alias in aliases:
             _check_wallets(alias, report)
             _check_holds(alias, report)
+            _check_refunded_amounts(alias, report)
         streams = [
             _tagged(alias, sql, tag)
             for alias in aliases
-            for sql, tag in ((_TRANSFERS_SQL, _TRANSFER), (_MOVEMENTS_SQL, _MOVEMENT), (_OUTCOMES_SQL, _OUTCOME))
+            for sql, tag in (
+                (_TRANSFERS_SQL, _TRANSFER),
+                (_MOVEMENTS_SQL, _MOVEMENT),
+                (_OUTCOMES_SQL, _OUTCOME),
+                (_REFUNDS_SQL, _REFUND),
+            )
         ]
         merged = heapq.merge(*streams, key=lambda item: item[0])
         for reference, items in groupby(merged, key=lambda item: item[0]):
@@ -158,6 +173,9 @@ def _check_reference(
     transfers = [(alias, row) for _, tag, alias, row in items if tag == _TRANSFER]
     moves = [_Movement(*row) for _, tag, _, row in items if tag == _MOVEMENT]
     outcomes = [row for _, tag, _, row in items if tag == _OUTCOME]
+    refunds = [row for _, tag, _, row in items if tag == _REFUND]
+    if refunds:
+        _check_refund(report, reference, refunds, transfers[0][1] if transfers else None)
     if not transfers:
         if moves:
             kinds = sorted(m.kind for m in moves)
@@ -168,12 +186,52 @@ def _check_reference(
     if len(outcomes) > 1:
         report.add(f"transfer {reference} has {len(outcomes)} payee outcomes")
     outcome = outcomes[0] if outcomes else None
-    alias, (transfer_id, payer_id, payee_id, amount, currency, status) = transfers[0]
+    alias, (transfer_id, payer_id, payee_id, amount, currency, status, _) = transfers[0]
     if alias_for_id(transfer_id) != alias or alias_for_id(payer_id) != alias:
         report.add(f"transfer {transfer_id} is on {alias}, not on its payer's shard")
     report.transfers += 1
     report.transfers_by_status[status] += 1
     _check_transfer(report, transfer_id, payer_id, payee_id, amount, currency, status, moves, outcome, moved_buckets)
+
+
+# Settled records that no run of the saga could leave beside a terminal refund transfer.
+_CONTRADICTIONS = {("succeeded", "failed"), ("failed", "completed")}
+
+
+def _check_refund(report: LedgerReport, reference: str, records: list[tuple], transfer: tuple | None) -> None:
+    """A refund's record against its transfer. Shards are read at slightly different instants,
+    so a record may lag its transfer (or the reverse): only contradictions are violations."""
+    report.refunds += len(records)
+    if len(records) > 1:
+        report.add(f"refund transfer {reference} has {len(records)} refund records")
+    original_id, amount, record_status = records[0]
+    if transfer is None:
+        return  # not created yet (its request died after the reservation: the resumption job creates it)
+    _, _, _, transfer_amount, _, transfer_status, refund_of = transfer
+    if refund_of != original_id or transfer_amount != amount:
+        report.add(
+            f"refund transfer {reference} refunds {refund_of} for {transfer_amount}; its record says"
+            f" {original_id} for {amount}"
+        )
+    if (record_status, transfer_status) in _CONTRADICTIONS:
+        report.add(f"refund {reference} is {record_status} but its transfer {transfer_status}")
+
+
+_REFUNDED_AMOUNTS_SQL = """
+SELECT t.id, t.amount_minor, t.amount_refunded, COALESCE(sum(r.amount_minor) FILTER (WHERE r.status <> 'failed'), 0)
+  FROM refunds_refund r JOIN transfers_transfer t ON t.id = r.original_id
+ WHERE sharding_serves(r.id)
+ GROUP BY t.id
+"""
+
+
+def _check_refunded_amounts(alias: str, report: LedgerReport) -> None:
+    """An original's `amount_refunded` is what its refunds not failed reserved (same shard, one snapshot)."""
+    for original_id, amount, refunded, reserved in _rows(alias, _REFUNDED_AMOUNTS_SQL):
+        if refunded != reserved:
+            report.add(f"transfer {original_id}: amount_refunded {refunded} but its live refunds hold {reserved}")
+        if reserved > amount:
+            report.add(f"transfer {original_id} of {amount} is refunded {reserved}")
 
 
 def _check_wallets(alias: str, report: LedgerReport) -> None:

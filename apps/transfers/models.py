@@ -53,11 +53,23 @@ class Transfer(models.Model):
     parked_at = models.DateTimeField(null=True, blank=True, help_text="Set when retries ran out: an operator decides.")
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField()
+    refund_of = models.UUIDField(
+        null=True, blank=True, help_text="A refund: the completed transfer it pays back (on the payee's shard)."
+    )
+    amount_refunded = models.BigIntegerField(
+        default=0,
+        db_default=0,
+        help_text="Reserved by its refunds that did not fail (pending or succeeded): never above amount_minor.",
+    )
 
     class Meta:
         db_table = "transfers_transfer"
         constraints = [
             models.CheckConstraint(condition=Q(amount_minor__gt=0), name="transfer_amount_positive"),
+            models.CheckConstraint(
+                condition=Q(amount_refunded__gte=0) & Q(amount_refunded__lte=models.F("amount_minor")),
+                name="transfer_refunds_within_amount",
+            ),
             models.CheckConstraint(condition=~Q(payer_id=models.F("payee_id")), name="transfer_not_to_self"),
             models.CheckConstraint(
                 condition=Q(status="failed", failure_reason__isnull=False) | ~Q(status="failed"),

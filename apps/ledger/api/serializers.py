@@ -13,11 +13,22 @@ from apps.ledger.services import AppliedEntry
 
 class WalletCreateIn(serializers.Serializer):
     currency = CurrencyField(help_text="ISO 4217 code, e.g. USD.")
+    payer_may_refund = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="Whether the client that paid a transfer into this wallet may refund it from here (default no).",
+    )
 
     def validate_currency(self, value: str) -> str:
         if not is_supported_currency(value):
             raise serializers.ValidationError(f"{value!r} is not an ISO 4217 currency code (e.g. USD, EUR).")
         return value
+
+
+class WalletUpdateIn(serializers.Serializer):
+    payer_may_refund = serializers.BooleanField(
+        help_text="Whether the client that paid a transfer into this wallet may refund it from here."
+    )
 
 
 class MovementIn(serializers.Serializer):
@@ -31,7 +42,7 @@ class WalletOut(serializers.ModelSerializer):
 
     class Meta:
         model = Wallet
-        fields = ["id", "currency", "status", "balance_minor", "created_at", "updated_at"]
+        fields = ["id", "currency", "status", "balance_minor", "payer_may_refund", "created_at", "updated_at"]
         read_only_fields = fields
 
 

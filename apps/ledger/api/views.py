@@ -42,7 +42,7 @@ from apps.ledger.api.schema import (
     EntryPage,
     WalletPage,
 )
-from apps.ledger.api.serializers import EntryOut, MovementIn, WalletCreateIn, WalletOut, entry_out
+from apps.ledger.api.serializers import EntryOut, MovementIn, WalletCreateIn, WalletOut, WalletUpdateIn, entry_out
 from apps.ledger.errors import WalletNotFound
 from apps.ledger.models import EntryKind, Wallet
 from apps.ledger.services import AppliedEntry
@@ -77,7 +77,11 @@ class WalletCollectionView(APIView):
     def post(self, request: Request) -> Response:
         data = WalletCreateIn(data=request.data)
         data.is_valid(raise_exception=True)
-        wallet = services.wallet_create(owner_id=cast(int, request.user.id), currency=data.validated_data["currency"])
+        wallet = services.wallet_create(
+            owner_id=cast(int, request.user.id),
+            currency=data.validated_data["currency"],
+            payer_may_refund=data.validated_data["payer_may_refund"],
+        )
         return Response(WalletOut(wallet).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(
@@ -104,6 +108,26 @@ class WalletDetailView(APIView):
     @waits_out_moves  # a read of a range being switched waits for its new owner
     def get(self, request: Request, wallet_id: str) -> Response:
         return Response(WalletOut(owned_wallet(request, wallet_id)).data)
+
+    @extend_schema(
+        operation_id="wallets_partial_update",
+        summary="Change a wallet's settings: whether payers may refund what they paid into it",
+        request=WalletUpdateIn,
+        parameters=[WALLET_ID],
+        responses={
+            200: WalletOut,
+            **error_responses(PARAMETER_MISSING, *JSON_BODY_ERRORS, WALLET_NOT_FOUND, NOT_FOUND),
+        },
+    )
+    @waits_out_moves
+    def patch(self, request: Request, wallet_id: str) -> Response:
+        parsed = parse_wallet_id(wallet_id)
+        data = WalletUpdateIn(data=request.data)
+        data.is_valid(raise_exception=True)
+        wallet = services.wallet_set_payer_may_refund(
+            wallet_id=parsed, owner_id=cast(int, request.user.id), allowed=data.validated_data["payer_may_refund"]
+        )
+        return Response(WalletOut(wallet).data)
 
 
 def _render_entry(entry: AppliedEntry) -> str:

@@ -62,6 +62,10 @@ class TransferSummaryOut(serializers.Serializer):
     failure_reason = serializers.ChoiceField(FailureReason.choices, allow_null=True, help_text="Set once failed.")
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
+    refund_of = IdField(allow_null=True, help_text="For a refund: the transfer it pays back. Null otherwise.")
+    amount_refunded = serializers.IntegerField(
+        min_value=0, help_text="Refunded or being refunded (refunds not failed); at most amount_minor."
+    )
 
     def get_fields(self) -> dict[str, serializers.Field]:
         fields = super().get_fields()
@@ -70,12 +74,24 @@ class TransferSummaryOut(serializers.Serializer):
         return fields
 
 
+class RefundOut(serializers.Serializer):
+    id = IdField(help_text="The refund's transfer (GET /v1/transfers/{id}).")
+    amount_minor = AmountField()
+    status = serializers.ChoiceField(
+        ["pending", "succeeded", "failed"],
+        help_text="`succeeded` once the payer is credited; `failed` (nothing moved) with the reason.",
+    )
+    failure_reason = serializers.ChoiceField(FailureReason.choices, allow_null=True)
+    created_at = serializers.DateTimeField()
+
+
 class TransferOut(TransferSummaryOut):
-    """A transfer with its status history (in the OpenAPI schema only, as `TransferSummaryOut`)."""
+    """A transfer with its status history and refunds (in the OpenAPI schema only, as `TransferSummaryOut`)."""
 
     def get_fields(self) -> dict[str, serializers.Field]:
         fields = super().get_fields()
         fields["status_history"] = TransferEventOut(many=True, help_text="Every transition, oldest first.")
+        fields["refunds"] = RefundOut(many=True, help_text="Its refunds, oldest first.")
         return fields
 
 
@@ -85,8 +101,12 @@ def iso_utc(value: datetime) -> str:
     return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
-def transfer_out(transfer: Transfer, events: list[Event] | None = None) -> dict[str, Any]:
-    """The transfer as the API shows it (the shape of TransferOut, built directly: this is a hot path)."""
+def transfer_out(
+    transfer: Transfer, events: list[Event] | None = None, refunds: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The transfer as the API shows it (the shape of TransferOut, built directly: this is a hot path).
+
+    With `events` (the detail's shape) it carries its history and its `refunds` (none if not given)."""
     body: dict[str, Any] = {
         "id": str(transfer.id),
         "amount_minor": transfer.amount_minor,
@@ -97,9 +117,12 @@ def transfer_out(transfer: Transfer, events: list[Event] | None = None) -> dict[
         "updated_at": iso_utc(transfer.updated_at),
         "from": str(transfer.payer_id),
         "to": str(transfer.payee_id),
+        "refund_of": None if transfer.refund_of is None else str(transfer.refund_of),
+        "amount_refunded": transfer.amount_refunded,
     }
     if events is not None:
         body["status_history"] = [{"status": e.to_status, "reason": e.reason, "at": iso_utc(e.at)} for e in events]
+        body["refunds"] = refunds or []
     return body
 
 

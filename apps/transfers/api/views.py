@@ -36,6 +36,8 @@ from apps.common.openapi import (
 from apps.holds.selectors import held_minor
 from apps.ledger.api.schema import WALLET_ID, WALLET_NOT_FOUND
 from apps.ledger.api.views import owned_wallet
+from apps.refunds.rendering import refund_out
+from apps.refunds.selectors import refund_list
 from apps.sharding.fence import is_fence_refusal, retry_while_fenced
 from apps.sharding.ids import InvalidId, parse_id
 from apps.sharding.routing import alias_for_id, refresh_shard_map
@@ -228,7 +230,7 @@ def parse_transfer_id(raw: str) -> uuid.UUID:
 class TransferDetailView(APIView):
     @extend_schema(
         operation_id="transfers_retrieve",
-        summary="Get a transfer with its status history",
+        summary="Get a transfer with its status history and refunds",
         parameters=[TRANSFER_ID],
         responses={200: TransferOut, **error_responses(TRANSFER_NOT_FOUND, NOT_FOUND, BATCH_URL)},
     )
@@ -238,7 +240,8 @@ class TransferDetailView(APIView):
             transfer = selectors.transfer_get(transfer_id=parse_transfer_id(transfer_id), client_id=request.user.id)
         except ValueError:  # bucket outside the shard map
             raise TransferNotFound(param="transfer_id") from None
-        return Response(transfer_out(transfer, selectors.transfer_history(transfer_id=transfer.id)))
+        refunds = [refund_out(r) for r in refund_list(original=transfer)]
+        return Response(transfer_out(transfer, selectors.transfer_history(transfer_id=transfer.id), refunds))
 
 
 class WalletTransferListView(APIView):

@@ -15,7 +15,7 @@ class Command(BaseCommand):
         statuses = ", ".join(f"{s} {n}" for s, n in sorted(report.transfers_by_status.items())) or "none"
         self.stdout.write(
             f"wallets {report.wallets}, entries {report.entries}, transfers {report.transfers} ({statuses}),"
-            f" holds {report.holds}"
+            f" holds {report.holds}, refunds {report.refunds}"
         )
         for currency, totals in sorted(report.totals.items()):
             self.stdout.write(
