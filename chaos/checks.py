@@ -13,6 +13,10 @@ What must hold (the mission's invariants, seen from outside):
 - each hold is created once per key and ends as its client saw it: a capture answered 200
   captured the amount asked, by a transfer that exists; a void answered 200 voided it; a
   hold left alone is expired or still held, never captured or voided;
+- each refund key is answered once with one refund (or a refusal that leaves none), which
+  ends as its transfer does (succeeded: completed, failed: failed, for the same reason), pays
+  the original's payer back from its payee, and no transfer is refunded beyond its amount
+  (`amount_refunded` is what its succeeded refunds paid back);
 - the bank test: every wallet's balance is what the acknowledged deposits, withdrawals and
   completed transfers make it, less what its open holds reserve, so money is conserved to
   the unit (nothing is in flight).
@@ -87,7 +91,7 @@ def check_keys(verdict: Verdict, ops: list[Op], snap: Snapshot) -> dict[str, Op]
     for (payer, key), tid in snap.keys.items():
         if (payer, key) not in sent:
             verdict.fail("one key, one transfer", f"transfer {tid} has key {key}, which no client sent from {payer}")
-    keyed = set(snap.keys.values()) | {h.transfer_id for h in snap.holds.values() if h.transfer_id}
+    keyed = set(snap.keys.values()) | {h.transfer_id for h in snap.holds.values() if h.transfer_id} | set(snap.refunds)
     for tid in snap.transfers:
         if tid not in keyed:
             verdict.fail("one key, one transfer", f"transfer {tid} has no idempotency record of the run's client")
@@ -284,6 +288,74 @@ def _check_resolution(verdict: Verdict, snap: Snapshot, stored: HoldRow, resolut
         verdict.fail("holds end as answered", f"hold {stored.id}'s transfer {stored.transfer_id} is on no shard")
 
 
+# A settled refund and its transfer's end: the record settles in the transaction of the credit
+# (or of the refused debit), so once every transfer is terminal nothing may differ.
+_REFUND_ENDS = {"succeeded": "completed", "failed": "failed"}
+# Refusals a refund may get: the original not completed (or a refund), nothing or not that
+# much left, or a payee of another client that does not allow refunds by the payer.
+_REFUND_REFUSALS = {
+    (409, "transfer_not_refundable"), (409, "transfer_fully_refunded"), (422, "refund_exceeds_remaining"),
+    (403, "refund_not_allowed"),
+}  # fmt: skip
+
+
+def check_refunds(verdict: Verdict, ops: list[Op], snap: Snapshot) -> None:
+    """Each refund key answered once with one refund that ended as answered; no original refunded beyond its amount."""
+    client_id = snap.client_id
+    by_key = {(r.original, r.key): r for r in snap.refunds.values() if r.client == client_id}
+    sent = set()
+    for op in (o for o in ops if o.kind == "refund"):
+        original_id = op.refund_of or ""
+        sent.add((original_id, op.key))
+        final, stored = op.final, by_key.get((original_id, op.key))
+        if final is None:
+            verdict.fail("every request answered", f"refund {op.key} got no definitive answer: {op.answers[-1:]}")
+            continue
+        if len(op.object_ids) > 1:
+            verdict.fail("one key, one refund", f"refund key {op.key} was answered with {sorted(op.object_ids)}")
+        if final.status not in (201, 202):
+            if (final.status, final.error) not in _REFUND_REFUSALS:
+                verdict.fail("refunds end as answered", f"refund {op.key} answered {final.status} {final.error}")
+            if stored is not None:
+                verdict.fail("one key, one refund", f"refund key {op.key} was refused ({final.error}) but has a refund")
+            continue
+        if stored is None or stored.transfer_id != final.object_id:
+            verdict.fail("one key, one refund", f"refund key {op.key}: answered {final.object_id}, stored {stored}")
+            continue
+        row = snap.transfers.get(stored.transfer_id)
+        if row is not None and final.state not in row.history:
+            verdict.fail("answers match the outcome", f"refund {row.id} was answered {final.state}, not {row.history}")
+        if op.amount and stored.amount != op.amount:
+            verdict.fail("one key, one refund", f"refund {stored.transfer_id} of {stored.amount}; asked {op.amount}")
+    refunded: Counter[str] = Counter()
+    for refund in snap.refunds.values():
+        if refund.client == client_id and (refund.original, refund.key) not in sent:
+            verdict.fail(
+                "one key, one refund", f"refund {refund.transfer_id} has key {refund.key}, which no client sent"
+            )
+        row, original = snap.transfers.get(refund.transfer_id), snap.transfers.get(refund.original)
+        if row is None or original is None:
+            verdict.fail("refunds end as answered", f"refund {refund.transfer_id} or its original is on no shard")
+            continue
+        if (row.refund_of, row.payer, row.payee, row.amount) != (original.id, original.payee, original.payer,
+                                                                 refund.amount):  # fmt: skip
+            verdict.fail("refunds end as answered", f"refund {row.id} does not pay back {original.id} as recorded")
+        if _REFUND_ENDS.get(refund.status) != row.status:
+            verdict.fail("refunds end as answered", f"refund {row.id} is {refund.status}, its transfer {row.status}")
+        if refund.status == "failed" and refund.reason != row.reason:
+            verdict.fail(
+                "refunds end as answered", f"refund {row.id} failed {refund.reason}, its transfer {row.reason}"
+            )
+        if refund.status == "succeeded":
+            refunded[refund.original] += refund.amount
+    for row in snap.transfers.values():
+        if row.amount_refunded != refunded[row.id] or refunded[row.id] > row.amount:
+            verdict.fail(
+                "refunds never exceed the amount",
+                f"transfer {row.id} of {row.amount}: amount_refunded {row.amount_refunded}, refunds {refunded[row.id]}",
+            )
+
+
 def verify(history: History, snap: Snapshot, wallets: Wallets) -> Verdict:
     verdict = Verdict()
     for duplicate in snap.duplicates:
@@ -294,11 +366,13 @@ def verify(history: History, snap: Snapshot, wallets: Wallets) -> Verdict:
     check_seen(verdict, by_transfer, history, snap)
     check_entries(verdict, ops, snap)
     check_holds(verdict, ops, snap)
+    check_refunds(verdict, ops, snap)
     verdict.counts["money"] = check_bank(verdict, ops, snap, list(wallets.shard_of))
     statuses = Counter(f"{r.status}/{r.reason}" if r.reason else r.status for r in snap.transfers.values())
     verdict.counts["transfers"] = dict(sorted(statuses.items()))
     verdict.counts["transfers_checked"] = len(snap.transfers)
     verdict.counts["holds"] = dict(sorted(Counter(h.status for h in snap.holds.values()).items()))
+    verdict.counts["refunds"] = dict(sorted(Counter(r.status for r in snap.refunds.values()).items()))
     verdict.counts["cross_shard_transfers"] = sum(
         1 for r in snap.transfers.values() if wallets.shard_of.get(r.payer) != wallets.shard_of.get(r.payee)
     )

@@ -15,7 +15,7 @@ import time
 from chaos.api import ApiClient, NoAnswer, Response
 from chaos.history import Answer, History, Op, Read
 from chaos.timeline import Timeline
-from chaos.workload import Batch, HoldStep, ReadStep, Resend, Single, Step, Workload, ops_of
+from chaos.workload import Batch, HoldStep, ReadStep, RefundStep, Resend, Single, Step, Workload, ops_of
 
 SINGLE_TIMEOUT = 10.0  # seconds without an answer before the client gives up on one attempt
 BATCH_TIMEOUT = 30.0
@@ -74,6 +74,9 @@ class Client(threading.Thread):
             return
         if isinstance(step, HoldStep):
             self._hold(step)
+            return
+        if isinstance(step, RefundStep):
+            self._refund(step)
             return
         if isinstance(step, Resend):
             # Its operations are in the history already: only new answers are added.
@@ -195,8 +198,8 @@ class Client(threading.Thread):
         """Send `op` (same key, same body) until a definitive answer; returns the last answer."""
         attempt = 0
         while True:
-            got = self._send(op.via, method, path, body=op.body(), key=op.key if op.kind == "hold" else None,
-                             timeout=SINGLE_TIMEOUT)  # fmt: skip
+            key = op.key if op.kind in ("hold", "refund") else None  # a capture or void takes none
+            got = self._send(op.via, method, path, body=op.body(), key=key, timeout=SINGLE_TIMEOUT)
             now = self.timeline.now()
             answer = Answer(now, None, error=got) if isinstance(got, str) else answer_of(now, got)  # type: ignore[operator]
             op.answers.append(answer)
@@ -230,6 +233,24 @@ class Client(threading.Thread):
             return Answer(now, got.status, error=got.error_code)
 
         self._until_definitive(op, "POST", f"/v1/holds/{hold_id}/{step.then}", resolved)
+
+    def _refund(self, step: RefundStep) -> None:
+        """Refund one of this client's transfers until a definitive answer: the refund's transfer,
+        or a refusal (not completed, nothing left, too much, or a payee of another client's)."""
+        if not self.transfer_ids:
+            return
+        # Which ids exist depends on timing: chosen by the jitter, never the workload's generator.
+        step.op.refund_of = self.jitter.choice(self.transfer_ids)
+        self.history.add_op(step.op)
+
+        def refunded(now: float, got: Response) -> Answer:
+            if got.status in (201, 202) and isinstance(got.body, dict):
+                body = got.body
+                return Answer(now, got.status, body["id"], body["status"], body.get("failure_reason"),
+                              replayed=got.replayed)  # fmt: skip
+            return Answer(now, got.status, error=got.error_code)
+
+        self._until_definitive(step.op, "POST", f"/v1/transfers/{step.op.refund_of}/refunds", refunded)
 
     def _read(self, step: ReadStep) -> None:
         if step.what == "transfer":

@@ -38,12 +38,13 @@ class Answer:
 
 @dataclass
 class Op:
-    """One key: a transfer, a deposit, a withdrawal or a hold, with every answer it got; or a
-    hold's capture or void (`key` the hold's), which is answered once and refused after."""
+    """One key: a transfer, a deposit, a withdrawal, a hold or a refund, with every answer it got;
+    or a hold's capture or void (`key` the hold's), which is answered once and refused after.
+    A refund's `amount` 0 asks for what remains refundable."""
 
     key: str
-    kind: str  # transfer | deposit | withdrawal | hold | capture | void
-    via: str  # single | single_wait | batch | deposit | withdrawal | hold | capture | void
+    kind: str  # transfer | deposit | withdrawal | hold | capture | void | refund
+    via: str  # single | single_wait | batch | deposit | withdrawal | hold | capture | void | refund
     intent: str  # normal | frozen_payee | currency_payee | too_large
     wallet: str  # the payer, or the wallet funded / withdrawn from
     amount: int
@@ -52,6 +53,7 @@ class Op:
     answers: list[Answer] = field(default_factory=list)
     expires_at: str | None = None  # a hold's, fixed when the step is drawn: every retry sends the same body
     hold_id: str | None = None  # a capture's or void's hold
+    refund_of: str | None = None  # a refund's original transfer, chosen when the step runs
 
     @property
     def final(self) -> Answer | None:
@@ -73,7 +75,7 @@ class Op:
         if self.kind == "hold":
             body = {"from": self.wallet, "to": self.payee, "amount_minor": self.amount, "currency": self.currency}
             return {**body, "expires_at": self.expires_at}
-        if self.kind == "void":
+        if self.kind == "void" or (self.kind == "refund" and not self.amount):
             return {}
         return {"amount_minor": self.amount}
 
@@ -87,6 +89,7 @@ class Op:
             "payee": self.payee,
             "amount": self.amount,
             **({"hold_id": self.hold_id} if self.hold_id else {}),
+            **({"refund_of": self.refund_of} if self.refund_of else {}),
             "answers": [a.as_dict() for a in self.answers],
         }
 

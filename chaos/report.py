@@ -41,6 +41,7 @@ def summary(document: dict[str, Any], verdict: Verdict) -> str:
         f"  transfers checked: {counts.get('transfers_checked', 0)}, {counts.get('cross_shard_transfers', 0)} of them"
         f" between shards ({_counts(counts.get('transfers', {}))})",
         f"  holds: {_counts(counts.get('holds', {}))}",
+        f"  refunds: {_counts(counts.get('refunds', {}))}",
     ]
     for currency, money in sorted(counts.get("money", {}).items()):
         lines.append(

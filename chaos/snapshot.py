@@ -29,6 +29,8 @@ class TransferRow:
     attempts: int
     last_error: str
     parked: bool
+    refund_of: str | None = None
+    amount_refunded: int = 0
     history: tuple[str, ...] = ()  # every status it went through, in order
 
     @property
@@ -56,6 +58,17 @@ class HoldRow:
     key: str
 
 
+@dataclass(frozen=True)
+class RefundRow:
+    original: str
+    transfer_id: str
+    client: int
+    amount: int
+    status: str
+    reason: str | None
+    key: str
+
+
 @dataclass
 class Snapshot:
     transfers: dict[str, TransferRow] = field(default_factory=dict)
@@ -64,6 +77,8 @@ class Snapshot:
     balances: dict[str, tuple[int, str]] = field(default_factory=dict)  # wallet -> (balance, currency)
     duplicates: list[str] = field(default_factory=list)  # rows served by two shards: two owners of one bucket
     holds: dict[str, HoldRow] = field(default_factory=dict)
+    refunds: dict[str, RefundRow] = field(default_factory=dict)  # by the refund's transfer id
+    client_id: int = 0  # the requesting client's: its idempotency records and refunds are the run's
 
 
 def _rows(alias: str, sql: str, params: list[object] | None = None) -> list[tuple]:
@@ -86,7 +101,7 @@ def take_snapshot(client_id: int, timeout: float = 60) -> Snapshot:
 
 
 def _read_shards(client_id: int) -> Snapshot:
-    snap = Snapshot()
+    snap = Snapshot(client_id=client_id)
     for alias in shard_aliases():
         histories: dict[str, list[str]] = defaultdict(list)
         # A transfer's statuses only move forward: its history in that order (serial ids are per shard).
@@ -100,7 +115,8 @@ def _read_shards(client_id: int) -> Snapshot:
         for row in _rows(
             alias,
             "SELECT id::text, payer_id::text, payee_id::text, amount_minor, currency, status, failure_reason,"
-            " attempts, last_error, parked_at IS NOT NULL FROM transfers_transfer WHERE sharding_serves(id)",
+            " attempts, last_error, parked_at IS NOT NULL, refund_of::text, amount_refunded FROM transfers_transfer"
+            " WHERE sharding_serves(id)",
         ):
             _keep(snap, snap.transfers, row[0], TransferRow(*row, history=tuple(histories[row[0]])), alias)
         for payer, key, tid in _rows(
@@ -125,6 +141,12 @@ def _read_shards(client_id: int) -> Snapshot:
             " transfer_id::text, idempotency_key FROM holds_hold WHERE sharding_serves(id)",
         ):
             _keep(snap, snap.holds, row[0], HoldRow(*row), alias)
+        for row in _rows(
+            alias,
+            "SELECT original_id::text, transfer_id::text, client_id, amount_minor, status, failure_reason,"
+            " idempotency_key FROM refunds_refund WHERE sharding_serves(id)",
+        ):
+            _keep(snap, snap.refunds, row[1], RefundRow(*row), alias)
     return snap
 
 
@@ -163,4 +185,12 @@ def in_flight() -> list[TransferRow]:
             " WHERE status IN ('pending', 'debited', 'refunding') AND sharding_serves(id) ORDER BY id",
         ):
             found.append(TransferRow(*row))
+        # A refund still pending is money on its way too (its transfer may not exist yet: the
+        # resumption job creates it when its request died after the reservation).
+        for transfer_id, amount in _rows(
+            alias,
+            "SELECT transfer_id::text, amount_minor FROM refunds_refund WHERE status = 'pending'"
+            " AND sharding_serves(id) ORDER BY transfer_id",
+        ):
+            found.append(TransferRow(transfer_id, "", "", amount, "USD", "refund pending", None, 0, "", False))
     return found

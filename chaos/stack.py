@@ -30,6 +30,9 @@ SAGA_ENV = {
     "SHARDWALLET_SAGA_MAX_RETRIES": "40",
     "SHARDWALLET_SAGA_STALLED_AFTER_SECONDS": "2",
     "SHARDWALLET_SAGA_SWEEP_INTERVAL_SECONDS": "1",
+    # A refund whose request died after its reservation is carried on within seconds.
+    "SHARDWALLET_REFUND_RESUME_AFTER_SECONDS": "3",
+    "SHARDWALLET_REFUND_RESUME_INTERVAL_SECONDS": "1",
 }
 
 

@@ -1,4 +1,4 @@
-"""What the clients do: a seeded stream of transfers, batches, deposits, withdrawals and reads.
+"""What the clients do: a seeded stream of transfers, batches, deposits, withdrawals, holds, refunds and reads.
 
 Each client thread draws from its own generator, seeded from the run's seed and the thread's
 number, so a seed always produces the same requests (their interleaving is up to the OS).
@@ -36,6 +36,7 @@ STEP_WEIGHTS = {
     "read_balance": 4,
     "resend": 5,
     "hold": 8,
+    "refund": 5,
 }
 TWIN_SHARE = 0.1  # of single transfers, sent by two connections at once
 SWITCH_SHARE = 0.3  # of resent transfers, sent through the other endpoint (single <-> batch)
@@ -81,6 +82,13 @@ class HoldStep:
 
 
 @dataclass
+class RefundStep:
+    """A refund of one of this client's transfers (chosen when it runs), whole (amount 0) or in part."""
+
+    op: Op
+
+
+@dataclass
 class ReadStep:
     what: str  # transfer | balance
     target: str | None  # None: a transfer this client created, chosen when the step runs
@@ -94,7 +102,7 @@ class Resend:
     switch: bool = False  # a single transfer as a one-item batch, a batch's items as single requests
 
 
-Step = Single | Batch | Op | ReadStep | Resend | HoldStep
+Step = Single | Batch | Op | ReadStep | Resend | HoldStep | RefundStep
 HOLD_THEN = {"capture": 50, "void": 30, "expire": 20}
 
 
@@ -146,6 +154,10 @@ class Workload:
             return Resend(self.rng.choice(self.sent), switch=self.rng.random() < SWITCH_SHARE)
         if kind == "hold":
             return self.hold()
+        if kind == "refund":
+            # Whole or in part; parts often more than remains (refused 422), as clients get it wrong.
+            amount = 0 if self.rng.random() < 0.3 else self.rng.randint(1, 15_000)
+            return RefundStep(Op(self._key(), "refund", "refund", "normal", "", amount, "USD"))
         step = self._new_step(kind)
         self.sent.append(step)
         return step
