@@ -282,6 +282,30 @@ ORDER BY held_since
             {"older_than_seconds": "0"},
         ),
         AuditQuery(
+            "refunds",
+            "Refunded transfers with their refunds: each refund's transfer, amount and status, and per original the "
+            "total its completed refunds paid back against the amount paid and the original's own `amount_refunded` "
+            "(`over` = 1 would mean refunds beyond the amount). `transfer` (default: all) keeps one original.",
+            """
+SELECT
+    o.transfer_id AS original_id,
+    o.amount_minor AS original_amount,
+    o.currency AS currency,
+    o.amount_refunded AS amount_refunded,
+    groupArray((r.transfer_id, r.amount_minor, r.status, r.failure_reason, r.created_at)) AS refunds,
+    sumIf(toInt128(r.amount_minor), r.status = 'completed') AS refunded_completed,
+    sumIf(toInt128(r.amount_minor), r.status IN ('pending', 'debited', 'refunding')) AS refunding_now,
+    refunded_completed > o.amount_minor AS over
+FROM (SELECT * FROM audit.transfers FINAL WHERE is_deleted = 0 AND refund_of IS NOT NULL) AS r
+INNER JOIN (SELECT * FROM audit.transfers FINAL WHERE is_deleted = 0) AS o ON o.transfer_id = r.refund_of
+WHERE {transfer:String} = '' OR toString(o.transfer_id) = {transfer:String}
+GROUP BY o.transfer_id, o.amount_minor, o.currency, o.amount_refunded
+ORDER BY min(r.created_at)
+""",
+            {"transfer": "an original transfer's id (default: every refunded transfer)"},
+            {"transfer": ""},
+        ),
+        AuditQuery(
             "bucket_moves",
             "Bucket ranges moved between shards, one row per move, from the shards' move journals: when the "
             "source stopped taking writes (fenced_at), when the target started serving the range (owned_at) or "

@@ -1,4 +1,4 @@
-"""Transfers in the admin, from every shard, with their history and the payee's outcome.
+"""Transfers in the admin, from every shard, with their history, the payee's outcome and refunds.
 Read-only; re-drive and force-compensate are operator actions with an audit record."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from django.utils.safestring import SafeString
 
 from apps.operators.admin_actions import OperatorActionsMixin, OperatorActionSpec
 from apps.operators.services import operator_compensate_transfer, operator_redrive_transfer
+from apps.refunds.selectors import refund_list
 from apps.sharding.admin import CurrencyFilter, ShardedModelAdmin, ShardFilter, money_html
 from apps.sharding.routing import alias_for_id
 from apps.transfers.models import PayeeCredit, Transfer
@@ -18,6 +19,12 @@ from apps.transfers.selectors import transfer_events
 
 def _wallet_link(wallet_id: object) -> SafeString:
     return format_html('<a href="{}">{}</a>', reverse("admin:ledger_wallet_change", args=[wallet_id]), wallet_id)
+
+
+def _transfer_link(transfer_id: object) -> SafeString:
+    return format_html(
+        '<a href="{}">{}</a>', reverse("admin:transfers_transfer_change", args=[transfer_id]), transfer_id
+    )
 
 
 @admin.register(Transfer)
@@ -34,8 +41,9 @@ class TransferAdmin(OperatorActionsMixin, ShardedModelAdmin):
     )
     fields = ["id", "shard", "client", "payer", "payee", "amount", "status", "failure_reason",
               "attempts", "last_error", "parked_at", "created_at", "updated_at", "payee_outcome",
-              "history"]  # fmt: skip
-    readonly_fields = ["shard", "client", "payer", "payee", "amount", "payee_outcome", "history"]
+              "history", "refund_of_link", "refunded", "refunds"]  # fmt: skip
+    readonly_fields = ["shard", "client", "payer", "payee", "amount", "payee_outcome", "history", "refund_of_link",
+                       "refunded", "refunds"]  # fmt: skip
     operator_actions = (
         OperatorActionSpec(
             name="redrive",
@@ -92,3 +100,30 @@ class TransferAdmin(OperatorActionsMixin, ShardedModelAdmin):
             ),
         )
         return format_html("<table><tr><th>from</th><th>to</th><th>reason</th><th>at</th></tr>{}</table>", rows)
+
+    @admin.display(description="refund of")
+    def refund_of_link(self, transfer: Transfer) -> SafeString | str:
+        if transfer.refund_of is None:
+            return "-"
+        return _transfer_link(transfer.refund_of)
+
+    @admin.display(description="amount refunded (refunds not failed)")
+    def refunded(self, transfer: Transfer) -> SafeString:
+        return money_html(transfer.amount_refunded, transfer.currency)
+
+    @admin.display(description="refunds (on this shard, beside the transfer)")
+    def refunds(self, transfer: Transfer) -> SafeString | str:
+        refunds = refund_list(original=transfer)
+        if not refunds:
+            return "none"
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (_transfer_link(r.transfer_id), money_html(r.amount_minor, transfer.currency), r.status,
+                 r.failure_reason or "", r.created_at)
+                for r in refunds
+            ),
+        )  # fmt: skip
+        head = "<tr><th>refund transfer</th><th>amount</th><th>status</th><th>reason</th><th>at</th></tr>"
+        return format_html("<table>" + head + "{}</table>", rows)

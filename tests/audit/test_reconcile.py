@@ -297,6 +297,47 @@ def test_the_store_counts_open_holds_in_conservation_and_lists_them(cdc: CdcProc
     assert reconcile(client, wait=10).ok
 
 
+def test_the_store_links_refunds_to_their_originals_and_reconciles_them(cdc: CdcProcess) -> None:
+    from apps.ledger.services import wallet_withdraw
+    from apps.refunds.services import RefundRequest, refund_create
+    from apps.transfers.api.views import render_transfer
+
+    owner, _ = make_client()
+    payer = make_wallet(owner, funded=1000, shard="shard_00")
+    payee = make_wallet(owner, shard="shard_01")
+    original = transfer_advance(create_transfer(owner, payer, payee.id, 300).id)
+
+    def refund(amount: int) -> Any:
+        return refund_create(RefundRequest(owner.id, original.id, amount, str(uuid.uuid4())), render=render_transfer)
+
+    done = refund(100)
+    transfer_advance(done.refund.transfer_id)
+    wallet_withdraw(wallet_id=payee.id, amount_minor=150, reference="spent")
+    refused = refund(100)  # the payee has 50: refused, nothing moved, the reservation given back
+    cdc.start(env=FAST)
+    client = cdc.client()
+    wait_until(lambda: caught_up(client), 20, "catch-up")
+    [row] = query_rows(cdc, "refunds", f"transfer={original.id}")
+    assert (row["original_id"], row["original_amount"], row["amount_refunded"]) == (str(original.id), "300", "100")
+    assert (row["refunded_completed"], row["refunding_now"], row["over"]) == ("100", "0", "0")
+    assert str(done.refund.transfer_id) in row["refunds"] and str(refused.refund.transfer_id) in row["refunds"]
+    assert query_rows(cdc, "refunds", "transfer=" + str(uuid.uuid4())) == []
+    assert reconcile(client, wait=10).ok
+    # The link is compared like every column: a store that lost it differs.
+    columns = ("shard, transfer_id, client_id, payer_id, payee_id, amount_minor, currency, status, failure_reason,"
+               " attempts, parked_at, created_at, updated_at, refund_of, amount_refunded, commit_lsn, seq, commit_time,"
+               " version, is_deleted")  # fmt: skip
+    write_store(
+        cdc,
+        f"INSERT INTO audit.transfers ({columns}) SELECT {columns.replace('amount_refunded', '0')}"  # noqa: S608
+        f" FROM audit.transfers FINAL WHERE transfer_id = toUUID('{original.id}')",
+        env=FAST,
+    )
+    report = reconcile(cdc.client(), wait=10)
+    assert not report.ok
+    assert any("transfers" in line for line in report.differences), report.differences
+
+
 HISTORY = 200_000  # deleted entries: read by every query of the table, counted by none
 
 

@@ -245,3 +245,22 @@ def test_a_refused_refund_left_unsettled_by_a_dead_request_is_released_by_the_re
     assert Refund.objects.using("shard_00").get(id=reserved.id).status == "failed"
     assert stored(original).amount_refunded == 0
     ledger_ok()
+
+
+def test_the_admin_shows_a_transfers_refunds_and_a_refund_links_its_original(owner) -> None:
+    from tests.operators.helpers import logged_in, make_staff
+
+    payer = make_wallet(owner, funded=1000, shard="shard_00")
+    payee = make_wallet(owner, shard="shard_01")
+    original = paid(owner, payer, payee, 300)
+    done = refund(owner, original, 120)
+    transfer_advance(done.refund.transfer_id)
+    wallet_withdraw(wallet_id=payee.id, amount_minor=180, reference="spent")
+    refused = refund(owner, original, 50)
+    viewer = logged_in(make_staff("vic", "viewers"))
+    page = viewer.get(f"/admin/transfers/transfer/{original.id}/change/").content.decode()
+    assert str(done.refund.transfer_id) in page and "succeeded" in page
+    assert str(refused.refund.transfer_id) in page and "insufficient_funds" in page
+    assert "1.20" in page  # amount refunded: the succeeded refund only
+    linked = viewer.get(f"/admin/transfers/transfer/{done.refund.transfer_id}/change/").content.decode()
+    assert f"/admin/transfers/transfer/{original.id}/change/" in linked
