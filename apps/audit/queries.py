@@ -282,6 +282,31 @@ ORDER BY held_since
             {"older_than_seconds": "0"},
         ),
         AuditQuery(
+            "expired_holds",
+            "Holds released by their expiry (nobody captured or voided them), newest first, from the shards' "
+            "change log: the reserved amount, when the hold was due and how long after that it was released. "
+            "`days` (default 7) looks back that far.",
+            """
+SELECT
+    toUUID(JSONExtractString(new_row, 'id')) AS hold_id,
+    any(JSONExtractString(new_row, 'payer_id')) AS payer_id,
+    any(JSONExtractString(new_row, 'payee_id')) AS payee_id,
+    any(JSONExtractInt(new_row, 'amount_minor')) AS amount_minor,
+    any(JSONExtractString(new_row, 'currency')) AS currency,
+    any(parseDateTime64BestEffort(JSONExtractString(new_row, 'expires_at'), 6, 'UTC')) AS expires_at,
+    any(parseDateTime64BestEffort(JSONExtractString(new_row, 'resolved_at'), 6, 'UTC')) AS released_at,
+    dateDiff('millisecond', expires_at, released_at) AS ms_after_due
+FROM audit.changes FINAL
+WHERE table_name = 'holds_hold' AND op IN ('insert', 'update', 'snapshot')
+  AND JSONExtractString(new_row, 'status') = 'expired'
+GROUP BY hold_id
+HAVING released_at >= now64(6) - toIntervalDay({days:UInt32})
+ORDER BY released_at DESC
+""",
+            {"days": "how many days back (default 7)"},
+            {"days": "7"},
+        ),
+        AuditQuery(
             "refunds",
             "Refunded transfers with their refunds: each refund's transfer, amount and status, and per original the "
             "total its completed refunds paid back against the amount paid and the original's own `amount_refunded` "

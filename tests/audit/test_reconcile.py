@@ -273,7 +273,7 @@ def test_the_store_counts_open_holds_in_conservation_and_lists_them(cdc: CdcProc
 
     from django.utils import timezone
 
-    from apps.holds.services import HoldRequest, hold_capture, hold_create, hold_void
+    from apps.holds.services import HoldRequest, hold_capture, hold_create, hold_void, holds_expire_due
 
     owner, _ = make_client()
     payer = make_wallet(owner, funded=1000, shard="shard_00")
@@ -287,6 +287,11 @@ def test_the_store_counts_open_holds_in_conservation_and_lists_them(cdc: CdcProc
     kept, voided, captured = hold(300), hold(100), hold(50)
     hold_void(voided.id, client_id=owner.id)
     transfer_advance(hold_capture(captured.id, client_id=owner.id, amount_minor=20).transfer_id)
+    due = hold_create(
+        HoldRequest(owner.id, payer.id, payee.id, 7, "USD", timezone.now() + timedelta(seconds=1), "soon")
+    ).hold
+    time.sleep(1.2)
+    assert holds_expire_due("shard_00") == 1
     cdc.start(env=FAST)
     client = cdc.client()
     wait_until(lambda: caught_up(client), 20, "catch-up")
@@ -294,6 +299,9 @@ def test_the_store_counts_open_holds_in_conservation_and_lists_them(cdc: CdcProc
     assert (usd["held_minor"], usd["conserved"], usd["holds"]) == ("300", "1", "1")
     rows = query_rows(cdc, "open_holds")
     assert [(r["hold_id"], r["wallet_id"], r["amount_minor"]) for r in rows] == [(str(kept.id), str(payer.id), "300")]
+    [expired] = query_rows(cdc, "expired_holds")
+    assert (expired["hold_id"], expired["payer_id"], expired["amount_minor"]) == (str(due.id), str(payer.id), "7")
+    assert 0 <= int(expired["ms_after_due"]) < 60_000
     assert reconcile(client, wait=10).ok
 
 
