@@ -41,9 +41,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--skip-open-loop", action="store_true", help="skip the latency phase at half rate")
     parser.add_argument(
         "--phases",
-        default="single,batch,move",
-        help="closed-loop phases to run: single,batch,move (single requests while a quarter of the buckets moves"
-        " to a shard added for it)",
+        default="single,capture,batch,move",
+        help="closed-loop phases to run: single,capture,batch,move (capture: a hold then its capture, the capture's"
+        " transfer counted; move: single requests while a quarter of the buckets moves to a shard added for it)",
     )
     parser.add_argument("--move-seconds", type=float, default=45, help="duration of the move phase")
     parser.add_argument("--no-cdc", action="store_true", help="do not run the audit CDC reader during the load")
@@ -296,6 +296,8 @@ def main(argv: list[str]) -> int:
         plans: list[tuple[str, dict[str, Any]]] = []
         if "single" in phases:
             plans.append(("single", {"concurrency": args.concurrency}))
+        if "capture" in phases:
+            plans.append(("capture", {"concurrency": args.concurrency, "capture": True}))
         if "batch" in phases:
             plans.append(("batch", {"concurrency": args.batch_concurrency, "batch_size": args.batch_size}))
         during = ReconcileDuringLoad(args.seconds / 4) if args.reconcile_during_load and not args.no_cdc else None

@@ -105,6 +105,33 @@ class Client:
             code = payload.get("error", {}).get("code")
             phase.sent.append(Sent(None, submitted, elapsed, response.status, code, wallets=pair, server_ms=app))
 
+    async def capture(self, workload: Workload, phase: PhaseLoad) -> None:
+        """A hold, then its capture whole: the capture's transfer is what the phase counts (two requests each)."""
+        body = workload.body()
+        headers = {**self.headers, "Idempotency-Key": str(uuid.uuid4())}
+        submitted, started = time.time(), time.perf_counter()
+        pair = (str(body["from"]), str(body["to"]))
+        async with self.session.post(f"{self.base_url}/v1/holds", json=body, headers=headers) as response:
+            hold = await response.json()
+            held_ms = server_ms(response) or 0.0
+        phase.requests += 1
+        if response.status != 201 or hold.get("status") != "held":
+            code = hold.get("failure_reason") or hold.get("error", {}).get("code")
+            elapsed = time.perf_counter() - started
+            phase.sent.append(Sent(None, submitted, elapsed, response.status, code, wallets=pair, server_ms=held_ms))
+            return
+        url = f"{self.base_url}/v1/holds/{hold['id']}/capture"
+        async with self.session.post(url, json={}, headers=self.headers) as response:
+            captured = await response.json()
+            app = held_ms + (server_ms(response) or 0.0)
+        elapsed = time.perf_counter() - started
+        phase.requests += 1
+        if response.status == 200:
+            phase.sent.append(Sent(captured["transfer_id"], submitted, elapsed, 200, wallets=pair, server_ms=app))
+        else:
+            code = captured.get("error", {}).get("code")
+            phase.sent.append(Sent(None, submitted, elapsed, response.status, code, wallets=pair, server_ms=app))
+
     async def batch(self, workload: Workload, phase: PhaseLoad, size: int) -> None:
         items = [{**workload.body(), "idempotency_key": str(uuid.uuid4())} for _ in range(size)]
         submitted, started = time.time(), time.perf_counter()
@@ -127,9 +154,17 @@ class Client:
 
 
 async def closed_loop(
-    client: Client, workload: Workload, *, name: str, seconds: float, concurrency: int, batch_size: int = 0
+    client: Client,
+    workload: Workload,
+    *,
+    name: str,
+    seconds: float,
+    concurrency: int,
+    batch_size: int = 0,
+    capture: bool = False,
 ) -> PhaseLoad:
-    """`concurrency` clients, each sending its next request as soon as the previous one answered."""
+    """`concurrency` clients, each sending its next request as soon as the previous one answered
+    (a batch of `batch_size`, a hold and its `capture`, or a single transfer)."""
     phase = PhaseLoad(name=name, started=time.time())
     deadline = time.perf_counter() + seconds
     progress = tqdm(total=int(seconds), desc=name, unit="s", leave=False)
@@ -138,6 +173,8 @@ async def closed_loop(
         while time.perf_counter() < deadline:
             if batch_size:
                 await client.batch(workload, phase, batch_size)
+            elif capture:
+                await client.capture(workload, phase)
             else:
                 await client.single(workload, phase)
 
