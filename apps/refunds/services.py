@@ -106,7 +106,7 @@ def refund_create(request: RefundRequest, *, render: Render) -> RefundAnswer:
         alias = alias_for_id(original.id)
         existing = _record(alias, request)
         if existing is not None:
-            return _answer(existing, original, render, replayed=True)
+            return _answer(existing, original, render)
         if not may_refund(request.client_id, original, paid_wallet):
             raise RefundNotAllowed()
         try:
@@ -116,8 +116,8 @@ def refund_create(request: RefundRequest, *, render: Render) -> RefundAnswer:
             existing = _record(alias, request)
             if existing is None:
                 raise
-            return _answer(existing, original, render, replayed=True)
-        return _answer(refund, original, render, replayed=False)
+            return _answer(existing, original, render)
+        return _answer(refund, original, render)
 
 
 def _record(alias: str, request: RefundRequest) -> Refund | None:
@@ -230,19 +230,20 @@ def _credit_decided(transfer: Transfer) -> bool:
         return cursor.fetchone() is not None
 
 
-def _answer(refund: Refund, original: Transfer, render: Render, *, replayed: bool) -> RefundAnswer:
-    """The key's answer: as stored, or (first request, or one that died before answering) the
-    refund carried as far as it goes now, its answer stored once (an earlier one wins)."""
+def _answer(refund: Refund, original: Transfer, render: Render) -> RefundAnswer:
+    """The key's answer: as stored (a replay), or, for the first request or one finishing what a
+    dead request left, the refund carried as far as it goes now, its answer stored once (an
+    answer stored meanwhile by a concurrent repeat wins, and is a replay)."""
     if refund.response_status is not None:
-        return RefundAnswer(refund, refund.response_status, cast(str, refund.response_body), replayed)
+        return RefundAnswer(refund, refund.response_status, cast(str, refund.response_body), replayed=True)
     transfer = _advance(refund, original)
     status, body = render(transfer)
     alias = alias_for_id(refund.id)
     stored = Refund.objects.using(alias).filter(id=refund.id, response_status__isnull=True)
-    if not stored.update(response_status=status, response_body=body):
-        first = Refund.objects.using(alias).get(id=refund.id)
-        status, body = cast(int, first.response_status), cast(str, first.response_body)
-    return RefundAnswer(refund, status, body, replayed)
+    if stored.update(response_status=status, response_body=body):
+        return RefundAnswer(refund, status, body, replayed=False)
+    first = Refund.objects.using(alias).get(id=refund.id)
+    return RefundAnswer(refund, cast(int, first.response_status), cast(str, first.response_body), replayed=True)
 
 
 def refund_resume(refund_id: uuid.UUID) -> Refund:

@@ -128,3 +128,10 @@ def test_the_paying_client_refunds_only_where_the_paid_wallet_allows_it() -> Non
     by_merchant = merchant_api.post(url, {"amount_minor": 50}, format="json", HTTP_IDEMPOTENCY_KEY="by-merchant")
     assert by_merchant.status_code in (201, 202), by_merchant.content
     assert api.get(f"/v1/transfers/{original['id']}").json()["amount_refunded"] == 100
+
+
+def test_a_refund_of_an_id_outside_the_shard_map_is_not_found() -> None:
+    _, key = make_client()
+    beyond = uuid.UUID("0190a0a0-0000-7fff-8000-000000000000")  # bucket 4095: past any map's buckets here
+    answer = api_for(key).post(f"/v1/transfers/{beyond}/refunds", {}, format="json", HTTP_IDEMPOTENCY_KEY="x")
+    assert (answer.status_code, answer.json()["error"]["code"]) == (404, "transfer_not_found")

@@ -27,6 +27,8 @@ from apps.common.openapi import (
 )
 from apps.refunds.errors import RefundExceedsRemaining, RefundNotAllowed, TransferFullyRefunded, TransferNotRefundable
 from apps.refunds.services import RefundRequest, refund_create
+from apps.sharding.ids import bucket_of
+from apps.sharding.routing import shard_map
 from apps.transfers.api.schema import TRANSFER_LINKS
 from apps.transfers.api.serializers import TransferOut
 from apps.transfers.api.views import parse_transfer_id, render_transfer
@@ -83,6 +85,8 @@ class RefundCollectionView(APIView):
                 raise InvalidTransfer(parsed)
             amount = parsed
         original_id = parse_transfer_id(transfer_id)
+        if bucket_of(original_id) >= shard_map().bucket_count:
+            raise TransferNotFound(param="transfer_id")  # no id this API issued
         answer = refund_create(
             RefundRequest(cast(int, request.user.id), original_id, amount, key), render=render_transfer
         )

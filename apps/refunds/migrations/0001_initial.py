@@ -24,24 +24,32 @@ SETTLE = [
     migrations.RunSQL(
         """
 CREATE FUNCTION refunds_settle(refund_transfer uuid, outcome text, reason text, at timestamptz)
-RETURNS boolean LANGUAGE sql AS $$
-WITH settled AS (
+RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    original uuid;
+    amount bigint;
+BEGIN
     UPDATE refunds_refund SET status = outcome, failure_reason = reason, updated_at = at
      WHERE transfer_id = refund_transfer AND status = 'pending'
- RETURNING original_id, amount_minor, status
-), released AS (  -- run whether read or not, like every data-modifying WITH
-    UPDATE transfers_transfer t SET amount_refunded = t.amount_refunded - s.amount_minor
-      FROM settled s
-     WHERE t.id = s.original_id AND s.status = 'failed'
-)
-SELECT EXISTS (SELECT 1 FROM settled)
-$$;
+    RETURNING original_id, amount_minor INTO original, amount;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    IF outcome = 'failed' THEN
+        UPDATE transfers_transfer SET amount_refunded = amount_refunded - amount WHERE id = original;
+    END IF;
+    RETURN true;
+END $$;
 
+-- On every credit outcome: one probe of the pending refunds' index, its plan kept by plpgsql
+-- for the session (an ordinary transfer's credit pays that and nothing more).
 CREATE FUNCTION refunds_settle_on_credit() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM refunds_settle(
-        NEW.transfer_id, CASE WHEN NEW.outcome = 'credited' THEN 'succeeded' ELSE 'failed' END, NEW.reason,
-        NEW.created_at);
+    IF EXISTS (SELECT 1 FROM refunds_refund WHERE transfer_id = NEW.transfer_id AND status = 'pending') THEN
+        PERFORM refunds_settle(
+            NEW.transfer_id, CASE WHEN NEW.outcome = 'credited' THEN 'succeeded' ELSE 'failed' END, NEW.reason,
+            NEW.created_at);
+    END IF;
     RETURN NULL;
 END $$;
 
