@@ -104,7 +104,7 @@ def test_refund_errors_are_machine_readable_and_change_nothing() -> None:
 
 def test_the_paying_client_refunds_only_where_the_paid_wallet_allows_it() -> None:
     owner, key = make_client()
-    merchant, merchant_key = make_client("merchant")
+    _, merchant_key = make_client("merchant")
     api, merchant_api = api_for(key), api_for(merchant_key)
     payer = make_wallet(owner, funded=1000, shard="shard_00")
     created = merchant_api.post("/v1/wallets", {"currency": "USD"}, format="json")
@@ -135,3 +135,17 @@ def test_a_refund_of_an_id_outside_the_shard_map_is_not_found() -> None:
     beyond = uuid.UUID("0190a0a0-0000-7fff-8000-000000000000")  # bucket 4095: past any map's buckets here
     answer = api_for(key).post(f"/v1/transfers/{beyond}/refunds", {}, format="json", HTTP_IDEMPOTENCY_KEY="x")
     assert (answer.status_code, answer.json()["error"]["code"]) == (404, "transfer_not_found")
+
+
+def test_wallet_settings_take_json_booleans_only_and_an_empty_patch_changes_nothing() -> None:
+    owner, key = make_client()
+    api = api_for(key)
+    bad = api.post("/v1/wallets", {"currency": "USD", "payer_may_refund": 1}, format="json")
+    assert (bad.status_code, bad.json()["error"]["param"]) == (400, "payer_may_refund")
+    wallet = api.post("/v1/wallets", {"currency": "USD", "payer_may_refund": True}, format="json").json()
+    assert wallet["payer_may_refund"] is True
+    url = f"/v1/wallets/{wallet['id']}"
+    assert api.patch(url, {"payer_may_refund": "false"}, format="json").status_code == 400
+    unchanged = api.patch(url, {}, format="json")
+    assert (unchanged.status_code, unchanged.json()["payer_may_refund"]) == (200, True)
+    assert api.patch(url, {"payer_may_refund": False}, format="json").json()["payer_may_refund"] is False

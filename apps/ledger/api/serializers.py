@@ -4,7 +4,7 @@ from typing import Any
 
 from rest_framework import serializers
 
-from apps.common.api import MAX_MINOR_AMOUNT, AmountField
+from apps.common.api import MAX_MINOR_AMOUNT, AmountField, StrictBooleanField
 from apps.common.openapi import CurrencyField, IdField
 from apps.ledger.currencies import is_supported_currency
 from apps.ledger.models import EntryKind, LedgerEntry, Wallet
@@ -13,7 +13,7 @@ from apps.ledger.services import AppliedEntry
 
 class WalletCreateIn(serializers.Serializer):
     currency = CurrencyField(help_text="ISO 4217 code, e.g. USD.")
-    payer_may_refund = serializers.BooleanField(
+    payer_may_refund = StrictBooleanField(
         required=False,
         default=False,
         help_text="Whether the client that paid a transfer into this wallet may refund it from here (default no).",
@@ -26,8 +26,9 @@ class WalletCreateIn(serializers.Serializer):
 
 
 class WalletUpdateIn(serializers.Serializer):
-    payer_may_refund = serializers.BooleanField(
-        help_text="Whether the client that paid a transfer into this wallet may refund it from here."
+    payer_may_refund = StrictBooleanField(
+        required=False,
+        help_text="Whether the client that paid a transfer into this wallet may refund it from here (absent: as is).",
     )
 
 

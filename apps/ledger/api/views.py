@@ -116,7 +116,7 @@ class WalletDetailView(APIView):
         parameters=[WALLET_ID],
         responses={
             200: WalletOut,
-            **error_responses(PARAMETER_MISSING, *JSON_BODY_ERRORS, WALLET_NOT_FOUND, NOT_FOUND),
+            **error_responses(*JSON_BODY_ERRORS, WALLET_NOT_FOUND, NOT_FOUND),
         },
     )
     @waits_out_moves
@@ -124,8 +124,11 @@ class WalletDetailView(APIView):
         parsed = parse_wallet_id(wallet_id)
         data = WalletUpdateIn(data=request.data)
         data.is_valid(raise_exception=True)
+        owner_id = cast(int, request.user.id)
+        if "payer_may_refund" not in data.validated_data:  # nothing to change: the wallet as it is
+            return Response(WalletOut(owned_wallet(request, wallet_id)).data)
         wallet = services.wallet_set_payer_may_refund(
-            wallet_id=parsed, owner_id=cast(int, request.user.id), allowed=data.validated_data["payer_may_refund"]
+            wallet_id=parsed, owner_id=owner_id, allowed=data.validated_data["payer_may_refund"]
         )
         return Response(WalletOut(wallet).data)
 
