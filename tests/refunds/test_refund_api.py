@@ -138,7 +138,7 @@ def test_a_refund_of_an_id_outside_the_shard_map_is_not_found() -> None:
 
 
 def test_wallet_settings_take_json_booleans_only_and_an_empty_patch_changes_nothing() -> None:
-    owner, key = make_client()
+    _, key = make_client()
     api = api_for(key)
     bad = api.post("/v1/wallets", {"currency": "USD", "payer_may_refund": 1}, format="json")
     assert (bad.status_code, bad.json()["error"]["param"]) == (400, "payer_may_refund")
