@@ -226,25 +226,37 @@ def check_bank(verdict: Verdict, ops: list[Op], snap: Snapshot, wallets: list[st
     return {cur: dict(t) for cur, t in totals.items()}
 
 
+def _answered_once(
+    verdict: Verdict, op: Op, noun: str, stored: object | None, stored_id: str | None, accepted: tuple[int, ...]
+) -> Answer | None:
+    """A key's final answer when it accepted the request and names the object stored for it (`stored`,
+    whose id is `stored_id`); None, having said what is wrong if anything, when there is no more to check."""
+    final = op.final
+    if final is None:
+        verdict.fail("every request answered", f"{noun} {op.key} got no definitive answer: {op.answers[-1:]}")
+        return None
+    if len(op.object_ids) > 1:
+        verdict.fail(f"one key, one {noun}", f"{noun} key {op.key} was answered with {noun}s {sorted(op.object_ids)}")
+    if final.status not in accepted:
+        if stored is not None:
+            verdict.fail(f"one key, one {noun}", f"{noun} key {op.key} was refused ({final.error}) but has a {noun}")
+        return None
+    if stored is None or stored_id != final.object_id:
+        verdict.fail(f"one key, one {noun}", f"{noun} key {op.key}: answered {final.object_id}, stored {stored}")
+        return None
+    return final
+
+
 def check_holds(verdict: Verdict, ops: list[Op], snap: Snapshot) -> None:
     holds_by_key = {(h.payer, h.key): h for h in snap.holds.values()}
     resolutions = {op.hold_id: op for op in ops if op.kind in ("capture", "void")}
     sent = set()
     for op in (o for o in ops if o.kind == "hold"):
         sent.add((op.wallet, op.key))
-        final, stored = op.final, holds_by_key.get((op.wallet, op.key))
-        if final is None:
-            verdict.fail("every request answered", f"hold {op.key} got no definitive answer: {op.answers[-1:]}")
+        stored = holds_by_key.get((op.wallet, op.key))
+        if _answered_once(verdict, op, "hold", stored, stored.id if stored else None, (201,)) is None:
             continue
-        if len(op.object_ids) > 1:
-            verdict.fail("one key, one hold", f"hold key {op.key} was answered with holds {sorted(op.object_ids)}")
-        if final.status != 201:
-            if stored is not None:
-                verdict.fail("one key, one hold", f"hold key {op.key} was refused ({final.error}) but has a hold")
-            continue
-        if stored is None or stored.id != final.object_id:
-            verdict.fail("one key, one hold", f"hold key {op.key}: answered {final.object_id}, stored {stored}")
-            continue
+        assert stored is not None  # noqa: S101 - _answered_once said so
         if (stored.payee, stored.amount) != (op.payee, op.amount):
             verdict.fail("one key, one hold", f"hold {stored.id} does not match the request of key {op.key}")
         if op.intent == "too_large" and (stored.status, stored.reason) != ("failed", "insufficient_funds"):
@@ -307,21 +319,14 @@ def check_refunds(verdict: Verdict, ops: list[Op], snap: Snapshot) -> None:
     for op in (o for o in ops if o.kind == "refund"):
         original_id = op.refund_of or ""
         sent.add((original_id, op.key))
-        final, stored = op.final, by_key.get((original_id, op.key))
+        stored = by_key.get((original_id, op.key))
+        last = op.final
+        if last is not None and last.status not in (201, 202) and (last.status, last.error) not in _REFUND_REFUSALS:
+            verdict.fail("refunds end as answered", f"refund {op.key} answered {last.status} {last.error}")
+        final = _answered_once(verdict, op, "refund", stored, stored.transfer_id if stored else None, (201, 202))
         if final is None:
-            verdict.fail("every request answered", f"refund {op.key} got no definitive answer: {op.answers[-1:]}")
             continue
-        if len(op.object_ids) > 1:
-            verdict.fail("one key, one refund", f"refund key {op.key} was answered with {sorted(op.object_ids)}")
-        if final.status not in (201, 202):
-            if (final.status, final.error) not in _REFUND_REFUSALS:
-                verdict.fail("refunds end as answered", f"refund {op.key} answered {final.status} {final.error}")
-            if stored is not None:
-                verdict.fail("one key, one refund", f"refund key {op.key} was refused ({final.error}) but has a refund")
-            continue
-        if stored is None or stored.transfer_id != final.object_id:
-            verdict.fail("one key, one refund", f"refund key {op.key}: answered {final.object_id}, stored {stored}")
-            continue
+        assert stored is not None  # noqa: S101 - _answered_once said so
         row = snap.transfers.get(stored.transfer_id)
         if row is not None and final.state not in row.history:
             verdict.fail("answers match the outcome", f"refund {row.id} was answered {final.state}, not {row.history}")

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from django.conf import settings
+from django.http import HttpResponse
 from rest_framework import parsers, serializers
 from rest_framework.exceptions import ParseError
 from rest_framework.negotiation import DefaultContentNegotiation
@@ -49,6 +50,15 @@ class AmountField(StrictIntegerField):
         kwargs.setdefault("min_value", 1)
         kwargs.setdefault("max_value", MAX_MINOR_AMOUNT)
         super().__init__(**kwargs)
+
+
+def stored_answer(status: int, body: str, *, replayed: bool = False) -> HttpResponse:
+    """A key's answer as the stored JSON text itself, so every replay is byte-identical to the first
+    (marked `Idempotent-Replayed`)."""
+    response = HttpResponse(body, status=status, content_type="application/json")
+    if replayed:
+        response["Idempotent-Replayed"] = "true"
+    return response
 
 
 def idempotency_key(request: Request) -> str:

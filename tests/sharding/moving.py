@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
@@ -17,13 +20,44 @@ from apps.sharding.lease import kernel_state
 from apps.sharding.mover import Mover, plan_move
 from apps.sharding.moves import Move
 from apps.sharding.placement import BUCKET_COLUMNS, range_filter_sql
-from apps.sharding.routing import refresh_shard_map, shard_map
+from apps.sharding.routing import alias_for_id, refresh_shard_map, shard_map
 from tests.factories import raw_query
 
 
 def move(first: int, last: int, target: str, *, stop_after: str | None = None, **options: Any) -> Move:
     options.setdefault("cleanup_delay", 1.2)
     return Mover(plan_move(first, last, target), **options).run(stop_after=stop_after)
+
+
+def move_under_traffic(
+    traffic: Callable[[threading.Event, int], None], first: int, last: int, target: str, *, clients: int = 3
+) -> Move:
+    """Move the range while `clients` threads run `traffic(stop, seed)` until `stop` is set: from a
+    second before the move starts to a second after it ends."""
+    stop = threading.Event()
+    threads = [threading.Thread(target=traffic, args=(stop, seed)) for seed in range(clients)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(1.0)  # the traffic flows before the move starts
+        done = move(first, last, target)
+        time.sleep(1.0)  # and after it ends
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    return done
+
+
+def advance_in_flight(aliases: tuple[str, ...] = ("shard_00", "shard_01")) -> None:
+    """The saga's remaining steps for every transfer in flight on these shards (when no worker runs)."""
+    from apps.transfers.models import Transfer
+    from apps.transfers.saga import transfer_advance
+
+    for alias in aliases:
+        for transfer in Transfer.objects.using(alias).filter(status__in=["debited", "refunding"]):
+            if alias_for_id(transfer.id) == alias:
+                transfer_advance(transfer.id)
 
 
 def restore_file_layout() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 import uuid
 
 import pytest
@@ -12,11 +11,9 @@ import pytest
 from apps.holds.models import Hold
 from apps.sharding.routing import alias_for_id
 from apps.transfers.checks import check_ledger
-from apps.transfers.models import Transfer
-from apps.transfers.saga import transfer_advance
 from tests.factories import ALL_DATABASES, api_for, make_client
 from tests.factories import wallet_balance as balance
-from tests.sharding.moving import move, range_rows, wallet_in_bucket
+from tests.sharding.moving import advance_in_flight, move_under_traffic, range_rows, wallet_in_bucket
 
 pytestmark = [
     pytest.mark.django_db(transaction=True, databases=ALL_DATABASES),
@@ -31,12 +28,11 @@ def test_holds_are_created_captured_and_voided_while_their_range_moves() -> None
     outside = [wallet_in_bucket(owner, b, funded=100_000) for b in (200, 700)]
     wallets = inside + outside
     total = sum(balance(w.id) for w in wallets)
-    stop = threading.Event()
     statuses: list[int] = []
     outcomes: dict[str, tuple[str, int]] = {}  # hold id -> (what its thread did, amount captured)
     lock = threading.Lock()
 
-    def traffic(seed: int) -> None:
+    def traffic(stop: threading.Event, seed: int) -> None:
         rng = random.Random(seed)
         api = api_for(key)
         while not stop.is_set():
@@ -71,17 +67,7 @@ def test_holds_are_created_captured_and_voided_while_their_range_moves() -> None
         ).json()
         for i in range(3)
     ]  # fmt: skip
-    threads = [threading.Thread(target=traffic, args=(seed,)) for seed in range(3)]
-    for thread in threads:
-        thread.start()
-    try:
-        time.sleep(1.0)  # holds flow before the move starts
-        done = move(0, 63, "shard_01")
-        time.sleep(1.0)  # and after it ends
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join()
+    done = move_under_traffic(traffic, 0, 63, "shard_01")
     assert done.state == "done"
     assert alias_for_id(uuid.UUID(waiting[0]["id"])) == "shard_01"
     captured = api.post(f"/v1/holds/{waiting[0]['id']}/capture", {"amount_minor": 600}, format="json")
@@ -99,10 +85,7 @@ def test_holds_are_created_captured_and_voided_while_their_range_moves() -> None
         assert (hold.status, hold.captured_minor or 0) == (status, captured)
     assert sum(range_rows("shard_00", 0, 63).values()) == 0
     assert range_rows("shard_01", 0, 63)["holds_hold"] > 0
-    for alias in ("shard_00", "shard_01"):
-        for transfer in Transfer.objects.using(alias).filter(status="debited"):
-            if alias_for_id(transfer.id) == alias:
-                transfer_advance(transfer.id)
+    advance_in_flight()
     assert sum(balance(w.id) for w in wallets) == total
     report = check_ledger()
     assert report.violations == []

@@ -16,21 +16,13 @@ from apps.transfers.models import Transfer
 from apps.transfers.saga import transfer_advance
 from tests.factories import ALL_DATABASES, api_for, make_client
 from tests.factories import wallet_balance as balance
-from tests.sharding.moving import move, range_rows, wallet_in_bucket
+from tests.sharding.moving import advance_in_flight, move_under_traffic, range_rows, wallet_in_bucket
 
 pytestmark = [
     pytest.mark.django_db(transaction=True, databases=ALL_DATABASES),
     pytest.mark.slow,
     pytest.mark.usefixtures("file_layout_afterwards"),
 ]
-
-
-def _advance_all() -> None:
-    """The saga's remaining steps for every transfer in flight (no worker runs here)."""
-    for alias in ("shard_00", "shard_01"):
-        for transfer in Transfer.objects.using(alias).filter(status__in=["debited", "refunding"]):
-            if alias_for_id(transfer.id) == alias:
-                transfer_advance(transfer.id)
 
 
 def test_refunds_are_requested_and_credited_while_their_range_moves() -> None:
@@ -57,11 +49,10 @@ def test_refunds_are_requested_and_credited_while_their_range_moves() -> None:
     across = api.post(f"/v1/transfers/{originals[0]}/refunds", {"amount_minor": 100}, format="json",
                       HTTP_IDEMPOTENCY_KEY="across")  # fmt: skip
     assert across.status_code in (201, 202), across.content
-    stop = threading.Event()
     statuses: list[int] = []
     lock = threading.Lock()
 
-    def traffic(seed: int) -> None:
+    def traffic(stop: threading.Event, seed: int) -> None:
         rng = random.Random(seed)
         client = api_for(key)
         while not stop.is_set():
@@ -72,23 +63,13 @@ def test_refunds_are_requested_and_credited_while_their_range_moves() -> None:
                 statuses.append(answer.status_code)
             time.sleep(0.01)
 
-    threads = [threading.Thread(target=traffic, args=(seed,)) for seed in range(3)]
-    for thread in threads:
-        thread.start()
-    try:
-        time.sleep(1.0)  # refunds flow before the move starts
-        done = move(0, 63, "shard_01")
-        time.sleep(1.0)  # and after it ends
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join()
+    done = move_under_traffic(traffic, 0, 63, "shard_01")
     assert done.state == "done"
     assert alias_for_id(uuid.UUID(originals[0])) == "shard_01"
     # Refunds that outran an original's amount are refused; anything else would be a fault.
     assert set(statuses) <= {201, 202, 409, 422}, sorted(set(statuses))
     assert statuses.count(201) + statuses.count(202) > 10
-    _advance_all()
+    advance_in_flight()
     assert sum(range_rows("shard_00", 0, 63).values()) == 0
     assert range_rows("shard_01", 0, 63)["refunds_refund"] > 0
     # Every refund settled once, on the shard that serves its original; never more than paid.

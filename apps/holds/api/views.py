@@ -12,7 +12,7 @@ from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
-from apps.common.api import idempotency_key, waits_out_moves
+from apps.common.api import idempotency_key, stored_answer, waits_out_moves
 from apps.common.errors import IdempotencyKeyReused
 from apps.common.openapi import (
     IDEMPOTENCY_KEY_HEADER,
@@ -64,13 +64,6 @@ HOLD_LINKS = {
     "VoidHold": link("holds_void", "Release it.", hold_id="$response.body#/id"),
 }
 HOLD_KEY_REUSED = ErrorCode.of(IdempotencyKeyReused, "this key was used with another hold from this wallet")
-
-
-def _answer(status: int, body: str, *, replayed: bool = False) -> HttpResponse:
-    response = HttpResponse(body, status=status, content_type="application/json")
-    if replayed:
-        response["Idempotent-Replayed"] = "true"
-    return response
 
 
 def _expires_at(raw: dict, now: datetime) -> datetime:
@@ -148,7 +141,7 @@ class HoldCollectionView(APIView):
             HoldRequest(parsed.client_id, parsed.payer_id, parsed.payee_id, parsed.amount_minor, parsed.currency,
                         expires_at, key, expiry_given="expires_at" in cast(dict, raw))
         )  # fmt: skip
-        return _answer(created.status, created.body, replayed=created.replayed)
+        return stored_answer(created.status, created.body, replayed=created.replayed)
 
 
 def _own_hold(request: Request, hold_id: str) -> Hold:
@@ -170,7 +163,7 @@ class HoldDetailView(APIView):
     )
     @waits_out_moves
     def get(self, request: Request, hold_id: str) -> HttpResponse:
-        return _answer(*render_hold(_own_hold(request, hold_id)))
+        return stored_answer(*render_hold(_own_hold(request, hold_id)))
 
 
 class HoldCaptureView(APIView):
@@ -194,7 +187,7 @@ class HoldCaptureView(APIView):
         amount = _amount(request.data)
         parsed = parse_hold_id(hold_id)
         hold = hold_capture(parsed, client_id=cast(int, request.user.id), amount_minor=amount)
-        return _answer(*render_hold(hold))
+        return stored_answer(*render_hold(hold))
 
 
 class HoldVoidView(APIView):
@@ -212,4 +205,4 @@ class HoldVoidView(APIView):
         if not isinstance(note, str) or len(note) > 500:
             raise InvalidTransfer(Invalid("parameter_invalid", "A text of at most 500 characters.", "reason"))
         hold = hold_void(parse_hold_id(hold_id), client_id=cast(int, request.user.id), note=note)
-        return _answer(*render_hold(hold))
+        return stored_answer(*render_hold(hold))

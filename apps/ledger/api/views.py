@@ -13,7 +13,15 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.common.api import decode_cursor, decode_uuid_cursor, idempotency_key, page, page_limit, waits_out_moves
+from apps.common.api import (
+    decode_cursor,
+    decode_uuid_cursor,
+    idempotency_key,
+    page,
+    page_limit,
+    stored_answer,
+    waits_out_moves,
+)
 from apps.common.errors import InvalidRequest
 from apps.common.openapi import (
     IDEMPOTENCY_KEY_HEADER,
@@ -150,11 +158,7 @@ class _MovementView(APIView):
             wallet_id=wallet.id, kind=self.kind, amount_minor=data.validated_data["amount_minor"], key=key,
             render=_render_entry,
         )  # fmt: skip
-        # The stored text itself, so every replay is byte-identical to the first answer.
-        response = HttpResponse(answer.body, status=answer.status, content_type="application/json")
-        if answer.replayed:
-            response["Idempotent-Replayed"] = "true"
-        return response
+        return stored_answer(answer.status, answer.body, replayed=answer.replayed)
 
 
 class DepositView(_MovementView):

@@ -10,7 +10,7 @@ from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
-from apps.common.api import AmountField, idempotency_key, waits_out_moves
+from apps.common.api import AmountField, idempotency_key, stored_answer, waits_out_moves
 from apps.common.errors import IdempotencyKeyReused
 from apps.common.openapi import (
     IDEMPOTENCY_KEY_HEADER,
@@ -90,7 +90,4 @@ class RefundCollectionView(APIView):
         answer = refund_create(
             RefundRequest(cast(int, request.user.id), original_id, amount, key), render=render_transfer
         )
-        response = HttpResponse(answer.body, status=answer.status, content_type="application/json")
-        if answer.replayed:
-            response["Idempotent-Replayed"] = "true"
-        return response
+        return stored_answer(answer.status, answer.body, replayed=answer.replayed)

@@ -14,7 +14,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.common.api import decode_uuid_cursor, idempotency_key, page, page_limit, waits_out_moves
+from apps.common.api import decode_uuid_cursor, idempotency_key, page, page_limit, stored_answer, waits_out_moves
 from apps.common.errors import InvalidRequest
 from apps.common.openapi import (
     IDEMPOTENCY_KEY_HEADER,
@@ -184,11 +184,7 @@ class TransferCollectionView(APIView):
                 transfer = advance_inline(transfer)
             transfer = wait_until_terminal(transfer, wait)
             status_code, body = _store_waited_response(transfer, created.record_id)
-        # The stored text itself, so every replay is byte-identical to the first response.
-        response = HttpResponse(body, status=status_code, content_type="application/json")
-        if created.outcome == "replayed":
-            response["Idempotent-Replayed"] = "true"
-        return response
+        return stored_answer(status_code, cast(str, body), replayed=created.outcome == "replayed")
 
 
 class TransferBatchView(APIView):
