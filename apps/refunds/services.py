@@ -38,6 +38,7 @@ from django.utils import timezone
 
 from apps.common.db import fast_cursor
 from apps.common.errors import IdempotencyKeyReused
+from apps.ledger.errors import WalletNotFound
 from apps.ledger.models import Wallet
 from apps.ledger.selectors import wallet_get
 from apps.refunds.errors import (
@@ -99,14 +100,19 @@ def may_refund(client_id: int, original: Transfer, paid_wallet: Wallet) -> bool:
 def refund_create(request: RefundRequest, *, render: Render) -> RefundAnswer:
     """Refund (part of) a completed transfer, once per key; a repeat replays the first answer."""
     original = transfer_get(transfer_id=request.original_id)
-    paid_wallet = wallet_get(wallet_id=original.payee_id)
-    if request.client_id not in (original.client_id, paid_wallet.owner_id):
+    try:
+        paid_wallet: Wallet | None = wallet_get(wallet_id=original.payee_id)
+    except WalletNotFound:
+        paid_wallet = None  # a transfer to no wallet: it failed, and only its client knows of it
+    if request.client_id not in (original.client_id, paid_wallet.owner_id if paid_wallet else None):
         raise TransferNotFound(param="transfer_id")  # neither side of it: it does not exist for this client
     with one_map():
         alias = alias_for_id(original.id)
         existing = _record(alias, request)
         if existing is not None:
             return _answer(existing, original, render)
+        if paid_wallet is None:
+            raise _refusal(original, request.amount_minor)
         if not may_refund(request.client_id, original, paid_wallet):
             raise RefundNotAllowed()
         try:

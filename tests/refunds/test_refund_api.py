@@ -100,6 +100,13 @@ def test_refund_errors_are_machine_readable_and_change_nothing() -> None:
     assert failed["status"] == "failed"
     refused = api.post(f"/v1/transfers/{failed['id']}/refunds", {}, format="json", HTTP_IDEMPOTENCY_KEY="e")
     assert code(refused) == (409, "transfer_not_refundable")
+    # A transfer to a wallet that does not exist failed: not refundable, whatever the missing wallet would say.
+    nowhere = {**body, "to": "0190a0a0-0000-7000-8000-000000000001", "amount_minor": 10}
+    lost = api.post("/v1/transfers", nowhere, format="json", HTTP_IDEMPOTENCY_KEY="to-nowhere").json()
+    advance(lost["id"])
+    refused = api.post(f"/v1/transfers/{lost['id']}/refunds", {}, format="json", HTTP_IDEMPOTENCY_KEY="e")
+    assert code(refused) == (409, "transfer_not_refundable")
+    assert (wallet_balance(payer.id), wallet_balance(payee.id)) == (700, 300)
 
 
 def test_the_paying_client_refunds_only_where_the_paid_wallet_allows_it() -> None:
