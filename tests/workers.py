@@ -37,14 +37,20 @@ class Worker:
     """`celery worker` (optionally with embedded beat) in its own process group."""
 
     def __init__(
-        self, *, beat: bool = False, env: dict[str, str] | None = None, concurrency: int = 2, wait_ready: bool = True
+        self,
+        *,
+        beat: bool = False,
+        env: dict[str, str] | None = None,
+        concurrency: int = 2,
+        wait_ready: bool = True,
+        queues: str | None = None,
     ) -> None:
         self.name = f"w{uuid.uuid4().hex[:8]}"
         self.log = Path(settings.DEVSTACK_DIR) / f"celery-{self.name}.log"
         args = [
             sys.executable, "-m", "celery", "-A", "wallet_project", "worker", "-l", "info",
             "-c", str(concurrency), "-n", f"{self.name}@%h", "--without-gossip", "--without-mingle",
-            "--without-heartbeat",
+            "--without-heartbeat", *(["-Q", queues] if queues else []),
         ]  # fmt: skip
         if beat:
             args += ["-B", "-s", str(Path(settings.DEVSTACK_DIR) / f"beat-{self.name}")]

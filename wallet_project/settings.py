@@ -57,7 +57,7 @@ for _database in DATABASES.values():
     # Django's PostgreSQL backend, counting connection and query errors per alias for /metrics.
     _database["ENGINE"] = "apps.observability.backend"
 DATABASE_ROUTERS = ["apps.sharding.router.ShardRouter"]
-SHARDED_APPS = {"ledger", "transfers", "holds", "refunds"}
+SHARDED_APPS = {"ledger", "transfers", "holds", "refunds", "events"}
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -75,6 +75,8 @@ INSTALLED_APPS = [
     "apps.transfers",
     "apps.holds",
     "apps.refunds",
+    "apps.events",
+    "apps.webhooks",
     "apps.audit",
     "apps.observability",
     "apps.operators",  # last: its post_migrate hook sets up the staff groups once every app's permissions exist
@@ -219,7 +221,7 @@ AUDIT_PUBLICATION = ENV.optional("SHARDWALLET_AUDIT_PUBLICATION", "shardwallet_a
 AUDIT_TABLES = ENV.optional(
     "SHARDWALLET_AUDIT_TABLES",
     "ledger_wallet,ledger_entry,transfers_transfer,transfers_event,transfers_payee_credit,holds_hold,"
-    "refunds_refund,sharding_move_marker",
+    "refunds_refund,events_event,sharding_move_marker",
 ).split(",")
 AUDIT_BATCH_MAX_CHANGES = int(ENV.optional("SHARDWALLET_AUDIT_BATCH_MAX_CHANGES", "20000"))
 AUDIT_BATCH_MAX_SECONDS = float(ENV.optional("SHARDWALLET_AUDIT_BATCH_MAX_SECONDS", "0.2"))
@@ -281,6 +283,9 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 4
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # Publishing must not hang an API request when Redis is down: the sweeper catches up.
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+# Webhook work has a queue of its own, consumed by its own worker (`run_worker --queues webhooks`):
+# a slow or dead endpoint can only delay other deliveries, never a transfer's saga.
+CELERY_TASK_ROUTES = {"apps.webhooks.tasks.*": {"queue": "webhooks"}}
 # Holds: how long one lasts when the request names no expiry, and the longest it may last.
 HOLD_DEFAULT_SECONDS = int(ENV.optional("SHARDWALLET_HOLD_DEFAULT_SECONDS", str(7 * 24 * 3600)))
 HOLD_MAX_SECONDS = int(ENV.optional("SHARDWALLET_HOLD_MAX_SECONDS", str(30 * 24 * 3600)))
@@ -289,6 +294,34 @@ HOLD_EXPIRY_INTERVAL_SECONDS = float(ENV.optional("SHARDWALLET_HOLD_EXPIRY_INTER
 # steps, or a refused debit was not settled) is carried on by a beat job, as its repeat would.
 REFUND_RESUME_AFTER_SECONDS = float(ENV.optional("SHARDWALLET_REFUND_RESUME_AFTER_SECONDS", "30"))
 REFUND_RESUME_INTERVAL_SECONDS = float(ENV.optional("SHARDWALLET_REFUND_RESUME_INTERVAL_SECONDS", "10"))
+# Events and webhooks (apps/events, apps/webhooks). Events are kept this many days on the shards.
+EVENT_RETENTION_DAYS = int(ENV.optional("SHARDWALLET_EVENT_RETENTION_DAYS", "30"))
+# How often the outbox is drained into deliveries and due deliveries are sent (the webhooks queue).
+WEBHOOK_DISPATCH_INTERVAL_SECONDS = float(ENV.optional("SHARDWALLET_WEBHOOK_DISPATCH_INTERVAL_SECONDS", "1"))
+WEBHOOK_SEND_INTERVAL_SECONDS = float(ENV.optional("SHARDWALLET_WEBHOOK_SEND_INTERVAL_SECONDS", "1"))
+# One attempt: connect and each read within this, the whole answer within twice this; at most
+# this many bytes of the answer are read; redirects are never followed.
+WEBHOOK_TIMEOUT_SECONDS = float(ENV.optional("SHARDWALLET_WEBHOOK_TIMEOUT_SECONDS", "5"))
+WEBHOOK_MAX_RESPONSE_BYTES = int(ENV.optional("SHARDWALLET_WEBHOOK_MAX_RESPONSE_BYTES", "65536"))
+# Retries: exponential from BASE to MAX seconds between attempts, with jitter, for RETRY_FOR
+# seconds after the event (3 days); then the delivery is failed.
+WEBHOOK_BACKOFF_BASE_SECONDS = float(ENV.optional("SHARDWALLET_WEBHOOK_BACKOFF_BASE_SECONDS", "10"))
+WEBHOOK_BACKOFF_MAX_SECONDS = float(ENV.optional("SHARDWALLET_WEBHOOK_BACKOFF_MAX_SECONDS", "3600"))
+WEBHOOK_RETRY_FOR_SECONDS = float(ENV.optional("SHARDWALLET_WEBHOOK_RETRY_FOR_SECONDS", str(3 * 24 * 3600)))
+# An endpoint failing without a success for this long (and at least MIN_FAILURES times) is disabled.
+WEBHOOK_DISABLE_AFTER_SECONDS = float(ENV.optional("SHARDWALLET_WEBHOOK_DISABLE_AFTER_SECONDS", str(3 * 24 * 3600)))
+WEBHOOK_DISABLE_MIN_FAILURES = int(ENV.optional("SHARDWALLET_WEBHOOK_DISABLE_MIN_FAILURES", "20"))
+# The most deliveries one endpoint may have waiting; events past it are counted, not queued
+# (the client catches up from GET /v1/events). Endpoints per client, at most.
+WEBHOOK_MAX_PENDING_PER_ENDPOINT = int(ENV.optional("SHARDWALLET_WEBHOOK_MAX_PENDING_PER_ENDPOINT", "10000"))
+WEBHOOK_MAX_ENDPOINTS_PER_CLIENT = int(ENV.optional("SHARDWALLET_WEBHOOK_MAX_ENDPOINTS_PER_CLIENT", "16"))
+# Deliveries and their attempts are kept this many days.
+WEBHOOK_DELIVERY_RETENTION_DAYS = int(ENV.optional("SHARDWALLET_WEBHOOK_DELIVERY_RETENTION_DAYS", "30"))
+# URLs resolving to loopback, private, link-local or other non-public addresses are refused
+# (SSRF) unless this is on: development stacks and tests turn it on, production never does.
+WEBHOOK_ALLOW_PRIVATE_URLS = ENV.flag("SHARDWALLET_WEBHOOK_ALLOW_PRIVATE_URLS", not ENV.production)
+# Plain http:// endpoints (the events carry amounts and wallet ids): refused in production.
+WEBHOOK_REQUIRE_HTTPS = ENV.flag("SHARDWALLET_WEBHOOK_REQUIRE_HTTPS", ENV.production)
 
 CELERY_BEAT_SCHEDULE = {
     "sweep-stalled-transfers": {
@@ -306,6 +339,18 @@ CELERY_BEAT_SCHEDULE = {
     "resume-stalled-refunds": {
         "task": "apps.refunds.tasks.resume_stalled_refunds",
         "schedule": REFUND_RESUME_INTERVAL_SECONDS,
+    },
+    "dispatch-events": {
+        "task": "apps.webhooks.tasks.dispatch_events",
+        "schedule": WEBHOOK_DISPATCH_INTERVAL_SECONDS,
+    },
+    "send-webhooks": {
+        "task": "apps.webhooks.tasks.send_deliveries",
+        "schedule": WEBHOOK_SEND_INTERVAL_SECONDS,
+    },
+    "purge-events-and-deliveries": {
+        "task": "apps.webhooks.tasks.purge_old",
+        "schedule": 3600.0,
     },
 }
 

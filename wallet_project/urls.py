@@ -18,6 +18,8 @@ urlpatterns = [
     path("v1/", include("apps.ledger.api.urls")),
     path("v1/", include("apps.holds.api.urls")),
     path("v1/", include("apps.refunds.api.urls")),
+    path("v1/", include("apps.events.api.urls")),
+    path("v1/", include("apps.webhooks.api.urls")),
 ]
 
 handler404 = "apps.common.errors.json_not_found"

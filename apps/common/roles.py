@@ -27,10 +27,11 @@ def api_argv(bind: str, workers: int, threads: int) -> list[str]:
     ]  # fmt: skip
 
 
-def worker_argv(concurrency: int, name: str | None, log_level: str) -> list[str]:
+def worker_argv(concurrency: int, name: str | None, log_level: str, queues: str | None = None) -> list[str]:
+    """A saga worker consumes Celery's default queue; `queues="webhooks"` makes the webhook worker."""
     return [
         *CELERY, "worker", "-l", log_level, "-c", str(concurrency), "--without-gossip", "--without-mingle",
-        *(["-n", name] if name else []),
+        *(["-n", name] if name else []), *(["-Q", queues] if queues else []),
     ]  # fmt: skip
 
 

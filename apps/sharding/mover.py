@@ -107,6 +107,7 @@ PRIMARY_KEYS = {
     "transfers_payee_credit": "transfer_id",
     "holds_hold": "id",
     "refunds_refund": "id",
+    "events_event": "id",
 }
 
 

@@ -2,8 +2,9 @@
 
 Every row of a bucket moves with it: a wallet and its entries and movement keys, a transfer
 (its id carries its payer's bucket) and its events and idempotency records, the payee
-credits kept on the payee's shard, and a hold (its id carries its payer's bucket). The fence,
-the mover's copy filter, its verification and its clean-up all read this one table.
+credits kept on the payee's shard, a hold (its id carries its payer's bucket), and the outbox's
+events (each beside the row that caused it). The fence, the mover's copy filter, its
+verification and its clean-up all read this one table.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ BUCKET_COLUMNS: dict[str, str] = {
     "transfers_payee_credit": "payee_id",
     "holds_hold": "id",  # a hold lives on its payer's shard, with the payer's bucket in its id
     "refunds_refund": "id",  # a refund's record lives beside the original transfer, with its bucket
+    "events_event": "id",  # an event lives beside the row that caused it, with that row's bucket
 }
 
 # SQLSTATE raised by the fence when a write reaches a shard for a bucket it does not serve.

@@ -18,6 +18,13 @@ class Command(BaseCommand):
         )
         parser.add_argument("--name", help="Celery node name (default celery@<hostname>)")
         parser.add_argument("--log-level", default="info")
+        parser.add_argument(
+            "--queues",
+            help="Celery queues to consume (default: the saga's). `webhooks`: the webhook worker, kept apart so"
+            " that slow endpoints never delay a transfer",
+        )
 
-    def handle(self, *args: Any, concurrency: int, name: str | None, log_level: str, **options: Any) -> None:
-        exec_role(worker_argv(concurrency, name, log_level))
+    def handle(
+        self, *args: Any, concurrency: int, name: str | None, log_level: str, queues: str | None, **options: Any
+    ) -> None:
+        exec_role(worker_argv(concurrency, name, log_level, queues))

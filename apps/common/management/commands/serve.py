@@ -70,6 +70,8 @@ class Command(BaseCommand):
             Program("api", [*manage, "run_api", "--bind", f"127.0.0.1:{port}", "--workers", str(workers)], env),
             Program("saga worker", [*manage, "run_worker", "--concurrency", str(workers)], env),
             Program("beat", [*manage, "run_beat"], env),
+            # Webhooks on their own worker: a slow endpoint never holds a saga worker.
+            Program("webhook worker", [*manage, "run_worker", "--queues", "webhooks", "--concurrency", "2"], env),
         ]
         if cdc:
             # Change data capture into the audit store; it also serves auditors' SQL.
@@ -118,6 +120,7 @@ class Command(BaseCommand):
             f"\nshardwallet is running\n"
             f"  API:        {base}/v1/   (docs {base}/v1/docs/, health {base}/health, metrics {base}/metrics)\n"
             f"  saga:       {workers} Celery worker process(es) and beat (sweeper) over {settings.REDIS_URL}\n"
+            f"  webhooks:   a worker of its own (queue `webhooks`); local receivers allowed in development\n"
             f"{audit}"
             f"  demo key:   {key}\n"
             f"  admin:      {base}/admin/   user {username}  password {password}\n"

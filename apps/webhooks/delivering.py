@@ -1,0 +1,153 @@
+"""Sending due deliveries: claimed under a lease, one thread per endpoint, every attempt recorded.
+
+A claim moves `next_attempt_at` a lease ahead, so a sender killed mid-send leaves the
+delivery to be sent again when the lease runs out (at least once, never lost). An endpoint's
+deliveries go out one after the other in its own thread: the first failure stops that
+endpoint's turn (the rest wait for the same retry), so a hanging endpoint costs one timeout
+per turn and delays no other endpoint. Failures are retried with exponential backoff and
+jitter for WEBHOOK_RETRY_FOR_SECONDS; an endpoint failing for WEBHOOK_DISABLE_AFTER_SECONDS
+(and WEBHOOK_DISABLE_MIN_FAILURES times) in a row is disabled.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import connections, transaction
+from django.utils import timezone
+
+from apps.webhooks import outbound
+from apps.webhooks.models import DeliveryStatus, EndpointStatus, WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from apps.webhooks.signing import SIGNATURE_HEADER, signature_header
+
+log = logging.getLogger(__name__)
+
+_CLAIM = """
+UPDATE webhooks_delivery d SET next_attempt_at = %s
+ WHERE d.id IN (
+       SELECT d2.id FROM webhooks_delivery d2 JOIN webhooks_endpoint e ON e.id = d2.endpoint_id
+        WHERE d2.status = 'pending' AND d2.next_attempt_at <= %s AND e.status = 'enabled'
+        ORDER BY d2.next_attempt_at, d2.id LIMIT %s
+          FOR UPDATE OF d2 SKIP LOCKED)
+RETURNING d.id
+"""
+MAX_THREADS = 16
+
+
+def lease_seconds() -> float:
+    return 4 * settings.WEBHOOK_TIMEOUT_SECONDS + 30
+
+
+def claim_due(limit: int, now: datetime | None = None) -> list[WebhookDelivery]:
+    now = now or timezone.now()
+    with transaction.atomic(using="default"), connections["default"].cursor() as cursor:
+        cursor.execute(_CLAIM, [now + timedelta(seconds=lease_seconds()), now, limit])
+        ids = [row[0] for row in cursor.fetchall()]
+    deliveries = WebhookDelivery.objects.filter(id__in=ids).select_related("endpoint")
+    return sorted(deliveries, key=lambda d: (d.created_at, d.id))
+
+
+def send_due(limit: int = 200) -> int:
+    """Claim up to `limit` due deliveries and send them; returns how many were attempted."""
+    deliveries = claim_due(limit)
+    if not deliveries:
+        return 0
+    by_endpoint: dict[object, list[WebhookDelivery]] = defaultdict(list)
+    for delivery in deliveries:
+        by_endpoint[delivery.endpoint_id].append(delivery)
+    with ThreadPoolExecutor(max_workers=min(MAX_THREADS, len(by_endpoint))) as pool:
+        attempted = sum(pool.map(_send_endpoint_turn, by_endpoint.values()))
+    return attempted
+
+
+def _send_endpoint_turn(deliveries: list[WebhookDelivery]) -> int:
+    try:
+        for done, delivery in enumerate(deliveries, start=1):
+            retry_at = attempt(delivery)
+            if retry_at is not None:
+                # The endpoint failed: its other claimed deliveries wait for the same retry, unattempted.
+                rest = [d.id for d in deliveries[done:]]
+                WebhookDelivery.objects.filter(id__in=rest, status=DeliveryStatus.PENDING).update(
+                    next_attempt_at=retry_at
+                )
+                return done
+        return len(deliveries)
+    finally:
+        connections.close_all()  # this thread's own connections
+
+
+def request_headers(delivery: WebhookDelivery, body: bytes, now: float) -> dict[str, str]:
+    return {
+        "Content-Type": "application/json",
+        "User-Agent": "shardwallet-webhooks/1",
+        "Shardwallet-Event-Id": str(delivery.event_id),
+        "Shardwallet-Event-Type": delivery.event_type,
+        "Shardwallet-Delivery-Attempt": str(delivery.attempts + 1),
+        SIGNATURE_HEADER: signature_header(delivery.endpoint.secret, body, int(now)),
+    }
+
+
+def attempt(delivery: WebhookDelivery) -> datetime | None:
+    """Send one delivery and record the attempt; returns when to retry, or None (sent, or given up)."""
+    body = delivery.body.encode()
+    outcome = outbound.post(delivery.endpoint.url, body, request_headers(delivery, body, time.time()))
+    return record(delivery, outcome, timezone.now())
+
+
+def backoff(attempts: int) -> float:
+    """Seconds before attempt `attempts + 1`: doubling from the base, capped, with jitter (50-100%)."""
+    ceiling = min(settings.WEBHOOK_BACKOFF_MAX_SECONDS, settings.WEBHOOK_BACKOFF_BASE_SECONDS * 2 ** (attempts - 1))
+    return ceiling * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not a secret
+
+
+def record(delivery: WebhookDelivery, outcome: outbound.Outcome, now: datetime) -> datetime | None:
+    attempts = delivery.attempts + 1
+    retry_at: datetime | None = None
+    if outcome.ok:
+        status, completed = DeliveryStatus.SUCCEEDED, now
+    elif (now - delivery.created_at).total_seconds() >= settings.WEBHOOK_RETRY_FOR_SECONDS:
+        status, completed = DeliveryStatus.FAILED, now
+    else:
+        status, completed = DeliveryStatus.PENDING, None
+        retry_at = now + timedelta(seconds=backoff(attempts))
+    with transaction.atomic(using="default"):
+        WebhookAttempt.objects.create(
+            delivery=delivery, at=now, status_code=outcome.status_code, duration_ms=outcome.duration_ms,
+            error=outcome.error, response_excerpt=outcome.excerpt,
+        )  # fmt: skip
+        WebhookDelivery.objects.filter(id=delivery.id).update(
+            status=status, attempts=attempts, next_attempt_at=retry_at or now, last_status_code=outcome.status_code,
+            last_error=outcome.error, completed_at=completed,
+        )  # fmt: skip
+        _endpoint_result(delivery.endpoint_id, outcome.ok, now)
+    return retry_at
+
+
+def _endpoint_result(endpoint_id: object, ok: bool, now: datetime) -> None:
+    endpoint = WebhookEndpoint.objects.select_for_update().get(id=endpoint_id)
+    if ok:
+        if endpoint.consecutive_failures or endpoint.failing_since:
+            endpoint.consecutive_failures, endpoint.failing_since = 0, None
+            endpoint.save(update_fields=["consecutive_failures", "failing_since"])
+        return
+    endpoint.consecutive_failures += 1
+    endpoint.failing_since = endpoint.failing_since or now
+    fields = ["consecutive_failures", "failing_since"]
+    failing_for = (now - endpoint.failing_since).total_seconds()
+    if (
+        endpoint.status == EndpointStatus.ENABLED
+        and failing_for >= settings.WEBHOOK_DISABLE_AFTER_SECONDS
+        and endpoint.consecutive_failures >= settings.WEBHOOK_DISABLE_MIN_FAILURES
+    ):
+        endpoint.status = EndpointStatus.DISABLED
+        endpoint.disabled_reason = f"{endpoint.consecutive_failures} failed deliveries in a row since {endpoint.failing_since:%Y-%m-%dT%H:%M:%SZ}"
+        endpoint.updated_at = now
+        fields += ["status", "disabled_reason", "updated_at"]
+        log.warning("webhook endpoint %s disabled: %s", endpoint.id, endpoint.disabled_reason)
+    endpoint.save(update_fields=fields)

@@ -1,0 +1,162 @@
+"""One webhook POST, with the guards a server that calls URLs its clients chose needs.
+
+The URL's host is resolved once and every address checked: loopback, private, link-local,
+shared, reserved and multicast addresses are refused (SSRF) unless
+`WEBHOOK_ALLOW_PRIVATE_URLS` is on. The connection then goes to the checked address itself
+(the Host header and TLS server name stay the URL's), so a second DNS answer cannot swap it.
+Short timeouts, a cap on the bytes read, and no redirect followed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import certifi
+import urllib3
+from django.conf import settings
+
+
+class RefusedUrl(ValueError):
+    """The URL may not receive webhooks (its form, or where it resolves)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    scheme: str
+    host: str
+    port: int
+    path: str
+
+    @property
+    def host_header(self) -> str:
+        default = 443 if self.scheme == "https" else 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status_code: int | None  # None: no HTTP answer
+    error: str  # empty on a 2xx
+    excerpt: str
+    duration_ms: int
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+def parse_target(url: str) -> Target:
+    """The URL's parts, or RefusedUrl: http(s) only (https only where required), no credentials."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise RefusedUrl(f"not a URL: {exc}") from None
+    allowed = ("https",) if settings.WEBHOOK_REQUIRE_HTTPS else ("http", "https")
+    if parts.scheme not in allowed:
+        raise RefusedUrl(f"the URL must start with {' or '.join(s + '://' for s in allowed)}")
+    if not parts.hostname:
+        raise RefusedUrl("the URL has no host")
+    if parts.username is not None or parts.password is not None:
+        raise RefusedUrl("the URL may not carry credentials")
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    return Target(parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80), path)
+
+
+def _allowed(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+def check_literal(url: str) -> Target:
+    """At registration: the URL's form, and a host that is plainly not public (an address, localhost)."""
+    target = parse_target(url)
+    if settings.WEBHOOK_ALLOW_PRIVATE_URLS:
+        return target
+    if target.host.lower() == "localhost" or target.host.lower().endswith(".localhost"):
+        raise RefusedUrl("the URL's host is this machine")
+    try:
+        literal = ipaddress.ip_address(target.host)
+    except ValueError:
+        return target  # a name: checked again, resolved, at each delivery
+    if not _allowed(str(literal)):
+        raise RefusedUrl("the URL's address is not a public one")
+    return target
+
+
+def resolve(target: Target) -> str:
+    """The address to connect to: every address the host resolves to must be allowed."""
+    try:
+        infos = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise RefusedUrl(f"cannot resolve {target.host}: {exc}") from None
+    addresses = [str(info[4][0]) for info in infos]
+    if not addresses:
+        raise RefusedUrl(f"{target.host} resolves to nothing")
+    if not settings.WEBHOOK_ALLOW_PRIVATE_URLS:
+        refused = [a for a in addresses if not _allowed(a)]
+        if refused:
+            raise RefusedUrl(f"{target.host} resolves to a non-public address ({refused[0]})")
+    return addresses[0]
+
+
+def post(url: str, body: bytes, headers: dict[str, str]) -> Outcome:
+    started = time.monotonic()
+    timeout = settings.WEBHOOK_TIMEOUT_SECONDS
+
+    def done(status: int | None, error: str, excerpt: bytes = b"") -> Outcome:
+        text = excerpt[:500].decode("utf-8", "replace")
+        return Outcome(status, error[:500], text, int((time.monotonic() - started) * 1000))
+
+    try:
+        target = parse_target(url)
+        address = resolve(target)
+    except RefusedUrl as exc:
+        return done(None, f"refused: {exc}")
+    pool: urllib3.HTTPConnectionPool
+    options = {"timeout": urllib3.Timeout(connect=timeout, read=timeout), "retries": False, "maxsize": 1}
+    if target.scheme == "https":
+        pool = urllib3.HTTPSConnectionPool(
+            address, target.port, server_hostname=target.host, assert_hostname=target.host,
+            cert_reqs="CERT_REQUIRED", ca_certs=certifi.where(), **options,
+        )  # fmt: skip
+    else:
+        pool = urllib3.HTTPConnectionPool(address, target.port, **options)
+    try:
+        response = pool.urlopen(
+            "POST", target.path, body=body, headers={**headers, "Host": target.host_header}, redirect=False,
+            retries=False, preload_content=False, assert_same_host=False,
+        )  # fmt: skip
+        excerpt = _read_capped(response, started + 2 * timeout)
+        response.release_conn()
+        error = "" if 200 <= response.status < 300 else f"HTTP {response.status}"
+        return done(response.status, error, excerpt)
+    except urllib3.exceptions.HTTPError as exc:
+        return done(None, f"{type(exc).__name__}: {exc}")
+    except OSError as exc:
+        return done(None, f"{type(exc).__name__}: {exc}")
+    finally:
+        pool.close()
+
+
+def _read_capped(response: urllib3.BaseHTTPResponse, deadline: float) -> bytes:
+    """At most WEBHOOK_MAX_RESPONSE_BYTES of the answer, and no reading past the deadline."""
+    limit = settings.WEBHOOK_MAX_RESPONSE_BYTES
+    chunks: list[bytes] = []
+    read = 0
+    while read < limit and time.monotonic() < deadline:
+        chunk = response.read(min(4096, limit - read), decode_content=False)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        read += len(chunk)
+    return b"".join(chunks)
