@@ -303,6 +303,9 @@ WEBHOOK_SEND_INTERVAL_SECONDS = float(ENV.optional("SHARDWALLET_WEBHOOK_SEND_INT
 # this many bytes of the answer are read; redirects are never followed.
 WEBHOOK_TIMEOUT_SECONDS = float(ENV.optional("SHARDWALLET_WEBHOOK_TIMEOUT_SECONDS", "5"))
 WEBHOOK_MAX_RESPONSE_BYTES = int(ENV.optional("SHARDWALLET_WEBHOOK_MAX_RESPONSE_BYTES", "65536"))
+# A sender's claim on the deliveries it took: one killed mid-send leaves them to be sent again after
+# this; a turn running longer hands its remaining deliveries back.
+WEBHOOK_LEASE_SECONDS = float(ENV.optional("SHARDWALLET_WEBHOOK_LEASE_SECONDS", "60"))
 # Retries: exponential from BASE to MAX seconds between attempts, with jitter, for RETRY_FOR
 # seconds after the event (3 days); then the delivery is failed.
 WEBHOOK_BACKOFF_BASE_SECONDS = float(ENV.optional("SHARDWALLET_WEBHOOK_BACKOFF_BASE_SECONDS", "10"))

@@ -40,14 +40,10 @@ RETURNING d.id
 MAX_THREADS = 16
 
 
-def lease_seconds() -> float:
-    return 4 * settings.WEBHOOK_TIMEOUT_SECONDS + 30
-
-
 def claim_due(limit: int, now: datetime | None = None) -> list[WebhookDelivery]:
     now = now or timezone.now()
     with transaction.atomic(using="default"), connections["default"].cursor() as cursor:
-        cursor.execute(_CLAIM, [now + timedelta(seconds=lease_seconds()), now, limit])
+        cursor.execute(_CLAIM, [now + timedelta(seconds=settings.WEBHOOK_LEASE_SECONDS), now, limit])
         ids = [row[0] for row in cursor.fetchall()]
     deliveries = WebhookDelivery.objects.filter(id__in=ids).select_related("endpoint")
     return sorted(deliveries, key=lambda d: (d.created_at, d.id))
@@ -67,8 +63,16 @@ def send_due(limit: int = 200) -> int:
 
 
 def _send_endpoint_turn(deliveries: list[WebhookDelivery]) -> int:
+    # Past half the lease, the rest is handed back: another sender must not find it expired mid-turn.
+    hand_back_at = time.monotonic() + settings.WEBHOOK_LEASE_SECONDS / 2
     try:
         for done, delivery in enumerate(deliveries, start=1):
+            if time.monotonic() > hand_back_at:
+                rest = [d.id for d in deliveries[done - 1 :]]
+                WebhookDelivery.objects.filter(id__in=rest, status=DeliveryStatus.PENDING).update(
+                    next_attempt_at=timezone.now()
+                )
+                return done - 1
             retry_at = attempt(delivery)
             if retry_at is not None:
                 # The endpoint failed: its other claimed deliveries wait for the same retry, unattempted.
@@ -97,7 +101,10 @@ def attempt(delivery: WebhookDelivery) -> datetime | None:
     """Send one delivery and record the attempt; returns when to retry, or None (sent, or given up)."""
     body = delivery.body.encode()
     outcome = outbound.post(delivery.endpoint.url, body, request_headers(delivery, body, time.time()))
-    return record(delivery, outcome, timezone.now())
+    try:
+        return record(delivery, outcome, timezone.now())
+    except (WebhookDelivery.DoesNotExist, WebhookEndpoint.DoesNotExist):
+        return None  # the endpoint was deleted meanwhile, its deliveries with it
 
 
 def backoff(attempts: int) -> float:
@@ -117,6 +124,8 @@ def record(delivery: WebhookDelivery, outcome: outbound.Outcome, now: datetime) 
         status, completed = DeliveryStatus.PENDING, None
         retry_at = now + timedelta(seconds=backoff(attempts))
     with transaction.atomic(using="default"):
+        # Locked first: a delivery deleted with its endpoint meanwhile is DoesNotExist, not an orphan attempt.
+        WebhookDelivery.objects.select_for_update().get(id=delivery.id)
         WebhookAttempt.objects.create(
             delivery=delivery, at=now, status_code=outcome.status_code, duration_ms=outcome.duration_ms,
             error=outcome.error, response_excerpt=outcome.excerpt,

@@ -1,0 +1,79 @@
+"""A real HTTP receiver for webhook tests: records every request, answers as told."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: bytes
+    status: int  # what the receiver answered
+
+    @property
+    def event(self) -> dict[str, Any]:
+        return json.loads(self.body)
+
+
+@dataclass
+class Behaviour:
+    fail_first: int = 0  # answer 500 to this many requests first
+    hang_seconds: float = 0.0  # sleep this long before answering
+    status: int = 200
+    extra_headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b"ok"
+
+
+class Receiver:
+    def __init__(self, behaviour: Behaviour | None = None) -> None:
+        self.behaviour = behaviour or Behaviour()
+        self.received: list[Received] = []
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                with receiver.lock:
+                    failing = receiver.behaviour.fail_first > 0
+                    if failing:
+                        receiver.behaviour.fail_first -= 1
+                    status = 500 if failing else receiver.behaviour.status
+                    receiver.received.append(Received(dict(self.headers.items()), body, status))
+                if receiver.behaviour.hang_seconds:
+                    time.sleep(receiver.behaviour.hang_seconds)
+                self.send_response(status)
+                for name, value in receiver.behaviour.extra_headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(receiver.behaviour.body)))
+                self.end_headers()
+                try:
+                    self.wfile.write(receiver.behaviour.body)
+                except OSError:
+                    pass  # the sender gave up waiting
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's name
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
+
+    def accepted_ids(self) -> list[str]:
+        with self.lock:
+            return [r.event["id"] for r in self.received if 200 <= r.status < 300]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
