@@ -1,0 +1,152 @@
+"""The endpoints API, the URL guard (SSRF), the dispatcher's idempotence and disablement."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from apps.events.models import Event
+from apps.ledger.services import wallet_fund
+from apps.webhooks import outbound
+from apps.webhooks.delivering import record
+from apps.webhooks.dispatch import dispatch_shard, queue_deliveries
+from apps.webhooks.models import WebhookDelivery, WebhookEndpoint
+from tests.factories import ALL_DATABASES, api_for, make_client, make_wallet
+from tests.webhooks.receiver import Behaviour, Receiver
+
+pytestmark = pytest.mark.django_db(transaction=True, databases=ALL_DATABASES)
+
+
+@pytest.fixture
+def receiver() -> Any:
+    opened = Receiver()
+    yield opened
+    opened.close()
+
+
+def test_register_list_change_and_delete_an_endpoint(receiver) -> None:
+    _, key = make_client()
+    api = api_for(key)
+    created = api.post("/v1/webhook_endpoints", {"url": receiver.url, "event_types": ["transfer.completed"]},
+                       format="json").json()  # fmt: skip
+    assert created["secret"].startswith("whsec_") and created["status"] == "enabled"
+    shown = api.get(f"/v1/webhook_endpoints/{created['id']}").json()
+    assert "secret" not in shown  # shown once
+    assert [e["id"] for e in api.get("/v1/webhook_endpoints").json()] == [created["id"]]
+    changed = api.patch(f"/v1/webhook_endpoints/{created['id']}", {"event_types": ["*"], "status": "disabled"},
+                        format="json").json()  # fmt: skip
+    assert (changed["event_types"], changed["status"], changed["disabled_reason"]) == (
+        ["*"], "disabled", "disabled by its client"
+    )  # fmt: skip
+    # Another client sees none of it.
+    _, other_key = make_client("other")
+    assert api_for(other_key).get(f"/v1/webhook_endpoints/{created['id']}").status_code == 404
+    assert api_for(other_key).delete(f"/v1/webhook_endpoints/{created['id']}").status_code == 404
+    assert api.delete(f"/v1/webhook_endpoints/{created['id']}").status_code == 204
+    assert api.get(f"/v1/webhook_endpoints/{created['id']}").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "param"),
+    [
+        ({"url": "ftp://example.com/x", "event_types": ["*"]}, "url_not_allowed", "url"),
+        ({"url": "https://user:pw@example.com/x", "event_types": ["*"]}, "url_not_allowed", "url"),
+        ({"url": "https://example.com/x", "event_types": ["transfer.exploded"]}, "parameter_invalid", "event_types"),
+        ({"url": "https://example.com/x", "event_types": []}, "parameter_invalid", "event_types"),
+        ({"event_types": ["*"]}, "parameter_missing", "url"),
+    ],
+)
+def test_bad_registrations_are_refused_and_change_nothing(body, code, param) -> None:
+    owner, key = make_client()
+    answer = api_for(key).post("/v1/webhook_endpoints", body, format="json")
+    assert answer.status_code == 400, answer.content
+    assert (answer.json()["error"]["code"], answer.json()["error"]["param"]) == (code, param)
+    assert not WebhookEndpoint.objects.filter(client=owner).exists()
+
+
+def test_private_addresses_are_refused_unless_allowed(settings, receiver) -> None:
+    settings.WEBHOOK_ALLOW_PRIVATE_URLS = False
+    _, key = make_client()
+    api = api_for(key)
+    for url in ("http://127.0.0.1:9/x", "http://localhost/x", "http://10.1.2.3/x", "http://169.254.169.254/latest",
+                "http://[::1]/x", "http://[::ffff:127.0.0.1]/x"):  # fmt: skip
+        answer = api.post("/v1/webhook_endpoints", {"url": url, "event_types": ["*"]}, format="json")
+        assert (answer.status_code, answer.json()["error"]["code"]) == (400, "url_not_allowed"), url
+    # A name (checked at each delivery, not at registration) that resolves to a private address.
+    name = socket.gethostname()  # this machine's name: a loopback or private address
+    assert not ipaddress.ip_address(socket.gethostbyname(name)).is_global
+    outcome = outbound.post(f"http://{name}:{receiver.server.server_address[1]}/x", b"{}", {})
+    assert outcome.status_code is None and "non-public" in outcome.error
+    assert receiver.received == []
+    settings.WEBHOOK_ALLOW_PRIVATE_URLS = True
+    assert outbound.post(receiver.url, b"{}", {}).ok
+
+
+def test_redirects_are_not_followed_and_answers_are_capped(settings) -> None:
+    target = Receiver()
+    redirecting = Receiver(Behaviour(status=302, extra_headers={"Location": target.url}))
+    big = Receiver(Behaviour(body=b"x" * 1_000_000))
+    try:
+        redirected = outbound.post(redirecting.url, b"{}", {})
+        assert (redirected.status_code, redirected.ok, target.received) == (302, False, [])
+        settings.WEBHOOK_MAX_RESPONSE_BYTES = 1000
+        capped = outbound.post(big.url, b"{}", {})
+        assert capped.ok and len(capped.excerpt) <= 500
+    finally:
+        for server in (target, redirecting, big):
+            server.close()
+
+
+def test_a_dispatch_repeated_after_a_crash_queues_each_delivery_once(receiver) -> None:
+    owner, key = make_client()
+    api_for(key).post("/v1/webhook_endpoints", {"url": receiver.url, "event_types": ["*"]}, format="json")
+    wallet = make_wallet(owner, shard="shard_00")
+    wallet_fund(wallet_id=wallet.id, amount_minor=10, reference="d")
+    events = list(Event.objects.using("shard_00").filter(client_id=owner.id, dispatched=False))
+    assert {e.type for e in events} == {"wallet.created", "deposit.succeeded"}
+    queue_deliveries(events)  # a dispatcher that queued, then died before marking the events
+    assert dispatch_shard("shard_00") == 2  # the next one sees them again ...
+    assert WebhookDelivery.objects.filter(endpoint__client=owner).count() == 2  # ... and adds nothing twice
+    assert not Event.objects.using("shard_00").filter(client_id=owner.id, dispatched=False).exists()
+
+
+def test_an_endpoint_failing_long_enough_is_disabled_and_can_be_enabled_again(settings, receiver) -> None:
+    settings.WEBHOOK_DISABLE_AFTER_SECONDS = 3600
+    settings.WEBHOOK_DISABLE_MIN_FAILURES = 3
+    owner, key = make_client()
+    api = api_for(key)
+    endpoint_id = api.post("/v1/webhook_endpoints", {"url": receiver.url, "event_types": ["*"]},
+                           format="json").json()["id"]  # fmt: skip
+    make_wallet(owner, shard="shard_00")
+    dispatch_shard("shard_00")
+    [delivery] = WebhookDelivery.objects.filter(endpoint_id=endpoint_id).select_related("endpoint")
+    failure = outbound.Outcome(503, "HTTP 503", "", 5)
+    start = timezone.now()
+    for hours in (0, 1, 2):  # three failures, the last two hours after the first
+        delivery.refresh_from_db()
+        record(delivery, failure, start + timedelta(hours=hours))
+    shown = api.get(f"/v1/webhook_endpoints/{endpoint_id}").json()
+    assert (shown["status"], shown["consecutive_failures"]) == ("disabled", 3)
+    assert "3 failed deliveries in a row" in shown["disabled_reason"]
+    enabled = api.patch(f"/v1/webhook_endpoints/{endpoint_id}", {"status": "enabled"}, format="json").json()
+    assert (enabled["status"], enabled["consecutive_failures"], enabled["failing_since"]) == ("enabled", 0, None)
+
+
+def test_a_delivery_past_the_retry_window_fails_for_good(settings, receiver) -> None:
+    settings.WEBHOOK_RETRY_FOR_SECONDS = 60
+    owner, key = make_client()
+    api_for(key).post("/v1/webhook_endpoints", {"url": receiver.url, "event_types": ["*"]}, format="json")
+    make_wallet(owner, shard="shard_00")
+    dispatch_shard("shard_00")
+    [delivery] = WebhookDelivery.objects.filter(endpoint__client=owner).select_related("endpoint")
+    failure = outbound.Outcome(None, "ConnectionRefused", "", 1)
+    assert record(delivery, failure, delivery.created_at + timedelta(seconds=10)) is not None  # retried later
+    delivery.refresh_from_db()
+    assert record(delivery, failure, delivery.created_at + timedelta(seconds=61)) is None  # given up
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempts) == ("failed", 2)
