@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+import uuid
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -54,7 +55,7 @@ def send_due(limit: int = 200) -> int:
     deliveries = claim_due(limit)
     if not deliveries:
         return 0
-    by_endpoint: dict[object, list[WebhookDelivery]] = defaultdict(list)
+    by_endpoint: dict[uuid.UUID, list[WebhookDelivery]] = defaultdict(list)
     for delivery in deliveries:
         by_endpoint[delivery.endpoint_id].append(delivery)
     with ThreadPoolExecutor(max_workers=min(MAX_THREADS, len(by_endpoint))) as pool:
@@ -138,7 +139,7 @@ def record(delivery: WebhookDelivery, outcome: outbound.Outcome, now: datetime) 
     return retry_at
 
 
-def _endpoint_result(endpoint_id: object, ok: bool, now: datetime) -> None:
+def _endpoint_result(endpoint_id: uuid.UUID, ok: bool, now: datetime) -> None:
     endpoint = WebhookEndpoint.objects.select_for_update().get(id=endpoint_id)
     if ok:
         if endpoint.consecutive_failures or endpoint.failing_since:
@@ -155,7 +156,8 @@ def _endpoint_result(endpoint_id: object, ok: bool, now: datetime) -> None:
         and endpoint.consecutive_failures >= settings.WEBHOOK_DISABLE_MIN_FAILURES
     ):
         endpoint.status = EndpointStatus.DISABLED
-        endpoint.disabled_reason = f"{endpoint.consecutive_failures} failed deliveries in a row since {endpoint.failing_since:%Y-%m-%dT%H:%M:%SZ}"
+        since = f"{endpoint.failing_since:%Y-%m-%dT%H:%M:%SZ}"
+        endpoint.disabled_reason = f"{endpoint.consecutive_failures} failed deliveries in a row since {since}"
         endpoint.updated_at = now
         fields += ["status", "disabled_reason", "updated_at"]
         log.warning("webhook endpoint %s disabled: %s", endpoint.id, endpoint.disabled_reason)

@@ -123,14 +123,14 @@ def post(url: str, body: bytes, headers: dict[str, str]) -> Outcome:
     except RefusedUrl as exc:
         return done(None, f"refused: {exc}")
     pool: urllib3.HTTPConnectionPool
-    options = {"timeout": urllib3.Timeout(connect=timeout, read=timeout), "retries": False, "maxsize": 1}
+    limits = urllib3.Timeout(connect=timeout, read=timeout)
     if target.scheme == "https":
         pool = urllib3.HTTPSConnectionPool(
-            address, target.port, server_hostname=target.host, assert_hostname=target.host,
-            cert_reqs="CERT_REQUIRED", ca_certs=certifi.where(), **options,
+            address, target.port, timeout=limits, retries=False, maxsize=1, server_hostname=target.host,
+            assert_hostname=target.host, cert_reqs="CERT_REQUIRED", ca_certs=certifi.where(),
         )  # fmt: skip
     else:
-        pool = urllib3.HTTPConnectionPool(address, target.port, **options)
+        pool = urllib3.HTTPConnectionPool(address, target.port, timeout=limits, retries=False, maxsize=1)
     try:
         response = pool.urlopen(
             "POST", target.path, body=body, headers={**headers, "Host": target.host_header}, redirect=False,

@@ -91,9 +91,14 @@ def test_wallet_deposit_withdrawal_and_freezes_are_events_of_the_owner_in_order(
 def test_a_change_rolled_back_leaves_no_event() -> None:
     owner, _ = make_client()
     wallet = make_wallet(owner, shard="shard_00")
-    with pytest.raises(RuntimeError), transaction.atomic(using="shard_00"):
-        wallet_fund(wallet_id=wallet.id, amount_minor=500, reference="dep-rolled-back")
-        raise RuntimeError("the transaction dies after the deposit")
+
+    def deposit_then_die() -> None:
+        with transaction.atomic(using="shard_00"):
+            wallet_fund(wallet_id=wallet.id, amount_minor=500, reference="dep-rolled-back")
+            raise RuntimeError("the transaction dies after the deposit")
+
+    with pytest.raises(RuntimeError):
+        deposit_then_die()
     assert Event.objects.using("shard_00").filter(client_id=owner.id).exclude(type="wallet.created").count() == 0
 
 

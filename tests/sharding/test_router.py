@@ -86,7 +86,8 @@ def test_a_wallet_on_each_shard_lands_on_that_shard_only() -> None:
 def test_shards_hold_only_sharded_tables_and_control_holds_none() -> None:
     tables_sql = "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1"
     sharded = {"ledger_entry", "ledger_wallet", "ledger_movement_key", "transfers_transfer", "transfers_event",
-               "transfers_idempotency", "transfers_payee_credit", "holds_hold", "refunds_refund", "events_event"}  # fmt: skip
+               "transfers_idempotency", "transfers_payee_credit", "holds_hold", "refunds_refund",
+               "events_event"}  # fmt: skip
     fence_tables = {"sharding_bucket_owner", "sharding_shard_identity", "sharding_move_marker"}
     cdc_own = {"shardwallet_cdc_slot"}  # the audit stores' slot registry, kept by the CDC once it has run
     for alias in shard_aliases():

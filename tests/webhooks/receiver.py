@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -38,7 +39,7 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 with receiver.lock:
                     failing = receiver.behaviour.fail_first > 0
@@ -53,12 +54,10 @@ class Receiver:
                     self.send_header(name, value)
                 self.send_header("Content-Length", str(len(receiver.behaviour.body)))
                 self.end_headers()
-                try:
+                with contextlib.suppress(OSError):  # the sender gave up waiting
                     self.wfile.write(receiver.behaviour.body)
-                except OSError:
-                    pass  # the sender gave up waiting
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's name
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

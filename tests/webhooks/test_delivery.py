@@ -110,16 +110,24 @@ def make_every_event_type(owner: Any, api: Any) -> None:
     saga.transfer_advance(uuid.UUID(refused["id"]))  # transfer.refunding, then failed
     wallet_set_status(wallet_id=far.id, status=WalletStatus.ACTIVE)  # wallet.unfrozen
     pending = new_transfer(
-        TransferRequest(client_id=owner.id, payer_id=a.id, payee_id=b.id, amount_minor=5, currency="USD",
-                        idempotency_key="stored")  # fmt: skip
+        TransferRequest(
+            client_id=owner.id, payer_id=a.id, payee_id=b.id, amount_minor=5, currency="USD", idempotency_key="stored"
+        )
     )
     saga.insert_transfer(pending, [saga.Event(None, "pending", None, pending.created_at)])  # transfer.created
     saga.transfer_advance(pending.id)
 
     def hold(amount: int, key: str, expires_in: float = 3600) -> Any:
         return hold_create(
-            HoldRequest(client_id=owner.id, payer_id=a.id, payee_id=b.id, amount_minor=amount, currency="USD",
-                        expires_at=timezone.now() + timedelta(seconds=expires_in), idempotency_key=key)  # fmt: skip
+            HoldRequest(
+                client_id=owner.id,
+                payer_id=a.id,
+                payee_id=b.id,
+                amount_minor=amount,
+                currency="USD",
+                expires_at=timezone.now() + timedelta(seconds=expires_in),
+                idempotency_key=key,
+            )
         ).hold
 
     hold_capture(hold(10, "h1").id, client_id=owner.id, amount_minor=None)  # hold.created, hold.captured
@@ -168,7 +176,8 @@ def test_a_receiver_that_fails_then_recovers_gets_every_event_once_by_id(webhook
     page = api.get(f"/v1/webhook_endpoints/{endpoint['id']}/deliveries").json()["data"]
     assert {d["status"] for d in page} == {"succeeded"}
     retried = [d for d in page if d["attempts"] > 1]
-    assert retried and retried[0]["attempt_log"][0]["status_code"] == 500
+    assert retried
+    assert retried[0]["attempt_log"][0]["status_code"] == 500
     assert api.get(f"/v1/webhook_endpoints/{endpoint['id']}").json()["consecutive_failures"] == 0
 
 
@@ -200,7 +209,9 @@ def test_a_worker_killed_during_a_delivery_loses_no_event(webhook_worker, receiv
     register(api, receiver.url, ["deposit.succeeded"])
     wallet = make_wallet(owner, shard="shard_00")
     wallet_fund(wallet_id=wallet.id, amount_minor=10, reference="dep-1")
-    [event_id] = [str(e.id) for e in Event.objects.using("shard_00").filter(client_id=owner.id, type="deposit.succeeded")]
+    [event_id] = [
+        str(e.id) for e in Event.objects.using("shard_00").filter(client_id=owner.id, type="deposit.succeeded")
+    ]
     first = webhook_worker()
     wait_for(lambda: len(receiver.received) == 1, what="the delivery in flight")
     first.kill()  # SIGKILL mid-request: no attempt recorded, the claim's lease runs

@@ -27,4 +27,4 @@ class EventOut(serializers.Serializer):
         min_value=1,
         help_text="1, 2, 3... per object: order one object's events by it (ids of one millisecond are unordered).",
     )
-    data = EventDataOut()
+    data = EventDataOut()  # type: ignore[assignment]  # a field named `data`, as in the JSON
