@@ -41,8 +41,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--skip-open-loop", action="store_true", help="skip the latency phase at half rate")
     parser.add_argument(
         "--phases",
-        default="single,capture,batch,move",
-        help="closed-loop phases to run: single,capture,batch,move (capture: a hold then its capture, the capture's"
+        default="single,webhook,capture,batch,move",
+        help="closed-loop phases to run: single,webhook,capture,batch,move (webhook: single with an endpoint"
+        " registered for every event and a receiver in this process; capture: a hold then its capture, the capture's"
         " transfer counted; move: single requests while a quarter of the buckets moves to a shard added for it)",
     )
     parser.add_argument("--move-seconds", type=float, default=45, help="duration of the move phase")
@@ -90,7 +91,7 @@ def process_kind(proc: psutil.Process) -> str | None:
     if "gunicorn" in cmdline:
         return "api"
     if "celery" in cmdline:
-        return "saga"
+        return "webhooks" if "webhooks" in cmdline else "saga"
     if proc.pid == os.getpid():
         return "loadgen"
     return None
@@ -296,6 +297,8 @@ def main(argv: list[str]) -> int:
         plans: list[tuple[str, dict[str, Any]]] = []
         if "single" in phases:
             plans.append(("single", {"concurrency": args.concurrency}))
+        if "webhook" in phases:
+            plans.append(("webhook", {"concurrency": args.concurrency}))
         if "capture" in phases:
             plans.append(("capture", {"concurrency": args.concurrency, "capture": True}))
         if "batch" in phases:
@@ -304,7 +307,10 @@ def main(argv: list[str]) -> int:
         for name, kw in plans:
             if during is not None:
                 during.start_for(name)
-            results.append(run_measured_phase(args, key, wallets, name, kw, report))
+            if name == "webhook":
+                results.append(run_webhook_phase(args, key, wallets, kw, report))
+            else:
+                results.append(run_measured_phase(args, key, wallets, name, kw, report))
             if during is not None:
                 during.join()
         move_summary = None
@@ -356,6 +362,7 @@ def main(argv: list[str]) -> int:
             "move": move_summary,
             "cdc": cdc,
             "reconcile_during_load": during.outcomes if during is not None else None,
+            "webhooks": WEBHOOK_FIGURES or None,
             "duration_seconds": time.time() - started,
         }
         json_path, png_path = report.write_outputs(stack.BENCH_DIR, document, results)
@@ -381,6 +388,8 @@ def main(argv: list[str]) -> int:
             print("HISTORY:", json.dumps(loaded))
         if move_summary is not None:
             print("MOVE:", json.dumps(move_summary, indent=1))
+        if WEBHOOK_FIGURES:
+            print("WEBHOOKS:", json.dumps(WEBHOOK_FIGURES))
         if cdc is not None:
             print(
                 f"CDC: lag at the end of the load {cdc['lag_at_end']} (bytes, seconds per shard); "
@@ -459,6 +468,39 @@ class ReconcileDuringLoad:
             connections.close_all()
         self.outcomes.append(outcome)
         print(f"  reconcile during the {phase} load: {outcome}", flush=True)
+
+
+WEBHOOK_FIGURES: dict[str, Any] = {}
+
+
+def run_webhook_phase(args: argparse.Namespace, key: str, wallets: list[str], kw: dict, report: Any) -> Any:
+    """The single-request load with an endpoint registered for every event type: the outbox's
+    delivery cost (compare with `single`), then how long its events took to arrive."""
+    from bench import webhooks
+    from bench.report import percentiles
+
+    api = f"http://127.0.0.1:{stack.API_PORT}"
+    receiver = webhooks.BenchReceiver()
+    endpoint_id = webhooks.register(api, key, receiver.url)
+    started = time.time()
+    try:
+        result = run_measured_phase(args, key, wallets, "webhook", kw, report)
+        counts = every_shard("SELECT count(*) FROM events_event WHERE id >= %s", [since_id(started)])
+        expected = sum(n for (n,) in counts)
+        drained = webhooks.wait_delivered(receiver, expected, timeout=180)
+    finally:
+        webhooks.unregister(api, key, endpoint_id)
+        receiver.close()
+    with receiver.lock:
+        lags = list(receiver.lags_ms.values())
+        requests = receiver.requests
+    WEBHOOK_FIGURES.update({
+        "events": expected, "delivered": len(lags), "requests": requests,
+        "all_delivered_after_load_seconds": None if drained is None else round(drained, 1),
+        "lag_ms": percentiles(lags) if lags else None,
+    })  # fmt: skip
+    print(f"  webhook: {len(lags)}/{expected} events delivered, lag {WEBHOOK_FIGURES['lag_ms']}", flush=True)
+    return result
 
 
 def run_measured_phase(args: argparse.Namespace, key: str, wallets: list[str], name: str, kw: dict, report: Any) -> Any:

@@ -123,10 +123,10 @@ def api_command(port: int, workers: int, threads: int) -> list[str]:
     ]  # fmt: skip
 
 
-def worker_command(concurrency: int, name: str | None = None) -> list[str]:
+def worker_command(concurrency: int, name: str | None = None, queues: str | None = None) -> list[str]:
     return [
         *CELERY, "worker", "-l", "warning", "-c", str(concurrency), "--without-gossip", "--without-mingle",
-        "--without-heartbeat", *(["-n", f"{name}@%h"] if name else []),
+        "--without-heartbeat", *(["-n", f"{name}@%h"] if name else []), *(["-Q", queues] if queues else []),
     ]  # fmt: skip
 
 
@@ -168,6 +168,8 @@ class Services:
     def start(self) -> None:
         self._spawn("api", api_command(API_PORT, self.api_workers, self.api_threads))
         self._spawn("worker", worker_command(self.saga_workers))
+        # The outbox's dispatcher and the webhook sender, as `make run` has them (their own queue).
+        self._spawn("webhooks", worker_command(2, "webhooks", queues="webhooks"))
         self._spawn("beat", beat_command(BENCH_DIR / "celerybeat-schedule"))
         if self.cdc:  # the audit stream, as `make run` has it
             self._spawn("cdc", cdc_command())

@@ -9,6 +9,7 @@ usage() {
 usage: entrypoint.sh ROLE [ARG...]
   api       the HTTP API under gunicorn         (manage.py run_api)
   worker    a Celery saga worker                (manage.py run_worker)
+  webhooks  the webhook worker (queue webhooks) (manage.py run_worker --queues webhooks)
   beat      Celery beat, the sweeper's clock    (manage.py run_beat; exactly one)
   cdc       the audit stream into ClickHouse    (manage.py run_cdc; one per shard set)
   migrate   migrate the control database and every shard, then exit
@@ -36,6 +37,7 @@ shift
 case "$role" in
     api) exec python manage.py run_api "$@" ;;
     worker) exec python manage.py run_worker "$@" ;;
+    webhooks) exec python manage.py run_worker --queues webhooks "$@" ;;
     beat) exec python manage.py run_beat "$@" ;;
     cdc) exec python manage.py run_cdc "$@" ;;
     migrate) exec python manage.py migrate_shards "$@" ;;

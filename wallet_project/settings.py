@@ -148,6 +148,8 @@ SPECTACULAR_SETTINGS = {
         "FailureReasonEnum": "apps.transfers.models.FailureReason",
         "BatchItemStatusEnum": "apps.transfers.api.serializers.BATCH_ITEM_STATUSES",
         "BatchItemErrorCodeEnum": "apps.transfers.api.serializers.BATCH_ITEM_ERROR_CODES",
+        "WebhookEndpointStatusEnum": "apps.webhooks.models.EndpointStatus",
+        "WebhookDeliveryStatusEnum": "apps.webhooks.models.DeliveryStatus",
     },
 }
 

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from django.conf import settings
 from django.http import HttpResponse
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import parsers, serializers
 from rest_framework.exceptions import ParseError
 from rest_framework.negotiation import DefaultContentNegotiation
@@ -43,6 +44,22 @@ class StrictBooleanField(serializers.BooleanField):
         if not isinstance(data, bool):
             self.fail("not_boolean")
         return data
+
+
+# Text a client sends us: any Unicode but NUL and lone surrogates (PostgreSQL stores neither).
+TEXT_PATTERN = r"^[^\x00\ud800-\udfff]*$"
+
+
+@extend_schema_field({"type": "string", "pattern": TEXT_PATTERN})
+class StrictTextField(serializers.CharField):
+    """A JSON string: no number or boolean turned into text, as the schema says."""
+
+    default_error_messages = {"not_text": "Must be a JSON string."}
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("not_text")
+        return str(super().to_internal_value(data))
 
 
 class AmountField(StrictIntegerField):

@@ -23,6 +23,9 @@ VIEW_PERMISSIONS = [
     "holds.view_hold",
     "operators.view_operatoraction",
     "accounts.view_apiclient",
+    "webhooks.view_webhookendpoint",
+    "webhooks.view_webhookdelivery",
+    "webhooks.view_webhookattempt",
 ]
 ACTION_PERMISSIONS = [
     "operators.freeze_wallet",

@@ -26,7 +26,7 @@ class EndpointStatus(models.TextChoices):
 class WebhookEndpoint(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     client = models.ForeignKey(ApiClient, on_delete=models.CASCADE, related_name="webhook_endpoints")
-    url = models.URLField(max_length=2048)
+    url = models.CharField(max_length=2048, help_text="Checked by apps.webhooks.outbound (http(s), a public host).")
     event_types = models.JSONField(help_text='The event types sent, or ["*"] for all.')
     description = models.CharField(max_length=500, blank=True, default="")
     secret = models.CharField(max_length=80, help_text="The signing secret (HMAC-SHA256), shown once at creation.")

@@ -52,6 +52,8 @@ class Outcome:
 
 def parse_target(url: str) -> Target:
     """The URL's parts, or RefusedUrl: http(s) only (https only where required), no credentials."""
+    if any(ord(ch) <= 0x20 or ord(ch) == 0x7F for ch in url):
+        raise RefusedUrl("the URL holds spaces or control characters")
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -64,10 +66,29 @@ def parse_target(url: str) -> Target:
         raise RefusedUrl("the URL has no host")
     if parts.username is not None or parts.password is not None:
         raise RefusedUrl("the URL may not carry credentials")
+    _check_host(parts.hostname)
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
     return Target(parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80), path)
+
+
+def _check_host(host: str) -> None:
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    try:
+        ascii_host = host.encode("idna").decode()
+    except UnicodeError:
+        raise RefusedUrl("the URL's host is not a valid name") from None
+    labels = ascii_host.rstrip(".").split(".")
+    valid = len(ascii_host) <= 253 and all(
+        0 < len(label) <= 63 and label.replace("-", "").isalnum() and label.isascii() for label in labels
+    )
+    if not valid:
+        raise RefusedUrl("the URL's host is not a valid name")
 
 
 def _allowed(address: str) -> bool:

@@ -58,6 +58,9 @@ def copy_bucket(source: str, target: str, bucket: int) -> dict[str, int]:
     mover's origin; return the rows copied per table."""
     copied = {}
     with connect(source, autocommit=True) as src, mover_session(target) as dst, dst.transaction():
+        # As a subscription's apply does: no ordinary trigger fires (the outbox's included: the
+        # copied events travel as rows, none is written anew).
+        dst.execute("SET LOCAL session_replication_role = replica")
         for table, column in BUCKET_COLUMNS.items():
             select = sql.SQL("COPY (SELECT * FROM {} WHERE sharding_bucket({}) = {}) TO STDOUT").format(
                 sql.Identifier(table), sql.Identifier(column), sql.Literal(bucket)

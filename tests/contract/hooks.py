@@ -49,6 +49,7 @@ RULES_BEYOND_THE_SCHEMA = {
     ("parameter_invalid", "to"),
     ("invalid_request", "cursor"),  # a string, but not a cursor this API returned
     ("parameter_invalid", "expires_at"),  # a date-time Python cannot hold (a leap second, year 0)
+    ("url_not_allowed", "url"),  # a string, but not an http(s) URL this deployment may call
 }
 
 

@@ -17,6 +17,7 @@ from apps.webhooks.delivering import record
 from apps.webhooks.dispatch import dispatch_shard, queue_deliveries
 from apps.webhooks.models import WebhookDelivery, WebhookEndpoint
 from tests.factories import ALL_DATABASES, api_for, make_client, make_wallet
+from tests.operators.helpers import logged_in, make_staff
 from tests.webhooks.receiver import Behaviour, Receiver
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=ALL_DATABASES)
@@ -38,7 +39,7 @@ def test_register_list_change_and_delete_an_endpoint(receiver) -> None:
     assert created["status"] == "enabled"
     shown = api.get(f"/v1/webhook_endpoints/{created['id']}").json()
     assert "secret" not in shown  # shown once
-    assert [e["id"] for e in api.get("/v1/webhook_endpoints").json()] == [created["id"]]
+    assert [e["id"] for e in api.get("/v1/webhook_endpoints").json()["data"]] == [created["id"]]
     changed = api.patch(f"/v1/webhook_endpoints/{created['id']}", {"event_types": ["*"], "status": "disabled"},
                         format="json").json()  # fmt: skip
     assert (changed["event_types"], changed["status"], changed["disabled_reason"]) == (
@@ -153,3 +154,24 @@ def test_a_delivery_past_the_retry_window_fails_for_good(settings, receiver) -> 
     assert record(delivery, failure, delivery.created_at + timedelta(seconds=61)) is None  # given up
     delivery.refresh_from_db()
     assert (delivery.status, delivery.attempts) == ("failed", 2)
+
+
+def test_operators_see_endpoints_and_each_delivery_with_its_attempts(receiver) -> None:
+    owner, key = make_client()
+    api = api_for(key)
+    endpoint_id = api.post("/v1/webhook_endpoints", {"url": receiver.url, "event_types": ["*"]},
+                           format="json").json()["id"]  # fmt: skip
+    make_wallet(owner, shard="shard_00")
+    dispatch_shard("shard_00")
+    [delivery] = WebhookDelivery.objects.filter(endpoint_id=endpoint_id).select_related("endpoint")
+    record(delivery, outbound.Outcome(503, "HTTP 503", "busy", 7), timezone.now())
+    api.patch(f"/v1/webhook_endpoints/{endpoint_id}", {"status": "disabled"}, format="json")
+    viewer = logged_in(make_staff("vic", "viewers"))
+    listed = viewer.get("/admin/webhooks/webhookendpoint/")
+    assert [str(e.pk) for e in listed.context["cl"].result_list] == [endpoint_id]
+    page = viewer.get(f"/admin/webhooks/webhookendpoint/{endpoint_id}/change/").content.decode()
+    assert "disabled by its client" in page
+    assert delivery.endpoint.secret not in page  # the secret is never shown
+    attempts = viewer.get(f"/admin/webhooks/webhookdelivery/{delivery.id}/change/").content.decode()
+    assert "HTTP 503" in attempts
+    assert viewer.post(f"/admin/webhooks/webhookendpoint/{endpoint_id}/delete/", {"post": "yes"}).status_code == 403

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import cast
 
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -27,7 +28,8 @@ from apps.events.api.serializers import EventOut
 from apps.events.errors import EventNotFound
 from apps.events.models import EVENT_TYPES
 from apps.events.rendering import event_out
-from apps.sharding.ids import InvalidId, parse_id
+from apps.sharding.ids import InvalidId, bucket_of, parse_id
+from apps.sharding.routing import shard_map
 
 EventPage = page_of(EventOut, "EventPage", "Events")
 EVENT_ID = id_parameter("event_id", "One of your events.")
@@ -38,7 +40,8 @@ INVALID_FILTER = ErrorCode.of(
 FILTERS = [
     OpenApiParameter(
         "type",
-        {"type": "string", "enum": list(EVENT_TYPES)},
+        OpenApiTypes.STR,
+        enum=list(EVENT_TYPES),
         description="Only events of this type; repeat the parameter for several.",
         many=True,
     ),
@@ -95,4 +98,6 @@ class EventDetailView(APIView):
             parsed = parse_id(event_id)
         except InvalidId:
             raise EventNotFound(param="event_id") from None
+        if bucket_of(parsed) >= shard_map().bucket_count:  # an id no shard could hold
+            raise EventNotFound(param="event_id")
         return Response(event_out(selectors.event_get(client_id=cast(int, request.user.id), event_id=parsed)))

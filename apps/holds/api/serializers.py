@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from apps.common.api import AmountField
+from apps.common.api import AmountField, StrictTextField
 from apps.common.openapi import CurrencyField, IdField
 from apps.holds.models import HoldStatus
 from apps.transfers.models import FailureReason
@@ -31,7 +31,7 @@ class HoldCaptureIn(serializers.Serializer):
 
 
 class HoldVoidIn(serializers.Serializer):
-    reason = serializers.CharField(required=False, max_length=500, help_text="Kept with the hold.")
+    reason = StrictTextField(required=False, max_length=500, help_text="Kept with the hold.")
 
 
 class HoldOut(serializers.Serializer):

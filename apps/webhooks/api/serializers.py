@@ -4,6 +4,7 @@ from typing import Any
 
 from rest_framework import serializers
 
+from apps.common.api import StrictTextField
 from apps.events.models import EVENT_TYPES
 from apps.webhooks.models import DeliveryStatus, EndpointStatus, WebhookDelivery, WebhookEndpoint
 
@@ -11,23 +12,25 @@ EVENT_TYPE_CHOICES = ["*", *EVENT_TYPES]
 
 
 class EndpointCreateIn(serializers.Serializer):
-    url = serializers.URLField(max_length=2048, help_text="Where events are POSTed (https in production).")
+    url = StrictTextField(
+        min_length=1, max_length=2048, help_text="Where events are POSTed: an http(s) URL (https in production)."
+    )
     event_types = serializers.ListField(
         child=serializers.ChoiceField(EVENT_TYPE_CHOICES),
         min_length=1,
         max_length=len(EVENT_TYPE_CHOICES),
         help_text='The event types to send, or `["*"]` for every type (see GET /v1/events).',
     )
-    description = serializers.CharField(max_length=500, required=False, default="", allow_blank=True)
+    description = StrictTextField(max_length=500, required=False, default="", allow_blank=True)
 
 
 class EndpointUpdateIn(serializers.Serializer):
-    url = serializers.URLField(max_length=2048, required=False)
+    url = StrictTextField(min_length=1, max_length=2048, required=False)
     event_types = serializers.ListField(
         child=serializers.ChoiceField(EVENT_TYPE_CHOICES), min_length=1, max_length=len(EVENT_TYPE_CHOICES),
         required=False,
     )  # fmt: skip
-    description = serializers.CharField(max_length=500, required=False, allow_blank=True)
+    description = StrictTextField(max_length=500, required=False, allow_blank=True)
     status = serializers.ChoiceField(
         EndpointStatus.choices,
         required=False,

@@ -20,7 +20,9 @@ from apps.common.openapi import (
     PARAMETER_MISSING,
     ErrorCode,
     error_responses,
+    next_page_link,
     page_of,
+    response_links,
 )
 from apps.webhooks import selectors, services
 from apps.webhooks.api.serializers import (
@@ -45,6 +47,7 @@ URL_NOT_ALLOWED = ErrorCode.of(
 )
 ENDPOINT_LIMIT = ErrorCode.of(EndpointLimitReached, "the client has its maximum of endpoints (16 by default)")
 DeliveryPage = page_of(DeliveryOut, "WebhookDeliveryPage", "Deliveries")
+EndpointPage = page_of(EndpointOut, "WebhookEndpointPage", "Webhook endpoints")
 WEBHOOKS_DESCRIPTION = (
     "Each event of the endpoint's types is POSTed as JSON (the event as GET /v1/events/{id} shows it) with "
     '`Shardwallet-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>" with the secret>`. '
@@ -86,10 +89,12 @@ class EndpointCollectionView(APIView):
     @extend_schema(
         operation_id="webhook_endpoints_list",
         summary="List your webhook endpoints",
-        responses={200: EndpointOut(many=True)},
+        description="All of them in one page (a client has at most 16).",
+        responses={200: EndpointPage, **error_responses()},
     )
     def get(self, request: Request) -> Response:
-        return Response([endpoint_out(e) for e in selectors.endpoint_list(client_id=cast(int, request.user.id))])
+        endpoints = selectors.endpoint_list(client_id=cast(int, request.user.id))
+        return Response({"data": [endpoint_out(e) for e in endpoints], "has_more": False, "next_cursor": None})
 
 
 class EndpointDetailView(APIView):
@@ -136,6 +141,9 @@ class DeliveryListView(APIView):
         summary="An endpoint's deliveries and their attempts, newest first",
         parameters=[ENDPOINT_ID, *PAGE_PARAMETERS],
         responses={200: DeliveryPage, **error_responses(INVALID_PAGE, ENDPOINT_NOT_FOUND, NOT_FOUND)},
+        extensions=response_links(
+            next_page_link("webhook_endpoints_deliveries_list", endpoint_id="$request.path.endpoint_id"), 200
+        ),
     )
     def get(self, request: Request, endpoint_id: str) -> Response:
         endpoint = _endpoint(request, endpoint_id)
