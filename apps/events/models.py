@@ -11,7 +11,6 @@ ids minted in the same millisecond are not ordered among themselves.
 from __future__ import annotations
 
 from django.db import models
-from django.db.models import Q
 
 # Every event type, with what its `data.object` is.
 EVENT_TYPES: dict[str, str] = {
@@ -42,15 +41,15 @@ class Event(models.Model):
     seq = models.IntegerField(help_text="1, 2, 3... per object, in the order of its changes.")
     data = models.TextField(help_text="The object as the API renders it, at the change (JSON).")
     created_at = models.DateTimeField()
-    dispatched = models.BooleanField(default=False, help_text="Handed to the client's webhook endpoints.")
+    txid = models.BigIntegerField(help_text="The writing transaction's id: the dispatcher's cursor follows it.")
 
     class Meta:
         db_table = "events_event"
         constraints = [models.UniqueConstraint(fields=["object_id", "seq"], name="event_object_seq")]
         indexes = [
             models.Index(fields=["client_id", "-id"], name="event_client_newest"),
-            # The dispatcher's scan: only events not yet handed over are indexed.
-            models.Index(fields=["id"], name="event_undispatched", condition=Q(dispatched=False)),
+            # The dispatcher's cursor (apps.events.outbox_sql).
+            models.Index(fields=["txid", "id"], name="event_dispatch_order"),
         ]
 
     def __str__(self) -> str:

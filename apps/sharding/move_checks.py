@@ -17,6 +17,12 @@ MONEY_COLUMNS = {
     "refunds_refund": "amount_minor",
 }
 
+# What the hash covers where it is not the whole row: an event's `txid` is the transaction
+# that wrote it on this shard (a copy's is the copying transaction's), not part of the event.
+HASHED_ROW = {
+    "events_event": "(t.id, t.client_id, t.type, t.object_id, t.seq, t.data, t.created_at)",
+}
+
 # (table, bucket) -> (rows, money, hash)
 Aggregates = dict[tuple[str, int], tuple[int, int, int]]
 
@@ -27,7 +33,8 @@ def aggregates_sql(table: str, first: int, last: int) -> str:
     money_sum = f"COALESCE(sum({money}), 0)" if money else "0"
     # hashtext of the whole row's text: order-independent when summed, and cheap.
     return (
-        f"SELECT sharding_bucket({column}), count(*), {money_sum}, COALESCE(sum(hashtext(t::text)::bigint), 0)"  # noqa: S608
+        f"SELECT sharding_bucket({column}), count(*), {money_sum},"  # noqa: S608
+        f" COALESCE(sum(hashtext({HASHED_ROW.get(table, 't')}::text)::bigint), 0)"
         f" FROM {table} t WHERE sharding_bucket({column}) BETWEEN {int(first)} AND {int(last)} GROUP BY 1"
     )
 

@@ -48,7 +48,7 @@ import psycopg
 from apps.common.faults import crash_point
 from apps.sharding import moves
 from apps.sharding.lease import MoveLease
-from apps.sharding.move_checks import balance_mismatches, differences, range_aggregates
+from apps.sharding.move_checks import HASHED_ROW, balance_mismatches, differences, range_aggregates
 from apps.sharding.moves import ABORTED, ABORTING, ACTIVE, DONE, Move, MoveConflict, MoveLost
 from apps.sharding.placement import BUCKET_COLUMNS, FENCE_LOCK_CLASS, MOVER_ORIGIN, MOVER_SETTING, range_filter_sql
 from apps.sharding.routing import refresh_shard_map, shard_map
@@ -112,7 +112,7 @@ PRIMARY_KEYS = {
 
 
 # Rows never updated once written: after a switch they must be equal on both shards, byte for byte.
-INSERT_ONLY_TABLES = frozenset({"ledger_entry", "transfers_event"})
+INSERT_ONLY_TABLES = frozenset({"ledger_entry", "transfers_event", "events_event"})
 
 
 def _value(conn: psycopg.Connection[Any], query: str, params: list[Any] | None = None) -> Any:
@@ -693,13 +693,14 @@ class Mover:
         with _connect(self.source) as src, _connect(self.target) as dst:
             for table, key in PRIMARY_KEYS.items():
                 where = range_filter_sql(table, self.move.first, self.move.last)
-                rows = src.execute(f"SELECT {key}, md5(t::text) FROM {table} t WHERE {where}").fetchall()  # noqa: S608
+                content = HASHED_ROW.get(table, "t")
+                rows = src.execute(f"SELECT {key}, md5({content}::text) FROM {table} t WHERE {where}").fetchall()  # noqa: S608
                 for start in range(0, len(rows), batch):
                     self._still_mine()
                     chunk = dict(rows[start : start + batch])
                     found = dict(
                         dst.execute(
-                            f"SELECT {key}, md5(t::text) FROM {table} t WHERE {key} = ANY(%s)",  # noqa: S608
+                            f"SELECT {key}, md5({content}::text) FROM {table} t WHERE {key} = ANY(%s)",  # noqa: S608
                             [list(chunk)],
                         ).fetchall()
                     )

@@ -1,10 +1,14 @@
-"""The outbox's drain: each shard's undispatched events become deliveries to matching endpoints.
+"""The outbox's drain: each shard's events, in order of their transactions, become deliveries.
 
-Per shard, like the transfer drains: a batch of events of buckets the shard serves is locked
-(SKIP LOCKED: dispatchers side by side take different rows), its deliveries are inserted in
-the control database (unique per endpoint and event, so a batch dispatched twice, after a
-crash or from a bucket's new shard, adds nothing), and only then are the events marked
-dispatched on the shard. A crash in between leaves them undispatched: done again, no loss.
+Per shard, a cursor (`events_dispatch_cursor`: the last `(txid, id)` handed over) moves over
+the events whose writing transaction is older than every transaction still running
+(`pg_snapshot_xmin`), so no event can still commit behind it. Each batch's deliveries are
+inserted in the control database (unique per endpoint and event), then the cursor moves, in
+the shard's transaction that locked it (one dispatcher per shard at a time: others skip it).
+A crash in between leaves the cursor where it was: the batch is handed over again and adds
+nothing twice. Events are never updated, so the outbox costs one row per event and nothing
+more. Every event on the shard is handed over, served bucket or not: a move's copy is the same
+event as the source's, and the delivery it maps to is the same row.
 """
 
 from __future__ import annotations
@@ -25,27 +29,31 @@ from apps.webhooks.models import DeliveryStatus, EndpointStatus, WebhookDelivery
 
 log = logging.getLogger(__name__)
 
-_CLAIM = """
-SELECT id, client_id, type, object_id, seq, data, created_at FROM events_event
- WHERE NOT dispatched AND sharding_serves(id)
- ORDER BY id LIMIT %s
-   FOR UPDATE SKIP LOCKED
+_LOCK_CURSOR = "SELECT txid, event_id FROM events_dispatch_cursor WHERE id = 1 FOR UPDATE SKIP LOCKED"
+_NEXT = """
+SELECT id, client_id, type, object_id, seq, data, created_at, txid FROM events_event
+ WHERE (txid, id) > (%s, %s) AND txid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+ ORDER BY txid, id LIMIT %s
 """
-_MARK = "UPDATE events_event SET dispatched = true WHERE id = ANY(%s)"
+_MOVE_CURSOR = "UPDATE events_dispatch_cursor SET txid = %s, event_id = %s WHERE id = 1"
 
 
 def dispatch_shard(alias: str, *, batch: int = 500, budget_seconds: float = 5.0) -> int:
-    """Drain `alias`'s outbox for up to `budget_seconds`; returns how many deliveries were queued."""
+    """Hand `alias`'s new events over for up to `budget_seconds`; returns how many deliveries were queued."""
     queued = 0
     deadline = time.monotonic() + budget_seconds
     while time.monotonic() < deadline:
         with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
-            cursor.execute(_CLAIM, [batch])
+            cursor.execute(_LOCK_CURSOR)
+            position = cursor.fetchone()
+            if position is None:
+                return queued  # another dispatcher has this shard now
+            cursor.execute(_NEXT, [*position, batch])
             events = [Event(*row) for row in cursor.fetchall()]
             if not events:
-                break
+                return queued
             queued += queue_deliveries(events)
-            cursor.execute(_MARK, [[e.id for e in events]])
+            cursor.execute(_MOVE_CURSOR, [events[-1].txid, events[-1].id])
         if len(events) < batch:
             break
     return queued

@@ -49,7 +49,7 @@ def send_deliveries() -> int:
 
 @shared_task(ignore_result=True)
 def purge_old() -> None:
-    """Events past their retention (dispatched or not: a dispatcher down that long has lost them to
+    """Events past their retention (handed over or not: a dispatcher down that long leaves them to
     GET /v1/events only), and finished deliveries past theirs."""
     event_cutoff = timezone.now() - timedelta(days=settings.EVENT_RETENTION_DAYS)
     for alias in shard_aliases():

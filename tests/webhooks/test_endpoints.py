@@ -16,7 +16,7 @@ from apps.webhooks import outbound
 from apps.webhooks.delivering import record
 from apps.webhooks.dispatch import dispatch_shard, queue_deliveries
 from apps.webhooks.models import WebhookDelivery, WebhookEndpoint
-from tests.factories import ALL_DATABASES, api_for, make_client, make_wallet
+from tests.factories import ALL_DATABASES, api_for, make_client, make_wallet, raw_query
 from tests.operators.helpers import logged_in, make_staff
 from tests.webhooks.receiver import Behaviour, Receiver
 
@@ -111,12 +111,14 @@ def test_a_dispatch_repeated_after_a_crash_queues_each_delivery_once(receiver) -
     api_for(key).post("/v1/webhook_endpoints", {"url": receiver.url, "event_types": ["*"]}, format="json")
     wallet = make_wallet(owner, shard="shard_00")
     wallet_fund(wallet_id=wallet.id, amount_minor=10, reference="d")
-    events = list(Event.objects.using("shard_00").filter(client_id=owner.id, dispatched=False))
+    events = list(Event.objects.using("shard_00").filter(client_id=owner.id))
     assert {e.type for e in events} == {"wallet.created", "deposit.succeeded"}
-    queue_deliveries(events)  # a dispatcher that queued, then died before marking the events
-    assert dispatch_shard("shard_00") == 2  # the next one sees them again ...
+    queue_deliveries(events)  # a dispatcher that queued, then died before moving the cursor
+    assert dispatch_shard("shard_00") == 2  # the next one hands them over again ...
     assert WebhookDelivery.objects.filter(endpoint__client=owner).count() == 2  # ... and adds nothing twice
-    assert not Event.objects.using("shard_00").filter(client_id=owner.id, dispatched=False).exists()
+    [(cursor,)] = raw_query("shard_00", "SELECT txid FROM events_dispatch_cursor")
+    assert cursor >= max(e.txid for e in events)
+    assert dispatch_shard("shard_00") == 0  # the cursor is past them
 
 
 def test_an_endpoint_failing_long_enough_is_disabled_and_can_be_enabled_again(settings, receiver) -> None:

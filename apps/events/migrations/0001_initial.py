@@ -37,8 +37,8 @@ class Migration(migrations.Migration):
                 ("data", models.TextField(help_text="The object as the API renders it, at the change (JSON).")),
                 ("created_at", models.DateTimeField()),
                 (
-                    "dispatched",
-                    models.BooleanField(default=False, help_text="Handed to the client's webhook endpoints."),
+                    "txid",
+                    models.BigIntegerField(help_text="The writing transaction's id: the dispatcher's cursor follows it."),
                 ),
             ],
             options={
@@ -46,7 +46,7 @@ class Migration(migrations.Migration):
                 "constraints": [models.UniqueConstraint(fields=("object_id", "seq"), name="event_object_seq")],
                 "indexes": [
                     models.Index(fields=["client_id", "-id"], name="event_client_newest"),
-                    models.Index(condition=models.Q(("dispatched", False)), fields=["id"], name="event_undispatched"),
+                    models.Index(fields=["txid", "id"], name="event_dispatch_order"),
                 ],
             },
         ),
