@@ -6,9 +6,11 @@ freezes it goes through them, so there is one implementation and no path can for
 Each object is rendered as the API renders it (tests compare the two). A move's copy
 (logical replication) fires none of them: the events travel with their bucket instead.
 
-Each trigger function inserts its event itself (one INSERT, no nested function call: the
-measured cost of a call per event was worth avoiding on the hot path). An event is never
-updated: the dispatcher follows a cursor over `txid`, the writing transaction's id (below).
+New rows are handed to one statement-level trigger per statement (the statement's rows as a
+transition table, one INSERT ... SELECT): a batch's events cost a set-based insert, not a
+trigger call each (measured: ~45 us per event row by row against ~25 set-based). A status
+that changed fires a row-level trigger, only for those rows. An event is never updated: the
+dispatcher follows a cursor over `txid`, the writing transaction's id (below).
 """
 
 from __future__ import annotations
@@ -25,134 +27,131 @@ $$;
 """
 
 
-def _insert(source: str, client: str, kind: str, object_id: str, seq: str, body: str) -> str:
-    """The event's INSERT, inlined in each trigger. The id is a UUIDv7 (apps.sharding.ids): the
-    clock's milliseconds, the source row's own version-and-bucket bytes, random bits with the
-    RFC 9562 variant. `txid` is the writing transaction's id, what the dispatcher's cursor follows."""
-    return f"""
-    at := clock_timestamp();
-    INSERT INTO events_event (id, client_id, type, object_id, seq, data, created_at, txid)
-    VALUES (
-        encode(substring(int8send(floor(extract(epoch FROM at) * 1000)::bigint) FROM 3 FOR 6)
-               || substring(uuid_send({source}) FROM 7 FOR 2)
-               || substring(uuid_send(gen_random_uuid()) FROM 9 FOR 8), 'hex')::uuid,
-        {client}, {kind}, {object_id}, {seq}, ({body})::text, at, pg_current_xact_id()::text::bigint);"""  # noqa: S608 - our own constant SQL
-
-
-# The next number in the object's sequence (its changes are serialized by its row lock).
-_SEQ = (
-    "CASE TG_OP WHEN 'INSERT' THEN 1"
-    " ELSE (SELECT COALESCE(max(seq), 0) + 1 FROM events_event WHERE object_id = NEW.id) END"
-)
-
-TRANSFER = f"""
-CREATE FUNCTION events_on_transfer() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-    at timestamptz;
-BEGIN{
-    _insert(
-        "NEW.id",
-        "NEW.client_id",
-        "CASE NEW.status WHEN 'pending' THEN 'transfer.created' ELSE 'transfer.' || NEW.status END",
-        "NEW.id",
-        _SEQ,
-        "json_build_object("
-        "'id', NEW.id, 'amount_minor', NEW.amount_minor, 'currency', NEW.currency, 'status', NEW.status,"
-        " 'failure_reason', NEW.failure_reason, 'created_at', events_iso(NEW.created_at),"
-        " 'updated_at', events_iso(NEW.updated_at), 'from', NEW.payer_id, 'to', NEW.payee_id,"
-        " 'refund_of', NEW.refund_of, 'amount_refunded', NEW.amount_refunded)",
+def _event_id(source: str, at: str) -> str:
+    """A UUIDv7 (apps.sharding.ids): the clock's milliseconds, the source row's own
+    version-and-bucket bytes, random bits with the RFC 9562 variant."""
+    return (
+        f"encode(substring(int8send(floor(extract(epoch FROM {at}) * 1000)::bigint) FROM 3 FOR 6)"
+        f" || substring(uuid_send({source}) FROM 7 FOR 2)"
+        f" || substring(uuid_send(gen_random_uuid()) FROM 9 FOR 8), 'hex')::uuid"
     )
-}
+
+
+_COLUMNS = "INSERT INTO events_event (id, client_id, type, object_id, seq, data, created_at, txid)"
+_TXID = "pg_current_xact_id()::text::bigint"  # the writing transaction: what the dispatcher's cursor follows
+
+
+def _transfer_json(r: str) -> str:
+    return (
+        f"json_build_object('id', {r}.id, 'amount_minor', {r}.amount_minor, 'currency', {r}.currency,"
+        f" 'status', {r}.status, 'failure_reason', {r}.failure_reason, 'created_at', events_iso({r}.created_at),"
+        f" 'updated_at', events_iso({r}.updated_at), 'from', {r}.payer_id, 'to', {r}.payee_id,"
+        f" 'refund_of', {r}.refund_of, 'amount_refunded', {r}.amount_refunded)"
+    )
+
+
+def _entry_json(r: str) -> str:
+    return (
+        f"json_build_object('id', {r}.id, 'wallet_id', {r}.wallet_id, 'seq', {r}.seq, 'kind', {r}.kind,"
+        f" 'reference', {r}.reference, 'amount_minor', {r}.amount_minor,"
+        f" 'balance_after_minor', {r}.balance_after_minor, 'created_at', events_iso({r}.created_at))"
+    )
+
+
+def _wallet_json(r: str) -> str:
+    return (
+        f"json_build_object('id', {r}.id, 'currency', {r}.currency, 'status', {r}.status,"
+        f" 'balance_minor', {r}.balance_minor, 'payer_may_refund', {r}.payer_may_refund,"
+        f" 'created_at', events_iso({r}.created_at), 'updated_at', events_iso({r}.updated_at))"
+    )
+
+
+def _hold_json(r: str) -> str:
+    return (
+        f"json_build_object('id', {r}.id, 'from', {r}.payer_id, 'to', {r}.payee_id, 'amount_minor', {r}.amount_minor,"
+        f" 'currency', {r}.currency, 'status', {r}.status, 'failure_reason', {r}.failure_reason,"
+        f" 'captured_minor', {r}.captured_minor, 'transfer_id', {r}.transfer_id,"
+        f" 'expires_at', events_iso({r}.expires_at), 'resolved_at', events_iso({r}.resolved_at),"
+        f" 'created_at', events_iso({r}.created_at))"
+    )
+
+
+def _on_insert(table: str, name: str, client: str, kind: str, body: str, joins: str = "", where: str = "") -> str:
+    """New rows: one statement-level trigger, one INSERT ... SELECT over the statement's rows (a
+    first step inserts a batch's transfers and entries in one statement each: its events too)."""
+    return f"""
+CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    {_COLUMNS}
+    SELECT {_event_id("n.id", "n.at")}, {client}, {kind}, n.id, 1, ({body})::text, n.at, {_TXID}
+      FROM (SELECT i.*, clock_timestamp() AS at FROM inserted i {where}) n {joins};
     RETURN NULL;
 END $$;
 
-CREATE TRIGGER events_on_create AFTER INSERT ON transfers_transfer
-    FOR EACH ROW EXECUTE FUNCTION events_on_transfer();
-CREATE TRIGGER events_on_status AFTER UPDATE OF status ON transfers_transfer
-    FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION events_on_transfer();
-"""
+CREATE TRIGGER events_on_create AFTER INSERT ON {table} REFERENCING NEW TABLE AS inserted
+    FOR EACH STATEMENT EXECUTE FUNCTION {name}();
+"""  # noqa: S608 - our own constant SQL
+
+
+def _on_status(table: str, name: str, client: str, kind: str, body: str) -> str:
+    """A status that changed: a row-level trigger (only rows whose status changed fire it). The
+    next number in the object's sequence is read under its row lock, which serializes its changes."""
+    return f"""
+CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    at timestamptz := clock_timestamp();
+BEGIN
+    {_COLUMNS}
+    VALUES ({_event_id("NEW.id", "at")}, {client}, {kind}, NEW.id,
+            (SELECT COALESCE(max(seq), 0) + 1 FROM events_event WHERE object_id = NEW.id), ({body})::text, at,
+            {_TXID});
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER events_on_status AFTER UPDATE OF status ON {table}
+    FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION {name}();
+"""  # noqa: S608 - our own constant SQL
+
+
+def _transfer_kind(r: str) -> str:
+    return f"CASE {r}.status WHEN 'pending' THEN 'transfer.created' ELSE 'transfer.' || {r}.status END"
+
+
+def _hold_kind(r: str) -> str:
+    return f"CASE {r}.status WHEN 'held' THEN 'hold.created' ELSE 'hold.' || {r}.status END"
+
+
+TRANSFER = _on_insert(
+    "transfers_transfer", "events_on_transfers_created", "n.client_id", _transfer_kind("n"), _transfer_json("n")
+) + _on_status("transfers_transfer", "events_on_transfer_status", "NEW.client_id", _transfer_kind("NEW"),
+               _transfer_json("NEW"))  # fmt: skip
 
 # Money into or out of a wallet from outside a transfer, and a transfer's credit: the event
 # goes to the wallet's owner, who sees the entry (what a credit says), not the payer's transfer.
-ENTRY = f"""
-CREATE FUNCTION events_on_entry() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-    at timestamptz;
-BEGIN{
-    _insert(
-        "NEW.id",
-        "(SELECT owner_id FROM ledger_wallet WHERE id = NEW.wallet_id)",
-        "CASE NEW.kind WHEN 'credit' THEN 'transfer.received' WHEN 'deposit' THEN 'deposit.succeeded'"
-        " ELSE 'withdrawal.succeeded' END",
-        "NEW.id",
-        "1",
-        "json_build_object("
-        "'id', NEW.id, 'wallet_id', NEW.wallet_id, 'seq', NEW.seq, 'kind', NEW.kind, 'reference', NEW.reference,"
-        " 'amount_minor', NEW.amount_minor, 'balance_after_minor', NEW.balance_after_minor,"
-        " 'created_at', events_iso(NEW.created_at))",
-    )
-}
-    RETURN NULL;
-END $$;
+ENTRY = _on_insert(
+    "ledger_entry",
+    "events_on_entries_created",
+    "w.owner_id",
+    "CASE n.kind WHEN 'credit' THEN 'transfer.received' WHEN 'deposit' THEN 'deposit.succeeded'"
+    " ELSE 'withdrawal.succeeded' END",
+    _entry_json("n"),
+    joins="JOIN ledger_wallet w ON w.id = n.wallet_id",
+    where="WHERE i.kind IN ('credit', 'deposit', 'withdrawal')",
+).replace(
+    "CREATE TRIGGER events_on_create AFTER INSERT ON ledger_entry",
+    "CREATE TRIGGER events_on_entry AFTER INSERT ON ledger_entry",
+)
 
-CREATE TRIGGER events_on_entry AFTER INSERT ON ledger_entry
-    FOR EACH ROW WHEN (NEW.kind IN ('credit', 'deposit', 'withdrawal')) EXECUTE FUNCTION events_on_entry();
-"""  # noqa: S608 - our own constant SQL
+WALLET = _on_insert(
+    "ledger_wallet", "events_on_wallets_created", "n.owner_id", "'wallet.created'", _wallet_json("n")
+) + _on_status("ledger_wallet", "events_on_wallet_status", "NEW.owner_id",
+               "CASE NEW.status WHEN 'frozen' THEN 'wallet.frozen' ELSE 'wallet.unfrozen' END",
+               _wallet_json("NEW"))  # fmt: skip
 
-WALLET = f"""
-CREATE FUNCTION events_on_wallet() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-    at timestamptz;
-BEGIN{
-    _insert(
-        "NEW.id",
-        "NEW.owner_id",
-        "CASE WHEN TG_OP = 'INSERT' THEN 'wallet.created' WHEN NEW.status = 'frozen' THEN 'wallet.frozen'"
-        " ELSE 'wallet.unfrozen' END",
-        "NEW.id",
-        _SEQ,
-        "json_build_object("
-        "'id', NEW.id, 'currency', NEW.currency, 'status', NEW.status, 'balance_minor', NEW.balance_minor,"
-        " 'payer_may_refund', NEW.payer_may_refund, 'created_at', events_iso(NEW.created_at),"
-        " 'updated_at', events_iso(NEW.updated_at))",
-    )
-}
-    RETURN NULL;
-END $$;
+HOLD = _on_insert(
+    "holds_hold", "events_on_holds_created", "n.client_id", _hold_kind("n"), _hold_json("n")
+) + _on_status("holds_hold", "events_on_hold_status", "NEW.client_id", _hold_kind("NEW"), _hold_json("NEW"))
 
-CREATE TRIGGER events_on_create AFTER INSERT ON ledger_wallet
-    FOR EACH ROW EXECUTE FUNCTION events_on_wallet();
-CREATE TRIGGER events_on_status AFTER UPDATE OF status ON ledger_wallet
-    FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION events_on_wallet();
-"""
-
-HOLD = f"""
-CREATE FUNCTION events_on_hold() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-    at timestamptz;
-BEGIN{
-    _insert(
-        "NEW.id",
-        "NEW.client_id",
-        "CASE NEW.status WHEN 'held' THEN 'hold.created' ELSE 'hold.' || NEW.status END",
-        "NEW.id",
-        _SEQ,
-        "json_build_object("
-        "'id', NEW.id, 'from', NEW.payer_id, 'to', NEW.payee_id, 'amount_minor', NEW.amount_minor,"
-        " 'currency', NEW.currency, 'status', NEW.status, 'failure_reason', NEW.failure_reason,"
-        " 'captured_minor', NEW.captured_minor, 'transfer_id', NEW.transfer_id,"
-        " 'expires_at', events_iso(NEW.expires_at), 'resolved_at', events_iso(NEW.resolved_at),"
-        " 'created_at', events_iso(NEW.created_at))",
-    )
-}
-    RETURN NULL;
-END $$;
-
-CREATE TRIGGER events_on_create AFTER INSERT ON holds_hold
-    FOR EACH ROW EXECUTE FUNCTION events_on_hold();
-CREATE TRIGGER events_on_status AFTER UPDATE OF status ON holds_hold
-    FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION events_on_hold();
-"""
 
 # The dispatcher's cursor on each shard: the last (txid, id) handed to the webhooks. A row
 # with txid below the oldest transaction still running (pg_snapshot_xmin) can no longer
@@ -184,8 +183,10 @@ DROP TRIGGER events_on_create ON holds_hold; DROP TRIGGER events_on_status ON ho
 DROP TRIGGER events_on_create ON ledger_wallet; DROP TRIGGER events_on_status ON ledger_wallet;
 DROP TRIGGER events_on_entry ON ledger_entry;
 DROP TRIGGER events_on_create ON transfers_transfer; DROP TRIGGER events_on_status ON transfers_transfer;
-DROP FUNCTION events_on_hold(); DROP FUNCTION events_on_wallet(); DROP FUNCTION events_on_entry();
-DROP FUNCTION events_on_transfer(); DROP FUNCTION events_iso(timestamptz);
+DROP FUNCTION events_on_holds_created(); DROP FUNCTION events_on_hold_status();
+DROP FUNCTION events_on_wallets_created(); DROP FUNCTION events_on_wallet_status();
+DROP FUNCTION events_on_entries_created(); DROP FUNCTION events_on_transfers_created();
+DROP FUNCTION events_on_transfer_status(); DROP FUNCTION events_iso(timestamptz);
 """
 
 INSTALL = "\n".join([ISO, TRANSFER, ENTRY, WALLET, HOLD, CURSOR])
