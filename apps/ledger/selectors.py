@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import heapq
 import uuid
+from datetime import datetime, timedelta
 
 from apps.common.db import fast_cursor
 from apps.ledger.errors import WalletNotFound
@@ -58,6 +59,39 @@ def wallet_list(*, owner_id: int, before_id: uuid.UUID | None, limit: int) -> li
         per_shard.append(list(wallets.order_by("-id")[:limit]))
     merged = heapq.merge(*per_shard, key=lambda w: w.id, reverse=True)
     return [wallet for _, wallet in zip(range(limit), merged, strict=False)]
+
+
+# Entries are stamped before their wallet's lock is taken, so a later entry can carry an earlier
+# time, by at most a request's lock wait (lock_timeout 5 s, a few retries): well within this.
+STAMP_DISORDER = timedelta(seconds=60)
+
+
+def entry_at(*, wallet_id: uuid.UUID, last_seq: int, at: datetime) -> LedgerEntry | None:
+    """The wallet's last entry (by seq) stamped at or before `at`, exactly.
+
+    A binary search over the (wallet, seq) index for the last entry stamped before
+    `at + STAMP_DISORDER` bounds the answer from above (no entry after it can be stamped at or
+    before `at`); one backward index scan from there finds it: log2(entries) probes, whatever
+    the wallet's history."""
+    alias = alias_for_id(wallet_id)
+    bound = at + STAMP_DISORDER
+    with fast_cursor(alias) as cursor:
+        low, high = 0, last_seq  # created(low) <= bound (seq 0: before any entry); created(high + 1) > bound
+        while low < high:
+            middle = (low + high + 1) // 2
+            cursor.execute("SELECT created_at FROM ledger_entry WHERE wallet_id = %s AND seq = %s", [wallet_id, middle])
+            row = cursor.fetchone()
+            if row is not None and row[0] <= bound:
+                low = middle
+            else:
+                high = middle - 1
+    found = (
+        LedgerEntry.objects.using(alias)
+        .filter(wallet_id=wallet_id, seq__lte=low, created_at__lte=at)
+        .order_by("-seq")
+        .first()
+    )
+    return found
 
 
 def entry_list(*, wallet_id: uuid.UUID, before_seq: int | None, limit: int) -> list[LedgerEntry]:

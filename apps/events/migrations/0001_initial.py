@@ -1,3 +1,4 @@
+from django.contrib.postgres.indexes import BrinIndex
 from django.db import migrations, models
 
 from apps.events.outbox_sql import DROP, INSTALL
@@ -46,7 +47,7 @@ class Migration(migrations.Migration):
                 "constraints": [models.UniqueConstraint(fields=("object_id", "seq"), name="event_object_seq")],
                 "indexes": [
                     models.Index(fields=["client_id", "-id"], name="event_client_newest"),
-                    models.Index(fields=["txid", "id"], name="event_dispatch_order"),
+                    BrinIndex(fields=["txid"], name="event_dispatch_order", autosummarize=True),
                 ],
             },
         ),

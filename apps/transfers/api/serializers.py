@@ -137,6 +137,21 @@ class BalanceOut(serializers.Serializer):
     )
 
 
+class BalanceAtOut(serializers.Serializer):
+    """The balance at a point in time (`?at=`), from the ledger entries' running balance."""
+
+    wallet_id = IdField()
+    currency = CurrencyField()
+    at = serializers.DateTimeField(help_text="The point in time asked for.")
+    available = serializers.IntegerField(
+        min_value=0,
+        help_text="The running balance after the wallet's last entry at or before `at` (0 before its first): what it"
+        " could pay then (transfers in flight and holds had taken their amounts out).",
+    )
+    entry_seq = serializers.IntegerField(min_value=0, help_text="That entry's `seq` (0: none yet).")
+    entry_id = IdField(allow_null=True, help_text="That entry (null: none yet).")
+
+
 class TransferBatchItemIn(TransferCreateIn):
     idempotency_key = serializers.RegexField(
         BODY_KEY_PATTERN, max_length=255, help_text="This item's own Idempotency-Key (1-255 printable ASCII)."

@@ -4,11 +4,12 @@ import json
 import re
 import time
 import uuid
+from datetime import datetime
 from typing import cast
 
 from django.conf import settings
 from django.http import HttpResponse
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, PolymorphicProxySerializer, extend_schema
 from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -29,6 +30,7 @@ from apps.common.openapi import (
     PARAMETER_MISSING,
     UNSUPPORTED_CURRENCY,
     UNSUPPORTED_MEDIA_TYPE,
+    ErrorCode,
     error_responses,
     replayed_header,
     response_links,
@@ -36,6 +38,7 @@ from apps.common.openapi import (
 from apps.holds.selectors import held_minor
 from apps.ledger.api.schema import WALLET_ID, WALLET_NOT_FOUND
 from apps.ledger.api.views import owned_wallet
+from apps.ledger.selectors import entry_at
 from apps.refunds.rendering import refund_out
 from apps.refunds.selectors import refund_list
 from apps.sharding.fence import is_fence_refusal, retry_while_fenced
@@ -61,6 +64,7 @@ from apps.transfers.api.schema import (
     TransferPage,
 )
 from apps.transfers.api.serializers import (
+    BalanceAtOut,
     BalanceOut,
     TransferBatchIn,
     TransferBatchOut,
@@ -257,16 +261,57 @@ class WalletTransferListView(APIView):
         return Response(page(transfers, limit, lambda t: str(t.id), transfer_out))
 
 
+AT_PARAMETER = OpenApiParameter(
+    "at",
+    {"type": "string", "format": "date-time"},
+    description="A point in time (ISO 8601 with its offset): the balance then, from the entries' running balance, in"
+    " the `BalanceAt` shape.",
+)
+AT_INVALID = ErrorCode.of(InvalidRequest, "`at` is not an ISO 8601 date-time with its offset")
+
+
+def _point_in_time(request: Request) -> datetime | None:
+    raw = request.query_params.get("at")
+    if raw is None:
+        return None
+    try:  # RFC 3339 allows a lower-case "t" and "z"
+        parsed = datetime.fromisoformat(raw.upper())
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        raise InvalidRequest("at must be an ISO 8601 date-time with its offset, e.g. 2026-12-06T00:00:00Z.", param="at")
+    return parsed
+
+
 class WalletBalanceView(APIView):
     @extend_schema(
         operation_id="wallets_balance_retrieve",
-        summary="Balance, read from the wallet's shard",
-        parameters=[WALLET_ID],
-        responses={200: BalanceOut, **error_responses(WALLET_NOT_FOUND, NOT_FOUND)},
+        summary="Balance, read from the wallet's shard; or at a point in time",
+        parameters=[WALLET_ID, AT_PARAMETER],
+        responses={
+            200: PolymorphicProxySerializer(
+                component_name="BalanceOrBalanceAt",
+                serializers=[BalanceOut, BalanceAtOut],
+                resource_type_field_name=None,
+            ),
+            **error_responses(AT_INVALID, WALLET_NOT_FOUND, NOT_FOUND),
+        },
     )
     @waits_out_moves  # a read of a range being switched waits for its new owner
     def get(self, request: Request, wallet_id: str) -> Response:
+        at = _point_in_time(request)
         wallet = owned_wallet(request, wallet_id)
+        if at is not None:
+            entry = entry_at(wallet_id=wallet.id, last_seq=wallet.last_entry_seq, at=at)
+            return Response(
+                BalanceAtOut(
+                    {
+                        "wallet_id": wallet.id, "currency": wallet.currency, "at": at,
+                        "available": entry.balance_after_minor if entry else 0, "entry_seq": entry.seq if entry else 0,
+                        "entry_id": entry.id if entry else None,
+                    }
+                ).data
+            )  # fmt: skip
         pending_out = selectors.pending_out_minor(wallet_id=wallet.id)
         held = held_minor(wallet_id=wallet.id)
         body = {
