@@ -34,7 +34,7 @@ BIN = Path(sys.executable).parent
 
 # The roles the image and supervisord must offer, and the long-running ones among them.
 ROLES = {"api", "worker", "beat", "cdc", "migrate", "shell"}
-LONG_RUNNING_ROLES = {"api", "worker", "beat", "cdc"}
+LONG_RUNNING_ROLES = {"api", "worker", "webhooks", "beat", "cdc"}
 # ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?message}, ${VAR?message}; $$ is a literal $.
 VARIABLE = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
 
