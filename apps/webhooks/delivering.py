@@ -125,8 +125,10 @@ def record(delivery: WebhookDelivery, outcome: outbound.Outcome, now: datetime) 
         status, completed = DeliveryStatus.PENDING, None
         retry_at = now + timedelta(seconds=backoff(attempts))
     with transaction.atomic(using="default"):
-        # Locked first: a delivery deleted with its endpoint meanwhile is DoesNotExist, not an orphan attempt.
-        WebhookDelivery.objects.select_for_update().get(id=delivery.id)
+        # The endpoint's row first, as its deletion takes it: a deletion either waits for this
+        # attempt (and deletes it with the rest) or went first (DoesNotExist: nothing to record).
+        endpoint = WebhookEndpoint.objects.select_for_update().get(id=delivery.endpoint_id)
+        WebhookDelivery.objects.get(id=delivery.id)
         WebhookAttempt.objects.create(
             delivery=delivery, at=now, status_code=outcome.status_code, duration_ms=outcome.duration_ms,
             error=outcome.error, response_excerpt=outcome.excerpt,
@@ -135,12 +137,11 @@ def record(delivery: WebhookDelivery, outcome: outbound.Outcome, now: datetime) 
             status=status, attempts=attempts, next_attempt_at=retry_at or now, last_status_code=outcome.status_code,
             last_error=outcome.error, completed_at=completed,
         )  # fmt: skip
-        _endpoint_result(delivery.endpoint_id, outcome.ok, now)
+        _endpoint_result(endpoint, outcome.ok, now)
     return retry_at
 
 
-def _endpoint_result(endpoint_id: uuid.UUID, ok: bool, now: datetime) -> None:
-    endpoint = WebhookEndpoint.objects.select_for_update().get(id=endpoint_id)
+def _endpoint_result(endpoint: WebhookEndpoint, ok: bool, now: datetime) -> None:
     if ok:
         if endpoint.consecutive_failures or endpoint.failing_since:
             endpoint.consecutive_failures, endpoint.failing_since = 0, None

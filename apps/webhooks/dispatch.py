@@ -104,6 +104,12 @@ def queue_deliveries(events: list[Event], now: datetime | None = None) -> int:
                 )
             )  # fmt: skip
     with transaction.atomic(using="default"):
+        # Shared locks on the endpoints (a deletion takes them exclusively): none is deleted under
+        # us, and one deleted before is left out.
+        with connections["default"].cursor() as cursor:
+            cursor.execute("SELECT id FROM webhooks_endpoint WHERE id = ANY(%s) FOR SHARE", [[e.id for e in endpoints]])
+            present = {row[0] for row in cursor.fetchall()}
+        rows = [row for row in rows if row.endpoint_id in present]
         WebhookDelivery.objects.bulk_create(rows, ignore_conflicts=True, batch_size=1000)
         for endpoint_id, count in dropped.items():
             WebhookEndpoint.objects.filter(id=endpoint_id).update(events_dropped=F("events_dropped") + count)

@@ -70,7 +70,12 @@ def endpoint_update(*, client_id: int, endpoint_id: uuid.UUID, changes: dict[str
 
 
 def endpoint_delete(*, client_id: int, endpoint_id: uuid.UUID) -> None:
-    """Gone with its deliveries and attempts; events stay (GET /v1/events)."""
-    deleted, _ = WebhookEndpoint.objects.filter(id=endpoint_id, client_id=client_id).delete()
-    if not deleted:
-        raise EndpointNotFound(param="endpoint_id")
+    """Gone with its deliveries and attempts; events stay (GET /v1/events).
+
+    The endpoint's row is locked first, as the dispatcher (inserting deliveries) and the sender
+    (recording attempts) take it: the cascade then sees every row that refers to it."""
+    with transaction.atomic(using="default"):
+        locked = WebhookEndpoint.objects.select_for_update().filter(id=endpoint_id, client_id=client_id)
+        if not locked.exists():
+            raise EndpointNotFound(param="endpoint_id")
+        locked.delete()

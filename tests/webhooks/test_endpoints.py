@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
+import time
 from datetime import timedelta
 from typing import Any
 
+import psycopg
 import pytest
+from django.conf import settings
 from django.utils import timezone
 
 from apps.events.models import Event
@@ -177,3 +181,29 @@ def test_operators_see_endpoints_and_each_delivery_with_its_attempts(receiver) -
     attempts = viewer.get(f"/admin/webhooks/webhookdelivery/{delivery.id}/change/").content.decode()
     assert "HTTP 503" in attempts
     assert viewer.post(f"/admin/webhooks/webhookendpoint/{endpoint_id}/delete/", {"post": "yes"}).status_code == 403
+
+
+def test_an_endpoint_deleted_while_an_attempt_is_being_recorded_goes_with_it(receiver) -> None:
+    owner, key = make_client()
+    api = api_for(key)
+    endpoint_id = api.post("/v1/webhook_endpoints", {"url": receiver.url, "event_types": ["*"]},
+                           format="json").json()["id"]  # fmt: skip
+    make_wallet(owner, shard="shard_00")
+    dispatch_shard("shard_00")
+    [delivery] = WebhookDelivery.objects.filter(endpoint_id=endpoint_id)
+    db = settings.DATABASES["default"]
+    with psycopg.connect(f"host={db['HOST']} port={db['PORT']} dbname={db['NAME']} user={db['USER']}") as sender:
+        # A sender recording an attempt, as `record` does: the endpoint's row first.
+        sender.execute("SELECT id FROM webhooks_endpoint WHERE id = %s FOR UPDATE", [endpoint_id])
+        deleting = threading.Thread(target=lambda: api_for(key).delete(f"/v1/webhook_endpoints/{endpoint_id}"))
+        deleting.start()
+        time.sleep(0.5)  # the deletion waits for the sender's lock
+        sender.execute(
+            "INSERT INTO webhooks_attempt (delivery_id, at, status_code, duration_ms, error, response_excerpt)"
+            " VALUES (%s, now(), 200, 1, '', '')",
+            [delivery.id],
+        )
+        sender.commit()
+        deleting.join(timeout=30)
+    assert not WebhookEndpoint.objects.filter(id=endpoint_id).exists()
+    assert not WebhookDelivery.objects.filter(id=delivery.id).exists()
