@@ -69,9 +69,15 @@ class Command(BaseCommand):
         programs = [
             Program("api", [*manage, "run_api", "--bind", f"127.0.0.1:{port}", "--workers", str(workers)], env),
             Program("saga worker", [*manage, "run_worker", "--concurrency", str(workers)], env),
-            Program("beat", [*manage, "run_beat"], env),
+            # Beat and the webhook worker at warning: they run tasks every second, which at info
+            # would be two lines a second each.
+            Program("beat", [*manage, "run_beat", "--log-level", "warning"], env),
             # Webhooks on their own worker: a slow endpoint never holds a saga worker.
-            Program("webhook worker", [*manage, "run_worker", "--queues", "webhooks", "--concurrency", "2"], env),
+            Program(
+                "webhook worker",
+                [*manage, "run_worker", "--queues", "webhooks", "--concurrency", "2", "--log-level", "warning"],
+                env,
+            ),
         ]
         if cdc:
             # Change data capture into the audit store; it also serves auditors' SQL.
