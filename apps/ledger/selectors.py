@@ -74,7 +74,10 @@ def entry_at(*, wallet_id: uuid.UUID, last_seq: int, at: datetime) -> LedgerEntr
     before `at`); one backward index scan from there finds it: log2(entries) probes, whatever
     the wallet's history."""
     alias = alias_for_id(wallet_id)
-    bound = at + STAMP_DISORDER
+    try:
+        bound = at + STAMP_DISORDER
+    except OverflowError:  # the last representable minute: every entry is before it
+        bound = datetime.max.replace(tzinfo=at.tzinfo)
     with fast_cursor(alias) as cursor:
         low, high = 0, last_seq  # created(low) <= bound (seq 0: before any entry); created(high + 1) > bound
         while low < high:

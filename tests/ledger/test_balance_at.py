@@ -33,7 +33,18 @@ def test_the_balance_at_every_entrys_time_is_its_running_balance() -> None:
     assert api.get(f"/v1/wallets/{wallet.id}/balance").json()["available"] == sum(range(1, 38))
 
 
-@pytest.mark.parametrize("at", ["yesterday", "2026-12-06T00:00:00", "2026-13-01T00:00:00Z"])
+def test_far_times_and_offsets_postgresql_does_not_take_are_answered() -> None:
+    owner, key = make_client()
+    wallet = make_wallet(owner, funded=100)
+    api = api_for(key)
+    for at, available in [("1152-12-18T01:06:17+21:18", 0), ("9999-12-31T23:59:59Z", 100), ("0001-01-01T00:00:00Z", 0)]:
+        answer = api.get(f"/v1/wallets/{wallet.id}/balance", {"at": at})
+        assert (answer.status_code, answer.json()["available"]) == (200, available), at
+
+
+@pytest.mark.parametrize(
+    "at", ["yesterday", "2026-12-06T00:00:00", "2026-13-01T00:00:00Z", "0001-01-01T00:00:00+01:00"]
+)
 def test_an_unreadable_time_is_refused(at) -> None:
     owner, key = make_client()
     wallet = make_wallet(owner)

@@ -4,7 +4,7 @@ import json
 import re
 import time
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import cast
 
 from django.conf import settings
@@ -274,13 +274,14 @@ def _point_in_time(request: Request) -> datetime | None:
     raw = request.query_params.get("at")
     if raw is None:
         return None
-    try:  # RFC 3339 allows a lower-case "t" and "z"
+    try:  # RFC 3339 allows a lower-case "t" and "z"; PostgreSQL takes offsets up to 15:59 only: UTC
         parsed = datetime.fromisoformat(raw.upper())
-    except ValueError:
-        parsed = None
-    if parsed is None or parsed.tzinfo is None:
+        utc = parsed.astimezone(UTC) if parsed.tzinfo is not None else None
+    except (ValueError, OverflowError):
+        utc = None
+    if utc is None:
         raise InvalidRequest("at must be an ISO 8601 date-time with its offset, e.g. 2026-12-06T00:00:00Z.", param="at")
-    return parsed
+    return utc
 
 
 class WalletBalanceView(APIView):
