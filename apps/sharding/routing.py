@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-from apps.sharding.ids import bucket_of
+from apps.sharding.ids import InvalidId, bucket_of, parse_id
 from apps.sharding.mapstore import live_map
 from apps.sharding.shardmap import ShardMap
 
@@ -20,6 +20,16 @@ def shard_map() -> ShardMap:
     """The map as this process last read it (see apps.sharding.mapstore), or the operation's own copy."""
     pinned = _operation_map.get()
     return pinned if pinned is not None else live_map.get()
+
+
+def routable_id(raw: object) -> uuid.UUID | None:
+    """An id from a URL that this deployment could have issued (a UUIDv7 whose bucket is in the
+    map), or None: the caller answers "not found" without asking any shard."""
+    try:
+        parsed = parse_id(raw)
+    except InvalidId:
+        return None
+    return parsed if bucket_of(parsed) < shard_map().bucket_count else None
 
 
 def refresh_shard_map() -> ShardMap:

@@ -28,8 +28,8 @@ from apps.events.api.serializers import EventOut
 from apps.events.errors import EventNotFound
 from apps.events.models import EVENT_TYPES
 from apps.events.rendering import event_out
-from apps.sharding.ids import InvalidId, bucket_of, parse_id
-from apps.sharding.routing import shard_map
+from apps.sharding.ids import InvalidId, parse_id
+from apps.sharding.routing import routable_id
 
 EventPage = page_of(EventOut, "EventPage", "Events")
 EVENT_ID = id_parameter("event_id", "One of your events.")
@@ -94,10 +94,7 @@ class EventDetailView(APIView):
     )
     @waits_out_moves
     def get(self, request: Request, event_id: str) -> Response:
-        try:
-            parsed = parse_id(event_id)
-        except InvalidId:
-            raise EventNotFound(param="event_id") from None
-        if bucket_of(parsed) >= shard_map().bucket_count:  # an id no shard could hold
+        parsed = routable_id(event_id)
+        if parsed is None:
             raise EventNotFound(param="event_id")
         return Response(event_out(selectors.event_get(client_id=cast(int, request.user.id), event_id=parsed)))

@@ -37,8 +37,7 @@ from apps.holds.rendering import render_hold
 from apps.holds.services import HoldRequest, default_expiry, hold_capture, hold_create, hold_void, latest_expiry
 from apps.ledger.errors import WalletFrozen
 from apps.sharding.fence import read_by_id
-from apps.sharding.ids import InvalidId, bucket_of, parse_id
-from apps.sharding.routing import shard_map
+from apps.sharding.routing import routable_id
 from apps.transfers.api.schema import NOT_A_WALLET_ID, PAYER_CURRENCY_MISMATCH, PAYER_NOT_FOUND, SAME_WALLET
 from apps.transfers.validation import Invalid, InvalidTransfer, parse_amount, parse_transfer_body
 
@@ -83,11 +82,8 @@ def _expires_at(raw: dict, now: datetime) -> datetime:
 
 
 def parse_hold_id(raw: str) -> uuid.UUID:
-    try:
-        hold_id = parse_id(raw)
-    except InvalidId:
-        raise HoldNotFound(param="hold_id") from None
-    if bucket_of(hold_id) >= shard_map().bucket_count:
+    hold_id = routable_id(raw)
+    if hold_id is None:
         raise HoldNotFound(param="hold_id")
     return hold_id
 

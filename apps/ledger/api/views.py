@@ -54,17 +54,13 @@ from apps.ledger.api.serializers import EntryOut, MovementIn, WalletCreateIn, Wa
 from apps.ledger.errors import WalletNotFound
 from apps.ledger.models import EntryKind, Wallet
 from apps.ledger.services import AppliedEntry
-from apps.sharding.ids import InvalidId, bucket_of, parse_id
-from apps.sharding.routing import shard_map
+from apps.sharding.routing import routable_id
 
 
 def parse_wallet_id(raw: str) -> uuid.UUID:
     """A wallet id from the URL; anything we could not have issued is simply not found."""
-    try:
-        wallet_id = parse_id(raw)
-    except InvalidId:
-        raise WalletNotFound(param="wallet_id") from None
-    if bucket_of(wallet_id) >= shard_map().bucket_count:
+    wallet_id = routable_id(raw)
+    if wallet_id is None:
         raise WalletNotFound(param="wallet_id")
     return wallet_id
 

@@ -27,11 +27,10 @@ from apps.common.openapi import (
 )
 from apps.refunds.errors import RefundExceedsRemaining, RefundNotAllowed, TransferFullyRefunded, TransferNotRefundable
 from apps.refunds.services import RefundRequest, refund_create
-from apps.sharding.ids import bucket_of
-from apps.sharding.routing import shard_map
+from apps.sharding.routing import routable_id
 from apps.transfers.api.schema import TRANSFER_LINKS
 from apps.transfers.api.serializers import TransferOut
-from apps.transfers.api.views import parse_transfer_id, render_transfer
+from apps.transfers.api.views import render_transfer
 from apps.transfers.errors import TransferNotFound
 from apps.transfers.validation import Invalid, InvalidTransfer, parse_amount
 
@@ -84,8 +83,8 @@ class RefundCollectionView(APIView):
             if isinstance(parsed, Invalid):
                 raise InvalidTransfer(parsed)
             amount = parsed
-        original_id = parse_transfer_id(transfer_id)
-        if bucket_of(original_id) >= shard_map().bucket_count:
+        original_id = routable_id(transfer_id)
+        if original_id is None:
             raise TransferNotFound(param="transfer_id")  # no id this API issued
         answer = refund_create(
             RefundRequest(cast(int, request.user.id), original_id, amount, key), render=render_transfer
