@@ -8,6 +8,7 @@ import functools
 import json
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
 from django.conf import settings
@@ -85,6 +86,17 @@ def idempotency_key(request: Request) -> str:
     if not 1 <= len(key) <= 255 or not all(32 <= ord(ch) < 127 for ch in key):
         raise IdempotencyKeyInvalid(param="Idempotency-Key")
     return key
+
+
+def parse_aware_datetime(value: object) -> datetime | None:
+    """An ISO 8601 date-time with its offset (RFC 3339 allows a lower-case "t" and "z"), or None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.upper())
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None
 
 
 def page_limit(request: Request, default: int = 20, maximum: int = 100) -> int:

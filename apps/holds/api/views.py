@@ -12,7 +12,7 @@ from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
-from apps.common.api import idempotency_key, stored_answer, waits_out_moves
+from apps.common.api import idempotency_key, parse_aware_datetime, stored_answer, waits_out_moves
 from apps.common.errors import IdempotencyKeyReused
 from apps.common.openapi import (
     IDEMPOTENCY_KEY_HEADER,
@@ -68,12 +68,8 @@ HOLD_KEY_REUSED = ErrorCode.of(IdempotencyKeyReused, "this key was used with ano
 def _expires_at(raw: dict, now: datetime) -> datetime:
     if "expires_at" not in raw:
         return default_expiry(now)
-    value = raw["expires_at"]
-    try:  # RFC 3339 allows a lower-case "t" and "z"
-        parsed = datetime.fromisoformat(value.upper()) if isinstance(value, str) else None
-    except ValueError:
-        parsed = None
-    if parsed is None or parsed.tzinfo is None:
+    parsed = parse_aware_datetime(raw["expires_at"])
+    if parsed is None:
         raise InvalidTransfer(Invalid("parameter_invalid", "An ISO 8601 date-time with its offset.", "expires_at"))
     if not now < parsed <= latest_expiry(now):
         message = f"Must be in the future and at most {int((latest_expiry(now) - now).total_seconds())} s away."

@@ -15,7 +15,15 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.common.api import decode_uuid_cursor, idempotency_key, page, page_limit, stored_answer, waits_out_moves
+from apps.common.api import (
+    decode_uuid_cursor,
+    idempotency_key,
+    page,
+    page_limit,
+    parse_aware_datetime,
+    stored_answer,
+    waits_out_moves,
+)
 from apps.common.errors import InvalidRequest
 from apps.common.openapi import (
     IDEMPOTENCY_KEY_HEADER,
@@ -274,10 +282,10 @@ def _point_in_time(request: Request) -> datetime | None:
     raw = request.query_params.get("at")
     if raw is None:
         return None
-    try:  # RFC 3339 allows a lower-case "t" and "z"; PostgreSQL takes offsets up to 15:59 only: UTC
-        parsed = datetime.fromisoformat(raw.upper())
-        utc = parsed.astimezone(UTC) if parsed.tzinfo is not None else None
-    except (ValueError, OverflowError):
+    parsed = parse_aware_datetime(raw)
+    try:  # PostgreSQL takes offsets up to 15:59 only: in UTC
+        utc = parsed.astimezone(UTC) if parsed is not None else None
+    except OverflowError:
         utc = None
     if utc is None:
         raise InvalidRequest("at must be an ISO 8601 date-time with its offset, e.g. 2026-12-06T00:00:00Z.", param="at")
