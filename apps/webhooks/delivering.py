@@ -69,22 +69,22 @@ def _send_endpoint_turn(deliveries: list[WebhookDelivery]) -> int:
     try:
         for done, delivery in enumerate(deliveries, start=1):
             if time.monotonic() > hand_back_at:
-                rest = [d.id for d in deliveries[done - 1 :]]
-                WebhookDelivery.objects.filter(id__in=rest, status=DeliveryStatus.PENDING).update(
-                    next_attempt_at=timezone.now()
-                )
+                _hand_back(deliveries[done - 1 :], timezone.now())
                 return done - 1
             retry_at = attempt(delivery)
             if retry_at is not None:
                 # The endpoint failed: its other claimed deliveries wait for the same retry, unattempted.
-                rest = [d.id for d in deliveries[done:]]
-                WebhookDelivery.objects.filter(id__in=rest, status=DeliveryStatus.PENDING).update(
-                    next_attempt_at=retry_at
-                )
+                _hand_back(deliveries[done:], retry_at)
                 return done
         return len(deliveries)
     finally:
         connections.close_all()  # this thread's own connections
+
+
+def _hand_back(deliveries: list[WebhookDelivery], due: datetime) -> None:
+    """Release claimed deliveries, unattempted, to be sent from `due`."""
+    ids = [d.id for d in deliveries]
+    WebhookDelivery.objects.filter(id__in=ids, status=DeliveryStatus.PENDING).update(next_attempt_at=due)
 
 
 def request_headers(delivery: WebhookDelivery, body: bytes, now: float) -> dict[str, str]:

@@ -54,11 +54,16 @@ def dispatch_shard(alias: str, *, batch: int = 500, budget_seconds: float = 5.0)
             heads = cursor.fetchall()
             if not heads:
                 return queued
-            wanted = _wanted(heads)
+            endpoints = enabled_endpoints({client for _, _, client, _ in heads})
+            wanted = [
+                event_id
+                for _, event_id, client, kind in heads
+                if any(e.client_id == client and e.wants(kind) for e in endpoints)
+            ]
             if wanted:
                 cursor.execute(_FULL, [wanted])
                 events = sorted((Event(*row) for row in cursor.fetchall()), key=lambda e: (e.txid, e.id))
-                queued += queue_deliveries(events)
+                queued += queue_deliveries(events, endpoints)
             last_txid, last_id = heads[-1][0], heads[-1][1]
             cursor.execute(_MOVE_CURSOR, [last_txid, last_id])
         if len(heads) < batch:
@@ -66,22 +71,18 @@ def dispatch_shard(alias: str, *, batch: int = 500, budget_seconds: float = 5.0)
     return queued
 
 
-def _wanted(heads: list[tuple[int, uuid.UUID, int, str]]) -> list[uuid.UUID]:
-    """The ids of the events some enabled endpoint of their client takes."""
-    clients = {client for _, _, client, _ in heads}
-    endpoints = list(WebhookEndpoint.objects.filter(client_id__in=clients, status=EndpointStatus.ENABLED))
-    return [
-        event_id
-        for _, event_id, client, kind in heads
-        if any(e.client_id == client and e.wants(kind) for e in endpoints)
-    ]
+def enabled_endpoints(clients: set[int]) -> list[WebhookEndpoint]:
+    return list(WebhookEndpoint.objects.filter(client_id__in=clients, status=EndpointStatus.ENABLED))
 
 
-def queue_deliveries(events: list[Event], now: datetime | None = None) -> int:
-    """Insert the deliveries of `events` to their clients' enabled endpoints (committed on return)."""
+def queue_deliveries(
+    events: list[Event], endpoints: list[WebhookEndpoint] | None = None, now: datetime | None = None
+) -> int:
+    """Insert the deliveries of `events` to their clients' enabled endpoints (committed on return);
+    `endpoints`: those already read for this batch."""
     now = now or timezone.now()
-    clients = {e.client_id for e in events}
-    endpoints = list(WebhookEndpoint.objects.filter(client_id__in=clients, status=EndpointStatus.ENABLED))
+    if endpoints is None:
+        endpoints = enabled_endpoints({e.client_id for e in events})
     if not endpoints:
         return 0
     rows: list[WebhookDelivery] = []
