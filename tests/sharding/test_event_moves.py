@@ -11,13 +11,12 @@ from collections import Counter
 
 import pytest
 
-from apps.events.models import Event
-from apps.sharding.routing import shard_aliases
 from apps.webhooks.models import WebhookDelivery
 from tests.factories import ALL_DATABASES, api_for, make_client
+from tests.polling import wait_until
 from tests.sharding.moving import move_under_traffic, range_rows, wallet_in_bucket
 from tests.webhooks.receiver import Receiver
-from tests.webhooks.test_delivery import FAST
+from tests.webhooks.test_delivery import FAST, client_event_ids
 from tests.workers import Worker, flush_redis
 
 pytestmark = [
@@ -25,15 +24,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.usefixtures("file_layout_afterwards"),
 ]
-
-
-def served_event_ids(client_id: int) -> set[str]:
-    return {
-        str(i)
-        for alias in shard_aliases()
-        for i in Event.objects.using(alias).filter(client_id=client_id)
-        .extra(where=["sharding_serves(events_event.id)"]).values_list("id", flat=True)
-    }  # fmt: skip
 
 
 def test_events_written_and_pending_while_their_range_moves_are_delivered_once() -> None:
@@ -68,10 +58,8 @@ def test_events_written_and_pending_while_their_range_moves_are_delivered_once()
         assert done.state == "done"
         assert range_rows("shard_00", 0, 63)["events_event"] == 0
         assert range_rows("shard_01", 0, 63)["events_event"] > 0
-        expected = served_event_ids(owner.id)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and not set(receiver.accepted_ids()) >= expected:
-            time.sleep(0.3)
+        expected = client_event_ids(owner.id)
+        wait_until(lambda: set(receiver.accepted_ids()) >= expected, timeout=90, what="every event delivered")
         delivered = Counter(receiver.accepted_ids())
         assert set(delivered) == expected
         assert [i for i, n in delivered.items() if n > 1] == []  # once each

@@ -24,6 +24,7 @@ from apps.transfers.creation import TransferRequest, new_transfer
 from apps.webhooks.models import WebhookDelivery
 from apps.webhooks.signing import SIGNATURE_HEADER, verify
 from tests.factories import ALL_DATABASES, api_for, make_client, make_wallet
+from tests.polling import wait_until
 from tests.webhooks.receiver import Behaviour, Receiver
 from tests.workers import Worker, flush_redis
 
@@ -77,15 +78,6 @@ def register(api: Any, url: str, types: list[str] | None = None) -> dict[str, An
 def client_event_ids(client_id: int) -> set[str]:
     return {str(i) for alias in shard_aliases() for i in Event.objects.using(alias).filter(client_id=client_id)
             .extra(where=["sharding_serves(events_event.id)"]).values_list("id", flat=True)}  # fmt: skip
-
-
-def wait_for(predicate: Any, timeout: float = 60, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def transfer(api: Any, payer: Any, payee: Any, amount: int, key: str) -> dict[str, Any]:
@@ -146,7 +138,7 @@ def test_every_event_type_is_delivered_signed_and_as_the_api_shows_it(webhook_wo
     make_every_event_type(owner, api)
     expected = client_event_ids(owner.id)
     webhook_worker()
-    wait_for(lambda: set(receiver.accepted_ids()) >= expected, what="every event delivered")
+    wait_until(lambda: set(receiver.accepted_ids()) >= expected, timeout=60, what="every event delivered")
 
     types = set()
     for request in receiver.received:
@@ -170,7 +162,7 @@ def test_a_receiver_that_fails_then_recovers_gets_every_event_once_by_id(webhook
         wallet_fund(wallet_id=wallet.id, amount_minor=10, reference=f"dep-{n}")
     expected = {str(e.id) for e in Event.objects.using("shard_01").filter(client_id=owner.id, type="deposit.succeeded")}
     webhook_worker()
-    wait_for(lambda: set(receiver.accepted_ids()) == expected, what="every deposit delivered")
+    wait_until(lambda: set(receiver.accepted_ids()) == expected, timeout=60, what="every deposit delivered")
     assert len(receiver.received) > len(expected)  # the failures were retried ...
     assert len(set(receiver.accepted_ids())) == len(expected)  # ... and each event accepted once by id
     page = api.get(f"/v1/webhook_endpoints/{endpoint['id']}/deliveries").json()["data"]
@@ -191,12 +183,12 @@ def test_a_hanging_endpoint_delays_neither_another_endpoint_nor_the_transfers(we
     payer = make_wallet(owner, funded=1000, shard="shard_00")
     payee = make_wallet(owner, shard="shard_00")
     webhook_worker()
-    wait_for(lambda: len(hanging.received) >= 1, what="the hanging endpoint to be called")
+    wait_until(lambda: len(hanging.received) >= 1, timeout=60, what="the hanging endpoint to be called")
     started = time.monotonic()
     for n in range(5):
         assert transfer(api, payer, payee, 10, f"t-{n}")["status"] == "completed"
     expected = client_event_ids(owner.id)
-    wait_for(lambda: set(healthy.accepted_ids()) >= expected, timeout=25, what="the healthy endpoint's events")
+    wait_until(lambda: set(healthy.accepted_ids()) >= expected, timeout=25, what="the healthy endpoint's events")
     assert time.monotonic() - started < 25  # all while the other endpoint still hangs (30 s)
     # The hanging endpoint got requests but never answered in time: nothing of it succeeded.
     assert not WebhookDelivery.objects.filter(endpoint_id=stuck["id"], status="succeeded").exists()
@@ -213,13 +205,15 @@ def test_a_worker_killed_during_a_delivery_loses_no_event(webhook_worker, receiv
         str(e.id) for e in Event.objects.using("shard_00").filter(client_id=owner.id, type="deposit.succeeded")
     ]
     first = webhook_worker()
-    wait_for(lambda: len(receiver.received) == 1, what="the delivery in flight")
+    wait_until(lambda: len(receiver.received) == 1, timeout=60, what="the delivery in flight")
     first.kill()  # SIGKILL mid-request: no attempt recorded, the claim's lease runs
     assert WebhookDelivery.objects.get(event_id=event_id).attempts == 0
     receiver.behaviour.hang_seconds = 0
     webhook_worker()
-    wait_for(
-        lambda: WebhookDelivery.objects.get(event_id=event_id).status == "succeeded", what="the delivery sent again"
+    wait_until(
+        lambda: WebhookDelivery.objects.get(event_id=event_id).status == "succeeded",
+        timeout=60,
+        what="the delivery sent again",
     )
     assert WebhookDelivery.objects.get(event_id=event_id).attempts == 1
     # Sent twice (at least once), one event by its id.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 import socket
 import threading
-import time
 from datetime import timedelta
 from typing import Any
 
@@ -22,6 +21,7 @@ from apps.webhooks.dispatch import dispatch_shard, queue_deliveries
 from apps.webhooks.models import WebhookDelivery, WebhookEndpoint
 from tests.factories import ALL_DATABASES, api_for, make_client, make_wallet, raw_query
 from tests.operators.helpers import logged_in, make_staff
+from tests.polling import wait_until
 from tests.webhooks.receiver import Behaviour, Receiver
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=ALL_DATABASES)
@@ -32,6 +32,15 @@ def receiver() -> Any:
     opened = Receiver()
     yield opened
     opened.close()
+
+
+def one_delivery(api: Any, owner: Any, url: str) -> tuple[str, WebhookDelivery]:
+    """An endpoint for every event type at `url`, and the delivery of one event to it (a wallet's creation)."""
+    endpoint_id = api.post("/v1/webhook_endpoints", {"url": url, "event_types": ["*"]}, format="json").json()["id"]
+    make_wallet(owner, shard="shard_00")
+    dispatch_shard("shard_00")
+    [delivery] = WebhookDelivery.objects.filter(endpoint_id=endpoint_id).select_related("endpoint")
+    return endpoint_id, delivery
 
 
 def test_register_list_change_and_delete_an_endpoint(receiver) -> None:
@@ -130,11 +139,7 @@ def test_an_endpoint_failing_long_enough_is_disabled_and_can_be_enabled_again(se
     settings.WEBHOOK_DISABLE_MIN_FAILURES = 3
     owner, key = make_client()
     api = api_for(key)
-    endpoint_id = api.post("/v1/webhook_endpoints", {"url": receiver.url, "event_types": ["*"]},
-                           format="json").json()["id"]  # fmt: skip
-    make_wallet(owner, shard="shard_00")
-    dispatch_shard("shard_00")
-    [delivery] = WebhookDelivery.objects.filter(endpoint_id=endpoint_id).select_related("endpoint")
+    endpoint_id, delivery = one_delivery(api, owner, receiver.url)
     failure = outbound.Outcome(503, "HTTP 503", "", 5)
     start = timezone.now()
     for hours in (0, 1, 2):  # three failures, the last two hours after the first
@@ -150,10 +155,7 @@ def test_an_endpoint_failing_long_enough_is_disabled_and_can_be_enabled_again(se
 def test_a_delivery_past_the_retry_window_fails_for_good(settings, receiver) -> None:
     settings.WEBHOOK_RETRY_FOR_SECONDS = 60
     owner, key = make_client()
-    api_for(key).post("/v1/webhook_endpoints", {"url": receiver.url, "event_types": ["*"]}, format="json")
-    make_wallet(owner, shard="shard_00")
-    dispatch_shard("shard_00")
-    [delivery] = WebhookDelivery.objects.filter(endpoint__client=owner).select_related("endpoint")
+    _, delivery = one_delivery(api_for(key), owner, receiver.url)
     failure = outbound.Outcome(None, "ConnectionRefused", "", 1)
     assert record(delivery, failure, delivery.created_at + timedelta(seconds=10)) is not None  # retried later
     delivery.refresh_from_db()
@@ -165,11 +167,7 @@ def test_a_delivery_past_the_retry_window_fails_for_good(settings, receiver) -> 
 def test_operators_see_endpoints_and_each_delivery_with_its_attempts(receiver) -> None:
     owner, key = make_client()
     api = api_for(key)
-    endpoint_id = api.post("/v1/webhook_endpoints", {"url": receiver.url, "event_types": ["*"]},
-                           format="json").json()["id"]  # fmt: skip
-    make_wallet(owner, shard="shard_00")
-    dispatch_shard("shard_00")
-    [delivery] = WebhookDelivery.objects.filter(endpoint_id=endpoint_id).select_related("endpoint")
+    endpoint_id, delivery = one_delivery(api, owner, receiver.url)
     record(delivery, outbound.Outcome(503, "HTTP 503", "busy", 7), timezone.now())
     api.patch(f"/v1/webhook_endpoints/{endpoint_id}", {"status": "disabled"}, format="json")
     viewer = logged_in(make_staff("vic", "viewers"))
@@ -186,18 +184,15 @@ def test_operators_see_endpoints_and_each_delivery_with_its_attempts(receiver) -
 def test_an_endpoint_deleted_while_an_attempt_is_being_recorded_goes_with_it(receiver) -> None:
     owner, key = make_client()
     api = api_for(key)
-    endpoint_id = api.post("/v1/webhook_endpoints", {"url": receiver.url, "event_types": ["*"]},
-                           format="json").json()["id"]  # fmt: skip
-    make_wallet(owner, shard="shard_00")
-    dispatch_shard("shard_00")
-    [delivery] = WebhookDelivery.objects.filter(endpoint_id=endpoint_id)
+    endpoint_id, delivery = one_delivery(api, owner, receiver.url)
     db = settings.DATABASES["default"]
     with psycopg.connect(f"host={db['HOST']} port={db['PORT']} dbname={db['NAME']} user={db['USER']}") as sender:
         # A sender recording an attempt, as `record` does: the endpoint's row first.
         sender.execute("SELECT id FROM webhooks_endpoint WHERE id = %s FOR UPDATE", [endpoint_id])
         deleting = threading.Thread(target=lambda: api_for(key).delete(f"/v1/webhook_endpoints/{endpoint_id}"))
         deleting.start()
-        time.sleep(0.5)  # the deletion waits for the sender's lock
+        waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        wait_until(lambda: raw_query("default", waiting)[0][0] > 0, what="the deletion to wait for the lock")
         sender.execute(
             "INSERT INTO webhooks_attempt (delivery_id, at, status_code, duration_ms, error, response_excerpt)"
             " VALUES (%s, now(), 200, 1, '', '')",
