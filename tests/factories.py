@@ -87,7 +87,15 @@ def free_port(low: int = 20000, high: int = 32000) -> int:
 
 
 def transfer_request(
-    owner: ApiClient, payer: Wallet, payee_id: uuid.UUID, amount: int, *, currency: str = "USD", key: str = ""
+    owner: ApiClient,
+    payer: Wallet,
+    payee_id: uuid.UUID,
+    amount: int,
+    *,
+    currency: str = "USD",
+    key: str = "",
+    description: str | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> Any:
     from apps.transfers.creation import TransferRequest
 
@@ -98,6 +106,8 @@ def transfer_request(
         amount_minor=amount,
         currency=currency,
         idempotency_key=key or f"key-{uuid.uuid4()}",
+        description=description,
+        metadata=metadata,
     )
 
 

@@ -32,6 +32,7 @@ import psycopg2.extras
 from psycopg import sql
 from psycopg.abc import Buffer
 from psycopg.adapt import Loader
+from psycopg.types.string import TextLoader
 
 from apps.audit import requests as operator_requests
 from apps.audit.epochs import MARKER_TABLE, StreamEpochs, row_version, served_at
@@ -500,6 +501,9 @@ class ShardReader(threading.Thread):
         seq = 0
         with psycopg.connect(conninfo(self.server)) as conn:
             conn.adapters.register_loader("pg_lsn", _LsnLoader)
+            # JSON as its text, as the stream sends it (metadata): the same value either way.
+            conn.adapters.register_loader("jsonb", TextLoader)
+            conn.adapters.register_loader("json", TextLoader)
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             if snapshot_name is not None:
                 conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name)))

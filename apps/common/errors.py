@@ -33,6 +33,13 @@ class InvalidRequest(DomainError):
     status = 400
 
 
+class ParameterInvalid(DomainError):
+    """A well-formed field whose value cannot be taken as it is (the same code as a malformed one)."""
+
+    code = "parameter_invalid"
+    status = 400
+
+
 class IdempotencyKeyMissing(DomainError):
     code = "idempotency_key_missing"
     status = 400

@@ -46,7 +46,8 @@ def _transfer_json(r: str) -> str:
         f"json_build_object('id', {r}.id, 'amount_minor', {r}.amount_minor, 'currency', {r}.currency,"
         f" 'status', {r}.status, 'failure_reason', {r}.failure_reason, 'created_at', events_iso({r}.created_at),"
         f" 'updated_at', events_iso({r}.updated_at), 'from', {r}.payer_id, 'to', {r}.payee_id,"
-        f" 'refund_of', {r}.refund_of, 'amount_refunded', {r}.amount_refunded)"
+        f" 'refund_of', {r}.refund_of, 'amount_refunded', {r}.amount_refunded, 'description', {r}.description,"
+        f" 'metadata', COALESCE({r}.metadata, '{{}}'::jsonb))"
     )
 
 
@@ -62,7 +63,8 @@ def _wallet_json(r: str) -> str:
     return (
         f"json_build_object('id', {r}.id, 'currency', {r}.currency, 'status', {r}.status,"
         f" 'balance_minor', {r}.balance_minor, 'payer_may_refund', {r}.payer_may_refund,"
-        f" 'created_at', events_iso({r}.created_at), 'updated_at', events_iso({r}.updated_at))"
+        f" 'created_at', events_iso({r}.created_at), 'updated_at', events_iso({r}.updated_at),"
+        f" 'description', {r}.description, 'metadata', COALESCE({r}.metadata, '{{}}'::jsonb))"
     )
 
 
@@ -76,28 +78,34 @@ def _hold_json(r: str) -> str:
     )
 
 
-def _on_insert(table: str, name: str, client: str, kind: str, body: str, joins: str = "", where: str = "") -> str:
-    """New rows: one statement-level trigger, one INSERT ... SELECT over the statement's rows (a
-    first step inserts a batch's transfers and entries in one statement each: its events too)."""
+def _insert_function(name: str, client: str, kind: str, body: str, joins: str = "", where: str = "") -> str:
+    """New rows: one INSERT ... SELECT over the statement's rows (a first step inserts a batch's
+    transfers and entries in one statement each: its events too). OR REPLACE: a later
+    migration redefines a function when the object's rendering gains a field."""
     return f"""
-CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     {_COLUMNS}
     SELECT {_event_id("n.id", "n.at")}, {client}, {kind}, n.id, 1, ({body})::text, n.at, {_TXID}
       FROM (SELECT i.*, clock_timestamp() AS at FROM inserted i {where}) n {joins};
     RETURN NULL;
 END $$;
-
-CREATE TRIGGER events_on_create AFTER INSERT ON {table} REFERENCING NEW TABLE AS inserted
-    FOR EACH STATEMENT EXECUTE FUNCTION {name}();
 """  # noqa: S608 - our own constant SQL
 
 
-def _on_status(table: str, name: str, client: str, kind: str, body: str) -> str:
-    """A status that changed: a row-level trigger (only rows whose status changed fire it). The
-    next number in the object's sequence is read under its row lock, which serializes its changes."""
+def _insert_trigger(table: str, name: str, trigger: str = "events_on_create") -> str:
+    """One statement-level trigger per statement, its new rows as a transition table."""
     return f"""
-CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE TRIGGER {trigger} AFTER INSERT ON {table} REFERENCING NEW TABLE AS inserted
+    FOR EACH STATEMENT EXECUTE FUNCTION {name}();
+"""
+
+
+def _status_function(name: str, client: str, kind: str, body: str) -> str:
+    """A status that changed. The next number in the object's sequence is read under its row
+    lock, which serializes its changes."""
+    return f"""
+CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     at timestamptz := clock_timestamp();
 BEGIN
@@ -107,10 +115,15 @@ BEGIN
             {_TXID});
     RETURN NULL;
 END $$;
+"""  # noqa: S608 - our own constant SQL
 
+
+def _status_trigger(table: str, name: str) -> str:
+    """A row-level trigger: only rows whose status changed fire it."""
+    return f"""
 CREATE TRIGGER events_on_status AFTER UPDATE OF status ON {table}
     FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION {name}();
-"""  # noqa: S608 - our own constant SQL
+"""
 
 
 def _transfer_kind(r: str) -> str:
@@ -121,15 +134,18 @@ def _hold_kind(r: str) -> str:
     return f"CASE {r}.status WHEN 'held' THEN 'hold.created' ELSE 'hold.' || {r}.status END"
 
 
-TRANSFER = _on_insert(
-    "transfers_transfer", "events_on_transfers_created", "n.client_id", _transfer_kind("n"), _transfer_json("n")
-) + _on_status("transfers_transfer", "events_on_transfer_status", "NEW.client_id", _transfer_kind("NEW"),
-               _transfer_json("NEW"))  # fmt: skip
+TRANSFER_FUNCTIONS = _insert_function(
+    "events_on_transfers_created", "n.client_id", _transfer_kind("n"), _transfer_json("n")
+) + _status_function("events_on_transfer_status", "NEW.client_id", _transfer_kind("NEW"), _transfer_json("NEW"))
+TRANSFER = (
+    TRANSFER_FUNCTIONS
+    + _insert_trigger("transfers_transfer", "events_on_transfers_created")
+    + _status_trigger("transfers_transfer", "events_on_transfer_status")
+)
 
 # Money into or out of a wallet from outside a transfer, and a transfer's credit: the event
 # goes to the wallet's owner, who sees the entry (what a credit says), not the payer's transfer.
-ENTRY = _on_insert(
-    "ledger_entry",
+ENTRY = _insert_function(
     "events_on_entries_created",
     "w.owner_id",
     "CASE n.kind WHEN 'credit' THEN 'transfer.received' WHEN 'deposit' THEN 'deposit.succeeded'"
@@ -137,20 +153,25 @@ ENTRY = _on_insert(
     _entry_json("n"),
     joins="JOIN ledger_wallet w ON w.id = n.wallet_id",
     where="WHERE i.kind IN ('credit', 'deposit', 'withdrawal')",
-).replace(
-    "CREATE TRIGGER events_on_create AFTER INSERT ON ledger_entry",
-    "CREATE TRIGGER events_on_entry AFTER INSERT ON ledger_entry",
+) + _insert_trigger("ledger_entry", "events_on_entries_created", trigger="events_on_entry")
+
+WALLET_FUNCTIONS = _insert_function(
+    "events_on_wallets_created", "n.owner_id", "'wallet.created'", _wallet_json("n")
+) + _status_function("events_on_wallet_status", "NEW.owner_id",
+                     "CASE NEW.status WHEN 'frozen' THEN 'wallet.frozen' ELSE 'wallet.unfrozen' END",
+                     _wallet_json("NEW"))  # fmt: skip
+WALLET = (
+    WALLET_FUNCTIONS
+    + _insert_trigger("ledger_wallet", "events_on_wallets_created")
+    + _status_trigger("ledger_wallet", "events_on_wallet_status")
 )
 
-WALLET = _on_insert(
-    "ledger_wallet", "events_on_wallets_created", "n.owner_id", "'wallet.created'", _wallet_json("n")
-) + _on_status("ledger_wallet", "events_on_wallet_status", "NEW.owner_id",
-               "CASE NEW.status WHEN 'frozen' THEN 'wallet.frozen' ELSE 'wallet.unfrozen' END",
-               _wallet_json("NEW"))  # fmt: skip
-
-HOLD = _on_insert(
-    "holds_hold", "events_on_holds_created", "n.client_id", _hold_kind("n"), _hold_json("n")
-) + _on_status("holds_hold", "events_on_hold_status", "NEW.client_id", _hold_kind("NEW"), _hold_json("NEW"))
+HOLD = (
+    _insert_function("events_on_holds_created", "n.client_id", _hold_kind("n"), _hold_json("n"))
+    + _status_function("events_on_hold_status", "NEW.client_id", _hold_kind("NEW"), _hold_json("NEW"))
+    + _insert_trigger("holds_hold", "events_on_holds_created")
+    + _status_trigger("holds_hold", "events_on_hold_status")
+)
 
 
 # The dispatcher's cursor on each shard: the last (txid, id) handed to the webhooks. A row

@@ -44,6 +44,8 @@ class Wallet(models.Model):
         db_default=False,
         help_text="Set by the owner: the client that paid a transfer into this wallet may refund it from here.",
     )
+    description = models.TextField(null=True, blank=True, help_text="The owner's own text, as given (null: none).")
+    metadata = models.JSONField(null=True, blank=True, help_text="The owner's own key-value notes (null: none).")
 
     class Meta:
         db_table = "ledger_wallet"

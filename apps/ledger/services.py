@@ -19,7 +19,8 @@ from django.db import IntegrityError, connections, transaction
 from django.utils import timezone
 
 from apps.common.db import fast_cursor
-from apps.common.errors import IdempotencyKeyReused, error_body
+from apps.common.errors import IdempotencyKeyReused, ParameterInvalid, error_body
+from apps.common.metadata import MAX_KEYS
 from apps.ledger.errors import (
     BalanceLimitExceeded,
     CurrencyMismatch,
@@ -207,30 +208,59 @@ def apply_entry(
     raise _why_not_applied(alias, wallet_id, delta, currency, str(kind))
 
 
-def wallet_create(*, owner_id: int, currency: str, bucket: int | None = None, payer_may_refund: bool = False) -> Wallet:
+def wallet_create(
+    *,
+    owner_id: int,
+    currency: str,
+    bucket: int | None = None,
+    payer_may_refund: bool = False,
+    description: str | None = None,
+    metadata: dict[str, str] | None = None,
+) -> Wallet:
     """Create an empty wallet in a random bucket (or the one given), on that bucket's shard."""
     bucket = random_bucket() if bucket is None else bucket
     alias = shard_map().alias_for_bucket(bucket)
     now = timezone.now()
     wallet = Wallet(
         id=new_id(bucket), owner_id=owner_id, currency=currency, payer_may_refund=payer_may_refund, created_at=now,
-        updated_at=now,
+        updated_at=now, description=description, metadata=metadata or None,
     )  # fmt: skip
     with transaction.atomic(using=alias):
         wallet.save(using=alias, force_insert=True)
     return wallet
 
 
-def wallet_set_payer_may_refund(*, wallet_id: uuid.UUID, owner_id: int, allowed: bool) -> Wallet:
-    """The owner's say on refunds by payers (see apps.refunds.services); WalletNotFound if not its wallet."""
+@dataclass(frozen=True)
+class WalletChanges:
+    """What a PATCH asks for: None leaves a setting as it is."""
+
+    payer_may_refund: bool | None = None
+    description: str | None = None
+    set_description: bool = False  # a null description clears it: "given" is said apart from the value
+    metadata: dict[str, str] | None = None  # merged: a key given as "" is removed
+
+
+def wallet_update(*, wallet_id: uuid.UUID, owner_id: int, changes: WalletChanges) -> Wallet:
+    """The owner's settings: refunds by payers (see apps.refunds.services), description and
+    metadata; WalletNotFound if not its wallet. Written only when something changed."""
     alias = alias_for_id(wallet_id)
     with transaction.atomic(using=alias):
         wallet = Wallet.objects.using(alias).select_for_update().filter(id=wallet_id, owner_id=owner_id).first()
         if wallet is None:
             raise WalletNotFound(param="wallet_id")
-        if wallet.payer_may_refund != allowed:
-            wallet.payer_may_refund, wallet.updated_at = allowed, timezone.now()
-            wallet.save(using=alias, update_fields=["payer_may_refund", "updated_at"])
+        before = (wallet.payer_may_refund, wallet.description, wallet.metadata)
+        if changes.payer_may_refund is not None:
+            wallet.payer_may_refund = changes.payer_may_refund
+        if changes.set_description:
+            wallet.description = changes.description
+        if changes.metadata is not None:
+            merged = {**(wallet.metadata or {}), **changes.metadata}
+            wallet.metadata = {k: v for k, v in merged.items() if v != ""} or None
+            if len(wallet.metadata or {}) > MAX_KEYS:
+                raise ParameterInvalid(f"The merged metadata would have more than {MAX_KEYS} keys.", param="metadata")
+        if (wallet.payer_may_refund, wallet.description, wallet.metadata) != before:
+            wallet.updated_at = timezone.now()
+            wallet.save(using=alias, update_fields=["payer_may_refund", "description", "metadata", "updated_at"])
     return wallet
 
 

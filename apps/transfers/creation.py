@@ -46,15 +46,22 @@ class TransferRequest:
     amount_minor: int
     currency: str
     idempotency_key: str
+    description: str | None = None
+    metadata: dict[str, str] | None = None  # None: none given ({} is stored as none too)
 
     @property
     def fingerprint(self) -> str:
-        body = {
+        body: dict[str, object] = {
             "from": str(self.payer_id),
             "to": str(self.payee_id),
             "amount_minor": self.amount_minor,
             "currency": self.currency,
         }
+        # Only when given: a request without them has the fingerprint it always had.
+        if self.description is not None:
+            body["description"] = self.description
+        if self.metadata:
+            body["metadata"] = self.metadata
         return idempotency.fingerprint_of(body)
 
 
@@ -102,6 +109,8 @@ def new_transfer(request: TransferRequest, now: datetime | None = None) -> Trans
         request_fingerprint=request.fingerprint,
         created_at=now,
         updated_at=now,
+        description=request.description,
+        metadata=request.metadata or None,
     )
 
 

@@ -15,6 +15,7 @@ payment its own wallet could not make anyway.
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -174,13 +175,13 @@ UPDATE ledger_wallet w SET balance_minor = v.balance, last_entry_seq = v.seq, up
 """
 _INSERT_TRANSFERS = """
 INSERT INTO transfers_transfer (id, client_id, payer_id, payee_id, amount_minor, currency, status, failure_reason,
-    request_fingerprint, attempts, last_error, parked_at, created_at, updated_at, refund_of)
+    request_fingerprint, attempts, last_error, parked_at, created_at, updated_at, refund_of, description, metadata)
 SELECT id, client_id, payer_id, payee_id, amount, currency, status, reason, fingerprint, 0, '', NULL, created, updated,
-       refund_of
+       refund_of, description, metadata::jsonb
   FROM unnest(%s::uuid[], %s::bigint[], %s::uuid[], %s::uuid[], %s::bigint[], %s::text[], %s::text[], %s::text[],
-              %s::text[], %s::timestamptz[], %s::timestamptz[], %s::uuid[])
+              %s::text[], %s::timestamptz[], %s::timestamptz[], %s::uuid[], %s::text[], %s::text[])
        AS t(id, client_id, payer_id, payee_id, amount, currency, status, reason, fingerprint, created, updated,
-            refund_of)
+            refund_of, description, metadata)
 """
 _INSERT_EVENTS = """
 INSERT INTO transfers_event (transfer_id, from_status, to_status, reason, created_at)
@@ -221,7 +222,8 @@ def write_plan(
     """
     transfers = [
         (t.id, t.client_id, t.payer_id, t.payee_id, t.amount_minor, t.currency, t.status, t.failure_reason,
-         t.request_fingerprint, t.created_at, t.updated_at, t.refund_of)
+         t.request_fingerprint, t.created_at, t.updated_at, t.refund_of, t.description,
+         None if t.metadata is None else json.dumps(t.metadata))
         for t in (p.transfer for p in plan.planned)
     ]  # fmt: skip
     events = [(p.transfer.id, e.from_status, e.to_status, e.reason, e.at) for p in plan.planned for e in p.events]

@@ -61,6 +61,8 @@ class Transfer(models.Model):
         db_default=0,
         help_text="Reserved by its refunds that did not fail (pending or succeeded): never above amount_minor.",
     )
+    description = models.TextField(null=True, blank=True, help_text="The client's own text, as given (null: none).")
+    metadata = models.JSONField(null=True, blank=True, help_text="The client's own key-value notes (null: none).")
 
     class Meta:
         db_table = "transfers_transfer"

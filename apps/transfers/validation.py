@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from apps.common.api import MAX_MINOR_AMOUNT
 from apps.common.errors import DomainError
+from apps.common.metadata import description_problem, metadata_problem
 from apps.ledger.currencies import is_supported_currency
 from apps.sharding.ids import InvalidId, bucket_of, parse_id
 from apps.sharding.routing import shard_map
@@ -76,4 +77,9 @@ def parse_transfer_body(client_id: int, raw: object, key: str) -> TransferReques
         return Invalid("unsupported_currency", f"{currency!r} is not an ISO 4217 currency code.", "currency")
     if payer_id == payee_id:
         return Invalid("same_wallet", "A transfer needs two different wallets.", "to")
-    return TransferRequest(client_id, payer_id, payee_id, amount, currency, key)
+    description, metadata = raw.get("description"), raw.get("metadata")
+    if problem := description_problem(description):
+        return Invalid("parameter_invalid", problem, "description")
+    if metadata is not None and (problem := metadata_problem(metadata)):
+        return Invalid("parameter_invalid", problem, "metadata")
+    return TransferRequest(client_id, payer_id, payee_id, amount, currency, key, description, metadata or None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -20,7 +21,7 @@ from apps.audit.pgoutput import lsn_to_str
 from apps.audit.reader import drop_slot
 from apps.audit.reconcile import reconcile
 from apps.ledger.models import WalletStatus
-from apps.ledger.services import wallet_create, wallet_fund, wallet_set_status
+from apps.ledger.services import WalletChanges, wallet_create, wallet_fund, wallet_set_status, wallet_update
 from apps.sharding.ids import bucket_of
 from apps.transfers.saga import transfer_advance
 from apps.transfers.selectors import transfer_get
@@ -154,6 +155,39 @@ def test_both_sides_hash_nulls_unicode_separators_and_timestamps_alike(cdc: CdcP
         "SELECT parked_at FROM audit.transfers FINAL WHERE transfer_id = {id:UUID}", parameters={"id": str(parked.id)}
     ).result_rows
     assert parked_at is not None
+
+
+def _notes(client: Any, table: str, key: str, row_id: uuid.UUID) -> tuple[Any, Any]:
+    [(description, metadata)] = client.query(
+        f"SELECT description, metadata FROM audit.{table} FINAL WHERE {key} = {{id:UUID}}",  # noqa: S608
+        parameters={"id": str(row_id)},
+    ).result_rows
+    return description, None if metadata is None else json.loads(metadata)
+
+
+def test_descriptions_and_metadata_reach_the_store_by_snapshot_and_by_stream_and_reconcile(cdc: CdcProcess) -> None:
+    """Copied by the first snapshot (psycopg would turn jsonb into a dict) and streamed (as text):
+    the same text either way, hashed alike on both sides."""
+    owner, _ = make_client()
+    notes = {"order": "A-1|2:x~", "clé": '€ "quoted"', "empty": ""}
+    before = wallet_create(owner_id=owner.id, currency="USD", description="snapshot ünïcode", metadata=notes)
+    wallet_fund(wallet_id=before.id, amount_minor=1_000, reference="seed")
+    payee = make_wallet(owner, shard="shard_01")
+    sent = create_transfer(owner, before, payee.id, 5, description="rent", metadata={"n": "1"})
+    cdc.start(env=FAST)
+    client = cdc.client()
+    wait_until(lambda: caught_up(client), 20, "catch-up")
+    assert _notes(client, "wallets", "wallet_id", before.id) == ("snapshot ünïcode", notes)
+    assert _notes(client, "wallets", "wallet_id", payee.id) == (None, None)
+    assert _notes(client, "transfers", "transfer_id", sent.id) == ("rent", {"n": "1"})
+
+    after = wallet_create(owner_id=owner.id, currency="USD", description="streamed", metadata={"k": "v"})
+    wallet_update(wallet_id=payee.id, owner_id=owner.id, changes=WalletChanges(metadata={"tier": "gold"}))
+    wait_until(lambda: caught_up(client), 20, "the stream's catch-up")
+    assert _notes(client, "wallets", "wallet_id", after.id) == ("streamed", {"k": "v"})
+    assert _notes(client, "wallets", "wallet_id", payee.id) == (None, {"tier": "gold"})
+    report = reconcile(client, wait=15)
+    assert report.ok, report.differences
 
 
 @pytest.mark.parametrize("rows_per_store_query", [reconcile_module.ROWS_PER_STORE_QUERY, 2])

@@ -11,7 +11,7 @@ from django.db import connections, transaction
 
 from apps.common.errors import DomainError, IdempotencyKeyReused
 from apps.ledger.models import WalletStatus
-from apps.ledger.services import wallet_set_payer_may_refund, wallet_set_status, wallet_withdraw
+from apps.ledger.services import WalletChanges, wallet_set_status, wallet_update, wallet_withdraw
 from apps.refunds.errors import RefundExceedsRemaining, RefundNotAllowed, TransferFullyRefunded, TransferNotRefundable
 from apps.refunds.models import Refund
 from apps.refunds.services import RefundRequest, _lock_pair, _reserve, refund_create, refunds_resume_stalled
@@ -195,7 +195,7 @@ def test_who_may_refund_the_payees_owner_and_the_payers_client_only_where_the_pa
     assert stored(original).amount_refunded == 0
     by_merchant = refund(merchant, original, 10)
     assert refund_transfer(by_merchant).client_id == merchant.id
-    wallet_set_payer_may_refund(wallet_id=payee.id, owner_id=merchant.id, allowed=True)
+    wallet_update(wallet_id=payee.id, owner_id=merchant.id, changes=WalletChanges(payer_may_refund=True))
     by_payer = refund(owner, original, 20)
     assert refund_transfer(by_payer).client_id == owner.id
     assert stored(original).amount_refunded == 30

@@ -5,6 +5,7 @@ from typing import Any
 from rest_framework import serializers
 
 from apps.common.api import MAX_MINOR_AMOUNT, AmountField, StrictBooleanField
+from apps.common.metadata import DescriptionField, MetadataField
 from apps.common.openapi import CurrencyField, IdField
 from apps.ledger.currencies import is_supported_currency
 from apps.ledger.models import EntryKind, LedgerEntry, Wallet
@@ -18,6 +19,8 @@ class WalletCreateIn(serializers.Serializer):
         default=False,
         help_text="Whether the client that paid a transfer into this wallet may refund it from here (default no).",
     )
+    description = DescriptionField(required=False)
+    metadata = MetadataField(required=False)
 
     def validate_currency(self, value: str) -> str:
         if not is_supported_currency(value):
@@ -30,6 +33,11 @@ class WalletUpdateIn(serializers.Serializer):
         required=False,
         help_text="Whether the client that paid a transfer into this wallet may refund it from here (absent: as is).",
     )
+    description = DescriptionField(required=False, help_text="Replaces the description (null: none; absent: as is).")
+    metadata = MetadataField(
+        required=False,
+        help_text='Merged into the metadata: each key given is set, a key given as "" is removed (absent: as is).',
+    )
 
 
 class MovementIn(serializers.Serializer):
@@ -40,10 +48,13 @@ class WalletOut(serializers.ModelSerializer):
     id = IdField(read_only=True)
     currency = CurrencyField(read_only=True)
     balance_minor = serializers.IntegerField(read_only=True, min_value=0, max_value=MAX_MINOR_AMOUNT)
+    description = DescriptionField(read_only=True)
+    metadata = MetadataField(read_only=True)
 
     class Meta:
         model = Wallet
-        fields = ["id", "currency", "status", "balance_minor", "payer_may_refund", "created_at", "updated_at"]
+        fields = ["id", "currency", "status", "balance_minor", "payer_may_refund", "created_at", "updated_at",
+                  "description", "metadata"]  # fmt: skip
         read_only_fields = fields
 
 

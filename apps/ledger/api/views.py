@@ -85,6 +85,8 @@ class WalletCollectionView(APIView):
             owner_id=cast(int, request.user.id),
             currency=data.validated_data["currency"],
             payer_may_refund=data.validated_data["payer_may_refund"],
+            description=data.validated_data.get("description"),
+            metadata=data.validated_data.get("metadata"),
         )
         return Response(WalletOut(wallet).data, status=status.HTTP_201_CREATED)
 
@@ -115,7 +117,7 @@ class WalletDetailView(APIView):
 
     @extend_schema(
         operation_id="wallets_partial_update",
-        summary="Change a wallet's settings: whether payers may refund what they paid into it",
+        summary="Change a wallet's settings: refunds by payers, description, metadata",
         request=WalletUpdateIn,
         parameters=[WALLET_ID],
         responses={
@@ -128,12 +130,16 @@ class WalletDetailView(APIView):
         parsed = parse_wallet_id(wallet_id)
         data = WalletUpdateIn(data=request.data)
         data.is_valid(raise_exception=True)
-        owner_id = cast(int, request.user.id)
-        if "payer_may_refund" not in data.validated_data:  # nothing to change: the wallet as it is
+        given = data.validated_data
+        if not given:  # nothing to change: the wallet as it is
             return Response(WalletOut(owned_wallet(request, wallet_id)).data)
-        wallet = services.wallet_set_payer_may_refund(
-            wallet_id=parsed, owner_id=owner_id, allowed=data.validated_data["payer_may_refund"]
+        changes = services.WalletChanges(
+            payer_may_refund=given.get("payer_may_refund"),
+            description=given.get("description"),
+            set_description="description" in given,
+            metadata=given.get("metadata"),
         )
+        wallet = services.wallet_update(wallet_id=parsed, owner_id=cast(int, request.user.id), changes=changes)
         return Response(WalletOut(wallet).data)
 
 

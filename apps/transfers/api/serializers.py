@@ -6,6 +6,7 @@ from typing import Any
 from rest_framework import serializers
 
 from apps.common.api import AmountField
+from apps.common.metadata import DescriptionField, MetadataField
 from apps.common.openapi import BODY_KEY_PATTERN, CurrencyField, IdField
 from apps.transfers.models import FailureReason, Transfer, TransferStatus
 from apps.transfers.saga import Event
@@ -36,6 +37,8 @@ class TransferCreateIn(serializers.Serializer):
 
     amount_minor = AmountField(help_text="Positive integer in minor units (cents for USD).")
     currency = CurrencyField(help_text="ISO 4217 code: the paying wallet's currency.")
+    description = DescriptionField(required=False)
+    metadata = MetadataField(required=False)
 
     def get_fields(self) -> dict[str, serializers.Field]:
         # "from" is a Python keyword, so these two are added here rather than as attributes.
@@ -66,6 +69,8 @@ class TransferSummaryOut(serializers.Serializer):
     amount_refunded = serializers.IntegerField(
         min_value=0, help_text="Refunded or being refunded (refunds not failed); at most amount_minor."
     )
+    description = DescriptionField()
+    metadata = MetadataField()
 
     def get_fields(self) -> dict[str, serializers.Field]:
         fields = super().get_fields()
@@ -119,6 +124,8 @@ def transfer_out(
         "to": str(transfer.payee_id),
         "refund_of": None if transfer.refund_of is None else str(transfer.refund_of),
         "amount_refunded": transfer.amount_refunded,
+        "description": transfer.description,
+        "metadata": transfer.metadata or {},
     }
     if events is not None:
         body["status_history"] = [{"status": e.to_status, "reason": e.reason, "at": iso_utc(e.at)} for e in events]
