@@ -185,10 +185,14 @@ class IdField(serializers.UUIDField):
     """An id this API issued (a UUIDv7), in the schema."""
 
 
-def page_of(item: type[serializers.Serializer], name: str, what: str) -> type[serializers.Serializer]:
-    """The envelope of a cursor-paginated list: a component named `name` with `item` rows."""
+def page_of(
+    item: type[serializers.Serializer] | serializers.Field, name: str, what: str
+) -> type[serializers.Serializer]:
+    """The envelope of a cursor-paginated list: a component named `name` with `item` rows (or,
+    for rows of several shapes, the list field itself)."""
+    rows = item if isinstance(item, serializers.Field) else item(many=True, help_text=f"{what}, newest first.")
     fields = {
-        "data": item(many=True, help_text=f"{what}, newest first."),
+        "data": rows,
         "has_more": serializers.BooleanField(help_text="Whether another page follows."),
         "next_cursor": serializers.CharField(
             allow_null=True, help_text="Pass as `cursor` for the next page; null on the last page."

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Collate
 
 
 class WalletStatus(models.TextChoices):
@@ -81,6 +82,13 @@ class LedgerEntry(models.Model):
                 name="entry_sign_matches_kind",
             ),
             models.CheckConstraint(condition=Q(balance_after_minor__gte=0), name="entry_balance_after_non_negative"),
+        ]
+        indexes = [
+            # A wallet's received transfers by transfer id (GET .../transfers?direction=in): credits
+            # only, their reference (a transfer id) in byte order, which is the ids' order.
+            models.Index(
+                "wallet", Collate("reference", "C"), name="entry_credits_by_transfer", condition=Q(kind="credit")
+            ),
         ]
 
     def __str__(self) -> str:

@@ -1,11 +1,16 @@
-"""Reads of transfers, from the payer's shard (where a transfer lives)."""
+"""Reads of transfers, from the payer's shard (where a transfer lives), and of the transfers a
+wallet received, from its credits on its own shard."""
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
+from datetime import datetime
 
 from django.db.models import Case, Value, When
+from django.db.models.functions import Collate
 
+from apps.ledger.models import EntryKind, LedgerEntry
 from apps.ledger.services import in_flight_out_minor
 from apps.sharding.fence import read_by_id
 from apps.sharding.routing import alias_for_id
@@ -56,6 +61,37 @@ def transfer_list(*, payer_id: uuid.UUID, before_id: uuid.UUID | None, limit: in
     if before_id is not None:
         transfers = transfers.filter(id__lt=before_id)
     return list(transfers.order_by("-id")[:limit])
+
+
+@dataclass(frozen=True)
+class ReceivedTransfer:
+    """A transfer into a wallet, as its credit says it (all its owner may see of another's transfer)."""
+
+    transfer_id: uuid.UUID
+    wallet_id: uuid.UUID
+    entry_id: uuid.UUID
+    amount_minor: int
+    currency: str
+    credited_at: datetime
+
+
+def received_list(
+    *, wallet_id: uuid.UUID, currency: str, before_id: uuid.UUID | None, limit: int
+) -> list[ReceivedTransfer]:
+    """Transfers credited to a wallet, newest transfer first: its credit entries, whose reference
+    is the transfer's id (in byte order under the C collation: the ids' order)."""
+    credits = (
+        LedgerEntry.objects.using(alias_for_id(wallet_id))
+        .filter(wallet_id=wallet_id, kind=EntryKind.CREDIT)
+        .annotate(transfer_key=Collate("reference", "C"))
+    )
+    if before_id is not None:
+        credits = credits.filter(transfer_key__lt=str(before_id))
+    rows = credits.order_by("-transfer_key").values_list("reference", "id", "amount_minor", "created_at")[:limit]
+    return [
+        ReceivedTransfer(uuid.UUID(reference), wallet_id, entry_id, amount, currency, at)
+        for reference, entry_id, amount, at in rows
+    ]
 
 
 def pending_out_minor(*, wallet_id: uuid.UUID) -> int:

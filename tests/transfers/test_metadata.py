@@ -15,7 +15,7 @@ from apps.ledger.models import Wallet
 from apps.sharding.routing import alias_for_id, shard_map
 from apps.transfers.models import Transfer
 from tests.factories import ALL_DATABASES, api_for, balance_and_entry_count, make_client, make_wallet
-from tests.workers import Worker
+from tests.workers import Worker, wait_terminal
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=ALL_DATABASES)
 
@@ -48,7 +48,8 @@ def test_a_transfers_notes_are_returned_by_every_answer_read_list_and_event(work
     stored = Transfer.objects.using(alias_for_id(transfer_id)).get(id=transfer_id)
     assert (stored.description, stored.metadata) == ("Rent, May", NOTES)
 
-    detail = api.get(f"/v1/transfers/{transfer_id}?wait=5").json()
+    wait_terminal([transfer_id])
+    detail = api.get(f"/v1/transfers/{transfer_id}").json()
     assert (detail["status"], detail["description"], detail["metadata"]) == ("completed", "Rent, May", NOTES)
     [listed] = api.get(f"/v1/wallets/{payer.id}/transfers").json()["data"]
     assert (listed["description"], listed["metadata"]) == ("Rent, May", NOTES)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from drf_spectacular.utils import OpenApiParameter
+from drf_spectacular.utils import OpenApiParameter, PolymorphicProxySerializer
 
 from apps.common.errors import IdempotencyKeyReused, InvalidRequest
 from apps.common.openapi import (
@@ -16,7 +16,7 @@ from apps.common.openapi import (
 )
 from apps.ledger.api.schema import WALLET_NOT_FOUND
 from apps.ledger.errors import CurrencyMismatch
-from apps.transfers.api.serializers import TransferSummaryOut
+from apps.transfers.api.serializers import PaidTransferOut, ReceivedTransferOut
 from apps.transfers.errors import IdempotencyRequestInProgress, TransferNotFound
 
 TRANSFER_ID = id_parameter("transfer_id", "One of your transfers.")
@@ -41,7 +41,22 @@ IN_PROGRESS = ErrorCode.of(
 TRANSFER_KEY_REUSED = ErrorCode.of(IdempotencyKeyReused, "this key was used with another transfer from this wallet")
 PAYER_CURRENCY_MISMATCH = ErrorCode.of(CurrencyMismatch, "`currency` is not the paying wallet's")
 
-TransferPage = page_of(TransferSummaryOut, "TransferPage", "Transfers the wallet paid")
+WalletTransferOut = PolymorphicProxySerializer(
+    component_name="WalletTransfer",
+    serializers={"out": PaidTransferOut, "in": ReceivedTransferOut},
+    resource_type_field_name="direction",
+    many=True,
+)
+TransferPage = page_of(
+    WalletTransferOut, "TransferPage", "Transfers the wallet paid (`out`) or received (`in`), by transfer id"
+)
+DIRECTION = OpenApiParameter(
+    "direction",
+    {"type": "string", "enum": ["out", "in", "all"], "default": "out"},
+    description="`out`: transfers the wallet paid; `in`: transfers credited to it, as their credits say them;"
+    " `all`: both, merged by transfer id.",
+)
+DIRECTION_INVALID = ErrorCode.of(InvalidRequest, "`direction` is not `out`, `in` or `all`")
 TRANSFER_PAGE_LINKS = next_page_link("wallets_transfers_list", wallet_id="$request.path.wallet_id")
 
 TRANSFER_LINKS = {

@@ -10,6 +10,7 @@ from apps.common.metadata import DescriptionField, MetadataField
 from apps.common.openapi import BODY_KEY_PATTERN, CurrencyField, IdField
 from apps.transfers.models import FailureReason, Transfer, TransferStatus
 from apps.transfers.saga import Event
+from apps.transfers.selectors import ReceivedTransfer
 
 # What a batch item's `status` and `error.code` can be (the single endpoint's answers).
 BATCH_ITEM_STATUSES = [(201, "201"), (202, "202"), (400, "400"), (404, "404"), (409, "409"), (422, "422")]
@@ -77,6 +78,39 @@ class TransferSummaryOut(serializers.Serializer):
         fields["from"] = IdField(source="payer_id", help_text="The paying wallet.")
         fields["to"] = IdField(source="payee_id", help_text="The receiving wallet.")
         return fields
+
+
+class PaidTransferOut(TransferSummaryOut):
+    """In a wallet's list of transfers: one it paid (the transfer as its payer sees it)."""
+
+    direction = serializers.ChoiceField(["out"], help_text="`out`: the wallet paid it.")
+
+
+class ReceivedTransferOut(serializers.Serializer):
+    """In a wallet's list of transfers: one it received, as its credit says it (another client's
+    transfer shows no more than that)."""
+
+    id = IdField(help_text="The transfer.")
+    direction = serializers.ChoiceField(["in"], help_text="`in`: the wallet was credited.")
+    amount_minor = AmountField(help_text="Credited to the wallet.")
+    currency = CurrencyField()
+    status = serializers.ChoiceField(["completed"], help_text="A credit is final: the transfer completed.")
+    to = IdField(help_text="The credited wallet (this one).")
+    entry_id = IdField(help_text="The credit in the wallet's entries.")
+    credited_at = serializers.DateTimeField()
+
+
+def received_out(received: ReceivedTransfer) -> dict[str, Any]:
+    return {
+        "id": str(received.transfer_id),
+        "direction": "in",
+        "amount_minor": received.amount_minor,
+        "currency": received.currency,
+        "status": "completed",
+        "to": str(received.wallet_id),
+        "entry_id": str(received.entry_id),
+        "credited_at": iso_utc(received.credited_at),
+    }
 
 
 class RefundOut(serializers.Serializer):

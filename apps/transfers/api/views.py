@@ -5,7 +5,7 @@ import re
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import cast
+from typing import Any, cast
 
 from django.conf import settings
 from django.http import HttpResponse
@@ -57,6 +57,8 @@ from apps.transfers.api.schema import (
     BATCH_INVALID,
     BATCH_LINKS,
     BATCH_URL,
+    DIRECTION,
+    DIRECTION_INVALID,
     IN_PROGRESS,
     NOT_A_WALLET_ID,
     PAYER_CURRENCY_MISMATCH,
@@ -78,6 +80,7 @@ from apps.transfers.api.serializers import (
     TransferBatchOut,
     TransferCreateIn,
     TransferOut,
+    received_out,
     transfer_out,
 )
 from apps.transfers.batch import MAX_BATCH, transfer_create_batch
@@ -255,18 +258,35 @@ class TransferDetailView(APIView):
 class WalletTransferListView(APIView):
     @extend_schema(
         operation_id="wallets_transfers_list",
-        summary="Transfers paid by a wallet, newest first",
-        parameters=[WALLET_ID, *PAGE_PARAMETERS],
-        responses={200: TransferPage, **error_responses(INVALID_PAGE, WALLET_NOT_FOUND, NOT_FOUND)},
+        summary="Transfers a wallet paid or received, newest first",
+        parameters=[WALLET_ID, DIRECTION, *PAGE_PARAMETERS],
+        responses={
+            200: TransferPage,
+            **error_responses(DIRECTION_INVALID, INVALID_PAGE, WALLET_NOT_FOUND, NOT_FOUND),
+        },
         extensions=response_links(TRANSFER_PAGE_LINKS, 200),
     )
     @waits_out_moves  # a read of a range being switched waits for its new owner
     def get(self, request: Request, wallet_id: str) -> Response:
+        direction = request.query_params.get("direction", "out")
+        if direction not in ("out", "in", "all"):
+            raise InvalidRequest("direction must be out, in or all.", param="direction")
         wallet = owned_wallet(request, wallet_id)
         limit = page_limit(request)
         before_id = decode_uuid_cursor(request)
-        transfers = selectors.transfer_list(payer_id=wallet.id, before_id=before_id, limit=limit + 1)
-        return Response(page(transfers, limit, lambda t: str(t.id), transfer_out))
+        # Both kinds are ordered by transfer id (its creation time): `all` merges the two lists,
+        # and the cursor (the last transfer's id) continues both.
+        rows: list[tuple[uuid.UUID, dict[str, Any]]] = []
+        if direction != "in":
+            paid = selectors.transfer_list(payer_id=wallet.id, before_id=before_id, limit=limit + 1)
+            rows += [(t.id, {**transfer_out(t), "direction": "out"}) for t in paid]
+        if direction != "out":
+            received = selectors.received_list(
+                wallet_id=wallet.id, currency=wallet.currency, before_id=before_id, limit=limit + 1
+            )
+            rows += [(r.transfer_id, received_out(r)) for r in received]
+        rows.sort(key=lambda row: row[0], reverse=True)
+        return Response(page(rows[: limit + 1], limit, lambda row: str(row[0]), lambda row: row[1]))
 
 
 AT_PARAMETER = OpenApiParameter(
