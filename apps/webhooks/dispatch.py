@@ -2,7 +2,8 @@
 
 Per shard, a cursor (`events_dispatch_cursor`: the last `(txid, id)` handed over) moves over
 the events whose writing transaction is older than every transaction still running
-(`pg_snapshot_xmin`), so no event can still commit behind it. Each batch's deliveries are
+(`pg_snapshot_xmin`), so no event can still commit behind it. Only the events of clients with
+an enabled endpoint are read; with none, the cursor just moves to the horizon. Each batch's deliveries are
 inserted in the control database (unique per endpoint and event), then the cursor moves, in
 the shard's transaction that locked it (one dispatcher per shard at a time: others skip it).
 A crash in between leaves the cursor where it was: the batch is handed over again and adds
@@ -30,14 +31,17 @@ from apps.webhooks.models import DeliveryStatus, EndpointStatus, WebhookDelivery
 log = logging.getLogger(__name__)
 
 _LOCK_CURSOR = "SELECT txid, event_id FROM events_dispatch_cursor WHERE id = 1 FOR UPDATE SKIP LOCKED"
-# The next events, light: most belong to clients without an endpoint, whose objects are never read.
+# Every transaction with an id below it has ended: no event can still commit behind it.
+_HORIZON = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+# The next events of clients with an endpoint, light (their objects are read only if wanted).
 _NEXT = """
 SELECT txid, id, client_id, type FROM events_event
- WHERE (txid, id) > (%s, %s) AND txid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+ WHERE (txid, id) > (%s, %s) AND txid < %s AND client_id = ANY(%s)
  ORDER BY txid, id LIMIT %s
 """
 _FULL = "SELECT id, client_id, type, object_id, seq, data, created_at, txid FROM events_event WHERE id = ANY(%s)"
 _MOVE_CURSOR = "UPDATE events_dispatch_cursor SET txid = %s, event_id = %s WHERE id = 1"
+_LAST_ID = uuid.UUID(int=2**128 - 1)
 
 
 def dispatch_shard(alias: str, *, batch: int = 500, budget_seconds: float = 5.0) -> int:
@@ -50,25 +54,39 @@ def dispatch_shard(alias: str, *, batch: int = 500, budget_seconds: float = 5.0)
             position = cursor.fetchone()
             if position is None:
                 return queued  # another dispatcher has this shard now
-            cursor.execute(_NEXT, [*position, batch])
-            heads = cursor.fetchall()
-            if not heads:
-                return queued
-            endpoints = enabled_endpoints({client for _, _, client, _ in heads})
-            wanted = [
-                event_id
-                for _, event_id, client, kind in heads
-                if any(e.client_id == client and e.wants(kind) for e in endpoints)
-            ]
-            if wanted:
-                cursor.execute(_FULL, [wanted])
-                events = sorted((Event(*row) for row in cursor.fetchall()), key=lambda e: (e.txid, e.id))
-                queued += queue_deliveries(events, endpoints)
-            last_txid, last_id = heads[-1][0], heads[-1][1]
-            cursor.execute(_MOVE_CURSOR, [last_txid, last_id])
+            cursor.execute(_HORIZON)
+            horizon = cursor.fetchone()[0]
+            # Read after the horizon: an endpoint created later missed only events that had
+            # committed before it existed (an endpoint gets the events that follow its creation).
+            clients = subscribed_clients()
+            heads: list[tuple] = []
+            if clients:
+                cursor.execute(_NEXT, [*position, horizon, list(clients), batch])
+                heads = cursor.fetchall()
+            # Fewer than a batch: every event below the horizon is handed over or no one's.
+            last = heads[-1][:2] if len(heads) == batch else max((horizon - 1, _LAST_ID), tuple(position))
+            if heads:
+                endpoints = enabled_endpoints({client for _, _, client, _ in heads})
+                wanted = [
+                    event_id
+                    for _, event_id, client, kind in heads
+                    if any(e.client_id == client and e.wants(kind) for e in endpoints)
+                ]
+                if wanted:
+                    cursor.execute(_FULL, [wanted])
+                    events = sorted((Event(*row) for row in cursor.fetchall()), key=lambda e: (e.txid, e.id))
+                    queued += queue_deliveries(events, endpoints)
+            if tuple(last) != tuple(position):
+                cursor.execute(_MOVE_CURSOR, list(last))
         if len(heads) < batch:
             break
     return queued
+
+
+def subscribed_clients() -> set[int]:
+    """The clients with an enabled endpoint: the only ones whose events are read."""
+    rows = WebhookEndpoint.objects.filter(status=EndpointStatus.ENABLED).values_list("client_id", flat=True).distinct()
+    return set(rows)
 
 
 def enabled_endpoints(clients: set[int]) -> list[WebhookEndpoint]:

@@ -134,6 +134,30 @@ def test_a_dispatch_repeated_after_a_crash_queues_each_delivery_once(receiver) -
     assert dispatch_shard("shard_00") == 0  # the cursor is past them
 
 
+def test_the_dispatcher_reads_only_subscribed_clients_events_and_hands_over_every_one_in_batches(receiver) -> None:
+    quiet, _ = make_client("no-endpoint")
+    loud, key = make_client("endpoint")
+    make_wallet(quiet, shard="shard_00")
+    [(before,)] = raw_query("shard_00", "SELECT pg_current_xact_id()::text::bigint")
+    # No client has an endpoint: nothing is read, the cursor moves to the horizon.
+    assert dispatch_shard("shard_00") == 0
+    [(txid, last_id)] = raw_query("shard_00", "SELECT txid, event_id FROM events_dispatch_cursor")
+    assert txid >= before
+    assert last_id.int == 2**128 - 1  # past every event of that transaction id
+
+    api_for(key).post("/v1/webhook_endpoints", {"url": receiver.url, "event_types": ["*"]}, format="json")
+    wallet = make_wallet(loud, shard="shard_00")
+    make_wallet(quiet, shard="shard_00")
+    for n in range(4):
+        wallet_fund(wallet_id=wallet.id, amount_minor=10, reference=f"d-{n}")
+    assert dispatch_shard("shard_00", batch=2) == 5  # in batches of two: every one of the subscribed client's
+    queued = WebhookDelivery.objects.filter(endpoint__client=loud).values_list("event_id", flat=True)
+    expected = Event.objects.using("shard_00").filter(client_id=loud.id).values_list("id", flat=True)
+    assert set(queued) == set(expected)
+    assert not WebhookDelivery.objects.filter(endpoint__client=quiet).exists()
+    assert dispatch_shard("shard_00") == 0
+
+
 def test_an_endpoint_failing_long_enough_is_disabled_and_can_be_enabled_again(settings, receiver) -> None:
     settings.WEBHOOK_DISABLE_AFTER_SECONDS = 3600
     settings.WEBHOOK_DISABLE_MIN_FAILURES = 3
