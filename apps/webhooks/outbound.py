@@ -4,7 +4,8 @@ The URL's host is resolved once and every address checked: loopback, private, li
 shared, reserved and multicast addresses are refused (SSRF) unless
 `WEBHOOK_ALLOW_PRIVATE_URLS` is on. The connection then goes to the checked address itself
 (the Host header and TLS server name stay the URL's), so a second DNS answer cannot swap it.
-Short timeouts, a cap on the bytes read, and no redirect followed.
+Short timeouts, a cap on the bytes read, and no redirect followed. A sender's turn at an
+endpoint resolves it once and keeps its connection alive across the turn's requests.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -130,54 +132,105 @@ def resolve(target: Target) -> str:
     return addresses[0]
 
 
-def post(url: str, body: bytes, headers: dict[str, str]) -> Outcome:
-    started = time.monotonic()
-    timeout = settings.WEBHOOK_TIMEOUT_SECONDS
+class EndpointSession:
+    """Requests to one URL over one kept-alive connection: its host resolved and checked once
+    (a sender's turn at an endpoint is a few seconds at most), the connection reused while the
+    receiver keeps it open."""
 
-    def done(status: int | None, error: str, excerpt: bytes = b"") -> Outcome:
-        text = excerpt[:500].decode("utf-8", "replace")
-        return Outcome(status, error[:500], text, int((time.monotonic() - started) * 1000))
+    def __init__(self, url: str) -> None:
+        self.refusal: str | None = None
+        self.pool: urllib3.HTTPConnectionPool | None = None
+        self.used = False
+        try:
+            self.target = parse_target(url)
+            self.address = resolve(self.target)
+        except RefusedUrl as exc:
+            self.refusal = f"refused: {exc}"
 
-    try:
-        target = parse_target(url)
-        address = resolve(target)
-    except RefusedUrl as exc:
-        return done(None, f"refused: {exc}")
-    pool: urllib3.HTTPConnectionPool
-    limits = urllib3.Timeout(connect=timeout, read=timeout)
-    if target.scheme == "https":
-        pool = urllib3.HTTPSConnectionPool(
-            address, target.port, timeout=limits, retries=False, maxsize=1, server_hostname=target.host,
-            assert_hostname=target.host, cert_reqs="CERT_REQUIRED", ca_certs=certifi.where(),
+    def __enter__(self) -> EndpointSession:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+
+    def _pool(self) -> urllib3.HTTPConnectionPool:
+        if self.pool is None:
+            timeout = settings.WEBHOOK_TIMEOUT_SECONDS
+            limits = urllib3.Timeout(connect=timeout, read=timeout)
+            target = self.target
+            if target.scheme == "https":
+                self.pool = urllib3.HTTPSConnectionPool(
+                    self.address, target.port, timeout=limits, retries=False, maxsize=1,
+                    server_hostname=target.host, assert_hostname=target.host, cert_reqs="CERT_REQUIRED",
+                    ca_certs=certifi.where(),
+                )  # fmt: skip
+            else:
+                self.pool = urllib3.HTTPConnectionPool(
+                    self.address, target.port, timeout=limits, retries=False, maxsize=1
+                )
+        return self.pool
+
+    def post(self, body: bytes, headers: dict[str, str]) -> Outcome:
+        started = time.monotonic()
+
+        def done(status: int | None, error: str, excerpt: bytes = b"") -> Outcome:
+            text = excerpt[:500].decode("utf-8", "replace")
+            return Outcome(status, error[:500], text, int((time.monotonic() - started) * 1000))
+
+        if self.refusal is not None:
+            return done(None, self.refusal)
+        reused = self.used
+        self.used = True
+        try:
+            return self._exchange(body, headers, started, done)
+        except urllib3.exceptions.ProtocolError as exc:
+            if not reused:
+                return done(None, f"{type(exc).__name__}: {exc}")
+            # The receiver closed the kept-alive connection between requests: once more, on a new one.
+            self.close()
+            try:
+                return self._exchange(body, headers, started, done)
+            except (urllib3.exceptions.HTTPError, OSError) as again:
+                return done(None, f"{type(again).__name__}: {again}")
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            self.close()
+            return done(None, f"{type(exc).__name__}: {exc}")
+
+    def _exchange(self, body: bytes, headers: dict[str, str], started: float, done: Callable[..., Outcome]) -> Outcome:
+        response = self._pool().urlopen(
+            "POST", self.target.path, body=body, headers={**headers, "Host": self.target.host_header},
+            redirect=False, retries=False, preload_content=False, assert_same_host=False,
         )  # fmt: skip
-    else:
-        pool = urllib3.HTTPConnectionPool(address, target.port, timeout=limits, retries=False, maxsize=1)
-    try:
-        response = pool.urlopen(
-            "POST", target.path, body=body, headers={**headers, "Host": target.host_header}, redirect=False,
-            retries=False, preload_content=False, assert_same_host=False,
-        )  # fmt: skip
-        excerpt = _read_capped(response, started + 2 * timeout)
+        excerpt, complete = _read_capped(response, started + 2 * settings.WEBHOOK_TIMEOUT_SECONDS)
+        if not complete:  # unread bytes would spoil the next request on this connection
+            response.close()
+            self.close()
         response.release_conn()
         error = "" if 200 <= response.status < 300 else f"HTTP {response.status}"
         return done(response.status, error, excerpt)
-    except urllib3.exceptions.HTTPError as exc:
-        return done(None, f"{type(exc).__name__}: {exc}")
-    except OSError as exc:
-        return done(None, f"{type(exc).__name__}: {exc}")
-    finally:
-        pool.close()
 
 
-def _read_capped(response: urllib3.BaseHTTPResponse, deadline: float) -> bytes:
-    """At most WEBHOOK_MAX_RESPONSE_BYTES of the answer, and no reading past the deadline."""
+def post(url: str, body: bytes, headers: dict[str, str]) -> Outcome:
+    """One POST on a connection of its own."""
+    with EndpointSession(url) as session:
+        return session.post(body, headers)
+
+
+def _read_capped(response: urllib3.BaseHTTPResponse, deadline: float) -> tuple[bytes, bool]:
+    """At most WEBHOOK_MAX_RESPONSE_BYTES of the answer, and no reading past the deadline; and
+    whether the answer was read to its end."""
     limit = settings.WEBHOOK_MAX_RESPONSE_BYTES
     chunks: list[bytes] = []
     read = 0
     while read < limit and time.monotonic() < deadline:
         chunk = response.read(min(4096, limit - read), decode_content=False)
         if not chunk:
-            break
+            return b"".join(chunks), True
         chunks.append(chunk)
         read += len(chunk)
-    return b"".join(chunks)
+    return b"".join(chunks), False

@@ -16,6 +16,7 @@ class Received:
     headers: dict[str, str]
     body: bytes
     status: int  # what the receiver answered
+    client_port: int = 0  # the sender's end of the connection: one per connection
 
     @property
     def event(self) -> dict[str, Any]:
@@ -29,6 +30,9 @@ class Behaviour:
     status: int = 200
     extra_headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b"ok"
+    fail_nth: int = 0  # answer 500 to the n-th request (1-based) only
+    keep_alive: bool = False  # HTTP/1.1: connections stay open between requests
+    close_after_each: bool = False  # with keep_alive: close anyway after each answer, without saying so
 
 
 class Receiver:
@@ -39,14 +43,18 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if self.behaviour.keep_alive else "HTTP/1.0"
+
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 with receiver.lock:
                     failing = receiver.behaviour.fail_first > 0
                     if failing:
                         receiver.behaviour.fail_first -= 1
-                    status = 500 if failing else receiver.behaviour.status
-                    receiver.received.append(Received(dict(self.headers.items()), body, status))
+                    nth = len(receiver.received) + 1
+                    status = 500 if failing or nth == receiver.behaviour.fail_nth else receiver.behaviour.status
+                    port = self.client_address[1]
+                    receiver.received.append(Received(dict(self.headers.items()), body, status, port))
                 if receiver.behaviour.hang_seconds:
                     time.sleep(receiver.behaviour.hang_seconds)
                 self.send_response(status)
@@ -56,6 +64,8 @@ class Receiver:
                 self.end_headers()
                 with contextlib.suppress(OSError):  # the sender gave up waiting
                     self.wfile.write(receiver.behaviour.body)
+                if receiver.behaviour.close_after_each:
+                    self.close_connection = True
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

@@ -15,10 +15,10 @@ from django.utils import timezone
 
 from apps.events.models import Event
 from apps.ledger.services import wallet_fund
-from apps.webhooks import outbound
+from apps.webhooks import delivering, outbound
 from apps.webhooks.delivering import record
 from apps.webhooks.dispatch import dispatch_shard, queue_deliveries
-from apps.webhooks.models import WebhookDelivery, WebhookEndpoint
+from apps.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from tests.factories import ALL_DATABASES, api_for, make_client, make_wallet, raw_query
 from tests.operators.helpers import logged_in, make_staff
 from tests.polling import wait_until
@@ -156,6 +156,59 @@ def test_the_dispatcher_reads_only_subscribed_clients_events_and_hands_over_ever
     assert set(queued) == set(expected)
     assert not WebhookDelivery.objects.filter(endpoint__client=quiet).exists()
     assert dispatch_shard("shard_00") == 0
+
+
+def _deliveries_to(receiver: Receiver, count: int) -> tuple[Any, list[str]]:
+    """An endpoint at `receiver` and `count` events of its client handed over (a wallet's creation, deposits)."""
+    owner, key = make_client()
+    endpoint_id = (
+        api_for(key)
+        .post("/v1/webhook_endpoints", {"url": receiver.url, "event_types": ["*"]}, format="json")
+        .json()["id"]
+    )
+    wallet = make_wallet(owner, shard="shard_00")
+    for n in range(count - 1):
+        wallet_fund(wallet_id=wallet.id, amount_minor=1, reference=f"d-{n}")
+    assert dispatch_shard("shard_00") == count
+    return endpoint_id, [str(e) for e in Event.objects.using("shard_00").filter(client_id=owner.id)
+                         .order_by("created_at", "seq").values_list("id", flat=True)]  # fmt: skip
+
+
+@pytest.mark.parametrize("close_after_each", [False, True])
+def test_a_turn_sends_over_one_kept_alive_connection_and_records_its_successes_together(
+    monkeypatch: pytest.MonkeyPatch, close_after_each: bool
+) -> None:
+    monkeypatch.setattr(delivering, "RECORD_EVERY", 7)
+    receiver = Receiver(Behaviour(keep_alive=True, close_after_each=close_after_each))
+    try:
+        endpoint_id, events = _deliveries_to(receiver, 20)
+        assert delivering.send_due(limit=200) == 20
+    finally:
+        receiver.close()
+    assert sorted(receiver.accepted_ids()) == sorted(events)  # each once
+    ports = {r.client_port for r in receiver.received}
+    assert len(ports) == (20 if close_after_each else 1)  # a receiver that closes it gets a new one each time
+    deliveries = WebhookDelivery.objects.filter(endpoint_id=endpoint_id)
+    assert sorted(deliveries.values_list("status", "attempts", "last_status_code").distinct()) == [
+        ("succeeded", 1, 200)
+    ]
+    assert WebhookAttempt.objects.filter(delivery__endpoint_id=endpoint_id, error="").count() == 20
+
+
+def test_a_failure_mid_turn_records_the_successes_before_it_and_hands_the_rest_back() -> None:
+    receiver = Receiver(Behaviour(keep_alive=True, fail_nth=5))
+    try:
+        endpoint_id, events = _deliveries_to(receiver, 10)
+        assert delivering.send_due(limit=200) == 5
+    finally:
+        receiver.close()
+    by_event = {str(d.event_id): d for d in WebhookDelivery.objects.filter(endpoint_id=endpoint_id)}
+    states = [(by_event[e].status, by_event[e].attempts) for e in events]
+    assert states == [("succeeded", 1)] * 4 + [("pending", 1)] + [("pending", 0)] * 5
+    failed = by_event[events[4]]
+    assert failed.last_status_code == 500
+    assert {by_event[e].next_attempt_at for e in events[4:]} == {failed.next_attempt_at}  # the same retry
+    assert WebhookEndpoint.objects.get(id=endpoint_id).consecutive_failures == 1
 
 
 def test_an_endpoint_failing_long_enough_is_disabled_and_can_be_enabled_again(settings, receiver) -> None:
