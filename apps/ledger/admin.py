@@ -24,7 +24,7 @@ class WalletAdmin(OperatorActionsMixin, ShardedModelAdmin):
     client_field = "owner_id"
     fields = [
         "id", "shard", "client", "currency", "balance", "status", "last_entry_seq",
-        "created_at", "updated_at", "links", "recent_entries",
+        "created_at", "updated_at", "description", "metadata", "links", "recent_entries",
     ]  # fmt: skip
     readonly_fields = ["shard", "client", "balance", "links", "recent_entries"]
     operator_actions = (

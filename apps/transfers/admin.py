@@ -40,7 +40,8 @@ class TransferAdmin(OperatorActionsMixin, ShardedModelAdmin):
         " Transfers received by a wallet: open the wallet."
     )
     fields = ["id", "shard", "client", "payer", "payee", "amount", "status", "failure_reason",
-              "attempts", "last_error", "parked_at", "created_at", "updated_at", "payee_outcome",
+              "attempts", "last_error", "parked_at", "created_at", "updated_at", "description", "metadata",
+              "payee_outcome",
               "history", "refund_of_link", "refunded", "refunds"]  # fmt: skip
     readonly_fields = ["shard", "client", "payer", "payee", "amount", "payee_outcome", "history", "refund_of_link",
                        "refunded", "refunds"]  # fmt: skip

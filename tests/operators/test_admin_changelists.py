@@ -116,7 +116,8 @@ def test_transfers_and_entries_changelists_span_shards_and_route_by_id(viewer) -
 def test_detail_pages_load_from_the_rows_shard_and_are_read_only(viewer) -> None:
     owner, _ = make_client()
     payer, payee = cross_shard_pair(owner)
-    transfer = saga.transfer_advance(create_transfer(owner, payer, payee.id, 300).id)
+    created = create_transfer(owner, payer, payee.id, 300, description="Rent", metadata={"flat": "4B"})
+    transfer = saga.transfer_advance(created.id)
     page = viewer.get(f"/admin/ledger/wallet/{payee.id}/change/")
     assert page.status_code == 200
     html = page.content.decode()
@@ -128,6 +129,8 @@ def test_detail_pages_load_from_the_rows_shard_and_are_read_only(viewer) -> None
     assert page.status_code == 200
     assert "completed" in html
     assert "credited" in html
+    assert "Rent" in html
+    assert "4B" in html  # the client's notes, as given
     entry = viewer.get(f"/admin/ledger/ledgerentry/?q={payer.id}").context["cl"].result_list[0]
     assert viewer.get(f"/admin/ledger/ledgerentry/{entry.pk}/change/").status_code == 200
 
