@@ -40,7 +40,11 @@ class Event(models.Model):
     type = models.CharField(max_length=40)
     object_id = models.UUIDField(help_text="The id of the object in `data`.")
     seq = models.IntegerField(help_text="1, 2, 3... per object, in the order of its changes.")
-    data = models.TextField(help_text="The object as the API renders it, at the change (JSON).")
+    data = models.TextField(
+        null=True,
+        help_text="The object as the API renders it, at the change (JSON); null for a ledger entry's event, whose"
+        " entry never changes and is rendered when read.",
+    )
     created_at = models.DateTimeField()
     txid = models.BigIntegerField(help_text="The writing transaction's id: the dispatcher's cursor follows it.")
 

@@ -7,6 +7,7 @@ import uuid
 
 from apps.events.errors import EventNotFound
 from apps.events.models import Event
+from apps.events.rendering import with_objects
 from apps.sharding.fence import read_by_id
 from apps.sharding.routing import shard_aliases
 
@@ -25,7 +26,7 @@ def event_list(
             events = events.filter(type__in=types)
         if object_id is not None:
             events = events.filter(object_id=object_id)
-        per_shard.append(list(events.order_by("-id")[:limit]))
+        per_shard.append(with_objects(alias, list(events.order_by("-id")[:limit])))
     merged = heapq.merge(*per_shard, key=lambda e: e.id, reverse=True)
     return [event for _, event in zip(range(limit), merged, strict=False)]
 
@@ -33,7 +34,8 @@ def event_list(
 def event_get(*, client_id: int, event_id: uuid.UUID) -> Event:
     def read(alias: str) -> Event | None:
         events = Event.objects.using(alias).filter(id=event_id, client_id=client_id)
-        return events.extra(where=[_SERVED]).first()  # noqa: S610 (constant SQL)
+        found = events.extra(where=[_SERVED]).first()  # noqa: S610 (constant SQL)
+        return next(iter(with_objects(alias, [found])), None) if found is not None else None
 
     event = read_by_id(event_id, read)
     if event is None:

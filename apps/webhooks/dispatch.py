@@ -18,6 +18,7 @@ import logging
 import time
 import uuid
 from datetime import datetime
+from typing import Any
 
 from django.conf import settings
 from django.db import connections, transaction
@@ -25,7 +26,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from apps.events.models import Event
-from apps.events.rendering import event_body
+from apps.events.rendering import event_body, with_objects
 from apps.webhooks.models import DeliveryStatus, EndpointStatus, WebhookDelivery, WebhookEndpoint
 
 log = logging.getLogger(__name__)
@@ -65,22 +66,44 @@ def dispatch_shard(alias: str, *, batch: int = 500, budget_seconds: float = 5.0)
                 heads = cursor.fetchall()
             # Fewer than a batch: every event below the horizon is handed over or no one's.
             last = heads[-1][:2] if len(heads) == batch else max((horizon - 1, _LAST_ID), tuple(position))
+            gap = None
             if heads:
-                endpoints = enabled_endpoints({client for _, _, client, _ in heads})
-                wanted = [
-                    event_id
-                    for _, event_id, client, kind in heads
-                    if any(e.client_id == client and e.wants(kind) for e in endpoints)
-                ]
-                if wanted:
-                    cursor.execute(_FULL, [wanted])
-                    events = sorted((Event(*row) for row in cursor.fetchall()), key=lambda e: (e.txid, e.id))
+                events, gap, endpoints = _wanted_events(alias, cursor, heads)
+                if gap is not None:  # stop before it: nothing after it is handed over yet
+                    last = max([tuple(h[:2]) for h in heads if tuple(h[:2]) < gap], default=tuple(position))
+                    events = [e for e in events if (e.txid, e.id) < gap]
+                if events:
                     queued += queue_deliveries(events, endpoints)
             if tuple(last) != tuple(position):
                 cursor.execute(_MOVE_CURSOR, list(last))
-        if len(heads) < batch:
+        if len(heads) < batch or gap is not None:
             break
     return queued
+
+
+def _wanted_events(
+    alias: str, cursor: Any, heads: list[tuple]
+) -> tuple[list[Event], tuple | None, list[WebhookEndpoint]]:
+    """The events of `heads` some endpoint wants, with their objects, in cursor order; the first
+    one whose ledger entry is not on this shard yet (a move's first copy brings each table on its
+    own: the entries may follow the events by seconds), where the cursor must stop; and the
+    endpoints read for them."""
+    endpoints = enabled_endpoints({client for _, _, client, _ in heads})
+    wanted = [
+        event_id
+        for _, event_id, client, kind in heads
+        if any(e.client_id == client and e.wants(kind) for e in endpoints)
+    ]
+    if not wanted:
+        return [], None, endpoints
+    cursor.execute(_FULL, [wanted])
+    fetched = [Event(*row) for row in cursor.fetchall()]
+    complete = with_objects(alias, fetched)
+    present = {event.id for event in complete}
+    missing = [(event.txid, event.id) for event in fetched if event.id not in present]
+    if missing:
+        log.info("%s: %d event(s) wait for their ledger entry to arrive", alias, len(missing))
+    return sorted(complete, key=lambda e: (e.txid, e.id)), min(missing, default=None), endpoints
 
 
 def subscribed_clients() -> set[int]:

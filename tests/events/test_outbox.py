@@ -10,6 +10,7 @@ import pytest
 from django.db import transaction
 
 from apps.events.models import Event
+from apps.events.rendering import with_objects
 from apps.holds.rendering import hold_out
 from apps.ledger.api.serializers import WalletOut, entry_out
 from apps.ledger.models import LedgerEntry, Wallet, WalletStatus
@@ -29,7 +30,9 @@ def events_of(object_id: uuid.UUID) -> list[Event]:
 
 
 def data(event: Event) -> dict:
-    return json.loads(event.data)
+    """The event's object as a reader gets it (a ledger entry's event stores none: it is rendered from the entry)."""
+    [read] = with_objects(alias_for_id(event.id), [event])
+    return json.loads(read.data)
 
 
 def test_a_same_shard_transfer_writes_one_event_for_its_payer_client_and_one_for_the_payee_owner() -> None:
@@ -51,6 +54,7 @@ def test_a_same_shard_transfer_writes_one_event_for_its_payer_client_and_one_for
     credit = LedgerEntry.objects.using("shard_00").get(wallet_id=payee.id, kind="credit")
     [received] = events_of(credit.id)
     assert (received.type, received.client_id) == ("transfer.received", payee_client.id)
+    assert received.data is None  # an entry never changes: its event stores no copy of it
     assert data(received) == dict(entry_out(credit))
     assert data(received)["reference"] == str(transfer.id)
     # The payee's client sees the credit, not the payer's transfer.

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import socket
 import threading
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -14,6 +16,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from apps.events.models import Event
+from apps.events.rendering import with_objects
 from apps.ledger.services import wallet_fund
 from apps.webhooks import delivering, outbound
 from apps.webhooks.delivering import record
@@ -124,7 +127,7 @@ def test_a_dispatch_repeated_after_a_crash_queues_each_delivery_once(receiver) -
     api_for(key).post("/v1/webhook_endpoints", {"url": receiver.url, "event_types": ["*"]}, format="json")
     wallet = make_wallet(owner, shard="shard_00")
     wallet_fund(wallet_id=wallet.id, amount_minor=10, reference="d")
-    events = list(Event.objects.using("shard_00").filter(client_id=owner.id))
+    events = with_objects("shard_00", list(Event.objects.using("shard_00").filter(client_id=owner.id)))
     assert {e.type for e in events} == {"wallet.created", "deposit.succeeded"}
     queue_deliveries(events)  # a dispatcher that queued, then died before moving the cursor
     assert dispatch_shard("shard_00") == 2  # the next one hands them over again ...
@@ -209,6 +212,40 @@ def test_a_failure_mid_turn_records_the_successes_before_it_and_hands_the_rest_b
     assert failed.last_status_code == 500
     assert {by_event[e].next_attempt_at for e in events[4:]} == {failed.next_attempt_at}  # the same retry
     assert WebhookEndpoint.objects.get(id=endpoint_id).consecutive_failures == 1
+
+
+def test_the_dispatcher_waits_at_an_entry_event_whose_entry_has_not_arrived(receiver) -> None:
+    """A move's first copy brings each table on its own: an entry's event (which stores no copy of
+    the entry) may come first. The cursor stops before it, and goes on once the entry is there."""
+    owner, key = make_client()
+    api_for(key).post("/v1/webhook_endpoints", {"url": receiver.url, "event_types": ["*"]}, format="json")
+    wallet = make_wallet(owner, shard="shard_00")
+    entry_id = uuid.UUID(int=wallet.id.int + 1)  # the wallet's bucket: what a copied entry would carry
+    with psycopg.connect(_conninfo("shard_00"), autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO events_event (id, client_id, type, object_id, seq, data, created_at, txid)"
+            " VALUES (%s, %s, 'deposit.succeeded', %s, 1, NULL, now(), pg_current_xact_id()::text::bigint)",
+            [uuid.UUID(int=wallet.id.int + 2), owner.id, entry_id],
+        )
+    wallet_fund(wallet_id=wallet.id, amount_minor=5, reference="after")
+    assert dispatch_shard("shard_00") == 1  # the wallet's creation only: the rest waits behind the gap
+    assert dispatch_shard("shard_00") == 0
+    with psycopg.connect(_conninfo("shard_00"), autocommit=True) as conn, conn.transaction():
+        conn.execute("SET LOCAL session_replication_role = replica")  # as a subscription applies a copy
+        conn.execute(
+            "INSERT INTO ledger_entry (id, wallet_id, seq, reference, kind, amount_minor, balance_after_minor,"
+            " created_at) VALUES (%s, %s, 99, 'copied', 'deposit', 7, 7, now())",
+            [entry_id, wallet.id],
+        )
+    assert dispatch_shard("shard_00") == 2
+    bodies = {str(d.event_id): json.loads(d.body) for d in WebhookDelivery.objects.filter(endpoint__client=owner)}
+    assert bodies[str(uuid.UUID(int=wallet.id.int + 2))]["data"]["object"]["reference"] == "copied"
+    assert sorted(b["type"] for b in bodies.values()) == ["deposit.succeeded", "deposit.succeeded", "wallet.created"]
+
+
+def _conninfo(alias: str) -> str:
+    db = settings.DATABASES[alias]
+    return f"host={db['HOST']} port={db['PORT']} dbname={db['NAME']} user={db['USER']}"
 
 
 def test_an_endpoint_failing_long_enough_is_disabled_and_can_be_enabled_again(settings, receiver) -> None:
