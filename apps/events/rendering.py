@@ -14,8 +14,8 @@ from apps.transfers.api.serializers import iso_utc
 def with_objects(alias: str, events: list[Event]) -> list[Event]:
     """`events` of `alias` with their objects: a ledger entry's event stores none (the entry
     never changes and lives beside it, in the same bucket), so it is rendered from the entry.
-    One whose entry is not here (a move's clean-up deleting the rows of a bucket that moved
-    away) is left out: it is the new owner's to serve."""
+    One whose entry is not here yet (a move's first copy brings each table on its own) is left
+    out: the dispatcher stops before it (apps.webhooks.dispatch)."""
     missing = [event.object_id for event in events if event.data is None]
     if not missing:
         return events

@@ -3,13 +3,15 @@
 Per shard, a cursor (`events_dispatch_cursor`: the last `(txid, id)` handed over) moves over
 the events whose writing transaction is older than every transaction still running
 (`pg_snapshot_xmin`), so no event can still commit behind it. Only the events of clients with
-an enabled endpoint are read; with none, the cursor just moves to the horizon. Each batch's deliveries are
-inserted in the control database (unique per endpoint and event), then the cursor moves, in
-the shard's transaction that locked it (one dispatcher per shard at a time: others skip it).
-A crash in between leaves the cursor where it was: the batch is handed over again and adds
-nothing twice. Events are never updated, so the outbox costs one row per event and nothing
-more. Every event on the shard is handed over, served bucket or not: a move's copy is the same
-event as the source's, and the delivery it maps to is the same row.
+an enabled endpoint are read; with none, the cursor just moves to the horizon. Each batch's
+deliveries are inserted in the control database (unique per endpoint and event), then the
+cursor moves, in the shard's transaction that locked it (one dispatcher per shard at a time:
+others skip it). A crash in between leaves the cursor where it was: the batch is handed over
+again and adds nothing twice. Events are never updated, so the outbox costs one row per event
+and nothing more. Every event on the shard is handed over, served bucket or not: a move's copy
+is the same event as the source's, and the delivery it maps to is the same row. A ledger
+entry's event is rendered from its entry: the cursor stops before one whose entry has not
+arrived yet (a move's first copy brings each table on its own).
 """
 
 from __future__ import annotations
