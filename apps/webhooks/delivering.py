@@ -68,34 +68,35 @@ def send_due(limit: int = 200) -> int:
 # Successes are recorded together, this many at most (one transaction for them all): a sender
 # killed before recording them sends them again (at least once), as it would one.
 RECORD_EVERY = 50
+Sent = tuple[WebhookDelivery, outbound.Outcome, datetime]  # a delivered attempt, and when it was answered
 
 
 def _send_endpoint_turn(deliveries: list[WebhookDelivery]) -> int:
     # Past half the lease, the rest is handed back: another sender must not find it expired mid-turn.
     hand_back_at = time.monotonic() + settings.WEBHOOK_LEASE_SECONDS / 2
-    sent: list[tuple[WebhookDelivery, outbound.Outcome]] = []
+    sent: list[Sent] = []
     try:
         with outbound.EndpointSession(deliveries[0].endpoint.url) as session:
             for done, delivery in enumerate(deliveries, start=1):
                 if time.monotonic() > hand_back_at:
-                    record_successes(sent, timezone.now())
+                    record_successes(sent)
                     _hand_back(deliveries[done - 1 :], timezone.now())
                     return done - 1
                 outcome = send(session, delivery)
                 if outcome.ok:
-                    sent.append((delivery, outcome))
+                    sent.append((delivery, outcome, timezone.now()))
                     if len(sent) >= RECORD_EVERY:
-                        record_successes(sent, timezone.now())
+                        record_successes(sent)
                         sent = []
                     continue
-                record_successes(sent, timezone.now())
+                record_successes(sent)
                 sent = []
                 retry_at = _record_one(delivery, outcome)
                 if retry_at is not None:
                     # The endpoint failed: its other claimed deliveries wait for the same retry, unattempted.
                     _hand_back(deliveries[done:], retry_at)
                     return done
-            record_successes(sent, timezone.now())
+            record_successes(sent)
         return len(deliveries)
     finally:
         connections.close_all()  # this thread's own connections
@@ -130,24 +131,25 @@ def _record_one(delivery: WebhookDelivery, outcome: outbound.Outcome) -> datetim
         return None  # the endpoint was deleted meanwhile, its deliveries with it
 
 
-def record_successes(sent: list[tuple[WebhookDelivery, outbound.Outcome]], now: datetime) -> None:
+def record_successes(sent: list[Sent]) -> None:
     """Record delivered attempts of one endpoint in one transaction (the endpoint's row first,
-    as in `record`); nothing if the endpoint was deleted meanwhile."""
+    as in `record`), each at its own time; nothing if the endpoint was deleted meanwhile."""
     if not sent:
         return
+    now = sent[-1][2]
     with transaction.atomic(using="default"):
         endpoint = WebhookEndpoint.objects.select_for_update().filter(id=sent[0][0].endpoint_id).first()
         if endpoint is None:
             return
         WebhookAttempt.objects.bulk_create(
             WebhookAttempt(
-                delivery=delivery, at=now, status_code=outcome.status_code, duration_ms=outcome.duration_ms,
+                delivery=delivery, at=at, status_code=outcome.status_code, duration_ms=outcome.duration_ms,
                 error="", response_excerpt=outcome.excerpt,
             )
-            for delivery, outcome in sent
+            for delivery, outcome, at in sent
         )  # fmt: skip
         by_code: dict[int | None, list[int]] = defaultdict(list)
-        for delivery, outcome in sent:
+        for delivery, outcome, _ in sent:
             by_code[outcome.status_code].append(delivery.id)
         for code, ids in by_code.items():
             WebhookDelivery.objects.filter(id__in=ids).update(
