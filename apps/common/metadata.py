@@ -20,8 +20,8 @@ MAX_KEY_LENGTH = 40
 MAX_VALUE_LENGTH = 500
 MAX_DESCRIPTION_LENGTH = 1000
 
-# NUL and lone surrogates: PostgreSQL's jsonb and text store neither.
-_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
+# The API's rule for text (no NUL, no lone surrogate: PostgreSQL's jsonb and text store neither).
+_STORABLE = re.compile(TEXT_PATTERN)
 
 
 def metadata_problem(raw: object) -> str | None:
@@ -31,11 +31,11 @@ def metadata_problem(raw: object) -> str | None:
     if len(raw) > MAX_KEYS:
         return f"At most {MAX_KEYS} keys."
     for key, value in raw.items():
-        if not 1 <= len(key) <= MAX_KEY_LENGTH or _UNSTORABLE.search(key):
+        if not 1 <= len(key) <= MAX_KEY_LENGTH or not _STORABLE.match(key):
             return f"Keys are 1 to {MAX_KEY_LENGTH} characters (no NUL): {key[:MAX_KEY_LENGTH]!r}."
         if not isinstance(value, str):
             return f"Values are JSON strings: {key!r} is not."
-        if len(value) > MAX_VALUE_LENGTH or _UNSTORABLE.search(value):
+        if len(value) > MAX_VALUE_LENGTH or not _STORABLE.match(value):
             return f"Values are at most {MAX_VALUE_LENGTH} characters (no NUL): {key!r} is not."
     return None
 
@@ -46,7 +46,7 @@ def description_problem(raw: object) -> str | None:
         return None
     if not isinstance(raw, str):
         return "Must be a JSON string or null."
-    if len(raw) > MAX_DESCRIPTION_LENGTH or _UNSTORABLE.search(raw):
+    if len(raw) > MAX_DESCRIPTION_LENGTH or not _STORABLE.match(raw):
         return f"At most {MAX_DESCRIPTION_LENGTH} characters (no NUL)."
     return None
 
