@@ -41,6 +41,23 @@ def scrape_until(ready: Callable[[dict], bool], timeout: float = 10) -> dict:
         time.sleep(0.05)
 
 
+def test_request_metrics_take_their_labels_from_fixed_sets() -> None:
+    client = Client()
+    client.generic("BREW", "/health")
+    client.generic("GET", "/health")
+    samples = scrape()
+    methods = {dict(labels).get("method") for (name, labels) in samples if name.startswith("shardwallet_http_request")}
+    assert "BREW" not in methods
+    assert {"other", "GET"} <= methods
+
+
+def test_celery_takes_json_only_and_has_no_remote_control() -> None:
+    from wallet_project.celery import app
+
+    assert app.conf.accept_content == ["json"]
+    assert app.conf.worker_enable_remote_control is False
+
+
 def test_metrics_move_when_transfers_run_in_worker_processes(workers) -> None:
     workers.append(Worker())
     owner, key = make_client()
