@@ -13,7 +13,6 @@ from __future__ import annotations
 import ipaddress
 import socket
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -184,24 +183,23 @@ class EndpointSession:
 
         if self.refusal is not None:
             return done(None, self.refusal)
-        reused = self.used
-        self.used = True
+        reused, self.used = self.used, True
         try:
-            return self._exchange(body, headers, started, done)
-        except urllib3.exceptions.ProtocolError as exc:
-            if not reused:
-                return done(None, f"{type(exc).__name__}: {exc}")
-            # The receiver closed the kept-alive connection between requests: once more, on a new one.
-            self.close()
             try:
-                return self._exchange(body, headers, started, done)
-            except (urllib3.exceptions.HTTPError, OSError) as again:
-                return done(None, f"{type(again).__name__}: {again}")
+                status, excerpt = self._exchange(body, headers, started)
+            except urllib3.exceptions.ProtocolError:
+                if not reused:
+                    raise
+                # The receiver closed the kept-alive connection between requests: once more, on a new one.
+                self.close()
+                status, excerpt = self._exchange(body, headers, started)
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             self.close()
             return done(None, f"{type(exc).__name__}: {exc}")
+        return done(status, "" if 200 <= status < 300 else f"HTTP {status}", excerpt)
 
-    def _exchange(self, body: bytes, headers: dict[str, str], started: float, done: Callable[..., Outcome]) -> Outcome:
+    def _exchange(self, body: bytes, headers: dict[str, str], started: float) -> tuple[int, bytes]:
+        """One request and the start of its answer: (status, excerpt)."""
         response = self._pool().urlopen(
             "POST", self.target.path, body=body, headers={**headers, "Host": self.target.host_header},
             redirect=False, retries=False, preload_content=False, assert_same_host=False,
@@ -211,14 +209,7 @@ class EndpointSession:
             response.close()
             self.close()
         response.release_conn()
-        error = "" if 200 <= response.status < 300 else f"HTTP {response.status}"
-        return done(response.status, error, excerpt)
-
-
-def post(url: str, body: bytes, headers: dict[str, str]) -> Outcome:
-    """One POST on a connection of its own."""
-    with EndpointSession(url) as session:
-        return session.post(body, headers)
+        return response.status, excerpt
 
 
 def _read_capped(response: urllib3.BaseHTTPResponse, deadline: float) -> tuple[bytes, bool]:

@@ -87,6 +87,12 @@ def test_bad_registrations_are_refused_and_change_nothing(body, code, param) -> 
     assert not WebhookEndpoint.objects.filter(client=owner).exists()
 
 
+def _post_once(url: str, body: bytes, headers: dict[str, str]) -> outbound.Outcome:
+    """One POST on a connection of its own."""
+    with outbound.EndpointSession(url) as session:
+        return session.post(body, headers)
+
+
 def test_private_addresses_are_refused_unless_allowed(settings, receiver) -> None:
     settings.WEBHOOK_ALLOW_PRIVATE_URLS = False
     _, key = make_client()
@@ -98,12 +104,12 @@ def test_private_addresses_are_refused_unless_allowed(settings, receiver) -> Non
     # A name (checked at each delivery, not at registration) that resolves to a private address.
     name = socket.gethostname()  # this machine's name: a loopback or private address
     assert not ipaddress.ip_address(socket.gethostbyname(name)).is_global
-    outcome = outbound.post(f"http://{name}:{receiver.server.server_address[1]}/x", b"{}", {})
+    outcome = _post_once(f"http://{name}:{receiver.server.server_address[1]}/x", b"{}", {})
     assert outcome.status_code is None
     assert "non-public" in outcome.error
     assert receiver.received == []
     settings.WEBHOOK_ALLOW_PRIVATE_URLS = True
-    assert outbound.post(receiver.url, b"{}", {}).ok
+    assert _post_once(receiver.url, b"{}", {}).ok
 
 
 def test_redirects_are_not_followed_and_answers_are_capped(settings) -> None:
@@ -111,10 +117,10 @@ def test_redirects_are_not_followed_and_answers_are_capped(settings) -> None:
     redirecting = Receiver(Behaviour(status=302, extra_headers={"Location": target.url}))
     big = Receiver(Behaviour(body=b"x" * 1_000_000))
     try:
-        redirected = outbound.post(redirecting.url, b"{}", {})
+        redirected = _post_once(redirecting.url, b"{}", {})
         assert (redirected.status_code, redirected.ok, target.received) == (302, False, [])
         settings.WEBHOOK_MAX_RESPONSE_BYTES = 1000
-        capped = outbound.post(big.url, b"{}", {})
+        capped = _post_once(big.url, b"{}", {})
         assert capped.ok
         assert len(capped.excerpt) <= 500
     finally:
