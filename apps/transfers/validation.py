@@ -82,4 +82,4 @@ def parse_transfer_body(client_id: int, raw: object, key: str) -> TransferReques
         return Invalid("parameter_invalid", problem, "description")
     if metadata is not None and (problem := metadata_problem(metadata)):
         return Invalid("parameter_invalid", problem, "metadata")
-    return TransferRequest(client_id, payer_id, payee_id, amount, currency, key, description, metadata or None)
+    return TransferRequest(client_id, payer_id, payee_id, amount, currency, key, description, metadata)
