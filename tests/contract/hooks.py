@@ -54,6 +54,7 @@ RULES_BEYOND_THE_SCHEMA = {
     # them, but the fuzzer's regex support does not always honour the pattern's escapes.
     ("parameter_invalid", "description"),
     ("parameter_invalid", "reason"),
+    ("parameter_invalid", "url"),
     # Metadata keys of 1-40 characters (`propertyNames`, which OpenAPI 3.0 does not have), and a
     # wallet's merged metadata over 50 keys.
     ("parameter_invalid", "metadata"),
