@@ -86,3 +86,11 @@ class Environment:
         lines.extend(self.problems)
         if lines:
             raise ConfigurationError("; ".join(lines))
+
+
+def bind_port(bind: str) -> str:
+    """The port of an `address:port` bind, e.g. `127.0.0.1:8001` or `[::1]:8001`."""
+    _address, colon, port = bind.rpartition(":")
+    if not colon or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigurationError(f"a bind must be address:port, got {bind!r}")
+    return str(int(port))

@@ -9,7 +9,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from apps.audit.auditors import load_accounts, parse_login
 from apps.sharding.shardmap import load_shard_map
-from wallet_project.environment import Environment
+from wallet_project.environment import Environment, bind_port
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -25,6 +25,19 @@ def _env_path(value: str) -> Path:
 # docs/DEPLOY.md has the table of every variable. Those read with ENV.get are required in
 # production (SHARDWALLET_ENV unset or `production`); their defaults serve `make run` and tests.
 SECRET_KEY = ENV.get("SHARDWALLET_SECRET_KEY", "dev-only-insecure-secret-key-change-me-in-production")
+# Rotation: the new key in SHARDWALLET_SECRET_KEY, the old ones here (comma- or line-separated)
+# until the sessions and signed values they made have expired (docs/DEPLOY.md, "Secrets").
+SECRET_KEY_FALLBACKS = [k for k in ENV.optional("SHARDWALLET_SECRET_KEY_FALLBACKS", "").replace(",", "\n").split() if k]
+if ENV.production:
+    for _name, _key in [("SHARDWALLET_SECRET_KEY", SECRET_KEY)] + [
+        ("SHARDWALLET_SECRET_KEY_FALLBACKS", k) for k in SECRET_KEY_FALLBACKS
+    ]:
+        # Django's own bar (check --deploy's W009): long, varied, not a placeholder.
+        if _key and (len(_key) < 50 or len(set(_key)) < 5 or _key.startswith(("django-insecure", "dev-only"))):
+            ENV.refuse(
+                f"{_name} is refused: a secret key needs 50+ characters, 5+ of them different"
+                " (e.g. `openssl rand -hex 32`)"
+            )
 DEBUG = ENV.flag("SHARDWALLET_DEBUG", False)
 if DEBUG and ENV.production:
     ENV.refuse("SHARDWALLET_DEBUG=1 is refused in production: it shows settings and SQL in error pages")
@@ -40,8 +53,23 @@ ALLOWED_HOSTS = ENV.get("SHARDWALLET_ALLOWED_HOSTS", "127.0.0.1,localhost,testse
 CSRF_TRUSTED_ORIGINS = [o for o in ENV.optional("SHARDWALLET_CSRF_TRUSTED_ORIGINS", "").split(",") if o]
 # Session and CSRF cookies only over HTTPS; on by default in production.
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = ENV.flag("SHARDWALLET_SECURE_COOKIES", ENV.production)
+# An operator's admin session lasts a working day at most, and ends with the browser.
+SESSION_COOKIE_AGE = int(ENV.optional("SHARDWALLET_SESSION_SECONDS", str(8 * 3600)))
+SESSION_EXPIRE_AT_BROWSER_CLOSE = True
 if ENV.flag("SHARDWALLET_BEHIND_TLS_PROXY", False):
+    # The proxy terminates TLS and says so in X-Forwarded-Proto: plain HTTP is redirected, and
+    # browsers are told to use HTTPS only (HSTS). The probes and the scrape stay plain: they come
+    # from inside the network, not through the proxy.
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    SECURE_REDIRECT_EXEMPT = [r"^health(/live|/ready)?$", r"^metrics$"]
+    SECURE_HSTS_SECONDS = int(ENV.optional("SHARDWALLET_HSTS_SECONDS", str(365 * 24 * 3600)))
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = ENV.flag("SHARDWALLET_HSTS_INCLUDE_SUBDOMAINS", True)
+    # Preloading commits the whole domain to HTTPS in browsers for months: the domain owner's
+    # decision, not a default (check --deploy's W021 says so; silenced while it is off).
+    SECURE_HSTS_PRELOAD = ENV.flag("SHARDWALLET_HSTS_PRELOAD", False)
+    if not SECURE_HSTS_PRELOAD:
+        SILENCED_SYSTEM_CHECKS = ["security.W021"]
 
 # The shard map (which servers, which buckets), Redis, and this host's state directory
 # (metrics files, the CDC's status and embedded store, beat's schedule; `make run`'s servers).
@@ -68,6 +96,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "axes",
     "apps.common",
     "apps.sharding",
     "apps.accounts",
@@ -83,7 +113,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "apps.common.surfaces.SurfaceMiddleware",
     "apps.observability.middleware.RequestMetricsMiddleware",
+    "apps.common.limits.BodySizeLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -92,6 +124,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it answers a locked-out login.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "wallet_project.urls"
@@ -113,7 +147,20 @@ TEMPLATES = [
     },
 ]
 
-AUTH_PASSWORD_VALIDATORS: list[dict[str, str]] = []
+# Operators' passwords (the admin): Django's validators, and django-axes locks a username, and
+# separately an address, after AXES_FAILURE_LIMIT failed logins for AXES_COOLOFF_TIME. Clients
+# of the API use keys, not passwords.
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 12}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = int(ENV.optional("SHARDWALLET_ADMIN_LOCKOUT_FAILURES", "5"))
+AXES_COOLOFF_TIME = float(ENV.optional("SHARDWALLET_ADMIN_LOCKOUT_HOURS", "0.25"))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = False
@@ -125,6 +172,7 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["apps.accounts.authentication.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["apps.accounts.authentication.IsApiClient"],
+    "DEFAULT_THROTTLE_CLASSES": ["apps.accounts.throttling.ApiKeyRateThrottle"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["apps.common.api.JSONParser"],
     "EXCEPTION_HANDLER": "apps.common.errors.api_exception_handler",
@@ -140,6 +188,10 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "SERVE_AUTHENTICATION": [],
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    # Swagger UI from the installed package, not a CDN: nothing foreign runs on our origin.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "apps.common.openapi.postprocess"],
     "ENUM_NAME_OVERRIDES": {
         "WalletStatusEnum": "apps.ledger.models.WalletStatus",
@@ -164,10 +216,36 @@ LOGGING = {
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": ENV.optional("SHARDWALLET_LOG_LEVEL", "INFO")},
+    # django-axes says hello at every start; its lockouts are warnings.
+    "loggers": {"axes": {"level": "WARNING"}},
 }
 
 # The processes of each role (apps/common/management/commands/run_*.py; the image's entry points).
 API_BIND = ENV.optional("SHARDWALLET_API_BIND", "127.0.0.1:8000")
+# The operators' surfaces (the admin, the operations page, /metrics) on an address of their own:
+# the API's address answers 404 for them (apps.common.surfaces). Production keeps them on the
+# host's loopback unless told otherwise; `off` serves them with the API (development's default).
+OPS_BIND = ENV.optional("SHARDWALLET_OPS_BIND", "127.0.0.1:8001" if ENV.production else "off")
+OPS_BIND = "" if OPS_BIND == "off" else OPS_BIND
+if OPS_BIND:
+    try:
+        if bind_port(OPS_BIND) == bind_port(API_BIND):
+            ENV.refuse(f"SHARDWALLET_OPS_BIND ({OPS_BIND}) needs a port of its own, not SHARDWALLET_API_BIND's")
+    except ImproperlyConfigured as exc:
+        ENV.refuse(f"SHARDWALLET_OPS_BIND or SHARDWALLET_API_BIND: {exc}")
+# /metrics asks for `Authorization: Bearer <token>` when this is set (on any address).
+METRICS_TOKEN = ENV.optional("SHARDWALLET_METRICS_TOKEN", "")
+# The gauges read from the shards are computed at most this often per process, whatever the
+# number of scrapes: a scrape costs a dictionary lookup, not a query per shard.
+METRICS_SHARD_GAUGES_SECONDS = float(ENV.optional("SHARDWALLET_METRICS_SHARD_GAUGES_SECONDS", "10"))
+# A request body larger than this is answered 413 before it is read (a batch of 1,000
+# transfers with short metadata is well under it).
+API_MAX_BODY_BYTES = int(ENV.optional("SHARDWALLET_API_MAX_BODY_BYTES", str(2 << 20)))
+DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
+# Requests per second each API key may make (a token bucket in Redis, apps.accounts.throttling),
+# and the burst it may spend at once; a client's own limits (ApiClient) override these. 0: no limit.
+API_RATE_LIMIT_PER_SECOND = float(ENV.optional("SHARDWALLET_API_RATE_LIMIT_PER_SECOND", "1000"))
+API_RATE_LIMIT_BURST = int(ENV.optional("SHARDWALLET_API_RATE_LIMIT_BURST", "2000"))
 API_WORKERS = int(ENV.optional("SHARDWALLET_API_WORKERS", "2"))
 # gthread: a request waiting for a transfer (?wait=) holds a thread, not a whole worker.
 API_THREADS = int(ENV.optional("SHARDWALLET_API_THREADS", "8"))

@@ -100,3 +100,6 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # Tests serve admin assets straight from the apps (no collectstatic run).
 STATIC_ROOT = None  # type: ignore[assignment]  # (a Path in the base settings)
 WHITENOISE_USE_FINDERS = True
+# Tests read gauges right after changing what they count: no caching between scrapes (a test
+# of the cache sets its own period).
+METRICS_SHARD_GAUGES_SECONDS = 0.0

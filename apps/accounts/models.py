@@ -15,6 +15,13 @@ class ApiClient(models.Model):
     key_digest = models.CharField(max_length=64, unique=True)
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # This client's own rate limit (apps.accounts.throttling); empty: the deployment's default.
+    rate_limit_per_second = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Requests per second; empty for the default, 0 for no limit."
+    )
+    rate_limit_burst = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Requests at once after a quiet spell; empty for the default."
+    )
 
     class Meta:
         ordering = ["id"]

@@ -11,8 +11,11 @@ from apps.accounts.services import digest_key
 # Keys are checked on every request; a short per-process cache saves a round trip to the
 # control database each time. A revoked key stops working within this many seconds.
 KEY_CACHE_SECONDS = 30.0
+# An unknown key is remembered too, briefly: a client retrying with a wrong key in a loop
+# costs a dictionary lookup, not a query per request.
+UNKNOWN_KEY_CACHE_SECONDS = 5.0
 _MAX_CACHED_KEYS = 10_000
-_cache: dict[str, tuple[float, ApiClient]] = {}
+_cache: dict[str, tuple[float, ApiClient | None]] = {}
 
 
 def api_client_get_by_key(key: str) -> ApiClient | None:
@@ -22,12 +25,9 @@ def api_client_get_by_key(key: str) -> ApiClient | None:
     if cached is not None and cached[0] > now:
         return cached[1]
     client = ApiClient.objects.using("default").filter(key_digest=digest, is_active=True).first()
-    if client is None:
-        _cache.pop(digest, None)
-        return None
     if len(_cache) >= _MAX_CACHED_KEYS:
         _cache.clear()
-    _cache[digest] = (now + KEY_CACHE_SECONDS, client)
+    _cache[digest] = (now + (KEY_CACHE_SECONDS if client is not None else UNKNOWN_KEY_CACHE_SECONDS), client)
     return client
 
 

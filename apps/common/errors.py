@@ -127,6 +127,9 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         response = Response(error_body(code, str(exc.detail)), status=exc.status_code)
         if isinstance(exc, drf.NotAuthenticated | drf.AuthenticationFailed):
             response["WWW-Authenticate"] = 'Bearer realm="api"'
+        if isinstance(exc, drf.Throttled):
+            response.data = error_body(code, "Too many requests for this API key; retry after Retry-After seconds.")
+            response["Retry-After"] = str(int(getattr(exc, "wait", None) or 1))
         return response
     return None
 

@@ -17,10 +17,15 @@ Where a CDC process runs or died (its status file says it did not stop cleanly) 
 set by `serve`), an `audit_cdc` component shows it, with its lag per shard and its own `ok`. It does not count towards
 `status`, `down` nor the HTTP status: the API serves without it, and a load balancer must
 not take API servers out because the audit stream is behind.
+
+On the public listener, when the operators' surfaces have one of their own (SHARDWALLET_OPS_BIND),
+each component says only whether it is up (and its latency): the reasons name servers, slots
+and commands, which are for operators; they are on the operators' listener and in the log.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any
@@ -31,6 +36,10 @@ from django.db import connections
 from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.recorder import MigrationRecorder
 from django.http import HttpRequest, JsonResponse
+
+from apps.common.surfaces import PUBLIC_URLCONF
+
+log = logging.getLogger(__name__)
 
 
 def _probe(check: Any) -> dict[str, Any]:
@@ -84,8 +93,21 @@ def health(request: HttpRequest) -> JsonResponse:
     if settings.AUDIT_CDC_EXPECTED or (status is not None and not status.get("stopped")):
         components["audit_cdc"] = health_component()
     components["bucket_fences"] = _fences_component()
-    body = {"status": "degraded" if down else "ok", "down": down, "components": components}
+    body = {"status": "degraded" if down else "ok", "down": down, "components": _shown(request, components)}
     return JsonResponse(body, status=503 if down else 200)
+
+
+def _shown(request: HttpRequest, components: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The components as this listener may show them; every failing one's reason is logged."""
+    for name, component in components.items():
+        if not component["ok"]:
+            log.warning("health: %s is down: %s", name, component.get("error", ""))
+    if getattr(request, "urlconf", None) != PUBLIC_URLCONF:
+        return components
+    return {
+        name: {key: value for key, value in component.items() if key in ("ok", "latency_ms")}
+        for name, component in components.items()
+    }
 
 
 def _fences_component() -> dict[str, Any]:
@@ -159,5 +181,5 @@ def ready(request: HttpRequest) -> JsonResponse:
         components[alias] = component
     components["redis"] = _probe(_redis_check)
     down = [name for name, component in components.items() if not component["ok"]]
-    body = {"status": "not_ready" if down else "ready", "down": down, "components": components}
+    body = {"status": "not_ready" if down else "ready", "down": down, "components": _shown(request, components)}
     return JsonResponse(body, status=503 if down else 200)

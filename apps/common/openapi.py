@@ -62,6 +62,12 @@ SHARD_MOVING = ErrorCode(
 )
 UNSUPPORTED_MEDIA_TYPE = ErrorCode(415, "unsupported_media_type", "the body is not sent as `application/json`")
 METHOD_NOT_ALLOWED = ErrorCode(405, "method_not_allowed", "the URL does not take this method")
+BODY_TOO_LARGE = ErrorCode(
+    413, "body_too_large", "the declared body is larger than the deployment accepts (2 MiB by default)"
+)
+RATE_LIMITED = ErrorCode(
+    429, "rate_limited", "this API key sent more requests than its rate limit: retry after `Retry-After` seconds"
+)
 AUTHENTICATION = (
     ErrorCode(401, "authentication_required", "no `Authorization` header"),
     ErrorCode(401, "authentication_failed", "not `Authorization: Bearer <key>`, or an unknown or revoked key"),
@@ -99,6 +105,13 @@ ERROR_HEADERS: dict[str, dict[str, dict[str, Any]]] = {
         }
     },
     "405": {"Allow": {"required": True, "schema": {"type": "string"}, "description": "The methods this URL takes."}},
+    "429": {
+        "Retry-After": {
+            "required": True,
+            "schema": {"type": "integer", "minimum": 1},
+            "description": "Seconds until the key's rate limit lets a request through.",
+        }
+    },
     "503": {
         "Retry-After": {
             "required": True,
@@ -117,9 +130,9 @@ def _error_response(codes: list[ErrorCode]) -> OpenApiResponse:
 
 
 def error_responses(*codes: ErrorCode) -> dict[int, OpenApiResponse]:
-    """Responses for the given error codes, plus what every operation can answer (401, 503)."""
+    """Responses for the given error codes, plus what every operation can answer (401, 413, 429, 503)."""
     by_status: dict[int, list[ErrorCode]] = defaultdict(list)
-    for code in (*codes, *AUTHENTICATION, SERVICE_UNAVAILABLE, SHARD_MOVING):
+    for code in (*codes, *AUTHENTICATION, BODY_TOO_LARGE, RATE_LIMITED, SERVICE_UNAVAILABLE, SHARD_MOVING):
         if code.code not in {c.code for c in by_status[code.status]}:
             by_status[code.status].append(code)
     return {status: _error_response(by_status[status]) for status in sorted(by_status)}

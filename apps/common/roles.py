@@ -16,9 +16,11 @@ from django.conf import settings
 CELERY = [sys.executable, "-m", "celery", "-A", "wallet_project"]
 
 
-def api_argv(bind: str, workers: int, threads: int) -> list[str]:
+def api_argv(bind: str, workers: int, threads: int, ops_bind: str = "") -> list[str]:
+    """gunicorn on the API's address and, given one, the operators' (apps.common.surfaces)."""
     return [
         sys.executable, "-m", "gunicorn", "wallet_project.wsgi", "--bind", bind,
+        *(["--bind", ops_bind] if ops_bind else []),
         "--workers", str(workers), "--worker-class", "gthread", "--threads", str(threads),
         "--backlog", "2048", "--access-logfile", "-", "--graceful-timeout", "5",
         # gunicorn's control interface (a unix socket in ~/.gunicorn, one path for every server

@@ -122,7 +122,7 @@ def hold_create(request: HoldRequest) -> HoldCreated:
 
 def _create(alias: str, request: HoldRequest) -> HoldCreated:
     now = timezone.now()
-    wallets = lock_wallets(alias, {request.payer_id}, payee_ids=set())
+    wallets = lock_wallets(alias, {request.payer_id}, payee_ids=set(), payers_owned_by=request.client_id)
     payer = wallets.get(request.payer_id)
     if payer is None or payer.owner_id != request.client_id:
         raise WalletNotFound(param="from")

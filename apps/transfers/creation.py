@@ -163,7 +163,7 @@ def _first_steps(
 ) -> list[ItemResult]:
     now = timezone.now()
     touched, payees = wallets_to_lock(alias, [(r.payer_id, r.payee_id) for _, r, _ in fresh])
-    wallets = lock_wallets(alias, touched, payee_ids=payees)
+    wallets = lock_wallets(alias, touched, payee_ids=payees, payers_owned_by=client_id)
     plan = GroupPlan()
     results: list[ItemResult] = []
     records: list[tuple] = []

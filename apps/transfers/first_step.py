@@ -56,8 +56,22 @@ class GroupPlan:
     entries: list[tuple] = field(default_factory=list)
 
 
-def lock_wallets(alias: str, wallet_ids: set[uuid.UUID], *, payee_ids: set[uuid.UUID]) -> dict[uuid.UUID, LockedWallet]:
+_LOCK_WALLETS_SQL = """
+SELECT id, owner_id, currency, status, balance_minor, last_entry_seq FROM ledger_wallet
+ WHERE id = ANY(%(ids)s) AND (%(owner)s::bigint IS NULL OR owner_id = %(owner)s OR id = ANY(%(payees)s))
+ ORDER BY id FOR UPDATE
+"""
+
+
+def lock_wallets(
+    alias: str, wallet_ids: set[uuid.UUID], *, payee_ids: set[uuid.UUID], payers_owned_by: int | None = None
+) -> dict[uuid.UUID, LockedWallet]:
     """Lock the rows in id order; for `payee_ids`, also read what they have in flight.
+
+    With `payers_owned_by`, a wallet that is not a payee is locked only if that client owns it:
+    PostgreSQL filters on the row it sees before it locks, so naming another client's wallet
+    as `from` neither takes nor waits for its lock (the owner's own payments are not slowed),
+    and the wallet is then absent, as one that does not exist.
 
     The in-flight sum is read by a second statement, after the locks are held: in READ
     COMMITTED it then sees every debit committed before we got the lock (a debit needs the
@@ -65,9 +79,7 @@ def lock_wallets(alias: str, wallet_ids: set[uuid.UUID], *, payee_ids: set[uuid.
     """
     with fast_cursor(alias) as cursor:
         cursor.execute(
-            "SELECT id, owner_id, currency, status, balance_minor, last_entry_seq FROM ledger_wallet"
-            " WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
-            [sorted(wallet_ids)],
+            _LOCK_WALLETS_SQL, {"ids": sorted(wallet_ids), "owner": payers_owned_by, "payees": sorted(payee_ids)}
         )
         wallets = {row[0]: LockedWallet(*row[1:]) for row in cursor.fetchall()}
         # Through a stale map a moved wallet is "missing" here: that must not become a refusal.

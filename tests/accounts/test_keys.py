@@ -41,7 +41,21 @@ def test_a_revoked_key_stops_working_once_the_cache_expires(clock: Clock) -> Non
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "authentication_failed"
     clock.now += selectors.KEY_CACHE_SECONDS
-    assert api_for(key).get("/v1/wallets").status_code == 401  # refused answers are not cached
+    assert api_for(key).get("/v1/wallets").status_code == 401  # still refused once the short refusal cache expires
+
+
+def test_an_unknown_key_is_looked_up_once_then_remembered_briefly(clock: Clock) -> None:
+    from django.db import connections
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connections["default"]) as queries:
+        for _ in range(20):
+            assert api_for("sk_not-a-key").get("/v1/wallets").status_code == 401
+    assert len([q for q in queries if "accounts_apiclient" in q["sql"]]) == 1
+    clock.now += selectors.UNKNOWN_KEY_CACHE_SECONDS + 0.1
+    with CaptureQueriesContext(connections["default"]) as queries:
+        assert api_for("sk_not-a-key").get("/v1/wallets").status_code == 401
+    assert len([q for q in queries if "accounts_apiclient" in q["sql"]]) == 1
 
 
 def test_an_active_key_keeps_working_after_its_cache_entry_expires(clock: Clock) -> None:

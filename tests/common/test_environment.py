@@ -10,7 +10,7 @@ import pytest
 from wallet_project.environment import ConfigurationError, Environment
 
 PRODUCTION_REQUIRED = {
-    "SHARDWALLET_SECRET_KEY": "s3cret-key-for-this-test-only",
+    "SHARDWALLET_SECRET_KEY": "test-only-0123456789-abcdefghijklmnopqrstuvwxyz-ABCDEFGHIJ",
     "SHARDWALLET_ALLOWED_HOSTS": "wallet.example.com",
     "SHARDWALLET_SHARDS_FILE": "tests/shards.test.yaml",
     "SHARDWALLET_REDIS_URL": "redis://10.0.0.5:6379/0",
@@ -113,3 +113,34 @@ def test_the_auditors_file_is_a_file_of_accounts_not_the_inline_variable(tmp_pat
     result = _manage(["shell", "--verbosity", "0", "-c", script], env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "['alice', 'bob']"
+
+
+def test_a_short_or_placeholder_secret_key_is_refused_in_production() -> None:
+    for weak in ("s3cret-key", "a" * 64, "django-insecure-" + "x1y2z3w4v5" * 5):
+        result = _manage_check({**PRODUCTION_REQUIRED, "SHARDWALLET_SECRET_KEY": weak})
+        assert result.returncode == 1, weak
+        assert "SHARDWALLET_SECRET_KEY is refused: a secret key needs 50+ characters" in result.stderr
+    old = {"SHARDWALLET_SECRET_KEY_FALLBACKS": "short-old-key"}
+    result = _manage_check({**PRODUCTION_REQUIRED, **old})
+    assert "SHARDWALLET_SECRET_KEY_FALLBACKS is refused" in result.stderr
+
+
+def test_deploy_check_is_clean_in_production_behind_tls() -> None:
+    """Django's own deployment checklist (`check --deploy`): nothing to say, HSTS and redirect on."""
+    old_key = "old-key-being-rotated-out-0123456789-abcdefghijklmnopqrstuvwxyz"
+    env = {**PRODUCTION_REQUIRED, "SHARDWALLET_BEHIND_TLS_PROXY": "1", "SHARDWALLET_SECRET_KEY_FALLBACKS": old_key}
+    result = _manage(["check", "--deploy", "--fail-level", "WARNING"], env)
+    assert result.returncode == 0, result.stderr
+    assert "no issues" in result.stdout
+    script = (
+        "from django.conf import settings as s;"
+        " print(s.SECURE_SSL_REDIRECT, s.SECURE_HSTS_SECONDS, s.SECRET_KEY_FALLBACKS == [s.SECRET_KEY_FALLBACKS[0]],"
+        " s.OPS_BIND)"
+    )
+    result = _manage(["shell", "--verbosity", "0", "-c", script], env)
+    assert result.stdout.split() == ["True", "31536000", "True", "127.0.0.1:8001"], result.stderr
+    # Without TLS in front, the same check names what is missing.
+    plain = _manage(["check", "--deploy", "--fail-level", "WARNING"], PRODUCTION_REQUIRED)
+    assert plain.returncode == 1
+    assert "security.W004" in plain.stderr
+    assert "security.W008" in plain.stderr

@@ -220,3 +220,32 @@ def test_the_in_flight_gauge_reads_an_index_not_every_transfer() -> None:
         plan = "\n".join(row[0] for row in cursor.fetchall())
     assert "transfer_in_flight" in plan, plan
     assert "Seq Scan" not in plan, plan
+
+
+def test_metrics_need_the_token_when_one_is_set(settings) -> None:
+    settings.METRICS_TOKEN = "scrape-token-0123456789"
+    assert Client().get("/metrics").status_code == 401
+    assert Client().get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
+    response = Client().get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-token-0123456789")
+    assert response.status_code == 200
+    assert b"shardwallet_shard_up" in response.content
+
+
+def test_a_scrape_flood_reads_the_shards_once_per_period(settings) -> None:
+    """The gauges read from the shards are cached per process: scrapes cost O(1), not a query each."""
+    from django.test.utils import CaptureQueriesContext
+
+    settings.METRICS_SHARD_GAUGES_SECONDS = 60
+    owner, _ = make_client()
+    payer, payee = cross_shard_pair(owner)
+    with CaptureQueriesContext(connections["shard_00"]) as first:
+        before = scrape()
+    with CaptureQueriesContext(connections["shard_00"]) as flood:
+        for _ in range(10):
+            scrape()
+    assert any("transfers_transfer" in q["sql"] for q in first)
+    assert not any("transfers_transfer" in q["sql"] for q in flood)
+    parked_transfer(owner, payer, payee.id, 10)
+    assert total(scrape(), "shardwallet_transfers_parked") == total(before, "shardwallet_transfers_parked")
+    settings.METRICS_SHARD_GAUGES_SECONDS = 0  # a new period: the gauges are read again
+    assert total(scrape(), "shardwallet_transfers_parked") == total(before, "shardwallet_transfers_parked") + 1

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from django.conf import settings
@@ -14,8 +15,17 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--bind", default=settings.API_BIND, help="address:port (SHARDWALLET_API_BIND)")
+        parser.add_argument(
+            "--ops-bind",
+            default=settings.OPS_BIND,
+            help="address:port of the admin, operations page and /metrics (SHARDWALLET_OPS_BIND; `off`: with the API)",
+        )
         parser.add_argument("--workers", type=int, default=settings.API_WORKERS, help="SHARDWALLET_API_WORKERS")
         parser.add_argument("--threads", type=int, default=settings.API_THREADS, help="SHARDWALLET_API_THREADS")
 
-    def handle(self, *args: Any, bind: str, workers: int, threads: int, **options: Any) -> None:
-        exec_role(api_argv(bind, workers, threads))
+    def handle(self, *args: Any, bind: str, ops_bind: str, workers: int, threads: int, **options: Any) -> None:
+        ops_bind = "" if ops_bind == "off" else ops_bind
+        # The listeners are told apart by port (apps.common.surfaces) in the served processes,
+        # which read SHARDWALLET_OPS_BIND: it must say what gunicorn binds.
+        os.environ["SHARDWALLET_OPS_BIND"] = ops_bind or "off"
+        exec_role(api_argv(bind, workers, threads, ops_bind))

@@ -1,0 +1,107 @@
+"""Per-key rate limits: a token bucket per API client in Redis, shared by every API process.
+
+A bucket holds up to `burst` tokens and refills at `rate` per second; each request takes one,
+and a request finding none is answered 429 `rate_limited` with `Retry-After`: the seconds
+until a token is there. The script runs in Redis (one round trip, atomic across processes)
+and reads Redis's clock, so API hosts' clocks do not matter.
+
+Redis down must not stop payments: the limit is then not enforced (fail open) and not asked
+again for a second, so a dead Redis costs one timeout per process per second, not one per request.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+import redis
+from django.conf import settings
+from rest_framework.request import Request
+from rest_framework.throttling import BaseThrottle
+
+from apps.accounts.models import ApiClient
+
+log = logging.getLogger(__name__)
+
+# KEYS[1]: the bucket; ARGV: rate (tokens per second), burst. Returns {allowed, wait in ms}.
+_REFILL_AND_TAKE = """
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local clock = redis.call('TIME')
+local now = clock[1] * 1000 + math.floor(clock[2] / 1000)
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(state[1]) or burst
+local at = tonumber(state[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - at) * rate / 1000)
+local allowed = 0
+local wait = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+  allowed = 1
+else
+  wait = math.ceil((1 - tokens) * 1000 / rate)
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', now)
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
+return {allowed, wait}
+"""
+
+_UNAVAILABLE_PAUSE_SECONDS = 1.0
+
+
+class _Limiter:
+    def __init__(self) -> None:
+        self.url = ""
+        self.script: Any = None
+        self.skip_until = 0.0
+
+    def take(self, client_id: int, rate: float, burst: int) -> float:
+        """Seconds to wait before the next request (0: this one may go)."""
+        if time.monotonic() < self.skip_until:
+            return 0.0
+        try:
+            if self.url != settings.REDIS_URL:
+                client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=0.2, socket_timeout=0.2)
+                self.script, self.url = client.register_script(_REFILL_AND_TAKE), settings.REDIS_URL
+            allowed, wait_ms = self.script(keys=[f"shardwallet:rate:{client_id}"], args=[rate, burst])
+        except redis.RedisError as exc:
+            log.warning("rate limit not enforced for %.0f s: Redis unavailable: %s", _UNAVAILABLE_PAUSE_SECONDS, exc)
+            self.skip_until = time.monotonic() + _UNAVAILABLE_PAUSE_SECONDS
+            return 0.0
+        return 0.0 if allowed else int(wait_ms) / 1000
+
+
+_limiter = _Limiter()
+
+
+def limits_of(client: ApiClient) -> tuple[float, int]:
+    """(requests per second, burst) for this client: its own, else the deployment's; rate 0: unlimited."""
+    own = client.rate_limit_per_second
+    rate = float(settings.API_RATE_LIMIT_PER_SECOND if own is None else own)
+    burst = client.rate_limit_burst or settings.API_RATE_LIMIT_BURST
+    return rate, max(1, burst)
+
+
+class ApiKeyRateThrottle(BaseThrottle):
+    """DRF's throttle hook around the limiter; unauthenticated requests are refused before it."""
+
+    def __init__(self) -> None:
+        self.retry_after: float | None = None
+
+    def allow_request(self, request: Request, view: Any) -> bool:
+        client = request.user
+        if not isinstance(client, ApiClient):
+            return True
+        rate, burst = limits_of(client)
+        if rate <= 0:
+            return True
+        wait = _limiter.take(client.id, rate, burst)
+        if wait <= 0:
+            return True
+        self.retry_after = wait
+        return False
+
+    def wait(self) -> float | None:
+        return None if self.retry_after is None else max(1, math.ceil(self.retry_after))
