@@ -28,14 +28,13 @@ from hosts.layout import (
     CONTROL,
     LOGS,
     POSTGRES_PORT,
-    REDIS_URL,
     RELAY_PORT,
     SECRETS,
     SHARD_HOSTS,
     SHARDS_FILE,
     SLOW_SHARD,
 )
-from hosts.servers import PG_PASSWORD_FILE
+from hosts.servers import PG_PASSWORD_FILE, redis_url
 
 BUCKETS = 1024
 MANAGE = [sys.executable, str(ROOT / "manage.py")]
@@ -110,7 +109,7 @@ def configure(*, api_workers: int, api_threads: int, worker_concurrency: int) ->
         "SHARDWALLET_ALLOWED_HOSTS": APP.address,
         "SHARDWALLET_SHARDS_FILE": str(SHARDS_FILE),
         "SHARDWALLET_DB_PASSWORD_FILE": str(PG_PASSWORD_FILE),
-        "SHARDWALLET_REDIS_URL": REDIS_URL,
+        "SHARDWALLET_REDIS_URL_FILE": _secret_file("redis_url", redis_url()),
         "SHARDWALLET_DEVSTACK_DIR": str(APP_DIR),
         "PROMETHEUS_MULTIPROC_DIR": str(metrics),
         "SHARDWALLET_API_BIND": f"{APP.address}:{API_PORT}",

@@ -53,7 +53,6 @@ def host(name: str) -> Host:
 
 
 API_URL = f"http://{APP.address}:{API_PORT}"
-REDIS_URL = f"redis://{REDIS.address}:{REDIS_PORT}/0"
 
 DIR = ROOT / "var" / "hosts"
 PG_DIR = DIR / "pg"

@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from apps.common.redis_auth import write_config
 from apps.sharding.devstack import (
     POSTGRES_CONF,
     VANISHED_CLIENTS_CONF,
@@ -130,12 +131,25 @@ class HostPostgres(PostgresCluster):
             raise DevstackError(f"creating {self.server.name} on {self.host.name}: {result.stderr.strip()}")
 
 
+REDIS_PASSWORD_FILE = SECRETS / "redis_password"
+
+
+def redis_url() -> str:
+    """The broker's URL with its ACL user and a password made once per run (as production has)."""
+    if not REDIS_PASSWORD_FILE.exists():
+        SECRETS.mkdir(parents=True, exist_ok=True)
+        REDIS_PASSWORD_FILE.write_text(secrets.token_urlsafe(24))
+        REDIS_PASSWORD_FILE.chmod(0o600)
+    return f"redis://shardwallet:{REDIS_PASSWORD_FILE.read_text().strip()}@{REDIS.address}:{REDIS_PORT}/0"
+
+
 def redis_program(env: dict[str, str]) -> Program:
-    """Redis on its own host's address only (no persistence: the broker is not the truth)."""
+    """Redis on its own host's address only (no persistence: the broker is not the truth), with
+    the URL's ACL user; the passwordless default user is off."""
     workdir = LOGS.parent / "redis"
-    workdir.mkdir(parents=True, exist_ok=True)
+    config = write_config(workdir / "redis.conf", redis_url(), [])
     argv = [
-        "redis-server", "--bind", REDIS.address, "--port", str(REDIS_PORT), "--protected-mode", "no",
+        "redis-server", str(config), "--bind", REDIS.address, "--port", str(REDIS_PORT), "--protected-mode", "no",
         "--save", "", "--appendonly", "no", "--dir", str(workdir),
     ]  # fmt: skip
     return Program("redis", net.on(REDIS, argv), env, LOGS / "redis.log")

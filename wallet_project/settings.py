@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlparse
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -76,6 +77,12 @@ if ENV.flag("SHARDWALLET_BEHIND_TLS_PROXY", False):
 SHARDS_FILE = _env_path(ENV.get("SHARDWALLET_SHARDS_FILE", "shards.yaml"))
 DEVSTACK_DIR = _env_path(ENV.optional("SHARDWALLET_DEVSTACK_DIR", "var/dev"))
 REDIS_URL = ENV.get("SHARDWALLET_REDIS_URL", "redis://127.0.0.1:6379/0")
+if ENV.production and REDIS_URL and not urlparse(REDIS_URL).password:
+    # Anyone who can write to the broker can queue tasks: production's Redis asks for a password.
+    ENV.refuse(
+        "SHARDWALLET_REDIS_URL has no password: production needs one, redis://:PASSWORD@host:6379/0 or an ACL"
+        " user redis://USER:PASSWORD@host:6379/0 (rediss:// for TLS); SHARDWALLET_REDIS_URL_FILE keeps it in a file"
+    )
 ENV.check()
 
 SHARD_MAP = load_shard_map(SHARDS_FILE)
@@ -342,6 +349,13 @@ AUDIT_LOGIN = parse_login(ENV.optional("SHARDWALLET_AUDIT_LOGIN", "")) or _first
 AUDIT_QUERY_MAX_SECONDS = float(ENV.optional("SHARDWALLET_AUDIT_QUERY_MAX_SECONDS", "60"))
 AUDIT_QUERY_MAX_MEMORY_BYTES = int(ENV.optional("SHARDWALLET_AUDIT_QUERY_MAX_MEMORY_BYTES", str(2 << 30)))
 AUDIT_QUERY_MAX_RESULT_ROWS = int(ENV.optional("SHARDWALLET_AUDIT_QUERY_MAX_RESULT_ROWS", "10000000"))
+# Bytes of one query's result at most (as ClickHouse counts them, before formatting): the
+# endpoint holds a result in memory while it sends it.
+AUDIT_QUERY_MAX_RESULT_BYTES = int(ENV.optional("SHARDWALLET_AUDIT_QUERY_MAX_RESULT_BYTES", str(512 << 20)))
+# Connections the auditors' endpoint serves at once (one thread each; one more is answered 503),
+# and how long a socket may sit idle or stalled mid-request before it is closed.
+AUDIT_HTTP_MAX_CONNECTIONS = int(ENV.optional("SHARDWALLET_AUDIT_HTTP_MAX_CONNECTIONS", "32"))
+AUDIT_HTTP_TIMEOUT_SECONDS = float(ENV.optional("SHARDWALLET_AUDIT_HTTP_TIMEOUT_SECONDS", "30"))
 # Threads per query: the CDC's readers and inserts share the process's cores with it.
 AUDIT_QUERY_MAX_THREADS = int(ENV.optional("SHARDWALLET_AUDIT_QUERY_MAX_THREADS", "1"))
 # Queries at once; one more is answered 503 (ClickHouse code 202) at once, not queued.

@@ -36,7 +36,8 @@ def _worker_stack() -> None:
     defaults = {
         "SHARDWALLET_SHARDS_FILE": shards_file,
         "SHARDWALLET_DEVSTACK_DIR": stack_dir,
-        "SHARDWALLET_REDIS_URL": f"redis://127.0.0.1:{26379 + shift}/0",
+        # With a password, as production has one: every test talks to an authenticating Redis.
+        "SHARDWALLET_REDIS_URL": f"redis://:test-only-redis-password@127.0.0.1:{26379 + shift}/0",
         "SHARDWALLET_AUDIT_HTTP_PORT": str(26123 + shift),
     }
     chosen = [name for name in defaults if name not in os.environ]

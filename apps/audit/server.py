@@ -22,6 +22,13 @@ Every query is, in this order:
    string (time, memory, result rows, threads): a query can change neither (ClickHouse
    refuses SET and SETTINGS in readonly mode);
 4. recorded in `audit.query_log` (apps/audit/query_log.py), refused ones too.
+
+What one connection can cost is bounded before any of that: at most
+`AUDIT_HTTP_MAX_CONNECTIONS` connections are served at once (one more is answered 503 and
+closed), a socket idle or stalled for `AUDIT_HTTP_TIMEOUT_SECONDS` is closed, a body is at most
+1 MiB (a malformed or negative `Content-Length`, or a malformed or oversized chunk, is a 400
+before anything is buffered), a result at most `AUDIT_QUERY_MAX_RESULT_BYTES`, and a
+`query_id` (echoed in a header) is printable ASCII without spaces.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -53,6 +60,12 @@ from apps.audit.query_log import QueryLog, QueryLogEntry
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1 << 20
+# A chunk-size line (hex size and extensions) or a trailer line is never longer than this.
+_MAX_CHUNK_LINE_BYTES = 1024
+_MAX_TRAILER_LINES = 100
+_CHUNK_SIZE = re.compile(rb"[0-9a-fA-F]{1,8}")
+_QUERY_ID = re.compile(r"[\x21-\x7e]{1,128}")
+BAD_ARGUMENTS = 36
 AUTHENTICATION_FAILED = 516
 TOO_MANY_SIMULTANEOUS_QUERIES = 202
 _CODE = re.compile(r"Code: (\d+)\.")
@@ -68,6 +81,7 @@ _STATUS_BY_CODE = {
     46: HTTPStatus.BAD_REQUEST,  # UNKNOWN_FUNCTION
     73: HTTPStatus.BAD_REQUEST,  # UNKNOWN_FORMAT
     456: HTTPStatus.BAD_REQUEST,  # UNKNOWN_QUERY_PARAMETER
+    36: HTTPStatus.BAD_REQUEST,  # BAD_ARGUMENTS
     60: HTTPStatus.NOT_FOUND,  # UNKNOWN_TABLE
     81: HTTPStatus.NOT_FOUND,  # UNKNOWN_DATABASE
 }
@@ -92,6 +106,7 @@ class QueryLimits:
     max_memory_bytes: int
     max_result_rows: int
     max_threads: int
+    max_result_bytes: int
 
     @classmethod
     def from_settings(cls) -> QueryLimits:
@@ -100,6 +115,7 @@ class QueryLimits:
             max_memory_bytes=settings.AUDIT_QUERY_MAX_MEMORY_BYTES,
             max_result_rows=settings.AUDIT_QUERY_MAX_RESULT_ROWS,
             max_threads=settings.AUDIT_QUERY_MAX_THREADS,
+            max_result_bytes=settings.AUDIT_QUERY_MAX_RESULT_BYTES,
         )
 
     def connection_settings(self) -> dict[str, str]:
@@ -110,6 +126,7 @@ class QueryLimits:
             "timeout_overflow_mode": "throw",
             "max_memory_usage": str(self.max_memory_bytes),
             "max_result_rows": str(self.max_result_rows),
+            "max_result_bytes": str(self.max_result_bytes),
             "result_overflow_mode": "throw",
             "max_threads": str(self.max_threads),
             # chDB (local mode) allows them by default: addressToLine() and the like read the binary.
@@ -181,9 +198,21 @@ class _Unauthenticated(Exception):
     pass
 
 
+class _BadBody(Exception):
+    """A body that is refused before it is buffered: its HTTP status and why."""
+
+    def __init__(self, status: HTTPStatus, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: AuditHttpServer
     protocol_version = "HTTP/1.1"  # keep-alive, as clickhouse-connect's pool expects
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.settimeout(self.server.socket_timeout)  # idle or stalled: closed
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("audit http " + format, *args)
@@ -212,9 +241,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             body = self._read_body()
-        except ValueError as exc:
-            self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"{exc}\n".encode())
-            self.close_connection = True
+        except _BadBody as exc:
+            self._send(exc.status, f"{exc}\n".encode())
+            self.close_connection = True  # what is left of the body is never read
             return
         encoding = (self.headers.get("Content-Encoding") or "identity").lower()
         if encoding != "identity":
@@ -245,24 +274,47 @@ class _Handler(BaseHTTPRequestHandler):
         return dict(parse_qsl(url.query, keep_blank_values=True))
 
     def _read_body(self) -> bytes:
+        """The body, read only as far as it is well formed and within MAX_BODY_BYTES."""
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            parts: list[bytes] = []
-            size = 0
-            while True:
-                chunk_size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if chunk_size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass  # trailers
-                    return b"".join(parts)
-                size += chunk_size
-                if size > MAX_BODY_BYTES:
-                    raise ValueError("request body too large")
-                parts.append(self.rfile.read(chunk_size))
-                self.rfile.readline()
-        length = int(self.headers.get("Content-Length") or 0)
+            return self._read_chunks()
+        declared = (self.headers.get("Content-Length") or "0").strip()
+        if not declared.isdigit():
+            raise _BadBody(HTTPStatus.BAD_REQUEST, "Content-Length must be a non-negative integer")
+        length = int(declared)
         if length > MAX_BODY_BYTES:
-            raise ValueError("request body too large")
-        return self.rfile.read(length) if length else b""
+            raise _BadBody(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "request body too large")
+        body = self.rfile.read(length) if length else b""
+        if len(body) < length:
+            raise _BadBody(HTTPStatus.BAD_REQUEST, "the body is shorter than its Content-Length")
+        return body
+
+    def _read_line(self) -> bytes:
+        line = self.rfile.readline(_MAX_CHUNK_LINE_BYTES + 1)
+        if len(line) > _MAX_CHUNK_LINE_BYTES:
+            raise _BadBody(HTTPStatus.BAD_REQUEST, "a chunk-size or trailer line is too long")
+        return line
+
+    def _read_chunks(self) -> bytes:
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            size_text = self._read_line().split(b";")[0].strip()
+            if not _CHUNK_SIZE.fullmatch(size_text):
+                raise _BadBody(HTTPStatus.BAD_REQUEST, "malformed chunk size")
+            chunk_size = int(size_text, 16)
+            if chunk_size == 0:
+                for _ in range(_MAX_TRAILER_LINES):
+                    if self._read_line() in (b"\r\n", b"\n", b""):
+                        return b"".join(parts)
+                raise _BadBody(HTTPStatus.BAD_REQUEST, "too many trailer lines")
+            size += chunk_size
+            if size > MAX_BODY_BYTES:
+                raise _BadBody(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "request body too large")
+            chunk = self.rfile.read(chunk_size)
+            if len(chunk) < chunk_size:
+                raise _BadBody(HTTPStatus.BAD_REQUEST, "a chunk is shorter than its size")
+            parts.append(chunk)
+            self._read_line()
 
     def _credentials(self, args: dict[str, str]) -> tuple[str, str]:
         """(user, password) as ClickHouse takes them: one way only, of three."""
@@ -324,6 +376,11 @@ class _Handler(BaseHTTPRequestHandler):
         fmt = args.get("default_format") or "TabSeparated"
         params = {k[len("param_") :]: v for k, v in args.items() if k.startswith("param_")}
         query_id = args.get("query_id") or str(uuid.uuid4())
+        if not _QUERY_ID.fullmatch(query_id):
+            # It is echoed in a response header: a line break there would be a header of the client's.
+            message = "query_id must be 1 to 128 printable ASCII characters without spaces"
+            self._error(BAD_ARGUMENTS, f"Code: {BAD_ARGUMENTS}. DB::Exception: {message}. (BAD_ARGUMENTS)")
+            return
         entry = QueryLogEntry(
             time=datetime.now(tz=UTC),
             query_id=query_id,
@@ -401,6 +458,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
+_TOO_MANY_CONNECTIONS = b"too many connections at once\n"
+TOO_MANY_CONNECTIONS_ANSWER = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=UTF-8\r\n"
+    + f"Content-Length: {len(_TOO_MANY_CONNECTIONS)}\r\nConnection: close\r\n\r\n".encode()
+    + _TOO_MANY_CONNECTIONS
+)
+
+
 class AuditHttpServer(ThreadingHTTPServer):
     """The endpoint, its auditor accounts and its query log; refuses to exist without an account."""
 
@@ -421,6 +486,8 @@ class AuditHttpServer(ThreadingHTTPServer):
             raise ImproperlyConfigured(NO_AUDITORS)
         self.auditors = dict(accounts)
         self.engine = engine
+        self.socket_timeout = settings.AUDIT_HTTP_TIMEOUT_SECONDS
+        self.connection_slots = threading.BoundedSemaphore(settings.AUDIT_HTTP_MAX_CONNECTIONS)
         # Its own chDB connection (store.writer_client opens one more on the CDC's path): the
         # sink's batches and the log's inserts never queue behind each other.
         self.query_log = query_log or QueryLog(
@@ -429,6 +496,25 @@ class AuditHttpServer(ThreadingHTTPServer):
             max_pending=settings.AUDIT_QUERY_LOG_MAX_PENDING,
         )
         super().__init__((host, port), _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """A thread per connection, up to the cap; past it, 503 and closed at once (no thread)."""
+        if not self.connection_slots.acquire(blocking=False):
+            with suppress(OSError):
+                request.sendall(TOO_MANY_CONNECTIONS_ANSWER)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.connection_slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.connection_slots.release()
 
     def start(self) -> threading.Thread:
         self.query_log.start()

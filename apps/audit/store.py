@@ -98,9 +98,10 @@ def _refused_login(exc: Exception) -> bool:
 
 
 def connect_reader(port: int | None = None) -> Any:
-    """`reader_client`, turning a refused connection or login into advice."""
+    """`reader_client`, turning a refused connection or login into advice; a connection that is
+    not read-only is refused, not assumed away (a DSN naming the writer, a profile lost)."""
     try:
-        return reader_client(port)
+        client = reader_client(port)
     except AuditStoreUnavailable:
         raise
     except Exception as exc:
@@ -121,3 +122,15 @@ def connect_reader(port: int | None = None) -> Any:
             if _refused_login(exc)
             else f"ClickHouse at {server_address(settings.CLICKHOUSE_AUDITOR_URL)} does not answer: {exc}"
         ) from exc
+    require_read_only(client)
+    return client
+
+
+def require_read_only(client: Any) -> None:
+    """Refuse an auditors' connection on which a query could write: ClickHouse's `readonly` is 0."""
+    level = int(client.query("SELECT getSetting('readonly')").result_rows[0][0])
+    if level < 1:
+        raise AuditStoreUnavailable(
+            "the auditors' connection is not read-only (readonly=0): give SHARDWALLET_CLICKHOUSE_AUDITOR_URL a user"
+            " whose settings profile has readonly = 1 (docker/clickhouse/initdb), never the writer's"
+        )

@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 import psycopg
 import redis
 
+from apps.common.redis_auth import write_config
 from apps.sharding.shardmap import SERVERS_SQL, DatabaseServer, ShardMap
 
 log = logging.getLogger(__name__)
@@ -239,9 +240,11 @@ class Devstack:
             raise DevstackError(f"port {port} is taken by something that is not Redis")
         redis_dir = self.redis_pidfile.parent
         redis_dir.mkdir(parents=True, exist_ok=True)
+        # A password in the URL (the test stacks have one) becomes the server's: a client without it is refused.
+        config = write_config(redis_dir / "redis.conf", self.redis_url, [])
         subprocess.run(
             [  # noqa: S607
-                "redis-server", "--port", str(port), "--bind", host, "--daemonize", "yes",
+                "redis-server", str(config), "--port", str(port), "--bind", host, "--daemonize", "yes",
                 "--pidfile", str(self.redis_pidfile), "--dir", str(redis_dir),
                 "--logfile", str(redis_dir / "redis.log"), "--save", "", "--appendonly", "no",
             ],

@@ -502,3 +502,125 @@ def test_a_heavy_auditor_query_does_not_stall_ingestion(cdc: CdcProcess) -> None
     assert figures["stored_before_query_ended"] >= figures["deposits_during_query"] // 2, figures
     assert figures["delay_max_s"] <= 3.0, figures
     assert figures["status_lag_seconds_max"] <= 3.0, figures
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def _raw(port: int, head: bytes, *, then: bytes = b"", timeout: float = 10) -> bytes:
+    """Send `head` (and `then`, as far as the server reads it) on a new connection; what it answers."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
+        conn.sendall(head)
+        if then:
+            try:
+                conn.sendall(then)
+            except OSError:  # the server answered and closed without reading it all: the point
+                return b"(closed while sending)"
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+            if b"\r\n\r\n" in answer and len(answer) > 200:
+                break
+        return answer
+
+
+def test_malformed_bodies_are_refused_without_buffering_them(cdc: CdcProcess) -> None:
+    cdc.start(env=auditors_env())
+    auth = basic(ALICE)["Authorization"].encode()
+    request = b"POST / HTTP/1.1\r\nHost: x\r\nAuthorization: " + auth + b"\r\n"
+    assert b" 400 " in _raw(cdc.port, request + b"Content-Length: -5\r\n\r\nSELECT 1")
+    assert b" 400 " in _raw(cdc.port, request + b"Content-Length: 12abc\r\n\r\n")
+    assert b" 413 " in _raw(cdc.port, request + b"Content-Length: 99999999999\r\n\r\n")
+    chunked = request + b"Transfer-Encoding: chunked\r\n\r\n"
+    assert b" 400 " in _raw(cdc.port, chunked + b"-10\r\nSELECT 1\r\n0\r\n\r\n")
+    assert b" 400 " in _raw(cdc.port, chunked + b"zz\r\n")
+    assert b" 413 " in _raw(cdc.port, chunked + b"7fffffff\r\n")
+    # A chunk-size line that never ends: 1 KiB of it is read, then the connection is answered and
+    # closed (the client sees the 400 or, with its data unread, a reset); it is never held in memory.
+    before = _rss_kib(cdc.process.pid)
+    answer = _raw(cdc.port, chunked, then=b"1" * (64 << 20))
+    assert b" 400 " in answer or answer == b"(closed while sending)"
+    assert _rss_kib(cdc.process.pid) - before < 32 << 10
+    status, _, _ = http(cdc.port, "SELECT 1", headers=basic(ALICE))
+    assert status == 200
+
+
+def test_a_query_id_with_a_line_break_is_refused_and_results_are_capped_in_bytes(cdc: CdcProcess) -> None:
+    cdc.start(env=auditors_env(max_result_bytes="100000"))
+    status, headers, body = http(
+        cdc.port, "SELECT 1", headers=basic(ALICE), params={"query_id": "q1\r\nX-Injected: yes"}
+    )
+    assert status == 400
+    assert b"BAD_ARGUMENTS" in body
+    assert "X-Injected" not in headers
+    status, headers, _ = http(cdc.port, "SELECT 1", headers=basic(ALICE), params={"query_id": "audit-42"})
+    assert (status, headers["X-ClickHouse-Query-Id"]) == (200, "audit-42")
+    status, _, body = http(cdc.port, "SELECT number FROM numbers(100000)", headers=basic(ALICE))
+    assert status == 500
+    assert b"TOO_MANY_ROWS_OR_BYTES" in body
+
+
+def test_connections_are_capped_and_idle_sockets_time_out(cdc: CdcProcess) -> None:
+    env = {
+        **auditors_env(),
+        "SHARDWALLET_AUDIT_HTTP_MAX_CONNECTIONS": "3",
+        "SHARDWALLET_AUDIT_HTTP_TIMEOUT_SECONDS": "2",
+    }
+    cdc.start(env=env)
+    idle = [socket.create_connection(("127.0.0.1", cdc.port), timeout=10) for _ in range(3)]
+    try:
+        time.sleep(0.3)
+        assert b" 503 " in _raw(cdc.port, b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        # The idle ones are closed after the timeout, and their slots serve again.
+        for conn in idle:
+            assert conn.recv(1024) == b""
+        status, _, _ = http(cdc.port, "SELECT 1", headers=basic(ALICE))
+        assert status == 200
+    finally:
+        for conn in idle:
+            conn.close()
+
+
+_READ_ONLY_PROBE = """
+import sys, types
+import django
+django.setup()
+import chdb
+from apps.audit.store import AuditStoreUnavailable, require_read_only
+
+class Client:  # clickhouse-connect's query() shape over a chDB connection
+    def __init__(self, path):
+        self.conn = chdb.connect(path)
+    def query(self, sql):
+        cursor = self.conn.cursor()
+        cursor.execute(sql)
+        return types.SimpleNamespace(result_rows=cursor.fetchall())
+
+try:
+    require_read_only(Client(sys.argv[1]))
+except AuditStoreUnavailable as exc:
+    print("refused:", exc)
+else:
+    print("accepted")
+"""
+
+
+@pytest.mark.parametrize(("settings_suffix", "verdict"), [("", "refused"), ("?readonly=1", "accepted")])
+def test_an_auditors_connection_that_can_write_is_refused(tmp_path: Path, settings_suffix: str, verdict: str) -> None:
+    """ClickHouse itself says whether the connection is read-only (chDB in a process of its own)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "wallet_project.settings_test"}
+    path = f"{tmp_path / 'store'}{settings_suffix}"
+    result = subprocess.run(
+        [sys.executable, "-c", _READ_ONLY_PROBE, path], env=env, capture_output=True, text=True, timeout=120,
+        cwd=settings.BASE_DIR,
+    )  # fmt: skip
+    assert result.stdout.startswith(verdict), result.stdout + result.stderr[-2000:]
+    if verdict == "refused":
+        assert "not read-only (readonly=0)" in result.stdout

@@ -13,7 +13,7 @@ PRODUCTION_REQUIRED = {
     "SHARDWALLET_SECRET_KEY": "test-only-0123456789-abcdefghijklmnopqrstuvwxyz-ABCDEFGHIJ",
     "SHARDWALLET_ALLOWED_HOSTS": "wallet.example.com",
     "SHARDWALLET_SHARDS_FILE": "tests/shards.test.yaml",
-    "SHARDWALLET_REDIS_URL": "redis://10.0.0.5:6379/0",
+    "SHARDWALLET_REDIS_URL": "redis://:broker-password@10.0.0.5:6379/0",
 }
 
 
@@ -144,3 +144,26 @@ def test_deploy_check_is_clean_in_production_behind_tls() -> None:
     assert plain.returncode == 1
     assert "security.W004" in plain.stderr
     assert "security.W008" in plain.stderr
+
+
+def test_production_refuses_a_redis_without_a_password() -> None:
+    result = _manage_check({**PRODUCTION_REQUIRED, "SHARDWALLET_REDIS_URL": "redis://10.0.0.5:6379/0"})
+    assert result.returncode == 1
+    assert "SHARDWALLET_REDIS_URL has no password" in result.stderr
+    acl_user = _manage_check({**PRODUCTION_REQUIRED, "SHARDWALLET_REDIS_URL": "rediss://wallet:pw@10.0.0.5:6380/0"})
+    assert acl_user.returncode == 0, acl_user.stderr
+
+
+def test_the_test_stacks_redis_refuses_a_client_without_the_password(devstack: object) -> None:
+    """The stack's Redis is started with the URL's password: without it, not even PING."""
+    from urllib.parse import urlparse
+
+    import redis
+    from django.conf import settings
+
+    url = urlparse(settings.REDIS_URL)
+    assert url.password
+    anonymous = redis.Redis(host=url.hostname, port=url.port, socket_connect_timeout=2)
+    with pytest.raises(redis.AuthenticationError):
+        anonymous.ping()
+    assert redis.Redis.from_url(settings.REDIS_URL).ping()

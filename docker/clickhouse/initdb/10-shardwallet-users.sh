@@ -2,8 +2,8 @@
 # Run by the clickhouse-server image on its first start (an empty data volume), as the
 # administrator of CLICKHOUSE_USER / CLICKHOUSE_PASSWORD_FILE. Creates shardwallet's two users
 # from the DSNs the application is given, so each password is written in one place:
-#   - the CDC's writer (SHARDWALLET_WRITER_URL_FILE, the cdc service's CLICKHOUSE_URL): all of
-#     the `audit` database, and nothing else;
+#   - the CDC's writer (SHARDWALLET_WRITER_URL_FILE, the cdc service's CLICKHOUSE_URL): read,
+#     insert, create and add columns in the `audit` database, and nothing else;
 #   - the auditors' read-only user (SHARDWALLET_AUDITOR_URL_FILE): SELECT on `audit`, under
 #     limits it cannot raise (docs/ARCHITECTURE.md, "Auditor access").
 # A subshell: the image sources a script that is not executable, and this must not change its
@@ -43,7 +43,9 @@
 CREATE DATABASE IF NOT EXISTS audit;
 
 CREATE USER IF NOT EXISTS ${writer} IDENTIFIED WITH sha256_hash BY '$(sha256_of "$writer_password")';
-GRANT ALL ON audit.* TO ${writer};
+-- What the CDC does, nothing more: its migrations create tables and views and add columns;
+-- the stream inserts (a deletion is an inserted row). No DROP, no ALTER DELETE, no TRUNCATE.
+GRANT SELECT, INSERT, CREATE DATABASE, CREATE TABLE, CREATE VIEW, ALTER ADD COLUMN ON audit.* TO ${writer};
 
 CREATE SETTINGS PROFILE IF NOT EXISTS shardwallet_auditor SETTINGS
     readonly = 1,
