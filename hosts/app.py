@@ -34,7 +34,7 @@ from hosts.layout import (
     SHARDS_FILE,
     SLOW_SHARD,
 )
-from hosts.servers import PG_PASSWORD_FILE, redis_url
+from hosts.servers import CA_CERT, PG_PASSWORD_FILE, redis_url
 
 BUCKETS = 1024
 MANAGE = [sys.executable, str(ROOT / "manage.py")]
@@ -109,6 +109,9 @@ def configure(*, api_workers: int, api_threads: int, worker_concurrency: int) ->
         "SHARDWALLET_ALLOWED_HOSTS": APP.address,
         "SHARDWALLET_SHARDS_FILE": str(SHARDS_FILE),
         "SHARDWALLET_DB_PASSWORD_FILE": str(PG_PASSWORD_FILE),
+        # Production's default, verify-full, against this run's throw-away CA (the servers take TLS only).
+        "SHARDWALLET_DB_SSLMODE": "verify-full",
+        "SHARDWALLET_DB_SSLROOTCERT": str(CA_CERT),
         "SHARDWALLET_REDIS_URL_FILE": _secret_file("redis_url", redis_url()),
         "SHARDWALLET_DEVSTACK_DIR": str(APP_DIR),
         "PROMETHEUS_MULTIPROC_DIR": str(metrics),

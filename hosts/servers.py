@@ -30,6 +30,7 @@ from chaos.supervisor import Program
 from hosts import net
 from hosts.layout import (
     APP,
+    DATABASE_HOSTS,
     LOGS,
     PG_DIR,
     POSTGRES_PORT,
@@ -41,6 +42,7 @@ from hosts.layout import (
     SUBNET,
     Host,
 )
+from hosts.tls import SERVER_TLS_CONF, Authority, install
 
 PG_PASSWORD_FILE = SECRETS / "pg_password"
 
@@ -54,13 +56,25 @@ def pg_password() -> str:
     return PG_PASSWORD_FILE.read_text().strip()
 
 
+TLS_DIR = SECRETS / "tls"
+CA_CERT = TLS_DIR / "ca.crt"
+
+
+def make_certificates() -> None:
+    """A throw-away CA for this run, and a certificate for each database host's address."""
+    authority = Authority.make(TLS_DIR)
+    for database_host in DATABASE_HOSTS:
+        authority.issue(TLS_DIR, database_host.name, ip=database_host.address)
+
+
 def hba(host: Host) -> str:
+    """TLS only (`hostssl`): a plain connection finds no entry and is refused."""
     return (
-        "# written by hosts/servers.py: TCP from the hosts' subnet only, with passwords; no unix socket\n"
-        f"host all all {SUBNET} scram-sha-256\n"
+        "# written by hosts/servers.py: TCP from the hosts' subnet only, over TLS, with passwords; no unix socket\n"
+        f"hostssl all all {SUBNET} scram-sha-256\n"
         "# the CDC streams the WAL over a replication connection, from the app host or through a relay here\n"
-        f"host replication all {APP.address}/32 scram-sha-256\n"
-        f"host replication all {host.address}/32 scram-sha-256\n"
+        f"hostssl replication all {APP.address}/32 scram-sha-256\n"
+        f"hostssl replication all {host.address}/32 scram-sha-256\n"
     )
 
 
@@ -76,7 +90,7 @@ class HostPostgres(PostgresCluster):
     @classmethod
     def on(cls, host: Host, database: str, *, keepalives: bool = True) -> HostPostgres:
         server = DatabaseServer(host.name, host.address, POSTGRES_PORT, database, "postgres", pg_password())
-        return cls(server, PG_DIR / host.name, host, keepalives)
+        return cls(server, PG_DIR / host.name, host=host, keepalives=keepalives)
 
     def _as_postgres(self, args: list[str]) -> list[str]:
         assert self.host is not None  # noqa: S101 - set by `on`
@@ -102,6 +116,7 @@ class HostPostgres(PostgresCluster):
         with (self.data_dir / "postgresql.conf").open("a") as conf:
             conf.write("\ninclude = 'shardwallet.conf'\n")
         (self.data_dir / "pg_hba.conf").write_text(hba(self.host))
+        install(self.data_dir, TLS_DIR / f"{self.host.name}.crt", TLS_DIR / f"{self.host.name}.key")
 
     def start(self) -> None:
         # The devstack's settings (listen_addresses = this host's address only, no unix socket,
@@ -109,7 +124,7 @@ class HostPostgres(PostgresCluster):
         self.log_file.touch()
         own_conf = self.data_dir / "shardwallet.conf"
         conf = POSTGRES_CONF.format(host=self.server.host, port=self.server.port)
-        own_conf.write_text(conf + (VANISHED_CLIENTS_CONF if self.keepalives else ""))
+        own_conf.write_text(conf + (VANISHED_CLIENTS_CONF if self.keepalives else "") + SERVER_TLS_CONF)
         for path in (self.log_file, own_conf):
             shutil.chown(path, "postgres", "postgres")
         self._pg("pg_ctl", "start", "-D", str(self.data_dir), "-l", str(self.log_file), "-w", "-t", "60")
@@ -125,7 +140,12 @@ class HostPostgres(PostgresCluster):
                 "-c", f'CREATE DATABASE "{self.server.name}"',
             ],
         )  # fmt: skip
-        env = {**os.environ, "PGPASSWORD": self.server.password}
+        env = {
+            **os.environ,
+            "PGPASSWORD": self.server.password,
+            "PGSSLMODE": "verify-full",
+            "PGSSLROOTCERT": str(CA_CERT),
+        }
         result = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)  # noqa: S603
         if result.returncode != 0 and "already exists" not in result.stderr:
             raise DevstackError(f"creating {self.server.name} on {self.host.name}: {result.stderr.strip()}")

@@ -98,10 +98,12 @@ class Stack:
         for directory in (LOGS, RESULTS):
             directory.mkdir(parents=True, exist_ok=True)
         net.create()
+        servers.make_certificates()
         self._databases()
         self.config = app.configure(
             api_workers=self.api_workers, api_threads=self.api_threads, worker_concurrency=self.worker_concurrency
         )
+        self._plain_connection_refused()
         servers.set_relay_delay(0)
         for program in (
             servers.redis_program(self.config.env),
@@ -132,6 +134,13 @@ class Stack:
         with ThreadPoolExecutor(max_workers=len(self.databases)) as pool:
             for future in [pool.submit(bring_up, c) for c in self.databases]:
                 future.result()
+
+    def _plain_connection_refused(self) -> None:
+        """From the app host: a connection without TLS is refused, one verifying the CA is served."""
+        assert self.config is not None  # noqa: S101 - configured just before
+        result = app.python_on_app(self.config, "hosts.tls_probe", timeout=60)
+        if result.returncode != 0:
+            raise StackError("the database servers' TLS is not what it should be (see the lines above)")
 
     def _start(self, program: Program) -> None:
         program.start()

@@ -9,7 +9,7 @@ from urllib.parse import urlparse
 from django.core.exceptions import ImproperlyConfigured
 
 from apps.audit.auditors import load_accounts, parse_login
-from apps.sharding.shardmap import load_shard_map
+from apps.sharding.shardmap import SSL_MODES, TLS_DEFAULTS, load_shard_map
 from wallet_project.environment import Environment, bind_port
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -85,6 +85,8 @@ if ENV.production and REDIS_URL and not urlparse(REDIS_URL).password:
     )
 ENV.check()
 
+if TLS_DEFAULTS["sslmode"] and TLS_DEFAULTS["sslmode"] not in SSL_MODES:
+    ENV.refuse(f"SHARDWALLET_DB_SSLMODE must be one of {', '.join(sorted(SSL_MODES))}")
 SHARD_MAP = load_shard_map(SHARDS_FILE)
 DATABASES = {"default": SHARD_MAP.control.django_settings()}
 DATABASES.update({alias: server.django_settings() for alias, server in SHARD_MAP.shards.items()})

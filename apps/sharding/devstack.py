@@ -106,6 +106,8 @@ class PostgresCluster:
 
     server: DatabaseServer
     data_dir: Path
+    # Appended to the server's configuration at each start (e.g. a test server's TLS).
+    extra_conf: str = ""
 
     @property
     def log_file(self) -> Path:
@@ -155,7 +157,9 @@ class PostgresCluster:
             )
         self.log_file.touch()
         own_conf = self.data_dir / "shardwallet.conf"
-        own_conf.write_text(POSTGRES_CONF.format(host=self.server.host, port=self.server.port) + VANISHED_CLIENTS_CONF)
+        own_conf.write_text(
+            POSTGRES_CONF.format(host=self.server.host, port=self.server.port) + VANISHED_CLIENTS_CONF + self.extra_conf
+        )
         if _running_as_root():
             shutil.chown(self.log_file, "postgres", "postgres")
             shutil.chown(own_conf, "postgres", "postgres")

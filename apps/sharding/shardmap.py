@@ -30,6 +30,19 @@ KEEPALIVE_OPTIONS = {
     "keepalives_count": 3,
     "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
 }
+# TLS to every database server (libpq's parameters), unless a server's entry says otherwise:
+# production verifies the server's certificate and name (verify-full) against
+# SHARDWALLET_DB_SSLROOTCERT; development and tests leave it to libpq (`prefer`). A client
+# certificate (SHARDWALLET_DB_SSLCERT/SSLKEY) for servers that ask for one (`hostssl ... cert`).
+_TLS_ENV = Environment()
+TLS_DEFAULTS = {
+    "sslmode": _TLS_ENV.optional("SHARDWALLET_DB_SSLMODE", "verify-full" if _TLS_ENV.production else ""),
+    "sslrootcert": _TLS_ENV.optional("SHARDWALLET_DB_SSLROOTCERT", ""),
+    "sslcert": _TLS_ENV.optional("SHARDWALLET_DB_SSLCERT", ""),
+    "sslkey": _TLS_ENV.optional("SHARDWALLET_DB_SSLKEY", ""),
+}
+SSL_MODES = {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}
+TLS_KEYS = tuple(TLS_DEFAULTS)
 # The shard servers the control database knows (apps.sharding.mapstore), as DatabaseServer's fields.
 SERVERS_SQL = "SELECT alias, host, port, name, username, password FROM sharding_server ORDER BY alias"
 
@@ -72,6 +85,17 @@ class DatabaseServer:
     user: str = "postgres"
     password: str = ""  # given in the map itself (or shard_add --password); stored in the control database
     password_file: str = ""  # read at each connection; only the path is kept
+    # TLS for this server; empty: the deployment's (TLS_DEFAULTS).
+    sslmode: str = ""
+    sslrootcert: str = ""
+    sslcert: str = ""
+    sslkey: str = ""
+
+    @property
+    def tls(self) -> dict[str, str]:
+        """libpq's TLS parameters for this server: its own, else the deployment's."""
+        own = {"sslmode": self.sslmode, "sslrootcert": self.sslrootcert, "sslcert": self.sslcert, "sslkey": self.sslkey}
+        return {key: own[key] or TLS_DEFAULTS[key] for key in TLS_KEYS if own[key] or TLS_DEFAULTS[key]}
 
     @property
     def secret(self) -> str:
@@ -91,7 +115,7 @@ class DatabaseServer:
         """A libpq connection string (quoted), for tools that connect outside Django."""
         parts = {
             "host": self.host, "port": self.port, "dbname": self.name, "user": self.user,
-            "password": self.secret, "connect_timeout": 5, **KEEPALIVE_OPTIONS, **extra,
+            "password": self.secret, "connect_timeout": 5, **KEEPALIVE_OPTIONS, **self.tls, **extra,
         }  # fmt: skip
         return " ".join(f"{k}='{_quote(str(v))}'" for k, v in parts.items() if v != "")
 
@@ -117,6 +141,7 @@ class DatabaseServer:
             "OPTIONS": {
                 "connect_timeout": 3,
                 **KEEPALIVE_OPTIONS,
+                **self.tls,
                 "options": "-c lock_timeout=5s",
             },
             "TEST": {"NAME": self.name},
@@ -181,7 +206,7 @@ def ranges_of(owners: list[str] | tuple[str, ...]) -> tuple[BucketRange, ...]:
 def _server(alias: str, raw: Any, where: str) -> DatabaseServer:
     if not isinstance(raw, dict):
         raise ShardMapError(f"{where}: expected a mapping with host, port and name")
-    unknown = set(raw) - {"alias", "host", "port", "name", "user", "password", "password_file"}
+    unknown = set(raw) - {"alias", "host", "port", "name", "user", "password", "password_file", *TLS_KEYS}
     if unknown:
         raise ShardMapError(f"{where}: unknown keys {sorted(unknown)}")
     if "password" in raw and "password_file" in raw:
@@ -201,7 +226,10 @@ def _server(alias: str, raw: Any, where: str) -> DatabaseServer:
         user=str(raw.get("user", "postgres")),
         password=str(raw.get("password", "")),
         password_file=str(raw.get("password_file", "")),
+        **{key: str(raw.get(key, "")) for key in TLS_KEYS},
     )
+    if server.sslmode and server.sslmode not in SSL_MODES:
+        raise ShardMapError(f"{where}: sslmode must be one of {', '.join(sorted(SSL_MODES))}, got {server.sslmode!r}")
     if server.password_file:
         _read_secret(server.password_file, where)  # fail at start, not at the first connection
     return server
