@@ -103,13 +103,13 @@ class Stack:
         self.config = app.configure(
             api_workers=self.api_workers, api_threads=self.api_threads, worker_concurrency=self.worker_concurrency
         )
-        self._plain_connection_refused()
         servers.set_relay_delay(0)
         for program in (
             servers.redis_program(self.config.env),
             servers.relay_program(host(SLOW_SHARD), self.config.env),
         ):
             self._start(program)
+        self._plain_connection_refused()  # the slow shard is reached through its relay
         self._manage_or_fail("migrate_shards")
         created = self._manage_or_fail("create_api_client", "hosts")
         self.api_key = created.stdout.strip().splitlines()[-1]

@@ -20,8 +20,11 @@ def main() -> int:
         try:
             psycopg.connect(server.conninfo(sslmode="disable", connect_timeout=5)).close()
         except psycopg.OperationalError as exc:
-            reason = "no pg_hba.conf entry" if "no pg_hba.conf entry" in str(exc) else str(exc).strip()[:120]
-            print(f"tls: {server.alias} {server.host}: a plain connection is refused ({reason})", flush=True)
+            if "no pg_hba.conf entry" not in str(exc):  # refused for TLS's sake, not unreachable
+                print(f"tls: {server.alias} {server.host}: unreachable: {str(exc).strip()[:200]}", flush=True)
+                failures += 1
+                continue
+            print(f"tls: {server.alias} {server.host}: a plain connection is refused (no pg_hba.conf entry)", flush=True)
         else:
             print(f"tls: {server.alias} {server.host}: a plain connection was ACCEPTED", flush=True)
             failures += 1
