@@ -24,7 +24,8 @@ def main() -> int:
                 print(f"tls: {server.alias} {server.host}: unreachable: {str(exc).strip()[:200]}", flush=True)
                 failures += 1
                 continue
-            print(f"tls: {server.alias} {server.host}: a plain connection is refused (no pg_hba.conf entry)", flush=True)
+            where = f"{server.alias} {server.host}"
+            print(f"tls: {where}: a plain connection is refused (no pg_hba.conf entry)", flush=True)
         else:
             print(f"tls: {server.alias} {server.host}: a plain connection was ACCEPTED", flush=True)
             failures += 1
