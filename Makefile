@@ -12,7 +12,7 @@ export SHARDWALLET_ENV
 
 .DEFAULT_GOAL := help
 
-.PHONY: help run test lint lint-deploy format stack-up stack-down stack-status clean bench venv audit-sql audit-query reconcile cdc-status bench-cdc bench-reconcile chaos test-hosts
+.PHONY: help lock run test lint lint-deploy format stack-up stack-down stack-status clean bench venv audit-sql audit-query reconcile cdc-status bench-cdc bench-reconcile chaos test-hosts
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -21,11 +21,20 @@ $(VENV)/.installed: requirements.txt
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
 		echo "python3 -m venv failed; installing python3-venv"; \
 		apt-get update -qq && apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); }
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --require-hashes -r requirements.txt
 	@touch $@
 
-venv: $(VENV)/.installed ## create the virtualenv and install pinned requirements
+venv: $(VENV)/.installed ## create the virtualenv and install pinned requirements (every file's hash checked)
+
+# pip-tools in a virtualenv of its own: the lock files are made from the .in pins, with the
+# hashes of every file PyPI has for each version.
+LOCK_VENV := var/lock-venv
+PIP_COMPILE := $(LOCK_VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+	--no-emit-index-url --no-emit-find-links --annotation-style line
+lock: ## write requirements.txt and requirements-runtime.txt (with hashes) from the .in pins
+	@test -x $(LOCK_VENV)/bin/pip-compile || { $(PYTHON) -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/pip install -q pip-tools==7.6.2; }
+	$(PIP_COMPILE) -o requirements.txt requirements.in
+	$(PIP_COMPILE) -o requirements-runtime.txt requirements-runtime.in
 
 run: $(VENV)/.installed ## start PostgreSQL shards, Redis and the API on http://127.0.0.1:$(PORT) (Ctrl-C stops all)
 	$(PY) manage.py serve --port $(PORT)

@@ -43,7 +43,7 @@ VARIABLE = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\
 def tool(name: str) -> str:
     path = BIN / name
     if not path.exists():
-        pytest.fail(f"{name} is not installed in {BIN}: `make venv` (it is pinned in requirements.txt)")
+        pytest.fail(f"{name} is not installed in {BIN}: `make venv` (it is pinned in requirements.in)")
     return str(path)
 
 
@@ -424,11 +424,22 @@ def _pins(path: Path) -> dict[str, str]:
 
     pins = {}
     for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            name, _, version = line.partition("==")
-            pins[canonicalize_name(name)] = version
+        found = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s\\;]+)", line)
+        if found:
+            pins[canonicalize_name(found.group(1))] = found.group(2)
     return pins
+
+
+@pytest.mark.parametrize("name", ["requirements", "requirements-runtime"])
+def test_the_lock_files_pin_the_inputs_versions_each_with_hashes(name: str) -> None:
+    """What pip installs (the .txt, --require-hashes) is what the .in pins, every file hashed."""
+    locked, wanted = ROOT / f"{name}.txt", ROOT / f"{name}.in"
+    assert _pins(locked) == _pins(wanted), f"run `make lock`: {locked.name} is not {wanted.name}"
+    entries = re.split(r"\n(?=[A-Za-z0-9])", locked.read_text().split("\n\n", 1)[-1])
+    for entry in entries:
+        if re.match(r"^[A-Za-z0-9]", entry):
+            assert "--hash=sha256:" in entry, entry.splitlines()[0]
+    assert "--require-hashes -r requirements.txt" in (ROOT / "Makefile").read_text()
 
 
 def test_the_runtime_requirements_are_the_development_pins_and_complete() -> None:
@@ -439,8 +450,8 @@ def test_the_runtime_requirements_are_the_development_pins_and_complete() -> Non
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
-    runtime = _pins(ROOT / "requirements-runtime.txt")
-    development = _pins(ROOT / "requirements.txt")
+    runtime = _pins(ROOT / "requirements-runtime.in")
+    development = _pins(ROOT / "requirements.in")
     assert {name: development.get(name) for name in runtime} == runtime
     # What the code imports or runs (apps/, wallet_project/, the roles); their dependencies follow.
     needed = (
