@@ -27,6 +27,7 @@ from hosts.layout import (
     AUDIT_HTTP_PORT,
     CONTROL,
     LOGS,
+    OPS_PORT,
     POSTGRES_PORT,
     RELAY_PORT,
     SECRETS,
@@ -116,6 +117,7 @@ def configure(*, api_workers: int, api_threads: int, worker_concurrency: int) ->
         "SHARDWALLET_DEVSTACK_DIR": str(APP_DIR),
         "PROMETHEUS_MULTIPROC_DIR": str(metrics),
         "SHARDWALLET_API_BIND": f"{APP.address}:{API_PORT}",
+        "SHARDWALLET_OPS_BIND": f"127.0.0.1:{OPS_PORT}",  # production's default, said where the sockets check reads it
         "SHARDWALLET_API_WORKERS": str(api_workers),
         "SHARDWALLET_API_THREADS": str(api_threads),
         "SHARDWALLET_WORKER_CONCURRENCY": str(worker_concurrency),

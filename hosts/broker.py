@@ -8,19 +8,26 @@ own address (no other host is involved).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
 import time
+from urllib.parse import urlparse
 
 from hosts import net
 from hosts.layout import REDIS, REDIS_PORT
+from hosts.servers import redis_url
 
 QUEUE = "celery"  # Celery's default queue: every saga task goes there
 
 
 def queue_length() -> int | None:
-    argv = net.on(REDIS, ["redis-cli", "-h", REDIS.address, "-p", str(REDIS_PORT), "llen", QUEUE])
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)  # noqa: S603
+    url = urlparse(redis_url())  # the broker's ACL user; the password in the environment, not argv
+    argv = net.on(
+        REDIS, ["redis-cli", "-h", REDIS.address, "-p", str(REDIS_PORT), "--user", url.username or "", "llen", QUEUE]
+    )
+    env = {**os.environ, "REDISCLI_AUTH": url.password or ""}
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False, env=env)  # noqa: S603
     text = result.stdout.strip()
     return int(text) if result.returncode == 0 and text.isdigit() else None
 

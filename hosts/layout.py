@@ -18,6 +18,7 @@ RELAY_PORT = 6432  # the slow shard's relay, on the same host as its server
 REDIS_PORT = 6379
 API_PORT = 8000
 AUDIT_HTTP_PORT = 8123  # the CDC's embedded endpoint, on the app host's own 127.0.0.1
+OPS_PORT = 8001  # the admin and /metrics: the API's second listener, production's default 127.0.0.1:8001
 
 SHARDS = 3
 PARTITIONED_SHARD = "shard_01"  # scenario (b)

@@ -21,6 +21,7 @@ from hosts.layout import (
     CONTROL,
     DATABASE_HOSTS,
     HOSTS,
+    OPS_PORT,
     POSTGRES_PORT,
     REDIS,
     REDIS_PORT,
@@ -107,9 +108,12 @@ def problems(sockets: list[Socket]) -> list[str]:
                 found.append(f"a unix socket listens at a path (reachable from every host): {s}")
             continue
         own = next(h.address for h in HOSTS if h.name == s.host)
+        # On the app host's loopback by design: the auditors' endpoint, and the operators' listener
+        # (the admin, /metrics: SHARDWALLET_OPS_BIND's production default).
         audit = s.host == APP.name and AUDIT_HTTP_PORT in (s.local_port, s.peer_port)
+        operators = s.host == APP.name and OPS_PORT in (s.local_port, s.peer_port)
         if s.local.startswith(LOOPBACK):
-            if not audit:
+            if not (audit or operators):
                 found.append(f"loopback in use: {s}")
             continue
         if s.state == "LISTEN":
