@@ -329,6 +329,8 @@ AUDIT_MAX_RETAINED_BYTES = int(ENV.optional("SHARDWALLET_AUDIT_MAX_RETAINED_BYTE
 # A stopped stream (apps.audit.stops) tries again this often, in case the cause went away.
 AUDIT_STOPPED_RETRY_SECONDS = float(ENV.optional("SHARDWALLET_AUDIT_STOPPED_RETRY_SECONDS", "60"))
 AUDIT_SHARD_POLL_SECONDS = float(ENV.optional("SHARDWALLET_AUDIT_SHARD_POLL_SECONDS", "3"))
+# How often the CDC process copies the operators' trail (operators_action) into the audit store.
+AUDIT_OPERATOR_TRAIL_SECONDS = float(ENV.optional("SHARDWALLET_AUDIT_OPERATOR_TRAIL_SECONDS", "2"))
 
 # Embedded mode: the auditors the CDC process's endpoint lets in (apps/audit/auditors.py):
 # `name:secret,...` and/or a file of `name:secret` lines (a secret may be `sha256:<hex>`).

@@ -19,6 +19,7 @@ from django.conf import settings
 from django.db import connections
 
 from apps.audit import store
+from apps.audit.operator_trail import OperatorTrailCopier
 from apps.audit.reader import ShardReader, conninfo, emit_heartbeat
 from apps.audit.schema import migrate
 from apps.audit.server import AuditHttpServer, QueryEngine
@@ -48,6 +49,14 @@ class CdcProcess:
         self.board.store_id = str(self.store_id)
         self.board.slot = self.slot
         self.heartbeats = threading.Thread(target=self._beat, name="cdc-heartbeat", daemon=True)
+        # Its own client: chDB's connection is not shared between threads here.
+        self.trail = OperatorTrailCopier(store.writer_client())
+        self.trail_thread = threading.Thread(
+            target=self.trail.run,
+            args=(self.stop, settings.AUDIT_OPERATOR_TRAIL_SECONDS),
+            name="cdc-trail",
+            daemon=True,
+        )
         self.readers = {alias: self._reader(alias) for alias in self.aliases}
         self.http: AuditHttpServer | None = None
         if self.http_port is not None:
@@ -113,6 +122,7 @@ class CdcProcess:
         for reader in self.readers.values():
             reader.start()
         self.heartbeats.start()
+        self.trail_thread.start()
         next_look = time.monotonic() + settings.AUDIT_SHARD_POLL_SECONDS
         try:
             while not self.stop.wait(1.0):

@@ -99,10 +99,20 @@ def conninfo(server: DatabaseServer, **extra: Any) -> str:
 
 
 def ensure_publication(server: DatabaseServer, publication: str, tables: list[str]) -> None:
-    """Create the shard's publication, or bring its table list up to date."""
+    """Create the shard's publication, or bring its table list up to date; nothing when it is.
+
+    `migrate_shards` does it as the tables' owner; the CDC's own call then changes nothing, so
+    a CDC login that may only read (shardwallet_cdc) needs no ownership."""
     table_list = sql.SQL(", ").join(sql.Identifier(t) for t in tables)
     with psycopg.connect(conninfo(server), autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", [publication]).fetchone()
+        if exists:
+            published = conn.execute(
+                "SELECT tablename FROM pg_publication_tables WHERE pubname = %s AND schemaname = 'public'",
+                [publication],
+            ).fetchall()
+            if {row[0] for row in published} == set(tables):
+                return
         verb = "ALTER PUBLICATION {} SET TABLE {}" if exists else "CREATE PUBLICATION {} FOR TABLE {}"
         conn.execute(sql.SQL(verb).format(sql.Identifier(publication), table_list))
 

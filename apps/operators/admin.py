@@ -15,7 +15,7 @@ from apps.operators.models import OperatorAction
 class OperatorActionAdmin(admin.ModelAdmin):
     list_display = ["created_at", "actor_username", "action", "target", "shard", "outcome", "reason", "detail"]
     list_filter = ["action", "outcome", "created_at"]
-    search_fields = ["target_id__exact", "actor_username", "reason"]
+    search_fields = ["target_id__exact", "actor_username", "reason", "subject"]
     ordering = ["-id"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -29,6 +29,8 @@ class OperatorActionAdmin(admin.ModelAdmin):
 
     @admin.display(description="target")
     def target(self, record: OperatorAction) -> SafeString:
+        if record.target_id is None:  # a command on a stream or a move: what it acted on, in words
+            return format_html("{}", record.subject)
         model = "wallet" if record.action.endswith("wallet") else "transfer"
         app = "ledger" if model == "wallet" else "transfers"
         try:

@@ -13,6 +13,10 @@ class ActionKind(models.TextChoices):
     REDRIVE_TRANSFER = "redrive_transfer"
     COMPENSATE_TRANSFER = "compensate_transfer"
     VOID_HOLD = "void_hold"
+    # From the command line (manage.py), on the stream or the shards as a whole.
+    CDC_SKIP = "cdc_skip"
+    CDC_RESNAPSHOT = "cdc_resnapshot"
+    MOVE_BUCKETS = "move_buckets"
 
 
 class ActionOutcome(models.TextChoices):
@@ -27,9 +31,14 @@ class OperatorAction(models.Model):
     action whose process died half-way leaves a trace (outcome `pending`)."""
 
     actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
-    actor_username = models.CharField(max_length=150, help_text="Kept if the user is deleted.")
+    actor_username = models.CharField(
+        max_length=150, help_text="Kept if the user is deleted; `command line: <login>@<host>` for manage.py."
+    )
     action = models.CharField(max_length=32, choices=ActionKind.choices)
-    target_id = models.UUIDField(help_text="The wallet, transfer or hold acted on.")
+    target_id = models.UUIDField(null=True, blank=True, help_text="The wallet, transfer or hold acted on, if one.")
+    subject = models.CharField(
+        max_length=200, blank=True, default="", help_text="What a command acted on beyond one row: a move, a stream."
+    )
     shard = models.CharField(max_length=32)
     reason = models.TextField()
     outcome = models.CharField(max_length=12, choices=ActionOutcome.choices, default=ActionOutcome.PENDING)

@@ -8,13 +8,18 @@ shows as `pending`.
 
 from __future__ import annotations
 
+import getpass
 import logging
+import os
+import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import cast
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, User
+from django.core.management.base import CommandError
 from django.db import DatabaseError, connections, transaction
 from django.utils import timezone
 
@@ -32,17 +37,29 @@ from apps.transfers.services import transfer_force_compensate, transfer_redrive
 log = logging.getLogger(__name__)
 
 
+def command_line_actor() -> str:
+    """Who runs a manage.py command: the login (the one behind sudo, if any) and the host."""
+    login = os.environ.get("SUDO_USER") or getpass.getuser()
+    return f"command line: {login}@{socket.gethostname()}"[:150]
+
+
 def _run(
-    *, actor: AbstractBaseUser, action: ActionKind, target_id: uuid.UUID, reason: str, perform: Callable[[], str]
+    *,
+    actor: AbstractBaseUser | None,
+    action: ActionKind,
+    target_id: uuid.UUID,
+    reason: str,
+    perform: Callable[[], str],
 ) -> OperatorAction:
-    """Record the action, run `perform` (which returns what it did, in words), record the outcome."""
+    """Record the action, run `perform` (which returns what it did, in words), record the outcome.
+    No `actor`: the command line (`command_line_actor`)."""
     reason = reason.strip()
     if not reason:
         raise ReasonRequired(param="reason")
     with transaction.atomic(using="default"):
         record = OperatorAction.objects.using("default").create(
             actor=cast(User, actor),
-            actor_username=actor.get_username(),
+            actor_username=actor.get_username() if actor is not None else command_line_actor(),
             action=action,
             target_id=target_id,
             shard=alias_for_id(target_id),
@@ -76,6 +93,42 @@ def _run(
         },
     )
     return record
+
+
+@contextmanager
+def recorded_command(action: ActionKind, *, shard: str, subject: str, reason: str) -> Iterator[OperatorAction]:
+    """A command-line action on a stream or a move: recorded before it runs, its outcome after.
+
+    The body may set `record.detail`. A CommandError is a refusal (nothing changed), any other
+    exception a failure; both are recorded and raised again."""
+    reason = reason.strip() or "(no reason given)"
+    with transaction.atomic(using="default"):
+        record = OperatorAction.objects.using("default").create(
+            actor=None, actor_username=command_line_actor(), action=action, subject=subject[:200], shard=shard[:32],
+            reason=reason, created_at=timezone.now(),
+        )  # fmt: skip
+    try:
+        yield record
+    except CommandError as exc:
+        _finish_if_reachable(record, ActionOutcome.REFUSED, str(exc)[:2000])
+        raise
+    except BaseException as exc:
+        _finish_if_reachable(record, ActionOutcome.FAILED, f"{type(exc).__name__}: {exc}"[:2000])
+        raise
+    _finish(record, ActionOutcome.SUCCEEDED, record.detail or "done")
+    log.info(
+        "operator action",
+        extra={"action": str(action), "shard": shard, "actor": record.actor_username, "subject": subject},
+    )
+
+
+def _finish_if_reachable(record: OperatorAction, outcome: ActionOutcome, detail: str) -> None:
+    """The outcome of a command that failed, unless the control database is what failed: the
+    record then stays `pending`, and the command's own error is the one the operator sees."""
+    try:
+        _finish(record, outcome, detail)
+    except DatabaseError as exc:
+        log.warning("operator action %s left pending: %s", record.id, exc)
 
 
 def _target_field(action: str, target_id: uuid.UUID) -> dict[str, str]:
@@ -134,8 +187,8 @@ def _redrive(transfer_id: uuid.UUID) -> str:
     return "Un-parked, attempts reset, saga triggered."
 
 
-def operator_redrive_transfer(*, actor: AbstractBaseUser, transfer_id: uuid.UUID, reason: str) -> OperatorAction:
-    """Un-park a stalled or parked transfer and trigger its saga again."""
+def operator_redrive_transfer(*, actor: AbstractBaseUser | None, transfer_id: uuid.UUID, reason: str) -> OperatorAction:
+    """Un-park a stalled or parked transfer and trigger its saga again (no actor: the command line)."""
     return _run(
         actor=actor,
         action=ActionKind.REDRIVE_TRANSFER,

@@ -43,6 +43,10 @@ TLS_DEFAULTS = {
 }
 SSL_MODES = {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}
 TLS_KEYS = tuple(TLS_DEFAULTS)
+# The database login this process uses on every server, instead of the map's `user` (with the
+# password of SHARDWALLET_DB_PASSWORD(_FILE)): each role of a least-privilege deployment gets
+# its own (apps.sharding.db_roles; the API a member of shardwallet_app, the migrations the owner).
+LOGIN_OVERRIDE = _TLS_ENV.optional("SHARDWALLET_DB_USER", "")
 # The shard servers the control database knows (apps.sharding.mapstore), as DatabaseServer's fields.
 SERVERS_SQL = "SELECT alias, host, port, name, username, password FROM sharding_server ORDER BY alias"
 
@@ -98,8 +102,16 @@ class DatabaseServer:
         return {key: own[key] or TLS_DEFAULTS[key] for key in TLS_KEYS if own[key] or TLS_DEFAULTS[key]}
 
     @property
+    def login(self) -> str:
+        """The user to connect as: SHARDWALLET_DB_USER's, else the entry's."""
+        return LOGIN_OVERRIDE or self.user
+
+    @property
     def secret(self) -> str:
-        """The password to connect with: the entry's own, its file's, else the deployment's default."""
+        """The password to connect with: the entry's own, its file's, else the deployment's default
+        (always the default for SHARDWALLET_DB_USER's login)."""
+        if LOGIN_OVERRIDE:
+            return default_password()
         if self.password:
             return self.password
         if self.password_file:
@@ -114,7 +126,7 @@ class DatabaseServer:
     def conninfo(self, **extra: Any) -> str:
         """A libpq connection string (quoted), for tools that connect outside Django."""
         parts = {
-            "host": self.host, "port": self.port, "dbname": self.name, "user": self.user,
+            "host": self.host, "port": self.port, "dbname": self.name, "user": self.login,
             "password": self.secret, "connect_timeout": 5, **KEEPALIVE_OPTIONS, **self.tls, **extra,
         }  # fmt: skip
         return " ".join(f"{k}='{_quote(str(v))}'" for k, v in parts.items() if v != "")
@@ -125,7 +137,7 @@ class DatabaseServer:
             "HOST": self.host,
             "PORT": str(self.port),
             "NAME": self.name,
-            "USER": self.user,
+            "USER": self.login,
             "PASSWORD": self.secret,
             # The backend (apps/observability/backend) asks it for the password at each new
             # connection, so a rotated password file needs no restart.

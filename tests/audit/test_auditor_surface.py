@@ -624,3 +624,30 @@ def test_an_auditors_connection_that_can_write_is_refused(tmp_path: Path, settin
     assert result.stdout.startswith(verdict), result.stdout + result.stderr[-2000:]
     if verdict == "refused":
         assert "not read-only (readonly=0)" in result.stdout
+
+
+def test_the_operators_trail_is_copied_to_the_store_and_later_edits_are_not(cdc: CdcProcess) -> None:
+    from apps.operators.models import OperatorAction
+    from apps.operators.services import operator_freeze_wallet
+    from tests.operators.helpers import make_staff
+
+    cdc.start(env={**auditors_env(), "SHARDWALLET_AUDIT_OPERATOR_TRAIL_SECONDS": "0.3"})
+    owner, _ = make_client()
+    wallet = make_wallet(owner)
+    record = operator_freeze_wallet(actor=make_staff("olga", "operators"), wallet_id=wallet.id, reason="KYC")
+    call_command("cdc_resnapshot", "shard_00", "--reason", "drill", "--wait", "0", stdout=StringIO())
+    client = as_(ALICE, cdc.port)
+
+    def stored() -> list[tuple[Any, ...]]:
+        return client.query(
+            "SELECT id, actor, action, target_id, reason, outcome FROM audit.operator_actions FINAL ORDER BY id"
+        ).result_rows
+
+    rows = wait_until(lambda: len(found := stored()) == 2 and found, 20, "the trail in the store")
+    assert rows[0] == (record.id, "olga", "freeze_wallet", wallet.id, "KYC", "succeeded")
+    assert rows[1][1].startswith("command line: ")
+    assert rows[1][2:] == ("cdc_resnapshot", None, "drill", "succeeded")
+    # Whoever can write to the control database cannot rewrite the stored trail.
+    OperatorAction.objects.using("default").filter(id=record.id).update(reason="nothing to see", outcome="refused")
+    time.sleep(1.5)
+    assert stored()[0] == (record.id, "olga", "freeze_wallet", wallet.id, "KYC", "succeeded")

@@ -6,6 +6,8 @@ from django.core.management.base import BaseCommand, CommandParser
 
 from apps.audit.models import CdcAction
 from apps.audit.operator import file_request
+from apps.operators.models import ActionKind
+from apps.operators.services import recorded_command
 
 
 class Command(BaseCommand):
@@ -22,4 +24,6 @@ class Command(BaseCommand):
         parser.add_argument("--wait", type=float, default=300.0, help="seconds to wait for the reader (0: do not)")
 
     def handle(self, *args: Any, shard: str, reason: str, by: str, wait: float, **options: Any) -> None:
-        self.stdout.write(file_request(shard, CdcAction.RESNAPSHOT, reason=reason, by=by, wait=wait))
+        with recorded_command(ActionKind.CDC_RESNAPSHOT, shard=shard, subject="audit stream", reason=reason) as record:
+            record.detail = file_request(shard, CdcAction.RESNAPSHOT, reason=reason, by=by, wait=wait)
+        self.stdout.write(record.detail)

@@ -7,6 +7,8 @@ from django.core.management.base import BaseCommand, CommandParser
 from apps.audit.models import CdcAction
 from apps.audit.operator import file_request
 from apps.audit.pgoutput import str_to_lsn
+from apps.operators.models import ActionKind
+from apps.operators.services import recorded_command
 
 
 class Command(BaseCommand):
@@ -24,5 +26,10 @@ class Command(BaseCommand):
         parser.add_argument("--wait", type=float, default=120.0, help="seconds to wait for the reader (0: do not)")
 
     def handle(self, *args: Any, shard: str, lsn: str, reason: str, by: str, wait: float, **options: Any) -> None:
-        result = file_request(shard, CdcAction.SKIP, reason=reason, by=by, wait=wait, commit_lsn=str_to_lsn(lsn))
-        self.stdout.write(result)
+        with recorded_command(
+            ActionKind.CDC_SKIP, shard=shard, subject=f"transaction at {lsn}", reason=reason
+        ) as record:
+            record.detail = file_request(
+                shard, CdcAction.SKIP, reason=reason, by=by, wait=wait, commit_lsn=str_to_lsn(lsn)
+            )
+        self.stdout.write(record.detail)

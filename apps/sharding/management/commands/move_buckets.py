@@ -5,6 +5,8 @@ from typing import Any
 import psycopg
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from apps.operators.models import ActionKind
+from apps.operators.services import recorded_command
 from apps.sharding import moves
 from apps.sharding.lease import MoveBusy, evict, lease_holder
 from apps.sharding.mover import MoveFailed, Mover, plan_move
@@ -70,6 +72,7 @@ class Command(BaseCommand):
             help="end a switched move whose check failed without deleting the source's (fenced) copy",
         )  # fmt: skip
         parser.add_argument("--stop-after", choices=moves.PHASES[:-1], help="stop once this phase is done")
+        parser.add_argument("--reason", default="", help="why (kept in the operators' trail)")
         parser.add_argument("--switch-timeout", type=float, default=5.0, help="longest write pause, seconds")
         parser.add_argument("--cleanup-delay", type=float, default=3.0, help="seconds between switch and clean-up")
 
@@ -78,9 +81,19 @@ class Command(BaseCommand):
             for line in status_lines():
                 self.stdout.write(line)
             return
-        if options["evict"]:
-            self._evict()
-            return
+        mode = next((m for m in ("evict", "abort", "resume", "keep_source") if options[m]), None)
+        subject = f"--{mode.replace('_', '-')}" if mode else f"buckets {options['first']}..{options['last']}"
+        # Every change an operator asks for is in the operators' trail, with its outcome.
+        with recorded_command(
+            ActionKind.MOVE_BUCKETS, shard=options["target"] or "", subject=subject, reason=options["reason"]
+        ) as record:
+            if mode == "evict":
+                self._evict()
+            else:
+                self._move(options)
+            record.detail = "; ".join(status_lines(1)) or "done"
+
+    def _move(self, options: dict[str, Any]) -> None:
         try:
             if options["abort"] or options["resume"] or options["keep_source"]:
                 move = moves.active_move()
