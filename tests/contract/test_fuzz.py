@@ -95,6 +95,24 @@ def fuzz(base: str, key: str, schema_file: Path, env: dict[str, str], name: str,
     return summary
 
 
+def check_statuses(summary: dict[str, Any], check: str) -> dict[str, int]:
+    """How often the run's events report `check` with each status (success, failure, skip)."""
+    counts: dict[str, int] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("name") == check and "status" in node:
+                counts[node["status"]] = counts.get(node["status"], 0) + 1
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(summary["events"])
+    return counts
+
+
 @dataclass(frozen=True)
 class Step:
     """One call of a stateful scenario."""
@@ -184,6 +202,11 @@ def test_fuzzing_from_the_schema_finds_no_server_error_and_no_off_schema_respons
     summary = fuzz(served, key, schema_file, env, "all")
     operations = sum(len(path_item) for path_item in schema["paths"].values())
     assert summary["operations"]["tested"] == summary["operations"]["total"] == operations
+    # Schemathesis's authorization check ran: each operation sent without the key, or with a
+    # wrong one, was refused (401), never served.
+    ignored_auth = check_statuses(summary, "ignored_auth")
+    assert ignored_auth.get("success", 0) > 0, ignored_auth
+    assert set(ignored_auth) <= {"success", "skip", "skipped"}, ignored_auth
 
     # The client's sequence, walked whole through the links in one scenario at least.
     only = [arg for operation_id in SEQUENCE_OPERATIONS for arg in ("--include-operation-id", operation_id)]
