@@ -31,6 +31,7 @@ from apps.operators.errors import ReasonRequired
 from apps.operators.models import ActionKind, ActionOutcome, OperatorAction
 from apps.sharding.fence import check_missing_are_served, retry_while_fenced
 from apps.sharding.routing import alias_for_id
+from apps.sharding.shardmap import ShardMapError
 from apps.transfers.errors import ShardUnavailable, TransferNotInFlight
 from apps.transfers.services import transfer_force_compensate, transfer_redrive
 
@@ -56,16 +57,23 @@ def _run(
     reason = reason.strip()
     if not reason:
         raise ReasonRequired(param="reason")
+    try:
+        shard = alias_for_id(target_id)
+    except (ShardMapError, ValueError):
+        shard = ""  # an id no bucket of this deployment holds: recorded, and refused below
     with transaction.atomic(using="default"):
         record = OperatorAction.objects.using("default").create(
             actor=cast(User, actor),
             actor_username=actor.get_username() if actor is not None else command_line_actor(),
             action=action,
             target_id=target_id,
-            shard=alias_for_id(target_id),
+            shard=shard,
             reason=reason,
             created_at=timezone.now(),
         )
+    if not shard:
+        _finish(record, ActionOutcome.REFUSED, f"{target_id} is not an id of this deployment's buckets.")
+        return record
     try:
         # A range being switched, or a copy a move left behind: wait for the owner, act there.
         record.detail = retry_while_fenced(perform, wait_seconds=settings.SHARD_MOVE_WAIT_SECONDS)

@@ -1,3 +1,4 @@
+import re
 import uuid
 from typing import Any
 
@@ -247,7 +248,16 @@ def test_openapi_schema_and_docs_are_served(api) -> None:
     assert schema.status_code == 200
     paths = schema.json()["paths"]
     assert {"/v1/wallets", "/v1/wallets/{wallet_id}/deposits", "/v1/wallets/{wallet_id}/entries"} <= set(paths)
-    assert APIClient().get("/v1/docs/").status_code == 200
+    docs = APIClient().get("/v1/docs/")
+    assert docs.status_code == 200
+    # Swagger UI from the installed package: every script and stylesheet from our own origin.
+    page = docs.content.decode()
+    assets = re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', page)
+    assert assets
+    assert all(a.startswith("/static/drf_spectacular_sidecar/") for a in assets), assets
+    assert "cdn" not in page.lower()
+    served = APIClient().get(assets[0])
+    assert served.status_code == 200
 
 
 def test_create_api_client_command_prints_a_working_key() -> None:

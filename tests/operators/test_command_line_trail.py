@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import getpass
-import uuid
 from io import StringIO
 
 import pytest
@@ -11,6 +10,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from apps.operators.models import OperatorAction
+from apps.sharding.ids import new_id
 from tests.factories import ALL_DATABASES, make_client
 from tests.operators.helpers import cross_shard_pair, parked_transfer
 
@@ -28,8 +28,11 @@ def test_redrive_from_the_command_line_is_recorded_with_its_reason_and_outcome()
     out = StringIO()
     call_command("redrive_transfer", str(transfer.id), "--reason", "shard_01 is back", stdout=out)
     with pytest.raises(CommandError, match="not in flight"):
-        call_command("redrive_transfer", str(uuid.uuid4()), "--reason", "typo", stdout=StringIO())
-    done, refused = trail()
+        call_command("redrive_transfer", str(new_id(0)), "--reason", "typo", stdout=StringIO())
+    outside = new_id(4000)  # a bucket past the map's 1,024: no shard holds such an id
+    with pytest.raises(CommandError, match="not an id of this deployment's buckets"):
+        call_command("redrive_transfer", str(outside), "--reason", "pasted from elsewhere", stdout=StringIO())
+    done, refused, foreign = trail()
     assert (done.action, done.outcome, done.target_id, done.reason) == (
         "redrive_transfer", "succeeded", transfer.id, "shard_01 is back",
     )  # fmt: skip
@@ -37,6 +40,7 @@ def test_redrive_from_the_command_line_is_recorded_with_its_reason_and_outcome()
     assert done.actor_username.startswith(f"command line: {getpass.getuser()}@")
     assert f"operator action {done.id}" in out.getvalue()
     assert (refused.action, refused.outcome) == ("redrive_transfer", "refused")
+    assert (foreign.target_id, foreign.shard, foreign.outcome) == (outside, "", "refused")
 
 
 def test_stream_and_move_commands_are_recorded_refusals_included() -> None:
