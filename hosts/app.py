@@ -20,6 +20,7 @@ from bench.stack import ROOT
 from chaos.stack import SAGA_ENV
 from chaos.supervisor import Program
 from hosts import net
+from hosts.app_login import APP_LOGIN
 from hosts.layout import (
     API_PORT,
     APP,
@@ -138,8 +139,13 @@ def programs(config: AppConfig) -> dict[str, Program]:
         "beat": ["run_beat", "--log-level", "warning"],
         "cdc": ["run_cdc"],
     }
+    # The service's roles as the least-privilege login (hosts.app_login); the CDC keeps the
+    # owner: it makes its slot registry on each shard (docs/DEPLOY.md, "Database roles").
+    as_app = {**config.env, "SHARDWALLET_DB_USER": APP_LOGIN}
     return {
-        name: Program(name, net.on(APP, [*MANAGE, *argv]), config.env, LOGS / f"{name}.log")
+        name: Program(
+            name, net.on(APP, [*MANAGE, *argv]), config.env if name == "cdc" else as_app, LOGS / f"{name}.log"
+        )
         for name, argv in roles.items()
     }
 

@@ -111,6 +111,9 @@ class Stack:
             self._start(program)
         self._plain_connection_refused()  # the slow shard is reached through its relay
         self._manage_or_fail("migrate_shards")
+        # The API, the workers and beat connect as a member of shardwallet_app, not the owner.
+        if app.python_on_app(self.config, "hosts.app_login", timeout=60).returncode != 0:
+            raise StackError("the app's database login could not be made (see the lines above)")
         created = self._manage_or_fail("create_api_client", "hosts")
         self.api_key = created.stdout.strip().splitlines()[-1]
         found = re.search(r"API client (\d+)", created.stderr)

@@ -4,8 +4,9 @@
   rows of the service's tables and use their sequences. No DDL (the tables belong to the
   migrations' role), no TRUNCATE, no COPY TO/FROM PROGRAM or files (superuser only).
 - `shardwallet_cdc`: read every table (the initial snapshot, the slot checks). The stream needs
-  REPLICATION, a role attribute PostgreSQL does not pass through membership: give it to the
-  CDC's login itself. The publication is created by `migrate_shards`, as the tables' owner.
+  REPLICATION, a role attribute PostgreSQL does not pass through membership. The publication
+  is created by `migrate_shards`, as the tables' owner. Not enough yet for the CDC's own login:
+  it also creates and writes its slot registry on each shard (docs/DEPLOY.md, "Database roles").
 - `shardwallet_mover` (apps.sharding.fence_sql): writes past the fence during a move.
 
 They are group roles (NOLOGIN): the deployment makes a login in each with its own password
