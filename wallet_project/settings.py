@@ -236,6 +236,10 @@ API_BIND = ENV.optional("SHARDWALLET_API_BIND", "127.0.0.1:8000")
 # host's loopback unless told otherwise; `off` serves them with the API (development's default).
 OPS_BIND = ENV.optional("SHARDWALLET_OPS_BIND", "127.0.0.1:8001" if ENV.production else "off")
 OPS_BIND = "" if OPS_BIND == "off" else OPS_BIND
+if OPS_BIND and ENV.flag("SHARDWALLET_BEHIND_TLS_PROXY", False):
+    # The admin then answers on the operators' listener only, which operators reach past the
+    # public proxy (an SSH tunnel to localhost, a VPN): no redirect to an HTTPS it does not serve.
+    SECURE_REDIRECT_EXEMPT.append(r"^admin/")
 if OPS_BIND:
     try:
         if bind_port(OPS_BIND) == bind_port(API_BIND):

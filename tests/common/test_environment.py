@@ -135,10 +135,10 @@ def test_deploy_check_is_clean_in_production_behind_tls() -> None:
     script = (
         "from django.conf import settings as s;"
         " print(s.SECURE_SSL_REDIRECT, s.SECURE_HSTS_SECONDS, s.SECRET_KEY_FALLBACKS == [s.SECRET_KEY_FALLBACKS[0]],"
-        " s.OPS_BIND)"
+        " s.OPS_BIND, '^admin/' in s.SECURE_REDIRECT_EXEMPT)"
     )
     result = _manage(["shell", "--verbosity", "0", "-c", script], env)
-    assert result.stdout.split() == ["True", "31536000", "True", "127.0.0.1:8001"], result.stderr
+    assert result.stdout.split() == ["True", "31536000", "True", "127.0.0.1:8001", "True"], result.stderr
     # Without TLS in front, the same check names what is missing.
     plain = _manage(["check", "--deploy", "--fail-level", "WARNING"], PRODUCTION_REQUIRED)
     assert plain.returncode == 1
