@@ -27,7 +27,7 @@ def _env_path(value: str) -> Path:
 # production (SHARDWALLET_ENV unset or `production`); their defaults serve `make run` and tests.
 SECRET_KEY = ENV.get("SHARDWALLET_SECRET_KEY", "dev-only-insecure-secret-key-change-me-in-production")
 # Rotation: the new key in SHARDWALLET_SECRET_KEY, the old ones here (comma- or line-separated)
-# until the sessions and signed values they made have expired (docs/DEPLOY.md, "Secrets").
+# until the sessions and signed values they made have expired (docs/DEPLOY.md, "Rotating secrets").
 SECRET_KEY_FALLBACKS = [k for k in ENV.optional("SHARDWALLET_SECRET_KEY_FALLBACKS", "").replace(",", "\n").split() if k]
 if ENV.production:
     for _name, _key in [("SHARDWALLET_SECRET_KEY", SECRET_KEY)] + [
