@@ -22,7 +22,7 @@ def main() -> int:
     from apps.sharding.db_roles import APP_ROLE
     from apps.sharding.shardmap import default_password
 
-    for server in [settings.SHARD_MAP.control, *settings.SHARD_MAP.shards.values()]:
+    for server in settings.SHARD_MAP.servers:
         with psycopg.connect(server.conninfo(), autocommit=True) as conn:
             if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [APP_LOGIN]).fetchone():
                 conn.execute(

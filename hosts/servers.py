@@ -47,13 +47,18 @@ from hosts.tls import SERVER_TLS_CONF, Authority, install
 PG_PASSWORD_FILE = SECRETS / "pg_password"
 
 
+def _made_once(path: Path) -> str:
+    """A random secret kept in `path` (owner-only), made on this run's first use."""
+    if not path.exists():
+        SECRETS.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(24))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
 def pg_password() -> str:
     """The postgres user's password on every database host, made once per run."""
-    if not PG_PASSWORD_FILE.exists():
-        SECRETS.mkdir(parents=True, exist_ok=True)
-        PG_PASSWORD_FILE.write_text(secrets.token_urlsafe(24))
-        PG_PASSWORD_FILE.chmod(0o600)
-    return PG_PASSWORD_FILE.read_text().strip()
+    return _made_once(PG_PASSWORD_FILE)
 
 
 TLS_DIR = SECRETS / "tls"
@@ -156,18 +161,14 @@ REDIS_PASSWORD_FILE = SECRETS / "redis_password"
 
 def redis_url() -> str:
     """The broker's URL with its ACL user and a password made once per run (as production has)."""
-    if not REDIS_PASSWORD_FILE.exists():
-        SECRETS.mkdir(parents=True, exist_ok=True)
-        REDIS_PASSWORD_FILE.write_text(secrets.token_urlsafe(24))
-        REDIS_PASSWORD_FILE.chmod(0o600)
-    return f"redis://shardwallet:{REDIS_PASSWORD_FILE.read_text().strip()}@{REDIS.address}:{REDIS_PORT}/0"
+    return f"redis://shardwallet:{_made_once(REDIS_PASSWORD_FILE)}@{REDIS.address}:{REDIS_PORT}/0"
 
 
 def redis_program(env: dict[str, str]) -> Program:
     """Redis on its own host's address only (no persistence: the broker is not the truth), with
     the URL's ACL user; the passwordless default user is off."""
     workdir = LOGS.parent / "redis"
-    config = write_config(workdir / "redis.conf", redis_url(), [])
+    config = write_config(workdir / "redis.conf", redis_url())
     argv = [
         "redis-server", str(config), "--bind", REDIS.address, "--port", str(REDIS_PORT), "--protected-mode", "no",
         "--save", "", "--appendonly", "no", "--dir", str(workdir),

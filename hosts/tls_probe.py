@@ -16,7 +16,7 @@ def main() -> int:
     from django.conf import settings
 
     failures = 0
-    for server in [settings.SHARD_MAP.control, *settings.SHARD_MAP.shards.values()]:
+    for server in settings.SHARD_MAP.servers:
         try:
             psycopg.connect(server.conninfo(sslmode="disable", connect_timeout=5)).close()
         except psycopg.OperationalError as exc:

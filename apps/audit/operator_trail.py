@@ -36,7 +36,6 @@ class OperatorTrailCopier:
         self.client = client
         self.high_water = 0
         self.running: set[int] = set()
-        self.copied = 0
         self._loaded = False
 
     def _load(self) -> None:
@@ -69,7 +68,6 @@ class OperatorTrailCopier:
             if not past:
                 break
             self.high_water = max(past)
-        self.copied += written
         return written
 
     def run(self, stop: threading.Event, every: float) -> None:

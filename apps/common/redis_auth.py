@@ -23,11 +23,11 @@ def auth_lines(url: str) -> list[str]:
     return [f"requirepass {password}"]
 
 
-def write_config(path: Path, url: str, lines: list[str]) -> Path:
-    """A redis.conf of `lines` plus the URL's credentials, readable by its owner only."""
+def write_config(path: Path, url: str) -> Path:
+    """A redis.conf of the URL's credentials, readable by its owner only (the rest is on the command line)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write("# written at each start; the credentials come from the Redis URL\n")
-        out.write("\n".join([*lines, *auth_lines(url)]) + "\n")
+        out.write("".join(f"{line}\n" for line in auth_lines(url)))
     return path

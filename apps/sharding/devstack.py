@@ -245,7 +245,7 @@ class Devstack:
         redis_dir = self.redis_pidfile.parent
         redis_dir.mkdir(parents=True, exist_ok=True)
         # A password in the URL (the test stacks have one) becomes the server's: a client without it is refused.
-        config = write_config(redis_dir / "redis.conf", self.redis_url, [])
+        config = write_config(redis_dir / "redis.conf", self.redis_url)
         subprocess.run(
             [  # noqa: S607
                 "redis-server", str(config), "--port", str(port), "--bind", host, "--daemonize", "yes",
@@ -317,7 +317,7 @@ class Devstack:
         by a PostgreSQL whose data lives elsewhere or a Redis this stack did not start. The test
         suite refuses to run (it empties tables and flushes Redis) while there is any."""
         problems = []
-        for server in [self.shard_map.control, *self.shard_map.shards.values()]:
+        for server in self.shard_map.servers:
             if not server.is_local:
                 problems.append(f"{server.alias} at {server.host}:{server.port} is not a local server of this stack")
         for cluster in self.clusters():

@@ -18,11 +18,12 @@ from wallet_project.environment import Environment
 MAX_BUCKETS = 4096  # ids carry the bucket in 12 bits (see apps.sharding.ids)
 ALIAS_PATTERN = re.compile(r"^shard_\d{2,}$")
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+_ENV = Environment()
 # A server that stops answering (a network partition, a host gone) fails a connection's pending
 # send after this long, and an idle connection's keepalive probes after about keepalives_idle
 # plus this, instead of TCP's 15 minutes: the request gets 503 (safe to retry), the saga step
 # retries, and the threads and workers it held serve other shards again.
-TCP_USER_TIMEOUT_MS = int(Environment().optional("SHARDWALLET_DB_TCP_USER_TIMEOUT_MS", "5000"))
+TCP_USER_TIMEOUT_MS = int(_ENV.optional("SHARDWALLET_DB_TCP_USER_TIMEOUT_MS", "5000"))
 KEEPALIVE_OPTIONS = {
     "keepalives": 1,
     "keepalives_idle": 5,
@@ -34,19 +35,18 @@ KEEPALIVE_OPTIONS = {
 # production verifies the server's certificate and name (verify-full) against
 # SHARDWALLET_DB_SSLROOTCERT; development and tests leave it to libpq (`prefer`). A client
 # certificate (SHARDWALLET_DB_SSLCERT/SSLKEY) for servers that ask for one (`hostssl ... cert`).
-_TLS_ENV = Environment()
 TLS_DEFAULTS = {
-    "sslmode": _TLS_ENV.optional("SHARDWALLET_DB_SSLMODE", "verify-full" if _TLS_ENV.production else ""),
-    "sslrootcert": _TLS_ENV.optional("SHARDWALLET_DB_SSLROOTCERT", ""),
-    "sslcert": _TLS_ENV.optional("SHARDWALLET_DB_SSLCERT", ""),
-    "sslkey": _TLS_ENV.optional("SHARDWALLET_DB_SSLKEY", ""),
+    "sslmode": _ENV.optional("SHARDWALLET_DB_SSLMODE", "verify-full" if _ENV.production else ""),
+    "sslrootcert": _ENV.optional("SHARDWALLET_DB_SSLROOTCERT", ""),
+    "sslcert": _ENV.optional("SHARDWALLET_DB_SSLCERT", ""),
+    "sslkey": _ENV.optional("SHARDWALLET_DB_SSLKEY", ""),
 }
 SSL_MODES = {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}
 TLS_KEYS = tuple(TLS_DEFAULTS)
 # The database login this process uses on every server, instead of the map's `user` (with the
 # password of SHARDWALLET_DB_PASSWORD(_FILE)): each role of a least-privilege deployment gets
 # its own (apps.sharding.db_roles; the API a member of shardwallet_app, the migrations the owner).
-LOGIN_OVERRIDE = _TLS_ENV.optional("SHARDWALLET_DB_USER", "")
+LOGIN_OVERRIDE = _ENV.optional("SHARDWALLET_DB_USER", "")
 # The shard servers the control database knows (apps.sharding.mapstore), as DatabaseServer's fields.
 SERVERS_SQL = "SELECT alias, host, port, name, username, password FROM sharding_server ORDER BY alias"
 
@@ -183,6 +183,11 @@ class ShardMap:
     @property
     def aliases(self) -> list[str]:
         return sorted(self.shards)
+
+    @property
+    def servers(self) -> list[DatabaseServer]:
+        """Every database server of the map: the control database, then each shard's."""
+        return [self.control, *self.shards.values()]
 
     def alias_for_bucket(self, bucket: int) -> str:
         if not 0 <= bucket < self.bucket_count:

@@ -165,6 +165,7 @@ def test_a_receiver_that_fails_then_recovers_gets_every_event_once_by_id(webhook
     wait_until(lambda: set(receiver.accepted_ids()) == expected, timeout=60, what="every deposit delivered")
     assert len(receiver.received) > len(expected)  # the failures were retried ...
     assert len(set(receiver.accepted_ids())) == len(expected)  # ... and each event accepted once by id
+
     # The sender records successes in batches after it sends them: the receiver may have
     # answered the last one a moment before its delivery says so.
     def deliveries() -> list[dict[str, Any]]:
