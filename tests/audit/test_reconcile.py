@@ -157,11 +157,15 @@ def test_both_sides_hash_nulls_unicode_separators_and_timestamps_alike(cdc: CdcP
     assert parked_at is not None
 
 
-def _notes(client: Any, table: str, key: str, row_id: uuid.UUID) -> tuple[Any, Any]:
-    [(description, metadata)] = client.query(
+def _notes(client: Any, table: str, key: str, row_id: uuid.UUID) -> tuple[Any, Any] | None:
+    """The row's description and metadata as stored, or None while the row is not there yet."""
+    rows = client.query(
         f"SELECT description, metadata FROM audit.{table} FINAL WHERE {key} = {{id:UUID}}",  # noqa: S608
         parameters={"id": str(row_id)},
     ).result_rows
+    if not rows:
+        return None
+    [(description, metadata)] = rows
     return description, None if metadata is None else json.loads(metadata)
 
 
@@ -177,13 +181,21 @@ def test_descriptions_and_metadata_reach_the_store_by_snapshot_and_by_stream_and
     cdc.start(env=FAST)
     client = cdc.client()
     wait_until(lambda: caught_up(client), 20, "catch-up")
+    wait_until(lambda: _notes(client, "wallets", "wallet_id", before.id) is not None, 20, "the wallets' snapshot")
     assert _notes(client, "wallets", "wallet_id", before.id) == ("snapshot ünïcode", notes)
     assert _notes(client, "wallets", "wallet_id", payee.id) == (None, None)
     assert _notes(client, "transfers", "transfer_id", sent.id) == ("rent", {"n": "1"})
 
     after = wallet_create(owner_id=owner.id, currency="USD", description="streamed", metadata={"k": "v"})
     wallet_update(wallet_id=payee.id, owner_id=owner.id, changes=WalletChanges(metadata={"tier": "gold"}))
-    wait_until(lambda: caught_up(client), 20, "the stream's catch-up")
+    # No entry or transition comes with either change, so caught_up cannot tell they arrived:
+    # the wallet rows themselves are waited for.
+    wait_until(
+        lambda: _notes(client, "wallets", "wallet_id", after.id) is not None
+        and _notes(client, "wallets", "wallet_id", payee.id) != (None, None),
+        20,
+        "the stream's catch-up",
+    )
     assert _notes(client, "wallets", "wallet_id", after.id) == ("streamed", {"k": "v"})
     assert _notes(client, "wallets", "wallet_id", payee.id) == (None, {"tier": "gold"})
     report = reconcile(client, wait=15)
