@@ -55,6 +55,7 @@ def _wallet_json(r: str) -> str:
     return (
         f"json_build_object('id', {r}.id, 'currency', {r}.currency, 'status', {r}.status,"
         f" 'balance_minor', {r}.balance_minor, 'payer_may_refund', {r}.payer_may_refund,"
+        f" 'accepts_from', {r}.accepts_from,"
         f" 'created_at', events_iso({r}.created_at), 'updated_at', events_iso({r}.updated_at),"
         f" 'description', {r}.description, 'metadata', COALESCE({r}.metadata, '{{}}'::jsonb))"
     )

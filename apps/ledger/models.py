@@ -17,6 +17,13 @@ class WalletStatus(models.TextChoices):
     FROZEN = "frozen"
 
 
+class AcceptsFrom(models.TextChoices):
+    """Whose transfers a wallet takes (its owner's setting; the rule is apps.ledger.acceptance)."""
+
+    ANY = "any"  # every client's
+    SAME_CLIENT = "same_client"  # only its owner's (and refunds of what it paid, always)
+
+
 class EntryKind(models.TextChoices):
     DEPOSIT = "deposit"  # money enters the system
     WITHDRAWAL = "withdrawal"  # money leaves the system
@@ -47,11 +54,21 @@ class Wallet(models.Model):
     )
     description = models.TextField(null=True, blank=True, help_text="The owner's own text, as given (null: none).")
     metadata = models.JSONField(null=True, blank=True, help_text="The owner's own key-value notes (null: none).")
+    accepts_from = models.CharField(
+        max_length=11,
+        choices=AcceptsFrom.choices,
+        default=AcceptsFrom.ANY,
+        db_default=AcceptsFrom.ANY,
+        help_text="Set by the owner: whose transfers the wallet takes (any client's, or only its owner's).",
+    )
 
     class Meta:
         db_table = "ledger_wallet"
         constraints = [
             models.CheckConstraint(condition=Q(balance_minor__gte=0), name="wallet_balance_non_negative"),
+            models.CheckConstraint(
+                condition=Q(accepts_from__in=[c.value for c in AcceptsFrom]), name="wallet_accepts_from_known"
+            ),
         ]
         indexes = [models.Index(fields=["owner_id", "-id"], name="wallet_owner_newest")]
 

@@ -21,6 +21,7 @@ from django.utils import timezone
 from apps.common.db import fast_cursor
 from apps.common.errors import IdempotencyKeyReused, ParameterInvalid, error_body
 from apps.common.metadata import MAX_KEYS
+from apps.ledger.acceptance import accepts_credit
 from apps.ledger.errors import (
     BalanceLimitExceeded,
     CurrencyMismatch,
@@ -28,7 +29,7 @@ from apps.ledger.errors import (
     WalletFrozen,
     WalletNotFound,
 )
-from apps.ledger.models import EntryKind, MovementKey, Wallet, WalletStatus
+from apps.ledger.models import AcceptsFrom, EntryKind, MovementKey, Wallet, WalletStatus
 from apps.sharding.fence import check_missing_are_served
 from apps.sharding.ids import bucket_of, new_id
 from apps.sharding.routing import alias_for_id, random_bucket, shard_map
@@ -214,6 +215,7 @@ def wallet_create(
     currency: str,
     bucket: int | None = None,
     payer_may_refund: bool = False,
+    accepts_from: AcceptsFrom = AcceptsFrom.ANY,
     description: str | None = None,
     metadata: dict[str, str] | None = None,
 ) -> Wallet:
@@ -222,8 +224,8 @@ def wallet_create(
     alias = shard_map().alias_for_bucket(bucket)
     now = timezone.now()
     wallet = Wallet(
-        id=new_id(bucket), owner_id=owner_id, currency=currency, payer_may_refund=payer_may_refund, created_at=now,
-        updated_at=now, description=description, metadata=metadata or None,
+        id=new_id(bucket), owner_id=owner_id, currency=currency, payer_may_refund=payer_may_refund,
+        accepts_from=accepts_from, created_at=now, updated_at=now, description=description, metadata=metadata or None,
     )  # fmt: skip
     with transaction.atomic(using=alias):
         wallet.save(using=alias, force_insert=True)
@@ -235,22 +237,30 @@ class WalletChanges:
     """What a PATCH asks for: None leaves a setting as it is."""
 
     payer_may_refund: bool | None = None
+    accepts_from: AcceptsFrom | None = None
     description: str | None = None
     set_description: bool = False  # a null description clears it: "given" is said apart from the value
     metadata: dict[str, str] | None = None  # merged: a key given as "" is removed
 
 
+def _owner_settings(wallet: Wallet) -> tuple[object, ...]:
+    return (wallet.payer_may_refund, wallet.accepts_from, wallet.description, wallet.metadata)
+
+
 def wallet_update(*, wallet_id: uuid.UUID, owner_id: int, changes: WalletChanges) -> Wallet:
-    """The owner's settings: refunds by payers (see apps.refunds.services), description and
-    metadata; WalletNotFound if not its wallet. Written only when something changed."""
+    """The owner's settings: refunds by payers (see apps.refunds.services), whose transfers it
+    takes (apps.ledger.acceptance), description and metadata; WalletNotFound if not its wallet.
+    Written only when something changed."""
     alias = alias_for_id(wallet_id)
     with transaction.atomic(using=alias):
         wallet = Wallet.objects.using(alias).select_for_update().filter(id=wallet_id, owner_id=owner_id).first()
         if wallet is None:
             raise WalletNotFound(param="wallet_id")
-        before = (wallet.payer_may_refund, wallet.description, wallet.metadata)
+        before = _owner_settings(wallet)
         if changes.payer_may_refund is not None:
             wallet.payer_may_refund = changes.payer_may_refund
+        if changes.accepts_from is not None:
+            wallet.accepts_from = changes.accepts_from
         if changes.set_description:
             wallet.description = changes.description
         if changes.metadata is not None:
@@ -258,9 +268,12 @@ def wallet_update(*, wallet_id: uuid.UUID, owner_id: int, changes: WalletChanges
             wallet.metadata = {k: v for k, v in merged.items() if v != ""} or None
             if len(wallet.metadata or {}) > MAX_KEYS:
                 raise ParameterInvalid(f"The merged metadata would have more than {MAX_KEYS} keys.", param="metadata")
-        if (wallet.payer_may_refund, wallet.description, wallet.metadata) != before:
+        if _owner_settings(wallet) != before:
             wallet.updated_at = timezone.now()
-            wallet.save(using=alias, update_fields=["payer_may_refund", "description", "metadata", "updated_at"])
+            wallet.save(
+                using=alias,
+                update_fields=["payer_may_refund", "accepts_from", "description", "metadata", "updated_at"],
+            )
     return wallet
 
 
@@ -344,10 +357,19 @@ def wallet_credit(
     transfer_id: uuid.UUID,
     amount_minor: int,
     currency: str,
+    client_id: int,
+    refund: bool,
     now: datetime | None = None,
     alias: str | None = None,
 ) -> AppliedEntry:
-    """Saga step: give a transfer's amount to its payee (active, same currency)."""
+    """Saga step: give a transfer's amount to its payee (takes `client_id`'s transfers, active,
+    same currency). A wallet that does not take them is WalletNotFound, whatever else is true."""
+    alias = alias or alias_for_id(wallet_id)
+    with fast_cursor(alias) as cursor:
+        cursor.execute("SELECT accepts_from, owner_id FROM ledger_wallet WHERE id = %s", [wallet_id])
+        settings_row = cursor.fetchone()
+    if settings_row is not None and not accepts_credit(*settings_row, client_id=client_id, refund=refund):
+        raise WalletNotFound(param="to")
     return apply_entry(
         wallet_id=wallet_id,
         reference=str(transfer_id),

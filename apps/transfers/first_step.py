@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from apps.common.db import fast_cursor
+from apps.ledger.acceptance import accepts_credit
 from apps.ledger.models import WalletStatus
 from apps.ledger.services import IN_FLIGHT_OUT_BY_PAYER_SQL, MAX_BALANCE_MINOR
 from apps.sharding.fence import check_missing_are_served
@@ -37,6 +38,7 @@ class LockedWallet:
     status: str
     balance: int
     seq: int
+    accepts_from: str
     # Paid out by transfers still in flight: it may come back as a refund, so a credit keeps room for it.
     in_flight_out: int = 0
     changed: bool = False
@@ -57,7 +59,7 @@ class GroupPlan:
 
 
 _LOCK_WALLETS_SQL = """
-SELECT id, owner_id, currency, status, balance_minor, last_entry_seq FROM ledger_wallet
+SELECT id, owner_id, currency, status, balance_minor, last_entry_seq, accepts_from FROM ledger_wallet
  WHERE id = ANY(%(ids)s) AND (%(owner)s::bigint IS NULL OR owner_id = %(owner)s OR id = ANY(%(payees)s))
  ORDER BY id FOR UPDATE
 """
@@ -106,7 +108,12 @@ def payer_refusal(payer: LockedWallet | None, amount_minor: int, currency: str) 
 
 
 def payee_refusal(transfer: Transfer, payee: LockedWallet | None) -> FailureReason | None:
-    if payee is None:
+    """Why a locked payee does not take `transfer`, if it does not. A wallet that does not take
+    the client's transfers is "not found" before anything else about it is looked at."""
+    refund = transfer.refund_of is not None
+    if payee is None or not accepts_credit(
+        payee.accepts_from, payee.owner_id, client_id=transfer.client_id, refund=refund
+    ):
         return FailureReason.PAYEE_NOT_FOUND
     if payee.currency != transfer.currency:
         return FailureReason.PAYEE_CURRENCY_MISMATCH

@@ -29,6 +29,7 @@ from django.utils import timezone
 
 from apps.common.db import fast_cursor
 from apps.common.faults import crash_point
+from apps.ledger.acceptance import ACCEPTS_CREDIT_SQL
 from apps.ledger.errors import (
     BalanceLimitExceeded,
     CurrencyMismatch,
@@ -96,7 +97,7 @@ _CREDIT_SQL = """
 WITH moved AS (
     UPDATE ledger_wallet
        SET balance_minor = balance_minor + %(amount)s, last_entry_seq = last_entry_seq + 1, updated_at = %(now)s
-     WHERE id = %(payee)s AND status = 'active' AND currency = %(currency)s
+     WHERE id = %(payee)s AND {ACCEPTS} AND status = 'active' AND currency = %(currency)s
        AND balance_minor::numeric + %(amount)s + {IN_FLIGHT} <= 9223372036854775807
        AND NOT EXISTS (SELECT 1 FROM transfers_payee_credit WHERE transfer_id = %(tid)s)
  RETURNING id, balance_minor, last_entry_seq
@@ -108,7 +109,7 @@ WITH moved AS (
 INSERT INTO transfers_payee_credit (transfer_id, payee_id, amount_minor, outcome, reason, created_at)
 SELECT %(tid)s, wallet_id, %(amount)s, 'credited', NULL, %(now)s FROM entry
 RETURNING transfer_id
-""".replace("{IN_FLIGHT}", IN_FLIGHT_OUT_SQL.format(wallet="%(payee)s"))
+""".replace("{IN_FLIGHT}", IN_FLIGHT_OUT_SQL.format(wallet="%(payee)s")).replace("{ACCEPTS}", ACCEPTS_CREDIT_SQL)
 # Before _CREDIT_SQL, in the same transaction: with the payees' rows locked, its sum of their
 # money in flight cannot miss a debit that committed while it waited (see ledger.services).
 _LOCK_PAYEES_SQL = "SELECT 1 FROM ledger_wallet WHERE id = ANY(%s) ORDER BY id FOR UPDATE"
@@ -212,6 +213,8 @@ def _credit_params(transfer: Transfer, now: datetime) -> dict[str, Any]:
         "tid": transfer.id,
         "entry_id": new_id(bucket_of(transfer.payee_id)),
         "reference": str(transfer.id),
+        "client": transfer.client_id,
+        "refund": transfer.refund_of is not None,
     }
 
 
@@ -250,6 +253,8 @@ def payee_step(transfer: Transfer) -> PayeeCredit:
                     transfer_id=transfer.id,
                     amount_minor=transfer.amount_minor,
                     currency=transfer.currency,
+                    client_id=transfer.client_id,
+                    refund=transfer.refund_of is not None,
                     alias=alias,
                 )
                 outcome, reason = CreditOutcome.CREDITED, None  # the payee became able meanwhile

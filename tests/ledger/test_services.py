@@ -78,7 +78,14 @@ def test_debit_credit_refund_each_apply_once_per_transfer(owner) -> None:
     transfer_id = new_id(bucket_on("shard_00"))
     for _ in range(2):
         wallet_debit(wallet_id=payer.id, transfer_id=transfer_id, amount_minor=300, currency="USD")
-        wallet_credit(wallet_id=payee.id, transfer_id=transfer_id, amount_minor=300, currency="USD")
+        wallet_credit(
+            wallet_id=payee.id,
+            transfer_id=transfer_id,
+            amount_minor=300,
+            currency="USD",
+            client_id=owner.id,
+            refund=False,
+        )
     assert state(payer.id) == (700, 2)
     assert state(payee.id) == (300, 1)
     for _ in range(2):
@@ -95,7 +102,14 @@ def test_frozen_wallet_can_neither_pay_nor_receive_but_gets_refunds(owner) -> No
     with pytest.raises(WalletFrozen):
         wallet_debit(wallet_id=wallet.id, transfer_id=transfer_id, amount_minor=1, currency="USD")
     with pytest.raises(WalletFrozen):
-        wallet_credit(wallet_id=wallet.id, transfer_id=transfer_id, amount_minor=1, currency="USD")
+        wallet_credit(
+            wallet_id=wallet.id,
+            transfer_id=transfer_id,
+            amount_minor=1,
+            currency="USD",
+            client_id=owner.id,
+            refund=False,
+        )
     with pytest.raises(WalletFrozen):
         wallet_fund(wallet_id=wallet.id, amount_minor=1, reference="dep-x")
     with pytest.raises(WalletFrozen):
@@ -110,7 +124,9 @@ def test_currency_mismatch_is_refused(owner) -> None:
     with pytest.raises(CurrencyMismatch):
         wallet_debit(wallet_id=wallet.id, transfer_id=new_id(0), amount_minor=1, currency="USD")
     with pytest.raises(CurrencyMismatch):
-        wallet_credit(wallet_id=wallet.id, transfer_id=new_id(0), amount_minor=1, currency="USD")
+        wallet_credit(
+            wallet_id=wallet.id, transfer_id=new_id(0), amount_minor=1, currency="USD", client_id=owner.id, refund=False
+        )
     assert state(wallet.id) == (1000, 1)
 
 

@@ -8,8 +8,14 @@ from apps.common.api import MAX_MINOR_AMOUNT, AmountField, StrictBooleanField
 from apps.common.metadata import DescriptionField, MetadataField
 from apps.common.openapi import CurrencyField, IdField
 from apps.ledger.currencies import is_supported_currency
-from apps.ledger.models import EntryKind, LedgerEntry, Wallet
+from apps.ledger.models import AcceptsFrom, EntryKind, LedgerEntry, Wallet
 from apps.ledger.services import AppliedEntry
+
+_ACCEPTS_FROM_HELP = (
+    "Whose transfers the wallet takes: `any` client's, or only yours (`same_client`). Another client's transfer"
+    " to a `same_client` wallet fails as `payee_not_found`, as if the wallet did not exist; refunds of what"
+    " the wallet paid are always taken."
+)
 
 
 class WalletCreateIn(serializers.Serializer):
@@ -18,6 +24,9 @@ class WalletCreateIn(serializers.Serializer):
         required=False,
         default=False,
         help_text="Whether the client that paid a transfer into this wallet may refund it from here (default no).",
+    )
+    accepts_from = serializers.ChoiceField(
+        AcceptsFrom.choices, required=False, default=AcceptsFrom.ANY, help_text=_ACCEPTS_FROM_HELP + " Default `any`."
     )
     description = DescriptionField(required=False)
     metadata = MetadataField(required=False)
@@ -32,6 +41,9 @@ class WalletUpdateIn(serializers.Serializer):
     payer_may_refund = StrictBooleanField(
         required=False,
         help_text="Whether the client that paid a transfer into this wallet may refund it from here (absent: as is).",
+    )
+    accepts_from = serializers.ChoiceField(
+        AcceptsFrom.choices, required=False, help_text=_ACCEPTS_FROM_HELP + " Absent: as is."
     )
     description = DescriptionField(required=False, help_text="Replaces the description (null: none; absent: as is).")
     metadata = MetadataField(
@@ -53,8 +65,8 @@ class WalletOut(serializers.ModelSerializer):
 
     class Meta:
         model = Wallet
-        fields = ["id", "currency", "status", "balance_minor", "payer_may_refund", "created_at", "updated_at",
-                  "description", "metadata"]  # fmt: skip
+        fields = ["id", "currency", "status", "balance_minor", "payer_may_refund", "accepts_from", "created_at",
+                  "updated_at", "description", "metadata"]  # fmt: skip
         read_only_fields = fields
 
 

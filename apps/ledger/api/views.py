@@ -85,6 +85,7 @@ class WalletCollectionView(APIView):
             owner_id=cast(int, request.user.id),
             currency=data.validated_data["currency"],
             payer_may_refund=data.validated_data["payer_may_refund"],
+            accepts_from=data.validated_data["accepts_from"],
             description=data.validated_data.get("description"),
             metadata=data.validated_data.get("metadata"),
         )
@@ -117,7 +118,7 @@ class WalletDetailView(APIView):
 
     @extend_schema(
         operation_id="wallets_partial_update",
-        summary="Change a wallet's settings: refunds by payers, description, metadata",
+        summary="Change a wallet's settings: refunds by payers, whose transfers it takes, description, metadata",
         request=WalletUpdateIn,
         parameters=[WALLET_ID],
         responses={
@@ -135,6 +136,7 @@ class WalletDetailView(APIView):
             return Response(WalletOut(owned_wallet(request, wallet_id)).data)
         changes = services.WalletChanges(
             payer_may_refund=given.get("payer_may_refund"),
+            accepts_from=given.get("accepts_from"),
             description=given.get("description"),
             set_description="description" in given,
             metadata=given.get("metadata"),
