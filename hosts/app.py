@@ -20,7 +20,7 @@ from bench.stack import ROOT
 from chaos.stack import SAGA_ENV
 from chaos.supervisor import Program
 from hosts import net
-from hosts.app_login import APP_LOGIN
+from hosts.app_login import APP_LOGIN, CDC_LOGIN
 from hosts.layout import (
     API_PORT,
     APP,
@@ -139,12 +139,14 @@ def programs(config: AppConfig) -> dict[str, Program]:
         "beat": ["run_beat", "--log-level", "warning"],
         "cdc": ["run_cdc"],
     }
-    # The service's roles as the least-privilege login (hosts.app_login); the CDC keeps the
-    # owner: it makes its slot registry on each shard (docs/DEPLOY.md, "Database roles").
-    as_app = {**config.env, "SHARDWALLET_DB_USER": APP_LOGIN}
+    # Each role as its least-privilege login (hosts.app_login, docs/DEPLOY.md "Database roles").
+    logins = {name: CDC_LOGIN if name == "cdc" else APP_LOGIN for name in roles}
     return {
         name: Program(
-            name, net.on(APP, [*MANAGE, *argv]), config.env if name == "cdc" else as_app, LOGS / f"{name}.log"
+            name,
+            net.on(APP, [*MANAGE, *argv]),
+            {**config.env, "SHARDWALLET_DB_USER": logins[name]},
+            LOGS / f"{name}.log",
         )
         for name, argv in roles.items()
     }

@@ -1,6 +1,7 @@
-"""Run on the app host after the migrations: a login in shardwallet_app on every database server,
-which the API, the workers and beat then connect as (SHARDWALLET_DB_USER), as a least-privilege
-deployment does (docs/DEPLOY.md, "Database roles"). Its password is the servers' own."""
+"""Run on the app host after the migrations: the least-privilege logins on every database server,
+as a deployment makes them (docs/DEPLOY.md, "Database roles"): one in shardwallet_app, which the
+API, the workers and beat connect as (SHARDWALLET_DB_USER), and one in shardwallet_cdc with
+REPLICATION, which the CDC connects as. Their password is the servers' own."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import psycopg
 from psycopg import sql
 
 APP_LOGIN = "wallet_app"
+CDC_LOGIN = "wallet_cdc"
 
 
 def main() -> int:
@@ -19,18 +21,21 @@ def main() -> int:
     django.setup()
     from django.conf import settings
 
-    from apps.sharding.db_roles import APP_ROLE
+    from apps.sharding.db_roles import APP_ROLE, CDC_ROLE
     from apps.sharding.shardmap import default_password
 
+    # REPLICATION is an attribute of the login itself: membership does not pass it on.
+    logins = [(APP_LOGIN, APP_ROLE, sql.SQL("")), (CDC_LOGIN, CDC_ROLE, sql.SQL(" REPLICATION"))]
     for server in settings.SHARD_MAP.servers:
         with psycopg.connect(server.conninfo(), autocommit=True) as conn:
-            if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [APP_LOGIN]).fetchone():
-                conn.execute(
-                    sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE {}").format(
-                        sql.Identifier(APP_LOGIN), sql.Literal(default_password()), sql.Identifier(APP_ROLE)
+            for login, group, attributes in logins:
+                if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [login]).fetchone():
+                    conn.execute(
+                        sql.SQL("CREATE ROLE {} LOGIN{} PASSWORD {} IN ROLE {}").format(
+                            sql.Identifier(login), attributes, sql.Literal(default_password()), sql.Identifier(group)
+                        )
                     )
-                )
-        print(f"app login: {APP_LOGIN} on {server.alias} ({server.host})", flush=True)
+        print(f"logins: {APP_LOGIN}, {CDC_LOGIN} on {server.alias} ({server.host})", flush=True)
     return 0
 
 

@@ -55,7 +55,6 @@ from apps.audit.stops import SchemaDrift, SlotGap, StreamStopped, UndecodableCha
 from apps.audit.stream_state import (
     Gap,
     deletion_version,
-    ensure_registry,
     record_gap,
     record_slot_release,
     register_slot,
@@ -288,7 +287,6 @@ class ShardReader(threading.Thread):
         """The slot (plugin, database, confirmed position, wal_status), its owner, recent
         heartbeats and where its last reader released it."""
         with psycopg.connect(conninfo(self.server), autocommit=True) as conn:
-            ensure_registry(conn)
             row = conn.execute(
                 "SELECT plugin, database, confirmed_flush_lsn::text, wal_status FROM pg_replication_slots"
                 " WHERE slot_name = %s",

@@ -3,9 +3,9 @@ gaps it knows it has, and the deletions it writes for rows a re-snapshot or a TR
 showed to be gone.
 
 A slot is tied to its store twice: the store's id is in the slot's name, and the shard
-records which store created the slot (`shardwallet_cdc_slot`), so a second store (a
-staging copy, a reader started by mistake) refuses a slot instead of consuming changes
-the first one then never sees.
+records which store created the slot (`shardwallet_cdc_slot`, made by the shards' migrations,
+apps/ledger/migrations/0015), so a second store (a staging copy, a reader started by mistake)
+refuses a slot instead of consuming changes the first one then never sees.
 """
 
 from __future__ import annotations
@@ -19,20 +19,6 @@ import psycopg
 
 from apps.audit.epochs import row_version
 from apps.audit.sink import TYPED_TABLES, AuditSink
-
-# The CDC keeps this table on each shard itself, like its publication and slot (the shard's
-# schema migrations do not know audit stores); each statement can run again.
-SLOT_REGISTRY_DDL = [
-    """CREATE TABLE IF NOT EXISTS shardwallet_cdc_slot (
-        slot_name text PRIMARY KEY,
-        store_id uuid NOT NULL,
-        created_at timestamptz NOT NULL DEFAULT now())""",
-    # The positions of the last heartbeats written for the slot (apps.audit.reader).
-    "ALTER TABLE shardwallet_cdc_slot ADD COLUMN IF NOT EXISTS heartbeat_lsns pg_lsn[] NOT NULL DEFAULT '{}'",
-    # The slot's confirmed position when its reader last let go of it (NULL while a reader
-    # streams, or after one was killed): a slot found elsewhere was moved by someone else.
-    "ALTER TABLE shardwallet_cdc_slot ADD COLUMN IF NOT EXISTS released_lsn pg_lsn",
-]
 
 
 def store_id(sink: AuditSink) -> uuid.UUID:
@@ -51,11 +37,6 @@ def store_id(sink: AuditSink) -> uuid.UUID:
 def slot_name(prefix: str, store: uuid.UUID) -> str:
     """The slot a store reads on every shard: `<prefix>_<first 12 hex digits of its id>`."""
     return f"{prefix}_{store.hex[:12]}"
-
-
-def ensure_registry(conn: psycopg.Connection[Any]) -> None:
-    for statement in SLOT_REGISTRY_DDL:
-        conn.execute(statement)
 
 
 def register_slot(conn: psycopg.Connection[Any], slot: str, store: uuid.UUID) -> None:

@@ -3,10 +3,11 @@
 - `shardwallet_app`: what the API, the workers and beat need, and nothing else: read and write
   rows of the service's tables and use their sequences. No DDL (the tables belong to the
   migrations' role), no TRUNCATE, no COPY TO/FROM PROGRAM or files (superuser only).
-- `shardwallet_cdc`: read every table (the initial snapshot, the slot checks). The stream needs
-  REPLICATION, a role attribute PostgreSQL does not pass through membership. The publication
-  is created by `migrate_shards`, as the tables' owner. Not enough yet for the CDC's own login:
-  it also creates and writes its slot registry on each shard (docs/DEPLOY.md, "Database roles").
+- `shardwallet_cdc`: read every table (the initial snapshot, the slot checks), write its slot
+  registry on each shard (made by the shards' migrations) and answer operators' requests on the
+  control database. The stream needs REPLICATION, a role attribute PostgreSQL does not pass
+  through membership: the CDC's login is `LOGIN REPLICATION IN ROLE shardwallet_cdc`. The
+  publication is created by `migrate_shards`, as the tables' owner.
 - `shardwallet_mover` (apps.sharding.fence_sql): writes past the fence during a move.
 
 They are group roles (NOLOGIN): the deployment makes a login in each with its own password
@@ -44,6 +45,13 @@ BEGIN
     END IF;
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{CDC_ROLE}') THEN
         GRANT SELECT ON ALL TABLES IN SCHEMA public TO {CDC_ROLE};
+        -- Its own rows: the slot registry on a shard, operators' requests on the control database.
+        IF to_regclass('shardwallet_cdc_slot') IS NOT NULL THEN
+            GRANT INSERT, UPDATE ON shardwallet_cdc_slot TO {CDC_ROLE};
+        END IF;
+        IF to_regclass('audit_cdcrequest') IS NOT NULL THEN
+            GRANT UPDATE ON audit_cdcrequest TO {CDC_ROLE};
+        END IF;
     END IF;
 END
 $$;
