@@ -191,8 +191,10 @@ def test_descriptions_and_metadata_reach_the_store_by_snapshot_and_by_stream_and
     # No entry or transition comes with either change, so caught_up cannot tell they arrived:
     # the wallet rows themselves are waited for.
     wait_until(
-        lambda: _notes(client, "wallets", "wallet_id", after.id) is not None
-        and _notes(client, "wallets", "wallet_id", payee.id) != (None, None),
+        lambda: (
+            _notes(client, "wallets", "wallet_id", after.id) is not None
+            and _notes(client, "wallets", "wallet_id", payee.id) != (None, None)
+        ),
         20,
         "the stream's catch-up",
     )
