@@ -11,6 +11,7 @@ from apps.ledger.currencies import is_supported_currency
 from apps.ledger.models import AcceptsFrom, EntryKind, LedgerEntry, Wallet
 from apps.ledger.services import AppliedEntry
 
+_ACCEPTS_FROM_ERRORS = {"invalid_choice": '"{input}" is not one of: any, same_client.'}
 _ACCEPTS_FROM_HELP = (
     "Whose transfers the wallet takes: `any` client's, or only yours (`same_client`). Another client's transfer"
     " to a `same_client` wallet fails as `payee_not_found`, as if the wallet did not exist; refunds of what"
@@ -26,7 +27,11 @@ class WalletCreateIn(serializers.Serializer):
         help_text="Whether the client that paid a transfer into this wallet may refund it from here (default no).",
     )
     accepts_from = serializers.ChoiceField(
-        AcceptsFrom.choices, required=False, default=AcceptsFrom.ANY, help_text=_ACCEPTS_FROM_HELP + " Default `any`."
+        AcceptsFrom.choices,
+        required=False,
+        default=AcceptsFrom.ANY,
+        error_messages=_ACCEPTS_FROM_ERRORS,
+        help_text=_ACCEPTS_FROM_HELP + " Default `any`.",
     )
     description = DescriptionField(required=False)
     metadata = MetadataField(required=False)
@@ -43,7 +48,10 @@ class WalletUpdateIn(serializers.Serializer):
         help_text="Whether the client that paid a transfer into this wallet may refund it from here (absent: as is).",
     )
     accepts_from = serializers.ChoiceField(
-        AcceptsFrom.choices, required=False, help_text=_ACCEPTS_FROM_HELP + " Absent: as is."
+        AcceptsFrom.choices,
+        required=False,
+        error_messages=_ACCEPTS_FROM_ERRORS,
+        help_text=_ACCEPTS_FROM_HELP + " Absent: as is.",
     )
     description = DescriptionField(required=False, help_text="Replaces the description (null: none; absent: as is).")
     metadata = MetadataField(
