@@ -40,6 +40,8 @@ EXPECTED_ENDS = {
     "too_large": {_SHORT},
     "frozen_payee": {("failed", "payee_frozen"), _SHORT},
     "currency_payee": {("failed", "payee_currency_mismatch"), _SHORT},
+    # Refused as if it did not exist, whether or not it is also frozen (accepts_from comes first).
+    "closed_payee": {("failed", "payee_not_found"), _SHORT},
 }
 MAX_LISTED = 20  # violations of one kind printed in full; the rest are counted
 

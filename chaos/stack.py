@@ -102,17 +102,18 @@ def create_wallets(*, seed: int, per_shard: int) -> tuple[int, str, Wallets]:
     """Two API clients and their wallets, on every shard; returns the paying client's id and key.
 
     Set up through the services (not timed, not under faults). The other client owns the
-    payees that must refuse money (frozen, other currency) and some ordinary ones.
+    payees that must refuse money (frozen, other currency, its own transfers only) and some
+    ordinary ones.
     """
     from apps.accounts.services import api_client_create
-    from apps.ledger.models import WalletStatus
-    from apps.ledger.services import wallet_create, wallet_set_status
+    from apps.ledger.models import AcceptsFrom, WalletStatus
+    from apps.ledger.services import WalletChanges, wallet_create, wallet_set_status, wallet_update
     from apps.sharding.routing import shard_aliases, shard_map
 
     rng = random.Random(f"wallets:{seed}")  # noqa: S311 - a reproducible layout, not secrets
     payer_client, key = api_client_create(name="chaos")
     other_client, _ = api_client_create(name="chaos-other")
-    payers, others, frozen, foreign, lean = [], [], [], [], []
+    payers, others, frozen, foreign, closed, lean = [], [], [], [], [], []
     shard_of: dict[str, str] = {}
 
     def make(owner: int, currency: str, alias: str) -> str:
@@ -127,4 +128,9 @@ def create_wallets(*, seed: int, per_shard: int) -> tuple[int, str, Wallets]:
         foreign.append(make(other_client.id, "EUR", alias))
         frozen.append(make(other_client.id, "USD", alias))
         wallet_set_status(wallet_id=uuid.UUID(frozen[-1]), status=WalletStatus.FROZEN)
-    return payer_client.id, key, Wallets(payers, others, frozen, foreign, lean, shard_of)
+        closed.append(make(other_client.id, "USD", alias))
+        restricted = WalletChanges(accepts_from=AcceptsFrom.SAME_CLIENT)
+        wallet_update(wallet_id=uuid.UUID(closed[-1]), owner_id=other_client.id, changes=restricted)
+        if len(closed) % 2 == 0:
+            wallet_set_status(wallet_id=uuid.UUID(closed[-1]), status=WalletStatus.FROZEN)
+    return payer_client.id, key, Wallets(payers, others, frozen, foreign, closed, lean, shard_of)

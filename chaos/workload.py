@@ -3,7 +3,8 @@
 Each client thread draws from its own generator, seeded from the run's seed and the thread's
 number, so a seed always produces the same requests (their interleaving is up to the OS).
 Most transfers should complete; some are meant to fail and must fail the right way: to a
-frozen payee, to a payee of another currency, or for more than the payer holds.
+frozen payee, to a payee of another currency, to one that takes its owner's transfers only, or
+for more than the payer holds.
 
 Some requests are sent twice on purpose: a step sent again later with the same keys (a
 client that lost the answer after all; sometimes through the other transfer endpoint, as
@@ -41,7 +42,7 @@ STEP_WEIGHTS = {
 TWIN_SHARE = 0.1  # of single transfers, sent by two connections at once
 SWITCH_SHARE = 0.3  # of resent transfers, sent through the other endpoint (single <-> batch)
 # Relative weights of a transfer's intent.
-INTENT_WEIGHTS = {"normal": 80, "frozen_payee": 8, "currency_payee": 7, "too_large": 5}
+INTENT_WEIGHTS = {"normal": 76, "frozen_payee": 7, "currency_payee": 7, "closed_payee": 5, "too_large": 5}
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class Wallets:
     other_payees: list[str]  # USD, active, owned by another client
     frozen: list[str]  # USD, frozen, another client's
     foreign: list[str]  # EUR, active, another client's
+    closed: list[str]  # USD, another client's, taking its owner's transfers only (every other one frozen too)
     lean: list[str]  # some of the payers, funded with LEAN_DEPOSIT only
     shard_of: dict[str, str]
 
@@ -135,6 +137,8 @@ class Workload:
             payee = self.rng.choice(w.frozen)
         elif intent == "currency_payee":
             payee = self.rng.choice(w.foreign)
+        elif intent == "closed_payee":
+            payee = self.rng.choice(w.closed)
         else:
             payee = self.rng.choice([p for p in w.usd_payees if p != payer])
             if intent == "too_large":

@@ -11,7 +11,7 @@ from apps.ledger.currencies import is_supported_currency
 from apps.ledger.models import AcceptsFrom, EntryKind, LedgerEntry, Wallet
 from apps.ledger.services import AppliedEntry
 
-_ACCEPTS_FROM_ERRORS = {"invalid_choice": '"{input}" is not one of: any, same_client.'}
+_ACCEPTS_FROM_ERRORS: dict[str, Any] = {"invalid_choice": '"{input}" is not one of: any, same_client.'}
 _ACCEPTS_FROM_HELP = (
     "Whose transfers the wallet takes: `any` client's, or only yours (`same_client`). Another client's transfer"
     " to a `same_client` wallet fails as `payee_not_found`, as if the wallet did not exist; refunds of what"
