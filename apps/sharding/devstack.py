@@ -149,6 +149,22 @@ class PostgresCluster:
             # The change-data-capture reader streams the WAL over a replication connection.
             hba.write("host replication all 127.0.0.1/32 trust\n")
 
+    def initialise_standby(self, primary: DatabaseServer) -> None:
+        """A streaming standby of `primary`: its base backup, with standby.signal and the
+        primary's conninfo written by pg_basebackup (-R). `start` then starts it as a standby."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if _running_as_root():
+            shutil.chown(self.data_dir, "postgres", "postgres")
+            self.data_dir.chmod(0o700)
+        self._pg(
+            "pg_basebackup", "-h", primary.host, "-p", str(primary.port), "-U", "postgres",
+            "-D", str(self.data_dir), "-R", "-X", "stream", "-c", "fast",
+        )  # fmt: skip
+
+    def promote(self) -> None:
+        """End recovery: the standby takes writes (what a failover manager does to its chosen one)."""
+        self._pg("pg_ctl", "promote", "-D", str(self.data_dir), "-w", "-t", "60")
+
     def start(self) -> None:
         if port_is_open(self.server.host, self.server.port):
             raise DevstackError(
@@ -165,8 +181,10 @@ class PostgresCluster:
             shutil.chown(own_conf, "postgres", "postgres")
         self._pg("pg_ctl", "start", "-D", str(self.data_dir), "-l", str(self.log_file), "-w", "-t", "60")
 
-    def stop(self) -> None:
-        self._pg("pg_ctl", "stop", "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "60")
+    def stop(self, mode: str = "fast") -> None:
+        """pg_ctl's `fast` shutdown, or `immediate`: the postmaster and its children quit at once,
+        as in a crash (recovery at the next start)."""
+        self._pg("pg_ctl", "stop", "-D", str(self.data_dir), "-m", mode, "-w", "-t", "60")
 
     def ensure_database(self) -> None:
         conninfo = f"host={self.server.host} port={self.server.port} user={self.server.user} dbname=postgres"
@@ -205,7 +223,7 @@ class Devstack:
                 rows = conn.execute(SERVERS_SQL).fetchall()
         except psycopg.Error:
             return []  # not created or not migrated yet
-        return [DatabaseServer(*row) for row in rows]
+        return [DatabaseServer.from_row(row) for row in rows]
 
     def ensure_server(self, server: DatabaseServer) -> str:
         """Create and start one server of the stack (a shard being added), with its database."""

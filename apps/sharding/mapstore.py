@@ -58,10 +58,10 @@ def seed_control_map(base: ShardMap) -> bool:
 
 def save_server(server: DatabaseServer, cursor: Any | None = None) -> None:
     sql = (
-        "INSERT INTO sharding_server (alias, host, port, name, username, password) VALUES (%s, %s, %s, %s, %s, %s)"
-        " ON CONFLICT (alias) DO NOTHING"
+        "INSERT INTO sharding_server (alias, host, port, name, username, password, members)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (alias) DO NOTHING"
     )
-    values = [server.alias, server.host, server.port, server.name, server.user, server.password]
+    values = [server.alias, server.host, server.port, server.name, server.user, server.password, list(server.members)]
     if cursor is not None:
         cursor.execute(sql, values)
         return
@@ -84,7 +84,7 @@ def read_control_map(base: ShardMap) -> ShardMap | None:
         if state is None:
             return None
         cursor.execute(SERVERS_SQL)
-        servers = {row[0]: DatabaseServer(*row) for row in cursor.fetchall()}
+        servers = {row[0]: DatabaseServer.from_row(row) for row in cursor.fetchall()}
         cursor.execute("SELECT alias FROM sharding_bucket_assignment ORDER BY bucket")
         owners = [row[0] for row in cursor.fetchall()]
     # The file's entries win for servers it declares (their passwords stay in the file).

@@ -48,7 +48,11 @@ TLS_KEYS = tuple(TLS_DEFAULTS)
 # its own (apps.sharding.db_roles; the API a member of shardwallet_app, the migrations the owner).
 LOGIN_OVERRIDE = _ENV.optional("SHARDWALLET_DB_USER", "")
 # The shard servers the control database knows (apps.sharding.mapstore), as DatabaseServer's fields.
-SERVERS_SQL = "SELECT alias, host, port, name, username, password FROM sharding_server ORDER BY alias"
+SERVERS_SQL = "SELECT alias, host, port, name, username, password, members FROM sharding_server ORDER BY alias"
+# libpq's choice among a cluster's members (`target_session_attrs`): the one that takes writes.
+# Only said when a server has members: one server is used whatever it is.
+CLUSTER_SESSION_ATTRS = "read-write"
+MEMBER_PATTERN = re.compile(r"^(?P<host>[^\s:,]+):(?P<port>\d{1,5})$")
 
 
 class ShardMapError(ValueError):
@@ -94,6 +98,31 @@ class DatabaseServer:
     sslrootcert: str = ""
     sslcert: str = ""
     sslkey: str = ""
+    # The other servers of its replicated cluster ("host:port" each), tried after host:port in
+    # order; a connection takes the first that accepts writes (CLUSTER_SESSION_ATTRS), so a
+    # promoted standby is found by the next connection, without a restart or a new map.
+    members: tuple[str, ...] = ()
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> DatabaseServer:
+        """A server as SERVERS_SQL reads it from the control database."""
+        alias, host, port, name, user, password, members = row
+        return cls(alias, host, port, name, user, password, members=tuple(members or ()))
+
+    @property
+    def endpoints(self) -> list[tuple[str, int]]:
+        """Where its cluster's servers listen: its own host and port first, then its members'."""
+        others = [MEMBER_PATTERN.match(member) for member in self.members]
+        return [(self.host, self.port), *((m["host"], int(m["port"])) for m in others if m)]
+
+    @property
+    def libpq_address(self) -> dict[str, str]:
+        """host, port (comma lists for a cluster) and, for a cluster, target_session_attrs."""
+        endpoints = self.endpoints
+        address = {"host": ",".join(h for h, _ in endpoints), "port": ",".join(str(p) for _, p in endpoints)}
+        if len(endpoints) > 1:
+            address["target_session_attrs"] = CLUSTER_SESSION_ATTRS
+        return address
 
     @property
     def tls(self) -> dict[str, str]:
@@ -126,16 +155,17 @@ class DatabaseServer:
     def conninfo(self, **extra: Any) -> str:
         """A libpq connection string (quoted), for tools that connect outside Django."""
         parts = {
-            "host": self.host, "port": self.port, "dbname": self.name, "user": self.login,
+            **self.libpq_address, "dbname": self.name, "user": self.login,
             "password": self.secret, "connect_timeout": 5, **KEEPALIVE_OPTIONS, **self.tls, **extra,
         }  # fmt: skip
         return " ".join(f"{k}='{_quote(str(v))}'" for k, v in parts.items() if v != "")
 
     def django_settings(self) -> dict[str, Any]:
+        address = self.libpq_address
         return {
             "ENGINE": "django.db.backends.postgresql",
-            "HOST": self.host,
-            "PORT": str(self.port),
+            "HOST": address["host"],
+            "PORT": address["port"],
             "NAME": self.name,
             "USER": self.login,
             "PASSWORD": self.secret,
@@ -154,6 +184,7 @@ class DatabaseServer:
                 "connect_timeout": 3,
                 **KEEPALIVE_OPTIONS,
                 **self.tls,
+                **({"target_session_attrs": address["target_session_attrs"]} if self.members else {}),
                 "options": "-c lock_timeout=5s",
             },
             "TEST": {"NAME": self.name},
@@ -223,7 +254,7 @@ def ranges_of(owners: list[str] | tuple[str, ...]) -> tuple[BucketRange, ...]:
 def _server(alias: str, raw: Any, where: str) -> DatabaseServer:
     if not isinstance(raw, dict):
         raise ShardMapError(f"{where}: expected a mapping with host, port and name")
-    unknown = set(raw) - {"alias", "host", "port", "name", "user", "password", "password_file", *TLS_KEYS}
+    unknown = set(raw) - {"alias", "host", "port", "name", "user", "password", "password_file", "members", *TLS_KEYS}
     if unknown:
         raise ShardMapError(f"{where}: unknown keys {sorted(unknown)}")
     if "password" in raw and "password_file" in raw:
@@ -244,12 +275,19 @@ def _server(alias: str, raw: Any, where: str) -> DatabaseServer:
         password=str(raw.get("password", "")),
         password_file=str(raw.get("password_file", "")),
         **{key: str(raw.get(key, "")) for key in TLS_KEYS},
+        members=_members(raw.get("members", []), where),
     )
     if server.sslmode and server.sslmode not in SSL_MODES:
         raise ShardMapError(f"{where}: sslmode must be one of {', '.join(sorted(SSL_MODES))}, got {server.sslmode!r}")
     if server.password_file:
         _read_secret(server.password_file, where)  # fail at start, not at the first connection
     return server
+
+
+def _members(raw: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(raw, list) or not all(isinstance(m, str) and MEMBER_PATTERN.match(m) for m in raw):
+        raise ShardMapError(f'{where}: members must be a list of "host:port" strings, got {raw!r}')
+    return tuple(raw)
 
 
 def parse_shard_map(data: Any, source: str = "shards.yaml") -> ShardMap:

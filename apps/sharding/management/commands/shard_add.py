@@ -11,7 +11,7 @@ from apps.sharding.devstack import Devstack, DevstackError
 from apps.sharding.mapstore import register_connections, save_server
 from apps.sharding.routing import refresh_shard_map
 from apps.sharding.shard_setup import seed_shard
-from apps.sharding.shardmap import ALIAS_PATTERN, DatabaseServer
+from apps.sharding.shardmap import ALIAS_PATTERN, MEMBER_PATTERN, DatabaseServer
 
 
 class Command(BaseCommand):
@@ -28,6 +28,14 @@ class Command(BaseCommand):
         parser.add_argument("--name", help="database name")
         parser.add_argument("--user", default="postgres")
         parser.add_argument("--password", default="")
+        parser.add_argument(
+            "--member",
+            action="append",
+            default=[],
+            metavar="HOST:PORT",
+            help="another server of its replicated cluster (repeat for each); connections take the one that"
+            " accepts writes",
+        )
 
     def handle(self, *args: Any, alias: str, **options: Any) -> None:
         if not ALIAS_PATTERN.match(alias):
@@ -61,9 +69,13 @@ class Command(BaseCommand):
         if options["host"] or options["port"] or options["name"]:
             if not (options["host"] and options["port"] and options["name"]):
                 raise CommandError("give --host, --port and --name together")
+            bad = [m for m in options["member"] if not MEMBER_PATTERN.match(m)]
+            if bad:
+                raise CommandError(f"--member takes HOST:PORT, got {', '.join(bad)}")
             return DatabaseServer(
-                alias, options["host"], options["port"], options["name"], options["user"], options["password"]
-            )
+                alias, options["host"], options["port"], options["name"], options["user"], options["password"],
+                members=tuple(options["member"]),
+            )  # fmt: skip
         if declared is None:
             raise CommandError(
                 f"{alias} is not declared in {settings.SHARDS_FILE}: add it there or give --host/--port/--name"
