@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import psycopg2
+import psycopg2.extras
 import pytest
 from django.conf import settings
 from django.db import connections
@@ -67,6 +69,16 @@ def _django_connection(server: DatabaseServer) -> Any:
     return load_backend(configured["members"]["ENGINE"]).DatabaseWrapper(configured["members"], "members")
 
 
+def _replication_port(server: DatabaseServer) -> int:
+    """The port the CDC's kind of connection (logical replication, psycopg2) lands on."""
+    conn = psycopg2.connect(server.conninfo(), connection_factory=psycopg2.extras.LogicalReplicationConnection)
+    try:
+        conn.cursor().execute("IDENTIFY_SYSTEM")
+        return int(conn.info.port)
+    finally:
+        conn.close()
+
+
 def _replayed(standby: DatabaseServer, lsn: str) -> bool:
     with psycopg.connect(standby.conninfo(), autocommit=True) as conn:
         row = conn.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", [lsn]).fetchone()
@@ -84,6 +96,7 @@ def test_connections_take_the_writable_member_and_follow_a_promotion(pair: Pair,
     with django_db_blocker.unblock(), django_conn.cursor() as cursor:
         cursor.execute(WHERE_AM_I)
         assert cursor.fetchone() == (False, primary_port)
+    assert _replication_port(pair.server) == primary_port
     wait_until(lambda: _replayed(pair.standby.server, lsn), 20, "the standby to replay the payment")
 
     # The primary dies; the standby is promoted (what Patroni does). Same map, same settings.
@@ -93,6 +106,7 @@ def test_connections_take_the_writable_member_and_follow_a_promotion(pair: Pair,
         assert conn.execute(WHERE_AM_I).fetchone() == (False, standby_port)
         assert conn.execute("SELECT sum(amount) FROM paid").fetchone() == (100,)
         conn.execute("INSERT INTO paid VALUES (50)")
+    assert _replication_port(pair.server) == standby_port
     # A Django connection that held the dead primary fails its next query; its replacement
     # (what a request's 503 and the next request do) finds the new primary.
     with django_db_blocker.unblock():
