@@ -12,7 +12,7 @@ export SHARDWALLET_ENV
 
 .DEFAULT_GOAL := help
 
-.PHONY: help lock run test lint lint-deploy format stack-up stack-down stack-status clean bench venv audit-sql audit-query reconcile cdc-status bench-cdc bench-reconcile chaos test-hosts
+.PHONY: help lock run test lint lint-deploy format stack-up stack-down stack-status clean bench venv audit-sql audit-query reconcile cdc-status bench-cdc bench-reconcile chaos test-hosts ha-probe
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -96,6 +96,9 @@ bench: $(VENV)/.installed ## end-to-end transfers vs the raw-SQL ceiling on a th
 
 chaos: $(VENV)/.installed ## randomized fault run on a throw-away stack, checked like a bank test: make chaos SEED=123 DURATION=180
 	$(PY) -m chaos $(if $(SEED),--seed $(SEED)) $(if $(DURATION),--duration $(DURATION)) $(CHAOS_ARGS)
+
+ha-probe: $(VENV)/.installed ## one shard as a 3-member Patroni cluster (root): its primary killed under writes; the pause, and no acknowledged write lost
+	$(PY) -m hosts.ha_probe
 
 test-hosts: $(VENV)/.installed ## the service as separate hosts in network namespaces (root): workload, partition, slow link (HOSTS_ARGS=--scenarios a)
 	$(PY) -m hosts $(HOSTS_ARGS)

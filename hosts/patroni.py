@@ -1,0 +1,199 @@
+"""A database as a Patroni cluster over etcd: what each etcd member and each Patroni member runs.
+
+Patroni (Debian's package, run as the postgres user: PostgreSQL refuses root) bootstraps the
+first member with initdb, clones the others from it, keeps one synchronous standby
+(`synchronous_mode` with `synchronous_mode_strict`: a commit is acknowledged only once the
+standby has it, and with no standby writes wait rather than risk a loss) and promotes that
+standby when the leader's key in etcd expires. The service finds the primary by itself: the
+shard map lists every member (`members`) and libpq keeps the one that takes writes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from apps.sharding.devstack import POSTGRES_CONF, postgres_bindir
+
+PATRONI = "/usr/bin/patroni"
+ETCD = "/usr/bin/etcd"
+# Failure detection: the leader's key lives TTL seconds unless renewed; Patroni's loop runs
+# every LOOP_WAIT seconds and retries the DCS and PostgreSQL for RETRY_TIMEOUT. Patroni's rule:
+# loop_wait + 2 * retry_timeout <= ttl. The smallest TTL Patroni takes is 20 s.
+TTL = 20
+LOOP_WAIT = 2
+RETRY_TIMEOUT = 9
+REPLICATOR = "replicator"
+
+
+@dataclass(frozen=True)
+class EtcdMember:
+    name: str
+    address: str
+    client_port: int
+    peer_port: int
+    data_dir: Path
+
+    @property
+    def client_url(self) -> str:
+        return f"http://{self.address}:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://{self.address}:{self.peer_port}"
+
+
+def etcd_argv(member: EtcdMember, cluster: list[EtcdMember], token: str) -> list[str]:
+    """The member's command line: a fresh cluster of `cluster`, plain HTTP on a private network."""
+    initial = ",".join(f"{m.name}={m.peer_url}" for m in cluster)
+    return [
+        ETCD, "--name", member.name, "--data-dir", str(member.data_dir),
+        "--listen-client-urls", member.client_url, "--advertise-client-urls", member.client_url,
+        "--listen-peer-urls", member.peer_url, "--initial-advertise-peer-urls", member.peer_url,
+        "--initial-cluster", initial, "--initial-cluster-state", "new", "--initial-cluster-token", token,
+        # Short elections: a lost etcd member is replaced in about a second, well inside Patroni's TTL.
+        "--heartbeat-interval", "100", "--election-timeout", "1000",
+    ]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PatroniMember:
+    scope: str  # the cluster: the shard's alias, or "control"
+    name: str
+    address: str
+    pg_port: int
+    api_port: int
+    data_dir: Path
+    config_file: Path
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.address}:{self.pg_port}"
+
+    @property
+    def api_endpoint(self) -> str:
+        return f"{self.address}:{self.api_port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.api_endpoint}"
+
+
+def _server_parameters() -> dict[str, Any]:
+    """The shards' own server settings (apps.sharding.devstack), for Patroni to manage."""
+    parameters: dict[str, Any] = {}
+    for line in POSTGRES_CONF.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not key.strip().startswith("#") and key.strip() not in ("listen_addresses", "port"):
+            parameters[key.strip()] = value.strip().strip("'")
+    parameters.pop("unix_socket_directories", None)
+    return parameters
+
+
+def patroni_config(
+    member: PatroniMember, etcd: list[EtcdMember], *, password: str, hba: list[str], extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Patroni's configuration for one member (YAML-able)."""
+    parameters = {
+        **_server_parameters(),
+        "wal_log_hints": "on",  # pg_rewind can bring an old primary back as a standby
+        "hot_standby": "on",
+        "unix_socket_directories": str(member.data_dir.parent / f"{member.name}.sock"),
+        **((extra or {}).get("parameters", {})),
+    }
+    return {
+        "scope": member.scope,
+        "name": member.name,
+        "restapi": {
+            "listen": f"{member.address}:{member.api_port}",
+            "connect_address": f"{member.address}:{member.api_port}",
+        },
+        "etcd3": {"hosts": [f"{m.address}:{m.client_port}" for m in etcd]},
+        "bootstrap": {
+            "dcs": {
+                "ttl": TTL,
+                "loop_wait": LOOP_WAIT,
+                "retry_timeout": RETRY_TIMEOUT,
+                "synchronous_mode": True,
+                "synchronous_mode_strict": True,
+                "postgresql": {"use_pg_rewind": True, "use_slots": True, "parameters": parameters},
+            },
+            "initdb": [{"encoding": "UTF8"}, {"username": "postgres"}],
+        },
+        "postgresql": {
+            "listen": member.endpoint,
+            "connect_address": member.endpoint,
+            "data_dir": str(member.data_dir),
+            "bin_dir": str(postgres_bindir()),
+            "pgpass": str(member.data_dir.parent / f"{member.name}.pgpass"),
+            "authentication": {
+                "superuser": {"username": "postgres", "password": password},
+                "replication": {"username": REPLICATOR, "password": password},
+                "rewind": {"username": "postgres", "password": password},
+            },
+            "parameters": {"unix_socket_directories": parameters["unix_socket_directories"]},
+            "pg_hba": hba,
+        },
+    }
+
+
+def write_config(member: PatroniMember, config: dict[str, Any]) -> None:
+    """The member's YAML (it holds passwords: the postgres user's own, mode 0600)."""
+    member.config_file.parent.mkdir(parents=True, exist_ok=True)
+    member.config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+    member.config_file.chmod(0o600)
+    shutil.chown(member.config_file, "postgres", "postgres")
+    member.data_dir.parent.mkdir(parents=True, exist_ok=True)
+    shutil.chown(member.data_dir.parent, "postgres", "postgres")
+
+
+def patroni_argv(member: PatroniMember) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", PATRONI, str(member.config_file)]
+
+
+def member_state(member: PatroniMember, timeout: float = 2) -> dict[str, Any] | None:
+    """Patroni's own view of the member (GET /patroni): role, state, timeline; None if it does not answer."""
+    try:
+        with urllib.request.urlopen(f"{member.api_url}/patroni", timeout=timeout) as answer:  # noqa: S310 - our URL
+            return dict(json.loads(answer.read()))
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def cluster_state(member: PatroniMember, timeout: float = 2) -> dict[str, Any] | None:
+    """The cluster as the member sees it (GET /cluster): members, roles, lag, timeline."""
+    try:
+        with urllib.request.urlopen(f"{member.api_url}/cluster", timeout=timeout) as answer:  # noqa: S310 - our URL
+            return dict(json.loads(answer.read()))
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def wait_for_roles(members: list[PatroniMember], timeout: float = 120) -> tuple[PatroniMember, list[PatroniMember]]:
+    """Until one member leads and every other one streams as its synchronous standby or replica."""
+    deadline = time.monotonic() + timeout
+    seen: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        seen = {m.name: member_state(m) for m in members}
+        leaders = [m for m in members if (seen[m.name] or {}).get("role") in ("master", "primary")]
+        running = all((seen[m.name] or {}).get("state") in ("running", "streaming") for m in members)
+        if len(leaders) == 1 and running:
+            cluster = cluster_state(leaders[0]) or {}
+            sync = [c for c in cluster.get("members", []) if c.get("role") == "sync_standby"]
+            if sync:
+                return leaders[0], [m for m in members if m is not leaders[0]]
+        time.sleep(0.5)
+    raise TimeoutError(f"no leader with a synchronous standby after {timeout:.0f}s: {seen}")
+
+
+def run(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, check=False, **kwargs)  # noqa: S603 - our argv
