@@ -125,7 +125,7 @@ def shard_overview() -> list[ShardInfo]:
         infos.append(
             ShardInfo(
                 alias=alias,
-                endpoint=f"{server.host}:{server.port}/{server.name}",
+                endpoint=",".join(f"{host}:{port}" for host, port in server.endpoints) + f"/{server.name}",
                 bucket_ranges=ranges,
                 bucket_count=sum(last - first + 1 for first, last in ranges),
                 rows=counts,

@@ -184,7 +184,7 @@ class DatabaseServer:
                 "connect_timeout": 3,
                 **KEEPALIVE_OPTIONS,
                 **self.tls,
-                **({"target_session_attrs": address["target_session_attrs"]} if self.members else {}),
+                **({key: address[key] for key in ("target_session_attrs",) if key in address}),
                 "options": "-c lock_timeout=5s",
             },
             "TEST": {"NAME": self.name},
