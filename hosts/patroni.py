@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -193,7 +192,3 @@ def wait_for_roles(members: list[PatroniMember], timeout: float = 120) -> tuple[
                 return leaders[0], [m for m in members if m is not leaders[0]]
         time.sleep(0.5)
     raise TimeoutError(f"no leader with a synchronous standby after {timeout:.0f}s: {seen}")
-
-
-def run(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, check=False, **kwargs)  # noqa: S603 - our argv
