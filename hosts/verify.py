@@ -68,7 +68,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         message = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
         return {"ok": False, "violations": {"every shard readable": [message]}, "counts": {}, "commands": {},
                 "settle_seconds": settled, "in_flight_left": len(left), "transfers": {}}  # fmt: skip
-    wallets = Wallets(payers=sorted(shard_of), other_payees=[], frozen=[], foreign=[], lean=[], shard_of=shard_of)
+    wallets = Wallets(
+        payers=sorted(shard_of), other_payees=[], frozen=[], foreign=[], closed=[], lean=[], shard_of=shard_of
+    )
     verdict = verify(history, snap, wallets)
     commands = {}
     checks = [["check_ledger"]]
