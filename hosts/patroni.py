@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from apps.sharding.devstack import POSTGRES_CONF, postgres_bindir
+from apps.sharding.devstack import POSTGRES_CONF, VANISHED_CLIENTS_CONF, postgres_bindir
 
 PATRONI = "/usr/bin/patroni"
 ETCD = "/usr/bin/etcd"
@@ -88,9 +88,9 @@ class PatroniMember:
 
 
 def _server_parameters() -> dict[str, Any]:
-    """The shards' own server settings (apps.sharding.devstack), for Patroni to manage."""
+    """The shards' own server settings (apps.sharding.devstack), vanished clients' included, for Patroni to manage."""
     parameters: dict[str, Any] = {}
-    for line in POSTGRES_CONF.splitlines():
+    for line in (POSTGRES_CONF + VANISHED_CLIENTS_CONF).splitlines():
         key, sep, value = line.partition("=")
         if sep and not key.strip().startswith("#") and key.strip() not in ("listen_addresses", "port"):
             parameters[key.strip()] = value.strip().strip("'")
