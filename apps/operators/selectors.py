@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -11,6 +11,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from apps.common.db import EXACT_COUNT_UP_TO
+from apps.sharding.members import MemberState, member_states
 from apps.sharding.routing import shard_aliases, shard_map
 from apps.transfers.models import IN_FLIGHT_STATUSES, Transfer
 
@@ -81,6 +82,7 @@ class ShardInfo:
     bucket_count: int
     rows: dict[str, str] | None  # table -> rows as shown ("~N": an estimate); None when unreachable
     error: str = ""
+    members: list[MemberState] = field(default_factory=list)  # a replicated cluster's, each as it answers
 
 
 _COUNTED_TABLES = {
@@ -130,6 +132,7 @@ def shard_overview() -> list[ShardInfo]:
                 bucket_count=sum(last - first + 1 for first, last in ranges),
                 rows=counts,
                 error=error,
+                members=member_states(server),
             )
         )
     return infos

@@ -19,6 +19,7 @@ from django.db.utils import load_backend
 
 from apps.sharding.devstack import PostgresCluster
 from apps.sharding.mapstore import read_control_map, save_server
+from apps.sharding.members import member_states
 from apps.sharding.shardmap import DatabaseServer, ShardMapError, parse_shard_map
 from tests.factories import free_port
 from tests.polling import wait_until
@@ -159,3 +160,20 @@ def test_a_servers_members_are_kept_by_the_control_database() -> None:
     finally:
         with connections["default"].cursor() as cursor:
             cursor.execute("DELETE FROM sharding_server WHERE alias = 'shard_97'")
+
+
+def test_each_member_says_what_it_is_for_the_operations_page(pair: Pair) -> None:
+    standby, primary = f"127.0.0.1:{pair.standby.server.port}", f"127.0.0.1:{pair.primary.server.port}"
+    with psycopg.connect(pair.server.conninfo(), autocommit=True) as conn:
+        conn.execute("CREATE TABLE filler AS SELECT g FROM generate_series(1, 1000) g")
+        lsn = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]  # type: ignore[index]
+    wait_until(lambda: _replayed(pair.standby.server, lsn), 20, "the standby to replay")
+    states = member_states(pair.server)
+    assert [(s.endpoint, s.role) for s in states] == [(standby, "standby"), (primary, "primary")]
+    assert states[0].lag_bytes is not None
+    assert states[0].lag_bytes < 1_000_000
+    pair.primary.stop("immediate")
+    states = member_states(pair.server)
+    assert [(s.endpoint, s.role, s.lag_bytes) for s in states] == [(standby, "standby", None), (primary, "down", None)]
+    assert "refused" in states[1].error or "failed" in states[1].error
+    assert member_states(DatabaseServer("shard_98", "127.0.0.1", pair.standby.server.port, "members")) == []
