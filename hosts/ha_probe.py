@@ -40,6 +40,7 @@ from hosts.patroni import (
     EtcdMember,
     PatroniMember,
     etcd_argv,
+    is_primary,
     member_state,
     patroni_argv,
     patroni_config,
@@ -113,7 +114,7 @@ def wait_for_primary(members: list[PatroniMember], timeout: float) -> PatroniMem
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for member in members:
-            if (member_state(member) or {}).get("role") in ("master", "primary"):
+            if is_primary(member_state(member)):
                 return member
         time.sleep(0.5)
     raise TimeoutError("no primary")
@@ -173,8 +174,7 @@ def main(argv: list[str]) -> int:
             before = len(writer.acknowledged)
             at = time.monotonic()
             if fault == "host":
-                processes[primary.name].send_signal(signal.SIGKILL)  # runuser: its group goes with it
-                os.killpg(processes[primary.name].pid, signal.SIGKILL)
+                os.killpg(processes[primary.name].pid, signal.SIGKILL)  # runuser and its Patroni
             os.kill(postmaster_pid(primary), signal.SIGKILL)
             deadline = at + 90
             while len(writer.acknowledged) <= before + 10 and time.monotonic() < deadline:

@@ -98,24 +98,18 @@ def _server_parameters() -> dict[str, Any]:
     return parameters
 
 
-def patroni_config(
-    member: PatroniMember, etcd: list[EtcdMember], *, password: str, hba: list[str], extra: dict[str, Any] | None = None
-) -> dict[str, Any]:
+def patroni_config(member: PatroniMember, etcd: list[EtcdMember], *, password: str, hba: list[str]) -> dict[str, Any]:
     """Patroni's configuration for one member (YAML-able)."""
     parameters = {
         **_server_parameters(),
         "wal_log_hints": "on",  # pg_rewind can bring an old primary back as a standby
         "hot_standby": "on",
         "unix_socket_directories": str(member.data_dir.parent / f"{member.name}.sock"),
-        **((extra or {}).get("parameters", {})),
     }
     return {
         "scope": member.scope,
         "name": member.name,
-        "restapi": {
-            "listen": f"{member.address}:{member.api_port}",
-            "connect_address": f"{member.address}:{member.api_port}",
-        },
+        "restapi": {"listen": member.api_endpoint, "connect_address": member.api_endpoint},
         "etcd3": {"hosts": [f"{m.address}:{m.client_port}" for m in etcd]},
         "bootstrap": {
             "dcs": {
@@ -159,22 +153,28 @@ def patroni_argv(member: PatroniMember) -> list[str]:
     return ["runuser", "-u", "postgres", "--", PATRONI, str(member.config_file)]
 
 
-def member_state(member: PatroniMember, timeout: float = 2) -> dict[str, Any] | None:
-    """Patroni's own view of the member (GET /patroni): role, state, timeline; None if it does not answer."""
+def _rest_get(member: PatroniMember, path: str, timeout: float) -> dict[str, Any] | None:
+    """A GET of Patroni's REST API on the member; None if it does not answer."""
     try:
-        with urllib.request.urlopen(f"{member.api_url}/patroni", timeout=timeout) as answer:  # noqa: S310 - our URL
+        with urllib.request.urlopen(f"{member.api_url}{path}", timeout=timeout) as answer:  # noqa: S310 - our URL
             return dict(json.loads(answer.read()))
     except (urllib.error.URLError, OSError, ValueError):
         return None
+
+
+def member_state(member: PatroniMember, timeout: float = 2) -> dict[str, Any] | None:
+    """Patroni's own view of the member (GET /patroni): role, state, timeline; None if it does not answer."""
+    return _rest_get(member, "/patroni", timeout)
 
 
 def cluster_state(member: PatroniMember, timeout: float = 2) -> dict[str, Any] | None:
     """The cluster as the member sees it (GET /cluster): members, roles, lag, timeline."""
-    try:
-        with urllib.request.urlopen(f"{member.api_url}/cluster", timeout=timeout) as answer:  # noqa: S310 - our URL
-            return dict(json.loads(answer.read()))
-    except (urllib.error.URLError, OSError, ValueError):
-        return None
+    return _rest_get(member, "/cluster", timeout)
+
+
+def is_primary(state: dict[str, Any] | None) -> bool:
+    """Whether a member's state (`member_state`) says it leads (Patroni 3 says "master", 4 "primary")."""
+    return (state or {}).get("role") in ("master", "primary")
 
 
 def wait_for_roles(members: list[PatroniMember], timeout: float = 120) -> tuple[PatroniMember, list[PatroniMember]]:
@@ -183,7 +183,7 @@ def wait_for_roles(members: list[PatroniMember], timeout: float = 120) -> tuple[
     seen: dict[str, Any] = {}
     while time.monotonic() < deadline:
         seen = {m.name: member_state(m) for m in members}
-        leaders = [m for m in members if (seen[m.name] or {}).get("role") in ("master", "primary")]
+        leaders = [m for m in members if is_primary(seen[m.name])]
         running = all((seen[m.name] or {}).get("state") in ("running", "streaming") for m in members)
         if len(leaders) == 1 and running:
             cluster = cluster_state(leaders[0]) or {}

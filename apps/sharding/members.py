@@ -10,9 +10,10 @@ import psycopg
 
 from apps.sharding.shardmap import DatabaseServer
 
+# Whether it is a standby, and its WAL position (a standby's replayed, a primary's written) in bytes.
 _STATE_SQL = (
-    "SELECT pg_is_in_recovery(),"
-    " CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END::text"
+    "SELECT pg_is_in_recovery(), pg_wal_lsn_diff("
+    "CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END, '0/0')::bigint"
 )
 
 
@@ -22,13 +23,6 @@ class MemberState:
     role: str  # primary | standby | down
     lag_bytes: int | None = None  # a standby's replay position behind the primary's WAL; None if unknown
     error: str = ""
-
-
-def _lsn(text: str | None) -> int | None:
-    if not text:
-        return None
-    high, _, low = text.partition("/")
-    return (int(high, 16) << 32) + int(low, 16)
 
 
 def member_states(server: DatabaseServer, timeout: int = 2) -> list[MemberState]:
@@ -43,7 +37,7 @@ def member_states(server: DatabaseServer, timeout: int = 2) -> list[MemberState]
             with psycopg.connect(alone.conninfo(connect_timeout=timeout), autocommit=True) as conn:
                 row = conn.execute(_STATE_SQL).fetchone()
             assert row is not None  # noqa: S101 - one row, always
-            seen.append((f"{host}:{port}", bool(row[0]), _lsn(row[1]), ""))
+            seen.append((f"{host}:{port}", bool(row[0]), None if row[1] is None else int(row[1]), ""))
         except psycopg.Error as exc:
             seen.append((f"{host}:{port}", None, None, f"{type(exc).__name__}: {exc}".strip().splitlines()[0]))
     primary_lsn = next((lsn for _, recovering, lsn, _ in seen if recovering is False), None)

@@ -14,13 +14,12 @@ from apps.sharding.db_roles import CDC_ROLE
 from tests.audit.cdc import CdcProcess, wait_until
 from tests.audit.helpers import caught_up
 from tests.audit.test_cdc import transfer
-from tests.audit.test_stream_stops import wait_stopped
+from tests.audit.test_stream_stops import FAST, wait_stopped
 from tests.factories import ALL_DATABASES, make_client, make_wallet, raw_query
 
 pytestmark = [pytest.mark.django_db(transaction=True, databases=ALL_DATABASES), pytest.mark.slow]
 
 LOGIN = "sw_cdc_probe"
-FAST = {"SHARDWALLET_AUDIT_HEARTBEAT_SECONDS": "0.5", "SHARDWALLET_AUDIT_STOPPED_RETRY_SECONDS": "2"}
 
 
 def _server(alias: str):

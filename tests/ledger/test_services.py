@@ -1,4 +1,5 @@
 import uuid
+from typing import Any
 
 import pytest
 
@@ -23,6 +24,14 @@ pytestmark = pytest.mark.django_db(transaction=True, databases=ALL_DATABASES)
 @pytest.fixture
 def owner():
     return make_client()[0]
+
+
+def _credit_by_owner(owner: Any, wallet_id: uuid.UUID, transfer_id: uuid.UUID, amount: int) -> None:
+    """A transfer's USD credit, the transfer made by the wallet's own owner (no refund)."""
+    wallet_credit(
+        wallet_id=wallet_id, transfer_id=transfer_id, amount_minor=amount, currency="USD", client_id=owner.id,
+        refund=False,
+    )  # fmt: skip
 
 
 def state(wallet_id: uuid.UUID) -> tuple[int, int]:
@@ -78,14 +87,7 @@ def test_debit_credit_refund_each_apply_once_per_transfer(owner) -> None:
     transfer_id = new_id(bucket_on("shard_00"))
     for _ in range(2):
         wallet_debit(wallet_id=payer.id, transfer_id=transfer_id, amount_minor=300, currency="USD")
-        wallet_credit(
-            wallet_id=payee.id,
-            transfer_id=transfer_id,
-            amount_minor=300,
-            currency="USD",
-            client_id=owner.id,
-            refund=False,
-        )
+        _credit_by_owner(owner, payee.id, transfer_id, 300)
     assert state(payer.id) == (700, 2)
     assert state(payee.id) == (300, 1)
     for _ in range(2):
@@ -102,14 +104,7 @@ def test_frozen_wallet_can_neither_pay_nor_receive_but_gets_refunds(owner) -> No
     with pytest.raises(WalletFrozen):
         wallet_debit(wallet_id=wallet.id, transfer_id=transfer_id, amount_minor=1, currency="USD")
     with pytest.raises(WalletFrozen):
-        wallet_credit(
-            wallet_id=wallet.id,
-            transfer_id=transfer_id,
-            amount_minor=1,
-            currency="USD",
-            client_id=owner.id,
-            refund=False,
-        )
+        _credit_by_owner(owner, wallet.id, transfer_id, 1)
     with pytest.raises(WalletFrozen):
         wallet_fund(wallet_id=wallet.id, amount_minor=1, reference="dep-x")
     with pytest.raises(WalletFrozen):
@@ -124,9 +119,7 @@ def test_currency_mismatch_is_refused(owner) -> None:
     with pytest.raises(CurrencyMismatch):
         wallet_debit(wallet_id=wallet.id, transfer_id=new_id(0), amount_minor=1, currency="USD")
     with pytest.raises(CurrencyMismatch):
-        wallet_credit(
-            wallet_id=wallet.id, transfer_id=new_id(0), amount_minor=1, currency="USD", client_id=owner.id, refund=False
-        )
+        _credit_by_owner(owner, wallet.id, new_id(0), 1)
     assert state(wallet.id) == (1000, 1)
 
 
