@@ -8,11 +8,13 @@ nothing falls back to a development default.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 import yaml
 
@@ -26,6 +28,7 @@ from hosts.layout import (
     APP,
     APP_DIR,
     AUDIT_HTTP_PORT,
+    CLUSTER_SHARD,
     CONTROL,
     LOGS,
     OPS_PORT,
@@ -35,6 +38,8 @@ from hosts.layout import (
     SHARD_HOSTS,
     SHARDS_FILE,
     SLOW_SHARD,
+    STANDBY_HOSTS,
+    Host,
 )
 from hosts.servers import CA_CERT, PG_PASSWORD_FILE, redis_url
 
@@ -44,22 +49,28 @@ MANAGE = [sys.executable, str(ROOT / "manage.py")]
 FOREIGN_PREFIXES = ("SHARDWALLET_", "DJANGO_", "CLICKHOUSE_", "PROMETHEUS_")
 
 
+def _shard(h: Host) -> dict[str, object]:
+    entry: dict[str, object] = {
+        "alias": h.name,
+        "host": h.address,
+        "port": RELAY_PORT if h.name == SLOW_SHARD else POSTGRES_PORT,
+        "name": "shardwallet",
+    }
+    if h.name == CLUSTER_SHARD:
+        # Its other members: libpq tries them in turn and keeps the one that takes writes.
+        entry["members"] = [f"{standby.address}:{POSTGRES_PORT}" for standby in STANDBY_HOSTS]
+    return entry
+
+
 def shard_map() -> dict[str, object]:
-    """Every database on its own host; the slow shard reached through its relay; passwords from a file."""
+    """Every database on its own host (one shard a cluster of three); the slow shard reached
+    through its relay; passwords from a file."""
     size = BUCKETS // len(SHARD_HOSTS)
     return {
         "buckets": BUCKETS,
         "throwaway": True,
         "control": {"host": CONTROL.address, "port": POSTGRES_PORT, "name": "shardwallet_control"},
-        "shards": [
-            {
-                "alias": h.name,
-                "host": h.address,
-                "port": RELAY_PORT if h.name == SLOW_SHARD else POSTGRES_PORT,
-                "name": "shardwallet",
-            }
-            for h in SHARD_HOSTS
-        ],
+        "shards": [_shard(h) for h in SHARD_HOSTS],
         "bucket_ranges": [
             {
                 "first": i * size,
@@ -164,3 +175,12 @@ def python_on_app(config: AppConfig, module: str, *args: str, timeout: float) ->
     return subprocess.run(  # noqa: S603 - our own command line
         net.on(APP, [sys.executable, "-m", module, *args]), env=config.env, timeout=timeout, check=False, cwd=ROOT
     )
+
+
+def cdc_status(config: AppConfig) -> dict[str, Any]:
+    """`manage.py cdc_status --json` on the app host: the CDC's own status and the shards' slots ({} if it fails)."""
+    result = manage(config, "cdc_status", "--json", timeout=60)
+    try:
+        return dict(json.loads(result.stdout)) if result.returncode == 0 else {}
+    except ValueError:
+        return {}

@@ -31,7 +31,6 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import psycopg
 
@@ -40,10 +39,11 @@ from hosts.patroni import (
     EtcdMember,
     PatroniMember,
     etcd_argv,
+    install_patroni,
     is_primary,
-    member_state,
     patroni_argv,
     patroni_config,
+    rest_get,
     wait_for_roles,
     write_config,
 )
@@ -114,7 +114,7 @@ def wait_for_primary(members: list[PatroniMember], timeout: float) -> PatroniMem
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for member in members:
-            if is_primary(member_state(member)):
+            if is_primary(rest_get(member, "/patroni")):
                 return member
         time.sleep(0.5)
     raise TimeoutError("no primary")
@@ -126,9 +126,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         raise SystemExit("the probe runs Patroni as the postgres user: run it as root")
-    for tool in ("/usr/bin/patroni", "/usr/bin/etcd"):
-        if not Path(tool).exists():
-            subprocess.run(["apt-get", "install", "-y", "-q", "patroni", "etcd-server"], check=True)  # noqa: S607
+    install_patroni()
     shutil.rmtree(DIR, ignore_errors=True)
     DIR.mkdir(parents=True)
     password = secrets.token_hex(16)
@@ -170,7 +168,7 @@ def main(argv: list[str]) -> int:
         for fault in ("postmaster", "host"):
             # Only a settled synchronous standby may be promoted (strict mode): a fault before
             # the cluster has one again leaves Patroni rightly refusing to fail over.
-            primary, _ = wait_for_roles([m for m in members if member_state(m) is not None], 90)
+            primary, _ = wait_for_roles([m for m in members if rest_get(m, "/patroni") is not None], 90)
             before = len(writer.acknowledged)
             at = time.monotonic()
             if fault == "host":

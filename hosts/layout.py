@@ -23,6 +23,13 @@ OPS_PORT = 8001  # the admin and /metrics: the API's second listener, production
 SHARDS = 3
 PARTITIONED_SHARD = "shard_01"  # scenario (b)
 SLOW_SHARD = "shard_02"  # scenario (c): the app reaches it through the relay for the whole run
+# A replicated shard: its host runs the first member of a Patroni cluster, two more hosts run
+# the others, and each of the three runs a member of the etcd cluster Patroni keeps its
+# leader key in. Scenario (d) kills its primary.
+CLUSTER_SHARD = "shard_00"
+ETCD_CLIENT_PORT = 2379
+ETCD_PEER_PORT = 2380
+PATRONI_PORT = 8008  # Patroni's REST API: the members' health checks of each other, and ours
 
 
 @dataclass(frozen=True)
@@ -42,15 +49,19 @@ class Host:
 
 CONTROL = Host("control", "10.77.0.10")
 SHARD_HOSTS = [Host(f"shard_{i:02d}", f"10.77.0.{11 + i}") for i in range(SHARDS)]
+STANDBY_HOSTS = [Host(f"{CLUSTER_SHARD}_{suffix}", f"10.77.0.{51 + i}") for i, suffix in enumerate("bc")]
 APP = Host("app", "10.77.0.20")
 REDIS = Host("redis", "10.77.0.30")
 CLIENT = Host("client", "10.77.0.40")
-HOSTS = [CONTROL, *SHARD_HOSTS, APP, REDIS, CLIENT]
-DATABASE_HOSTS = [CONTROL, *SHARD_HOSTS]
+HOSTS = [CONTROL, *SHARD_HOSTS, *STANDBY_HOSTS, APP, REDIS, CLIENT]
+DATABASE_HOSTS = [CONTROL, *SHARD_HOSTS, *STANDBY_HOSTS]
 
 
 def host(name: str) -> Host:
     return next(h for h in HOSTS if h.name == name)
+
+
+MEMBER_HOSTS = [host(CLUSTER_SHARD), *STANDBY_HOSTS]  # the replicated shard's members, the first bootstraps
 
 
 API_URL = f"http://{APP.address}:{API_PORT}"
@@ -60,6 +71,8 @@ PG_DIR = DIR / "pg"
 APP_DIR = DIR / "app"  # the app host's SHARDWALLET_DEVSTACK_DIR: audit store, metrics, beat schedule
 LOGS = DIR / "logs"
 SECRETS = DIR / "secrets"
+ETCD_DIR = DIR / "etcd"
+PATRONI_DIR = DIR / "patroni"  # each member's configuration (it holds passwords: the postgres user's, 0600)
 RESULTS = DIR / "results"  # the client's and the checks' JSON, per scenario
 SHARDS_FILE = DIR / "shards.yaml"
 RELAY_DELAY_FILE = DIR / "relay-delay"  # milliseconds each way, read by the relay while it runs

@@ -15,13 +15,14 @@ import shutil
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from apps.sharding.devstack import POSTGRES_CONF, VANISHED_CLIENTS_CONF, postgres_bindir
+from apps.sharding.devstack import POSTGRES_CONF, VANISHED_CLIENTS_CONF, _apt_install, postgres_bindir
 
 PATRONI = "/usr/bin/patroni"
 ETCD = "/usr/bin/etcd"
@@ -32,6 +33,13 @@ TTL = 20
 LOOP_WAIT = 2
 RETRY_TIMEOUT = 9
 REPLICATOR = "replicator"
+
+
+def install_patroni() -> None:
+    """Debian's Patroni and etcd if missing (PyPI's would sit in a virtualenv the postgres user cannot read)."""
+    for program, package in ((PATRONI, "patroni"), (ETCD, "etcd-server")):
+        if not Path(program).exists():
+            _apt_install(package)
 
 
 @dataclass(frozen=True)
@@ -98,14 +106,43 @@ def _server_parameters() -> dict[str, Any]:
     return parameters
 
 
-def patroni_config(member: PatroniMember, etcd: list[EtcdMember], *, password: str, hba: list[str]) -> dict[str, Any]:
-    """Patroni's configuration for one member (YAML-able)."""
+@dataclass(frozen=True)
+class MemberTLS:
+    """The member's certificate and key (for its server) and the CA it verifies the others by."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+
+def patroni_config(
+    member: PatroniMember,
+    etcd: list[EtcdMember],
+    *,
+    password: str,
+    hba: list[str],
+    tls: MemberTLS | None = None,
+) -> dict[str, Any]:
+    """Patroni's configuration for one member (YAML-able).
+
+    With `tls`, the server takes TLS only (as `hba` says) and every connection Patroni makes
+    (its own, a standby's replication, pg_rewind's) verifies the other member's certificate;
+    without, the server also listens on a unix socket next to its data directory (the probe)."""
     parameters = {
         **_server_parameters(),
         "wal_log_hints": "on",  # pg_rewind can bring an old primary back as a standby
         "hot_standby": "on",
-        "unix_socket_directories": str(member.data_dir.parent / f"{member.name}.sock"),
     }
+    # The member's own settings (its files' paths), kept out of the cluster-wide ones in etcd.
+    local: dict[str, str] = {}
+    client: dict[str, str] = {}
+    if tls is None:
+        local["unix_socket_directories"] = str(member.data_dir.parent / f"{member.name}.sock")
+    else:
+        # No socket file: Patroni reaches its own server over TCP, at `listen`.
+        local = {"unix_socket_directories": "", "ssl": "on", "ssl_cert_file": str(tls.cert),
+                 "ssl_key_file": str(tls.key)}  # fmt: skip
+        client = {"sslmode": "verify-full", "sslrootcert": str(tls.ca)}
     return {
         "scope": member.scope,
         "name": member.name,
@@ -129,11 +166,11 @@ def patroni_config(member: PatroniMember, etcd: list[EtcdMember], *, password: s
             "bin_dir": str(postgres_bindir()),
             "pgpass": str(member.data_dir.parent / f"{member.name}.pgpass"),
             "authentication": {
-                "superuser": {"username": "postgres", "password": password},
-                "replication": {"username": REPLICATOR, "password": password},
-                "rewind": {"username": "postgres", "password": password},
+                "superuser": {"username": "postgres", "password": password, **client},
+                "replication": {"username": REPLICATOR, "password": password, **client},
+                "rewind": {"username": "postgres", "password": password, **client},
             },
-            "parameters": {"unix_socket_directories": parameters["unix_socket_directories"]},
+            "parameters": local,
             "pg_hba": hba,
         },
     }
@@ -153,8 +190,11 @@ def patroni_argv(member: PatroniMember) -> list[str]:
     return ["runuser", "-u", "postgres", "--", PATRONI, str(member.config_file)]
 
 
-def _rest_get(member: PatroniMember, path: str, timeout: float) -> dict[str, Any] | None:
-    """A GET of Patroni's REST API on the member; None if it does not answer."""
+Reader = Callable[["PatroniMember", str], "dict[str, Any] | None"]
+
+
+def rest_get(member: PatroniMember, path: str, timeout: float = 2) -> dict[str, Any] | None:
+    """A GET of Patroni's REST API on the member from this process; None if it does not answer."""
     try:
         with urllib.request.urlopen(f"{member.api_url}{path}", timeout=timeout) as answer:  # noqa: S310 - our URL
             return dict(json.loads(answer.read()))
@@ -162,33 +202,30 @@ def _rest_get(member: PatroniMember, path: str, timeout: float) -> dict[str, Any
         return None
 
 
-def member_state(member: PatroniMember, timeout: float = 2) -> dict[str, Any] | None:
-    """Patroni's own view of the member (GET /patroni): role, state, timeline; None if it does not answer."""
-    return _rest_get(member, "/patroni", timeout)
-
-
-def cluster_state(member: PatroniMember, timeout: float = 2) -> dict[str, Any] | None:
-    """The cluster as the member sees it (GET /cluster): members, roles, lag, timeline."""
-    return _rest_get(member, "/cluster", timeout)
-
-
 def is_primary(state: dict[str, Any] | None) -> bool:
-    """Whether a member's state (`member_state`) says it leads (Patroni 3 says "master", 4 "primary")."""
+    """Whether a member's own state (GET /patroni) says it leads (Patroni 3 says "master", 4 "primary")."""
     return (state or {}).get("role") in ("master", "primary")
 
 
-def wait_for_roles(members: list[PatroniMember], timeout: float = 120) -> tuple[PatroniMember, list[PatroniMember]]:
-    """Until one member leads and every other one streams as its synchronous standby or replica."""
+def has_sync_standby(cluster: dict[str, Any] | None) -> bool:
+    """Whether the cluster as its leader sees it (GET /cluster) has a synchronous standby."""
+    return any(c.get("role") == "sync_standby" for c in (cluster or {}).get("members", []))
+
+
+def wait_for_roles(
+    members: list[PatroniMember], timeout: float = 120, read: Reader = rest_get
+) -> tuple[PatroniMember, list[PatroniMember]]:
+    """Until one member leads and every other one streams as its synchronous standby or replica.
+
+    `read` asks a member's REST API for a path (GET /patroni: its role and state; GET /cluster:
+    the cluster as it sees it); by default from this process."""
     deadline = time.monotonic() + timeout
     seen: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        seen = {m.name: member_state(m) for m in members}
+        seen = {m.name: read(m, "/patroni") for m in members}
         leaders = [m for m in members if is_primary(seen[m.name])]
         running = all((seen[m.name] or {}).get("state") in ("running", "streaming") for m in members)
-        if len(leaders) == 1 and running:
-            cluster = cluster_state(leaders[0]) or {}
-            sync = [c for c in cluster.get("members", []) if c.get("role") == "sync_standby"]
-            if sync:
-                return leaders[0], [m for m in members if m is not leaders[0]]
+        if len(leaders) == 1 and running and has_sync_standby(read(leaders[0], "/cluster")):
+            return leaders[0], [m for m in members if m is not leaders[0]]
         time.sleep(0.5)
     raise TimeoutError(f"no leader with a synchronous standby after {timeout:.0f}s: {seen}")

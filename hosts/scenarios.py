@@ -4,7 +4,10 @@
 (b) one shard's link down for a while during the load: no 500, only retryable 503s; the other
     shards' transfers keep completing; after the link is back, everything ends and is conserved;
 (c) a slow link to one shard (the relay delays each direction): its payers' latency rises, the
-    others' does not.
+    others' does not;
+(d) the replicated shard's primary fails, by a postmaster SIGKILL and then by its host cut off:
+    Patroni restarts it, then promotes the synchronous standby; nothing acknowledged is lost
+    (hosts/failover.py).
 
 Every scenario also holds each host's sockets to the deployment's edges while the load runs.
 """
@@ -19,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from hosts import app, broker, figures, net, servers, sockets
+from hosts import app, broker, failover, figures, net, servers, sockets
 from hosts.client import REQUEST_TIMEOUT
 from hosts.figures import Window
 from hosts.layout import APP, CLIENT, PARTITIONED_SHARD, POSTGRES_PORT, RESULTS, SLOW_SHARD, host, relative
@@ -51,6 +54,7 @@ class Options:
     min_others_ratio: float = 0.3  # (b): the others' completions during the partition, against before
     min_slow_rise: float = 1.5  # (c): the slow shard's payers' p50, slow against fast
     max_others_rise: float = 2.0  # (c): the others' p50, slow against fast (the machine's speed swings)
+    failover: failover.Options = field(default_factory=failover.Options)  # (d)
 
 
 @dataclass
@@ -332,4 +336,10 @@ class Runner:
             f"the p50 latency of the other transfers rose x{others_rise} (at most x{o.max_others_rise} expected)",
         )
         self.verdict(outcome, checks, result)
+        return outcome
+
+    def scenario_d(self, *, reconcile: bool = True) -> Outcome:
+        """Always reconciled: the audit stream's recovery after the failover is part of it."""
+        outcome = Outcome("d")
+        failover.scenario(self, outcome, self.options.failover)
         return outcome

@@ -4,7 +4,8 @@ A host listens on its own address only (the app host's embedded audit endpoint o
 127.0.0.1 is the one exception), no unix socket listens at a path (the filesystem is shared:
 a socket file would be a way between hosts around the network), and every connection is
 an edge of the deployment: app -> control, shards, Redis; client -> API; the relay on the
-slow shard's host -> its own PostgreSQL.
+slow shard's host -> its own PostgreSQL; between the replicated shard's member hosts:
+replication, etcd, and Patroni's REST API.
 """
 
 from __future__ import annotations
@@ -18,16 +19,22 @@ from hosts.layout import (
     APP,
     AUDIT_HTTP_PORT,
     CLIENT,
+    CLUSTER_SHARD,
     CONTROL,
     DATABASE_HOSTS,
+    ETCD_CLIENT_PORT,
+    ETCD_PEER_PORT,
     HOSTS,
+    MEMBER_HOSTS,
     OPS_PORT,
+    PATRONI_PORT,
     POSTGRES_PORT,
     REDIS,
     REDIS_PORT,
     RELAY_PORT,
     SHARD_HOSTS,
     SLOW_SHARD,
+    STANDBY_HOSTS,
     Host,
 )
 
@@ -46,6 +53,12 @@ def _edges() -> set[tuple[str, str, int]]:
         edges.add((APP.name, shard.name, RELAY_PORT if shard.name == SLOW_SHARD else POSTGRES_PORT))
     for database in DATABASE_HOSTS:
         edges.add((database.name, database.name, POSTGRES_PORT))  # psql creating the database; the relay
+    for standby in STANDBY_HOSTS:
+        edges.add((APP.name, standby.name, POSTGRES_PORT))  # libpq looking for the member that takes writes
+    for one in MEMBER_HOSTS:
+        for other in MEMBER_HOSTS:  # a member's Patroni, its standby's replication, etcd's peers, curl of ours
+            edges |= {(one.name, other.name, port) for port in (POSTGRES_PORT, ETCD_CLIENT_PORT, ETCD_PEER_PORT,
+                                                                  PATRONI_PORT)}  # fmt: skip
     return edges
 
 
@@ -133,15 +146,19 @@ def problems(sockets: list[Socket]) -> list[str]:
     return found
 
 
-def _required() -> set[tuple[str, str, int]]:
-    """The edges a working deployment uses at every moment of a load (the others come and go)."""
-    edges = {
-        (APP.name, CONTROL.name, POSTGRES_PORT),
-        (APP.name, REDIS.name, REDIS_PORT),
-        (CLIENT.name, APP.name, API_PORT),
-    }
+def _required() -> list[set[tuple[str, str, int]]]:
+    """The edges a working deployment uses at every moment of a load (the others come and go):
+    at least one of each set (the replicated shard's primary may be any of its members)."""
+    edges = [
+        {(APP.name, CONTROL.name, POSTGRES_PORT)},
+        {(APP.name, REDIS.name, REDIS_PORT)},
+        {(CLIENT.name, APP.name, API_PORT)},
+    ]
     for shard in SHARD_HOSTS:
-        edges.add((APP.name, shard.name, RELAY_PORT if shard.name == SLOW_SHARD else POSTGRES_PORT))
+        if shard.name == CLUSTER_SHARD:
+            edges.append({(APP.name, member.name, POSTGRES_PORT) for member in MEMBER_HOSTS})
+        else:
+            edges.append({(APP.name, shard.name, RELAY_PORT if shard.name == SLOW_SHARD else POSTGRES_PORT)})
     return edges
 
 
@@ -164,7 +181,11 @@ def _outgoing(sockets: list[Socket]) -> list[tuple[str, str, int]]:
 def missing(sockets: list[Socket]) -> list[str]:
     """Required edges with no established connection: a check that sees nothing proves nothing."""
     seen = set(_outgoing(sockets))
-    return [f"no connection {a} -> {b}:{port} while the load runs" for a, b, port in sorted(REQUIRED - seen)]
+    return [
+        f"no connection {' or '.join(f'{a} -> {b}:{port}' for a, b, port in sorted(alternatives))} while the load runs"
+        for alternatives in REQUIRED
+        if not alternatives & seen
+    ]
 
 
 def summary(sockets: list[Socket]) -> dict[str, int]:

@@ -25,11 +25,14 @@ from typing import IO
 from apps.sharding.devstack import _apt_install, postgres_bindir
 from chaos.supervisor import Program
 from hosts import app, net, servers
+from hosts.cluster import ReplicatedShard
 from hosts.layout import (
     API_PORT,
     APP,
     CLIENT,
+    CLUSTER_SHARD,
     CONTROL,
+    DATABASE_HOSTS,
     DIR,
     LOGS,
     RESULTS,
@@ -38,6 +41,7 @@ from hosts.layout import (
     host,
     relative,
 )
+from hosts.patroni import install_patroni
 
 # Machine-wide, not per checkout: the namespaces are the machine's, and a run removes whatever
 # namespaces with our prefix it finds as an earlier run's leftovers.
@@ -61,12 +65,13 @@ def hold_run_lock() -> IO[str]:
 
 def check_tools() -> None:
     """What the hosts need from the machine; PostgreSQL and Redis are installed if missing, as `make run` does."""
-    missing = [tool for tool in ("ip", "ss", "runuser") if shutil.which(tool) is None]
+    missing = [tool for tool in ("ip", "ss", "runuser", "curl") if shutil.which(tool) is None]
     if missing:
-        raise SystemExit(f"make test-hosts needs {', '.join(missing)} (iproute2, util-linux)")
+        raise SystemExit(f"make test-hosts needs {', '.join(missing)} (iproute2, util-linux, curl)")
     postgres_bindir()
     if shutil.which("redis-server") is None:
         _apt_install("redis-server")
+    install_patroni()
 
 
 def remove_leftovers() -> list[str]:
@@ -87,6 +92,7 @@ class Stack:
     config: app.AppConfig | None = None
     databases: list[servers.HostPostgres] = field(default_factory=list)
     programs: dict[str, Program] = field(default_factory=dict)
+    cluster: ReplicatedShard = field(default_factory=ReplicatedShard.layout)
     api_key: str = ""
     client_id: int = 0
 
@@ -127,16 +133,33 @@ class Stack:
     def _databases(self) -> None:
         keepalives = self.server_keepalives
         self.databases = [servers.HostPostgres.on(CONTROL, "shardwallet_control", keepalives=keepalives)]
-        self.databases += [servers.HostPostgres.on(h, "shardwallet", keepalives=keepalives) for h in SHARD_HOSTS]
+        self.databases += [
+            servers.HostPostgres.on(h, "shardwallet", keepalives=keepalives)
+            for h in SHARD_HOSTS
+            if h.name != CLUSTER_SHARD
+        ]
+        etcd, patroni = self.cluster.programs()
+        for program in etcd:
+            self._start(program)
+        self._start(patroni[0])  # it bootstraps the cluster (initdb) while the single servers come up
 
-        def bring_up(cluster: servers.HostPostgres) -> None:
-            cluster.initialise()
-            cluster.start()
-            cluster.ensure_database()
+        def bring_up(single: servers.HostPostgres) -> None:
+            single.initialise()
+            single.start()
+            single.ensure_database()
 
         with ThreadPoolExecutor(max_workers=len(self.databases)) as pool:
             for future in [pool.submit(bring_up, c) for c in self.databases]:
                 future.result()
+        for program in patroni[1:]:
+            self._start(program)  # they clone the first member
+        try:
+            leader = self.cluster.settled(timeout=180)
+        except TimeoutError as exc:
+            raise StackError(
+                f"{CLUSTER_SHARD}'s cluster did not settle: {exc}; see {relative(LOGS)}/patroni-*.log"
+            ) from exc
+        self.cluster.create_database(leader, "shardwallet")
 
     def _plain_connection_refused(self) -> None:
         """From the app host: a connection without TLS is refused, one verifying the CA is served."""
@@ -211,7 +234,7 @@ class Stack:
     def down(self) -> list[str]:
         """Stop everything, politely first; then whatever is left in the namespaces, and the namespaces."""
         said = []
-        for host_obj in (*SHARD_HOSTS, CONTROL):
+        for host_obj in (*DATABASE_HOSTS,):
             with contextlib.suppress(net.NetworkError):
                 net.set_link(host_obj, up=True)  # a scenario that failed half-way may have left one down
         # The app's roles first, then Redis and the relay they use: a worker shutting down still

@@ -91,3 +91,37 @@ def test_a_required_connection_that_is_not_there_is_reported() -> None:
     without_control = [s for s in complete if s.peer != CONTROL.address]
     assert missing(without_control) == [f"no connection app -> {CONTROL.name}:5432 while the load runs"]
     assert len(missing([])) == len(SHARD_HOSTS) + 3  # an empty look proves nothing
+
+
+def test_the_replicated_shards_members_talk_to_each_other_and_to_no_one_else() -> None:
+    from hosts.layout import ETCD_PEER_PORT, MEMBER_HOSTS, PATRONI_PORT
+
+    first, second, third = MEMBER_HOSTS
+    among_members = [
+        conn(second.name, second.address, 42000, first.address, 5432),  # a standby's replication
+        conn(third.name, third.address, 42001, second.address, ETCD_PEER_PORT),  # etcd's peers
+        conn(first.name, first.address, 42002, third.address, PATRONI_PORT),  # Patroni asking another member
+        conn(APP.name, APP.address, 42003, third.address, 5432),  # libpq trying a standby
+    ]
+    assert problems(among_members) == []
+    other_shard = SHARD_HOSTS[1]
+    found = problems([conn(second.name, second.address, 42010, other_shard.address, 5432)])
+    assert len(found) == 1
+    assert f"{second.name} -> {other_shard.name}:5432" in found[0]
+
+
+def test_the_replicated_shard_is_reached_at_whichever_member_leads() -> None:
+    from hosts.layout import CLUSTER_SHARD, CONTROL, MEMBER_HOSTS
+    from hosts.sockets import missing
+
+    others = [s for s in SHARD_HOSTS if s.name != CLUSTER_SHARD]
+    base = [
+        *DEPLOYMENT,
+        *(conn(APP.name, APP.address, 43000 + i, s.address, 6432 if s == SLOW else 5432) for i, s in enumerate(others)),
+        conn(APP.name, APP.address, 43100, CONTROL.address, 5432),
+    ]
+    base = [s for s in base if s.peer != host(CLUSTER_SHARD).address]
+    promoted = MEMBER_HOSTS[2]
+    assert missing([*base, conn(APP.name, APP.address, 43200, promoted.address, 5432)]) == []
+    assert len(missing(base)) == 1
+    assert CLUSTER_SHARD in missing(base)[0]

@@ -1,0 +1,161 @@
+"""The replicated shard (`layout.CLUSTER_SHARD`): a Patroni cluster over etcd on its member hosts.
+
+Each member host runs one etcd member and one Patroni member (PostgreSQL as the postgres
+user, TLS only, no unix socket). The orchestrator never connects to a host: it reads a
+member's REST API with curl run on the member's own host, and the postmaster's pid from the
+shared filesystem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from chaos.supervisor import Program
+from hosts import net
+from hosts.layout import (
+    APP,
+    CLUSTER_SHARD,
+    ETCD_CLIENT_PORT,
+    ETCD_DIR,
+    ETCD_PEER_PORT,
+    LOGS,
+    MEMBER_HOSTS,
+    PATRONI_DIR,
+    PATRONI_PORT,
+    PG_DIR,
+    POSTGRES_PORT,
+    SUBNET,
+    Host,
+    host,
+)
+from hosts.patroni import (
+    EtcdMember,
+    MemberTLS,
+    PatroniMember,
+    etcd_argv,
+    has_sync_standby,
+    is_primary,
+    patroni_argv,
+    patroni_config,
+    wait_for_roles,
+    write_config,
+)
+from hosts.servers import CA_CERT, TLS_DIR, HostPostgres, pg_password
+
+ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
+
+
+def hba() -> list[str]:
+    """TLS only, as every database host: the service and the members from the subnet, the CDC's stream from the app."""
+    return [
+        f"hostssl all all {SUBNET} scram-sha-256",
+        f"hostssl replication replicator {SUBNET} scram-sha-256",  # the standbys, pg_basebackup
+        f"hostssl replication all {APP.address}/32 scram-sha-256",  # the CDC
+    ]
+
+
+def _member_tls(member_host: Host) -> MemberTLS:
+    """The host's certificate, key and the CA, copied where the postgres user (and only it) reads them."""
+    directory = PATRONI_DIR / member_host.name
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.chown(directory, "postgres", "postgres")
+    directory.chmod(0o700)
+    files = MemberTLS(directory / "server.crt", directory / "server.key", directory / "ca.crt")
+    sources = (TLS_DIR / f"{member_host.name}.crt", TLS_DIR / f"{member_host.name}.key", CA_CERT)
+    for source, target in zip(sources, (files.cert, files.key, files.ca), strict=True):
+        shutil.copyfile(source, target)
+        target.chmod(0o600)
+        shutil.chown(target, "postgres", "postgres")
+    return files
+
+
+@dataclass
+class ReplicatedShard:
+    members: list[PatroniMember]
+    etcd: list[EtcdMember]
+
+    @classmethod
+    def layout(cls) -> ReplicatedShard:
+        etcd = [
+            EtcdMember(h.name, h.address, ETCD_CLIENT_PORT, ETCD_PEER_PORT, ETCD_DIR / h.name) for h in MEMBER_HOSTS
+        ]
+        members = [
+            PatroniMember(CLUSTER_SHARD, h.name, h.address, POSTGRES_PORT, PATRONI_PORT, PG_DIR / h.name,
+                          PATRONI_DIR / h.name / "patroni.yml")
+            for h in MEMBER_HOSTS
+        ]  # fmt: skip
+        return cls(members, etcd)
+
+    @staticmethod
+    def host_of(member: PatroniMember) -> Host:
+        return host(member.name)
+
+    def programs(self) -> tuple[list[Program], list[Program]]:
+        """The etcd members (to start together: a new etcd cluster waits for its peers), then the
+        Patroni members (the first bootstraps the cluster, the others clone it)."""
+        etcd = []
+        for etcd_member in self.etcd:
+            etcd_member.data_dir.mkdir(parents=True, exist_ok=True)
+            argv = net.on(host(etcd_member.name), etcd_argv(etcd_member, self.etcd, f"shardwallet-{CLUSTER_SHARD}"))
+            etcd.append(Program(f"etcd-{etcd_member.name}", argv, ENV, LOGS / f"etcd-{etcd_member.name}.log"))
+        patroni = []
+        for member in self.members:
+            member_host = self.host_of(member)
+            config = patroni_config(member, self.etcd, password=pg_password(), hba=hba(), tls=_member_tls(member_host))
+            write_config(member, config)
+            patroni.append(
+                Program(f"patroni-{member.name}", net.on(member_host, patroni_argv(member)), ENV,
+                        LOGS / f"patroni-{member.name}.log")
+            )  # fmt: skip
+        return etcd, patroni
+
+    def read(self, member: PatroniMember, path: str) -> dict[str, Any] | None:
+        """GET `path` of the member's REST API, from its own host; None if it does not answer."""
+        argv = net.on(self.host_of(member), ["curl", "-sf", "-m", "2", f"{member.api_url}{path}"])
+        result = subprocess.run(argv, capture_output=True, text=True, check=False)  # noqa: S603
+        if result.returncode != 0:
+            return None
+        try:
+            return dict(json.loads(result.stdout))
+        except ValueError:
+            return None
+
+    def settled(self, members: list[PatroniMember] | None = None, timeout: float = 120) -> PatroniMember:
+        """The leader, once one leads `members` (default: all) and a synchronous standby streams from it."""
+        leader, _ = wait_for_roles(members or self.members, timeout, read=self.read)
+        return leader
+
+    def primary(self, among: list[PatroniMember] | None = None) -> PatroniMember | None:
+        """The member that says it leads (of those given), if one does."""
+        return next((m for m in among or self.members if is_primary(self.read(m, "/patroni"))), None)
+
+    def has_sync_standby(self, leader: PatroniMember) -> bool:
+        return has_sync_standby(self.read(leader, "/cluster"))
+
+    def timeline(self, member: PatroniMember) -> int | None:
+        state = self.read(member, "/patroni")
+        return int(state["timeline"]) if state and "timeline" in state else None
+
+    @staticmethod
+    def postmaster_pid(member: PatroniMember) -> int:
+        return int((member.data_dir / "postmaster.pid").read_text().split()[0])
+
+    def create_database(self, leader: PatroniMember, name: str) -> None:
+        """CREATE DATABASE on the leader, from its own host (the standbys get it by replication)."""
+        HostPostgres.on(self.host_of(leader), name).ensure_database()
+
+    def wait_rejoined(self, member: PatroniMember, timeout: float) -> float | None:
+        """Seconds until `member` runs again as a standby of the cluster's leader; None if not in time."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            state = self.read(member, "/patroni") or {}
+            if state.get("role") == "replica" and state.get("state") in ("running", "streaming"):
+                return round(time.monotonic() - started, 1)
+            time.sleep(1)
+        return None

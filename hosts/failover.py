@@ -1,0 +1,176 @@
+"""Scenario (d): the replicated shard's primary fails under load, twice.
+
+1. Its postmaster is SIGKILLed. Patroni, still holding the leader key, restarts it in place
+   (crash recovery): a pause, no failover, the same timeline.
+2. Its host is cut off (its link down, as in (b)). The leader key expires after Patroni's
+   TTL; the synchronous standby is promoted; the service's next connections find it through
+   the map's `members`, while the old primary is still unreachable. When the link is back,
+   Patroni rewinds the old primary and it rejoins as a standby.
+
+Then: every transfer the client saw acknowledged is on the shards (the bank test, which
+holds each answer to what the shards say), money is conserved, check_ledger passes. The
+audit stream of the shard stops loudly on the new primary (its slot was on the old one:
+PostgreSQL 15 does not carry logical slots over), an operator's `cdc_resnapshot` takes a
+new slot and snapshot with the gap recorded, and reconcile then passes. Reported: each
+fault's write pause, as the client saw it (the longest gap between two acknowledged
+transfers paid from the shard), the failover's and the rejoin's durations.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from hosts import app, figures, net
+from hosts.figures import Window
+from hosts.layout import CLUSTER_SHARD
+from hosts.patroni import PatroniMember
+
+if TYPE_CHECKING:
+    from hosts.scenarios import Outcome, Runner
+
+CDC_STOP_SECONDS = 90  # for the stream's loud stop to show in the CDC's status once the shard is back
+RESNAPSHOT_SECONDS = 300
+
+
+@dataclass
+class Options:
+    kill_at: float = 10
+    cut_at: float = 40  # after the cluster has a synchronous standby again
+    cut_seconds: float = 50  # past Patroni's TTL (20 s) and the promotion, with writes resumed before the link is back
+    after: float = 20
+
+
+@dataclass
+class Faults:
+    """What happened to the cluster, in wall-clock times (the client's clock)."""
+
+    times: dict[str, float] = field(default_factory=dict)
+    facts: dict[str, Any] = field(default_factory=dict)
+    cut: PatroniMember | None = None
+
+
+def write_pause(requests: list[Any], since: float, until: float) -> float | None:
+    """The longest gap between two acknowledged (201/202) answers in [since - 1, until), in seconds."""
+    answered = sorted(
+        a.sent + a.latency for r in requests for a in r.attempts if a.status in (201, 202) and a.transfer_id
+    )
+    inside = [at for at in answered if since - 1 <= at < until]
+    gaps = [b - a for a, b in itertools.pairwise(inside)]
+    return round(max(gaps), 1) if gaps else None
+
+
+def kill_postmaster(runner: Runner, faults: Faults) -> None:
+    cluster = runner.stack.cluster
+    leader = cluster.settled(timeout=30)
+    faults.facts["postmaster_killed_on"] = leader.name
+    faults.facts["timeline_before"] = cluster.timeline(leader)
+    faults.times["postmaster killed"] = time.time()
+    os.kill(cluster.postmaster_pid(leader), signal.SIGKILL)
+
+
+def cut_primary(runner: Runner, faults: Faults) -> None:
+    cluster = runner.stack.cluster
+    # Strict synchronous mode promotes only a settled synchronous standby: cut once there is one.
+    leader = cluster.settled(timeout=90)
+    faults.facts["after_restart"] = {"leader": leader.name, "timeline": cluster.timeline(leader)}
+    faults.cut = leader
+    faults.times["primary cut off"] = time.time()
+    net.set_link(cluster.host_of(leader), up=False)
+
+
+def watch_promotion(runner: Runner, faults: Faults, seconds: float) -> None:
+    """While the old primary is cut off: which standby is promoted, and when (polled each second)."""
+    cluster = runner.stack.cluster
+    assert faults.cut is not None  # noqa: S101 - cut_primary ran first
+    others = [m for m in cluster.members if m is not faults.cut]
+    deadline = faults.times["primary cut off"] + seconds
+    while time.time() < deadline:
+        if "promoted" not in faults.times and (leader := cluster.primary(others)) is not None:
+            faults.times["promoted"] = time.time()
+            faults.facts["promoted"] = {"member": leader.name, "timeline": cluster.timeline(leader)}
+        time.sleep(1)
+    faults.times["link back"] = time.time()
+    net.set_link(cluster.host_of(faults.cut), up=True)
+
+
+def audit_stream(runner: Runner, outcome: Outcome) -> None:
+    """The shard's stream must stop loudly (its slot stayed on the old primary); the operator's
+    re-snapshot then recovers it with the gap recorded."""
+    config = runner.stack.config
+    assert config is not None  # noqa: S101
+    deadline = time.monotonic() + CDC_STOP_SECONDS
+    stopped = None
+    while time.monotonic() < deadline and stopped is None:
+        status = app.cdc_status(config)
+        shard = ((status.get("cdc") or {}).get("shards") or {}).get(CLUSTER_SHARD) or {}
+        if shard.get("stopped"):
+            stopped = {"reason": shard["stopped"], "detail": shard.get("stopped_detail", "")[:300]}
+        time.sleep(2)
+    outcome.figures["audit_stream"] = {"stopped": stopped}
+    if stopped is None:
+        # It may also have continued (a slot that survived): then the reconcile below is the judge.
+        return
+    outcome.require(
+        stopped["reason"] in ("slot_missing", "slot_behind"),
+        f"the audit stream of {CLUSTER_SHARD} stopped for {stopped['reason']}, not for its slot on the old primary",
+    )
+    result = app.manage(
+        config, "cdc_resnapshot", CLUSTER_SHARD, "--reason", "failover in make test-hosts (d)",
+        "--wait", str(RESNAPSHOT_SECONDS), timeout=RESNAPSHOT_SECONDS + 60,
+    )  # fmt: skip
+    outcome.figures["audit_stream"]["resnapshot"] = (result.stdout + result.stderr).strip()[-300:]
+    outcome.require(result.returncode == 0, f"cdc_resnapshot {CLUSTER_SHARD} failed: {result.stderr.strip()[-300:]}")
+
+
+def scenario(runner: Runner, outcome: Outcome, options: Options) -> None:
+    faults = Faults()
+    cluster = runner.stack.cluster
+    actions = [
+        (5, "sockets looked at", runner.socket_check(outcome)),
+        (options.kill_at, f"{CLUSTER_SHARD}'s primary: postmaster SIGKILLed", lambda: kill_postmaster(runner, faults)),
+        (options.cut_at, f"{CLUSTER_SHARD}'s primary: host cut off", lambda: cut_primary(runner, faults)),
+        (
+            options.cut_at + 1,
+            f"{CLUSTER_SHARD}: promotion watched, then the old primary's link up",
+            lambda: watch_promotion(runner, faults, options.cut_seconds),
+        ),
+    ]
+    seconds = options.cut_at + options.cut_seconds + options.after
+    result = runner.load("d", seconds, actions)
+    rejoined = cluster.wait_rejoined(faults.cut, 120) if faults.cut is not None else None
+    faults.facts["old_primary_rejoined_as_standby_s"] = rejoined
+    outcome.require(rejoined is not None, f"the old primary {faults.cut and faults.cut.name} did not rejoin")
+    leader = cluster.settled(timeout=120)
+    faults.facts["leader_at_end"] = leader.name
+    audit_stream(runner, outcome)
+    checks = runner.check("d", settle=90, reconcile=True)
+    times = checks["transfers"]
+    outcome.figures["load"] = figures.overall(result, times)
+    payers = figures.groups(result.requests, payer_on_it=lambda r: r.payer_shard == CLUSTER_SHARD)["payer_on_it"]
+    killed, cut, back = (faults.times.get(k) for k in ("postmaster killed", "primary cut off", "link back"))
+    promoted = faults.times.get("promoted")
+    outcome.figures["cluster"] = faults.facts | {
+        "promoted_after_cut_s": round(promoted - cut, 1) if promoted and cut else None,
+    }
+    if killed and cut and back:
+        outcome.figures["write_pause_s"] = {
+            "postmaster_kill": write_pause(payers, killed, cut),
+            "host_cut_off": write_pause(payers, cut, back),
+        }
+        after_kill = figures.completions(payers, times, Window("after the restart", killed + 1, cut))
+        outcome.require(after_kill > 0, "no transfer paid from the shard completed after its postmaster restarted")
+    outcome.require(
+        faults.cut is not None and promoted is not None,
+        f"no standby of {CLUSTER_SHARD} was promoted while its primary was cut off",
+    )
+    if promoted and back:
+        # The failover proven by the service itself: writes on the new primary while the old one is unreachable.
+        during = figures.completions(payers, times, Window("promoted, old primary cut off", promoted, back))
+        outcome.figures["completed_on_the_new_primary_while_the_old_was_cut_off"] = during
+        outcome.require(during > 0, "no transfer paid from the shard completed on the promoted standby")
+    runner.verdict(outcome, checks, result)
