@@ -31,10 +31,11 @@ venv: $(VENV)/.installed ## create the virtualenv and install pinned requirement
 LOCK_VENV := var/lock-venv
 PIP_COMPILE := $(LOCK_VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
 	--no-emit-index-url --no-emit-find-links --annotation-style line
-lock: ## write requirements.txt and requirements-runtime.txt (with hashes) from the .in pins
+lock: ## write requirements.txt, requirements-runtime.txt and hosts/patroni-requirements.txt (with hashes) from the .in pins
 	@test -x $(LOCK_VENV)/bin/pip-compile || { $(PYTHON) -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/pip install -q pip-tools==7.6.2; }
 	$(PIP_COMPILE) -o requirements.txt requirements.in
 	$(PIP_COMPILE) -o requirements-runtime.txt requirements-runtime.in
+	$(PIP_COMPILE) -o hosts/patroni-requirements.txt hosts/patroni-requirements.in
 
 run: $(VENV)/.installed ## start PostgreSQL shards, Redis and the API on http://127.0.0.1:$(PORT) (Ctrl-C stops all)
 	$(PY) manage.py serve --port $(PORT)

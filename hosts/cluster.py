@@ -138,6 +138,43 @@ class ReplicatedShard:
     def has_sync_standby(self, leader: PatroniMember) -> bool:
         return has_sync_standby(self.read(leader, "/cluster"))
 
+    def keep_slot(self, leader: PatroniMember, slot: str, database: str) -> None:
+        """Make the CDC's logical slot one of the cluster's permanent slots (as `patronictl edit-config`
+        does): Patroni copies it to the standbys and advances their copies, so it survives a failover."""
+        change = {"slots": {slot: {"type": "logical", "database": database, "plugin": "pgoutput"}}}
+        argv = ["curl", "-sf", "-m", "5", "-X", "PATCH", "-H", "Content-Type: application/json",
+                "--data", json.dumps(change), f"{leader.api_url}/config"]  # fmt: skip
+        result = subprocess.run(net.on(self.host_of(leader), argv), capture_output=True, text=True, check=False)  # noqa: S603
+        if result.returncode != 0:
+            raise RuntimeError(f"Patroni on {leader.name} refused the permanent slot {slot}: {result.stderr.strip()}")
+
+    def wait_slot_ready(self, leader: PatroniMember, slot: str, timeout: float) -> float:
+        """Seconds until every standby's Patroni says its copy of `slot` is safe to use after a failover."""
+        started = time.monotonic()
+        said = f"Logical slot {slot} is safe to be used after a failover"
+        standbys = [m for m in self.members if m is not leader]
+        while time.monotonic() - started < timeout:
+            logs = [(LOGS / f"patroni-{m.name}.log").read_text(errors="replace") for m in standbys]
+            if all(said in log for log in logs):
+                return round(time.monotonic() - started, 1)
+            time.sleep(1)
+        raise TimeoutError(f"the standbys of {CLUSTER_SHARD} did not report {slot} safe after {timeout:.0f} s")
+
+    def sync_standby(self, leader: PatroniMember) -> PatroniMember | None:
+        """The member the leader's cluster view names its synchronous standby."""
+        names = [c.get("name") for c in (self.read(leader, "/cluster") or {}).get("members", [])
+                 if c.get("role") == "sync_standby"]  # fmt: skip
+        return next((m for m in self.members if m.name in names), None)
+
+    def switchover(self, leader: PatroniMember, candidate: PatroniMember) -> None:
+        """A planned switchover (as `patronictl switchover`): the leader stops cleanly, the candidate is promoted."""
+        change = {"leader": leader.name, "candidate": candidate.name}
+        argv = ["curl", "-sf", "-m", "60", "-X", "POST", "-H", "Content-Type: application/json",
+                "--data", json.dumps(change), f"{leader.api_url}/switchover"]  # fmt: skip
+        result = subprocess.run(net.on(self.host_of(leader), argv), capture_output=True, text=True, check=False)  # noqa: S603
+        if result.returncode != 0:
+            raise RuntimeError(f"the switchover to {candidate.name} failed: {(result.stdout + result.stderr).strip()}")
+
     def timeline(self, member: PatroniMember) -> int | None:
         state = self.read(member, "/patroni")
         return int(state["timeline"]) if state and "timeline" in state else None
@@ -150,12 +187,14 @@ class ReplicatedShard:
         """CREATE DATABASE on the leader, from its own host (the standbys get it by replication)."""
         HostPostgres.on(self.host_of(leader), name).ensure_database()
 
-    def wait_rejoined(self, member: PatroniMember, timeout: float) -> float | None:
-        """Seconds until `member` runs again as a standby of the cluster's leader; None if not in time."""
+    def wait_rejoined(self, member: PatroniMember, timeline: int, timeout: float) -> float | None:
+        """Seconds until `member` streams as a standby on `timeline` (the new primary's; an old primary
+        cut off demotes itself on its own, but follows the new one only once rewound); None if not in time."""
         started = time.monotonic()
         while time.monotonic() - started < timeout:
             state = self.read(member, "/patroni") or {}
-            if state.get("role") == "replica" and state.get("state") in ("running", "streaming"):
+            on = int(state.get("timeline") or 0)
+            if state.get("role") == "replica" and state.get("state") == "streaming" and on >= timeline:
                 return round(time.monotonic() - started, 1)
             time.sleep(1)
         return None

@@ -10,8 +10,10 @@ shard map lists every member (`members`) and libpq keeps the one that takes writ
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -24,8 +26,13 @@ import yaml
 
 from apps.sharding.devstack import POSTGRES_CONF, VANISHED_CLIENTS_CONF, _apt_install, postgres_bindir
 
-PATRONI = "/usr/bin/patroni"
-ETCD = "/usr/bin/etcd"
+ETCD = "/usr/bin/etcd"  # Debian's etcd-server
+# PyPI's Patroni (pinned with hashes in hosts/patroni-requirements.txt) in a virtualenv of the
+# system's Python under /opt, which the postgres user can read. Not Debian 12's 3.0.2: after a
+# partition healed it could overwrite the new leader's key in etcd and promote itself too.
+REQUIREMENTS = Path(__file__).with_name("patroni-requirements.txt")
+VENV = Path("/opt/shardwallet-patroni") / hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()[:12]
+PATRONI = str(VENV / "bin" / "patroni")
 # Failure detection: the leader's key lives TTL seconds unless renewed; Patroni's loop runs
 # every LOOP_WAIT seconds and retries the DCS and PostgreSQL for RETRY_TIMEOUT. Patroni's rule:
 # loop_wait + 2 * retry_timeout <= ttl. The smallest TTL Patroni takes is 20 s.
@@ -36,10 +43,19 @@ REPLICATOR = "replicator"
 
 
 def install_patroni() -> None:
-    """Debian's Patroni and etcd if missing (PyPI's would sit in a virtualenv the postgres user cannot read)."""
-    for program, package in ((PATRONI, "patroni"), (ETCD, "etcd-server")):
-        if not Path(program).exists():
-            _apt_install(package)
+    """Debian's etcd and Patroni's virtualenv, each if missing."""
+    if not Path(ETCD).exists():
+        _apt_install("etcd-server")
+    done = VENV / ".installed"  # written last: a half-made virtualenv is made again
+    if done.exists():
+        return
+    shutil.rmtree(VENV, ignore_errors=True)
+    if subprocess.run(["/usr/bin/python3", "-m", "ensurepip", "--version"], capture_output=True).returncode != 0:
+        _apt_install("python3-venv")
+    subprocess.run(["/usr/bin/python3", "-m", "venv", str(VENV)], check=True)  # noqa: S603
+    pip = [str(VENV / "bin" / "pip"), "install", "-q", "--require-hashes", "-r", str(REQUIREMENTS)]
+    subprocess.run(pip, check=True)  # noqa: S603
+    done.touch()
 
 
 @dataclass(frozen=True)
@@ -132,6 +148,9 @@ def patroni_config(
         **_server_parameters(),
         "wal_log_hints": "on",  # pg_rewind can bring an old primary back as a standby
         "hot_standby": "on",
+        # A standby's copy of a permanent logical slot (the CDC's) is safe to stream from after
+        # a promotion only if the primary kept the catalog rows its decoding needs.
+        "hot_standby_feedback": "on",
     }
     # The member's own settings (its files' paths), kept out of the cluster-wide ones in etcd.
     local: dict[str, str] = {}
@@ -155,6 +174,9 @@ def patroni_config(
                 "retry_timeout": RETRY_TIMEOUT,
                 "synchronous_mode": True,
                 "synchronous_mode_strict": True,
+                # Patroni drops every slot it does not manage: the moves' subscriptions and the
+                # CDC's (until it is made permanent, `ReplicatedShard.keep_slot`) are ours.
+                "ignore_slots": [{"type": "logical", "plugin": "pgoutput"}],
                 "postgresql": {"use_pg_rewind": True, "use_slots": True, "parameters": parameters},
             },
             "initdb": [{"encoding": "UTF8"}, {"username": "postgres"}],

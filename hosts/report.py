@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from hosts.layout import PARTITIONED_SHARD, REPORT, SLOW_SHARD, relative
+from hosts.layout import CLUSTER_SHARD, PARTITIONED_SHARD, REPORT, SLOW_SHARD, relative
 from hosts.scenarios import Outcome
 
 
@@ -25,7 +25,8 @@ def lines(outcome: Outcome) -> list[str]:
         "a": "(a) random transfers across shards",
         "b": f"(b) {PARTITIONED_SHARD}'s link down during the load",
         "c": f"(c) slow link to {SLOW_SHARD}",
-    }[outcome.name]
+        "d": f"(d) {CLUSTER_SHARD}'s primary killed, then cut off",
+    }.get(outcome.name, outcome.name)
     out = [f"{title}: {'PASS' if outcome.ok else 'FAIL'}"]
     if "load" in f:
         out.append(_load_line(f["load"]))
@@ -46,6 +47,23 @@ def lines(outcome: Outcome) -> list[str]:
                 f"  {group}: p50 {row['fast']['p50_ms']} -> {row['slow']['p50_ms']} ms"
                 f" (x{f['p50_rise'][group]}), p95 {row['fast']['p95_ms']} -> {row['slow']['p95_ms']} ms"
             )
+    if "cluster" in f:
+        cluster, pause = f["cluster"], f.get("write_pause_s", {})
+        promoted = cluster.get("promoted") or {}
+        out.append(
+            f"  postmaster SIGKILL on {cluster.get('postmaster_killed_on')}: restarted in place"
+            f" ({cluster.get('after_restart')}), writes paused {pause.get('postmaster_kill')} s"
+        )
+        out.append(
+            f"  host cut off: {promoted.get('member')} promoted {cluster.get('promoted_after_cut_s')} s after"
+            f" (timeline {promoted.get('timeline')}), writes paused {pause.get('host_cut_off')} s,"
+            f" {f.get('completed_on_the_new_primary_while_the_old_was_cut_off')} completed on it while the old was cut"
+            f" off; the old primary rejoined as a standby {cluster.get('old_primary_rejoined_as_standby_s')} s after"
+            " its link came back"
+        )
+        out.append(f"  planned switchover {cluster.get('switchover')}: writes paused {pause.get('switchover')} s")
+    if "audit_stream" in f:
+        out.append(f"  audit stream: {f['audit_stream']}")
     if "broker_queue" in f:
         queue = f["broker_queue"]
         out.append(

@@ -129,6 +129,7 @@ class Stack:
         for program in app.programs(self.config).values():
             self._start(program)
         self._wait_ready()
+        self._keep_cdc_slot()
 
     def _databases(self) -> None:
         keepalives = self.server_keepalives
@@ -205,6 +206,21 @@ class Stack:
                 if time.monotonic() > deadline:
                     raise StackError(f"{command}: {result.stderr.strip()[-500:]}; see {relative(LOGS / log)}")
                 time.sleep(1)
+
+    def _keep_cdc_slot(self) -> None:
+        """The CDC's slot on the replicated shard made permanent in Patroni, as an operator does
+        after the CDC's first start (docs/DEPLOY.md): its stream then survives a failover."""
+        assert self.config is not None  # noqa: S101
+        slot = (app.cdc_status(self.config).get("cdc") or {}).get("slot")
+        if not slot:
+            raise StackError("the CDC's status does not name its slot")
+        leader = self.cluster.settled(timeout=60)
+        self.cluster.keep_slot(leader, slot, "shardwallet")
+        try:
+            seconds = self.cluster.wait_slot_ready(leader, slot, timeout=120)
+        except TimeoutError as exc:
+            raise StackError(f"{exc}; see {relative(LOGS)}/patroni-*.log") from exc
+        print(f"hosts: {CLUSTER_SHARD}'s standbys hold a copy of the CDC's slot {slot} ({seconds:.0f} s)", flush=True)
 
     def _check_alive(self) -> None:
         dead = [p.name for p in self.programs.values() if p.pid is None]
