@@ -1,6 +1,6 @@
 """A database as a Patroni cluster over etcd: what each etcd member and each Patroni member runs.
 
-Patroni (Debian's package, run as the postgres user: PostgreSQL refuses root) bootstraps the
+Patroni (PyPI's, run as the postgres user: PostgreSQL refuses root) bootstraps the
 first member with initdb, clones the others from it, keeps one synchronous standby
 (`synchronous_mode` with `synchronous_mode_strict`: a commit is acknowledged only once the
 standby has it, and with no standby writes wait rather than risk a loss) and promotes that
