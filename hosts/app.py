@@ -184,3 +184,19 @@ def cdc_status(config: AppConfig) -> dict[str, Any]:
         return dict(json.loads(result.stdout)) if result.returncode == 0 else {}
     except ValueError:
         return {}
+
+
+def metrics(config: AppConfig) -> dict[str, float]:
+    """`/metrics` from the operators' listener on the app host (its own 127.0.0.1), each sample by its line's name
+    and labels ({} if it does not answer)."""
+    argv = net.on(APP, ["curl", "-sf", "-m", "30", f"http://127.0.0.1:{OPS_PORT}/metrics"])
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)  # noqa: S603
+    samples = {}
+    for line in result.stdout.splitlines() if result.returncode == 0 else []:
+        name, _, value = line.rpartition(" ")
+        if name and not line.startswith("#"):
+            try:
+                samples[name] = float(value)
+            except ValueError:
+                continue
+    return samples

@@ -1,7 +1,8 @@
 """Run on the app host after the migrations: the least-privilege logins on every database server,
 as a deployment makes them (docs/DEPLOY.md, "Database roles"): one in shardwallet_app, which the
 API, the workers and beat connect as (SHARDWALLET_DB_USER), and one in shardwallet_cdc with
-REPLICATION, which the CDC connects as. Their password is the servers' own."""
+REPLICATION, which the CDC connects as. Their password is the servers' own. The API's login
+also gets pg_monitor, as docs/DEPLOY.md asks of the login the operators' listener runs as."""
 
 from __future__ import annotations
 
@@ -35,6 +36,9 @@ def main() -> int:
                             sql.Identifier(login), attributes, sql.Literal(default_password()), sql.Identifier(group)
                         )
                     )
+            # The API's login also serves the operators' listener: /metrics and /health show which
+            # standby is synchronous only to a login that may read pg_stat_replication's details.
+            conn.execute(sql.SQL("GRANT pg_monitor TO {}").format(sql.Identifier(APP_LOGIN)))
         print(f"logins: {APP_LOGIN}, {CDC_LOGIN} on {server.alias} ({server.host})", flush=True)
     return 0
 

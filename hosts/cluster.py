@@ -194,7 +194,9 @@ class ReplicatedShard:
         while time.monotonic() - started < timeout:
             state = self.read(member, "/patroni") or {}
             on = int(state.get("timeline") or 0)
-            if state.get("role") == "replica" and state.get("state") == "streaming" and on >= timeline:
+            # Patroni 4 says so in `replication_state`; earlier ones in `state`.
+            streaming = "streaming" in (state.get("replication_state"), state.get("state"))
+            if state.get("role") == "replica" and streaming and on >= timeline:
                 return round(time.monotonic() - started, 1)
             time.sleep(1)
         return None

@@ -118,6 +118,31 @@ def switch_over(runner: Runner, faults: Faults) -> None:
     faults.facts["switchover"] = {"from": leader.name, "to": new_leader.name, "timeline": cluster.timeline(new_leader)}
 
 
+def operators_view(runner: Runner, outcome: Outcome, leader: PatroniMember) -> None:
+    """/metrics on the operators' listener names the member Patroni says leads, one primary, and
+    a synchronous standby (read through the map's members, by the API's own login)."""
+    config = runner.stack.config
+    assert config is not None  # noqa: S101
+    deadline = time.monotonic() + 30  # the shard gauges are cached for 10 s
+    samples: dict[str, float] = {}
+    while time.monotonic() < deadline:
+        samples = app.metrics(config)
+        shown = samples.get(
+            f'shardwallet_db_member_up{{server="{CLUSTER_SHARD}",member="{leader.endpoint}",role="primary"}}'
+        )
+        if shown == 1:
+            break
+        time.sleep(3)
+    wanted = {
+        f'shardwallet_db_member_up{{server="{CLUSTER_SHARD}",member="{leader.endpoint}",role="primary"}}': 1,
+        f'shardwallet_db_primaries{{server="{CLUSTER_SHARD}"}}': 1,
+        f'shardwallet_db_sync_standbys{{server="{CLUSTER_SHARD}"}}': 1,
+    }
+    seen = {name: samples.get(name) for name in wanted}
+    outcome.figures["metrics"] = seen
+    outcome.require(seen == wanted, f"/metrics does not show {leader.name} leading with a synchronous standby: {seen}")
+
+
 def audit_stream(runner: Runner, outcome: Outcome) -> None:
     """The shard's stream continues on the promoted standby from its copy of the CDC's slot (a
     permanent slot in Patroni). Where it cannot, it must stop loudly: `slot_behind` when the store
@@ -179,6 +204,7 @@ def scenario(runner: Runner, outcome: Outcome, options: Options) -> None:
     )
     leader = cluster.settled(timeout=120)
     faults.facts["leader_at_end"] = leader.name
+    operators_view(runner, outcome, leader)
     audit_stream(runner, outcome)
     checks = runner.check("d", settle=90, reconcile=True)
     times = checks["transfers"]
@@ -200,6 +226,10 @@ def scenario(runner: Runner, outcome: Outcome, options: Options) -> None:
         after_kill = figures.completions(payers, times, Window("after the restart", killed + 1, cut))
         outcome.require(after_kill > 0, "no transfer paid from the shard completed after its postmaster restarted")
     outcome.require("switched" in faults.times, f"the planned switchover of {CLUSTER_SHARD} did not happen")
+    outcome.require(
+        switched is None or switched < result.ended - 10,
+        f"the switchover started {switched and round(result.ended - switched, 1)} s before the load's end: too late",
+    )
     outcome.require(
         faults.cut is not None and promoted is not None,
         f"no standby of {CLUSTER_SHARD} was promoted while its primary was cut off",

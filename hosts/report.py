@@ -47,6 +47,11 @@ def lines(outcome: Outcome) -> list[str]:
                 f"  {group}: p50 {row['fast']['p50_ms']} -> {row['slow']['p50_ms']} ms"
                 f" (x{f['p50_rise'][group]}), p95 {row['fast']['p95_ms']} -> {row['slow']['p95_ms']} ms"
             )
+    if "payers_latency" in f:
+        out.append(
+            "  payers' HTTP latency: "
+            + "; ".join(f"{name} p50 {v['p50_ms']} ms, p95 {v['p95_ms']} ms" for name, v in f["payers_latency"].items())
+        )
     if "cluster" in f:
         cluster, pause = f["cluster"], f.get("write_pause_s", {})
         promoted = cluster.get("promoted") or {}

@@ -25,7 +25,17 @@ from typing import Any
 from hosts import app, broker, failover, figures, net, servers, sockets
 from hosts.client import REQUEST_TIMEOUT
 from hosts.figures import Window
-from hosts.layout import APP, CLIENT, PARTITIONED_SHARD, POSTGRES_PORT, RESULTS, SLOW_SHARD, host, relative
+from hosts.layout import (
+    APP,
+    CLIENT,
+    CLUSTER_SHARD,
+    PARTITIONED_SHARD,
+    POSTGRES_PORT,
+    RESULTS,
+    SLOW_SHARD,
+    host,
+    relative,
+)
 from hosts.records import LoadResult
 from hosts.stack import Stack
 
@@ -187,6 +197,19 @@ class Runner:
         outcome.figures["load"] = load = figures.overall(result, checks["transfers"])
         cross = figures.completed_between_shards(result.requests, checks["transfers"])
         outcome.figures["completed_between_shards"] = cross
+        # What the synchronous standby costs: the replicated shard's payers against a single
+        # server's (shard_01: no relay), in the same run.
+        parts = figures.groups(
+            result.requests,
+            replicated=lambda r: r.payer_shard == CLUSTER_SHARD,
+            single=lambda r: r.payer_shard == PARTITIONED_SHARD,
+        )
+        outcome.figures["payers_latency"] = {
+            f"{name} ({CLUSTER_SHARD if name == 'replicated' else PARTITIONED_SHARD})": figures.latency_summary(
+                figures.latencies(requests)
+            )
+            for name, requests in parts.items()
+        }
         # A workload that did (almost) nothing proves nothing: floors far under a slow hour's figures.
         outcome.require(
             load["completed"] >= MIN_COMPLETED_A,

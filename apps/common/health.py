@@ -93,6 +93,9 @@ def health(request: HttpRequest) -> JsonResponse:
     if settings.AUDIT_CDC_EXPECTED or (status is not None and not status.get("stopped")):
         components["audit_cdc"] = health_component()
     components["bucket_fences"] = _fences_component()
+    replication = _replication_component()
+    if replication is not None:
+        components["replication"] = replication
     body = {"status": "degraded" if down else "ok", "down": down, "components": _shown(request, components)}
     return JsonResponse(body, status=503 if down else 200)
 
@@ -108,6 +111,41 @@ def _shown(request: HttpRequest, components: dict[str, dict[str, Any]]) -> dict[
         name: {key: value for key, value in component.items() if key in ("ok", "latency_ms")}
         for name, component in components.items()
     }
+
+
+def _replication_component() -> dict[str, Any] | None:
+    """Each replicated database's members (None when no server of the map has `members`): not ok
+    when a cluster has no primary or two, or a primary waits for a synchronous standby it lacks."""
+    from apps.sharding.members import member_states
+    from apps.sharding.routing import shard_map
+
+    clusters: dict[str, Any] = {}
+    problems: list[str] = []
+    for server in shard_map().servers:
+        states = member_states(server)
+        if not states:
+            continue
+        primaries = [s.endpoint for s in states if s.role == "primary"]
+        clusters[server.alias] = {
+            "primary": primaries[0] if len(primaries) == 1 else primaries,
+            "standbys": {
+                s.endpoint: {"lag_bytes": s.lag_bytes, "synchronous": s.synchronous}
+                for s in states
+                if s.role == "standby"
+            },
+            "down": [s.endpoint for s in states if s.role == "down"],
+            "sync_standbys": next((s.sync_standbys for s in states if s.role == "primary"), None),
+        }
+        if len(primaries) != 1:
+            problems.append(f"{server.alias} has {len(primaries)} members taking writes")
+        problems += [f"{server.alias}'s primary waits for a synchronous standby it has not" for s in states
+                     if s.stalls_writes]  # fmt: skip
+    if not clusters:
+        return None
+    component: dict[str, Any] = {"ok": not problems, "clusters": clusters}
+    if problems:
+        component["error"] = "; ".join(problems)
+    return component
 
 
 def _fences_component() -> dict[str, Any]:

@@ -12,8 +12,10 @@ from apps.audit.slots import slot_states
 from apps.common.supervision import read_state, supervisor_state_file
 from apps.observability.cdc import cdc_lag
 from apps.sharding.fence_alarm import stranded_fences
+from apps.sharding.members import member_states
 from apps.sharding.moves import move_overview
 from apps.sharding.routing import shard_aliases, shard_map
+from apps.sharding.shardmap import DatabaseServer
 
 # Only transfers in flight, read through the partial index `transfer_in_flight`: a scrape
 # costs what is in flight, not what the shard has ever stored. Terminal outcomes are
@@ -54,6 +56,7 @@ class ShardCollector(Collector):
         yield parked
         yield from self._moves()
         yield from self._cdc()
+        yield from member_gauges(shard_map().servers)
 
     def _moves(self) -> Iterator[GaugeMetricFamily]:
         epoch = GaugeMetricFamily("shardwallet_shard_map_epoch", "Version of the shard map this process routes by.")
@@ -154,6 +157,47 @@ class ShardCollector(Collector):
         yield safe
         yield lag
         yield status
+
+
+def member_gauges(servers: list[DatabaseServer]) -> Iterator[GaugeMetricFamily]:
+    """Each replicated server's members as they answer (servers without `members` are left out)."""
+    up = GaugeMetricFamily(
+        "shardwallet_db_member_up", "1 if the member answered, by its role (primary, standby; down: 0).",
+        labels=["server", "member", "role"],
+    )  # fmt: skip
+    lag = GaugeMetricFamily(
+        "shardwallet_db_member_replay_lag_bytes", "How far a standby's replay is behind its primary's WAL.",
+        labels=["server", "member"],
+    )  # fmt: skip
+    synchronous = GaugeMetricFamily(
+        "shardwallet_db_member_synchronous",
+        "1 for a standby its primary waits for at commit, 0 for one it does not (absent: not visible to this"
+        " login, which needs pg_monitor).",
+        labels=["server", "member"],
+    )
+    primaries = GaugeMetricFamily(
+        "shardwallet_db_primaries",
+        "Members taking writes: 1, or 0 (no primary), or 2+ (split brain).",
+        labels=["server"],
+    )
+    sync_standbys = GaugeMetricFamily(
+        "shardwallet_db_sync_standbys", "Synchronous standbys the primary has (with strict mode, 0 stops writes).",
+        labels=["server"],
+    )  # fmt: skip
+    for server in servers:
+        states = member_states(server)
+        if not states:
+            continue
+        for state in states:
+            up.add_metric([server.alias, state.endpoint, state.role], 0 if state.role == "down" else 1)
+            if state.lag_bytes is not None:
+                lag.add_metric([server.alias, state.endpoint], state.lag_bytes)
+            if state.synchronous is not None:
+                synchronous.add_metric([server.alias, state.endpoint], int(state.synchronous))
+            if state.sync_standbys is not None:
+                sync_standbys.add_metric([server.alias], state.sync_standbys)
+        primaries.add_metric([server.alias], sum(1 for state in states if state.role == "primary"))
+    yield from (up, lag, synchronous, primaries, sync_standbys)
 
 
 class SupervisorCollector(Collector):

@@ -177,3 +177,64 @@ def test_each_member_says_what_it_is_for_the_operations_page(pair: Pair) -> None
     assert [(s.endpoint, s.role, s.lag_bytes) for s in states] == [(standby, "standby", None), (primary, "down", None)]
     assert "refused" in states[1].error or "failed" in states[1].error
     assert member_states(DatabaseServer("shard_98", "127.0.0.1", pair.standby.server.port, "members")) == []
+
+
+def _sync_standbys(primary: DatabaseServer) -> int:
+    with psycopg.connect(primary.conninfo(), autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_the_synchronous_standby_and_a_primary_that_lost_it_are_shown(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/metrics and /health say how many synchronous standbys a primary has, and that one whose
+    commits wait for a standby it lost stalls writes."""
+    from apps.common import health
+    from apps.observability.collectors import member_gauges
+    from apps.sharding import routing
+
+    primary = f"127.0.0.1:{pair.primary.server.port}"
+    with psycopg.connect(pair.primary.server.conninfo(), autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET synchronous_standby_names = '*'")
+        conn.execute("SELECT pg_reload_conf()")
+    wait_until(lambda: _sync_standbys(pair.primary.server) == 1, 20, "the standby to become synchronous")
+    states = {s.endpoint: s for s in member_states(pair.server)}
+    assert states[primary].sync_standbys == 1
+    assert states[primary].sync_required
+    assert not states[primary].stalls_writes
+    assert states[f"127.0.0.1:{pair.standby.server.port}"].synchronous is None  # one address for both members
+
+    class OneServer:
+        servers = [pair.server]
+
+    monkeypatch.setattr(routing, "shard_map", lambda: OneServer())
+    component = health._replication_component()
+    assert component is not None
+    assert component["ok"]
+    assert component["clusters"]["shard_98"]["primary"] == primary
+    assert component["clusters"]["shard_98"]["sync_standbys"] == 1
+
+    pair.standby.stop("immediate")  # the primary's commits now wait for ever (strict: nobody to promote)
+    wait_until(lambda: _sync_standbys(pair.primary.server) == 0, 20, "the primary to lose its standby")
+    component = health._replication_component()
+    assert component is not None
+    assert not component["ok"]
+    assert "shard_98's primary waits for a synchronous standby" in component["error"]
+    families = {family.name: family.samples for family in member_gauges([pair.server])}
+    assert [(s.labels["member"], s.labels["role"], s.value) for s in families["shardwallet_db_member_up"]] == [
+        (f"127.0.0.1:{pair.standby.server.port}", "down", 0),
+        (primary, "primary", 1),
+    ]
+    assert [s.value for s in families["shardwallet_db_primaries"]] == [1]
+    assert [s.value for s in families["shardwallet_db_sync_standbys"]] == [0]
+
+
+def test_a_standby_is_synchronous_when_the_primary_says_so_for_its_address() -> None:
+    from apps.sharding.members import _synchronous
+
+    seen = [("10.0.0.2", "sync"), ("10.0.0.3", "async"), ("10.0.0.9", "async")]
+    assert _synchronous(seen, "10.0.0.2", shared=False) is True
+    assert _synchronous(seen, "10.0.0.3", shared=False) is False
+    assert _synchronous(seen, "10.0.0.2", shared=True) is None  # two members on one address: cannot tell
+    assert _synchronous([("10.0.0.2", None)], "10.0.0.2", shared=False) is None  # a login without pg_monitor
