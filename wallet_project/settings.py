@@ -246,6 +246,12 @@ if OPS_BIND:
             ENV.refuse(f"SHARDWALLET_OPS_BIND ({OPS_BIND}) needs a port of its own, not SHARDWALLET_API_BIND's")
     except ImproperlyConfigured as exc:
         ENV.refuse(f"SHARDWALLET_OPS_BIND or SHARDWALLET_API_BIND: {exc}")
+    # Operators reach the listener at its own address (an SSH tunnel to the host's loopback):
+    # that name is one the service answers to, whatever SHARDWALLET_ALLOWED_HOSTS lists.
+    OPS_HOST = OPS_BIND.rpartition(":")[0].strip("[]")
+    for name in [OPS_HOST, *(["localhost"] if OPS_HOST in ("127.0.0.1", "::1") else [])]:
+        if name and name not in ("0.0.0.0", "::") and name not in ALLOWED_HOSTS:  # noqa: S104 - compared, not bound
+            ALLOWED_HOSTS.append(name)
 # /metrics asks for `Authorization: Bearer <token>` when this is set (on any address).
 METRICS_TOKEN = ENV.optional("SHARDWALLET_METRICS_TOKEN", "")
 # The gauges read from the shards are computed at most this often per process, whatever the

@@ -167,3 +167,15 @@ def test_the_test_stacks_redis_refuses_a_client_without_the_password(devstack: o
     with pytest.raises(redis.AuthenticationError):
         anonymous.ping()
     assert redis.Redis.from_url(settings.REDIS_URL).ping()
+
+
+def test_the_operators_listener_answers_to_its_own_address() -> None:
+    """Operators reach it through a tunnel to the host's loopback: its name is allowed, the public one too."""
+    show = ["shell", "-c", "from django.conf import settings; print(','.join(settings.ALLOWED_HOSTS))"]
+    default = _manage(show, PRODUCTION_REQUIRED)
+    assert default.returncode == 0, default.stderr
+    assert default.stdout.split()[-1] == "wallet.example.com,127.0.0.1,localhost"
+    elsewhere = _manage(show, {**PRODUCTION_REQUIRED, "SHARDWALLET_OPS_BIND": "10.0.0.5:8001"})
+    assert elsewhere.stdout.split()[-1] == "wallet.example.com,10.0.0.5"
+    off = _manage(show, {**PRODUCTION_REQUIRED, "SHARDWALLET_OPS_BIND": "off"})
+    assert off.stdout.split()[-1] == "wallet.example.com"
