@@ -120,7 +120,8 @@ def switch_over(runner: Runner, faults: Faults) -> None:
 
 def operators_view(runner: Runner, outcome: Outcome, leader: PatroniMember) -> None:
     """/metrics on the operators' listener names the member Patroni says leads, one primary, and
-    a synchronous standby (read through the map's members, by the API's own login)."""
+    a synchronous standby (read through the map's members, by the API's own login). The
+    exposition format writes each sample's labels sorted by name."""
     config = runner.stack.config
     assert config is not None  # noqa: S101
     deadline = time.monotonic() + 30  # the shard gauges are cached for 10 s
@@ -128,13 +129,13 @@ def operators_view(runner: Runner, outcome: Outcome, leader: PatroniMember) -> N
     while time.monotonic() < deadline:
         samples = app.metrics(config)
         shown = samples.get(
-            f'shardwallet_db_member_up{{server="{CLUSTER_SHARD}",member="{leader.endpoint}",role="primary"}}'
+            f'shardwallet_db_member_up{{member="{leader.endpoint}",role="primary",server="{CLUSTER_SHARD}"}}'
         )
         if shown == 1:
             break
         time.sleep(3)
     wanted = {
-        f'shardwallet_db_member_up{{server="{CLUSTER_SHARD}",member="{leader.endpoint}",role="primary"}}': 1,
+        f'shardwallet_db_member_up{{member="{leader.endpoint}",role="primary",server="{CLUSTER_SHARD}"}}': 1,
         f'shardwallet_db_primaries{{server="{CLUSTER_SHARD}"}}': 1,
         f'shardwallet_db_sync_standbys{{server="{CLUSTER_SHARD}"}}': 1,
     }
