@@ -30,6 +30,7 @@ from hosts.layout import (
     AUDIT_HTTP_PORT,
     CLUSTER_SHARD,
     CONTROL,
+    CONTROL_STANDBY_HOSTS,
     LOGS,
     OPS_PORT,
     POSTGRES_PORT,
@@ -63,13 +64,18 @@ def _shard(h: Host) -> dict[str, object]:
 
 
 def shard_map() -> dict[str, object]:
-    """Every database on its own host (one shard a cluster of three); the slow shard reached
-    through its relay; passwords from a file."""
+    """Every database on its own host (the control database and one shard clusters of three);
+    the slow shard reached through its relay; passwords from a file."""
     size = BUCKETS // len(SHARD_HOSTS)
     return {
         "buckets": BUCKETS,
         "throwaway": True,
-        "control": {"host": CONTROL.address, "port": POSTGRES_PORT, "name": "shardwallet_control"},
+        "control": {
+            "host": CONTROL.address,
+            "port": POSTGRES_PORT,
+            "name": "shardwallet_control",
+            "members": [f"{standby.address}:{POSTGRES_PORT}" for standby in CONTROL_STANDBY_HOSTS],
+        },
         "shards": [_shard(h) for h in SHARD_HOSTS],
         "bucket_ranges": [
             {

@@ -1,9 +1,10 @@
-"""The replicated shard (`layout.CLUSTER_SHARD`): a Patroni cluster over etcd on its member hosts.
+"""The replicated databases: the shard `layout.CLUSTER_SHARD` and the control database, each a
+Patroni cluster of three members over one etcd cluster.
 
-Each member host runs one etcd member and one Patroni member (PostgreSQL as the postgres
-user, TLS only, no unix socket). The orchestrator never connects to a host: it reads a
-member's REST API with curl run on the member's own host, and the postmaster's pid from the
-shared filesystem.
+Each member host runs one Patroni member (PostgreSQL as the postgres user, TLS only, no unix
+socket); the shard's member hosts also run the etcd cluster's members. The orchestrator never
+connects to a host: it reads a member's REST API with curl run on the member's own host, and
+the postmaster's pid from the shared filesystem.
 """
 
 from __future__ import annotations
@@ -20,12 +21,11 @@ from chaos.supervisor import Program
 from hosts import net
 from hosts.layout import (
     APP,
-    CLUSTER_SHARD,
     ETCD_CLIENT_PORT,
     ETCD_DIR,
+    ETCD_HOSTS,
     ETCD_PEER_PORT,
     LOGS,
-    MEMBER_HOSTS,
     PATRONI_DIR,
     PATRONI_PORT,
     PG_DIR,
@@ -75,45 +75,52 @@ def _member_tls(member_host: Host) -> MemberTLS:
     return files
 
 
+def etcd_cluster() -> list[EtcdMember]:
+    return [EtcdMember(h.name, h.address, ETCD_CLIENT_PORT, ETCD_PEER_PORT, ETCD_DIR / h.name) for h in ETCD_HOSTS]
+
+
+def etcd_programs() -> list[Program]:
+    """The etcd members, to start together (a new etcd cluster waits for its peers)."""
+    cluster = etcd_cluster()
+    programs = []
+    for member in cluster:
+        member.data_dir.mkdir(parents=True, exist_ok=True)
+        argv = net.on(host(member.name), etcd_argv(member, cluster, "shardwallet-hosts"))
+        programs.append(Program(f"etcd-{member.name}", argv, ENV, LOGS / f"etcd-{member.name}.log"))
+    return programs
+
+
 @dataclass
-class ReplicatedShard:
+class ReplicatedDatabase:
+    scope: str  # Patroni's cluster name: the server's alias in the map
+    database: str
     members: list[PatroniMember]
-    etcd: list[EtcdMember]
 
     @classmethod
-    def layout(cls) -> ReplicatedShard:
-        etcd = [
-            EtcdMember(h.name, h.address, ETCD_CLIENT_PORT, ETCD_PEER_PORT, ETCD_DIR / h.name) for h in MEMBER_HOSTS
-        ]
+    def layout(cls, scope: str, database: str, hosts: list[Host]) -> ReplicatedDatabase:
         members = [
-            PatroniMember(CLUSTER_SHARD, h.name, h.address, POSTGRES_PORT, PATRONI_PORT, PG_DIR / h.name,
+            PatroniMember(scope, h.name, h.address, POSTGRES_PORT, PATRONI_PORT, PG_DIR / h.name,
                           PATRONI_DIR / h.name / "patroni.yml")
-            for h in MEMBER_HOSTS
+            for h in hosts
         ]  # fmt: skip
-        return cls(members, etcd)
+        return cls(scope, database, members)
 
     @staticmethod
     def host_of(member: PatroniMember) -> Host:
         return host(member.name)
 
-    def programs(self) -> tuple[list[Program], list[Program]]:
-        """The etcd members (to start together: a new etcd cluster waits for its peers), then the
-        Patroni members (the first bootstraps the cluster, the others clone it)."""
-        etcd = []
-        for etcd_member in self.etcd:
-            etcd_member.data_dir.mkdir(parents=True, exist_ok=True)
-            argv = net.on(host(etcd_member.name), etcd_argv(etcd_member, self.etcd, f"shardwallet-{CLUSTER_SHARD}"))
-            etcd.append(Program(f"etcd-{etcd_member.name}", argv, ENV, LOGS / f"etcd-{etcd_member.name}.log"))
+    def programs(self) -> list[Program]:
+        """The Patroni members: the first bootstraps the cluster, the others clone it."""
         patroni = []
         for member in self.members:
             member_host = self.host_of(member)
-            config = patroni_config(member, self.etcd, password=pg_password(), hba=hba(), tls=_member_tls(member_host))
-            write_config(member, config)
+            tls = _member_tls(member_host)
+            write_config(member, patroni_config(member, etcd_cluster(), password=pg_password(), hba=hba(), tls=tls))
             patroni.append(
                 Program(f"patroni-{member.name}", net.on(member_host, patroni_argv(member)), ENV,
                         LOGS / f"patroni-{member.name}.log")
             )  # fmt: skip
-        return etcd, patroni
+        return patroni
 
     def read(self, member: PatroniMember, path: str) -> dict[str, Any] | None:
         """GET `path` of the member's REST API, from its own host; None if it does not answer."""
@@ -158,7 +165,7 @@ class ReplicatedShard:
             if all(said in log for log in logs):
                 return round(time.monotonic() - started, 1)
             time.sleep(1)
-        raise TimeoutError(f"the standbys of {CLUSTER_SHARD} did not report {slot} safe after {timeout:.0f} s")
+        raise TimeoutError(f"the standbys of {self.scope} did not report {slot} safe after {timeout:.0f} s")
 
     def sync_standby(self, leader: PatroniMember) -> PatroniMember | None:
         """The member the leader's cluster view names its synchronous standby."""
@@ -183,9 +190,9 @@ class ReplicatedShard:
     def postmaster_pid(member: PatroniMember) -> int:
         return int((member.data_dir / "postmaster.pid").read_text().split()[0])
 
-    def create_database(self, leader: PatroniMember, name: str) -> None:
+    def create_database(self, leader: PatroniMember) -> None:
         """CREATE DATABASE on the leader, from its own host (the standbys get it by replication)."""
-        HostPostgres.on(self.host_of(leader), name).ensure_database()
+        HostPostgres.on(self.host_of(leader), self.database).ensure_database()
 
     def wait_rejoined(self, member: PatroniMember, timeline: int, timeout: float) -> float | None:
         """Seconds until `member` streams as a standby on `timeline` (the new primary's; an old primary

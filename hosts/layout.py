@@ -24,8 +24,9 @@ SHARDS = 3
 PARTITIONED_SHARD = "shard_01"  # scenario (b)
 SLOW_SHARD = "shard_02"  # scenario (c): the app reaches it through the relay for the whole run
 # A replicated shard: its host runs the first member of a Patroni cluster, two more hosts run
-# the others, and each of the three runs a member of the etcd cluster Patroni keeps its
-# leader key in. Scenario (d) kills its primary.
+# the others, and each of the three runs a member of the etcd cluster every Patroni cluster
+# keeps its leader key in. Scenario (d) kills its primary. The control database is a Patroni
+# cluster of three too, on its host and two more.
 CLUSTER_SHARD = "shard_00"
 ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
@@ -50,18 +51,24 @@ class Host:
 CONTROL = Host("control", "10.77.0.10")
 SHARD_HOSTS = [Host(f"shard_{i:02d}", f"10.77.0.{11 + i}") for i in range(SHARDS)]
 STANDBY_HOSTS = [Host(f"{CLUSTER_SHARD}_{suffix}", f"10.77.0.{51 + i}") for i, suffix in enumerate("bc")]
+CONTROL_STANDBY_HOSTS = [Host(f"control_{suffix}", f"10.77.0.{61 + i}") for i, suffix in enumerate("bc")]
 APP = Host("app", "10.77.0.20")
 REDIS = Host("redis", "10.77.0.30")
 CLIENT = Host("client", "10.77.0.40")
-HOSTS = [CONTROL, *SHARD_HOSTS, *STANDBY_HOSTS, APP, REDIS, CLIENT]
-DATABASE_HOSTS = [CONTROL, *SHARD_HOSTS, *STANDBY_HOSTS]
+HOSTS = [CONTROL, *CONTROL_STANDBY_HOSTS, *SHARD_HOSTS, *STANDBY_HOSTS, APP, REDIS, CLIENT]
+DATABASE_HOSTS = [CONTROL, *CONTROL_STANDBY_HOSTS, *SHARD_HOSTS, *STANDBY_HOSTS]
 
 
 def host(name: str) -> Host:
     return next(h for h in HOSTS if h.name == name)
 
 
-MEMBER_HOSTS = [host(CLUSTER_SHARD), *STANDBY_HOSTS]  # the replicated shard's members, the first bootstraps
+MEMBER_HOSTS = [
+    host(CLUSTER_SHARD),
+    *STANDBY_HOSTS,
+]  # the replicated shard's members (and etcd's), the first bootstraps
+CONTROL_MEMBER_HOSTS = [CONTROL, *CONTROL_STANDBY_HOSTS]
+ETCD_HOSTS = MEMBER_HOSTS
 
 
 API_URL = f"http://{APP.address}:{API_PORT}"

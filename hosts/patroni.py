@@ -175,7 +175,7 @@ def patroni_config(
                 "synchronous_mode": True,
                 "synchronous_mode_strict": True,
                 # Patroni drops every slot it does not manage: the moves' subscriptions and the
-                # CDC's (until it is made permanent, `ReplicatedShard.keep_slot`) are ours.
+                # CDC's (until it is made permanent, `ReplicatedDatabase.keep_slot`) are ours.
                 "ignore_slots": [{"type": "logical", "plugin": "pgoutput"}],
                 "postgresql": {"use_pg_rewind": True, "use_slots": True, "parameters": parameters},
             },

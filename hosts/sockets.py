@@ -4,8 +4,8 @@ A host listens on its own address only (the app host's embedded audit endpoint o
 127.0.0.1 is the one exception), no unix socket listens at a path (the filesystem is shared:
 a socket file would be a way between hosts around the network), and every connection is
 an edge of the deployment: app -> control, shards, Redis; client -> API; the relay on the
-slow shard's host -> its own PostgreSQL; between the replicated shard's member hosts:
-replication, etcd, and Patroni's REST API.
+slow shard's host -> its own PostgreSQL; within each replicated database's member hosts:
+replication and Patroni's REST API; every member host -> etcd, and etcd's peers.
 """
 
 from __future__ import annotations
@@ -21,8 +21,11 @@ from hosts.layout import (
     CLIENT,
     CLUSTER_SHARD,
     CONTROL,
+    CONTROL_MEMBER_HOSTS,
+    CONTROL_STANDBY_HOSTS,
     DATABASE_HOSTS,
     ETCD_CLIENT_PORT,
+    ETCD_HOSTS,
     ETCD_PEER_PORT,
     HOSTS,
     MEMBER_HOSTS,
@@ -53,12 +56,14 @@ def _edges() -> set[tuple[str, str, int]]:
         edges.add((APP.name, shard.name, RELAY_PORT if shard.name == SLOW_SHARD else POSTGRES_PORT))
     for database in DATABASE_HOSTS:
         edges.add((database.name, database.name, POSTGRES_PORT))  # psql creating the database; the relay
-    for standby in STANDBY_HOSTS:
+    for standby in (*STANDBY_HOSTS, *CONTROL_STANDBY_HOSTS):
         edges.add((APP.name, standby.name, POSTGRES_PORT))  # libpq looking for the member that takes writes
-    for one in MEMBER_HOSTS:
-        for other in MEMBER_HOSTS:  # a member's Patroni, its standby's replication, etcd's peers, curl of ours
-            edges |= {(one.name, other.name, port) for port in (POSTGRES_PORT, ETCD_CLIENT_PORT, ETCD_PEER_PORT,
-                                                                  PATRONI_PORT)}  # fmt: skip
+    for cluster in (MEMBER_HOSTS, CONTROL_MEMBER_HOSTS):
+        for one in cluster:
+            # A member's Patroni (its own server, the others' REST API), a standby's replication, curl of ours.
+            edges |= {(one.name, other.name, port) for other in cluster for port in (POSTGRES_PORT, PATRONI_PORT)}
+            edges |= {(one.name, etcd.name, ETCD_CLIENT_PORT) for etcd in ETCD_HOSTS}  # every Patroni's etcd
+    edges |= {(one.name, other.name, ETCD_PEER_PORT) for one in ETCD_HOSTS for other in ETCD_HOSTS}
     return edges
 
 
@@ -150,7 +155,7 @@ def _required() -> list[set[tuple[str, str, int]]]:
     """The edges a working deployment uses at every moment of a load (the others come and go):
     at least one of each set (the replicated shard's primary may be any of its members)."""
     edges = [
-        {(APP.name, CONTROL.name, POSTGRES_PORT)},
+        {(APP.name, member.name, POSTGRES_PORT) for member in CONTROL_MEMBER_HOSTS},
         {(APP.name, REDIS.name, REDIS_PORT)},
         {(CLIENT.name, APP.name, API_PORT)},
     ]

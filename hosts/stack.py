@@ -25,16 +25,17 @@ from typing import IO
 from apps.sharding.devstack import _apt_install, postgres_bindir
 from chaos.supervisor import Program
 from hosts import app, net, servers
-from hosts.cluster import ReplicatedShard
+from hosts.cluster import ReplicatedDatabase, etcd_programs
 from hosts.layout import (
     API_PORT,
     APP,
     CLIENT,
     CLUSTER_SHARD,
-    CONTROL,
+    CONTROL_MEMBER_HOSTS,
     DATABASE_HOSTS,
     DIR,
     LOGS,
+    MEMBER_HOSTS,
     RESULTS,
     SHARD_HOSTS,
     SLOW_SHARD,
@@ -92,7 +93,12 @@ class Stack:
     config: app.AppConfig | None = None
     databases: list[servers.HostPostgres] = field(default_factory=list)
     programs: dict[str, Program] = field(default_factory=dict)
-    cluster: ReplicatedShard = field(default_factory=ReplicatedShard.layout)
+    cluster: ReplicatedDatabase = field(
+        default_factory=lambda: ReplicatedDatabase.layout(CLUSTER_SHARD, "shardwallet", MEMBER_HOSTS)
+    )
+    control_cluster: ReplicatedDatabase = field(
+        default_factory=lambda: ReplicatedDatabase.layout("default", "shardwallet_control", CONTROL_MEMBER_HOSTS)
+    )
     api_key: str = ""
     client_id: int = 0
 
@@ -133,16 +139,16 @@ class Stack:
 
     def _databases(self) -> None:
         keepalives = self.server_keepalives
-        self.databases = [servers.HostPostgres.on(CONTROL, "shardwallet_control", keepalives=keepalives)]
-        self.databases += [
+        self.databases = [
             servers.HostPostgres.on(h, "shardwallet", keepalives=keepalives)
             for h in SHARD_HOSTS
             if h.name != CLUSTER_SHARD
         ]
-        etcd, patroni = self.cluster.programs()
-        for program in etcd:
+        for program in etcd_programs():
             self._start(program)
-        self._start(patroni[0])  # it bootstraps the cluster (initdb) while the single servers come up
+        clusters = {self.cluster: self.cluster.programs(), self.control_cluster: self.control_cluster.programs()}
+        for patroni in clusters.values():
+            self._start(patroni[0])  # it bootstraps its cluster (initdb) while the single servers come up
 
         def bring_up(single: servers.HostPostgres) -> None:
             single.initialise()
@@ -152,15 +158,16 @@ class Stack:
         with ThreadPoolExecutor(max_workers=len(self.databases)) as pool:
             for future in [pool.submit(bring_up, c) for c in self.databases]:
                 future.result()
-        for program in patroni[1:]:
-            self._start(program)  # they clone the first member
-        try:
-            leader = self.cluster.settled(timeout=180)
-        except TimeoutError as exc:
-            raise StackError(
-                f"{CLUSTER_SHARD}'s cluster did not settle: {exc}; see {relative(LOGS)}/patroni-*.log"
-            ) from exc
-        self.cluster.create_database(leader, "shardwallet")
+        for patroni in clusters.values():
+            for program in patroni[1:]:
+                self._start(program)  # they clone the first member
+        for cluster in clusters:
+            try:
+                leader = cluster.settled(timeout=180)
+            except TimeoutError as exc:
+                where = f"{relative(LOGS)}/patroni-*.log"
+                raise StackError(f"{cluster.scope}'s cluster did not settle: {exc}; see {where}") from exc
+            cluster.create_database(leader)
 
     def _plain_connection_refused(self) -> None:
         """From the app host: a connection without TLS is refused, one verifying the CA is served."""
