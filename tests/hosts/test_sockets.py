@@ -90,7 +90,8 @@ def test_a_required_connection_that_is_not_there_is_reported() -> None:
     assert missing(complete) == []
     without_control = [s for s in complete if s.peer != CONTROL.address]
     assert missing(without_control) == [
-        f"no connection app -> {CONTROL.name}:5432 or app -> control_b:5432 or app -> control_c:5432 while the load runs"
+        f"no connection app -> {CONTROL.name}:5432 or app -> control_b:5432 or app -> control_c:5432"
+        " while the load runs"
     ]
     assert len(missing([])) == len(SHARD_HOSTS) + 3  # an empty look proves nothing
 
