@@ -146,8 +146,8 @@ class Stack:
         ]
         for program in etcd_programs():
             self._start(program)
-        clusters = {self.cluster: self.cluster.programs(), self.control_cluster: self.control_cluster.programs()}
-        for patroni in clusters.values():
+        clusters = [(c, c.programs()) for c in (self.cluster, self.control_cluster)]
+        for _, patroni in clusters:
             self._start(patroni[0])  # it bootstraps its cluster (initdb) while the single servers come up
 
         def bring_up(single: servers.HostPostgres) -> None:
@@ -158,10 +158,10 @@ class Stack:
         with ThreadPoolExecutor(max_workers=len(self.databases)) as pool:
             for future in [pool.submit(bring_up, c) for c in self.databases]:
                 future.result()
-        for patroni in clusters.values():
+        for _, patroni in clusters:
             for program in patroni[1:]:
                 self._start(program)  # they clone the first member
-        for cluster in clusters:
+        for cluster, _ in clusters:
             try:
                 leader = cluster.settled(timeout=180)
             except TimeoutError as exc:
