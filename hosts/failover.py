@@ -124,21 +124,19 @@ def operators_view(runner: Runner, outcome: Outcome, leader: PatroniMember) -> N
     exposition format writes each sample's labels sorted by name."""
     config = runner.stack.config
     assert config is not None  # noqa: S101
+    leads = f'shardwallet_db_member_up{{member="{leader.endpoint}",role="primary",server="{CLUSTER_SHARD}"}}'
+    wanted = {
+        leads: 1,
+        f'shardwallet_db_primaries{{server="{CLUSTER_SHARD}"}}': 1,
+        f'shardwallet_db_sync_standbys{{server="{CLUSTER_SHARD}"}}': 1,
+    }
     deadline = time.monotonic() + 30  # the shard gauges are cached for 10 s
     samples: dict[str, float] = {}
     while time.monotonic() < deadline:
         samples = app.metrics(config)
-        shown = samples.get(
-            f'shardwallet_db_member_up{{member="{leader.endpoint}",role="primary",server="{CLUSTER_SHARD}"}}'
-        )
-        if shown == 1:
+        if samples.get(leads) == 1:
             break
         time.sleep(3)
-    wanted = {
-        f'shardwallet_db_member_up{{member="{leader.endpoint}",role="primary",server="{CLUSTER_SHARD}"}}': 1,
-        f'shardwallet_db_primaries{{server="{CLUSTER_SHARD}"}}': 1,
-        f'shardwallet_db_sync_standbys{{server="{CLUSTER_SHARD}"}}': 1,
-    }
     seen = {name: samples.get(name) for name in wanted}
     outcome.figures["metrics"] = seen
     outcome.require(seen == wanted, f"/metrics does not show {leader.name} leading with a synchronous standby: {seen}")
