@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from chaos.supervisor import Program
@@ -30,6 +31,7 @@ from hosts.layout import (
     PATRONI_PORT,
     PG_DIR,
     POSTGRES_PORT,
+    SECRETS,
     SUBNET,
     Host,
     host,
@@ -46,9 +48,24 @@ from hosts.patroni import (
     wait_for_roles,
     write_config,
 )
-from hosts.servers import CA_CERT, TLS_DIR, HostPostgres, pg_password
+from hosts.servers import CA_CERT, TLS_DIR, HostPostgres, made_once, pg_password
 
 ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
+REST_USER = "operator"
+
+
+def rest_password() -> str:
+    """The password of Patroni's REST API for changes (configuration, switchover), made once per run."""
+    return made_once(SECRETS / "patroni_rest_password")
+
+
+def rest_curl_config() -> Path:
+    """A curl config file with the REST API's basic auth (root-only), so no password is in a command line."""
+    path = SECRETS / "patroni-rest.curl"
+    if not path.exists():
+        path.write_text(f'user = "{REST_USER}:{rest_password()}"\n')
+        path.chmod(0o600)
+    return path
 
 
 def hba() -> list[str]:
@@ -115,7 +132,9 @@ class ReplicatedDatabase:
         for member in self.members:
             member_host = self.host_of(member)
             tls = _member_tls(member_host)
-            write_config(member, patroni_config(member, etcd_cluster(), password=pg_password(), hba=hba(), tls=tls))
+            config = patroni_config(member, etcd_cluster(), password=pg_password(), hba=hba(), tls=tls,
+                                    rest_auth=(REST_USER, rest_password()))  # fmt: skip
+            write_config(member, config)
             patroni.append(
                 Program(f"patroni-{member.name}", net.on(member_host, patroni_argv(member)), ENV,
                         LOGS / f"patroni-{member.name}.log")
@@ -145,15 +164,26 @@ class ReplicatedDatabase:
     def has_sync_standby(self, leader: PatroniMember) -> bool:
         return has_sync_standby(self.read(leader, "/cluster"))
 
+    def _change(self, member: PatroniMember, method: str, path: str, body: dict[str, Any], *, auth: bool = True,
+                timeout: int = 10) -> subprocess.CompletedProcess[str]:  # fmt: skip
+        """A change through the member's REST API (`PATCH /config`, `POST /switchover`), from its own
+        host; with `auth`, as the operator (basic auth from a curl config file: no password in argv)."""
+        argv = ["curl", "-sf", "-m", str(timeout), "-X", method, "-H", "Content-Type: application/json",
+                *(["-K", str(rest_curl_config())] if auth else []), "--data", json.dumps(body),
+                f"{member.api_url}{path}"]  # fmt: skip
+        return subprocess.run(net.on(self.host_of(member), argv), capture_output=True, text=True, check=False)  # noqa: S603
+
     def keep_slot(self, leader: PatroniMember, slot: str, database: str) -> None:
         """Make the CDC's logical slot one of the cluster's permanent slots (as `patronictl edit-config`
         does): Patroni copies it to the standbys and advances their copies, so it survives a failover."""
         change = {"slots": {slot: {"type": "logical", "database": database, "plugin": "pgoutput"}}}
-        argv = ["curl", "-sf", "-m", "5", "-X", "PATCH", "-H", "Content-Type: application/json",
-                "--data", json.dumps(change), f"{leader.api_url}/config"]  # fmt: skip
-        result = subprocess.run(net.on(self.host_of(leader), argv), capture_output=True, text=True, check=False)  # noqa: S603
+        result = self._change(leader, "PATCH", "/config", change)
         if result.returncode != 0:
             raise RuntimeError(f"Patroni on {leader.name} refused the permanent slot {slot}: {result.stderr.strip()}")
+
+    def refuses_strangers(self, leader: PatroniMember) -> bool:
+        """Whether a configuration change without the operator's password is refused (401)."""
+        return self._change(leader, "PATCH", "/config", {"loop_wait": 2}, auth=False).returncode != 0
 
     def wait_slot_ready(self, leader: PatroniMember, slot: str, timeout: float) -> float:
         """Seconds until every standby's Patroni says its copy of `slot` is safe to use after a failover."""
@@ -175,10 +205,8 @@ class ReplicatedDatabase:
 
     def switchover(self, leader: PatroniMember, candidate: PatroniMember) -> None:
         """A planned switchover (as `patronictl switchover`): the leader stops cleanly, the candidate is promoted."""
-        change = {"leader": leader.name, "candidate": candidate.name}
-        argv = ["curl", "-sf", "-m", "60", "-X", "POST", "-H", "Content-Type: application/json",
-                "--data", json.dumps(change), f"{leader.api_url}/switchover"]  # fmt: skip
-        result = subprocess.run(net.on(self.host_of(leader), argv), capture_output=True, text=True, check=False)  # noqa: S603
+        result = self._change(leader, "POST", "/switchover", {"leader": leader.name, "candidate": candidate.name},
+                              timeout=60)  # fmt: skip
         if result.returncode != 0:
             raise RuntimeError(f"the switchover to {candidate.name} failed: {(result.stdout + result.stderr).strip()}")
 

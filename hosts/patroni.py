@@ -138,12 +138,15 @@ def patroni_config(
     password: str,
     hba: list[str],
     tls: MemberTLS | None = None,
+    rest_auth: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
     """Patroni's configuration for one member (YAML-able).
 
     With `tls`, the server takes TLS only (as `hba` says) and every connection Patroni makes
     (its own, a standby's replication, pg_rewind's) verifies the other member's certificate;
-    without, the server also listens on a unix socket next to its data directory (the probe)."""
+    without, the server also listens on a unix socket next to its data directory (the probe).
+    With `rest_auth` (user, password), the REST API's changes (configuration, switchover,
+    restart) ask for it; its reads stay open to the members, which ask each other's state."""
     parameters = {
         **_server_parameters(),
         "wal_log_hints": "on",  # pg_rewind can bring an old primary back as a standby
@@ -165,7 +168,11 @@ def patroni_config(
     return {
         "scope": member.scope,
         "name": member.name,
-        "restapi": {"listen": member.api_endpoint, "connect_address": member.api_endpoint},
+        "restapi": {
+            "listen": member.api_endpoint,
+            "connect_address": member.api_endpoint,
+            **({"authentication": {"username": rest_auth[0], "password": rest_auth[1]}} if rest_auth else {}),
+        },
         "etcd3": {"hosts": [f"{m.address}:{m.client_port}" for m in etcd]},
         "bootstrap": {
             "dcs": {

@@ -47,7 +47,7 @@ from hosts.tls import SERVER_TLS_CONF, Authority, install
 PG_PASSWORD_FILE = SECRETS / "pg_password"
 
 
-def _made_once(path: Path) -> str:
+def made_once(path: Path) -> str:
     """A random secret kept in `path` (owner-only), made on this run's first use."""
     if not path.exists():
         SECRETS.mkdir(parents=True, exist_ok=True)
@@ -58,7 +58,7 @@ def _made_once(path: Path) -> str:
 
 def pg_password() -> str:
     """The postgres user's password on every database host, made once per run."""
-    return _made_once(PG_PASSWORD_FILE)
+    return made_once(PG_PASSWORD_FILE)
 
 
 TLS_DIR = SECRETS / "tls"
@@ -161,7 +161,7 @@ REDIS_PASSWORD_FILE = SECRETS / "redis_password"
 
 def redis_url() -> str:
     """The broker's URL with its ACL user and a password made once per run (as production has)."""
-    return f"redis://shardwallet:{_made_once(REDIS_PASSWORD_FILE)}@{REDIS.address}:{REDIS_PORT}/0"
+    return f"redis://shardwallet:{made_once(REDIS_PASSWORD_FILE)}@{REDIS.address}:{REDIS_PORT}/0"
 
 
 def redis_program(env: dict[str, str]) -> Program:

@@ -222,6 +222,8 @@ class Stack:
         if not slot:
             raise StackError("the CDC's status does not name its slot")
         leader = self.cluster.settled(timeout=60)
+        if not self.cluster.refuses_strangers(leader):
+            raise StackError(f"Patroni on {leader.name} took a configuration change without the operator's password")
         self.cluster.keep_slot(leader, slot, "shardwallet")
         try:
             seconds = self.cluster.wait_slot_ready(leader, slot, timeout=120)
