@@ -168,7 +168,7 @@ class ReplicatedDatabase:
                 timeout: int = 10) -> subprocess.CompletedProcess[str]:  # fmt: skip
         """A change through the member's REST API (`PATCH /config`, `POST /switchover`), from its own
         host; with `auth`, as the operator (basic auth from a curl config file: no password in argv)."""
-        argv = ["curl", "-sf", "-m", str(timeout), "-X", method, "-H", "Content-Type: application/json",
+        argv = ["curl", "-sf", "--show-error", "-m", str(timeout), "-X", method, "-H", "Content-Type: application/json",
                 *(["-K", str(rest_curl_config())] if auth else []), "--data", json.dumps(body),
                 f"{member.api_url}{path}"]  # fmt: skip
         return subprocess.run(net.on(self.host_of(member), argv), capture_output=True, text=True, check=False)  # noqa: S603
@@ -203,12 +203,14 @@ class ReplicatedDatabase:
                  if c.get("role") == "sync_standby"]  # fmt: skip
         return next((m for m in self.members if m.name in names), None)
 
-    def switchover(self, leader: PatroniMember, candidate: PatroniMember) -> None:
-        """A planned switchover (as `patronictl switchover`): the leader stops cleanly, the candidate is promoted."""
-        result = self._change(leader, "POST", "/switchover", {"leader": leader.name, "candidate": candidate.name},
-                              timeout=60)  # fmt: skip
-        if result.returncode != 0:
-            raise RuntimeError(f"the switchover to {candidate.name} failed: {(result.stdout + result.stderr).strip()}")
+    def switchover(self, leader: PatroniMember, candidate: PatroniMember) -> str:
+        """Ask for a planned switchover (as `patronictl switchover`): the leader stops cleanly, the
+        candidate is promoted. Returns Patroni's answer; the caller watches who leads, since Patroni
+        answers 503 when the clean stop outlasts its wait (it waits for its WAL senders) and
+        carries on regardless."""
+        body = {"leader": leader.name, "candidate": candidate.name}
+        result = self._change(leader, "POST", "/switchover", body, timeout=60)
+        return f"exit {result.returncode}: {(result.stdout + result.stderr).strip()[-300:]}"
 
     def timeline(self, member: PatroniMember) -> int | None:
         state = self.read(member, "/patroni")

@@ -112,10 +112,17 @@ def switch_over(runner: Runner, faults: Faults) -> None:
     if candidate is None:
         raise RuntimeError(f"{CLUSTER_SHARD} has no synchronous standby to switch over to")
     faults.times["switchover"] = time.time()
-    cluster.switchover(leader, candidate)
+    answer = cluster.switchover(leader, candidate)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and cluster.primary() is not candidate:
+        time.sleep(1)
     new_leader = cluster.settled(timeout=90)
     faults.times["switched"] = time.time()
-    faults.facts["switchover"] = {"from": leader.name, "to": new_leader.name, "timeline": cluster.timeline(new_leader)}
+    faults.facts["switchover"] = {"from": leader.name, "to": new_leader.name, "timeline": cluster.timeline(new_leader),
+                                  "took_s": round(faults.times["switched"] - faults.times["switchover"], 1),
+                                  "answer": answer}  # fmt: skip
+    if new_leader is not candidate:
+        raise RuntimeError(f"the switchover to {candidate.name} did not happen ({answer}); {new_leader.name} leads")
 
 
 def operators_view(runner: Runner, outcome: Outcome, leader: PatroniMember) -> None:
