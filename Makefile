@@ -101,5 +101,5 @@ chaos: $(VENV)/.installed ## randomized fault run on a throw-away stack, checked
 ha-probe: $(VENV)/.installed ## one shard as a 3-member Patroni cluster (root): its primary killed under writes; the pause, and no acknowledged write lost
 	$(PY) -m hosts.ha_probe
 
-test-hosts: $(VENV)/.installed ## the service as separate hosts in network namespaces (root): workload, partition, slow link (HOSTS_ARGS=--scenarios a)
+test-hosts: $(VENV)/.installed ## the service as separate hosts in network namespaces (root): workload, partition, slow link, a replicated shard's failover (HOSTS_ARGS=--scenarios a)
 	$(PY) -m hosts $(HOSTS_ARGS)
