@@ -12,7 +12,7 @@ export SHARDWALLET_ENV
 
 .DEFAULT_GOAL := help
 
-.PHONY: help lock run test lint lint-deploy format stack-up stack-down stack-status clean bench venv audit-sql audit-query reconcile cdc-status bench-cdc bench-reconcile chaos test-hosts ha-probe
+.PHONY: help lock run test lint lint-deploy format stack-up stack-down stack-status clean bench venv audit-sql audit-query reconcile cdc-status bench-cdc bench-reconcile chaos test-hosts ha-probe pitr-probe
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -100,6 +100,9 @@ chaos: $(VENV)/.installed ## randomized fault run on a throw-away stack, checked
 
 ha-probe: $(VENV)/.installed ## one shard as a 3-member Patroni cluster (root): its primary killed under writes; the pause, and no acknowledged write lost
 	$(PY) -m hosts.ha_probe
+
+pitr-probe: $(VENV)/.installed ## one server archived and backed up with pgBackRest (root), restored to a point in time: the rows before it, none after
+	$(PY) -m hosts.pitr_probe
 
 test-hosts: $(VENV)/.installed ## the service as separate hosts in network namespaces (root): workload, partition, slow link, a replicated shard's failover (HOSTS_ARGS=--scenarios a)
 	$(PY) -m hosts $(HOSTS_ARGS)
