@@ -41,10 +41,10 @@ from hosts.patroni import (
     MemberTLS,
     PatroniMember,
     etcd_argv,
-    has_sync_standby,
-    is_primary,
+    leading_member,
     patroni_argv,
     patroni_config,
+    sync_standby_names,
     wait_for_roles,
     write_config,
 )
@@ -159,10 +159,7 @@ class ReplicatedDatabase:
 
     def primary(self, among: list[PatroniMember] | None = None) -> PatroniMember | None:
         """The member that says it leads (of those given), if one does."""
-        return next((m for m in among or self.members if is_primary(self.read(m, "/patroni"))), None)
-
-    def has_sync_standby(self, leader: PatroniMember) -> bool:
-        return has_sync_standby(self.read(leader, "/cluster"))
+        return leading_member(among or self.members, self.read)
 
     def _change(self, member: PatroniMember, method: str, path: str, body: dict[str, Any], *, auth: bool = True,
                 timeout: int = 10) -> subprocess.CompletedProcess[str]:  # fmt: skip
@@ -199,8 +196,7 @@ class ReplicatedDatabase:
 
     def sync_standby(self, leader: PatroniMember) -> PatroniMember | None:
         """The member the leader's cluster view names its synchronous standby."""
-        names = [c.get("name") for c in (self.read(leader, "/cluster") or {}).get("members", [])
-                 if c.get("role") == "sync_standby"]  # fmt: skip
+        names = sync_standby_names(self.read(leader, "/cluster"))
         return next((m for m in self.members if m.name in names), None)
 
     def switchover(self, leader: PatroniMember, candidate: PatroniMember) -> str:
@@ -215,10 +211,6 @@ class ReplicatedDatabase:
     def timeline(self, member: PatroniMember) -> int | None:
         state = self.read(member, "/patroni")
         return int(state["timeline"]) if state and "timeline" in state else None
-
-    @staticmethod
-    def postmaster_pid(member: PatroniMember) -> int:
-        return int((member.data_dir / "postmaster.pid").read_text().split()[0])
 
     def create_database(self, leader: PatroniMember) -> None:
         """CREATE DATABASE on the leader, from its own host (the standbys get it by replication)."""

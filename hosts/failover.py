@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from hosts import app, figures, net
 from hosts.figures import Window
 from hosts.layout import CLUSTER_SHARD
-from hosts.patroni import PatroniMember
+from hosts.patroni import PatroniMember, postmaster_pid
 
 if TYPE_CHECKING:
     from hosts.scenarios import Outcome, Runner
@@ -73,7 +73,7 @@ def kill_postmaster(runner: Runner, faults: Faults) -> None:
     faults.facts["postmaster_killed_on"] = leader.name
     faults.facts["timeline_before"] = cluster.timeline(leader)
     faults.times["postmaster killed"] = time.time()
-    os.kill(cluster.postmaster_pid(leader), signal.SIGKILL)
+    os.kill(postmaster_pid(leader), signal.SIGKILL)
 
 
 def cut_primary(runner: Runner, faults: Faults) -> None:

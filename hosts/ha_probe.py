@@ -40,9 +40,10 @@ from hosts.patroni import (
     PatroniMember,
     etcd_argv,
     install_patroni,
-    is_primary,
+    leading_member,
     patroni_argv,
     patroni_config,
+    postmaster_pid,
     rest_get,
     wait_for_roles,
     write_config,
@@ -98,10 +99,6 @@ def conninfo(members: list[PatroniMember], password: str) -> str:
     return server.conninfo(connect_timeout=2)
 
 
-def postmaster_pid(member: PatroniMember) -> int:
-    return int((member.data_dir / "postmaster.pid").read_text().split()[0])
-
-
 def missing(writer: Writer, dsn: str) -> list[int]:
     """The acknowledged rows the primary does not have (those acknowledged before it is read)."""
     acknowledged = [n for n, _ in list(writer.acknowledged)]
@@ -113,9 +110,8 @@ def missing(writer: Writer, dsn: str) -> list[int]:
 def wait_for_primary(members: list[PatroniMember], timeout: float) -> PatroniMember:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for member in members:
-            if is_primary(rest_get(member, "/patroni")):
-                return member
+        if (member := leading_member(members)) is not None:
+            return member
         time.sleep(0.5)
     raise TimeoutError("no primary")
 

@@ -236,9 +236,18 @@ def is_primary(state: dict[str, Any] | None) -> bool:
     return (state or {}).get("role") in ("master", "primary")
 
 
-def has_sync_standby(cluster: dict[str, Any] | None) -> bool:
-    """Whether the cluster as its leader sees it (GET /cluster) has a synchronous standby."""
-    return any(c.get("role") == "sync_standby" for c in (cluster or {}).get("members", []))
+def sync_standby_names(cluster: dict[str, Any] | None) -> list[str]:
+    """The synchronous standbys of the cluster as its leader sees it (GET /cluster)."""
+    return [c.get("name", "") for c in (cluster or {}).get("members", []) if c.get("role") == "sync_standby"]
+
+
+def leading_member(members: list[PatroniMember], read: Reader = rest_get) -> PatroniMember | None:
+    """The first of `members` that says it leads, if one does."""
+    return next((m for m in members if is_primary(read(m, "/patroni"))), None)
+
+
+def postmaster_pid(member: PatroniMember) -> int:
+    return int((member.data_dir / "postmaster.pid").read_text().split()[0])
 
 
 def wait_for_roles(
@@ -254,7 +263,7 @@ def wait_for_roles(
         seen = {m.name: read(m, "/patroni") for m in members}
         leaders = [m for m in members if is_primary(seen[m.name])]
         running = all((seen[m.name] or {}).get("state") in ("running", "streaming") for m in members)
-        if len(leaders) == 1 and running and has_sync_standby(read(leaders[0], "/cluster")):
+        if len(leaders) == 1 and running and sync_standby_names(read(leaders[0], "/cluster")):
             return leaders[0], [m for m in members if m is not leaders[0]]
         time.sleep(0.5)
     raise TimeoutError(f"no leader with a synchronous standby after {timeout:.0f}s: {seen}")
