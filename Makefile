@@ -104,5 +104,5 @@ ha-probe: $(VENV)/.installed ## one shard as a 3-member Patroni cluster (root): 
 pitr-probe: $(VENV)/.installed ## one server archived and backed up with pgBackRest (root), restored to a point in time: the rows before it, none after
 	$(PY) -m hosts.pitr_probe
 
-test-hosts: $(VENV)/.installed ## the service as separate hosts in network namespaces (root): workload, partition, slow link, a replicated shard's failover (HOSTS_ARGS=--scenarios a)
+test-hosts: $(VENV)/.installed ## the service as separate hosts in network namespaces (root): workload, partition, slow link, a replicated shard's and Redis's failovers (HOSTS_ARGS=--scenarios a; e: the control database's)
 	$(PY) -m hosts $(HOSTS_ARGS)

@@ -2,6 +2,7 @@
 
 python -m bench [--shards 2] [--wallets 1000] [--seconds 20] [--concurrency 32]
                 [--batch-size 200] [--batch-concurrency 4] [--hot-share 0.0] [--skip-open-loop]
+                [--standbys none|async|sync]
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 import psutil
 
-from bench import stack
+from bench import stack, standbys
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -48,6 +49,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--move-seconds", type=float, default=45, help="duration of the move phase")
     parser.add_argument("--no-cdc", action="store_true", help="do not run the audit CDC reader during the load")
+    parser.add_argument(
+        "--standbys",
+        choices=standbys.MODES,
+        default="none",
+        help="a streaming standby per shard on this machine, commits waiting for it (sync) or not (async)",
+    )
     parser.add_argument(
         "--credit-inline",
         action="store_true",
@@ -258,10 +265,16 @@ def main(argv: list[str]) -> int:
     print(f"bench stack: {args.shards} shard(s), ports {stack.BASE_PORT}+, Redis {stack.REDIS_URL}", flush=True)
     for line in devstack.up():
         print(" ", line)
+    replicas: list[Any] = []
     services = stack.Services(
         api_workers=args.api_workers, api_threads=args.api_threads, saga_workers=args.saga_workers, cdc=not args.no_cdc
     )
     try:
+        replicas = standbys.start_standbys(
+            [settings.SHARD_MAP.shards[a] for a in settings.SHARD_MAP.aliases], args.standbys, stack.BENCH_DIR
+        )
+        if replicas:
+            print(f"  a streaming standby per shard ({args.standbys}), port + {standbys.PORT_OFFSET}", flush=True)
         call_command("migrate_shards", verbosity=0)
         print(f"creating and funding {args.wallets} wallets", flush=True)
         key, wallets, loaded = setup_wallets(args.wallets, args.history, args.history_sample)
@@ -401,6 +414,7 @@ def main(argv: list[str]) -> int:
     finally:
         services.stop()
         connections.close_all()
+        standbys.stop_standbys(replicas)
         devstack.down(purge=True)
 
 

@@ -1,6 +1,6 @@
 """`make chaos`: money moves through the real API while a seeded schedule of faults hits the stack.
 
-python -m chaos [--seed N] [--duration 180] [--clients 6] [--shards 3]
+python -m chaos [--seed N] [--duration 180] [--clients 6] [--shards 3] [--clusters]
 
 It starts its own stack (ports 296xx, data under var/chaos/), supervised like production
 (whatever dies is restarted), runs client threads and the fault schedule for --duration
@@ -19,6 +19,7 @@ import time
 from typing import Any, NoReturn
 
 from chaos import report, stack
+from chaos.clusters import Clusters, require_root
 from chaos.stack import CHAOS
 
 
@@ -35,6 +36,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--resolve-timeout", type=float, default=150, help="seconds to get every open request answered")
     parser.add_argument("--settle-timeout", type=float, default=180, help="seconds for every transfer to end")
     parser.add_argument("--no-faults", action="store_true", help="the same load without faults (a control run)")
+    parser.add_argument(
+        "--clusters",
+        action="store_true",
+        help="each shard a Patroni cluster of three members (root); a primary kill among the faults",
+    )
     return parser.parse_args(argv)
 
 
@@ -46,14 +52,17 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 1_000_000)
     print(f"chaos: seed {seed} (make chaos SEED={seed} replays this schedule)", flush=True)
+    if args.clusters:
+        require_root()
     lock = stack.hold_run_lock()  # noqa: F841 - kept open for the whole run
-    stack.configure(args.shards)
+    clusters = Clusters.layout(stack.CLUSTERS_DIR, stack.LOGS, args.shards) if args.clusters else None
+    stack.configure(args.shards, clusters)
     import django
 
     django.setup()
     from chaos.run import ChaosRun
 
-    run = ChaosRun(args, seed)
+    run = ChaosRun(args, seed, clusters)
     # SIGTERM as Ctrl-C: tear the stack down on the way out. SIGINT explicitly too: a shell
     # that starts us in the background (no job control) leaves it ignored otherwise.
     signal.signal(signal.SIGTERM, _interrupted)

@@ -51,6 +51,9 @@ def summary(document: dict[str, Any], verdict: Verdict) -> str:
     if d["saga_metrics"]:
         saga = {k.removeprefix("shardwallet_"): int(v) for k, v in d["saga_metrics"].items()}
         lines.append(f"  saga counters: {_counts(saga)}")
+    for promotion in d.get("promotions", []):
+        took = f"{promotion['to']} leads {promotion['seconds']} s after" if promotion["to"] else "NO member took over"
+        lines.append(f"  primary kill on {promotion['shard']}: {promotion['from']}'s host down; {took}")
     cdc = d["cdc_caught_up_after_seconds"]
     lines.append(f"  audit stream: {'caught up after ' + str(cdc) + ' s' if cdc is not None else 'did NOT catch up'}")
     for name, result in d["commands"].items():

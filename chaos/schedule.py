@@ -21,10 +21,16 @@ FAULT_WEIGHTS = {
     # command beside it, shard_add during it (chaos/moves.py): about one fault in four.
     "move_buckets": 30,
 }
+# With `--clusters` only (the plain run's schedules, seed for seed, stay what they were): a
+# shard's primary host dies and its synchronous standby is promoted (chaos/faults.py).
+CLUSTER_FAULT_WEIGHTS = {"kill_primary": 10}
 WARM_UP = (5.0, 10.0)  # seconds of clean load before the first fault
 GAP = (3.0, 9.0)  # seconds between the end of one fault and the start of the next
 PAUSE = (2.0, 6.0)  # how long a paused shard stays stopped
 QUIET_TAIL = 5.0  # no fault starts this close to the end of the load
+# Seconds from a primary kill to its host's member streaming again (the leader key's TTL, the
+# promotion, the host's return, pg_rewind): no second primary kill before.
+PRIMARY_DOWN = 60.0
 
 
 @dataclass(frozen=True)
@@ -39,14 +45,21 @@ class PlannedFault:
         return asdict(self)
 
 
-def plan_faults(seed: int, duration: float, *, shards: list[str], celery_workers: list[str]) -> list[PlannedFault]:
+def plan_faults(
+    seed: int, duration: float, *, shards: list[str], celery_workers: list[str], clusters: bool = False
+) -> list[PlannedFault]:
     rng = random.Random(f"faults:{seed}")  # noqa: S311 - a reproducible schedule, not secrets
-    kinds, weights = list(FAULT_WEIGHTS), list(FAULT_WEIGHTS.values())
+    table = {**FAULT_WEIGHTS, **(CLUSTER_FAULT_WEIGHTS if clusters else {})}
+    kinds, weights = list(table), list(table.values())
     plan: list[PlannedFault] = []
+    last_primary_kill = -PRIMARY_DOWN
     at = rng.uniform(*WARM_UP)
     while at < duration - QUIET_TAIL:
-        kind = rng.choices(kinds, weights=weights)[0]
-        if kind in ("crash_shard", "pause_shard"):
+        # On clusters the first fault is a primary kill: every such run fails over at least once.
+        kind = "kill_primary" if clusters and not plan else rng.choices(kinds, weights=weights)[0]
+        if kind == "kill_primary" and at < last_primary_kill + PRIMARY_DOWN:
+            kind = "crash_shard"  # one host down at a time: the first is still coming back
+        if kind in ("crash_shard", "pause_shard", "kill_primary"):
             target = rng.choice(shards)
         elif kind in ("kill_celery_worker", "kill_celery_child"):
             target = rng.choice(celery_workers)
@@ -62,5 +75,7 @@ def plan_faults(seed: int, duration: float, *, shards: list[str], celery_workers
             target = "redis"
         hold = round(rng.uniform(*PAUSE), 2) if kind == "pause_shard" else 0.0
         plan.append(PlannedFault(round(at, 2), kind, target, rng.randrange(1000), hold))
+        if kind == "kill_primary":
+            last_primary_kill = at
         at += hold + rng.uniform(*GAP)
     return plan

@@ -8,17 +8,20 @@ import random
 import shutil
 import signal
 import uuid
+from pathlib import Path
 from typing import IO
 
 import psutil
 
 from bench.stack import ROOT, StackLayout, api_command, beat_command, cdc_command, worker_command
+from chaos.clusters import Clusters
 from chaos.supervisor import Program
 from chaos.workload import Wallets
 
 CHAOS = StackLayout(
     dir=ROOT / "var" / "chaos", base_port=29600, redis_port=29679, api_port=29680, audit_http_port=29623
 )
+CLUSTERS_DIR = CHAOS.dir / "clusters"  # `--clusters`: the shards' Patroni members and etcd
 
 # Fast saga timings, as the fault tests use, so that recovery happens within the run: the
 # sweeper looks every second for transfers untouched for 2 s. Retries back off to 1 s; 40
@@ -47,8 +50,9 @@ def hold_run_lock() -> IO[str]:
     return lock  # held until this process exits
 
 
-def configure(shards: int) -> None:
-    """Before Django loads settings: this process and its children use the chaos stack.
+def configure(shards: int, clusters: Clusters | None = None) -> None:
+    """Before Django loads settings: this process and its children use the chaos stack (its
+    shards at their `clusters`' members, if given).
 
     Every process writes its metrics under one directory (emptied here, so the counters
     describe this run only) and /metrics sums them, those of killed processes included.
@@ -56,13 +60,22 @@ def configure(shards: int) -> None:
     metrics = CHAOS.dir / "metrics"
     shutil.rmtree(metrics, ignore_errors=True)
     metrics.mkdir(parents=True)
-    CHAOS.configure_environment(shards, {**SAGA_ENV, "PROMETHEUS_MULTIPROC_DIR": str(metrics)})
+    env = CHAOS.configure_environment(shards, {**SAGA_ENV, "PROMETHEUS_MULTIPROC_DIR": str(metrics)})
+    if clusters is not None:
+        clusters.rewrite_map(Path(env["SHARDWALLET_SHARDS_FILE"]))
+
+
+LOGS = CHAOS.dir / "logs"
+
+
+def fresh_logs() -> None:
+    """The logs directory holds this run's only."""
+    shutil.rmtree(LOGS, ignore_errors=True)
+    LOGS.mkdir(parents=True)
 
 
 def programs(*, api_workers: int, celery_workers: int, celery_concurrency: int) -> dict[str, Program]:
-    logs = CHAOS.dir / "logs"
-    shutil.rmtree(logs, ignore_errors=True)  # this run's only
-    logs.mkdir(parents=True)
+    logs = LOGS
     # The services log at INFO (a transfer's retries are then in the worker logs); the harness stays quiet.
     env = {**os.environ, "SHARDWALLET_LOG_LEVEL": "INFO"}
     argvs = {"api": api_command(CHAOS.api_port, api_workers, threads=4)}
@@ -73,8 +86,10 @@ def programs(*, api_workers: int, celery_workers: int, celery_concurrency: int) 
     return {name: Program(name, argv, env, logs / f"{name}.log") for name, argv in argvs.items()}
 
 
-def ports() -> list[int]:
-    return [CHAOS.redis_port, CHAOS.api_port, CHAOS.audit_http_port]
+def ports(clusters: Clusters | None = None) -> list[int]:
+    members = [p for c in (clusters.shards if clusters else []) for m in c.members for p in (m.pg_port, m.api_port)]
+    etcd = [clusters.etcd.client_port, clusters.etcd.peer_port] if clusters else []
+    return [CHAOS.redis_port, CHAOS.api_port, CHAOS.audit_http_port, *members, *etcd]
 
 
 def kill_leftovers() -> int:

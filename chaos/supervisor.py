@@ -37,6 +37,7 @@ class Program:
     log: Path
     process: subprocess.Popen[bytes] | None = None
     restart_at: float | None = None  # monotonic time of the next start, while down
+    held_until: float = 0.0  # no restart before this monotonic time (`Supervisor.hold`)
 
     @property
     def pid(self) -> int | None:
@@ -60,10 +61,10 @@ class Program:
                 os.killpg(self.process.pid, sig)
 
 
-def postmaster_pid(cluster: PostgresCluster) -> int | None:
-    """The shard server's main process, if it is alive (a stopped, i.e. paused, one counts as alive)."""
+def postmaster_pid(data_dir: Path) -> int | None:
+    """The main process of the server on `data_dir`, if it is alive (a stopped, i.e. paused, one counts as alive)."""
     try:
-        pid = int((cluster.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+        pid = int((data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
     except (FileNotFoundError, ValueError):
         return None
     try:
@@ -96,6 +97,17 @@ class Supervisor:
         self._thread = threading.Thread(target=self._watch, name="chaos-supervisor", daemon=True)
         self._thread.start()
 
+    def launch(self, programs: dict[str, Program]) -> None:
+        """Start more programs and watch them too (the service, once its databases are up)."""
+        for program in programs.values():
+            program.start()
+        self.programs = {**self.programs, **programs}  # a new dict: the watcher iterates the old one
+
+    def hold(self, name: str, seconds: float) -> None:
+        """Restart `name`, when it next exits, no sooner than `seconds` from now: a host that stays
+        down long enough for the others to notice (a database cluster's leader key to expire)."""
+        self.programs[name].held_until = time.monotonic() + seconds
+
     def _delay(self) -> float:
         return time.monotonic() + self.rng.uniform(*RESTART_DELAY)
 
@@ -115,7 +127,7 @@ class Supervisor:
             return
         if program.restart_at is None:
             program.kill_group()  # its orphans: gunicorn workers, Celery pool processes
-            program.restart_at = self._delay()
+            program.restart_at = max(self._delay(), program.held_until)
             self.timeline.record("supervisor", f"{program.name} exited ({code}); restarting", program=program.name)
         elif time.monotonic() >= program.restart_at:
             program.restart_at = None
@@ -124,7 +136,7 @@ class Supervisor:
             self.timeline.record("supervisor", f"{program.name} started again (pid {program.pid})")
 
     def _check_shard(self, alias: str, shard: Shard) -> None:
-        if postmaster_pid(shard.cluster) is not None or self._stop.is_set():
+        if postmaster_pid(shard.cluster.data_dir) is not None or self._stop.is_set():
             shard.restart_at = None
             return
         if shard.restart_at is None:
@@ -155,7 +167,7 @@ class Supervisor:
 
     def all_up(self) -> bool:
         programs_up = all(p.pid is not None and p.restart_at is None for p in self.programs.values())
-        return programs_up and all(postmaster_pid(s.cluster) is not None for s in self.shards.values())
+        return programs_up and all(postmaster_pid(s.cluster.data_dir) is not None for s in self.shards.values())
 
     def stop(self, timeout: float = 15.0) -> None:
         """Stop watching, then stop every program: SIGTERM to each group, SIGKILL to what is left."""

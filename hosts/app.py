@@ -34,15 +34,18 @@ from hosts.layout import (
     LOGS,
     OPS_PORT,
     POSTGRES_PORT,
+    REDIS_MASTER_NAME,
     RELAY_PORT,
     SECRETS,
+    SENTINEL_HOSTS,
+    SENTINEL_PORT,
     SHARD_HOSTS,
     SHARDS_FILE,
     SLOW_SHARD,
     STANDBY_HOSTS,
     Host,
 )
-from hosts.servers import CA_CERT, PG_PASSWORD_FILE, redis_url
+from hosts.servers import CA_CERT, PG_PASSWORD_FILE, redis_url, sentinel_password
 
 BUCKETS = 1024
 MANAGE = [sys.executable, str(ROOT / "manage.py")]
@@ -132,6 +135,10 @@ def configure(*, api_workers: int, api_threads: int, worker_concurrency: int) ->
         "SHARDWALLET_DB_SSLMODE": "verify-full",
         "SHARDWALLET_DB_SSLROOTCERT": str(CA_CERT),
         "SHARDWALLET_REDIS_URL_FILE": _secret_file("redis_url", redis_url()),
+        # The master is whichever server the sentinels name (the URL's host is not used).
+        "SHARDWALLET_REDIS_SENTINELS": ",".join(f"{h.address}:{SENTINEL_PORT}" for h in SENTINEL_HOSTS),
+        "SHARDWALLET_REDIS_SENTINEL_MASTER": REDIS_MASTER_NAME,
+        "SHARDWALLET_REDIS_SENTINEL_PASSWORD_FILE": _secret_file("sentinel_password", sentinel_password()),
         "SHARDWALLET_DEVSTACK_DIR": str(APP_DIR),
         "PROMETHEUS_MULTIPROC_DIR": str(metrics),
         "SHARDWALLET_API_BIND": f"{APP.address}:{API_PORT}",

@@ -1,35 +1,27 @@
-"""The saga's broker queue, watched from the Redis host itself: how many task messages wait.
+"""The saga's broker queue, watched from the Redis hosts themselves: how many task messages wait.
 
 A backlog is how the saga's trouble shows from outside: messages are triggers, each one a
 worker process must take, and a queue that keeps growing after a fault is over means the
-service does not recover on its own. Sampled with `redis-cli` on the Redis host, against its
-own address (no other host is involved).
+service does not recover on its own. Sampled with `redis-cli` on the host of the server the
+sentinels name the master, against its own address (no other host is involved).
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
 import threading
 import time
-from urllib.parse import urlparse
 
-from hosts import net
-from hosts.layout import REDIS, REDIS_PORT
-from hosts.servers import redis_url
+from hosts import sentinels
+from hosts.layout import REDIS
 
 QUEUE = "celery"  # Celery's default queue: every saga task goes there
 
 
 def queue_length() -> int | None:
-    url = urlparse(redis_url())  # the broker's ACL user; the password in the environment, not argv
-    argv = net.on(
-        REDIS, ["redis-cli", "-h", REDIS.address, "-p", str(REDIS_PORT), "--user", url.username or "", "llen", QUEUE]
-    )
-    env = {**os.environ, "REDISCLI_AUTH": url.password or ""}
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False, env=env)  # noqa: S603
-    text = result.stdout.strip()
-    return int(text) if result.returncode == 0 and text.isdigit() else None
+    """Messages waiting in the queue on the server the sentinels name the master (from its own host)."""
+    on = sentinels.master() or REDIS
+    lines = sentinels.redis_cli(on, "llen", QUEUE)
+    return int(lines[0]) if lines and lines[0].isdigit() else None
 
 
 class QueueWatch(threading.Thread):

@@ -44,6 +44,8 @@ from hosts.patroni import (
     leading_member,
     patroni_argv,
     patroni_config,
+    permanent_slot,
+    slot_copy_safe,
     sync_standby_names,
     wait_for_roles,
     write_config,
@@ -173,8 +175,7 @@ class ReplicatedDatabase:
     def keep_slot(self, leader: PatroniMember, slot: str, database: str) -> None:
         """Make the CDC's logical slot one of the cluster's permanent slots (as `patronictl edit-config`
         does): Patroni copies it to the standbys and advances their copies, so it survives a failover."""
-        change = {"slots": {slot: {"type": "logical", "database": database, "plugin": "pgoutput"}}}
-        result = self._change(leader, "PATCH", "/config", change)
+        result = self._change(leader, "PATCH", "/config", permanent_slot(slot, database))
         if result.returncode != 0:
             raise RuntimeError(f"Patroni on {leader.name} refused the permanent slot {slot}: {result.stderr.strip()}")
 
@@ -185,11 +186,9 @@ class ReplicatedDatabase:
     def wait_slot_ready(self, leader: PatroniMember, slot: str, timeout: float) -> float:
         """Seconds until every standby's Patroni says its copy of `slot` is safe to use after a failover."""
         started = time.monotonic()
-        said = f"Logical slot {slot} is safe to be used after a failover"
         standbys = [m for m in self.members if m is not leader]
         while time.monotonic() - started < timeout:
-            logs = [(LOGS / f"patroni-{m.name}.log").read_text(errors="replace") for m in standbys]
-            if all(said in log for log in logs):
+            if all(slot_copy_safe(LOGS / f"patroni-{m.name}.log", slot) for m in standbys):
                 return round(time.monotonic() - started, 1)
             time.sleep(1)
         raise TimeoutError(f"the standbys of {self.scope} did not report {slot} safe after {timeout:.0f} s")

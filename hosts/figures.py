@@ -154,12 +154,17 @@ def groups(requests: list[Request], **predicates: Callable[[Request], bool]) -> 
     return {name: [r for r in requests if r.kind == "transfer" and keep(r)] for name, keep in predicates.items()}
 
 
-def completed_between_shards(requests: list[Request], times: TransferTimes) -> int:
-    """Completed transfers whose payer and payee are on different shards."""
-    done = 0
+def completed_between_shards_at(requests: list[Request], times: TransferTimes) -> list[float]:
+    """When each completed transfer whose payer and payee are on different shards completed."""
+    done = []
     for request in requests:
         a = accepted(request) if request.kind == "transfer" else None
         row = times.get(a.transfer_id or "") if a is not None else None
         if row is not None and row[0] == "completed" and request.payer_shard != request.payee_shard:
-            done += 1
+            done.append(row[2])
     return done
+
+
+def completed_between_shards(requests: list[Request], times: TransferTimes) -> int:
+    """Completed transfers whose payer and payee are on different shards."""
+    return len(completed_between_shards_at(requests, times))

@@ -54,8 +54,17 @@ STANDBY_HOSTS = [Host(f"{CLUSTER_SHARD}_{suffix}", f"10.77.0.{51 + i}") for i, s
 CONTROL_STANDBY_HOSTS = [Host(f"control_{suffix}", f"10.77.0.{61 + i}") for i, suffix in enumerate("bc")]
 APP = Host("app", "10.77.0.20")
 REDIS = Host("redis", "10.77.0.30")
+REDIS_B = Host("redis_b", "10.77.0.31")
 CLIENT = Host("client", "10.77.0.40")
-HOSTS = [CONTROL, *CONTROL_STANDBY_HOSTS, *SHARD_HOSTS, *STANDBY_HOSTS, APP, REDIS, CLIENT]
+HOSTS = [CONTROL, *CONTROL_STANDBY_HOSTS, *SHARD_HOSTS, *STANDBY_HOSTS, APP, REDIS, REDIS_B, CLIENT]
+# Redis Sentinel: the broker's master on `redis` and its replica on `redis_b`; three sentinels,
+# on both and on the app host, so a majority (2) survives the loss of any one host. The app
+# asks the sentinels which server is the master (SHARDWALLET_REDIS_SENTINELS). Scenario (f)
+# cuts the master's host off.
+REDIS_HOSTS = [REDIS, REDIS_B]
+SENTINEL_HOSTS = [REDIS, REDIS_B, APP]
+SENTINEL_PORT = 26379
+REDIS_MASTER_NAME = "shardwallet"
 DATABASE_HOSTS = [CONTROL, *CONTROL_STANDBY_HOSTS, *SHARD_HOSTS, *STANDBY_HOSTS]
 
 

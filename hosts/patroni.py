@@ -205,6 +205,21 @@ def patroni_config(
     }
 
 
+def permanent_slot(slot: str, database: str) -> dict[str, Any]:
+    """The configuration change (`PATCH /config`, as `patronictl edit-config`) that makes a logical
+    slot permanent: Patroni copies it to the standbys and advances their copies."""
+    return {"slots": {slot: {"type": "logical", "database": database, "plugin": "pgoutput"}}}
+
+
+def slot_copy_safe(log: Path, slot: str) -> bool:
+    """Whether a standby's Patroni log says its copy of `slot` is safe to stream from after a failover."""
+    try:
+        text = log.read_text(errors="replace")
+    except FileNotFoundError:
+        return False
+    return f"Logical slot {slot} is safe to be used after a failover" in text
+
+
 def write_config(member: PatroniMember, config: dict[str, Any]) -> None:
     """The member's YAML (it holds passwords: the postgres user's own, mode 0600)."""
     member.config_file.parent.mkdir(parents=True, exist_ok=True)

@@ -16,45 +16,19 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import psycopg
 
-from apps.sharding.devstack import PostgresCluster, _apt_install
+from apps.sharding.devstack import PostgresCluster
+from apps.sharding.pgbackrest import BackupRepository
 from apps.sharding.shardmap import DatabaseServer
 from bench.stack import ROOT
 
 DIR = ROOT / "var" / "pitr-probe"
 PORT = 25532
-STANZA = "shard"
 ROWS = 100
-
-
-def pgbackrest(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """pgBackRest as the postgres user (it reads the data directory and writes the repository)."""
-    argv = ["runuser", "-u", "postgres", "--", "pgbackrest", f"--config={config}", f"--stanza={STANZA}", *args]
-    result = subprocess.run(argv, capture_output=True, text=True, check=False)  # noqa: S603
-    if result.returncode != 0:
-        raise RuntimeError(f"pgbackrest {' '.join(args)}: {(result.stderr or result.stdout).strip()}")
-    return result
-
-
-def write_config(cluster: PostgresCluster) -> Path:
-    for name in ("repo", "log", "lock", "spool", "sock"):
-        (DIR / name).mkdir(parents=True, exist_ok=True)
-        shutil.chown(DIR / name, "postgres", "postgres")
-    config = DIR / "pgbackrest.conf"
-    config.write_text(
-        "[global]\n"
-        f"repo1-path={DIR / 'repo'}\nlog-path={DIR / 'log'}\nlock-path={DIR / 'lock'}\nspool-path={DIR / 'spool'}\n"
-        "log-level-console=warn\nstart-fast=y\nrepo1-retention-full=2\n"
-        f"[{STANZA}]\npg1-path={cluster.data_dir}\npg1-port={PORT}\npg1-socket-path={DIR / 'sock'}\n"
-    )
-    shutil.chown(config, "postgres", "postgres")
-    return config
 
 
 def insert(conninfo: str, numbers: range) -> None:
@@ -69,47 +43,34 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         raise SystemExit("the probe runs PostgreSQL and pgBackRest as the postgres user: run it as root")
-    if shutil.which("pgbackrest") is None:
-        _apt_install("pgbackrest")
     shutil.rmtree(DIR, ignore_errors=True)
     DIR.mkdir(parents=True)
     shutil.chown(DIR, "postgres", "postgres")
     server = DatabaseServer("shard_00", "127.0.0.1", PORT, "postgres", sslmode="disable")  # one machine's loopback
     cluster = PostgresCluster(server, DIR / "data")
-    config = write_config(cluster)
-    cluster.extra_conf = (
-        "archive_mode = on\n"
-        f"archive_command = 'pgbackrest --config={config} --stanza={STANZA} archive-push %p'\n"
-        f"unix_socket_directories = '{DIR / 'sock'}'\n"
-    )
+    backups = BackupRepository(DIR / "backup", cluster)
+    backups.directory.mkdir()
+    backups.write_config()
+    cluster.extra_conf = backups.server_conf()
     ok = False
     try:
         cluster.initialise()
         cluster.start()
-        pgbackrest(config, "stanza-create")
+        backups.create_stanza()
         conninfo = server.conninfo(connect_timeout=5)
         with psycopg.connect(conninfo, autocommit=True) as conn:
             conn.execute("CREATE TABLE paid (n bigint PRIMARY KEY)")
-        started = time.monotonic()
-        pgbackrest(config, "--type=full", "backup")
-        backup_s = time.monotonic() - started
-        time.sleep(1.1)  # pgBackRest picks a backup that stopped before the target, in whole seconds
+        backup_s = backups.full_backup()
         insert(conninfo, range(1, ROWS + 1))
         with psycopg.connect(conninfo, autocommit=True) as conn:
             target = conn.execute("SELECT clock_timestamp()::text").fetchone()[0]  # type: ignore[index]
         time.sleep(1.1)
         insert(conninfo, range(ROWS + 1, 2 * ROWS + 1))
-        pgbackrest(config, "check")  # switches the WAL and waits until the segment is archived
+        backups.archive_now()
         cluster.stop()
-        started = time.monotonic()
-        pgbackrest(config, "--delta", "--type=time", f"--target={target}", "--target-action=promote", "restore")
-        cluster.start()
+        restore_s = backups.restore_to(target)
         with psycopg.connect(conninfo, autocommit=True) as conn:
-            deadline = time.monotonic() + 60
-            while conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,) and time.monotonic() < deadline:
-                time.sleep(0.2)
             rows = conn.execute("SELECT count(*), min(n), max(n) FROM paid").fetchone()
-        restore_s = time.monotonic() - started
         ok = rows == (ROWS, 1, ROWS)
         print(
             f"pitr-probe: full backup {backup_s:.1f} s; restored to {target} in {restore_s:.1f} s;"

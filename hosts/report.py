@@ -26,6 +26,8 @@ def lines(outcome: Outcome) -> list[str]:
         "b": f"(b) {PARTITIONED_SHARD}'s link down during the load",
         "c": f"(c) slow link to {SLOW_SHARD}",
         "d": f"(d) {CLUSTER_SHARD}'s primary killed, then cut off",
+        "e": "(e) the control database's primary cut off",
+        "f": "(f) Redis's master cut off",
     }.get(outcome.name, outcome.name)
     out = [f"{title}: {'PASS' if outcome.ok else 'FAIL'}"]
     if "load" in f:
@@ -67,6 +69,22 @@ def lines(outcome: Outcome) -> list[str]:
             " its link came back"
         )
         out.append(f"  planned switchover {cluster.get('switchover')}: writes paused {pause.get('switchover')} s")
+    if "control" in f:
+        control = f["control"]
+        out.append(
+            f"  {(control.get('promoted') or {}).get('member')} promoted {control.get('promoted_after_cut_s')} s after"
+            f" the cut, writes paused {control.get('write_pause_s')} s; the old primary rejoined as a standby"
+            f" {control.get('old_primary_rejoined_as_standby_s')} s after its link came back"
+        )
+    if "redis" in f:
+        redis = f["redis"]
+        out.append(
+            f"  Redis master {redis.get('master_before')} cut off: the sentinels promoted the replica"
+            f" {redis.get('promoted_after_cut_s')} s after, which served {redis.get('new_master_calls_while_cut_off')}"
+            f" while the old was cut off; longest gap between completions across shards"
+            f" {redis.get('completion_gap_s')} s; the old master followed the new"
+            f" {redis.get('old_master_follows_after_s')} s after its link came back"
+        )
     if "audit_stream" in f:
         out.append(f"  audit stream: {f['audit_stream']}")
     if "broker_queue" in f:

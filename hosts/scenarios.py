@@ -7,7 +7,9 @@
     others' does not;
 (d) the replicated shard's primary fails, by a postmaster SIGKILL and then by its host cut off:
     Patroni restarts it, then promotes the synchronous standby; nothing acknowledged is lost
-    (hosts/failover.py).
+    (hosts/failover.py);
+(e) the control database's primary host cut off: a standby is promoted, the service finds it
+    (hosts/control_failover.py).
 
 Every scenario also holds each host's sockets to the deployment's edges while the load runs.
 """
@@ -22,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from hosts import app, broker, failover, figures, net, servers, sockets
+from hosts import app, broker, control_failover, failover, figures, net, redis_failover, servers, sockets
 from hosts.client import REQUEST_TIMEOUT
 from hosts.figures import Window
 from hosts.layout import (
@@ -65,6 +67,8 @@ class Options:
     min_slow_rise: float = 1.5  # (c): the slow shard's payers' p50, slow against fast
     max_others_rise: float = 2.0  # (c): the others' p50, slow against fast (the machine's speed swings)
     failover: failover.Options = field(default_factory=failover.Options)  # (d)
+    control_failover: control_failover.Options = field(default_factory=control_failover.Options)  # (e)
+    redis_failover: redis_failover.Options = field(default_factory=redis_failover.Options)  # (f)
 
 
 @dataclass
@@ -148,6 +152,8 @@ class Runner:
             print(
                 f"  {document['in_flight_left']} transfer(s) still in flight: stacks in {relative(where)}", flush=True
             )
+            for stuck in document.get("in_flight", [])[:5]:
+                print(f"    {stuck}", flush=True)
         return document
 
     def socket_check(self, outcome: Outcome) -> Callable[[], None]:
@@ -365,4 +371,14 @@ class Runner:
         """Always reconciled: the audit stream's recovery after the failover is part of it."""
         outcome = Outcome("d")
         failover.scenario(self, outcome, self.options.failover)
+        return outcome
+
+    def scenario_e(self, *, reconcile: bool = False) -> Outcome:
+        outcome = Outcome("e")
+        control_failover.scenario(self, outcome, self.options.control_failover, reconcile=reconcile)
+        return outcome
+
+    def scenario_f(self, *, reconcile: bool = False) -> Outcome:
+        outcome = Outcome("f")
+        redis_failover.scenario(self, outcome, self.options.redis_failover, reconcile=reconcile)
         return outcome

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 from apps.common.redis_auth import write_config
 from apps.sharding.devstack import (
@@ -35,10 +36,12 @@ from hosts.layout import (
     PG_DIR,
     POSTGRES_PORT,
     REDIS,
+    REDIS_MASTER_NAME,
     REDIS_PORT,
     RELAY_DELAY_FILE,
     RELAY_PORT,
     SECRETS,
+    SENTINEL_PORT,
     SUBNET,
     Host,
 )
@@ -97,7 +100,7 @@ class HostPostgres(PostgresCluster):
         server = DatabaseServer(host.name, host.address, POSTGRES_PORT, database, "postgres", pg_password())
         return cls(server, PG_DIR / host.name, host=host, keepalives=keepalives)
 
-    def _as_postgres(self, args: list[str]) -> list[str]:
+    def as_postgres(self, args: list[str]) -> list[str]:
         assert self.host is not None  # noqa: S101 - set by `on`
         return net.on(self.host, ["runuser", "-u", "postgres", "--", *args])
 
@@ -164,16 +167,54 @@ def redis_url() -> str:
     return f"redis://shardwallet:{made_once(REDIS_PASSWORD_FILE)}@{REDIS.address}:{REDIS_PORT}/0"
 
 
-def redis_program(env: dict[str, str]) -> Program:
+SENTINEL_PASSWORD_FILE = SECRETS / "sentinel_password"
+
+
+def sentinel_password() -> str:
+    """The sentinels' own password (`requirepass`), made once per run."""
+    return made_once(SENTINEL_PASSWORD_FILE)
+
+
+def redis_program(env: dict[str, str], on: Host = REDIS) -> Program:
     """Redis on its own host's address only (no persistence: the broker is not the truth), with
-    the URL's ACL user; the passwordless default user is off."""
-    workdir = LOGS.parent / "redis"
+    the URL's ACL user; the passwordless default user is off. Every server replicates as that
+    user (a master becomes a replica after a failover); the one on `redis_b` starts as the replica."""
+    workdir = LOGS.parent / on.name
     config = write_config(workdir / "redis.conf", redis_url())
+    url = urlparse(redis_url())
+    with config.open("a") as conf:
+        conf.write(f"masteruser {url.username}\nmasterauth {url.password}\n")
+        if on != REDIS:
+            conf.write(f"replicaof {REDIS.address} {REDIS_PORT}\n")
     argv = [
-        "redis-server", str(config), "--bind", REDIS.address, "--port", str(REDIS_PORT), "--protected-mode", "no",
+        "redis-server", str(config), "--bind", on.address, "--port", str(REDIS_PORT), "--protected-mode", "no",
         "--save", "", "--appendonly", "no", "--dir", str(workdir),
     ]  # fmt: skip
-    return Program("redis", net.on(REDIS, argv), env, LOGS / "redis.log")
+    return Program(on.name, net.on(on, argv), env, LOGS / f"{on.name}.log")
+
+
+def sentinel_program(on: Host, env: dict[str, str]) -> Program:
+    """A sentinel on `on`'s address: it watches the master (as the broker's ACL user), agrees with
+    the two others that it is down after 5 s without an answer, and promotes the replica."""
+    workdir = LOGS.parent / "sentinel" / on.name
+    workdir.mkdir(parents=True, exist_ok=True)
+    url = urlparse(redis_url())
+    password = sentinel_password()
+    lines = [
+        f"port {SENTINEL_PORT}", f"bind {on.address}", "protected-mode no", f"dir {workdir}",
+        f"requirepass {password}", f"sentinel sentinel-pass {password}",
+        f"sentinel monitor {REDIS_MASTER_NAME} {REDIS.address} {REDIS_PORT} 2",
+        f"sentinel auth-user {REDIS_MASTER_NAME} {url.username}",
+        f"sentinel auth-pass {REDIS_MASTER_NAME} {url.password}",
+        f"sentinel down-after-milliseconds {REDIS_MASTER_NAME} 5000",
+        f"sentinel failover-timeout {REDIS_MASTER_NAME} 60000",
+    ]  # fmt: skip
+    config = workdir / "sentinel.conf"  # rewritten by the sentinel as it learns; it holds passwords
+    fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write("".join(f"{line}\n" for line in lines))
+    argv = ["redis-server", str(config), "--sentinel"]
+    return Program(f"sentinel-{on.name}", net.on(on, argv), env, LOGS / f"sentinel-{on.name}.log")
 
 
 def relay_program(host: Host, env: dict[str, str]) -> Program:

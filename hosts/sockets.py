@@ -3,9 +3,10 @@
 A host listens on its own address only (the app host's embedded audit endpoint on its own
 127.0.0.1 is the one exception), no unix socket listens at a path (the filesystem is shared:
 a socket file would be a way between hosts around the network), and every connection is
-an edge of the deployment: app -> control, shards, Redis; client -> API; the relay on the
-slow shard's host -> its own PostgreSQL; within each replicated database's member hosts:
-replication and Patroni's REST API; every member host -> etcd, and etcd's peers.
+an edge of the deployment: app -> control, shards, Redis's master, the sentinels; client -> API;
+the relay on the slow shard's host -> its own PostgreSQL; within each replicated database's
+member hosts: replication and Patroni's REST API; every member host -> etcd, and etcd's peers;
+Redis's replication and the sentinels' watch and talk among themselves.
 """
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ from hosts.layout import (
     OPS_PORT,
     PATRONI_PORT,
     POSTGRES_PORT,
-    REDIS,
+    REDIS_HOSTS,
     REDIS_PORT,
     RELAY_PORT,
+    SENTINEL_HOSTS,
+    SENTINEL_PORT,
     SHARD_HOSTS,
     SLOW_SHARD,
     STANDBY_HOSTS,
@@ -48,10 +51,17 @@ def _edges() -> set[tuple[str, str, int]]:
     """(client host, server host, server port) of every connection the deployment makes."""
     edges = {
         (APP.name, CONTROL.name, POSTGRES_PORT),
-        (APP.name, REDIS.name, REDIS_PORT),
-        (REDIS.name, REDIS.name, REDIS_PORT),  # redis-cli on the Redis host: the queue's length
         (CLIENT.name, APP.name, API_PORT),
     }
+    for server in REDIS_HOSTS:
+        edges.add((APP.name, server.name, REDIS_PORT))  # the master, whichever the sentinels name
+        edges.add((server.name, server.name, REDIS_PORT))  # redis-cli on its own host: role, the queue's length
+        # Replication, either way round after a failover; the sentinels watching every server.
+        edges |= {(other.name, server.name, REDIS_PORT) for other in REDIS_HOSTS if other != server}
+        edges |= {(sentinel.name, server.name, REDIS_PORT) for sentinel in SENTINEL_HOSTS}
+    # The sentinels among themselves (the app host's own included: the app asks it too).
+    edges |= {(one.name, other.name, SENTINEL_PORT) for one in SENTINEL_HOSTS for other in SENTINEL_HOSTS}
+    edges |= {(APP.name, sentinel.name, SENTINEL_PORT) for sentinel in SENTINEL_HOSTS}
     for shard in SHARD_HOSTS:
         edges.add((APP.name, shard.name, RELAY_PORT if shard.name == SLOW_SHARD else POSTGRES_PORT))
     for database in DATABASE_HOSTS:
@@ -156,7 +166,7 @@ def _required() -> list[set[tuple[str, str, int]]]:
     at least one of each set (the replicated shard's primary may be any of its members)."""
     edges = [
         {(APP.name, member.name, POSTGRES_PORT) for member in CONTROL_MEMBER_HOSTS},
-        {(APP.name, REDIS.name, REDIS_PORT)},
+        {(APP.name, server.name, REDIS_PORT) for server in REDIS_HOSTS},
         {(CLIENT.name, APP.name, API_PORT)},
     ]
     for shard in SHARD_HOSTS:

@@ -24,7 +24,7 @@ from typing import IO
 
 from apps.sharding.devstack import _apt_install, postgres_bindir
 from chaos.supervisor import Program
-from hosts import app, net, servers
+from hosts import app, net, sentinels, servers
 from hosts.cluster import ReplicatedDatabase, etcd_programs
 from hosts.layout import (
     API_PORT,
@@ -36,7 +36,9 @@ from hosts.layout import (
     DIR,
     LOGS,
     MEMBER_HOSTS,
+    REDIS_HOSTS,
     RESULTS,
+    SENTINEL_HOSTS,
     SHARD_HOSTS,
     SLOW_SHARD,
     host,
@@ -117,7 +119,8 @@ class Stack:
         )
         servers.set_relay_delay(0)
         for program in (
-            servers.redis_program(self.config.env),
+            *(servers.redis_program(self.config.env, on) for on in REDIS_HOSTS),
+            *(servers.sentinel_program(on, self.config.env) for on in SENTINEL_HOSTS),
             servers.relay_program(host(SLOW_SHARD), self.config.env),
         ):
             self._start(program)
@@ -132,6 +135,11 @@ class Stack:
         if found is None:
             raise StackError(f"create_api_client did not say the client's id: {created.stderr.strip()}")
         self.client_id = int(found.group(1))
+        try:
+            seconds = sentinels.wait_ready(90)
+        except TimeoutError as exc:
+            raise StackError(f"{exc}; see {relative(LOGS)}/sentinel-*.log") from exc
+        print(f"hosts: Redis's replica streams and its three sentinels know each other ({seconds:.0f} s)", flush=True)
         for program in app.programs(self.config).values():
             self._start(program)
         self._wait_ready()
@@ -259,7 +267,7 @@ class Stack:
     def down(self) -> list[str]:
         """Stop everything, politely first; then whatever is left in the namespaces, and the namespaces."""
         said = []
-        for host_obj in (*DATABASE_HOSTS,):
+        for host_obj in (*DATABASE_HOSTS, *REDIS_HOSTS):
             with contextlib.suppress(net.NetworkError):
                 net.set_link(host_obj, up=True)  # a scenario that failed half-way may have left one down
         # The app's roles first, then Redis and the relay they use: a worker shutting down still

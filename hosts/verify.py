@@ -40,6 +40,13 @@ def transfer_times() -> dict[str, tuple[str, float, float]]:
     return times
 
 
+def _stuck(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id, "status": row.status, "attempts": row.attempts, "parked": row.parked,
+        "last_error": row.last_error[-500:],
+    }  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from django.db import DatabaseError
 
@@ -89,6 +96,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "counts": verdict.counts,
         "settle_seconds": settled,
         "in_flight_left": len(left),
+        # What held each one up: its status, attempts, last error and whether it parked.
+        "in_flight": [_stuck(row) for row in left[:50]],
         "cdc_caught_up_after_seconds": cdc_seconds,
         "commands": commands,
         "transfers": transfer_times(),

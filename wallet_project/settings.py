@@ -9,6 +9,7 @@ from urllib.parse import urlparse
 from django.core.exceptions import ImproperlyConfigured
 
 from apps.audit.auditors import load_accounts, parse_login
+from apps.common.redis_client import SentinelLayout, broker_settings, parse_sentinels
 from apps.sharding.shardmap import SSL_MODES, TLS_DEFAULTS, load_shard_map
 from wallet_project.environment import Environment, bind_port
 
@@ -83,6 +84,18 @@ if ENV.production and REDIS_URL and not urlparse(REDIS_URL).password:
         "SHARDWALLET_REDIS_URL has no password: production needs one, redis://:PASSWORD@host:6379/0 or an ACL"
         " user redis://USER:PASSWORD@host:6379/0 (rediss:// for TLS); SHARDWALLET_REDIS_URL_FILE keeps it in a file"
     )
+# Redis Sentinel: the sentinels (host:port,...) name the master, by SHARDWALLET_REDIS_SENTINEL_MASTER;
+# SHARDWALLET_REDIS_URL then gives only the master's password and database.
+REDIS_SENTINEL: SentinelLayout | None = None
+try:
+    if _sentinels := parse_sentinels(ENV.optional("SHARDWALLET_REDIS_SENTINELS", "")):
+        REDIS_SENTINEL = SentinelLayout(
+            _sentinels,
+            ENV.optional("SHARDWALLET_REDIS_SENTINEL_MASTER", "shardwallet"),
+            ENV.optional("SHARDWALLET_REDIS_SENTINEL_PASSWORD", ""),
+        )
+except ValueError as _exc:
+    ENV.refuse(f"SHARDWALLET_REDIS_SENTINELS: {_exc}")
 ENV.check()
 
 if TLS_DEFAULTS["sslmode"] and TLS_DEFAULTS["sslmode"] not in SSL_MODES:
@@ -320,7 +333,7 @@ AUDIT_PUBLICATION = ENV.optional("SHARDWALLET_AUDIT_PUBLICATION", "shardwallet_a
 AUDIT_TABLES = ENV.optional(
     "SHARDWALLET_AUDIT_TABLES",
     "ledger_wallet,ledger_entry,transfers_transfer,transfers_event,transfers_payee_credit,holds_hold,"
-    "refunds_refund,events_event,sharding_move_marker",
+    "refunds_refund,events_event,sharding_move_marker,transfers_idempotency,ledger_movement_key",
 ).split(",")
 AUDIT_BATCH_MAX_CHANGES = int(ENV.optional("SHARDWALLET_AUDIT_BATCH_MAX_CHANGES", "20000"))
 AUDIT_BATCH_MAX_SECONDS = float(ENV.optional("SHARDWALLET_AUDIT_BATCH_MAX_SECONDS", "0.2"))
@@ -380,9 +393,24 @@ AUDIT_QUERY_LOG_FLUSH_SECONDS = float(ENV.optional("SHARDWALLET_AUDIT_QUERY_LOG_
 AUDIT_QUERY_LOG_MAX_PENDING = int(ENV.optional("SHARDWALLET_AUDIT_QUERY_LOG_MAX_PENDING", "10000"))
 
 # Celery over Redis. Messages are triggers, never the truth: the database is.
-CELERY_BROKER_URL = REDIS_URL
+# A Redis that vanishes without closing its connections (its host down or cut off, a Sentinel
+# failover) must not hang a publish, an API request with it, or a worker: every broker socket
+# (the sentinels' too) has a timeout, and a worker drops a connection whose BRPOP reply is
+# overdue by the health check's interval, then reconnects (to the new master, with sentinels).
+REDIS_SOCKET_TIMEOUT_SECONDS = float(ENV.optional("SHARDWALLET_REDIS_SOCKET_TIMEOUT_SECONDS", "5"))
+REDIS_CONNECT_TIMEOUT_SECONDS = float(ENV.optional("SHARDWALLET_REDIS_CONNECT_TIMEOUT_SECONDS", "2"))
+CELERY_BROKER_URL, CELERY_BROKER_TRANSPORT_OPTIONS = broker_settings(
+    REDIS_URL,
+    REDIS_SENTINEL,
+    {
+        "visibility_timeout": 300,
+        "socket_timeout": REDIS_SOCKET_TIMEOUT_SECONDS,
+        "socket_connect_timeout": REDIS_CONNECT_TIMEOUT_SECONDS,
+        "socket_keepalive": True,
+        "health_check_interval": 10,
+    },
+)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 300}
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_TASK_IGNORE_RESULT = True

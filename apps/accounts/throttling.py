@@ -30,6 +30,7 @@ from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
 from apps.accounts.models import ApiClient
+from apps.common.redis_client import redis_client
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def chunk_of(burst: int) -> int:
 
 class _Limiter:
     def __init__(self) -> None:
-        self.url = ""
+        self.place: object = None  # the Redis the script was registered with
         self.script: Any = None
         self.skip_until = 0.0
         self.lock = threading.Lock()
@@ -85,9 +86,10 @@ class _Limiter:
         if now < self.skip_until:
             return 0.0
         try:
-            if self.url != settings.REDIS_URL:
-                client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=0.2, socket_timeout=0.2)
-                self.script, self.url = client.register_script(_REFILL_AND_TAKE), settings.REDIS_URL
+            if self.place != (settings.REDIS_URL, settings.REDIS_SENTINEL):
+                client = redis_client(timeout=0.2)
+                self.script = client.register_script(_REFILL_AND_TAKE)
+                self.place = (settings.REDIS_URL, settings.REDIS_SENTINEL)
             granted, wait_ms = self.script(keys=[f"shardwallet:rate:{client_id}"], args=[rate, burst, chunk_of(burst)])
         except redis.RedisError as exc:
             log.warning("rate limit not enforced for %.0f s: Redis unavailable: %s", _UNAVAILABLE_PAUSE_SECONDS, exc)

@@ -356,6 +356,31 @@ ORDER BY move_id
             {"bucket": "only the moves of this bucket (default -1: every move)"},
             {"bucket": "-1"},
         ),
+        AuditQuery(
+            "lost_transactions",
+            "The transactions a shard lost when it was restored to an earlier point (or failed over to a standby "
+            "that was behind), as `cdc_resnapshot` set them aside: per transaction its position, time and what it "
+            "changed, oldest first; `shard_replay` applies them again (`--skip LSN` leaves one out). `shard` "
+            "(default: all) and `generation` (default -1: every one) narrow it.",
+            """
+SELECT
+    shard,
+    generation,
+    branch_lsn,
+    commit_lsn,
+    any(xid) AS xid,
+    any(commit_time) AS commit_time,
+    arrayStringConcat(arraySort(groupUniqArray(concat(table_name, ' ', toString(op)))), ', ') AS changes,
+    count() AS rows
+FROM audit.abandoned_changes FINAL
+WHERE ({shard:String} = '' OR shard = {shard:String})
+  AND ({generation:Int64} < 0 OR generation = {generation:Int64})
+GROUP BY shard, generation, branch_lsn, commit_lsn
+ORDER BY shard, generation, commit_lsn
+""",
+            {"shard": "only this shard (default: all)", "generation": "only this generation (default -1: all)"},
+            {"shard": "", "generation": "-1"},
+        ),
     )
 }
 

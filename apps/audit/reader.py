@@ -54,6 +54,7 @@ from apps.audit.status import StatusBoard
 from apps.audit.stops import SchemaDrift, SlotGap, StreamStopped, UndecodableChange, check_relation
 from apps.audit.stream_state import (
     Gap,
+    abandon_history,
     deletion_version,
     record_gap,
     record_slot_release,
@@ -91,19 +92,41 @@ class _LsnLoader(Loader):
         return str_to_lsn(bytes(data).decode())
 
 
+# The servers drop a client whose connection stops taking data for `tcp_user_timeout` (5 s in
+# docs/DEPLOY.md: a vanished client's locks are freed soon). A CDC busy writing a batch to the
+# store stops reading for longer than that while the shard sends, and its stream was cut and
+# restarted from the confirmed position, again and again under load and after a failover. Its
+# own sessions wait as long as the walsender's own timeout (wal_sender_timeout, 60 s), which
+# still ends the session of a CDC that is really gone.
+CDC_TCP_USER_TIMEOUT_MS = 60_000
+
+
 def conninfo(server: DatabaseServer, **extra: Any) -> str:
-    """The CDC's connection string: UTC text values (keepalives come with every server's conninfo)."""
-    cdc = {"application_name": "shardwallet_cdc", "options": "-c TimeZone=UTC"}
+    """The CDC's connection string: UTC text values, and patience with a CDC busy writing
+    (keepalives come with every server's conninfo)."""
+    options = f"-c TimeZone=UTC -c tcp_user_timeout={CDC_TCP_USER_TIMEOUT_MS}"
+    cdc = {"application_name": "shardwallet_cdc", "options": options}
     return server.conninfo(**{**cdc, **extra})
 
 
-def ensure_publication(server: DatabaseServer, publication: str, tables: list[str]) -> None:
+# The reader's own publication change gives up this soon on a lock it cannot take, well within
+# PostgreSQL's deadlock_timeout (1 s): it locks the tables one by one, and a shard being migrated
+# while the reader sees it (shard_add) holds some of them and waits for others, so the reader is
+# the one to step back and try again, never the migration.
+PUBLICATION_LOCK_TIMEOUT = "100ms"
+
+
+def ensure_publication(
+    server: DatabaseServer, publication: str, tables: list[str], *, lock_timeout: str | None = None
+) -> None:
     """Create the shard's publication, or bring its table list up to date; nothing when it is.
 
     `migrate_shards` does it as the tables' owner; the CDC's own call then changes nothing, so
     a CDC login that may only read (shardwallet_cdc) needs no ownership."""
     table_list = sql.SQL(", ").join(sql.Identifier(t) for t in tables)
     with psycopg.connect(conninfo(server), autocommit=True) as conn:
+        if lock_timeout is not None:
+            conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(lock_timeout)))
         exists = conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", [publication]).fetchone()
         if exists:
             published = conn.execute(
@@ -218,7 +241,7 @@ class ShardReader(threading.Thread):
 
     def stream(self) -> None:
         request = operator_requests.pending(self.shard)
-        ensure_publication(self.server, self.publication, self.tables)
+        ensure_publication(self.server, self.publication, self.tables, lock_timeout=PUBLICATION_LOCK_TIMEOUT)
         conn = psycopg2.connect(conninfo(self.server), connection_factory=psycopg2.extras.LogicalReplicationConnection)
         streaming = False
         try:
@@ -325,6 +348,9 @@ class ShardReader(threading.Thread):
             self._first_snapshot(cur)
             return
         held = lsn_to_str(position.confirmed_lsn)
+        # First: a shard restored to an earlier point or failed over behind has lost its slot
+        # too, but what matters is that it lost changes the store holds.
+        self._check_history(cur, position)
         if slot is None or position.slot_name != self.slot:
             raise SlotGap(
                 "slot_missing",
@@ -339,12 +365,13 @@ class ShardReader(threading.Thread):
                 f" removed): the changes after {held}, where this store stopped, are lost to it",
                 lsn=position.confirmed_lsn,
             )
-        self._check_history(cur, position)
         confirmed = str_to_lsn(slot[2]) if slot[2] else 0
-        if released is not None and confirmed > released:
+        if released is not None and confirmed > max(released, position.confirmed_lsn):
             # Nobody but this store's reader may move the slot on, and it left it at `released`
             # (behind it is no move: a shard that crashed since brings back the position its
-            # last checkpoint saved, and sends again what the store holds).
+            # last checkpoint saved, and sends again what the store holds). Up to the store's
+            # own position is no loss either: a promoted standby's copy of a permanent slot
+            # may be past where the old primary's reader was last noted to let go.
             raise SlotGap(
                 "slot_moved",
                 f"slot {self.slot} on {self.shard} has confirmed {slot[2]}, but this store's reader left it at"
@@ -384,10 +411,19 @@ class ShardReader(threading.Thread):
         raise SlotGap(
             "slot_behind",
             f"{self.shard} is on timeline {self.timeline}, whose history {where} shares timeline"
-            f" {position.timeline}, where this store recorded {lsn_to_str(position.confirmed_lsn)} (a failover to a"
-            " server that was behind): the store holds changes the shard does not, and its slot is behind the store",
+            f" {position.timeline}, where this store recorded {lsn_to_str(position.confirmed_lsn)} (restored to an"
+            " earlier point in time, or failed over to a server that was behind): the store holds changes the shard"
+            " does not, and its slot, if it has one, is behind the store",
             lsn=position.confirmed_lsn,
         )
+
+    def _branch_point(self, cur: Any, position: StorePosition) -> int | None:
+        """Where the shard's history left the one the store followed, if that is before the
+        store's position (the changes from there on are the shard's no more); else None."""
+        if not position.timeline or position.timeline == self.timeline:
+            return None
+        switched = _timeline_switch(cur, self.timeline, position.timeline)
+        return switched if switched is not None and switched < position.confirmed_lsn else None
 
     def _drop_legacy_slot(self) -> None:
         """A store made before slots carried the store's id read the slot named by the bare
@@ -417,8 +453,19 @@ class ShardReader(threading.Thread):
         half-way repeats the whole (the slot is then ahead of the old position: a stop that
         the still pending request resolves again)."""
         from_lsn = position.confirmed_lsn if position is not None else 0
+        branch = self._branch_point(cur, position) if position is not None else None
         if slot is not None:
             drop_slot(self.server, self.slot)
+        abandoned = 0
+        if branch is not None and position is not None:
+            abandoned = abandon_history(
+                self.sink, shard=self.shard, branch_lsn=branch, generation=position.generation,
+                timeline=position.timeline,
+            )  # fmt: skip
+            log.error("cdc: %s's history left the store's at %s: %d changes from there on moved to"
+                      " audit.abandoned_changes (shard_replay applies them again)", self.shard, lsn_to_str(branch),
+                      abandoned)  # fmt: skip
+            from_lsn = branch
         lsn, snapshot = self._new_slot_and_snapshot(cur)
         stamp = lsn - 1
         write_deletions(
@@ -446,6 +493,12 @@ class ShardReader(threading.Thread):
             ok=True,
             result=f"new slot and snapshot at {lsn_to_str(lsn)} ({snapshot.rows} rows); gap recorded from"
             f" {lsn_to_str(from_lsn)} to {lsn_to_str(lsn)}"
+            + (
+                f"; the shard's history left the store's at {lsn_to_str(from_lsn)}: {abandoned} changes after it"
+                " are in audit.abandoned_changes (shard_replay applies them again)"
+                if branch is not None
+                else ""
+            )
             + "".join(
                 f"; buckets {first}..{last} moved to {target} during the gap (this snapshot no longer has them):"
                 f" re-snapshot {target} too"

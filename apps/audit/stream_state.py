@@ -157,3 +157,45 @@ def write_deletions(
 def deletion_version(stream_epoch: int, commit_lsn: int) -> int:
     """The version of deletions written for a position: above every older change of the rows."""
     return row_version(stream_epoch, commit_lsn, 0)
+
+
+# Where the store keeps one shard's changes at a WAL position (the typed tables carry the
+# stream that wrote each row and its commit position).
+_POSITIONED_TABLES = ("audit.changes", *(table.target for table in TYPED_TABLES.values()))
+
+
+def abandon_history(sink: AuditSink, *, shard: str, branch_lsn: int, generation: int, timeline: int) -> int:
+    """The shard is on a history that left the one this store followed at `branch_lsn`, below
+    the store's position: move the store's changes of the shard from that point on into
+    audit.abandoned_changes and out of the store's view of the shard (audit.changes, the
+    typed tables), so that the older versions of those rows are current again until the new
+    history's changes, at positions that may repeat the abandoned ones', replace them.
+    Returns how many changes were abandoned.
+
+    Run again after a crash half-way, it copies what is still there (the copies collapse)
+    and deletes again; a re-snapshot's own rows (op 'snapshot') are never copied."""
+    params = {"shard": shard, "branch": branch_lsn}
+    past = "shard = {shard:String} AND commit_lsn >= {branch:UInt64}"
+    with sink.lock:
+        sink.client.command(
+            "INSERT INTO audit.abandoned_changes SELECT shard, {generation:UInt32}, {timeline:UInt32},"  # noqa: S608
+            " {branch:UInt64}, commit_lsn, seq, xid, commit_time, table_name, op, old_row, new_row, now64(6)"
+            f" FROM audit.changes FINAL WHERE {past} AND op != 'snapshot'",
+            parameters={**params, "generation": generation, "timeline": timeline},
+        )
+        abandoned = int(
+            sink.client.query(
+                "SELECT count() FROM audit.abandoned_changes FINAL"
+                " WHERE shard = {shard:String} AND generation = {generation:UInt32}",
+                parameters={"shard": shard, "generation": generation},
+            ).result_rows[0][0]
+        )
+        # transfer_entries is fed from ledger_entries and has no position of its own.
+        sink.client.command(
+            "DELETE FROM audit.transfer_entries WHERE (entry_id, version) IN"  # noqa: S608
+            f" (SELECT entry_id, version FROM audit.ledger_entries WHERE {past})",
+            parameters=params,
+        )
+        for table in _POSITIONED_TABLES:
+            sink.client.command(f"DELETE FROM {table} WHERE {past}", parameters=params)  # noqa: S608
+    return abandoned

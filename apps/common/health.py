@@ -37,6 +37,7 @@ from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.recorder import MigrationRecorder
 from django.http import HttpRequest, JsonResponse
 
+from apps.common.redis_client import redis_client
 from apps.common.surfaces import PUBLIC_URLCONF
 
 log = logging.getLogger(__name__)
@@ -70,15 +71,16 @@ def _database_check(alias: str) -> Any:
     return lambda: _on_connection(alias, _select_one)
 
 
-_redis_clients: dict[str, redis.Redis] = {}
+_redis_clients: dict[tuple[str, object], redis.Redis] = {}
 
 
 def _redis_check() -> None:
-    # One client per process (and URL): a new one per probe would connect and handshake each time.
-    client = _redis_clients.get(settings.REDIS_URL)
+    # One client per process (and place): a new one per probe would connect and handshake each time.
+    where = (settings.REDIS_URL, settings.REDIS_SENTINEL)
+    client = _redis_clients.get(where)
     if client is None:
-        client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
-        _redis_clients[settings.REDIS_URL] = client
+        client = redis_client(timeout=1)
+        _redis_clients[where] = client
     client.ping()
 
 

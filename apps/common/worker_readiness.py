@@ -19,6 +19,8 @@ import redis
 from celery import bootsteps
 from django.conf import settings
 
+from apps.common.redis_client import redis_client
+
 BEAT_SECONDS = 5.0
 FRESH_SECONDS = 4 * BEAT_SECONDS
 
@@ -58,9 +60,7 @@ class ReadinessBeat(bootsteps.StartStopStep):
 
     def _broker(self) -> redis.Redis:
         if self.ping_client is None:
-            self.ping_client = redis.Redis.from_url(
-                settings.CELERY_BROKER_URL, socket_timeout=1, socket_connect_timeout=1
-            )
+            self.ping_client = redis_client(timeout=1)
         return self.ping_client
 
     def stop(self, consumer: Any) -> None:

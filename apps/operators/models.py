@@ -17,6 +17,7 @@ class ActionKind(models.TextChoices):
     CDC_SKIP = "cdc_skip"
     CDC_RESNAPSHOT = "cdc_resnapshot"
     MOVE_BUCKETS = "move_buckets"
+    SHARD_REPLAY = "shard_replay"
 
 
 class ActionOutcome(models.TextChoices):

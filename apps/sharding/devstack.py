@@ -113,14 +113,14 @@ class PostgresCluster:
     def log_file(self) -> Path:
         return self.data_dir.parent / f"{self.data_dir.name}.log"
 
-    def _as_postgres(self, args: list[str]) -> list[str]:
+    def as_postgres(self, args: list[str]) -> list[str]:
         # PostgreSQL refuses to run as root: run its tools as the postgres user.
         if _running_as_root():
             return ["runuser", "-u", "postgres", "--", *args]
         return args
 
     def _pg(self, tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        cmd = self._as_postgres([str(postgres_bindir() / tool), *args])
+        cmd = self.as_postgres([str(postgres_bindir() / tool), *args])
         result = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if check and result.returncode != 0:
             raise DevstackError(
@@ -204,11 +204,20 @@ class Devstack:
     def state_file(self) -> Path:
         return self.stack_dir / "state.json"
 
-    def clusters(self) -> list[PostgresCluster]:
+    def servers(self) -> list[DatabaseServer]:
+        """The control database, the map file's shards and those added since."""
         servers = [self.shard_map.control, *(self.shard_map.shards[a] for a in self.shard_map.aliases)]
         known = {s.alias for s in servers}
-        servers += [s for s in self.registered_servers() if s.alias not in known]
-        return [self.cluster(s) for s in servers if s.is_local]
+        return servers + [s for s in self.registered_servers() if s.alias not in known]
+
+    def clusters(self) -> list[PostgresCluster]:
+        return [self.cluster(s) for s in self.servers() if self.runs(s)]
+
+    @staticmethod
+    def runs(server: DatabaseServer) -> bool:
+        """Whether this stack starts the server itself: a local one, not a replicated cluster's
+        (listed with `members`), whose members their failover manager runs."""
+        return server.is_local and not server.members
 
     def cluster(self, server: DatabaseServer) -> PostgresCluster:
         return PostgresCluster(server, self.stack_dir / "pg" / server.alias)
@@ -227,6 +236,8 @@ class Devstack:
 
     def ensure_server(self, server: DatabaseServer) -> str:
         """Create and start one server of the stack (a shard being added), with its database."""
+        if server.members:
+            return f"{server.alias}: a replicated cluster at {server.host}:{server.port}, run by its failover manager"
         cluster = self.cluster(server)
         if cluster.is_running():
             line = f"{server.alias}: running on port {server.port} (reused)"
@@ -283,11 +294,11 @@ class Devstack:
         self.stack_dir.mkdir(parents=True, exist_ok=True)
         report = []
         control = self.shard_map.control
-        if control.is_local:
+        if self.runs(control):
             report.append(self.ensure_server(control))  # first: it lists the shards added later
-        for cluster in self.clusters():
-            if cluster.server.alias != control.alias:
-                report.append(self.ensure_server(cluster.server))
+        for server in self.servers():
+            if server.alias != control.alias and server.is_local:
+                report.append(self.ensure_server(server))
         if self.redis_answers():
             report.append(f"redis: answering at {self.redis_url} (reused)")
         else:

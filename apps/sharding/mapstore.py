@@ -120,34 +120,44 @@ class LiveMap:
 
     def get(self) -> ShardMap:
         if time.monotonic() - self._checked_at >= self._interval():
-            self.refresh()
+            # Once a map is in hand, no request waits for another thread's read: with the
+            # control database unreachable each read takes its connect timeout, and every
+            # request would queue behind it (the shards' fences keep a stale copy safe).
+            self.refresh(wait=self._map is None)
         return self._map or settings.SHARD_MAP
 
-    def refresh(self, *, force: bool = False) -> ShardMap:
-        with self._lock:
-            if not force and time.monotonic() - self._checked_at < self._interval():
-                return self._map or settings.SHARD_MAP
-            self._checked_at = time.monotonic()
-            current = self._map or settings.SHARD_MAP
-            try:
-                # A savepoint when the caller is inside a transaction: a failed read (the
-                # tables not migrated yet) must not break the caller's transaction.
-                with transaction.atomic(using="default"):
-                    epoch = read_epoch()
-                    changed = epoch is not None and epoch != current.epoch
-                    loaded = read_control_map(settings.SHARD_MAP) if changed else None
-                if loaded is not None:
-                    register_connections(loaded)
-                    if self._map is not None:
-                        log.info("shard map epoch %s -> %s", current.epoch, loaded.epoch)
-                    self._map = loaded
-            except DatabaseError as exc:
-                # Control database unreachable (or not migrated yet): keep routing by the copy in
-                # hand. The shards' fences keep a stale copy from writing anywhere wrong.
-                log.warning("shard map not refreshed, routing by epoch %s: %s", current.epoch, exc)
-            except RuntimeError as exc:  # no database access at all here (a test without one)
-                log.debug("shard map not refreshed: %s", exc)
+    def refresh(self, *, force: bool = False, wait: bool = True) -> ShardMap:
+        if not self._lock.acquire(blocking=wait):
+            return self._map or settings.SHARD_MAP  # another thread is reading it
+        try:
+            return self._refresh(force)
+        finally:
+            self._lock.release()
+
+    def _refresh(self, force: bool) -> ShardMap:
+        if not force and time.monotonic() - self._checked_at < self._interval():
             return self._map or settings.SHARD_MAP
+        self._checked_at = time.monotonic()
+        current = self._map or settings.SHARD_MAP
+        try:
+            # A savepoint when the caller is inside a transaction: a failed read (the
+            # tables not migrated yet) must not break the caller's transaction.
+            with transaction.atomic(using="default"):
+                epoch = read_epoch()
+                changed = epoch is not None and epoch != current.epoch
+                loaded = read_control_map(settings.SHARD_MAP) if changed else None
+            if loaded is not None:
+                register_connections(loaded)
+                if self._map is not None:
+                    log.info("shard map epoch %s -> %s", current.epoch, loaded.epoch)
+                self._map = loaded
+        except DatabaseError as exc:
+            # Control database unreachable (or not migrated yet): keep routing by the copy in
+            # hand. The shards' fences keep a stale copy from writing anywhere wrong.
+            log.warning("shard map not refreshed, routing by epoch %s: %s", current.epoch, exc)
+        except RuntimeError as exc:  # no database access at all here (a test without one)
+            log.debug("shard map not refreshed: %s", exc)
+        return self._map or settings.SHARD_MAP
 
     def forget(self) -> None:
         """Drop the copy (tests that rewrite the control map)."""

@@ -21,6 +21,13 @@ memory, so a mover killed anywhere resumes by running the same command again:
 
 Abortable before the switch: unfence, drop the subscription, delete the partial copy.
 
+A source that fails over before the switch comes back without the move's slot (it is not
+one of the permanent slots its standbys keep): what the target lacks can no longer be
+streamed, so the mover starts the copy again from a new snapshot (unfenced, the target's
+partial copy deleted), at most MAX_COPY_RESTARTS times per run. A target that fails over
+keeps its subscription (a catalog row, replicated like any other) and goes on from where
+its synchronous standby had applied.
+
 Ownership (docs/ARCHITECTURE.md, "Moves"): at every instant each bucket is owned by at most
 one shard, and by exactly one outside a switch. One process at a time acts on a move (its
 lease, apps.sharding.lease); each step that changes which shard serves the range checks, in
@@ -66,8 +73,18 @@ class MoveFailed(RuntimeError):
     """The move cannot go on; it stays in its phase (resume or abort)."""
 
 
+class ReplicationLost(MoveFailed):
+    """The source has no slot for the move (it failed over to a member without it): the copy starts again."""
+
+
+# Restarts of the copy within one run before the move stops for an operator.
+MAX_COPY_RESTARTS = 3
+
+
 # The fence and the take-over wait this long, at most, for a lock held by another mover.
 OWNER_LOCK_TIMEOUT = "3s"
+# How often the copy's wait asks the source whether the move's slot is still there.
+SLOT_CHECK_SECONDS = 2.0
 
 
 def _connect(server: DatabaseServer, *, autocommit: bool = True) -> psycopg.Connection[Any]:
@@ -237,6 +254,7 @@ class Mover:
             "switching": (self.switch, "cleaning"),
             "cleaning": (self.clean_up, "done"),
         }
+        restarts = 0
         while self.move.state == ACTIVE:
             self._still_mine(force=True)
             phase = self.move.phase
@@ -244,7 +262,14 @@ class Mover:
             step, following = steps[phase]
             self.report(f"move {self.move.id} ({self.move.buckets} {self.move.source} -> {self.move.target}): {phase}")
             started = time.monotonic()
-            step()
+            try:
+                step()
+            except ReplicationLost as exc:
+                restarts += 1
+                if restarts > MAX_COPY_RESTARTS:
+                    raise MoveFailed(f"{exc}; the copy started again {MAX_COPY_RESTARTS} times in this run") from exc
+                self._restart_copy(str(exc))
+                continue
             self.move.detail.setdefault("phase_seconds", {})[phase] = round(time.monotonic() - started, 3)
             self.move.phase = following
             self.move.error = ""
@@ -275,10 +300,14 @@ class Mover:
             self._start_replication(src, dst)
         with _connect(self.target) as dst:
             crash_point("move_copying")
+            slot_checked = 0.0
             while True:
                 self._still_mine()
                 if not dst.execute("SELECT 1 FROM pg_subscription WHERE subname = %s", [name]).fetchone():
                     raise MoveFailed(f"subscription {name} is gone from {self.move.target}")
+                if time.monotonic() - slot_checked > SLOT_CHECK_SECONDS:
+                    self._require_slot()
+                    slot_checked = time.monotonic()
                 states = dst.execute(
                     "SELECT r.srsubstate, count(*) FROM pg_subscription_rel r"
                     " JOIN pg_subscription s ON s.oid = r.srsubid WHERE s.subname = %s GROUP BY 1",
@@ -317,6 +346,31 @@ class Mover:
             f" WITH (copy_data = true, slot_name = '{name}', synchronous_commit = 'on')"
         )
 
+    def _require_slot(self) -> None:
+        """Raise ReplicationLost if the source (its primary now) has no slot for the move."""
+        with _connect(self.source) as src:
+            found = src.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", [self.move.name]).fetchone()
+        if found is None:
+            raise ReplicationLost(
+                f"replication slot {self.move.name} is gone from {self.move.source} (a failover to a member"
+                " without it, or dropped)"
+            )
+
+    def _restart_copy(self, reason: str) -> None:
+        """Back to a new copy: the source serves the range again, the replication and the target's
+        partial copy go, the journal says why. Only before the switch: a target that took over
+        makes `_unfence` refuse (MoveConflict), and the move is then finished instead."""
+        self.report(f"  {reason}: the copy starts again")
+        if self.move.epoch is not None:
+            self._unfence()
+        self._drop_replication()
+        self.move.detail["rows_removed_from_target"] = self._clear_target()
+        restart = {"at": time.time(), "from": self.move.phase, "reason": reason}
+        self.move.detail.setdefault("copy_restarts", []).append(restart)
+        self.move.phase = "copying"
+        self.move.error = ""
+        self._save()
+
     def lag_bytes(self) -> int | None:
         """How far the target's applied position trails the source's WAL (None: no slot)."""
         with _connect(self.source) as src:
@@ -336,7 +390,7 @@ class Mover:
             if lag is not None and lag <= self.lag_gate_bytes:
                 return
             if lag is None:
-                raise MoveFailed(f"replication slot {self.move.name} is gone from {self.move.source}")
+                self._require_slot()
             if time.monotonic() > deadline:
                 raise MoveFailed(f"replication lag still {lag} bytes after {timeout:.0f} s")
             self._waiting(f"replication lag above {self.lag_gate_bytes} bytes")
@@ -345,6 +399,7 @@ class Mover:
     # -- verifying -----------------------------------------------------------------------
 
     def verify(self, rounds: int = 2) -> None:
+        self._require_slot()  # without it the target falls behind for good: differences would only mislead
         with _connect(self.target) as dst:
             broken = balance_mismatches(dst, self.move.first, self.move.last)
         if broken:
@@ -761,6 +816,17 @@ class Mover:
             conn.execute(f"RESET {MOVER_SETTING}")
         return total
 
+    def _clear_target(self) -> int:
+        """Delete the target's copy of the range (its replication dropped first); rows removed."""
+        removed = 0
+        with _connect(self.target) as dst:
+            for _ in range(10):  # until nothing is left: a table-sync worker may still be exiting
+                removed += self._delete_range(dst, "target")
+                if not self._range_rows(self.target):
+                    return removed
+                self._pause(0.2)
+        raise MoveFailed(f"rows of the range keep appearing on {self.move.target}")
+
     def _range_rows(self, server: DatabaseServer) -> int:
         with _connect(server) as conn:
             where = {t: range_filter_sql(t, self.move.first, self.move.last) for t in BUCKET_COLUMNS}
@@ -807,15 +873,7 @@ class Mover:
                     self._save()
                     raise
             self._drop_replication()
-            removed = 0
-            with _connect(self.target) as dst:
-                for _ in range(10):  # until nothing is left: a table-sync worker may still be exiting
-                    removed += self._delete_range(dst, "target")
-                    if not self._range_rows(self.target):
-                        break
-                    self._pause(0.2)
-                else:
-                    raise MoveFailed(f"rows of the range keep appearing on {self.move.target}")
+            removed = self._clear_target()
             self.move.state = ABORTED
             self.move.phase = self.move.detail["aborted_from"]  # the journal keeps where it was undone
             self.move.detail["rows_removed_from_target"] = removed

@@ -14,6 +14,8 @@ from celery.app.task import Task
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError
 
+from apps.common.queue_age import oldest_waiting_seconds
+from apps.common.redis_client import redis_client
 from apps.observability.metrics import (
     SAGA_MOVE_WAITS,
     SAGA_PARKED,
@@ -85,13 +87,15 @@ DRAIN_BATCH = 500
 
 
 def _flags() -> redis.Redis:
-    global _flag_client
-    if _flag_client is None:
-        _flag_client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=0.5, socket_connect_timeout=0.5)
-    return _flag_client
+    # One client per process and Redis (settings may point elsewhere, as tests do).
+    place = (settings.REDIS_URL, settings.REDIS_SENTINEL)
+    client = _flag_clients.get(place)
+    if client is None:
+        client = _flag_clients[place] = redis_client(timeout=0.5)
+    return client
 
 
-_flag_client: redis.Redis | None = None
+_flag_clients: dict[tuple[str, object], redis.Redis] = {}
 
 
 BACKLOG_PATIENCE = 10  # stall windows the sweeper waits, during a backlog, before a re-drive
@@ -197,23 +201,49 @@ def _hand_over(transfer_id: uuid.UUID, error: str) -> None:
     advance_transfer.apply_async(args=[str(transfer_id)], countdown=retry_delay(0))
 
 
+def _stall_window() -> timedelta:
+    """How long a transfer must be untouched to be re-driven now.
+
+    While the queue's oldest message has waited longer than the stall window, only transfers
+    untouched since before it was sent: any trigger sent for them has been taken already, so
+    theirs was lost; the others' triggers are still queued, and another would only lengthen
+    the queue (every queued transfer looks stalled after an outage, and a re-drive at each
+    sweep kept up to seven messages per transfer queued in `make test-hosts` (d)). Where the
+    oldest message has no time on it, a backlog of SAGA_SWEEP_MAX_BACKLOG messages or more
+    stretches the window BACKLOG_PATIENCE times.
+    """
+    window = timedelta(seconds=settings.SAGA_STALLED_AFTER_SECONDS)
+    try:
+        from wallet_project.celery import app
+
+        waited = oldest_waiting_seconds(_flags(), app.conf.task_default_queue)
+    except redis.RedisError:
+        return window  # Redis cannot say: the re-drives cannot be sent either
+    if waited is not None:
+        if waited <= window.total_seconds():
+            return window
+        SWEEPER_DEFERRED.inc()
+        log.warning("sweeper waits for the broker's queue", extra={"oldest_message_seconds": round(waited, 1)})
+        return timedelta(seconds=waited)
+    backlog = broker_backlog()
+    if backlog is not None and backlog >= settings.SAGA_SWEEP_MAX_BACKLOG:
+        SWEEPER_DEFERRED.inc()
+        log.warning("sweeper holds back for the broker's backlog", extra={"queued_messages": backlog})
+        return window * BACKLOG_PATIENCE
+    return window
+
+
 @shared_task
 def sweep_stalled_transfers(limit_per_shard: int = 1000) -> int:
     """Re-drive in-flight transfers that nobody touched for a while (lost or dropped messages).
 
-    While the broker holds a backlog (SAGA_SWEEP_MAX_BACKLOG messages or more), only transfers
-    untouched for BACKLOG_PATIENCE stall windows: after an outage the queue is longer than one
-    window, so every queued transfer looks stalled, and re-sending them all at each sweep grew
-    the queue faster than workers emptied it (`make test-hosts`, a partition: 150,000
-    messages). The queued messages reach those transfers anyway; one really lost still gets
-    its re-drive, later, even if the backlog never clears.
+    The window grows with the broker's queue (`_stall_window`): after an outage the queue is
+    longer than one window, so every queued transfer looks stalled, and re-sending them all at
+    each sweep grew the queue faster than workers emptied it (`make test-hosts`, a partition:
+    150,000 messages). The queued messages reach those transfers anyway; one really lost still
+    gets its re-drive once every message sent before its last touch has been taken.
     """
-    older_than = timedelta(seconds=settings.SAGA_STALLED_AFTER_SECONDS)
-    backlog = broker_backlog()
-    if backlog is not None and backlog >= settings.SAGA_SWEEP_MAX_BACKLOG:
-        older_than *= BACKLOG_PATIENCE
-        SWEEPER_DEFERRED.inc()
-        log.warning("sweeper holds back for the broker's backlog", extra={"queued_messages": backlog})
+    older_than = _stall_window()
     count = 0
     for alias in shard_aliases():
         try:

@@ -36,6 +36,20 @@ def started_and_stopped(cdc: CdcProcess, shard: str) -> None:
     cdc.stop()
 
 
+def record_position(
+    cdc: CdcProcess, shard: str, *, confirmed: str, version: str, timeline: str = "timeline", wait: bool = True
+) -> None:
+    """The store records a new position of `shard` (its reader restarted): `confirmed`, `version`
+    and `timeline` are ClickHouse expressions over the position it holds."""
+    write_store(
+        cdc,
+        f"INSERT INTO audit.stream_positions SELECT shard, slot_name, {confirmed}, stream_epoch, tables, {timeline},"  # noqa: S608
+        f" generation, {version}, now64(6) FROM audit.stream_positions FINAL WHERE shard = '{shard}'",
+        env=FAST,
+        wait=wait,
+    )
+
+
 def assert_stopped_everywhere(cdc: CdcProcess, settings: Any, shard: str, cause: str) -> None:
     settings.AUDIT_DIR = cdc.dir
     with pytest.raises(CommandError, match=f"{shard} stream STOPPED \\({cause}\\)"):
@@ -77,17 +91,30 @@ def test_a_slot_dropped_and_made_again_while_the_reader_was_down_stops_the_strea
     wait_until(lambda: caught_up(cdc.client()), 20, "the re-snapshot")
 
 
+def test_a_slot_past_its_release_but_not_past_the_stores_position_streams_on(cdc: CdcProcess) -> None:
+    """What a promoted standby's copy of the permanent slot can be: past where the old
+    primary's reader was noted to let go of it, never past what the store holds. Nothing the
+    store lacks was skipped, so no stop."""
+    started_and_stopped(cdc, "shard_01")
+    # WAL the store needs nothing of (a message pgoutput does not publish), then the slot
+    # and the store's position both at its end.
+    raw_query("shard_01", "SELECT pg_logical_emit_message(false, 'shardwallet-test', 'x')")
+    end = raw_query("shard_01", "SELECT pg_current_wal_lsn()::text")[0][0]
+    raw_query("shard_01", "SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", [cdc.slot, end])
+    record_position(cdc, "shard_01", confirmed=str(str_to_lsn(end)), version="version + 1")
+    owner, _ = make_client()
+    make_wallet(owner, funded=70, shard="shard_01")
+    wait_until(lambda: caught_up(cdc.client()), 20, "changes after the restart")
+    assert "STOPPED" not in cdc.log_text()
+
+
 def test_a_shard_whose_history_lacks_the_stores_position_stops_the_stream(cdc: CdcProcess, settings: Any) -> None:
     started_and_stopped(cdc, "shard_00")
     # What a store records while following a primary on timeline 7 that then fails over to a
     # standby that was behind: the shard's history (timeline 1 here) never reached that position.
-    write_store(
-        cdc,
-        "INSERT INTO audit.stream_positions SELECT shard, slot_name, confirmed_lsn + 1000000, stream_epoch, tables, 7,"
-        " generation, version + 1000000, now64(6) FROM audit.stream_positions FINAL WHERE shard = 'shard_00'",
-        env=FAST,
-        wait=False,
-    )  # fmt: skip
+    record_position(
+        cdc, "shard_00", confirmed="confirmed_lsn + 1000000", version="version + 1000000", timeline="7", wait=False
+    )
     status = wait_stopped(cdc, "shard_00", "slot_behind")
     assert "is on timeline 1, whose history never shares timeline 7" in status["stopped_detail"]
     cdc.wait_connected(["shard_01"])
@@ -98,12 +125,7 @@ def test_a_slot_behind_the_store_on_the_same_timeline_streams_on(cdc: CdcProcess
     """What a crash of the shard leaves (a slot's position is saved at checkpoints): the slot
     sends again what the store holds, which collapses; no stop."""
     started_and_stopped(cdc, "shard_01")
-    write_store(
-        cdc,
-        "INSERT INTO audit.stream_positions SELECT shard, slot_name, confirmed_lsn + 64, stream_epoch, tables,"
-        " timeline, generation, version + 64, now64(6) FROM audit.stream_positions FINAL WHERE shard = 'shard_01'",
-        env=FAST,
-    )  # fmt: skip
+    record_position(cdc, "shard_01", confirmed="confirmed_lsn + 64", version="version + 64")
     owner, _ = make_client()
     make_wallet(owner, funded=70, shard="shard_01")
     wait_until(lambda: caught_up(cdc.client()), 20, "changes after the restart")

@@ -128,3 +128,29 @@ def test_the_replicated_shard_is_reached_at_whichever_member_leads() -> None:
     assert missing([*base, conn(APP.name, APP.address, 43200, promoted.address, 5432)]) == []
     assert len(missing(base)) == 1
     assert CLUSTER_SHARD in missing(base)[0]
+
+
+def test_redis_under_sentinel_talks_within_its_hosts_and_the_app_follows_the_master() -> None:
+    from hosts.layout import CONTROL, REDIS_B, SENTINEL_PORT
+    from hosts.sockets import missing
+
+    watched = [
+        conn(REDIS_B.name, REDIS_B.address, 44000, REDIS.address, 6379),  # the replica's link
+        conn(APP.name, APP.address, 44001, REDIS_B.address, SENTINEL_PORT),  # the app asks a sentinel
+        conn(APP.name, APP.address, 44002, APP.address, SENTINEL_PORT),  # ... the one on its own host too
+        conn(REDIS.name, REDIS.address, 44003, REDIS_B.address, 6379),  # a sentinel watching the replica
+        conn(REDIS_B.name, REDIS_B.address, 44004, APP.address, SENTINEL_PORT),  # sentinels among themselves
+    ]
+    assert problems([*DEPLOYMENT, *watched]) == []
+    # No sentinel port on a host that runs no sentinel; no Redis reached by the client.
+    assert len(problems([conn(APP.name, APP.address, 44010, CONTROL.address, SENTINEL_PORT)])) == 1
+    assert len(problems([conn(CLIENT.name, CLIENT.address, 44011, REDIS_B.address, 6379)])) == 1
+    # After a failover the app's broker connections go to the promoted replica: still required-and-seen.
+    shards = enumerate(SHARD_HOSTS)
+    others = [
+        *(conn(APP.name, APP.address, 45000 + i, s.address, 6432 if s == SLOW else 5432) for i, s in shards),
+        conn(APP.name, APP.address, 45100, CONTROL.address, 5432),
+        conn(CLIENT.name, CLIENT.address, 45101, APP.address, 8000),
+    ]
+    assert missing([*others, conn(APP.name, APP.address, 45200, REDIS_B.address, 6379)]) == []
+    assert len(missing(others)) == 1

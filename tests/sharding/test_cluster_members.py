@@ -3,10 +3,8 @@ that accepts writes, so a promoted standby is found by the next connection witho
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -21,8 +19,8 @@ from apps.sharding.devstack import PostgresCluster
 from apps.sharding.mapstore import read_control_map, save_server
 from apps.sharding.members import member_states
 from apps.sharding.shardmap import DatabaseServer, ShardMapError, parse_shard_map
-from tests.factories import free_port
 from tests.polling import wait_until
+from tests.sharding.replicas import primary_and_standby
 from tests.sharding.test_shardmap import valid_map
 
 pytestmark = pytest.mark.slow
@@ -41,25 +39,11 @@ class Pair:
 @pytest.fixture
 def pair() -> Iterator[Pair]:
     """A primary and its streaming standby, each a server of its own on a free port."""
-    primary_port, standby_port = free_port(), free_port()
-    root = Path(settings.DEVSTACK_DIR) / f"cluster-{primary_port}"
-    primary = PostgresCluster(DatabaseServer("shard_98", "127.0.0.1", primary_port, "members"), root / "primary")
-    standby = PostgresCluster(DatabaseServer("shard_98", "127.0.0.1", standby_port, "members"), root / "standby")
-    primary.initialise()
-    primary.start()
-    try:
-        primary.ensure_database()
-        standby.initialise_standby(primary.server)
-        standby.start()
+    with primary_and_standby("shard_98", "members", "cluster") as (primary, standby):
         server = DatabaseServer(
-            "shard_98", "127.0.0.1", standby_port, "members", members=(f"127.0.0.1:{primary_port}",)
+            "shard_98", "127.0.0.1", standby.server.port, "members", members=(f"127.0.0.1:{primary.server.port}",)
         )
         yield Pair(primary, standby, server)
-    finally:
-        for cluster in (standby, primary):
-            if cluster.is_running():
-                cluster.stop("immediate")
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def _django_connection(server: DatabaseServer) -> Any:

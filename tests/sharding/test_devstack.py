@@ -67,3 +67,25 @@ def test_a_taken_port_gives_a_clear_error(stack_dir: Path) -> None:
         stack = Devstack(one_shard_map(taken, free_port()), stack_dir, settings.REDIS_URL)
         with pytest.raises(DevstackError, match=f"port {taken} .* is taken"):
             stack.up()
+
+
+def test_a_replicated_shard_is_left_to_its_failover_manager(stack_dir: Path) -> None:
+    """A shard listed with `members` is a Patroni cluster (`make chaos --clusters`): the stack
+    neither creates nor starts nor stops a server of its own at its address."""
+    shard_port = free_port()
+    raw = {
+        "buckets": 4,
+        "control": {"host": "127.0.0.1", "port": free_port(), "name": "ctl"},
+        "shards": [{"alias": "shard_00", "host": "127.0.0.1", "port": shard_port, "name": "wallets",
+                    "members": [f"127.0.0.1:{free_port()}"]}],
+        "bucket_ranges": [{"first": 0, "last": 3, "shard": "shard_00"}],
+    }  # fmt: skip
+    stack = Devstack(parse_shard_map(raw), stack_dir, settings.REDIS_URL)
+    try:
+        report = stack.up()
+        assert "default: started" in report[0]
+        assert report[1] == f"shard_00: a replicated cluster at 127.0.0.1:{shard_port}, run by its failover manager"
+        assert [c.server.alias for c in stack.clusters()] == ["default"]
+        assert not (stack_dir / "pg" / "shard_00").exists()
+    finally:
+        assert stack.down() == ["default: stopped"]

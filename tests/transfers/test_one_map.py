@@ -75,3 +75,33 @@ def test_a_map_flipped_between_locking_the_wallets_and_deciding_the_credit_chang
     assert transfer_advance(transfer.id).status == "completed"
     assert (balance(payer.id), balance(payee.id)) == (750, 250)
     assert check_ledger().violations == []
+
+
+def test_a_request_never_waits_for_another_threads_read_of_an_unreachable_control_database(monkeypatch: Any) -> None:
+    """With the control database unreachable, a read of the map takes its connect timeout; the
+    other threads route by the map in hand meanwhile instead of queueing behind it."""
+    import threading
+
+    from apps.sharding import mapstore
+
+    in_hand = refresh_shard_map()
+    reading, release = threading.Event(), threading.Event()
+
+    def slow_epoch() -> int:
+        reading.set()
+        release.wait(10)  # a connect timeout to a host that does not answer
+        raise mapstore.DatabaseError("connection timeout expired")
+
+    monkeypatch.setattr(mapstore, "read_epoch", slow_epoch)
+    live_map._checked_at = float("-inf")
+    reader = threading.Thread(target=live_map.get)
+    reader.start()
+    try:
+        assert reading.wait(5)
+        live_map._checked_at = float("-inf")  # due again for this thread too
+        started = time.monotonic()
+        assert shard_map() is in_hand
+        assert time.monotonic() - started < 1
+    finally:
+        release.set()
+        reader.join(10)
