@@ -21,7 +21,7 @@ import logging
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from django.db import DatabaseError, IntegrityError, connections, transaction
@@ -382,6 +382,42 @@ def drain_debited(alias: str, *, limit: int = 500) -> DrainResult:
         # committed: each claimed transfer goes to its own task, which finds its shard anew.
         log.warning("drain failed on its payer shard; its transfers are handed over", extra={"shard": alias})
         return DrainResult(len(ids), 0, list(ids), list(ids))
+
+
+# Transfers already with their own tasks (attempts > 0), untouched since `before`, in keyset
+# pages. Not claimed: their tasks still own them (attempts, backoff, parking); a batch only
+# finishes what it can sooner, and a task that then runs finds its transfer terminal.
+_RETRIED_SQL = """
+SELECT id, updated_at FROM transfers_transfer
+ WHERE status = 'debited' AND parked_at IS NULL AND attempts > 0 AND sharding_serves(id)
+   AND updated_at < %s AND (updated_at, id) > (%s, %s)
+ ORDER BY updated_at, id LIMIT %s
+"""
+RETRIED_IDLE_SECONDS = 1.0  # a transfer its task touched more recently is probably being run by it
+
+
+def drain_retried(alias: str, *, limit: int = 500) -> int:
+    """Finish, many per transaction, the debited transfers of `alias` whose tasks are retrying.
+
+    After a shard's outage, every transfer that met it waits for its own task's next try,
+    one by one behind a long queue (`make test-hosts` (d): about 10 a second, for minutes).
+    Once one of them succeeds the shards answer again, and this runs the others by the drain's
+    rules. Whatever it cannot finish (a shard still failing, a row its task holds, a refusal)
+    is left to that task. Returns how many completed.
+    """
+    before = timezone.now() - timedelta(seconds=RETRIED_IDLE_SECONDS)
+    after: tuple[datetime, uuid.UUID] = (datetime.min.replace(tzinfo=UTC), uuid.UUID(int=0))
+    completed = 0
+    while True:
+        with fast_cursor(alias) as cursor:
+            cursor.execute(_RETRIED_SQL, [before, *after, limit])
+            rows = cursor.fetchall()
+        if rows:
+            with one_map():
+                completed += _drain_claimed(alias, [row[0] for row in rows], timezone.now()).completed
+        if len(rows) < limit:
+            return completed
+        after = (rows[-1][1], rows[-1][0])
 
 
 def _drain_claimed(alias: str, ids: list[uuid.UUID], now: datetime) -> DrainResult:

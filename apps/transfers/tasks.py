@@ -25,7 +25,7 @@ from apps.observability.metrics import (
 )
 from apps.sharding.fence import BucketsMoving, is_fence_refusal, retry_while_fenced
 from apps.sharding.moves import Move
-from apps.sharding.routing import shard_aliases
+from apps.sharding.routing import alias_for_id, shard_aliases
 from apps.transfers import idempotency, saga, services
 from apps.transfers.models import Transfer
 
@@ -61,7 +61,7 @@ def advance_transfer(self: Task, transfer_id: str) -> str | None:
         log.error("transfer parked", extra={"transfer_id": transfer_id, "attempts": attempt - 1})
         return None
     try:
-        return _advance_waiting_out_moves(tid)
+        status = _advance_waiting_out_moves(tid)
     except BucketsMoving as exc:
         # Held up by a move's fence, not failed: the attempt is given back, so however long
         # the fence stays (a slow switch, a stalled mover) the transfer waits, never parks.
@@ -81,6 +81,11 @@ def advance_transfer(self: Task, transfer_id: str) -> str | None:
         log.warning("transfer step failed, retrying", extra={"transfer_id": transfer_id, "attempt": attempt})
         SAGA_RETRIES.labels(error=type(exc).__name__).inc()
         raise self.retry(exc=exc, countdown=retry_delay(attempt)) from exc
+    if attempt > 1:
+        # An earlier try failed and this one did not: the others that failed alike need not
+        # wait for their own tries, one by one behind the queue.
+        request_retry_drain(alias_for_id(tid))
+    return status
 
 
 DRAIN_BATCH = 500
@@ -111,8 +116,8 @@ def broker_backlog() -> int | None:
         return None
 
 
-def _drain_flag(alias: str) -> str:
-    return f"shardwallet:drain:{alias}"
+def _drain_flag(alias: str, kind: str = "drain") -> str:
+    return f"shardwallet:{kind}:{alias}"
 
 
 def request_drain(alias: str) -> None:
@@ -121,19 +126,29 @@ def request_drain(alias: str) -> None:
     Many API requests then cost one Celery message. Best effort: if Redis is down, the
     sweeper finds the transfers later.
     """
+    _request_once(drain_transfers, alias, _drain_flag(alias))
+
+
+def request_retry_drain(alias: str) -> None:
+    """Enqueue one `drain_retried_transfers` of `alias` unless one is already queued. Best
+    effort: without it, each transfer's own task still finishes it."""
+    _request_once(drain_retried_transfers, alias, _drain_flag(alias, "retry-drain"))
+
+
+def _request_once(task: Task, alias: str, flag: str) -> None:
     try:
-        if not _flags().set(_drain_flag(alias), "1", nx=True, ex=5):
-            return  # a drain is already queued; it will see this transfer
+        if not _flags().set(flag, "1", nx=True, ex=5):
+            return  # one is already queued; it will see this transfer
     except redis.RedisError:
         log.exception("could not request a drain", extra={"shard": alias})
         return
     try:
-        drain_transfers.apply_async(args=[alias])
+        task.apply_async(args=[alias])
     except Exception:
-        # No drain is queued after all: drop the flag so that the next transfer asks again.
+        # None is queued after all: drop the flag so that the next transfer asks again.
         log.exception("could not enqueue a drain", extra={"shard": alias})
         with contextlib.suppress(redis.RedisError):
-            _flags().delete(_drain_flag(alias))
+            _flags().delete(flag)
 
 
 @shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
@@ -149,6 +164,19 @@ def drain_transfers(self: Task, alias: str) -> int:
         if not is_fence_refusal(exc):
             raise
         raise self.retry(exc=exc, countdown=0.2) from exc  # a move fenced the range mid-claim
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def drain_retried_transfers(alias: str) -> int:
+    """Finish in batches the transfers of one payer shard whose own tasks are retrying
+    (`saga.drain_retried`): sent when one of them succeeds, the sign that its shards are back."""
+    with contextlib.suppress(redis.RedisError):
+        _flags().delete(_drain_flag(alias, "retry-drain"))
+    try:
+        return saga.drain_retried(alias, limit=DRAIN_BATCH)
+    except DatabaseError:  # the payer's shard failed again: the transfers' own tasks go on
+        log.warning("retry drain failed on its payer shard", extra={"shard": alias})
+        return 0
 
 
 def drain_shard(alias: str, *, left_overs_here: bool = True) -> int:

@@ -76,6 +76,38 @@ def test_credit_retries_while_the_payee_shard_is_down_and_completes_when_it_is_b
     assert check_ledger().violations == []
 
 
+def test_once_one_retried_transfer_succeeds_the_others_finish_without_waiting_for_their_tries(
+    workers, payee_shard
+) -> None:
+    """After an outage each transfer that met it waits for its own task's next try, one by one
+    behind the queue. The first try that succeeds sends a retry drain of its payer shard, which
+    finishes the others in a batch: their own tries then find them done and count nothing."""
+    owner, payer, payee = cross_shard_pair(amount=10_000)
+    payee_shard.stop()
+    transfers = [create_transfer(owner, payer, payee.id, 10 + i) for i in range(20)]
+    # Tries seconds apart, so that the drain comes before most of them.
+    workers.append(
+        Worker(env={"SHARDWALLET_SAGA_RETRY_BASE_SECONDS": "4", "SHARDWALLET_SAGA_RETRY_MAX_SECONDS": "120"})
+    )
+    wait_until(
+        lambda: all(transfer_row(t.id).attempts >= 2 for t in transfers), 60, "every transfer to have failed twice"
+    )
+    payee_shard.start()
+    connections["shard_01"].close()
+    attempts_then = {t.id: transfer_row(t.id).attempts for t in transfers}
+    finished = wait_terminal([t.id for t in transfers], timeout=90)
+    assert {row.status for row in finished.values()} == {"completed"}
+    untried = [t.id for t in transfers if transfer_row(t.id).attempts == attempts_then[t.id]]
+    assert len(untried) >= len(transfers) // 2, f"only {len(untried)} finished without a try of their own"
+    drains = [
+        e for e in workers[0].task_events() if e.name.endswith(".drain_retried_transfers") and e.event == "succeeded"
+    ]
+    assert sum(int(e.result) for e in drains) >= len(untried)
+    assert entry_kinds(payee.id) == ["credit"] * len(transfers)
+    assert balance(payee.id) == sum(10 + i for i in range(20))
+    assert check_ledger().violations == []
+
+
 def test_lost_messages_are_re_driven_by_the_sweeper(workers) -> None:
     owner, payer, payee = cross_shard_pair(amount=10_000)
     transfers = [create_transfer(owner, payer, payee.id, 100 + i) for i in range(10)]

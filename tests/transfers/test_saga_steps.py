@@ -406,3 +406,36 @@ def test_a_transfer_stored_as_pending_runs_its_first_step_by_the_same_rules(
     assert statuses(transfer.id) == history
     assert wallet_balance(payee.id) == (100 if reason is None else 0)
     assert_ledger_ok()
+
+
+def test_a_retry_drain_finishes_transfers_whose_tasks_are_retrying_and_leaves_the_rest(owner) -> None:
+    """After an outage the transfers that met it are each with their own task (attempts > 0):
+    `drain_retried` finishes those idle for a moment in one batch, without counting an attempt
+    or touching the drain's own (attempts = 0) or one its task just touched."""
+    from apps.transfers.services import transfer_begin_attempt
+
+    payer = make_wallet(owner, funded=10_000, shard="shard_00")
+    payees = [make_wallet(owner, shard="shard_01") for _ in range(3)]
+    retrying = [create_transfer(owner, payer, payees[i % 3].id, 100 + i) for i in range(5)]
+    busy = create_transfer(owner, payer, payees[0].id, 7)  # its task has just begun an attempt
+    fresh = create_transfer(owner, payer, payees[1].id, 9)  # for the drain (attempts = 0)
+    for transfer in [*retrying, busy]:
+        assert transfer_begin_attempt(transfer.id) == 1
+        assert transfer_begin_attempt(transfer.id) == 2
+    raw_query(
+        "shard_00",
+        "UPDATE transfers_transfer SET updated_at = updated_at - interval '5 seconds' WHERE id = ANY(%s)",
+        [[t.id for t in retrying]],
+    )
+    assert saga.drain_retried("shard_00", limit=2) == 5  # in pages of two
+    rows = {t.id: Transfer.objects.using("shard_00").get(id=t.id) for t in [*retrying, busy, fresh]}
+    assert {rows[t.id].status for t in retrying} == {"completed"}
+    assert {rows[t.id].attempts for t in retrying} == {2}  # its task's count, not one more
+    assert (rows[busy.id].status, rows[fresh.id].status, rows[fresh.id].attempts) == ("debited", "debited", 0)
+    assert sum(wallet_balance(p.id) for p in payees) == sum(100 + i for i in range(5))
+    assert statuses(retrying[0].id) == ["pending", "debited", "completed"]
+    # Run again, or by the task that then comes: nothing moves twice.
+    assert saga.drain_retried("shard_00") == 0
+    assert saga.transfer_advance(retrying[0].id).status == "completed"
+    assert entry_kinds(payees[0].id) == ["credit", "credit"]
+    assert_ledger_ok()
