@@ -43,7 +43,7 @@ run: $(VENV)/.installed ## start PostgreSQL shards, Redis and the API on http://
 # Test processes in parallel (pytest-xdist), one per core up to 4, each on a throw-away stack of
 # its own (wallet_project/settings_test.py); PYTEST_ARGS="-n 0 ..." runs one process.
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
-PYTEST_ARGS ?= -n $(TEST_WORKERS) --dist loadfile
+PYTEST_ARGS ?= -n $(TEST_WORKERS) --dist loadfile --durations=20
 
 test: $(VENV)/.installed ## run the test suite against its own throw-away stacks, in parallel
 	$(PY) -m pytest $(PYTEST_ARGS)

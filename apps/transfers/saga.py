@@ -426,7 +426,7 @@ def _drain_claimed(alias: str, ids: list[uuid.UUID], now: datetime) -> DrainResu
         claimed = list(
             Transfer.objects.using(alias)
             .select_for_update(skip_locked=True)
-            .filter(id__in=ids, status=TransferStatus.DEBITED)
+            .filter(id__in=ids, status=TransferStatus.DEBITED, parked_at__isnull=True)  # parked since: an operator's
             .order_by("updated_at")
         )
         by_payee_shard: dict[str, list[Transfer]] = defaultdict(list)

@@ -419,19 +419,22 @@ def test_a_retry_drain_finishes_transfers_whose_tasks_are_retrying_and_leaves_th
     retrying = [create_transfer(owner, payer, payees[i % 3].id, 100 + i) for i in range(5)]
     busy = create_transfer(owner, payer, payees[0].id, 7)  # its task has just begun an attempt
     fresh = create_transfer(owner, payer, payees[1].id, 9)  # for the drain (attempts = 0)
-    for transfer in [*retrying, busy]:
+    parked = create_transfer(owner, payer, payees[2].id, 11)  # its retries spent: an operator's
+    for transfer in [*retrying, busy, parked]:
         assert transfer_begin_attempt(transfer.id) == 1
         assert transfer_begin_attempt(transfer.id) == 2
+    assert transfer_park(parked.id, "gave up")
     raw_query(
         "shard_00",
         "UPDATE transfers_transfer SET updated_at = updated_at - interval '5 seconds' WHERE id = ANY(%s)",
-        [[t.id for t in retrying]],
+        [[t.id for t in [*retrying, parked]]],
     )
     assert saga.drain_retried("shard_00", limit=2) == 5  # in pages of two
-    rows = {t.id: Transfer.objects.using("shard_00").get(id=t.id) for t in [*retrying, busy, fresh]}
+    rows = {t.id: Transfer.objects.using("shard_00").get(id=t.id) for t in [*retrying, busy, fresh, parked]}
     assert {rows[t.id].status for t in retrying} == {"completed"}
     assert {rows[t.id].attempts for t in retrying} == {2}  # its task's count, not one more
     assert (rows[busy.id].status, rows[fresh.id].status, rows[fresh.id].attempts) == ("debited", "debited", 0)
+    assert (rows[parked.id].status, rows[parked.id].parked_at is not None) == ("debited", True)
     assert sum(wallet_balance(p.id) for p in payees) == sum(100 + i for i in range(5))
     assert statuses(retrying[0].id) == ["pending", "debited", "completed"]
     # Run again, or by the task that then comes: nothing moves twice.
