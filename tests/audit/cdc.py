@@ -21,10 +21,18 @@ from apps.audit.reader import conninfo, drop_slot
 from tests.factories import free_port
 from tests.polling import wait_until
 
+AUDIT_PORTS_PER_WORKER = 100
+
 
 def free_audit_port() -> int:
-    """A free port just above the configured AUDIT_HTTP_PORT (env-chosen per developer)."""
-    return free_port(settings.AUDIT_HTTP_PORT + 1, settings.AUDIT_HTTP_PORT + 200)
+    """A free port above the configured AUDIT_HTTP_PORT (env-chosen per developer), in a range of
+    this test worker's own: the workers' AUDIT_HTTP_PORTs are only 10 apart, and ranges that
+    overlapped let two workers' CDC processes pick the same port between the check and the
+    bind (a test failed with "Address already in use")."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    low = settings.AUDIT_HTTP_PORT + 1 + index * AUDIT_PORTS_PER_WORKER
+    return free_port(low, low + AUDIT_PORTS_PER_WORKER)
 
 
 class CdcProcess:
