@@ -133,6 +133,8 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 self.log(f"{program.name} did not stop in {STOP_TIMEOUT_SECONDS:.0f}s; killing it")
             program.signal_group(signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                program.process.wait(timeout=5)  # reaped: no process of ours is left, not even a zombie
         self.state_file.unlink(missing_ok=True)
 
     def state(self) -> dict[str, Any]:
