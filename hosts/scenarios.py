@@ -229,11 +229,22 @@ class Runner:
         o = self.options
         shard = host(PARTITIONED_SHARD)
         outcome = Outcome("b")
+        went_down: list[float] = []
+
+        def link_down() -> None:
+            net.set_link(shard, up=False)
+            went_down.append(time.monotonic())
+
+        def link_up() -> None:
+            # The whole partition, however late an earlier action let it begin.
+            time.sleep(max(0.0, went_down[0] + o.partition_seconds - time.monotonic()))
+            net.set_link(shard, up=True)
+
         actions: list[Action] = [
             (5, "sockets looked at", self.socket_check(outcome)),
-            (o.partition_at, f"{shard.name}'s link down", lambda: net.set_link(shard, up=False)),
+            (o.partition_at, f"{shard.name}'s link down", link_down),
             (o.partition_at + 1, f"{shard.name} unreachable from the app host", self.link_check(outcome, shard)),
-            (o.partition_at + o.partition_seconds, f"{shard.name}'s link up", lambda: net.set_link(shard, up=True)),
+            (o.partition_at + o.partition_seconds, f"{shard.name}'s link up", link_up),
         ]
         seconds = o.partition_at + o.partition_seconds + o.after_partition
         result = self.load("b", seconds, actions)

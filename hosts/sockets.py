@@ -12,6 +12,7 @@ Redis's replication and the sentinels' watch and talk among themselves.
 from __future__ import annotations
 
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from hosts import net
@@ -111,18 +112,24 @@ def _ss(host: Host, *args: str) -> list[str]:
 
 
 def snapshot() -> list[Socket]:
+    """Every host's sockets, the hosts read at once: one by one, the 13 hosts' `ss` took 10-14 s,
+    and the scenarios' first faults came that late (a 20 s partition lasted 11 s)."""
+    with ThreadPoolExecutor(max_workers=len(HOSTS)) as pool:
+        return [socket for found in pool.map(_host_sockets, HOSTS) for socket in found]
+
+
+def _host_sockets(host: Host) -> list[Socket]:
     sockets = []
-    for host in HOSTS:
-        for line in _ss(host, "-tanp"):
-            fields = line.split(maxsplit=5)
-            local, local_port = _split(fields[3])
-            peer, peer_port = _split(fields[4])
-            process = fields[5] if len(fields) > 5 else ""
-            sockets.append(Socket(host.name, "tcp", fields[0], local, local_port, peer, peer_port, process))
-        for line in _ss(host, "-xlp"):
-            fields = line.split()
-            path = fields[4] if len(fields) > 4 else ""
-            sockets.append(Socket(host.name, "unix", fields[1], path, 0, "", 0, " ".join(fields[8:])))
+    for line in _ss(host, "-tanp"):
+        fields = line.split(maxsplit=5)
+        local, local_port = _split(fields[3])
+        peer, peer_port = _split(fields[4])
+        process = fields[5] if len(fields) > 5 else ""
+        sockets.append(Socket(host.name, "tcp", fields[0], local, local_port, peer, peer_port, process))
+    for line in _ss(host, "-xlp"):
+        fields = line.split()
+        path = fields[4] if len(fields) > 4 else ""
+        sockets.append(Socket(host.name, "unix", fields[1], path, 0, "", 0, " ".join(fields[8:])))
     return sockets
 
 
