@@ -112,8 +112,9 @@ def _ss(host: Host, *args: str) -> list[str]:
 
 
 def snapshot() -> list[Socket]:
-    """Every host's sockets, the hosts read at once: one by one, the 13 hosts' `ss` took 10-14 s,
-    and the scenarios' first faults came that late (a 20 s partition lasted 11 s)."""
+    """Every host's sockets, the hosts read at once: one by one, the 13 hosts' `ss` took 10-14 s
+    in a slow hour (at once, 7-8 s: each `ss -p` reads every process on the machine), and the
+    scenarios' first faults come after it."""
     with ThreadPoolExecutor(max_workers=len(HOSTS)) as pool:
         return [socket for found in pool.map(_host_sockets, HOSTS) for socket in found]
 
