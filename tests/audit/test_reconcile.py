@@ -105,7 +105,9 @@ def test_reconcile_agrees_while_deposits_and_cross_shard_transfers_keep_coming(
         wait_until(lambda: len(made) > 30, 30, "transfers under way")
         counts, reports = [len(made)], []
         for _ in range(3):
-            reports.append(reconcile(client, wait=20))
+            # The point is agreement under traffic, not the CDC's speed: in a slow hour it once
+            # needed more than 20 s to reach the shards' WAL position with the writers still going.
+            reports.append(reconcile(client, wait=60))
             counts.append(len(made))
     finally:
         stop.set()
